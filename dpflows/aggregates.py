@@ -1,0 +1,282 @@
+"""The aggregate store: bounded counts as Parquet plus a metadata file, loaded once per process.
+
+This is the contract between ingestion (which writes) and the query path (which reads). Raw
+events never reach this module. A dataset directory holds::
+
+    metadata.json      format_version, name, first_day, end_day (exclusive), window_days,
+                       bounds {"trips": L_trips, "presence": L_presence}, trip_rule
+    cells.parquet      cell_id: str, lat: f64, lon: f64          (public catalog)
+    trips.parquet      day: date, hour: i8, origin: str, dest: str, count: i64
+    presence.parquet   day: date, hour: i8, cell: str, count: i64
+    zonings/NAME.json  public zonings of this dataset's cells (see cells.py)
+
+Counts are *after* per person-window bounding; the bounds are the ℓ1 sensitivities the
+noise is calibrated to. No source row counts are stored: they would be exact counts.
+
+Datasets live under ``<root>/datasets/<name>/``. The root is a local path here; any path
+Polars reads (an object-store URL with fsspec credentials) works for the Parquet files, see
+the README's deployment section.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from dpflows.cells import CELL_ZONING, CellCatalog, Zoning, check_name, load_zoning, save_zoning
+from dpflows.errors import DataUnavailable, InvalidData, NotFound
+
+FORMAT_VERSION = 1
+MEASURES = ("trips", "presence")
+
+TRIPS_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String, "count": pl.Int64}
+PRESENCE_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64}
+CELLS_SCHEMA = {"cell_id": pl.String, "lat": pl.Float64, "lon": pl.Float64}
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    """Public facts about a dataset; the bounds are the sensitivity of every count."""
+
+    name: str
+    first_day: dt.date
+    end_day: dt.date  # exclusive
+    window_days: int
+    bound_trips: int
+    bound_presence: int
+    trip_rule: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name(self.name, field="dataset")
+        if self.window_days < 1:
+            raise InvalidData(f"window_days={self.window_days} must be at least 1")
+        if self.end_day <= self.first_day:
+            raise InvalidData(f"end_day={self.end_day} must be after first_day={self.first_day}")
+        for measure, bound in (("trips", self.bound_trips), ("presence", self.bound_presence)):
+            if bound < 1:
+                raise InvalidData(f"bound for {measure}={bound} must be at least 1")
+
+    def bound(self, measure: str) -> int:
+        return self.bound_trips if measure == "trips" else self.bound_presence
+
+    @property
+    def privacy_unit(self) -> str:
+        days = self.window_days
+        return f"person-window ({days} day{'s' if days != 1 else ''})"
+
+    def window_of(self, day: dt.date) -> int:
+        """Windows are aligned to the dataset's first day: window k covers days [k·w, (k+1)·w)."""
+        return (day - self.first_day).days // self.window_days
+
+    def window_start(self, window: int) -> dt.date:
+        return self.first_day + dt.timedelta(days=window * self.window_days)
+
+    @property
+    def window_count(self) -> int:
+        return self.window_of(self.end_day - dt.timedelta(days=1)) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "first_day": self.first_day.isoformat(),
+            "end_day": self.end_day.isoformat(),
+            "window_days": self.window_days,
+            "bounds": {"trips": self.bound_trips, "presence": self.bound_presence},
+            "trip_rule": self.trip_rule,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DatasetMetadata:
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise InvalidData(f"metadata format_version={doc.get('format_version')!r}; expected {FORMAT_VERSION}")
+        return cls(
+            name=doc["name"],
+            first_day=dt.date.fromisoformat(doc["first_day"]),
+            end_day=dt.date.fromisoformat(doc["end_day"]),
+            window_days=int(doc["window_days"]),
+            bound_trips=int(doc["bounds"]["trips"]),
+            bound_presence=int(doc["bounds"]["presence"]),
+            trip_rule=dict(doc.get("trip_rule", {})),
+        )
+
+
+def write_aggregates(
+    out_dir: str | Path,
+    metadata: DatasetMetadata,
+    cells: pl.DataFrame,
+    trips: pl.DataFrame | pl.LazyFrame,
+    presence: pl.DataFrame | pl.LazyFrame,
+) -> Path:
+    """Write a dataset directory; the one writer ingestion (Polars or Spark output) goes through."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cells.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).write_parquet(out / "cells.parquet")
+    for name, frame, schema in (("trips", trips, TRIPS_SCHEMA), ("presence", presence, PRESENCE_SCHEMA)):
+        lazy = frame.lazy().select([pl.col(c).cast(t) for c, t in schema.items()])
+        lazy.sink_parquet(out / f"{name}.parquet")
+    tmp = out / "metadata.json.tmp"
+    tmp.write_text(json.dumps(metadata.to_json(), indent=2))
+    tmp.replace(out / "metadata.json")  # metadata last: a dataset without it is incomplete
+    return out
+
+
+@dataclass(frozen=True)
+class MeasureArrays:
+    """One measure's aggregates as parallel arrays: dense, ready for masking and bincount."""
+
+    day: np.ndarray  # int32 days since first_day
+    hour: np.ndarray  # int8 0..23
+    weekday: np.ndarray  # int8 0=Monday
+    origin: np.ndarray  # int64 cell index (for presence: the cell)
+    dest: np.ndarray | None  # int64 cell index (trips only)
+    count: np.ndarray  # int64
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset: metadata, public geography and bounded counts."""
+
+    path: Path
+    metadata: DatasetMetadata
+    catalog: CellCatalog
+    trips: MeasureArrays
+    presence: MeasureArrays
+    zonings: dict[str, Zoning]
+
+    def zoning(self, name: str) -> Zoning:
+        """A zoning by name; one added by another worker or host is picked up from disk."""
+        if name in self.zonings:
+            return self.zonings[name]
+        zpath = self.path / "zonings" / f"{check_name(name, field='zoning')}.json"
+        if zpath.exists():
+            self.zonings[name] = load_zoning(zpath, self.catalog)
+            return self.zonings[name]
+        raise NotFound(
+                f"zoning={name!r} does not exist for dataset {self.metadata.name!r}; "
+                f"use one of {sorted(self.zonings)}",
+                field="zoning",
+            )
+
+    def measure(self, name: str) -> MeasureArrays:
+        return self.trips if name == "trips" else self.presence
+
+    def add_zoning(self, zoning: Zoning) -> None:
+        save_zoning(zoning, self.catalog, self.path / "zonings" / f"{zoning.name}.json")
+        self.zonings[zoning.name] = zoning
+
+
+def _read_parquet(path: Path, schema: dict[str, Any]) -> pl.DataFrame:
+    if not path.exists():
+        raise DataUnavailable(f"aggregate file {path.name} is missing from dataset {path.parent.name!r}; re-run ingestion")
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for a corrupt file
+        raise DataUnavailable(
+            f"aggregate file {path.name} of dataset {path.parent.name!r} cannot be read; re-run ingestion"
+        ) from exc
+    missing = [c for c in schema if c not in frame.columns]
+    if missing:
+        raise DataUnavailable(
+            f"aggregate file {path.name} of dataset {path.parent.name!r} lacks columns {missing}; re-run ingestion"
+        )
+    try:
+        return frame.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
+    except Exception as exc:
+        raise DataUnavailable(
+            f"aggregate file {path.name} of dataset {path.parent.name!r} has columns of the wrong type; re-run ingestion"
+        ) from exc
+
+
+def _measure_arrays(frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog, cell_cols: list[str]) -> MeasureArrays:
+    name = "trips" if len(cell_cols) == 2 else "presence"
+    lookup = pl.DataFrame({"_cell": list(catalog.cell_ids), "_idx": np.arange(len(catalog), dtype=np.int64)})
+    frame = frame.filter(pl.col("count") != 0)
+    indexed = []
+    for col in cell_cols:
+        joined = frame.select(pl.col(col).alias("_cell")).join(lookup, on="_cell", how="left", maintain_order="left")
+        if joined["_idx"].null_count():
+            raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} names cells missing from cells.parquet")
+        indexed.append(joined["_idx"].to_numpy())
+    days = (frame["day"] - pl.lit(meta.first_day)).dt.total_days().to_numpy().astype(np.int32)
+    span = (meta.end_day - meta.first_day).days
+    hours = frame["hour"].to_numpy().astype(np.int8)
+    counts = frame["count"].to_numpy().astype(np.int64)
+    if len(days) and (days.min() < 0 or days.max() >= span):
+        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has days outside the metadata's time span")
+    if len(hours) and (hours.min() < 0 or hours.max() > 23):
+        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has hours outside 0..23")
+    if len(counts) and counts.min() < 0:
+        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has negative counts")
+    weekday = ((days + meta.first_day.weekday()) % 7).astype(np.int8)
+    return MeasureArrays(
+        day=days, hour=hours, weekday=weekday,
+        origin=indexed[0], dest=indexed[1] if len(indexed) > 1 else None, count=counts,
+    )
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Load and check one dataset directory; a bad file fails here, never mid-query."""
+    root = Path(path)
+    meta_path = root / "metadata.json"
+    if not meta_path.exists():
+        raise DataUnavailable(f"dataset {root.name!r} has no metadata.json; it is missing or ingestion did not finish")
+    try:
+        metadata = DatasetMetadata.from_json(json.loads(meta_path.read_text()))
+    except (ValueError, KeyError, TypeError, InvalidData) as exc:
+        raise DataUnavailable(f"metadata.json of dataset {root.name!r} is corrupt; re-run ingestion") from exc
+    cells = _read_parquet(root / "cells.parquet", CELLS_SCHEMA)
+    catalog = CellCatalog.from_columns(cells["cell_id"].to_list(), cells["lat"].to_list(), cells["lon"].to_list())
+    trips = _measure_arrays(_read_parquet(root / "trips.parquet", TRIPS_SCHEMA), metadata, catalog, ["origin", "dest"])
+    presence = _measure_arrays(_read_parquet(root / "presence.parquet", PRESENCE_SCHEMA), metadata, catalog, ["cell"])
+    zonings = {CELL_ZONING: Zoning.identity(catalog)}
+    zdir = root / "zonings"
+    if zdir.is_dir():
+        for zpath in sorted(zdir.glob("*.json")):
+            try:
+                zoning = load_zoning(zpath, catalog)
+            except (ValueError, KeyError, TypeError, InvalidData) as exc:
+                raise DataUnavailable(f"zoning file {zpath.name} of dataset {root.name!r} is corrupt") from exc
+            zonings[zoning.name] = zoning
+    return Dataset(root, metadata, catalog, trips, presence, zonings)
+
+
+class AggregateStore:
+    """Datasets under one root, each loaded once per process and then shared read-only."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._loaded: dict[str, Dataset] = {}
+        self._lock = threading.Lock()
+
+    def dataset_dir(self, name: str) -> Path:
+        return self.root / "datasets" / check_name(name, field="dataset")
+
+    def names(self) -> list[str]:
+        base = self.root / "datasets"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "metadata.json").exists())
+
+    def get(self, name: str) -> Dataset:
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            path = self.dataset_dir(name)
+            if not path.exists():
+                raise NotFound(f"dataset={name!r} does not exist; use one of {self.names()}", field="dataset")
+            dataset = load_dataset(path)
+            self._loaded[name] = dataset
+            return dataset
+
+    def forget(self, name: str) -> None:
+        """Drop a cached dataset so the next get() reloads it (after re-ingestion)."""
+        with self._lock:
+            self._loaded.pop(name, None)
