@@ -21,8 +21,10 @@ the README's deployment section.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +124,11 @@ def write_aggregates(
     for name, frame, schema in (("trips", trips, TRIPS_SCHEMA), ("presence", presence, PRESENCE_SCHEMA)):
         lazy = frame.lazy().select([pl.col(c).cast(t) for c, t in schema.items()])
         lazy.sink_parquet(out / f"{name}.parquet")
+    doc = metadata.to_json()
+    # A fresh id per ingestion, so answers stored for an earlier ingestion are never reused.
+    doc["ingestion_id"] = uuid.uuid4().hex
     tmp = out / "metadata.json.tmp"
-    tmp.write_text(json.dumps(metadata.to_json(), indent=2))
+    tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(out / "metadata.json")  # metadata last: a dataset without it is incomplete
     return out
 
@@ -150,6 +155,8 @@ class Dataset:
     trips: MeasureArrays
     presence: MeasureArrays
     zonings: dict[str, Zoning]
+    #: digest of metadata.json: changes with every ingestion, part of every answer-reuse key
+    version: str = ""
 
     def zoning(self, name: str) -> Zoning:
         """A zoning by name; one added by another worker or host is picked up from disk."""
@@ -205,7 +212,7 @@ def _measure_arrays(frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCat
         if joined["_idx"].null_count():
             raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} names cells missing from cells.parquet")
         indexed.append(joined["_idx"].to_numpy())
-    days = (frame["day"] - pl.lit(meta.first_day)).dt.total_days().to_numpy().astype(np.int32)
+    days = frame.select((pl.col("day") - pl.lit(meta.first_day)).dt.total_days())["day"].to_numpy().astype(np.int32)
     span = (meta.end_day - meta.first_day).days
     hours = frame["hour"].to_numpy().astype(np.int8)
     counts = frame["count"].to_numpy().astype(np.int64)
@@ -228,8 +235,9 @@ def load_dataset(path: str | Path) -> Dataset:
     meta_path = root / "metadata.json"
     if not meta_path.exists():
         raise DataUnavailable(f"dataset {root.name!r} has no metadata.json; it is missing or ingestion did not finish")
+    raw = meta_path.read_bytes()
     try:
-        metadata = DatasetMetadata.from_json(json.loads(meta_path.read_text()))
+        metadata = DatasetMetadata.from_json(json.loads(raw))
     except (ValueError, KeyError, TypeError, InvalidData) as exc:
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} is corrupt; re-run ingestion") from exc
     cells = _read_parquet(root / "cells.parquet", CELLS_SCHEMA)
@@ -245,7 +253,7 @@ def load_dataset(path: str | Path) -> Dataset:
             except (ValueError, KeyError, TypeError, InvalidData) as exc:
                 raise DataUnavailable(f"zoning file {zpath.name} of dataset {root.name!r} is corrupt") from exc
             zonings[zoning.name] = zoning
-    return Dataset(root, metadata, catalog, trips, presence, zonings)
+    return Dataset(root, metadata, catalog, trips, presence, zonings, hashlib.sha256(raw).hexdigest()[:16])
 
 
 class AggregateStore:

@@ -1,0 +1,363 @@
+"""The SQL ledger shared by SQLite and PostgreSQL: one set of statements, two ways to lock.
+
+Subclasses provide a transaction (`_transaction`), the DDL, and `_lock_spend_rows`, which must
+make the spend rows of the windows a release touches exclusive for the rest of the
+transaction (SQLite: `BEGIN IMMEDIATE` already holds the write lock; PostgreSQL: `SELECT ...
+FOR UPDATE` in a fixed order). Statements use `?` placeholders; subclasses translate.
+
+Tables: clients, api_keys, caps (client_id 0 = global, win -1 = every window), spend (running
+totals per dataset, window, client; client_id 0 = all clients), charges (append-only),
+answers (unique per dataset and query key), audit (append-only, hash-chained).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from dpflows.budget import Epsilon
+from dpflows.errors import BudgetExceeded, Conflict, InvalidInput, NotFound
+from dpflows.ledger.base import (
+    GENESIS_HASH,
+    ROLES,
+    ApiKeyRecord,
+    AuditEntry,
+    Client,
+    ReleaseReceipt,
+    ReleaseRequest,
+    StoredAnswer,
+    WindowBudget,
+)
+
+GLOBAL = 0  # client_id of the global cap and of the all-clients spend row
+EVERY_WINDOW = -1
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+class Cursor:
+    """The small part of a DB-API cursor the ledger uses."""
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class SqlLedger:
+    """Ledger logic in portable SQL; see the module docstring for what subclasses add."""
+
+    def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
+        raise NotImplementedError
+
+    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int) -> None:
+        raise NotImplementedError
+
+    def _is_unique_violation(self, exc: Exception) -> bool:
+        raise NotImplementedError
+
+    # -- clients and keys -------------------------------------------------------------------
+
+    def create_client(self, name: str, role: str) -> Client:
+        if role not in ROLES:
+            raise InvalidInput(f"role={role!r} is not a role; use one of {list(ROLES)}", field="role")
+        if not name or len(name) > 128:
+            raise InvalidInput(f"name={name!r} must be 1-128 characters", field="name")
+        at = utc_now()
+        try:
+            with self._transaction(write=True) as cur:
+                cur.execute("INSERT INTO clients (name, role, created_at) VALUES (?, ?, ?)", (name, role, at))
+                cur.execute("SELECT id FROM clients WHERE name = ?", (name,))
+                (client_id,) = cur.fetchone()
+        except Exception as exc:
+            if self._is_unique_violation(exc):
+                raise Conflict(f"name={name!r} is taken by another client; choose another name", field="name") from exc
+            raise
+        return Client(int(client_id), name, role, at)
+
+    def _client_from_row(self, row: Any) -> Client:
+        return Client(int(row[0]), row[1], row[2], row[3])
+
+    def get_client(self, client_id: int) -> Client:
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT id, name, role, created_at FROM clients WHERE id = ?", (client_id,))
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"client id={client_id} does not exist", field="client_id")
+        return self._client_from_row(row)
+
+    def client_by_name(self, name: str) -> Client:
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT id, name, role, created_at FROM clients WHERE name = ?", (name,))
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"client name={name!r} does not exist", field="name")
+        return self._client_from_row(row)
+
+    def list_clients(self) -> list[Client]:
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT id, name, role, created_at FROM clients ORDER BY id")
+            return [self._client_from_row(r) for r in cur.fetchall()]
+
+    def add_key(self, client_id: int, key_hash: str, prefix: str) -> ApiKeyRecord:
+        self.get_client(client_id)
+        at = utc_now()
+        with self._transaction(write=True) as cur:
+            cur.execute(
+                "INSERT INTO api_keys (client_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
+                (client_id, key_hash, prefix, at),
+            )
+            cur.execute("SELECT id FROM api_keys WHERE key_hash = ?", (key_hash,))
+            (key_id,) = cur.fetchone()
+        return ApiKeyRecord(int(key_id), client_id, prefix, at, None)
+
+    def client_for_key_hash(self, key_hash: str) -> Client | None:
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT c.id, c.name, c.role, c.created_at FROM api_keys k JOIN clients c ON c.id = k.client_id "
+                "WHERE k.key_hash = ? AND k.revoked_at IS NULL",
+                (key_hash,),
+            )
+            row = cur.fetchone()
+        return None if row is None else self._client_from_row(row)
+
+    def list_keys(self, client_id: int) -> list[ApiKeyRecord]:
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT id, client_id, prefix, created_at, revoked_at FROM api_keys WHERE client_id = ? ORDER BY id",
+                (client_id,),
+            )
+            return [ApiKeyRecord(int(r[0]), int(r[1]), r[2], r[3], r[4]) for r in cur.fetchall()]
+
+    def revoke_key(self, key_id: int) -> ApiKeyRecord:
+        with self._transaction(write=True) as cur:
+            cur.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (utc_now(), key_id))
+            cur.execute("SELECT id, client_id, prefix, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,))
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"key id={key_id} does not exist", field="key_id")
+        return ApiKeyRecord(int(row[0]), int(row[1]), row[2], row[3], row[4])
+
+    # -- caps and spending ------------------------------------------------------------------
+
+    def set_cap(self, dataset: str, cap: Epsilon, *, client_id: int | None, window: int | None) -> None:
+        if client_id is not None:
+            self.get_client(client_id)
+        if window is not None and window < 0:
+            raise InvalidInput(f"window={window} must be 0 or more (or omitted for every window)", field="window")
+        cid = GLOBAL if client_id is None else client_id
+        win = EVERY_WINDOW if window is None else window
+        with self._transaction(write=True) as cur:
+            cur.execute(
+                "INSERT INTO caps (client_id, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (client_id, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
+                "updated_at = excluded.updated_at",
+                (cid, dataset, win, cap.nanos, utc_now()),
+            )
+
+    def _cap(self, cur: Cursor, dataset: str, window: int, client_id: int) -> Epsilon | None:
+        cur.execute(
+            "SELECT cap_nanos FROM caps WHERE client_id = ? AND dataset = ? AND win IN (?, ?) "
+            "ORDER BY win DESC LIMIT 1",
+            (client_id, dataset, window, EVERY_WINDOW),
+        )
+        row = cur.fetchone()
+        return None if row is None else Epsilon(int(row[0]))
+
+    def _spent(self, cur: Cursor, dataset: str, window: int, client_id: int) -> Epsilon:
+        cur.execute(
+            "SELECT nanos FROM spend WHERE dataset = ? AND win = ? AND client_id = ?", (dataset, window, client_id)
+        )
+        row = cur.fetchone()
+        return Epsilon(0 if row is None else int(row[0]))
+
+    def _budgets(self, cur: Cursor, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
+        return [
+            WindowBudget(
+                window=w,
+                client_cap=self._cap(cur, dataset, w, client_id),
+                client_spent=self._spent(cur, dataset, w, client_id),
+                global_cap=self._cap(cur, dataset, w, GLOBAL),
+                global_spent=self._spent(cur, dataset, w, GLOBAL),
+            )
+            for w in windows
+        ]
+
+    def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
+        with self._transaction(write=False) as cur:
+            return self._budgets(cur, dataset, client_id, windows)
+
+    def charged_windows(self, dataset: str, client_id: int) -> list[int]:
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT win FROM spend WHERE dataset = ? AND client_id = ? ORDER BY win", (dataset, client_id)
+            )
+            return [int(r[0]) for r in cur.fetchall()]
+
+    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> Epsilon:
+        """Sum of the append-only charge rows (not the running totals): the audit of spending."""
+        with self._transaction(write=False) as cur:
+            if client_id is None:
+                cur.execute("SELECT COALESCE(SUM(nanos), 0) FROM charges WHERE dataset = ? AND win = ?", (dataset, window))
+            else:
+                cur.execute(
+                    "SELECT COALESCE(SUM(nanos), 0) FROM charges WHERE dataset = ? AND win = ? AND client_id = ?",
+                    (dataset, window, client_id),
+                )
+            return Epsilon(int(cur.fetchone()[0]))
+
+    # -- releases ---------------------------------------------------------------------------
+
+    def _answer_from_row(self, row: Any) -> StoredAnswer:
+        return StoredAnswer(row[0], row[1], row[2], int(row[3]), json.loads(row[4]), row[5])
+
+    def _find_answer(self, cur: Cursor, dataset: str, query_key: str) -> StoredAnswer | None:
+        cur.execute(
+            "SELECT answer_id, dataset, query_key, client_id, payload, created_at FROM answers "
+            "WHERE dataset = ? AND query_key = ?",
+            (dataset, query_key),
+        )
+        row = cur.fetchone()
+        return None if row is None else self._answer_from_row(row)
+
+    def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None:
+        with self._transaction(write=False) as cur:
+            return self._find_answer(cur, dataset, query_key)
+
+    def get_answer(self, answer_id: str) -> StoredAnswer | None:
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT answer_id, dataset, query_key, client_id, payload, created_at FROM answers WHERE answer_id = ?",
+                (answer_id,),
+            )
+            row = cur.fetchone()
+        return None if row is None else self._answer_from_row(row)
+
+    def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
+        """Check every cap, then charge, store and audit in one transaction; or do nothing."""
+        windows = tuple(sorted(set(request.windows)))
+        with self._transaction(write=True) as cur:
+            self._lock_spend_rows(cur, request.dataset, windows, request.client_id)
+            # An identical query released meanwhile (another worker or host) wins: reuse it.
+            existing = self._find_answer(cur, request.dataset, request.query_key)
+            if existing is not None:
+                self._append_audit(cur, _with_reuse(request.audit, existing.answer_id))
+                return ReleaseReceipt(existing, reused=True, charged=Epsilon.zero())
+            # Check, without changing anything ...
+            for budget in self._budgets(cur, request.dataset, request.client_id, list(windows)):
+                _check_budget(budget, request)
+            # ... then commit: charge rows, running totals, the answer, the audit row.
+            at = utc_now()
+            for w in windows:
+                cur.execute(
+                    "INSERT INTO charges (client_id, dataset, win, nanos, answer_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (request.client_id, request.dataset, w, request.epsilon.nanos, request.answer_id, at),
+                )
+                for cid in (request.client_id, GLOBAL):
+                    cur.execute(
+                        "INSERT INTO spend (dataset, win, client_id, nanos) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (dataset, win, client_id) DO UPDATE SET nanos = spend.nanos + excluded.nanos",
+                        (request.dataset, w, cid, request.epsilon.nanos),
+                    )
+            cur.execute(
+                "INSERT INTO answers (answer_id, dataset, query_key, client_id, payload, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (request.answer_id, request.dataset, request.query_key, request.client_id,
+                 json.dumps(request.payload, separators=(",", ":")), at),
+            )
+            self._append_audit(cur, request.audit)
+            answer = StoredAnswer(request.answer_id, request.dataset, request.query_key, request.client_id,
+                                  request.payload, at)
+            return ReleaseReceipt(answer, reused=False, charged=request.epsilon)
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def _append_audit(self, cur: Cursor, entry: AuditEntry) -> AuditEntry:
+        self._lock_audit_tail(cur)
+        cur.execute("SELECT row_hash FROM audit ORDER BY id DESC LIMIT 1")
+        row = cur.fetchone()
+        prev = GENESIS_HASH if row is None else row[0]
+        at = utc_now()
+        row_hash = entry.chain_hash(prev, at)
+        cur.execute(
+            "INSERT INTO audit (at, client_id, action, dataset, query, epsilon_nanos, outcome, answer_id, "
+            "prev_hash, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, entry.client_id, entry.action, entry.dataset,
+             None if entry.query is None else json.dumps(entry.query, sort_keys=True, separators=(",", ":")),
+             entry.epsilon.nanos, entry.outcome, entry.answer_id, prev, row_hash),
+        )
+        return entry
+
+    def _lock_audit_tail(self, cur: Cursor) -> None:
+        """Serialize appends so the chain has one tail; SQLite's write lock already does."""
+
+    def append_audit(self, entry: AuditEntry) -> AuditEntry:
+        with self._transaction(write=True) as cur:
+            return self._append_audit(cur, entry)
+
+    def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"limit={limit} must be between 1 and 1000", field="limit")
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT id, at, client_id, action, dataset, query, epsilon_nanos, outcome, answer_id, prev_hash, "
+                "row_hash FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+            rows = cur.fetchall()
+        return [
+            AuditEntry(
+                id=int(r[0]), at=r[1], client_id=None if r[2] is None else int(r[2]), action=r[3], dataset=r[4],
+                query=None if r[5] is None else json.loads(r[5]), epsilon=Epsilon(int(r[6])), outcome=r[7],
+                answer_id=r[8], prev_hash=r[9], row_hash=r[10],
+            )
+            for r in rows
+        ]
+
+    def iter_audit(self, batch: int = 1000) -> Iterator[AuditEntry]:
+        after = 0
+        while rows := self.read_audit(after_id=after, limit=batch):
+            yield from rows
+            after = rows[-1].id
+
+
+def _with_reuse(entry: AuditEntry, answer_id: str) -> AuditEntry:
+    return AuditEntry(action=entry.action, outcome="reused", client_id=entry.client_id, dataset=entry.dataset,
+                      query=entry.query, epsilon=Epsilon.zero(), answer_id=answer_id)
+
+
+def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
+    """Raise BudgetExceeded naming the window and the cap; exact integer comparison."""
+    w = budget.window
+    if budget.client_cap is None:
+        raise BudgetExceeded(
+            f"no budget cap is set for this client on dataset {request.dataset!r} window {w}; "
+            "ask an admin to set one (dpflows admin set-cap)",
+            field="dataset",
+        )
+    if budget.global_cap is None:
+        raise BudgetExceeded(
+            f"no global cap is set on dataset {request.dataset!r} window {w}; ask an admin to set one "
+            "(dpflows admin set-cap --global)",
+            field="dataset",
+        )
+    if budget.client_spent.nanos + request.epsilon.nanos > budget.client_cap.nanos:
+        left = Epsilon(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
+        raise BudgetExceeded(
+            f"epsilon={request.epsilon} exceeds your remaining budget of {left} (cap {budget.client_cap}) "
+            f"on dataset {request.dataset!r} window {w}; ask for less or wait for an admin to raise the cap",
+            field="epsilon",
+            details={"window": w, "remaining": left.to_json()},
+        )
+    if budget.global_spent.nanos + request.epsilon.nanos > budget.global_cap.nanos:
+        left = Epsilon(max(budget.global_cap.nanos - budget.global_spent.nanos, 0))
+        raise BudgetExceeded(
+            f"epsilon={request.epsilon} exceeds the remaining global budget of {left} on dataset "
+            f"{request.dataset!r} window {w}, shared by all clients; ask for less",
+            field="epsilon",
+            details={"window": w, "remaining": left.to_json()},
+        )

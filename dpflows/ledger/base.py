@@ -1,0 +1,156 @@
+"""The Ledger protocol and its records: clients, keys, caps, charges, stored answers, audit.
+
+The ledger is the one durable authority on privacy spending. Its central operation,
+`commit_release`, checks every cap a release touches and, only if all hold, appends the
+charges, stores the answer and writes the audit row, all in one transaction (design §4).
+If any cap would be exceeded nothing is written. Implementations: memory.py (tests,
+benchmarks), sqlite.py (embedded default, one host), postgres.py (several hosts).
+
+Caps: per (client, dataset, window) and a global cap per (dataset, window) across all
+clients. A cap set for window None applies to every window without a cap of its own. A
+window with no cap at all has nothing to spend: ledgers fail closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from dpflows.budget import Epsilon
+
+ROLES = ("admin", "planner", "analyst")
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class Client:
+    id: int
+    name: str
+    role: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: int
+    client_id: int
+    prefix: str  # first characters of the key, to tell keys apart in listings; not a secret
+    created_at: str
+    revoked_at: str | None
+
+
+@dataclass(frozen=True)
+class WindowBudget:
+    """One window's caps and spending for one client (and across all clients)."""
+
+    window: int
+    client_cap: Epsilon | None
+    client_spent: Epsilon
+    global_cap: Epsilon | None
+    global_spent: Epsilon
+
+    @property
+    def remaining(self) -> Epsilon:
+        """What this client can still spend here: the tighter of its own and the global cap."""
+        if self.client_cap is None or self.global_cap is None:
+            return Epsilon.zero()
+        own = max(self.client_cap.nanos - self.client_spent.nanos, 0)
+        shared = max(self.global_cap.nanos - self.global_spent.nanos, 0)
+        return Epsilon(min(own, shared))
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """A released answer, kept so that the identical query is answered again at no cost."""
+
+    answer_id: str
+    dataset: str
+    query_key: str
+    client_id: int
+    payload: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who asked what, when, at what ε, with what outcome: never an answer's values."""
+
+    action: str
+    outcome: str
+    client_id: int | None = None
+    dataset: str | None = None
+    query: dict[str, Any] | None = None
+    epsilon: Epsilon = field(default_factory=Epsilon.zero)
+    answer_id: str | None = None
+    # Filled in by the ledger when the row is written:
+    id: int = 0
+    at: str = ""
+    prev_hash: str = ""
+    row_hash: str = ""
+
+    def chain_hash(self, prev_hash: str, at: str) -> str:
+        """sha256 over the previous row's hash and this row's content: any edit breaks the chain."""
+        body = json.dumps(
+            {
+                "prev": prev_hash, "at": at, "action": self.action, "outcome": self.outcome,
+                "client_id": self.client_id, "dataset": self.dataset, "query": self.query,
+                "epsilon_nanos": self.epsilon.nanos, "answer_id": self.answer_id,
+            },
+            sort_keys=True, separators=(",", ":"),
+        )
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """Everything `commit_release` needs: who pays, where, how much, and what is released."""
+
+    client_id: int
+    dataset: str
+    query_key: str
+    windows: tuple[int, ...]
+    epsilon: Epsilon  # charged in full in every window
+    answer_id: str
+    payload: dict[str, Any]
+    audit: AuditEntry
+
+
+@dataclass(frozen=True)
+class ReleaseReceipt:
+    answer: StoredAnswer
+    reused: bool
+    charged: Epsilon  # per window; zero when reused
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Durable, atomic privacy accounting plus the registry of clients and keys."""
+
+    # clients and keys
+    def create_client(self, name: str, role: str) -> Client: ...
+    def get_client(self, client_id: int) -> Client: ...
+    def client_by_name(self, name: str) -> Client: ...
+    def list_clients(self) -> list[Client]: ...
+    def add_key(self, client_id: int, key_hash: str, prefix: str) -> ApiKeyRecord: ...
+    def client_for_key_hash(self, key_hash: str) -> Client | None: ...
+    def list_keys(self, client_id: int) -> list[ApiKeyRecord]: ...
+    def revoke_key(self, key_id: int) -> ApiKeyRecord: ...
+
+    # caps and spending
+    def set_cap(self, dataset: str, cap: Epsilon, *, client_id: int | None, window: int | None) -> None: ...
+    def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]: ...
+    def charged_windows(self, dataset: str, client_id: int) -> list[int]: ...
+    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> Epsilon: ...
+
+    # releases
+    def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None: ...
+    def get_answer(self, answer_id: str) -> StoredAnswer | None: ...
+    def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt: ...
+
+    # audit
+    def append_audit(self, entry: AuditEntry) -> AuditEntry: ...
+    def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]: ...
+
+    def close(self) -> None: ...

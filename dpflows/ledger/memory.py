@@ -1,0 +1,168 @@
+"""In-memory ledger: the protocol's reference semantics, for tests and benchmarks.
+
+One lock makes `commit_release` atomic within a process. Nothing is durable: never serve with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from dpflows.budget import Epsilon
+from dpflows.errors import Conflict, InvalidInput, NotFound
+from dpflows.ledger._sql import EVERY_WINDOW, GLOBAL, _check_budget, _with_reuse, utc_now
+from dpflows.ledger.base import (
+    GENESIS_HASH,
+    ROLES,
+    ApiKeyRecord,
+    AuditEntry,
+    Client,
+    ReleaseReceipt,
+    ReleaseRequest,
+    StoredAnswer,
+    WindowBudget,
+)
+
+
+class MemoryLedger:
+    """Dictionaries behind one lock; same behaviour as the SQL ledgers, checked by one contract suite."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._clients: dict[int, Client] = {}
+        self._keys: dict[int, ApiKeyRecord] = {}
+        self._key_hash: dict[str, int] = {}
+        self._caps: dict[tuple[int, str, int], Epsilon] = {}
+        self._spend: dict[tuple[str, int, int], int] = {}
+        self._charges: list[tuple[int, str, int, int, str]] = []
+        self._answers: dict[str, StoredAnswer] = {}
+        self._answer_by_key: dict[tuple[str, str], str] = {}
+        self._audit: list[AuditEntry] = []
+
+    def create_client(self, name: str, role: str) -> Client:
+        if role not in ROLES:
+            raise InvalidInput(f"role={role!r} is not a role; use one of {list(ROLES)}", field="role")
+        if not name or len(name) > 128:
+            raise InvalidInput(f"name={name!r} must be 1-128 characters", field="name")
+        with self._lock:
+            if any(c.name == name for c in self._clients.values()):
+                raise Conflict(f"name={name!r} is taken by another client; choose another name", field="name")
+            client = Client(len(self._clients) + 1, name, role, utc_now())
+            self._clients[client.id] = client
+            return client
+
+    def get_client(self, client_id: int) -> Client:
+        try:
+            return self._clients[client_id]
+        except KeyError:
+            raise NotFound(f"client id={client_id} does not exist", field="client_id") from None
+
+    def client_by_name(self, name: str) -> Client:
+        for client in self._clients.values():
+            if client.name == name:
+                return client
+        raise NotFound(f"client name={name!r} does not exist", field="name")
+
+    def list_clients(self) -> list[Client]:
+        return sorted(self._clients.values(), key=lambda c: c.id)
+
+    def add_key(self, client_id: int, key_hash: str, prefix: str) -> ApiKeyRecord:
+        self.get_client(client_id)
+        with self._lock:
+            record = ApiKeyRecord(len(self._keys) + 1, client_id, prefix, utc_now(), None)
+            self._keys[record.id] = record
+            self._key_hash[key_hash] = record.id
+            return record
+
+    def client_for_key_hash(self, key_hash: str) -> Client | None:
+        key_id = self._key_hash.get(key_hash)
+        if key_id is None or self._keys[key_id].revoked_at is not None:
+            return None
+        return self._clients[self._keys[key_id].client_id]
+
+    def list_keys(self, client_id: int) -> list[ApiKeyRecord]:
+        return [k for k in self._keys.values() if k.client_id == client_id]
+
+    def revoke_key(self, key_id: int) -> ApiKeyRecord:
+        with self._lock:
+            if key_id not in self._keys:
+                raise NotFound(f"key id={key_id} does not exist", field="key_id")
+            if self._keys[key_id].revoked_at is None:
+                self._keys[key_id] = dataclasses.replace(self._keys[key_id], revoked_at=utc_now())
+            return self._keys[key_id]
+
+    def set_cap(self, dataset: str, cap: Epsilon, *, client_id: int | None, window: int | None) -> None:
+        if client_id is not None:
+            self.get_client(client_id)
+        if window is not None and window < 0:
+            raise InvalidInput(f"window={window} must be 0 or more (or omitted for every window)", field="window")
+        with self._lock:
+            self._caps[(GLOBAL if client_id is None else client_id, dataset, EVERY_WINDOW if window is None else window)] = cap
+
+    def _cap(self, dataset: str, window: int, client_id: int) -> Epsilon | None:
+        cap = self._caps.get((client_id, dataset, window))
+        return cap if cap is not None else self._caps.get((client_id, dataset, EVERY_WINDOW))
+
+    def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
+        with self._lock:
+            return [
+                WindowBudget(
+                    w, self._cap(dataset, w, client_id), Epsilon(self._spend.get((dataset, w, client_id), 0)),
+                    self._cap(dataset, w, GLOBAL), Epsilon(self._spend.get((dataset, w, GLOBAL), 0)),
+                )
+                for w in windows
+            ]
+
+    def charged_windows(self, dataset: str, client_id: int) -> list[int]:
+        return sorted(w for (d, w, c) in self._spend if d == dataset and c == client_id)
+
+    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> Epsilon:
+        return Epsilon(sum(n for (c, d, w, n, _) in self._charges
+                           if d == dataset and w == window and (client_id is None or c == client_id)))
+
+    def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None:
+        answer_id = self._answer_by_key.get((dataset, query_key))
+        return None if answer_id is None else self._answers[answer_id]
+
+    def get_answer(self, answer_id: str) -> StoredAnswer | None:
+        return self._answers.get(answer_id)
+
+    def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
+        windows = sorted(set(request.windows))
+        with self._lock:
+            existing = self.find_answer(request.dataset, request.query_key)
+            if existing is not None:
+                self.append_audit(_with_reuse(request.audit, existing.answer_id))
+                return ReleaseReceipt(existing, reused=True, charged=Epsilon.zero())
+            for budget in self.window_budgets(request.dataset, request.client_id, windows):
+                _check_budget(budget, request)
+            for w in windows:
+                self._charges.append((request.client_id, request.dataset, w, request.epsilon.nanos, request.answer_id))
+                for cid in (request.client_id, GLOBAL):
+                    key = (request.dataset, w, cid)
+                    self._spend[key] = self._spend.get(key, 0) + request.epsilon.nanos
+            answer = StoredAnswer(request.answer_id, request.dataset, request.query_key, request.client_id,
+                                  request.payload, utc_now())
+            self._answers[answer.answer_id] = answer
+            self._answer_by_key[(request.dataset, request.query_key)] = answer.answer_id
+            self.append_audit(request.audit)
+            return ReleaseReceipt(answer, reused=False, charged=request.epsilon)
+
+    def append_audit(self, entry: AuditEntry) -> AuditEntry:
+        with self._lock:
+            prev = self._audit[-1].row_hash if self._audit else GENESIS_HASH
+            at = utc_now()
+            row = dataclasses.replace(entry, id=len(self._audit) + 1, at=at, prev_hash=prev,
+                                      row_hash=entry.chain_hash(prev, at))
+            self._audit.append(row)
+            return row
+
+    def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"limit={limit} must be between 1 and 1000", field="limit")
+        return [e for e in self._audit if e.id > after_id][:limit]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+

@@ -1,0 +1,126 @@
+"""SQLite ledger: the embedded default for one host.
+
+WAL mode lets readers proceed while one writer holds the lock; every charge runs inside
+`BEGIN IMMEDIATE`, which takes SQLite's single write lock before the first read, so the cap
+check and the charge rows are serialized across all threads, gunicorn workers and processes
+on the host that share the file. `synchronous=FULL` makes a commit durable before `COMMIT`
+returns, so no answer leaves the process before its charge is on disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dpflows.errors import Unavailable
+from dpflows.ledger._sql import Cursor, SqlLedger
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS clients (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+    created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, client_id INTEGER NOT NULL REFERENCES clients(id),
+    key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT);
+CREATE TABLE IF NOT EXISTS caps (
+    client_id INTEGER NOT NULL, dataset TEXT NOT NULL, win INTEGER NOT NULL,
+    cap_nanos INTEGER NOT NULL CHECK (cap_nanos >= 0), updated_at TEXT NOT NULL,
+    PRIMARY KEY (client_id, dataset, win));
+CREATE TABLE IF NOT EXISTS spend (
+    dataset TEXT NOT NULL, win INTEGER NOT NULL, client_id INTEGER NOT NULL,
+    nanos INTEGER NOT NULL CHECK (nanos >= 0), PRIMARY KEY (dataset, win, client_id));
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, client_id INTEGER NOT NULL, dataset TEXT NOT NULL,
+    win INTEGER NOT NULL, nanos INTEGER NOT NULL CHECK (nanos >= 0), answer_id TEXT NOT NULL,
+    at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS charges_by_window ON charges (dataset, win, client_id);
+CREATE TABLE IF NOT EXISTS answers (
+    answer_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, query_key TEXT NOT NULL,
+    client_id INTEGER NOT NULL, payload TEXT NOT NULL, created_at TEXT NOT NULL,
+    UNIQUE (dataset, query_key));
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, client_id INTEGER, action TEXT NOT NULL,
+    dataset TEXT, query TEXT, epsilon_nanos INTEGER NOT NULL, outcome TEXT NOT NULL, answer_id TEXT,
+    prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS charges_no_update BEFORE UPDATE ON charges
+    BEGIN SELECT RAISE(ABORT, 'charges are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS charges_no_delete BEFORE DELETE ON charges
+    BEGIN SELECT RAISE(ABORT, 'charges are append-only'); END;
+"""
+
+
+class SqliteLedger(SqlLedger):
+    """One SQLite file shared by every worker on a host; a connection per thread."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = str(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connection()
+            conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the ledger database cannot be opened or created ({type(exc).__name__})") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+        try:
+            conn = self._connection()
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as exc:
+            raise Unavailable(
+                f"the ledger is unavailable ({type(exc).__name__}); nothing was charged or released, retry later"
+            ) from exc
+        try:
+            yield cur
+        except sqlite3.IntegrityError:
+            conn.rollback()
+            raise  # a unique violation the caller turns into Conflict
+        except sqlite3.Error as exc:
+            conn.rollback()
+            raise Unavailable(
+                f"the ledger failed ({type(exc).__name__}); nothing was charged or released, retry later"
+            ) from exc
+        except BaseException:
+            conn.rollback()
+            raise
+        try:
+            conn.commit()
+        except sqlite3.Error as exc:
+            conn.rollback()
+            raise Unavailable(
+                f"the ledger could not commit ({type(exc).__name__}); nothing was charged or released, retry later"
+            ) from exc
+
+    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int) -> None:
+        """BEGIN IMMEDIATE already holds the database's only write lock."""
+
+    def _is_unique_violation(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

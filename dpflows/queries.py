@@ -1,0 +1,254 @@
+"""Flows, presence and patterns: a public key domain and the true count vector over it.
+
+A query spec is normalized first (sorted weekdays, explicit hours) so that two requests that
+mean the same thing share one stored answer. The key domain is built from public facts only
+(the zoning's zones, the hours and weekdays asked for), never from the data, and every key is
+present in the true vector, zeros included (rule 5).
+
+Sensitivity: after bounding, one person contributes at most L records of a measure per
+window, and each record falls into at most one key of any of these queries, so the ℓ1
+sensitivity of the vector is L whatever zoning, filter or grouping is used (design §2).
+Presence counts person-cell-hours: a person seen in two cells of one zone in one hour counts
+twice at zone level, which the bound L_presence already covers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from dpflows.aggregates import Dataset, MeasureArrays
+from dpflows.errors import DomainTooLarge, InvalidInput
+
+QueryKind = Literal["flows", "presence", "patterns"]
+QUERY_KINDS: tuple[str, ...] = ("flows", "presence", "patterns")
+ALL_HOURS = tuple(range(24))
+ALL_WEEKDAYS = tuple(range(7))
+WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+#: Dense release of more keys than this is refused: cell-level OD needs a sparse mechanism.
+MAX_DENSE_KEYS = 100_000
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """What a client asks, normalized. Hours and weekdays are explicit sorted tuples."""
+
+    kind: str
+    dataset: str
+    zoning: str
+    start: dt.date
+    end: dt.date  # exclusive
+    hours: tuple[int, ...] = ALL_HOURS
+    weekdays: tuple[int, ...] = ALL_WEEKDAYS
+    measure: str = "trips"  # patterns only: trips (departures) or presence
+    zone: str | None = None  # patterns only: one zone, or None for the whole area
+
+    def canonical(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["start"], doc["end"] = self.start.isoformat(), self.end.isoformat()
+        doc["hours"], doc["weekdays"] = list(self.hours), list(self.weekdays)
+        return doc
+
+    def key(self) -> str:
+        """Stable digest of the normalized query, the basis of answer reuse."""
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def counted_measure(self) -> str:
+        return {"flows": "trips", "presence": "presence"}.get(self.kind, self.measure)
+
+
+def hour_range(hours: tuple[int, int] | list[int] | None) -> tuple[int, ...]:
+    """[from, to) hours of day; from > to wraps past midnight (22, 2 means 22, 23, 0, 1)."""
+    if hours is None:
+        return ALL_HOURS
+    if len(hours) != 2 or not all(isinstance(h, int) and not isinstance(h, bool) for h in hours):
+        raise InvalidInput(f"hours={hours!r} must be two integers [from, to), such as [7, 10]", field="hours")
+    start, stop = hours
+    if not (0 <= start <= 23 and 1 <= stop <= 24) or start == stop:
+        raise InvalidInput(
+            f"hours={list(hours)!r} must be [from, to) with 0 <= from <= 23, 1 <= to <= 24 and from != to, "
+            "such as [7, 10]",
+            field="hours",
+        )
+    if start < stop:
+        return tuple(range(start, stop))
+    return tuple(range(start, 24)) + tuple(range(0, stop))
+
+
+def make_spec(
+    kind: str,
+    *,
+    dataset: str,
+    zoning: str,
+    start: dt.date,
+    end: dt.date,
+    hours: tuple[int, int] | list[int] | None = None,
+    weekdays: list[int] | tuple[int, ...] | None = None,
+    measure: str | None = None,
+    zone: str | None = None,
+) -> QuerySpec:
+    """Validate and normalize a query; every message names the field, the value and the fix."""
+    if kind not in QUERY_KINDS:
+        raise InvalidInput(f"kind={kind!r} is not a query; use one of {list(QUERY_KINDS)}", field="kind")
+    if end <= start:
+        raise InvalidInput(
+            f"end={end.isoformat()} must be after start={start.isoformat()} (end is exclusive)", field="end"
+        )
+    if weekdays is None:
+        days: tuple[int, ...] = ALL_WEEKDAYS
+    else:
+        bad = [d for d in weekdays if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= 6]
+        if bad or not weekdays:
+            raise InvalidInput(
+                f"weekdays={list(weekdays)!r} must be a non-empty list of integers 0..6 (0=Monday)",
+                field="weekdays",
+            )
+        days = tuple(sorted(set(weekdays)))
+    if kind == "patterns":
+        measure = measure or "trips"
+        if measure not in ("trips", "presence"):
+            raise InvalidInput(f"measure={measure!r} must be 'trips' or 'presence'", field="measure")
+    else:
+        if measure is not None and measure != {"flows": "trips", "presence": "presence"}[kind]:
+            raise InvalidInput(f"measure={measure!r} applies to patterns only; leave it out", field="measure")
+        if zone is not None:
+            raise InvalidInput(f"zone={zone!r} applies to patterns only; leave it out", field="zone")
+        measure = "trips"
+    return QuerySpec(kind, dataset, zoning, start, end, hour_range(hours), days, measure, zone)
+
+
+@dataclass(frozen=True)
+class KeyDomain:
+    """The public keys of an answer, in release order, as named columns."""
+
+    fields: tuple[str, ...]
+    columns: dict[str, list[Any]] = field(hash=False)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def rows(self) -> list[dict[str, Any]]:
+        cols = [self.columns[f] for f in self.fields]
+        return [dict(zip(self.fields, vals, strict=True)) for vals in zip(*cols, strict=True)]
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A checked query against one dataset: its keys, true counts, sensitivity and windows."""
+
+    spec: QuerySpec
+    domain: KeyDomain
+    true_counts: np.ndarray
+    sensitivity: int
+    windows: tuple[int, ...]
+
+
+def _check_span(spec: QuerySpec, data: Dataset) -> tuple[int, int]:
+    meta = data.metadata
+    if spec.start < meta.first_day or spec.end > meta.end_day:
+        raise InvalidInput(
+            f"dates [{spec.start.isoformat()}, {spec.end.isoformat()}) fall outside dataset "
+            f"{meta.name!r}, which covers [{meta.first_day.isoformat()}, {meta.end_day.isoformat()}); "
+            "choose start and end inside it",
+            field="start" if spec.start < meta.first_day else "end",
+        )
+    return (spec.start - meta.first_day).days, (spec.end - meta.first_day).days
+
+
+def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
+    """Windows holding at least one day the query counts; each is charged the full ε."""
+    first, stop = _check_span(spec, data)
+    meta = data.metadata
+    days = [d for d in range(first, stop) if (meta.first_day + dt.timedelta(days=d)).weekday() in spec.weekdays]
+    if not days:
+        raise InvalidInput(
+            f"weekdays={list(spec.weekdays)} never occur between {spec.start.isoformat()} and "
+            f"{spec.end.isoformat()}; widen the dates or the weekdays",
+            field="weekdays",
+        )
+    return tuple(sorted({d // meta.window_days for d in days}))
+
+
+def _row_mask(spec: QuerySpec, arrays: MeasureArrays, first: int, stop: int) -> np.ndarray:
+    mask = (arrays.day >= first) & (arrays.day < stop)
+    if spec.hours != ALL_HOURS:
+        mask &= np.isin(arrays.hour, np.asarray(spec.hours, dtype=np.int8))
+    if spec.weekdays != ALL_WEEKDAYS:
+        mask &= np.isin(arrays.weekday, np.asarray(spec.weekdays, dtype=np.int8))
+    return mask
+
+
+def _check_domain_size(size: int, spec: QuerySpec) -> None:
+    if size > MAX_DENSE_KEYS:
+        raise DomainTooLarge(
+            f"{spec.kind} on zoning={spec.zoning!r} has {size} keys, above the dense-release limit of "
+            f"{MAX_DENSE_KEYS}; use a coarser zoning (cell-level OD needs a sparse mechanism dpflows "
+            "does not offer yet)",
+            field="zoning",
+        )
+
+
+def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
+    """Build the public key domain and the exact count per key (never leaves the process)."""
+    zoning = data.zoning(spec.zoning)
+    windows = touched_windows(spec, data)
+    first, stop = _check_span(spec, data)
+    arrays = data.measure(spec.counted_measure)
+    mask = _row_mask(spec, arrays, first, stop)
+    counts = arrays.count[mask]
+    zones = list(zoning.zone_ids)
+    n_zones = zoning.zone_count
+    if spec.kind == "flows":
+        _check_domain_size(n_zones * n_zones, spec)
+        assert arrays.dest is not None
+        oz = zoning.zone_of_cell[arrays.origin[mask]]
+        dz = zoning.zone_of_cell[arrays.dest[mask]]
+        true = np.bincount(oz * n_zones + dz, weights=counts, minlength=n_zones * n_zones)
+        domain = KeyDomain(
+            ("origin", "destination"),
+            {"origin": [z for z in zones for _ in zones], "destination": zones * n_zones},
+        )
+    elif spec.kind == "presence":
+        hours = spec.hours
+        _check_domain_size(n_zones * len(hours), spec)
+        hour_pos = np.full(24, -1, dtype=np.int64)
+        hour_pos[list(hours)] = np.arange(len(hours))
+        z = zoning.zone_of_cell[arrays.origin[mask]]
+        h = hour_pos[arrays.hour[mask]]
+        true = np.bincount(z * len(hours) + h, weights=counts, minlength=n_zones * len(hours))
+        domain = KeyDomain(
+            ("zone", "hour"),
+            {"zone": [zz for zz in zones for _ in hours], "hour": list(hours) * n_zones},
+        )
+    else:
+        if spec.zone is not None:
+            zone_idx = zoning.zone_index(spec.zone)
+            in_zone = zoning.zone_of_cell[arrays.origin[mask]] == zone_idx
+        else:
+            in_zone = np.ones(int(mask.sum()), dtype=bool)
+        hours, days = spec.hours, spec.weekdays
+        hour_pos = np.full(24, -1, dtype=np.int64)
+        hour_pos[list(hours)] = np.arange(len(hours))
+        day_pos = np.full(7, -1, dtype=np.int64)
+        day_pos[list(days)] = np.arange(len(days))
+        wd = day_pos[arrays.weekday[mask][in_zone]]
+        hh = hour_pos[arrays.hour[mask][in_zone]]
+        true = np.bincount(wd * len(hours) + hh, weights=counts[in_zone], minlength=len(days) * len(hours))
+        domain = KeyDomain(
+            ("weekday", "hour"),
+            {"weekday": [d for d in days for _ in hours], "hour": list(hours) * len(days)},
+        )
+    return PreparedQuery(
+        spec=spec,
+        domain=domain,
+        true_counts=np.rint(true).astype(np.int64),
+        sensitivity=data.metadata.bound(spec.counted_measure),
+        windows=windows,
+    )

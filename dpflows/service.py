@@ -1,0 +1,370 @@
+"""The service: answer(query, client) and the admin tasks, over a store and a ledger.
+
+A query is answered in this order (design §4): authorize and validate → price (ε, or ε
+derived from a target error) → reuse a stored answer if the identical query was released →
+compute the noisy answer in memory → in one ledger transaction check every cap, charge every
+window, store the answer and audit → respond. Any failure before the commit releases nothing
+and charges nothing; every outcome, failures included, is audited without values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dpflows.aggregates import AggregateStore, Dataset
+from dpflows.budget import Epsilon
+from dpflows.cells import CELL_ZONING, Zoning, parse_zoning_csv
+from dpflows.errors import AuthenticationFailed, DpflowsError, InvalidInput, PolicyViolation
+from dpflows.ledger import AuditEntry, Client, Ledger, ReleaseRequest, StoredAnswer, WindowBudget
+from dpflows.mechanisms import (
+    DEFAULT_CONFIDENCE,
+    DISCRETE_LAPLACE,
+    epsilon_for_error,
+    error_bound,
+    release_counts,
+    scale_for_epsilon,
+)
+from dpflows.queries import QuerySpec, prepare, touched_windows
+
+log = logging.getLogger("dpflows.service")
+
+KEY_PREFIX = "dpf_"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-role rules (design §5). Analysts: zone-to-zone flows on coarse zonings, a lower ε cap."""
+
+    planner_max_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("1"))
+    analyst_max_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("0.25"))
+
+    def max_epsilon(self, role: str) -> Epsilon:
+        return self.analyst_max_epsilon if role == "analyst" else self.planner_max_epsilon
+
+    def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning) -> None:
+        """Raise PolicyViolation naming the rule a query breaks for this client's role."""
+        if client.role == "admin":
+            raise PolicyViolation("role admin queries no data; use a planner or analyst key", field="role")
+        if client.role == "analyst":
+            if spec.kind != "flows":
+                raise PolicyViolation(
+                    f"role analyst may query flows only, not {spec.kind}; ask a planner", field="kind"
+                )
+            if spec.zoning == CELL_ZONING or not zoning.coarse:
+                raise PolicyViolation(
+                    f"role analyst may query coarse zonings only; zoning={spec.zoning!r} is not coarse",
+                    field="zoning",
+                )
+
+    def check_epsilon(self, client: Client, epsilon: Epsilon, *, derived_from: float | None) -> None:
+        cap = self.max_epsilon(client.role)
+        if epsilon > cap:
+            if derived_from is not None:
+                raise PolicyViolation(
+                    f"max_error={derived_from:g} needs epsilon={epsilon}, above the per-query cap of {cap} for "
+                    f"role {client.role}; ask for a larger max_error",
+                    field="max_error",
+                )
+            raise PolicyViolation(
+                f"epsilon={epsilon} exceeds the per-query cap of {cap} for role {client.role}; "
+                "send a smaller epsilon",
+                field="epsilon",
+            )
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """A query spec and how to pay for it: an ε, or a target error at a confidence."""
+
+    spec: QuerySpec
+    epsilon: Epsilon | None = None
+    max_error: float | None = None
+    confidence: float = DEFAULT_CONFIDENCE
+    clamp_negative: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.epsilon is None) == (self.max_error is None):
+            raise InvalidInput(
+                "send exactly one of epsilon or max_error (95% absolute error per value)", field="epsilon"
+            )
+
+
+@dataclass(frozen=True)
+class WindowStatus:
+    window: int
+    start: dt.date
+    end: dt.date
+    budget: WindowBudget
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A released answer with everything a client needs to use it honestly (rule 6)."""
+
+    answer_id: str
+    spec: QuerySpec
+    key_fields: tuple[str, ...]
+    values: list[dict[str, Any]]
+    epsilon_charged: Epsilon  # in each window below; zero when reused
+    epsilon_of_release: Epsilon  # the ε the stored answer was released at
+    epsilon_derived: bool  # ε was derived from max_error
+    windows: list[WindowStatus]
+    privacy_unit: str
+    mechanism: str
+    noise_scale: float
+    sensitivity: int
+    error_bound_95: float
+    confidence: float
+    reused: bool
+    postprocessing: list[str]
+    released_at: str
+
+    @property
+    def budget_remaining(self) -> Epsilon:
+        """The least this client can still spend in any window this answer touched."""
+        return min((w.budget.remaining for w in self.windows), default=Epsilon.zero())
+
+
+def hash_key(api_key: str) -> str:
+    """Keys have ≥ 256 random bits, so a plain SHA-256 is a safe, fast one-way store."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class Service:
+    """The library's front door: the API calls these methods and nothing below them."""
+
+    def __init__(self, store: AggregateStore, ledger: Ledger, policy: Policy | None = None) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.policy = policy or Policy()
+
+    # -- authentication ---------------------------------------------------------------------
+
+    def authenticate(self, api_key: str | None) -> Client:
+        """The client holding this key; one message for missing, unknown and revoked keys."""
+        if not api_key:
+            raise AuthenticationFailed("missing API key; send 'Authorization: Bearer <key>'")
+        digest = hash_key(api_key)
+        client = self.ledger.client_for_key_hash(digest)
+        # The lookup is by SHA-256 digest, so its timing says nothing about how much of a key
+        # was right; compare_digest keeps the final check constant-time as well.
+        expected = digest if client is not None else "0" * 64
+        if client is None or not hmac.compare_digest(digest, expected):
+            raise AuthenticationFailed("unknown or revoked API key; ask an admin for a valid key")
+        return client
+
+    def issue_key(self, client_id: int) -> str:
+        """A new random key for a client: shown once, stored only as its hash."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        self.ledger.add_key(client_id, hash_key(key), key[: len(KEY_PREFIX) + 6])
+        return key
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def dataset(self, name: str) -> Dataset:
+        return self.store.get(name)
+
+    def _price(self, client: Client, request: QueryRequest, data: Dataset) -> Epsilon:
+        sensitivity = data.metadata.bound(request.spec.counted_measure)
+        if request.epsilon is not None:
+            if request.epsilon.nanos == 0:
+                raise InvalidInput("epsilon=0 releases nothing useful; send a positive epsilon", field="epsilon")
+            epsilon = request.epsilon
+        else:
+            assert request.max_error is not None
+            epsilon = epsilon_for_error(sensitivity, request.max_error, request.confidence)
+        self.policy.check_epsilon(client, epsilon, derived_from=request.max_error)
+        return epsilon
+
+    def _query_key(self, spec: QuerySpec, data: Dataset, epsilon: Epsilon) -> str:
+        """Reuse key: the normalized query, the dataset's ingestion, the mechanism and ε."""
+        text = f"{spec.key()}|{data.version}|{DISCRETE_LAPLACE}|{epsilon.nanos}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def answer(self, request: QueryRequest, client: Client) -> Answer:
+        """Authorize, price, reuse or release, charge atomically, and describe the answer."""
+        spec = request.spec
+        audit_query = spec.canonical()
+        try:
+            data = self.store.get(spec.dataset)
+            self.policy.authorize(client, spec, data.zoning(spec.zoning))
+            epsilon = self._price(client, request, data)
+            audit_query["epsilon"] = epsilon.to_json()
+            query_key = self._query_key(spec, data, epsilon)
+            stored = self.ledger.find_answer(spec.dataset, query_key)
+            if stored is not None:
+                self.ledger.append_audit(AuditEntry(action=f"query.{spec.kind}", outcome="reused", client_id=client.id,
+                                                    dataset=spec.dataset, query=audit_query,
+                                                    answer_id=stored.answer_id))
+                return self._describe(stored, spec, client, data, request, reused=True)
+            prepared = prepare(spec, data)
+            noisy = release_counts(prepared.true_counts, prepared.sensitivity, epsilon)
+            answer_id = uuid.uuid4().hex
+            payload = {
+                "values": [int(v) for v in noisy.values],
+                "key_fields": list(prepared.domain.fields),
+                "keys": {f: prepared.domain.columns[f] for f in prepared.domain.fields},
+                "windows": list(prepared.windows),
+                "epsilon_nanos": epsilon.nanos,
+                "epsilon_derived": request.max_error is not None,
+                "mechanism": noisy.mechanism,
+                "scale": noisy.scale,
+                "sensitivity": noisy.sensitivity,
+                "query": spec.canonical(),
+            }
+            receipt = self.ledger.commit_release(ReleaseRequest(
+                client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=prepared.windows,
+                epsilon=epsilon, answer_id=answer_id, payload=payload,
+                audit=AuditEntry(action=f"query.{spec.kind}", outcome="released", client_id=client.id,
+                                 dataset=spec.dataset, query=audit_query, epsilon=epsilon, answer_id=answer_id),
+            ))
+        except DpflowsError as exc:
+            self._audit_failure(f"query.{spec.kind}", exc, client, spec.dataset, audit_query)
+            raise
+        return self._describe(receipt.answer, spec, client, data, request, reused=receipt.reused)
+
+    def _audit_failure(self, action: str, exc: DpflowsError, client: Client | None, dataset: str | None,
+                       query: dict[str, Any] | None) -> None:
+        try:
+            self.ledger.append_audit(AuditEntry(action=action, outcome=exc.code,
+                                                client_id=None if client is None else client.id,
+                                                dataset=dataset, query=query))
+        except DpflowsError:
+            log.error("audit row for a failed %s could not be written: ledger unavailable", action)
+
+    def _window_status(self, data: Dataset, client: Client, windows: list[int]) -> list[WindowStatus]:
+        meta = data.metadata
+        budgets = self.ledger.window_budgets(meta.name, client.id, windows)
+        return [
+            WindowStatus(b.window, meta.window_start(b.window),
+                         min(meta.window_start(b.window + 1), meta.end_day), b)
+            for b in budgets
+        ]
+
+    def _describe(self, stored: StoredAnswer, spec: QuerySpec, client: Client, data: Dataset,
+                  request: QueryRequest, *, reused: bool) -> Answer:
+        p = stored.payload
+        values = np.asarray(p["values"], dtype=np.int64)
+        post: list[str] = []
+        if request.clamp_negative:
+            values = np.maximum(values, 0)
+            post.append("clamp_negative: negative noisy counts set to 0 (biases sums upward)")
+        keys = p["keys"]
+        fields = tuple(p["key_fields"])
+        rows = [
+            {**{f: keys[f][i] for f in fields}, "count": int(values[i])} for i in range(len(values))
+        ]
+        epsilon = Epsilon(int(p["epsilon_nanos"]))
+        return Answer(
+            answer_id=stored.answer_id,
+            spec=spec,
+            key_fields=fields,
+            values=rows,
+            epsilon_charged=Epsilon.zero() if reused else epsilon,
+            epsilon_of_release=epsilon,
+            epsilon_derived=bool(p.get("epsilon_derived")),
+            windows=self._window_status(data, client, list(p["windows"])),
+            privacy_unit=data.metadata.privacy_unit,
+            mechanism=p["mechanism"],
+            noise_scale=float(p["scale"]),
+            sensitivity=int(p["sensitivity"]),
+            error_bound_95=error_bound(float(p["scale"]), request.confidence),
+            confidence=request.confidence,
+            reused=reused,
+            postprocessing=post,
+            released_at=stored.created_at,
+        )
+
+    def quote(self, request: QueryRequest, client: Client) -> dict[str, Any]:
+        """What a query would cost and how accurate it would be, without touching data or budget."""
+        spec = request.spec
+        data = self.store.get(spec.dataset)
+        self.policy.authorize(client, spec, data.zoning(spec.zoning))
+        epsilon = self._price(client, request, data)
+        windows = list(touched_windows(spec, data))
+        sensitivity = data.metadata.bound(spec.counted_measure)
+        scale = scale_for_epsilon(sensitivity, epsilon)
+        stored = self.ledger.find_answer(spec.dataset, self._query_key(spec, data, epsilon))
+        return {
+            "epsilon": epsilon,
+            "epsilon_derived": request.max_error is not None,
+            "error_bound_95": error_bound(scale, request.confidence),
+            "confidence": request.confidence,
+            "windows": self._window_status(data, client, windows),
+            "reused": stored is not None,
+            "epsilon_charged": Epsilon.zero() if stored is not None else epsilon,
+            "privacy_unit": data.metadata.privacy_unit,
+            "mechanism": DISCRETE_LAPLACE,
+            "noise_scale": scale,
+        }
+
+    def budget_status(self, client: Client, dataset: str) -> list[WindowStatus]:
+        data = self.store.get(dataset)
+        return self._window_status(data, client, list(range(data.metadata.window_count)))
+
+    # -- admin ------------------------------------------------------------------------------
+
+    def _audit_admin(self, admin: Client | None, action: str, **details: Any) -> None:
+        self.ledger.append_audit(AuditEntry(action=action, outcome="ok",
+                                            client_id=None if admin is None else admin.id,
+                                            dataset=details.pop("dataset", None), query=details or None))
+
+    def create_client(self, name: str, role: str, *, by: Client | None = None) -> tuple[Client, str]:
+        """Register a client and issue its first key (returned once, never stored)."""
+        client = self.ledger.create_client(name, role)
+        key = self.issue_key(client.id)
+        self._audit_admin(by, "admin.create_client", client=name, role=role)
+        return client, key
+
+    def rotate_key(self, client_id: int, *, by: Client | None = None) -> str:
+        key = self.issue_key(client_id)
+        self._audit_admin(by, "admin.issue_key", client_id=client_id)
+        return key
+
+    def revoke_key(self, key_id: int, *, by: Client | None = None) -> None:
+        self.ledger.revoke_key(key_id)
+        self._audit_admin(by, "admin.revoke_key", key_id=key_id)
+
+    def set_cap(self, dataset: str, cap: Epsilon, *, client_id: int | None, window: int | None,
+                by: Client | None = None) -> None:
+        """A per-client cap (client_id) or the global cap (None), for one window or every window."""
+        data = self.store.get(dataset)
+        if window is not None and not 0 <= window < data.metadata.window_count:
+            raise InvalidInput(
+                f"window={window} is not a window of dataset {dataset!r}; use 0..{data.metadata.window_count - 1} "
+                "or omit it for every window",
+                field="window",
+            )
+        self.ledger.set_cap(dataset, cap, client_id=client_id, window=window)
+        self._audit_admin(by, "admin.set_cap", dataset=dataset, client_id=client_id, window=window,
+                          cap=cap.to_json())
+
+    def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
+                   min_cells_per_zone: int = 1, geometry: dict[str, Any] | None = None,
+                   by: Client | None = None) -> Zoning:
+        """Load a public zoning (cell_id,zone_id CSV); a name is never reused for different zones."""
+        from dpflows.errors import Conflict
+
+        data = self.store.get(dataset)
+        if name in data.zonings or (data.path / "zonings" / f"{name}.json").exists():
+            raise Conflict(
+                f"name={name!r} is already a zoning of dataset {dataset!r}; stored answers refer to it, "
+                "so choose a new name",
+                field="name",
+            )
+        mapping = parse_zoning_csv(csv_text, source=f"zoning {name!r}")
+        zoning = Zoning.from_mapping(name, mapping, data.catalog, coarse=coarse,
+                                     min_cells_per_zone=min_cells_per_zone, geometry=geometry,
+                                     source=f"zoning {name!r}")
+        data.add_zoning(zoning)
+        self._audit_admin(by, "admin.add_zoning", dataset=dataset, zoning=name, coarse=coarse)
+        return zoning

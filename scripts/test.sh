@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run the whole test suite (slow and end-to-end tests included) in the project's own venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest "$@"

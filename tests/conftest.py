@@ -1,0 +1,101 @@
+"""Shared fixtures: a small deterministic dataset written through the real aggregate store,
+real ledgers (SQLite on a temporary file, in-memory), and a Service over them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dpflows.aggregates import AggregateStore, DatasetMetadata, write_aggregates
+from dpflows.budget import Epsilon
+from dpflows.ledger.sqlite import SqliteLedger
+from dpflows.service import Service
+
+FIRST_DAY = dt.date(2024, 3, 4)  # a Monday
+DAYS = 28
+N_CELLS = 40
+
+
+def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5, bound_presence: int = 20) -> Path:
+    """40 cells, 28 days, sparse trips with a morning peak; zonings 'districts' (8×5) and coarse 'sectors' (2×20)."""
+    rng = np.random.default_rng(20240304)  # synthetic test data, not noise
+    cell_ids = [f"c{i:03d}" for i in range(N_CELLS)]
+    cells = pl.DataFrame({
+        "cell_id": cell_ids,
+        "lat": [40.0 + (i // 8) * 0.01 for i in range(N_CELLS)],
+        "lon": [-74.0 + (i % 8) * 0.01 for i in range(N_CELLS)],
+    })
+    n = 4000
+    days = rng.integers(0, DAYS, n)
+    hours = np.where(rng.random(n) < 0.4, rng.integers(7, 10, n), rng.integers(0, 24, n))
+    origin = rng.integers(0, N_CELLS, n)
+    dest = rng.integers(0, N_CELLS, n)
+    trips = (
+        pl.DataFrame({
+            "day": [FIRST_DAY + dt.timedelta(days=int(d)) for d in days],
+            "hour": hours.astype(np.int8),
+            "origin": [cell_ids[i] for i in origin],
+            "dest": [cell_ids[i] for i in dest],
+            "count": rng.integers(1, 4, n),
+        })
+        .group_by("day", "hour", "origin", "dest").agg(pl.col("count").sum())
+    )
+    presence = (
+        pl.DataFrame({
+            "day": [FIRST_DAY + dt.timedelta(days=int(d)) for d in rng.integers(0, DAYS, n)],
+            "hour": rng.integers(0, 24, n).astype(np.int8),
+            "cell": [cell_ids[i] for i in rng.integers(0, N_CELLS, n)],
+            "count": rng.integers(1, 6, n),
+        })
+        .group_by("day", "hour", "cell").agg(pl.col("count").sum())
+    )
+    meta = DatasetMetadata(name, FIRST_DAY, FIRST_DAY + dt.timedelta(days=DAYS), 7, bound_trips, bound_presence,
+                           {"kind": "synthetic-test"})
+    out = write_aggregates(root / "datasets" / name, meta, cells, trips, presence)
+    store = AggregateStore(root)
+    service = Service(store, SqliteLedger(root / "bootstrap-ledger.db"))
+    service.add_zoning(name, "districts", "cell_id,zone_id\n" + "".join(f"{c},d{i // 5}\n" for i, c in enumerate(cell_ids)))
+    service.add_zoning(name, "sectors", "cell_id,zone_id\n" + "".join(f"{c},s{i // 20}\n" for i, c in enumerate(cell_ids)),
+                       coarse=True, min_cells_per_zone=20)
+    service.ledger.close()
+    (root / "bootstrap-ledger.db").unlink()
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only data root with dataset 'small'; tests must not add zonings to it."""
+    root = tmp_path_factory.mktemp("data")
+    build_small_dataset(root)
+    return root
+
+
+@pytest.fixture
+def store(data_root: Path) -> AggregateStore:
+    return AggregateStore(data_root)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
+    led = SqliteLedger(tmp_path / "ledger.db")
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def service(store: AggregateStore, ledger: SqliteLedger) -> Service:
+    return Service(store, ledger)
+
+
+@pytest.fixture
+def planner(service: Service):
+    """A planner with cap 1.0 per window and a global cap of 3.0 on 'small'."""
+    client, _key = service.create_client("planner-1", "planner")
+    service.set_cap("small", Epsilon.parse("1"), client_id=client.id, window=None)
+    service.set_cap("small", Epsilon.parse("3"), client_id=None, window=None)
+    return client
