@@ -1,0 +1,184 @@
+"""Ledger behaviour every implementation must show: caps at their edges, atomic multi-window
+charges, fail-closed defaults, answer reuse, key revocation and an append-only chained audit."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from dpflows.budget import Epsilon
+from dpflows.errors import BudgetExceeded, Conflict, InvalidInput, NotFound
+from dpflows.ledger import AuditEntry, Ledger, ReleaseRequest
+from dpflows.ledger.base import GENESIS_HASH
+
+DS = "city"
+
+
+def eps(text: str) -> Epsilon:
+    return Epsilon.parse(text)
+
+
+def release(client_id: int, epsilon: str, windows: tuple[int, ...] = (0,), key: str | None = None) -> ReleaseRequest:
+    answer_id = uuid.uuid4().hex
+    return ReleaseRequest(
+        client_id=client_id, dataset=DS, query_key=key or uuid.uuid4().hex, windows=windows, epsilon=eps(epsilon),
+        answer_id=answer_id, payload={"values": [1, 2, 3]},
+        audit=AuditEntry(action="query.flows", outcome="released", client_id=client_id, dataset=DS,
+                         epsilon=eps(epsilon), answer_id=answer_id),
+    )
+
+
+@pytest.fixture
+def funded(any_ledger: Ledger) -> tuple[Ledger, int]:
+    client = any_ledger.create_client("alice", "planner")
+    any_ledger.set_cap(DS, eps("1"), client_id=client.id, window=None)
+    any_ledger.set_cap(DS, eps("10"), client_id=None, window=None)
+    return any_ledger, client.id
+
+
+def test_cap_is_exactly_reachable(funded: tuple[Ledger, int]) -> None:
+    ledger, cid = funded
+    for _ in range(10):
+        ledger.commit_release(release(cid, "0.1"))
+    assert ledger.total_charged(DS, 0, cid) == eps("1")
+    [budget] = ledger.window_budgets(DS, cid, [0])
+    assert budget.remaining == Epsilon.zero()
+
+
+def test_a_hair_above_the_cap_is_refused_and_charges_nothing(funded: tuple[Ledger, int]) -> None:
+    ledger, cid = funded
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.commit_release(release(cid, "1.000000001"))
+    assert "window 0" in info.value.message
+    assert ledger.total_charged(DS, 0) == Epsilon.zero()
+    ledger.commit_release(release(cid, "1"))  # exactly the cap still fits
+    assert ledger.total_charged(DS, 0, cid) == eps("1")
+
+
+def test_exhausted_budget_refuses_even_the_smallest_charge(funded: tuple[Ledger, int]) -> None:
+    ledger, cid = funded
+    ledger.commit_release(release(cid, "1"))
+    with pytest.raises(BudgetExceeded):
+        ledger.commit_release(release(cid, "0.000000001"))
+    assert ledger.total_charged(DS, 0, cid) == eps("1")
+
+
+def test_zero_charge_is_allowed_and_changes_nothing(funded: tuple[Ledger, int]) -> None:
+    ledger, cid = funded
+    ledger.commit_release(release(cid, "0"))
+    assert ledger.total_charged(DS, 0, cid) == Epsilon.zero()
+
+
+def test_no_cap_means_nothing_to_spend(any_ledger: Ledger) -> None:
+    client = any_ledger.create_client("bob", "planner")
+    with pytest.raises(BudgetExceeded, match="no budget cap"):
+        any_ledger.commit_release(release(client.id, "0.1"))
+    any_ledger.set_cap(DS, eps("1"), client_id=client.id, window=None)
+    with pytest.raises(BudgetExceeded, match="no global cap"):
+        any_ledger.commit_release(release(client.id, "0.1"))
+    assert any_ledger.total_charged(DS, 0) == Epsilon.zero()
+
+
+def test_multi_window_charge_is_all_or_nothing(funded: tuple[Ledger, int]) -> None:
+    ledger, cid = funded
+    ledger.set_cap(DS, eps("0.5"), client_id=cid, window=2)  # window 2 has a tighter cap of its own
+    with pytest.raises(BudgetExceeded, match="window 2"):
+        ledger.commit_release(release(cid, "0.6", windows=(0, 1, 2)))
+    assert [ledger.total_charged(DS, w) for w in (0, 1, 2)] == [Epsilon.zero()] * 3
+    receipt = ledger.commit_release(release(cid, "0.5", windows=(0, 1, 2)))
+    assert receipt.charged == eps("0.5")
+    assert [ledger.total_charged(DS, w, cid) for w in (0, 1, 2)] == [eps("0.5")] * 3
+
+
+def test_global_cap_binds_across_clients(any_ledger: Ledger) -> None:
+    a = any_ledger.create_client("a", "planner")
+    b = any_ledger.create_client("b", "analyst")
+    for c in (a, b):
+        any_ledger.set_cap(DS, eps("1"), client_id=c.id, window=None)
+    any_ledger.set_cap(DS, eps("1.5"), client_id=None, window=None)
+    any_ledger.commit_release(release(a.id, "1"))
+    with pytest.raises(BudgetExceeded, match="global"):
+        any_ledger.commit_release(release(b.id, "0.6"))
+    any_ledger.commit_release(release(b.id, "0.5"))
+    assert any_ledger.total_charged(DS, 0) == eps("1.5")
+
+
+def test_identical_query_is_reused_at_no_cost(funded: tuple[Ledger, int]) -> None:
+    ledger, cid = funded
+    first = ledger.commit_release(release(cid, "0.4", key="same"))
+    second = ledger.commit_release(release(cid, "0.4", key="same"))
+    assert not first.reused and second.reused
+    assert second.answer.answer_id == first.answer.answer_id
+    assert second.answer.payload == first.answer.payload
+    assert second.charged == Epsilon.zero()
+    assert ledger.total_charged(DS, 0, cid) == eps("0.4")
+    assert ledger.find_answer(DS, "same") is not None
+
+
+def test_keys_resolve_until_revoked(any_ledger: Ledger) -> None:
+    client = any_ledger.create_client("carol", "admin")
+    record = any_ledger.add_key(client.id, "h" * 64, "dpf_abc")
+    assert any_ledger.client_for_key_hash("h" * 64) == client
+    any_ledger.revoke_key(record.id)
+    assert any_ledger.client_for_key_hash("h" * 64) is None
+    assert any_ledger.list_keys(client.id)[0].revoked_at is not None
+    with pytest.raises(NotFound):
+        any_ledger.revoke_key(9999)
+
+
+def test_client_names_and_roles_are_checked(any_ledger: Ledger) -> None:
+    any_ledger.create_client("dora", "planner")
+    with pytest.raises(Conflict):
+        any_ledger.create_client("dora", "analyst")
+    with pytest.raises(InvalidInput, match="role"):
+        any_ledger.create_client("erin", "superuser")
+    assert [c.name for c in any_ledger.list_clients()] == ["dora"]
+
+
+def test_audit_is_a_hash_chain(funded: tuple[Ledger, int]) -> None:
+    ledger, cid = funded
+    ledger.commit_release(release(cid, "0.1"))
+    ledger.append_audit(AuditEntry(action="query.flows", outcome="budget_exceeded", client_id=cid, dataset=DS))
+    rows = ledger.read_audit(limit=10)
+    assert [r.outcome for r in rows] == ["released", "budget_exceeded"]
+    assert rows[0].prev_hash == GENESIS_HASH
+    for prev, row in zip(rows, rows[1:], strict=False):
+        assert row.prev_hash == prev.row_hash
+    for row in rows:
+        assert row.row_hash == row.chain_hash(row.prev_hash, row.at)
+    assert ledger.read_audit(after_id=rows[0].id, limit=10) == rows[1:]
+
+
+def test_concurrent_spenders_never_exceed_the_cap(durable_ledger_factory) -> None:
+    """8 threads, each with its own connection, ask for 10× the cap in total."""
+    setup = durable_ledger_factory()
+    client = setup.create_client("racer", "planner")
+    setup.set_cap(DS, eps("1"), client_id=client.id, window=None)
+    setup.set_cap(DS, eps("1"), client_id=None, window=None)
+    granted: list[Epsilon] = []
+    lock = threading.Lock()
+
+    def spend() -> None:
+        ledger = durable_ledger_factory()
+        try:
+            for _ in range(25):
+                try:
+                    receipt = ledger.commit_release(release(client.id, "0.05", windows=(0, 1)))
+                except BudgetExceeded:
+                    continue
+                with lock:
+                    granted.append(receipt.charged)
+        finally:
+            ledger.close()
+
+    threads = [threading.Thread(target=spend) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(granted) == 20  # 1 / 0.05, exactly
+    for w in (0, 1):
+        assert setup.total_charged(DS, w) == eps("1")
+    setup.close()
