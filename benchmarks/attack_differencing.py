@@ -362,83 +362,110 @@ def dp_bound(epsilon_total: float) -> float:
     return math.exp(epsilon_total) / (1 + math.exp(epsilon_total))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-size run (seconds)")
-    parser.add_argument("--persons", type=int, default=None)
-    parser.add_argument("--targets", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None, help="noise draws per target, world and ε")
-    parser.add_argument("--epsilons", default="0.1,0.5,1", help="ε per query, comma-separated")
-    parser.add_argument("--seed", type=int, default=20240304)
-    args = parser.parse_args(argv)
-    persons = args.persons or (1500 if args.quick else 3000)
-    n_targets = args.targets or (20 if args.quick else 150)
-    repeats = args.repeats or (3 if args.quick else 6)
-    epsilons = [Epsilon.parse(e) for e in args.epsilons.split(",")]
-    rng = np.random.default_rng(args.seed)  # synthetic data and sampling only; all noise is OpenDP's
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class DpRow:
+    epsilon_per_query: Epsilon
+    trials: int
+    difference_cv: float  # threshold learnt on half the trials, scored on the other half
+    difference_hindsight: float
+    strongest_cv: float
+    strongest_hindsight: float
+    best_these: float  # exact success of the optimal test for these targets
+    best_worst_case: float  # exact success of the optimal test when all L trips are in the slice
 
+    @property
+    def epsilon_total(self) -> float:
+        return 2 * self.epsilon_per_query.as_float()
+
+    @property
+    def bound(self) -> float:
+        return dp_bound(self.epsilon_total)
+
+    @property
+    def half_width(self) -> float:
+        """Two binomial standard errors of a success rate near 50% over these trials."""
+        return 2 * math.sqrt(0.25 / self.trials)
+
+
+@dataclass(frozen=True)
+class AttackReport:
+    persons: int
+    targets: list[Target]
+    eligible_seen: int
+    threshold_trials: int
+    threshold_success: float
+    rows: list[DpRow]
+    seconds: float
+
+
+def run(persons: int, n_targets: int, repeats: int, epsilons: list[Epsilon], seed: int) -> AttackReport:
+    """Build the city, run the attack against the threshold API and against dpflows at each ε."""
+    rng = np.random.default_rng(seed)  # synthetic data, bounding samples and target choice; all noise is OpenDP's
+    started = time.perf_counter()
     trips = make_trips(rng, persons)
     bounded = bound_trips(trips, L_TRIPS, rng)
     targets, stats = choose_targets(bounded, n_targets, rng)
     if not targets:
-        print("no target has both groups >= 50; use more persons", file=sys.stderr)
-        return 1
-    print(f"city: {persons} persons, {GRID * GRID} cells, {(GRID // WARD_SIDE) ** 2} wards, one week; "
-          f"L = {L_TRIPS} trips per person-window")
-    print(f"targets: {len(targets)} commuters (of {stats['eligible']} eligible seen; eligible = a bounded trip "
-          f"home -> work ward and both groups >= {MIN_GROUP} without them)")
-    print(f"target's own trips in the differenced slice: median {int(np.median([t.trips_in_slice for t in targets]))}"
-          f" (1..{L_TRIPS}); slice otherwise empty for "
-          f"{np.mean([t.others_slice == 0 for t in targets]):.0%} of targets")
+        raise SystemExit(f"no target has both groups >= {MIN_GROUP}; use more persons")
 
     with tempfile.TemporaryDirectory(prefix="dpflows-attack-") as tmp:
         root = Path(tmp)
-        moved = {(t.home, t.ward_c) for t in targets}
-        write_city(root, CITY, bounded, moved)
+        write_city(root, CITY, bounded, {(t.home, t.ward_c) for t in targets})
         for t in targets:
             write_city(root, t.dataset_absent, bounded.filter(pl.col("person") != t.person), {(t.home, t.ward_c)})
         store = AggregateStore(root)
         api = ThresholdApi(store)
 
-        threshold_correct = []
-        for t in targets:
-            for dataset, present in ((CITY, True), (t.dataset_absent, False)):
-                threshold_correct.append(threshold_attack(api, t, dataset) == present)
+        threshold_correct = [
+            threshold_attack(api, t, dataset) == present
+            for t in targets
+            for dataset, present in ((CITY, True), (t.dataset_absent, False))
+        ]
 
         rows = []
         for eps in epsilons:
-            diff = {True: [], False: []}
-            strong = {True: [], False: []}
+            diff: dict[bool, list[int]] = {True: [], False: []}
+            strong: dict[bool, list[int]] = {True: [], False: []}
             for _ in range(repeats):
                 for t in targets:
                     for dataset, present in ((CITY, True), (t.dataset_absent, False)):
-                        d, s, spent = dpflows_attack(store, t, dataset, eps)
+                        d, st, spent = dpflows_attack(store, t, dataset, eps)
                         assert spent == 2 * eps.nanos, "the attacker paid for both queries"
                         diff[present].append(d)
-                        strong[present].append(s)
-            trials = 2 * len(diff[True])
-            rows.append((eps, trials,
-                         threshold_test_success(np.asarray(diff[True]), np.asarray(diff[False])),
-                         threshold_test_success(np.asarray(strong[True]), np.asarray(strong[False]))))
+                        strong[present].append(st)
+            diff_cv, diff_hind = threshold_test_success(np.asarray(diff[True]), np.asarray(diff[False]))
+            strong_cv, strong_hind = threshold_test_success(np.asarray(strong[True]), np.asarray(strong[False]))
+            scale = scale_for_epsilon(L_TRIPS, eps)
+            rows.append(DpRow(
+                epsilon_per_query=eps, trials=2 * len(diff[True]),
+                difference_cv=diff_cv, difference_hindsight=diff_hind,
+                strongest_cv=strong_cv, strongest_hindsight=strong_hind,
+                best_these=float(np.mean([optimal_success(scale, t.trips_in_slice) for t in targets])),
+                best_worst_case=optimal_success(scale, L_TRIPS),
+            ))
+    return AttackReport(persons, targets, stats["eligible"], len(threshold_correct),
+                        float(np.mean(threshold_correct)), rows, time.perf_counter() - started)
 
-    threshold_success = float(np.mean(threshold_correct))
+
+def print_report(report: AttackReport) -> None:
+    targets = report.targets
+    print(f"city: {report.persons} persons, {GRID * GRID} cells, {(GRID // WARD_SIDE) ** 2} wards, one week; "
+          f"L = {L_TRIPS} trips per person-window")
+    print(f"targets: {len(targets)} commuters, drawn from {report.eligible_seen} eligible ones examined (a bounded "
+          f"trip home -> work ward, both groups >= {MIN_GROUP} without them)")
+    print(f"target's own trips in the differenced slice: median {int(np.median([t.trips_in_slice for t in targets]))}"
+          f" (1..{L_TRIPS}); nobody else made that trip for "
+          f"{np.mean([t.others_slice == 0 for t in targets]):.0%} of targets")
     print()
     print(f"{'API':<28}{'ε/query':>8}{'ε total':>8}{'trials':>7}{'difference test':>16}{'strongest test':>16}"
           f"{'best: these':>13}{'best: k=L':>11}{'DP bound':>10}")
-    print(f"{'threshold >= 50 (exact)':<28}{'-':>8}{'∞':>8}{len(threshold_correct):>7}{threshold_success:>16.1%}"
-          f"{'-':>16}{'100.0%':>13}{'100.0%':>11}{'none':>10}")
-    exceeded = False
-    for eps, trials, (diff_cv, _), (strong_cv, _) in rows:
-        total = 2 * eps.as_float()
-        half_width = 2 * math.sqrt(0.25 / trials)
-        scale = scale_for_epsilon(L_TRIPS, eps)
-        these = float(np.mean([optimal_success(scale, t.trips_in_slice) for t in targets]))
-        worst = optimal_success(scale, L_TRIPS)
-        exceeded |= max(diff_cv, strong_cv) > dp_bound(total) + half_width or worst > dp_bound(total)
-        print(f"{'dpflows (discrete Laplace)':<28}{eps.as_float():>8g}{total:>8g}{trials:>7}"
-              f"{diff_cv:>10.1%} ±{half_width:.1%}{strong_cv:>10.1%} ±{half_width:.1%}"
-              f"{these:>13.1%}{worst:>11.1%}{dp_bound(total):>10.1%}")
+    print(f"{'threshold >= 50 (exact)':<28}{'-':>8}{'∞':>8}{report.threshold_trials:>7}"
+          f"{report.threshold_success:>16.1%}{'-':>16}{'100.0%':>13}{'100.0%':>11}{'none':>10}")
+    for r in report.rows:
+        print(f"{'dpflows (discrete Laplace)':<28}{r.epsilon_per_query.as_float():>8g}{r.epsilon_total:>8g}"
+              f"{r.trials:>7}"
+              f"{r.difference_cv:>10.1%} ±{r.half_width:.1%}{r.strongest_cv:>10.1%} ±{r.half_width:.1%}"
+              f"{r.best_these:>13.1%}{r.best_worst_case:>11.1%}{r.bound:>10.1%}")
     print()
     print("success = share of balanced trials (target present / absent) the attacker calls right; 50% is a coin.")
     print("difference test: threshold q1 - q2 (A->B) minus the known other trips from c0 to B.")
@@ -447,9 +474,34 @@ def main(argv: list[str] | None = None) -> int:
     print("      trip counts, and for a worst-case target whose L bounded trips all fall in the slice.")
     print("dpflows: threshold learnt on half the trials, scored on the other half; ± is two binomial standard errors.")
     print("hindsight (best threshold on all trials, flatters the attacker): "
-          + "; ".join(f"ε/query {r[0]}: {r[2][1]:.1%} / {r[3][1]:.1%}" for r in rows))
-    print(f"DP bound: e^ε/(1+e^ε), ε = both queries together. Ran in {time.perf_counter() - started:.0f} s.")
+          + "; ".join(f"ε/query {r.epsilon_per_query}: {r.difference_hindsight:.1%} / {r.strongest_hindsight:.1%}"
+                      for r in report.rows))
+    print(f"DP bound: e^ε/(1+e^ε), ε = both queries together. Ran in {report.seconds:.0f} s.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI-size run (a few seconds)")
+    parser.add_argument("--persons", type=int, default=None)
+    parser.add_argument("--targets", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="noise draws per target, world and ε")
+    parser.add_argument("--epsilons", default="0.1,0.5,1", help="ε per query, comma-separated")
+    parser.add_argument("--seed", type=int, default=20240304)
+    args = parser.parse_args(argv)
+    report = run(
+        persons=args.persons or (1500 if args.quick else 3000),
+        n_targets=args.targets or (20 if args.quick else 150),
+        repeats=args.repeats or (3 if args.quick else 6),
+        epsilons=[Epsilon.parse(e) for e in args.epsilons.split(",")],
+        seed=args.seed,
+    )
+    print_report(report)
+    exceeded = any(
+        max(r.difference_cv, r.strongest_cv) > r.bound + r.half_width or r.best_worst_case > r.bound
+        for r in report.rows
+    )
     return 1 if exceeded else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
