@@ -32,7 +32,7 @@ assertions (ε_lb >= ε/2 for the optimal event) fail falsely with far smaller p
 z = 5.6 for δ = 1e-8 and N = 200,000, the expected ε_lb is ε - z·(σ1/p1 + σ0/p0)/√N (σ = binomial
 sd per draw), i.e. 0.96 at ε = 1, 0.22 at ε = 0.25, 0.075 at ε = 0.1 (L = 1), against required
 0.5, 0.125, 0.05, and the sampling sd of ε_lb is 0.002–0.005, so each margin is more than 5 sd.
-Runtime: about 7 s per configuration (sampling, 600 service answers), about 30 s in all on two cores.
+Runtime: about 10 s per configuration (400,000 draws, 2,000 service answers), about 35 s in all on two cores.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ pytestmark = pytest.mark.slow
 
 DELTA = 1e-8  # one-sided failure probability of every Clopper–Pearson bound
 N_COPIES = 200_000
-N_SERVICE = 300
+N_SERVICE = 1000
 WEEK = (FIRST_DAY, FIRST_DAY + dt.timedelta(days=7))
 ORIGIN, DEST = "c000", f"c{N_CELLS - 1:03d}"  # zone d0 -> zone d7 of 'districts'
 
