@@ -139,7 +139,7 @@ class PostgresLedger(SqlLedger):
         self._closed = False
         # The schema first, on a connection of its own: this also fails fast (Unavailable)
         # when the server is down, before a pool starts retrying in the background.
-        self.migrate()
+        self.migration_steps_applied = self.migrate()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=min_size,
