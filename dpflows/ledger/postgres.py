@@ -25,6 +25,7 @@ Requires PostgreSQL 14 or later (`CREATE OR REPLACE TRIGGER`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,8 +134,9 @@ class PostgresLedger(SqlLedger):
     """A pool of connections to one PostgreSQL database; safe for many threads and many hosts."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
-                 pool_timeout_s: float = 10.0) -> None:
+                 pool_timeout_s: float = 10.0, pipeline: bool = True) -> None:
         self._url = url
+        self._pipeline = pipeline and psycopg.Pipeline.is_supported()
         self._connect_timeout_s = connect_timeout_s
         self._closed = False
         # The schema first, on a connection of its own: this also fails fast (Unavailable)
@@ -210,12 +212,22 @@ class PostgresLedger(SqlLedger):
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:
         # READ COMMITTED (the server default) on purpose: each statement sees what committed
         # before it started, which is what lets a release that waited on a spend row see the
-        # answer stored by the release it waited for.
+        # answer stored by the release it waited for. For the same reason a read-only block
+        # gains nothing from BEGIN/COMMIT: its statements run in autocommit, two round trips fewer.
         committing = False
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield _PgCursor(cur)
-                committing = True
+            with self._pool.connection() as conn:
+                if not write:
+                    with conn.cursor() as cur:
+                        yield _PgCursor(cur)
+                    return
+                # Pipeline mode: statements whose results are not fetched (locks, inserts, COMMIT)
+                # travel with the next one that is, so a charge costs a few round trips, not twenty.
+                # The server still runs them one by one, in the order sent.
+                pipeline = conn.pipeline() if self._pipeline else contextlib.nullcontext()
+                with pipeline, conn.transaction(), conn.cursor() as cur:
+                    yield _PgCursor(cur)
+                    committing = True
         except psycopg.IntegrityError:
             raise  # a unique violation the caller turns into Conflict (or a reuse, below)
         except psycopg.Error as exc:
@@ -240,13 +252,11 @@ class PostgresLedger(SqlLedger):
                 cur.execute(
                     "SELECT nanos FROM spend WHERE dataset = ? AND win = ? AND client_id = ? FOR UPDATE",
                     (dataset, window, cid),
-                )
-                cur.fetchone()
+                )  # not fetched: the lock is taken when the server runs it, before what follows
 
     def _lock_audit_tail(self, cur: Cursor) -> None:
         """One tail for the hash chain: appends serialize on a transaction-scoped advisory lock."""
         cur.execute("SELECT pg_advisory_xact_lock(?)", (AUDIT_TAIL_LOCK,))
-        cur.fetchone()
 
     def _is_unique_violation(self, exc: Exception) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)
