@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from dpflows.errors import DpflowsError
@@ -17,13 +16,35 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     """serve and admin (dpflows.service, api)."""
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpflows", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_migrate_command(sub)
+    _add_data_commands(sub)
+    _add_service_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except DpflowsError as exc:
+        print(f"dpflows: error: {exc.message}", file=sys.stderr)
+        return 2
+
+
 def _add_migrate_command(sub: argparse._SubParsersAction) -> None:
     """migrate: create or upgrade the ledger schema before hosts start (dpflows.ledger)."""
+    import os
+
     parser = sub.add_parser(
         "migrate",
         help="create or upgrade the ledger's schema (idempotent; safe while other hosts start)",
         description="Create or upgrade the ledger's tables. Safe to run again, and from several hosts at "
-        "once: PostgreSQL serializes migrations on an advisory lock.",
+        "once: PostgreSQL serializes migrations on an advisory lock. Prefer $DPFLOWS_LEDGER_URL to "
+        "--ledger-url when the URL holds a password: arguments are visible to every user in `ps`.",
     )
     parser.add_argument(
         "--ledger-url", default=os.environ.get("DPFLOWS_LEDGER_URL"),
@@ -44,25 +65,6 @@ def _run_migrate(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpflows", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_data_commands(sub)
-    _add_service_commands(sub)
-    _add_migrate_command(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except DpflowsError as exc:
-        print(f"dpflows: error: {exc.message}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":
