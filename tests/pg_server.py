@@ -110,8 +110,9 @@ class PgServer:
             argv += ["-c", f"{key}={value}"]
         log = open(self.root / "server.log", "ab")  # the child keeps its own copy of the fd
         try:
+            # Same process group as the tests: a Ctrl-C reaches the server too (SIGINT: fast shutdown).
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True, **self._user_kwargs())
+                                          **self._user_kwargs())
         finally:
             log.close()
         deadline = time.monotonic() + timeout_s
@@ -142,8 +143,7 @@ class PgServer:
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()  # the server's children exit when they see the postmaster gone
                 proc.wait(timeout=10)
         root, self.root = self.root, None
         if root is not None:

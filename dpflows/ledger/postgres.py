@@ -134,8 +134,9 @@ class PostgresLedger(SqlLedger):
     """A pool of connections to one PostgreSQL database; safe for many threads and many hosts."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
-                 pool_timeout_s: float = 10.0, pipeline: bool = True) -> None:
+                 pool_timeout_s: float = 10.0, lock_timeout_s: float = 10.0, pipeline: bool = True) -> None:
         self._url = url
+        self._lock_timeout_ms = max(1, int(lock_timeout_s * 1000))
         self._pipeline = pipeline and psycopg.Pipeline.is_supported()
         self._connect_timeout_s = connect_timeout_s
         self._closed = False
@@ -150,6 +151,7 @@ class PostgresLedger(SqlLedger):
             timeout=pool_timeout_s,
             # A connection broken by a server restart is replaced at checkout, not handed out.
             check=ConnectionPool.check_connection,
+            configure=self._configure,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s)),
                     "application_name": "dpflows-ledger"},
             name="dpflows-ledger",
@@ -207,6 +209,19 @@ class PostgresLedger(SqlLedger):
         return applied
 
     # -- transactions and locks ------------------------------------------------------------
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Session limits, so that one stalled host cannot hold every other host's charges hostage.
+
+        A release waiting longer than lock_timeout for a spend row fails with Unavailable (and
+        charges nothing); a session idle inside a transaction for 60 s is ended by the server,
+        which releases its locks.
+        """
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, false), "
+            "set_config('idle_in_transaction_session_timeout', '60s', false)",
+            (f"{self._lock_timeout_ms}ms",),
+        )
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:

@@ -182,6 +182,20 @@ def test_server_stopping_under_an_open_ledger_is_unavailable_and_releases_nothin
         server.stop()
 
 
+def test_a_spend_row_held_too_long_fails_cleanly_after_lock_timeout(postgres_ledger_factory, postgres_url: str) -> None:
+    ledger = postgres_ledger_factory(lock_timeout_s=0.3)
+    [cid] = _fund(ledger, 1)
+    ledger.commit_release(release(cid, "0.1", (0,), "first"))  # the spend rows exist now
+    with psycopg.connect(postgres_url) as stalled:  # another host, stuck inside its transaction
+        stalled.execute("SELECT nanos FROM spend WHERE dataset = %s AND win = 0 AND client_id = 0 FOR UPDATE", (DS,))
+        with pytest.raises(Unavailable, match="nothing was charged or released"):
+            ledger.commit_release(release(cid, "0.1", (0,), "second"))
+        stalled.rollback()
+    assert ledger.find_answer(DS, "second") is None
+    assert ledger.total_charged(DS, 0) == eps("0.1")
+    assert not ledger.commit_release(release(cid, "0.1", (0,), "second")).reused  # the retry goes through
+
+
 # -- races ----------------------------------------------------------------------------------
 
 
