@@ -104,7 +104,10 @@ _ANSWERS_UNIQUE = "answers_dataset_query_key_key"
 
 @functools.lru_cache(maxsize=256)
 def _to_pyformat(sql: str) -> str:
-    """`?` placeholders (sqlite3, _sql.py) to psycopg's `%s`; a literal % must be doubled."""
+    """`?` placeholders (sqlite3, _sql.py) to psycopg's `%s`; a literal % must be doubled.
+
+    Every `?` is taken for a placeholder: _sql.py's statements keep none inside string literals.
+    """
     return sql.replace("%", "%%").replace("?", "%s")
 
 
@@ -278,13 +281,16 @@ class PostgresLedger(SqlLedger):
 
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
         """As SqlLedger's; a release that lost an insert race on its query key is retried once, and reuses."""
-        try:
-            return super().commit_release(request)
-        except psycopg.IntegrityError as exc:
-            if not (isinstance(exc, psycopg.errors.UniqueViolation) and exc.diag.constraint_name == _ANSWERS_UNIQUE):
-                raise _unavailable("the ledger refused the release", exc) from exc
-        # Rolled back; the identical query committed meanwhile, so this finds and reuses it.
-        return super().commit_release(request)
+        for attempt in (1, 2):
+            try:
+                return super().commit_release(request)
+            except psycopg.IntegrityError as exc:
+                lost_race = (isinstance(exc, psycopg.errors.UniqueViolation)
+                             and exc.diag.constraint_name == _ANSWERS_UNIQUE)
+                if not lost_race or attempt == 2:
+                    raise _unavailable("the ledger refused the release", exc) from exc
+                # Rolled back; the identical query committed meanwhile, so the retry finds and reuses it.
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if not self._closed:
