@@ -1,7 +1,7 @@
 """Ledger charges per second under contention, SQLite against PostgreSQL, each with its own baseline.
 
 Run:  PYTHONPATH=. /tmp/venv/bin/python benchmarks/bench_ledger.py [--seconds 5] [--threads 8]
-      [--windows 1] [--pg-url postgresql://...] [--quick]
+      [--windows 1] [--pg-url postgresql://...] [--no-pipeline] [--quick]
 
 For each backend, in the same run and on the same machine:
 
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--windows", type=int, default=1, help="windows each charge touches")
     parser.add_argument("--pg-url", help="an existing PostgreSQL database instead of a throwaway server")
+    parser.add_argument("--no-pipeline", action="store_true",
+                        help="PostgreSQL without pipeline mode: one round trip per statement")
     parser.add_argument("--quick", action="store_true", help="1 second per phase (a smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         server = PgServer(bindir, durable=True).start()
         url = server.create_database()
     try:
-        results += bench_backend("postgres", lambda: PostgresLedger(url, min_size=1, max_size=2), args)
+        pipeline = not args.no_pipeline
+        results += bench_backend("postgres", lambda: PostgresLedger(url, max_size=2, pipeline=pipeline), args)
     finally:
         if server is not None:
             server.stop()
