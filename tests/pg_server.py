@@ -127,10 +127,15 @@ class PgServer:
         raise PgServerError(f"postgres did not accept connections within {timeout_s:.0f}s:\n{self.log_tail()}")
 
     def _accepts_connections(self) -> bool:
+        """Asked through our own Unix socket, so another server that grabbed the port can't answer.
+
+        The postmaster creates its TCP socket before its Unix socket, so this also means the port is ours.
+        """
         import psycopg
 
         try:
-            with psycopg.connect(self.url("postgres"), connect_timeout=2):
+            with psycopg.connect(host=str(self.root), port=self.port, user=SUPERUSER, dbname="postgres",
+                                 connect_timeout=2):
                 return True
         except psycopg.OperationalError:
             return False
