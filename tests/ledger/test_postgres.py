@@ -114,6 +114,18 @@ def test_cli_migrate_prints_no_url(postgres_url: str, capsys: pytest.CaptureFixt
     ]
 
 
+def test_open_ledger_routes_postgres_urls(postgres_url: str) -> None:
+    from dpflows.ledger import open_ledger
+
+    for url in (postgres_url, postgres_url.replace("postgresql://", "postgres://", 1)):
+        ledger = open_ledger(url)
+        try:
+            assert isinstance(ledger, PostgresLedger)
+            assert ledger.list_clients() == []
+        finally:
+            ledger.close()
+
+
 @pytest.mark.parametrize("table", ["audit", "charges"])
 @pytest.mark.parametrize("statement", ["UPDATE {t} SET at = 'x'", "DELETE FROM {t}", "TRUNCATE {t}"])
 def test_audit_and_charges_are_append_only(postgres_ledger_factory, postgres_url: str, table: str,
