@@ -8,12 +8,14 @@ DPFLOWS_RATE_LIMIT (requests per second per key and worker, 50), DPFLOWS_RATE_BU
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from werkzeug.exceptions import BadRequest
 
 from api.auth import RateLimiter
 from api.errors import ErrorSchema, register_error_handlers
@@ -31,6 +33,20 @@ DEFAULTS = {
     "DPFLOWS_RATE_LIMIT": "50",
     "DPFLOWS_RATE_BURST": "100",
 }
+
+
+def reject_deep_json() -> None:
+    """webargs parses bodies with json.loads, which raises RecursionError (a 500) on very deep
+    nesting; parse once here so such a body is a 400 like any other malformed JSON."""
+    from flask import request
+
+    if request.is_json and request.content_length:
+        try:
+            json.loads(request.get_data(cache=True))
+        except RecursionError:
+            raise BadRequest("JSON nested too deeply") from None
+        except ValueError:
+            pass  # webargs reports ordinary malformed JSON itself
 
 
 class DpflowsApi(Api):
@@ -61,6 +77,7 @@ class DpflowsExtension:
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
+    app.before_request(reject_deep_json)
     for key, default in DEFAULTS.items():
         app.config[key] = os.environ.get(key, default)
     app.config.update(
