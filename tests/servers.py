@@ -43,12 +43,13 @@ class GunicornServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early; see {self.log_path}:\n{self.log_path.read_text()[-3000:]}")
+                self.stop()
+                raise RuntimeError(f"gunicorn exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except requests.RequestException:
+                pass  # not listening yet, or workers still importing
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn did not become ready in {timeout_s} s; see {self.log_path}")
@@ -70,7 +71,8 @@ class GunicornServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
     def __enter__(self) -> GunicornServer:
         return self
