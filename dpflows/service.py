@@ -258,11 +258,10 @@ class Service:
         if request.clamp_negative:
             values = np.maximum(values, 0)
             post.append("clamp_negative: negative noisy counts set to 0 (biases sums upward)")
-        keys = p["keys"]
         fields = tuple(p["key_fields"])
-        rows = [
-            {**{f: keys[f][i] for f in fields}, "count": int(values[i])} for i in range(len(values))
-        ]
+        names = (*fields, "count")
+        columns = [p["keys"][f] for f in fields]
+        rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, values.tolist(), strict=True)]
         epsilon = Epsilon(int(p["epsilon_nanos"]))
         return Answer(
             answer_id=stored.answer_id,
