@@ -249,11 +249,25 @@ class ClientInfo:
 
 
 @dataclass(frozen=True)
+class IssuedKey:
+    """A new API key, shown this once; ``key_id`` is what revoke_key takes."""
+
+    key_id: int | None
+    api_key: str = field(repr=False)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> IssuedKey:
+        key_id = doc.get("key_id", (doc.get("key") or {}).get("id") if isinstance(doc.get("key"), dict) else None)
+        return cls(None if key_id is None else int(key_id), str(doc["api_key"]))
+
+
+@dataclass(frozen=True)
 class NewClient:
     """A registered client and its first API key, shown this once."""
 
     client: ClientInfo
     api_key: str = field(repr=False)
+    key_id: int | None = None
 
 
 def _date(value: Any) -> dt.date:
@@ -429,20 +443,21 @@ class DpflowsClient:
     def create_client(self, name: str, role: str) -> NewClient:
         """Register a planner, analyst or admin; the returned key is shown only this once."""
         doc = self.request("POST", self.ADMIN_PATHS["clients"], body={"name": name, "role": role})
-        info = doc.get("client", doc)
-        return NewClient(ClientInfo.from_json(info), str(doc["api_key"]))
+        key = IssuedKey.from_json(doc)
+        return NewClient(ClientInfo.from_json(doc.get("client", doc)), key.api_key, key.key_id)
 
     def list_clients(self) -> list[ClientInfo]:
         doc = self.request("GET", self.ADMIN_PATHS["clients"])
         rows = doc["clients"] if isinstance(doc, dict) else doc
         return [ClientInfo.from_json(r) for r in rows]
 
-    def issue_key(self, client_id: int) -> str:
+    def issue_key(self, client_id: int) -> IssuedKey:
         """A new key for a client (old keys stay valid until revoked)."""
         doc = self.request("POST", self.ADMIN_PATHS["client_keys"].format(client_id=int(client_id)))
-        return str(doc["api_key"])
+        return IssuedKey.from_json(doc)
 
     def revoke_key(self, key_id: int) -> None:
+        """Revoke one key at once; the client's other keys keep working."""
         self.request("DELETE", self.ADMIN_PATHS["key"].format(key_id=int(key_id)))
 
     def set_cap(self, dataset: str, epsilon: float | str, *, client_id: int | None = None,
