@@ -18,7 +18,7 @@
   const MAP_W = 800, MAP_H = 560, PAD = 24;
   const MAX_FLOWS_DRAWN = 300;
   const MAX_TABLE_ROWS = 500;
-  const MAX_VORONOI_CELLS = 4000;
+  const MAX_VORONOI_CELLS = 8000;
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -230,7 +230,10 @@
         el("td", { text: fmtEps(before) }), el("td", { class: after < -1e-12 ? "error" : "", text: after < -1e-12 ? "not enough budget" : fmtEps(Math.max(after, 0)) }));
     });
     parts.push(el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "Window" }), el("th", { text: "Days" }), el("th", { text: "Remaining now" }), el("th", { text: "Remaining after" }))), el("tbody", {}, ...rows)));
+    const short = !q.reused && q.windows.some((w) => Number(w.budget_remaining) - charged < -1e-12);
+    if (short) parts.push(el("p", { class: "error", "data-testid": "confirm-short", text: "Not enough budget left in every window this question touches: it would be refused. Ask for fewer weeks, a smaller ε or a larger target error." }));
     box.replaceChildren(...parts);
+    $("confirm-run").disabled = short;
     $("confirm-run").textContent = q.reused ? "Show the stored answer (free)" : `Spend ${fmtEps(charged)} and run`;
     $("confirm").hidden = false;
     $("confirm-run").focus();
@@ -322,22 +325,40 @@
     return { project, box: [ox - margin * s, oy - margin * s, ox + (spanX + margin) * s, oy + (spanY + margin) * s].map((v, i) => (i % 2 ? MAP_H - v : v)) };
   }
 
-  /** Voronoi region of each point inside a box, by clipping the box with bisector half-planes. */
+  /** Voronoi region of each point inside a box, by clipping the box with bisector half-planes.
+   *  Neighbours come from a bucket grid, ring by ring outwards; a ring farther than twice the
+   *  region's current radius cannot cut it any more, so the work per point stays local. */
   function voronoi(points, box) {
     const [bx0, by1, bx1, by0] = box; // box given as [x0, yBottom, x1, yTop] in screen coordinates
     const base = [[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]];
+    const w = bx1 - bx0, h = by1 - by0;
+    const size = Math.max(Math.sqrt((w * h) / Math.max(points.length, 1)), 1e-9);
+    const nx = Math.max(1, Math.ceil(w / size)), ny = Math.max(1, Math.ceil(h / size));
+    const gx = (x) => Math.min(nx - 1, Math.max(0, Math.floor((x - bx0) / size)));
+    const gy = (y) => Math.min(ny - 1, Math.max(0, Math.floor((y - by0) / size)));
+    const buckets = new Map();
+    points.forEach((p, i) => { const k = gx(p[0]) + nx * gy(p[1]); if (!buckets.has(k)) buckets.set(k, []); buckets.get(k).push(i); });
+    const maxRing = Math.max(nx, ny);
     return points.map((p, i) => {
       let poly = base;
-      // nearest points first: the region shrinks fast, later clips are cheap
-      const others = points.map((q, j) => [j, (q[0] - p[0]) ** 2 + (q[1] - p[1]) ** 2]).filter(([j]) => j !== i).sort((a, b) => a[1] - b[1]);
       let r2 = Infinity;
-      for (const [j, d2] of others) {
-        if (d2 > 4 * r2) break; // no point farther than twice the region's radius can cut it
-        const q = points[j];
-        const nx = q[0] - p[0], ny = q[1] - p[1];
-        if (nx === 0 && ny === 0) continue;
-        const c = (nx * (p[0] + q[0]) + ny * (p[1] + q[1])) / 2;
-        poly = clip(poly, nx, ny, c);
+      const cx = gx(p[0]), cy = gy(p[1]);
+      for (let ring = 0; ring <= maxRing; ring++) {
+        if (ring >= 2 && (ring - 1) * size > 2 * Math.sqrt(r2)) break;
+        for (let yy = cy - ring; yy <= cy + ring; yy++) {
+          if (yy < 0 || yy >= ny) continue;
+          const edgeRow = yy === cy - ring || yy === cy + ring;
+          for (let xx = cx - ring; xx <= cx + ring; xx += edgeRow ? 1 : 2 * ring || 1) {
+            if (xx < 0 || xx >= nx) continue;
+            for (const j of buckets.get(xx + nx * yy) || []) {
+              if (j === i) continue;
+              const q = points[j];
+              const ux = q[0] - p[0], uy = q[1] - p[1];
+              if (ux === 0 && uy === 0) continue;
+              poly = clip(poly, ux, uy, (ux * (p[0] + q[0]) + uy * (p[1] + q[1])) / 2);
+            }
+          }
+        }
         if (!poly.length) break;
         r2 = Math.max(...poly.map((v) => (v[0] - p[0]) ** 2 + (v[1] - p[1]) ** 2));
       }
@@ -365,8 +386,7 @@
       return shapes;
     }
     if (!zoning.cells.length || zoning.cells.length > MAX_VORONOI_CELLS) return shapes;
-    const pts = zoning.cells.map((c) => proj.project([c.lon, c.lat]));
-    const regions = voronoi(pts, proj.box);
+    const regions = cellRegions(zoning, proj);
     zoning.cells.forEach((c, i) => { if (!shapes.has(c.zone)) shapes.set(c.zone, []); shapes.get(c.zone).push(pathOf(regions[i])); });
     return shapes;
   }
@@ -401,10 +421,15 @@
     }
   }
 
+  /** Voronoi regions of a zoning's cells in screen space, computed once per zoning. */
+  function cellRegions(zoning, proj) {
+    if (!zoning.regions) zoning.regions = voronoi(zoning.cells.map((c) => proj.project([c.lon, c.lat])), proj.box);
+    return zoning.regions;
+  }
+
   /** White borders between Voronoi regions of cells in different zones. */
   function drawZoneBorders(g, zoning, proj) {
-    const pts = zoning.cells.map((c) => proj.project([c.lon, c.lat]));
-    const regions = voronoi(pts, proj.box);
+    const regions = cellRegions(zoning, proj);
     const key = (p) => `${p[0].toFixed(1)},${p[1].toFixed(1)}`;
     const owner = new Map();
     regions.forEach((poly, i) => poly.forEach((a, k) => {
