@@ -124,8 +124,11 @@ ERRORS_BY_STATUS: dict[int, type[DpflowsClientError]] = {
 }
 
 
-def error_from_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> DpflowsClientError:
-    """The typed exception for an error answer: by the API's code, else by HTTP status."""
+def error_from_response(status: int, body: Any, headers: Any = None) -> DpflowsClientError:
+    """The typed exception for an error answer: by the API's code, else by HTTP status.
+
+    ``headers`` is anything with ``.get(name, default)`` (a dict or an ``email.message.Message``).
+    """
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
         code = str(err.get("code", "error"))

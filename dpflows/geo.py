@@ -23,7 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for type hints: geo.py itself needs nothing but dicts
+    from dpflows.aggregates import Dataset
     from dpflows.cells import CellCatalog, Zoning
+    from dpflows.service import Answer
 
 LonLat = tuple[float, float]
 #: Feature properties that may name the zone of a polygon in a zoning's geometry, in order.
@@ -253,3 +255,24 @@ def answer_geojson(
     if kind == "presence":
         return presence_geojson(values, zoning, error_bound_95, metadata=metadata, **options)
     raise ValueError(f"kind={kind!r} has no map: only flows and presence answers have zones")
+
+
+def service_answer_geojson(answer: Answer, dataset: Dataset, **options: Any) -> dict[str, Any]:
+    """GeoJSON for a ``Service.answer`` result, for the API's ``?format=geojson``.
+
+    Only released values, their error bound and public geography go in; the metadata says what
+    the release cost, so a map file never loses its caveats.
+    """
+    zoning = zoning_document(dataset.zoning(answer.spec.zoning), dataset.catalog)
+    meta = {
+        "answer_id": answer.answer_id,
+        "query": answer.spec.canonical(),
+        "epsilon_charged": answer.epsilon_charged.to_json(),
+        "budget_remaining": answer.budget_remaining.to_json(),
+        "privacy_unit": answer.privacy_unit,
+        "error_bound_95": answer.error_bound_95,
+        "confidence": answer.confidence,
+        "reused": answer.reused,
+        "postprocessing": list(answer.postprocessing),
+    }
+    return answer_geojson(answer.spec.kind, answer.values, zoning, answer.error_bound_95, metadata=meta, **options)

@@ -89,3 +89,22 @@ def test_zoning_document_describes_a_real_zoning(data_root) -> None:
     assert doc["centroids"]["d0"] == pytest.approx([-73.98, 40.0])
     flows = [{"origin": "d0", "destination": "d7", "count": 5}]
     assert geo.answer_geojson("flows", flows, doc, 1.0)["features"][0]["geometry"]["type"] == "LineString"
+
+
+def test_service_answer_as_geojson(service, planner) -> None:
+    import datetime as dt
+
+    from dpflows.budget import Epsilon
+    from dpflows.queries import make_spec
+    from dpflows.service import QueryRequest
+
+    d0 = dt.date(2024, 3, 4)
+    spec = make_spec("presence", dataset="small", zoning="districts", start=d0, end=d0 + dt.timedelta(days=7),
+                     hours=[8, 10])
+    answer = service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.5")), planner)
+    doc = geo.service_answer_geojson(answer, service.store.get("small"), hour=9)
+    assert len(doc["features"]) == 8 and {f["properties"]["hour"] for f in doc["features"]} == {9}
+    assert doc["features"][0]["geometry"]["type"] == "Point"  # 'districts' has no polygons: centroids
+    assert doc["dpflows"]["epsilon_charged"] == 0.5 and doc["dpflows"]["reused"] is False
+    by_zone = {f["properties"]["zone"]: f["properties"]["count"] for f in doc["features"]}
+    assert by_zone == {v["zone"]: v["count"] for v in answer.values if v["hour"] == 9}
