@@ -163,7 +163,8 @@ class WindowCharge:
     def from_json(cls, doc: Mapping[str, Any]) -> WindowCharge:
         charged = doc.get("epsilon_charged")
         return cls(int(doc["window"]), _date(doc["start"]), _date(doc["end"]),
-                   None if charged is None else float(charged), float(doc.get("budget_remaining", 0.0)))
+                   None if charged is None else float(charged),
+                   float(doc.get("budget_remaining", doc.get("remaining", 0.0))))
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,10 @@
   const fmtErr = (e) => `± ${fmtNum(Math.ceil(Number(e) * 10) / 10)}`;
   const withErr = (c, e) => `${fmtNum(c)} ${fmtErr(e)}`;
   const addDays = (iso, n) => { const d = new Date(iso + "T00:00:00Z"); d.setUTCDate(d.getUTCDate() + n); return d.toISOString().slice(0, 10); };
-  const dsStart = (d) => d.start || d.first_day;
-  const dsEnd = (d) => d.end || d.end_day;
+  // field names as the API contract gives them, with the library's names as fallbacks
+  const dsStart = (d) => d.start || d.first_day || (d.time_span || {}).start;
+  const dsEnd = (d) => d.end || d.end_day || (d.time_span || {}).end;
+  const remainingOf = (w) => Number(w.budget_remaining ?? w.remaining ?? 0);
   const zoningName = (z) => (typeof z === "string" ? z : z.name);
 
   function showError(target, err) {
@@ -224,13 +226,13 @@
     if (q.epsilon_derived || body.max_error !== undefined) parts.push(el("p", { class: "hint", text: `ε derived from your target error ± ${body.max_error} at ${Math.round((body.confidence || 0.95) * 100)}% confidence.` }));
     parts.push(el("p", {}, "Each released value will be within ", el("strong", { text: fmtErr(q.error_bound_95) }), " of the truth with 95% confidence."));
     const rows = q.windows.map((w) => {
-      const before = Number(w.budget_remaining);
+      const before = remainingOf(w);
       const after = before - charged;
       return el("tr", {}, el("td", { text: `window ${w.window}` }), el("td", { text: `${w.start} – ${w.end}` }),
         el("td", { text: fmtEps(before) }), el("td", { class: after < -1e-12 ? "error" : "", text: after < -1e-12 ? "not enough budget" : fmtEps(Math.max(after, 0)) }));
     });
     parts.push(el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "Window" }), el("th", { text: "Days" }), el("th", { text: "Remaining now" }), el("th", { text: "Remaining after" }))), el("tbody", {}, ...rows)));
-    const short = !q.reused && q.windows.some((w) => Number(w.budget_remaining) - charged < -1e-12);
+    const short = !q.reused && q.windows.some((w) => remainingOf(w) - charged < -1e-12);
     if (short) parts.push(el("p", { class: "error", "data-testid": "confirm-short", text: "Not enough budget left in every window this question touches: it would be refused. Ask for fewer weeks, a smaller ε or a larger target error." }));
     box.replaceChildren(...parts);
     $("confirm-run").disabled = short;
@@ -262,16 +264,16 @@
     try {
       const b = await api("GET", `/v1/budget?dataset=${encodeURIComponent(d.name)}`);
       const wins = b.windows || [];
-      const remaining = b.budget_remaining ?? (wins.length ? Math.min(...wins.map((w) => Number(w.budget_remaining))) : 0);
+      const remaining = b.budget_remaining ?? (wins.length ? Math.min(...wins.map(remainingOf)) : 0);
       $("budget").hidden = false;
       $("budget-dataset").textContent = `on ${d.name} (least in any window):`;
       $("budget-remaining").textContent = fmtEps(remaining);
       $("budget-remaining").dataset.value = String(remaining);
       $("budget").classList.toggle("low", Number(remaining) <= 0);
-      const top = Math.max(1e-9, ...wins.map((w) => Number(w.budget_remaining) + Number(w.spent ?? w.client_spent ?? 0)));
+      const top = Math.max(1e-9, ...wins.map((w) => remainingOf(w) + Number(w.spent ?? w.client_spent ?? 0)));
       $("budget-windows").replaceChildren(...wins.map((w) => {
-        const bar = el("span", { title: `window ${w.window} (${w.start} – ${w.end}): ${fmtEps(w.budget_remaining)} left` });
-        bar.style.height = `${Math.max(1, Math.round(18 * Number(w.budget_remaining) / top))}px`;
+        const bar = el("span", { title: `window ${w.window} (${w.start} – ${w.end}): ${fmtEps(remainingOf(w))} left` });
+        bar.style.height = `${Math.max(1, Math.round(18 * remainingOf(w) / top))}px`;
         return bar;
       }));
     } catch (e) {
