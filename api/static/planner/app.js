@@ -551,7 +551,16 @@
       el("span", { text: `people present per zone, ${String(hour).padStart(2, "0")}:00 (person-hours), each ${fmtErr(e)}:` }),
       ...steps.map((t) => { const s = el("span", {}); const sw = el("span", { class: "swatch" }); sw.style.background = colorRamp(t); s.append(sw, ` ${fmtNum(t * max)}`); return s; }),
       el("span", { text: zoning.hasGeometry ? "zones from the zoning's polygons" : "zones drawn as the regions nearest their cells" }),
+      noiseWarning([...byZone.values()], e),
     );
+  }
+
+  /** A warning when no shown value stands out from its noise: colours would suggest differences that are not there. */
+  function noiseWarning(counts, e) {
+    const spread = Math.max(...counts) - Math.min(...counts);
+    if (!counts.length || spread > 2 * e) return null;
+    return el("strong", { class: "error", "data-testid": "noise-warning",
+      text: `every difference on this map is within the noise (values span ${fmtNum(spread)}, each ${fmtErr(e)}): ask for longer periods, larger zones or a larger ε` });
   }
 
   function drawFlows(svg, doc, zoning, proj, e) {
@@ -616,7 +625,8 @@
       });
     });
     svg.append(g);
-    $("legend").replaceChildren(el("span", { text: `counts per weekday and hour (summed over the dates asked), each ${fmtErr(e)}; hover a square for its value` }));
+    $("legend").replaceChildren(el("span", { text: `counts per weekday and hour (summed over the dates asked), each ${fmtErr(e)}; hover a square for its value` }),
+      noiseWarning(doc.values.map((v) => v.count), e));
   }
 
   function renderTable(kind, doc) {
