@@ -3,6 +3,7 @@ spend, see flows on the map and the budget go down; the identical query again is
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def test_planner_flows_end_to_end(live_server: LiveServer, chromium_path: str, t
         drawn = page.locator("#map [data-flow]").count()
         page.select_option("#flow-filter", "positive")
         assert page.locator("#map [data-flow]").count() >= drawn
+
+        # downloads: GeoJSON lines between centroids and CSV rows, each with its interval
+        with page.expect_download() as info:
+            page.click("#download-geojson")
+        geo = json.loads(Path(info.value.path()).read_text())
+        assert len(geo["features"]) == 64 and geo["dpflows"]["epsilon_charged"] == 0.25
+        line = next(f for f in geo["features"] if f["geometry"]["type"] == "LineString")
+        assert {"origin", "destination", "count", "error_bound_95", "lower", "upper"} <= set(line["properties"])
+        with page.expect_download() as info:
+            page.click("#download-csv")
+        rows = Path(info.value.path()).read_text().splitlines()
+        assert rows[0] == "origin,destination,count,error_bound_95,lower,upper" and len(rows) == 65
 
         # the identical query again is the stored answer, free, and marked as such
         page.click("#quote-button")

@@ -474,6 +474,7 @@
     renderMapTools(kind, doc);
     renderMap();
     renderTable(kind, doc);
+    $("download-geojson").hidden = kind === "patterns"; // weekday × hour has no geography
   }
 
   function renderSummary(kind, doc) {
@@ -642,6 +643,61 @@
     $("values").tHead.replaceChildren(head);
     $("values").tBodies[0].replaceChildren(...body);
   }
+
+  // ---------------------------------------------------------------- downloads (post-processing, free)
+
+  function save(name, type, text) {
+    const url = URL.createObjectURL(new Blob([text], { type }));
+    const a = el("a", { href: url, download: name });
+    document.body.append(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  function answerMeta(doc) {
+    return { answer_id: doc.answer_id, query: doc.query, epsilon_charged: doc.epsilon_charged, reused: doc.reused,
+      privacy_unit: doc.privacy_unit, error_bound_95: doc.error_bound_95, confidence: doc.confidence,
+      mechanism: doc.mechanism, postprocessing: doc.postprocessing };
+  }
+
+  function valueProps(v, e) { return { count: v.count, error_bound_95: e, lower: Math.max(v.count - e, 0), upper: v.count + e }; }
+
+  /** The same GeoJSON as dpflows.geo: flows as LineStrings between centroids, presence as polygons or points. */
+  function answerGeoJSON({ kind, doc, zoning }) {
+    const e = Number(doc.error_bound_95);
+    const features = [];
+    for (const v of doc.values) {
+      let geometry = null, keys;
+      if (kind === "flows") {
+        const a = zoning.centroids.get(String(v.origin)), b = zoning.centroids.get(String(v.destination));
+        if (a && b) geometry = v.origin === v.destination ? { type: "Point", coordinates: a } : { type: "LineString", coordinates: [a, b] };
+        keys = { origin: v.origin, destination: v.destination, intrazonal: v.origin === v.destination };
+      } else {
+        const polys = zoning.polygons.get(String(v.zone)), c = zoning.centroids.get(String(v.zone));
+        if (polys) geometry = polys.length === 1 ? { type: "Polygon", coordinates: polys[0] } : { type: "MultiPolygon", coordinates: polys };
+        else if (c) geometry = { type: "Point", coordinates: c };
+        keys = { zone: v.zone, hour: v.hour };
+      }
+      features.push({ type: "Feature", geometry, properties: { ...keys, ...valueProps(v, e) } });
+    }
+    return { type: "FeatureCollection", features, dpflows: answerMeta(doc) };
+  }
+
+  function answerCSV({ kind, doc }) {
+    const e = Number(doc.error_bound_95);
+    const keys = { flows: ["origin", "destination"], presence: ["zone", "hour"], patterns: ["weekday", "hour"] }[kind];
+    const cols = [...keys, "count", "error_bound_95", "lower", "upper"];
+    const cell = (x) => (/[",\n]/.test(String(x)) ? `"${String(x).replace(/"/g, '""')}"` : String(x));
+    const lines = [cols.join(",")]; // plain CSV for any tool; the answer id is in the file name
+    for (const v of doc.values) { const p = valueProps(v, e); lines.push([...keys.map((k) => v[k]), p.count, p.error_bound_95, p.lower, p.upper].map(cell).join(",")); }
+    return lines.join("\n") + "\n";
+  }
+
+  $("download-csv").addEventListener("click", () => {
+    if (state.answer) save(`dpflows-${state.answer.kind}-${state.answer.doc.answer_id}.csv`, "text/csv", answerCSV(state.answer));
+  });
+  $("download-geojson").addEventListener("click", () => {
+    if (state.answer) save(`dpflows-${state.answer.kind}-${state.answer.doc.answer_id}.geojson`, "application/geo+json", JSON.stringify(answerGeoJSON(state.answer)));
+  });
 
   // ---------------------------------------------------------------- start
 
