@@ -182,7 +182,9 @@ class Dataset:
 
 def _read_parquet(path: Path, schema: dict[str, Any]) -> pl.DataFrame:
     if not path.exists():
-        raise DataUnavailable(f"aggregate file {path.name} is missing from dataset {path.parent.name!r}; re-run ingestion")
+        raise DataUnavailable(
+            f"aggregate file {path.name} is missing from dataset {path.parent.name!r}; re-run ingestion"
+        )
     try:
         frame = pl.read_parquet(path)
     except Exception as exc:  # polars raises several types for a corrupt file
@@ -198,21 +200,27 @@ def _read_parquet(path: Path, schema: dict[str, Any]) -> pl.DataFrame:
         return frame.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
     except Exception as exc:
         raise DataUnavailable(
-            f"aggregate file {path.name} of dataset {path.parent.name!r} has columns of the wrong type; re-run ingestion"
+            f"aggregate file {path.name} of dataset {path.parent.name!r} has columns of the wrong type; "
+            "re-run ingestion"
         ) from exc
 
 
-def _measure_arrays(frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog, cell_cols: list[str]) -> MeasureArrays:
+def _measure_arrays(
+    frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog, cell_cols: list[str]
+) -> MeasureArrays:
     name = "trips" if len(cell_cols) == 2 else "presence"
     lookup = pl.DataFrame({"_cell": list(catalog.cell_ids), "_idx": np.arange(len(catalog), dtype=np.int64)})
     frame = frame.filter(pl.col("count") != 0)
     indexed = []
     for col in cell_cols:
-        joined = frame.select(pl.col(col).alias("_cell")).join(lookup, on="_cell", how="left", maintain_order="left")
+        joined = frame.select(pl.col(col).alias("_cell")).join(
+            lookup, on="_cell", how="left", maintain_order="left"
+        )
         if joined["_idx"].null_count():
             raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} names cells missing from cells.parquet")
         indexed.append(joined["_idx"].to_numpy())
-    days = frame.select((pl.col("day") - pl.lit(meta.first_day)).dt.total_days())["day"].to_numpy().astype(np.int32)
+    since_first = frame.select((pl.col("day") - pl.lit(meta.first_day)).dt.total_days())["day"]
+    days = since_first.to_numpy().astype(np.int32)
     span = (meta.end_day - meta.first_day).days
     hours = frame["hour"].to_numpy().astype(np.int8)
     counts = frame["count"].to_numpy().astype(np.int64)
@@ -242,7 +250,8 @@ def load_dataset(path: str | Path) -> Dataset:
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} is corrupt; re-run ingestion") from exc
     cells = _read_parquet(root / "cells.parquet", CELLS_SCHEMA)
     catalog = CellCatalog.from_columns(cells["cell_id"].to_list(), cells["lat"].to_list(), cells["lon"].to_list())
-    trips = _measure_arrays(_read_parquet(root / "trips.parquet", TRIPS_SCHEMA), metadata, catalog, ["origin", "dest"])
+    trips_frame = _read_parquet(root / "trips.parquet", TRIPS_SCHEMA)
+    trips = _measure_arrays(trips_frame, metadata, catalog, ["origin", "dest"])
     presence = _measure_arrays(_read_parquet(root / "presence.parquet", PRESENCE_SCHEMA), metadata, catalog, ["cell"])
     zonings = {CELL_ZONING: Zoning.identity(catalog)}
     zdir = root / "zonings"

@@ -116,7 +116,9 @@ class Zoning:
         """Build and check a zoning: every catalog cell in exactly one zone, coarse zones big enough."""
         check_name(name, field="name")
         if name == CELL_ZONING:
-            raise InvalidInput(f"name={name!r} is reserved for the built-in cell-level zoning; choose another name", field="name")
+            raise InvalidInput(
+                f"name={name!r} is reserved for the built-in cell-level zoning; choose another name", field="name"
+            )
         unknown = [c for c in mapping if c not in catalog.index]
         if unknown:
             raise InvalidData(

@@ -59,9 +59,10 @@ def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5
     out = write_aggregates(root / "datasets" / name, meta, cells, trips, presence)
     store = AggregateStore(root)
     service = Service(store, SqliteLedger(root / "bootstrap-ledger.db"))
-    service.add_zoning(name, "districts", "cell_id,zone_id\n" + "".join(f"{c},d{i // 5}\n" for i, c in enumerate(cell_ids)))
-    service.add_zoning(name, "sectors", "cell_id,zone_id\n" + "".join(f"{c},s{i // 20}\n" for i, c in enumerate(cell_ids)),
-                       coarse=True, min_cells_per_zone=20)
+    districts = "cell_id,zone_id\n" + "".join(f"{c},d{i // 5}\n" for i, c in enumerate(cell_ids))
+    sectors = "cell_id,zone_id\n" + "".join(f"{c},s{i // 20}\n" for i, c in enumerate(cell_ids))
+    service.add_zoning(name, "districts", districts)
+    service.add_zoning(name, "sectors", sectors, coarse=True, min_cells_per_zone=20)
     service.ledger.close()
     (root / "bootstrap-ledger.db").unlink()
     return out

@@ -30,8 +30,9 @@ def open_ledger(url: str) -> Ledger:
         from dpflows.ledger.postgres import PostgresLedger  # type: ignore[import-not-found,unused-ignore]
 
         return PostgresLedger(url)  # type: ignore[no-any-return,unused-ignore]
+    scheme = url.split(":", 1)[0] if ":" in url else url[:16]  # never echo a URL: it may hold a password
     raise InvalidInput(
-        f"ledger url={url!r} is not supported; use sqlite:///PATH, memory:// or postgresql://...",
+        f"ledger url scheme {scheme!r} is not supported; use sqlite:///PATH, memory:// or postgresql://...",
         field="ledger_url",
     )
 

@@ -16,7 +16,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Protocol
 
 from dpflows.budget import Epsilon
 from dpflows.errors import BudgetExceeded, Conflict, InvalidInput, NotFound
@@ -40,7 +40,7 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-class Cursor:
+class Cursor(Protocol):
     """The small part of a DB-API cursor the ledger uses."""
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any: ...
@@ -202,7 +202,9 @@ class SqlLedger:
         """Sum of the append-only charge rows (not the running totals): the audit of spending."""
         with self._transaction(write=False) as cur:
             if client_id is None:
-                cur.execute("SELECT COALESCE(SUM(nanos), 0) FROM charges WHERE dataset = ? AND win = ?", (dataset, window))
+                cur.execute(
+                    "SELECT COALESCE(SUM(nanos), 0) FROM charges WHERE dataset = ? AND win = ?", (dataset, window)
+                )
             else:
                 cur.execute(
                     "SELECT COALESCE(SUM(nanos), 0) FROM charges WHERE dataset = ? AND win = ? AND client_id = ?",

@@ -97,7 +97,8 @@ class MemoryLedger:
         if window is not None and window < 0:
             raise InvalidInput(f"window={window} must be 0 or more (or omitted for every window)", field="window")
         with self._lock:
-            self._caps[(GLOBAL if client_id is None else client_id, dataset, EVERY_WINDOW if window is None else window)] = cap
+            key = (GLOBAL if client_id is None else client_id, dataset, EVERY_WINDOW if window is None else window)
+            self._caps[key] = cap
 
     def _cap(self, dataset: str, window: int, client_id: int) -> Epsilon | None:
         cap = self._caps.get((client_id, dataset, window))

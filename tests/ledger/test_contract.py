@@ -3,6 +3,7 @@ charges, fail-closed defaults, answer reuse, key revocation and an append-only c
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 
@@ -144,7 +145,7 @@ def test_audit_is_a_hash_chain(funded: tuple[Ledger, int]) -> None:
     rows = ledger.read_audit(limit=10)
     assert [r.outcome for r in rows] == ["released", "budget_exceeded"]
     assert rows[0].prev_hash == GENESIS_HASH
-    for prev, row in zip(rows, rows[1:], strict=False):
+    for prev, row in itertools.pairwise(rows):
         assert row.prev_hash == prev.row_hash
     for row in rows:
         assert row.row_hash == row.chain_hash(row.prev_hash, row.at)

@@ -1,0 +1,61 @@
+"""Structured request logs: one JSON line per request, never a value, key or person id.
+
+Logged: request id, client id (a number), method, route pattern, status, error code,
+duration. Not logged: bodies, query strings, headers, answer values, exception texts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+               "msg": record.getMessage()}
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            doc.update(extra)
+        return json.dumps(doc, separators=(",", ":"))
+
+
+def configure_logging() -> None:
+    root = logging.getLogger("dpflows")
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+def init_request_logging(app: Flask) -> None:
+    configure_logging()
+    log = logging.getLogger("dpflows.api.request")
+
+    @app.before_request
+    def _start() -> None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _log(response: Response) -> Response:
+        client = getattr(g, "client", None)
+        fields = {
+            "request_id": getattr(g, "request_id", None),
+            "client_id": None if client is None else client.id,
+            "method": request.method,
+            "route": request.url_rule.rule if request.url_rule else None,
+            "status": response.status_code,
+            "error": getattr(g, "error_code", None),
+            "ms": round((time.perf_counter() - getattr(g, "started", time.perf_counter())) * 1000, 2),
+        }
+        response.headers["X-Request-Id"] = fields["request_id"] or ""
+        log.info("request", extra={"fields": fields})
+        return response

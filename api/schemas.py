@@ -1,0 +1,244 @@
+"""Marshmallow schemas for every request and response; the OpenAPI document is built from them.
+
+Request schemas only check shape and types; meaning (dates inside the data, hours, caps,
+policies) is checked once, in `dpflows`, whose errors name the field, the value and the fix.
+Unknown fields are rejected (marshmallow's RAISE), so a typo never silently changes a query.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from dpflows.budget import Epsilon
+
+
+class EpsilonField(fields.Field):
+    """Dumps an exact `Epsilon` as a JSON number (exact for every value a client can send)."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        if value is None:
+            return None
+        return value.to_json() if isinstance(value, Epsilon) else value
+
+
+def _positive_number(description: str) -> fields.Float:
+    return fields.Float(allow_nan=False, validate=validate.Range(min=0, min_inclusive=False),
+                        metadata={"description": description})
+
+
+class QueryBodySchema(ma.Schema):
+    dataset = fields.String(required=True, validate=validate.Length(1, 64), metadata={"example": "demo"})
+    zoning = fields.String(required=True, validate=validate.Length(1, 64),
+                           metadata={"description": "a zoning of the dataset, or 'cell'", "example": "districts"})
+    start = fields.Date(required=True, metadata={"description": "first day (ISO date)", "example": "2024-03-04"})
+    end = fields.Date(required=True, metadata={"description": "day after the last (exclusive)",
+                                               "example": "2024-03-11"})
+    hours = fields.List(fields.Integer(strict=True), validate=validate.Length(equal=2),
+                        metadata={"description": "[from, to) hours of day; from > to wraps past midnight",
+                                  "example": [7, 10]})
+    weekdays = fields.List(fields.Integer(strict=True), validate=validate.Length(1, 7),
+                           metadata={"description": "days of week to count, 0=Monday", "example": [0, 1, 2, 3, 4]})
+    epsilon = _positive_number("privacy loss to spend in each window the query touches")
+    max_error = _positive_number("instead of epsilon: the 95% absolute error per value wanted")
+    confidence = fields.Float(load_default=0.95, allow_nan=False, validate=validate.Range(0.5, 1, max_inclusive=False),
+                              metadata={"description": "confidence of error bounds (default 0.95)"})
+    clamp_negative = fields.Boolean(load_default=False,
+                                    metadata={"description": "post-process negative noisy counts to 0"})
+
+    @ma.validates_schema
+    def _one_price(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("epsilon" in data) == ("max_error" in data):
+            raise ma.ValidationError("send exactly one of epsilon or max_error", field_name="epsilon")
+
+
+class FlowsQuerySchema(QueryBodySchema):
+    pass
+
+
+class PresenceQuerySchema(QueryBodySchema):
+    pass
+
+
+class PatternsQuerySchema(QueryBodySchema):
+    measure = fields.String(load_default="trips", validate=validate.OneOf(["trips", "presence"]),
+                            metadata={"description": "trips (departures) or presence"})
+    zone = fields.String(validate=validate.Length(1, 128),
+                         metadata={"description": "one zone of the zoning; omit for the whole area"})
+
+
+class QuoteQuerySchema(PatternsQuerySchema):
+    query = fields.String(required=True, validate=validate.OneOf(["flows", "presence", "patterns"]))
+
+
+class WindowChargeSchema(ma.Schema):
+    window = fields.Integer()
+    start = fields.Date()
+    end = fields.Date(metadata={"description": "exclusive"})
+    epsilon_charged = EpsilonField()
+    budget_remaining = EpsilonField(metadata={"description": "what you can still spend in this window"})
+
+
+class MechanismSchema(ma.Schema):
+    name = fields.String()
+    noise_scale = fields.Float()
+    sensitivity = fields.Integer(metadata={"description": "the contribution bound L of the counted measure"})
+
+
+class AnswerSchema(ma.Schema):
+    answer_id = fields.String()
+    query = fields.Dict(metadata={"description": "the normalized query"})
+    values = fields.List(fields.Dict(), metadata={"description": "one object per key: key fields and count"})
+    epsilon_charged = EpsilonField(metadata={"description": "ε charged in each window below (0 when reused)"})
+    epsilon = EpsilonField(metadata={"description": "ε the answer was released at"})
+    epsilon_derived_from_max_error = fields.Boolean()
+    windows = fields.List(fields.Nested(WindowChargeSchema))
+    budget_remaining = EpsilonField(metadata={"description": "least remaining budget over the windows touched"})
+    privacy_unit = fields.String()
+    mechanism = fields.Nested(MechanismSchema)
+    error_bound_95 = fields.Float(metadata={"description": "absolute error per value at the stated confidence"})
+    confidence = fields.Float()
+    reused = fields.Boolean(metadata={"description": "true: a stored answer returned at no cost"})
+    postprocessing = fields.List(fields.String())
+    released_at = fields.String()
+
+
+class QuoteSchema(ma.Schema):
+    epsilon = EpsilonField()
+    epsilon_charged = EpsilonField(metadata={"description": "0 when the answer would be reused"})
+    epsilon_derived_from_max_error = fields.Boolean()
+    error_bound_95 = fields.Float()
+    confidence = fields.Float()
+    windows = fields.List(fields.Nested(WindowChargeSchema))
+    reused = fields.Boolean()
+    privacy_unit = fields.String()
+    mechanism = fields.Nested(MechanismSchema)
+
+
+class BudgetQuerySchema(ma.Schema):
+    dataset = fields.String(required=True, validate=validate.Length(1, 64))
+
+
+class WindowBudgetSchema(ma.Schema):
+    window = fields.Integer()
+    start = fields.Date()
+    end = fields.Date()
+    cap = EpsilonField(allow_none=True, metadata={"description": "your cap; null means none set (nothing to spend)"})
+    spent = EpsilonField()
+    global_cap = EpsilonField(allow_none=True)
+    global_spent = EpsilonField()
+    remaining = EpsilonField()
+
+
+class BudgetSchema(ma.Schema):
+    dataset = fields.String()
+    client = fields.String()
+    privacy_unit = fields.String()
+    windows = fields.List(fields.Nested(WindowBudgetSchema))
+
+
+class ZoningSummarySchema(ma.Schema):
+    name = fields.String()
+    zones = fields.Integer()
+    coarse = fields.Boolean()
+
+
+class DatasetSchema(ma.Schema):
+    name = fields.String()
+    first_day = fields.Date()
+    end_day = fields.Date(metadata={"description": "exclusive"})
+    window_days = fields.Integer()
+    windows = fields.Integer()
+    bounds = fields.Dict(keys=fields.String(), values=fields.Integer())
+    privacy_unit = fields.String()
+    zonings = fields.List(fields.Nested(ZoningSummarySchema))
+
+
+class ZoneSchema(ma.Schema):
+    zone_id = fields.String()
+    cells = fields.Integer()
+    centroid = fields.List(fields.Float(), metadata={"description": "[lat, lon] mean of the zone's cells"})
+
+
+class ZoningSchema(ma.Schema):
+    name = fields.String()
+    coarse = fields.Boolean()
+    min_cells_per_zone = fields.Integer()
+    zones = fields.List(fields.Nested(ZoneSchema))
+    cells = fields.List(fields.Dict(), metadata={"description": "public cell catalog: cell_id, lat, lon, zone_id"})
+    geometry = fields.Dict(allow_none=True, metadata={"description": "GeoJSON of the zones, when loaded"})
+
+
+class ClientSchema(ma.Schema):
+    id = fields.Integer()
+    name = fields.String()
+    role = fields.String()
+    created_at = fields.String()
+
+
+class NewClientSchema(ma.Schema):
+    name = fields.String(required=True, validate=validate.Length(1, 128))
+    role = fields.String(required=True, validate=validate.OneOf(["admin", "planner", "analyst"]))
+
+
+class IssuedKeySchema(ma.Schema):
+    client = fields.Nested(ClientSchema)
+    api_key = fields.String(metadata={"description": "shown once; stored only as a hash"})
+
+
+class KeySchema(ma.Schema):
+    id = fields.Integer()
+    client_id = fields.Integer()
+    prefix = fields.String()
+    created_at = fields.String()
+    revoked_at = fields.String(allow_none=True)
+
+
+class ClientWithKeysSchema(ClientSchema):
+    keys = fields.List(fields.Nested(KeySchema))
+
+
+class CapSchema(ma.Schema):
+    dataset = fields.String(required=True, validate=validate.Length(1, 64))
+    epsilon = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0))
+    client_id = fields.Integer(metadata={"description": "omit for the global cap across all clients"})
+    window = fields.Integer(validate=validate.Range(min=0), metadata={"description": "omit for every window"})
+
+
+class ZoningUploadSchema(ma.Schema):
+    name = fields.String(required=True, validate=validate.Length(1, 64))
+    csv = fields.String(required=True, metadata={"description": "cell_id,zone_id rows with a header"})
+    coarse = fields.Boolean(load_default=False)
+    min_cells_per_zone = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    geojson = fields.Dict(load_default=None, allow_none=True)
+
+
+class AuditQuerySchema(ma.Schema):
+    after_id = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+
+
+class AuditEntrySchema(ma.Schema):
+    id = fields.Integer()
+    at = fields.String()
+    client_id = fields.Integer(allow_none=True)
+    action = fields.String()
+    outcome = fields.String()
+    dataset = fields.String(allow_none=True)
+    query = fields.Dict(allow_none=True)
+    epsilon = EpsilonField()
+    answer_id = fields.String(allow_none=True)
+    prev_hash = fields.String()
+    row_hash = fields.String()
+
+
+class AuditPageSchema(ma.Schema):
+    entries = fields.List(fields.Nested(AuditEntrySchema))
+    next_after_id = fields.Integer(allow_none=True, metadata={"description": "pass as after_id for the next page"})
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String()
+    checks = fields.Dict()

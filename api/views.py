@@ -1,0 +1,318 @@
+"""The HTTP routes. Each view validates (schema), makes one call into dpflows, and dumps.
+
+No view catches exceptions: `api.errors` maps the one exception tree in one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from flask import Response, current_app, request
+from flask_smorest import Blueprint
+
+from api import schemas
+from api.auth import current_client, require
+from api.errors import ErrorSchema
+from dpflows.budget import Epsilon
+from dpflows.queries import make_spec
+from dpflows.service import Answer, QueryRequest, Service, WindowStatus
+
+BEARER = [{"bearerAuth": []}]
+ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids it",
+          422: "invalid input", 429: "rate limited", 503: "ledger or data unavailable"}
+
+queries_blp = Blueprint("queries", __name__, url_prefix="/v1", description="Differentially private queries")
+account_blp = Blueprint("account", __name__, url_prefix="/v1", description="Budgets, datasets and zonings")
+admin_blp = Blueprint("admin", __name__, url_prefix="/v1/admin", description="Admin: clients, keys, caps, audit")
+health_blp = Blueprint("health", __name__, description="Liveness and readiness")
+
+
+def service() -> Service:
+    return current_app.extensions["dpflows"].service  # type: ignore[no-any-return]
+
+
+def _document_errors(blp: Blueprint, *codes: int) -> Any:
+    def decorate(view: Any) -> Any:
+        for code in codes:
+            view = blp.alt_response(code, schema=ErrorSchema, description=ERRORS.get(code, ""))(view)
+        return view
+    return decorate
+
+
+# -- presentation of dpflows values -------------------------------------------------------------
+
+def window_charges(windows: list[WindowStatus], charged: Epsilon) -> list[dict[str, Any]]:
+    return [{"window": w.window, "start": w.start, "end": w.end, "epsilon_charged": charged,
+             "budget_remaining": w.budget.remaining} for w in windows]
+
+
+def answer_document(answer: Answer) -> dict[str, Any]:
+    return {
+        "answer_id": answer.answer_id,
+        "query": answer.spec.canonical(),
+        "values": answer.values,
+        "epsilon_charged": answer.epsilon_charged,
+        "epsilon": answer.epsilon_of_release,
+        "epsilon_derived_from_max_error": answer.epsilon_derived,
+        "windows": window_charges(answer.windows, answer.epsilon_charged),
+        "budget_remaining": answer.budget_remaining,
+        "privacy_unit": answer.privacy_unit,
+        "mechanism": {"name": answer.mechanism, "noise_scale": answer.noise_scale,
+                      "sensitivity": answer.sensitivity},
+        "error_bound_95": answer.error_bound_95,
+        "confidence": answer.confidence,
+        "reused": answer.reused,
+        "postprocessing": answer.postprocessing,
+        "released_at": answer.released_at,
+    }
+
+
+def wants_csv() -> bool:
+    if request.args.get("format") == "csv":
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/csv"], default="application/json")
+    return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
+
+
+def csv_response(answer: Answer) -> Response:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=[*answer.key_fields, "count", "error_bound_95"])
+    writer.writeheader()
+    for row in answer.values:
+        writer.writerow({**row, "error_bound_95": f"{answer.error_bound_95:.3f}"})
+    response = Response(out.getvalue(), mimetype="text/csv")
+    response.headers.update({
+        "X-Dpflows-Answer-Id": answer.answer_id,
+        "X-Dpflows-Epsilon-Charged": str(answer.epsilon_charged),
+        "X-Dpflows-Budget-Remaining": str(answer.budget_remaining),
+        "X-Dpflows-Error-Bound-95": f"{answer.error_bound_95:.6f}",
+        "X-Dpflows-Privacy-Unit": answer.privacy_unit,
+        "X-Dpflows-Reused": "true" if answer.reused else "false",
+    })
+    return response
+
+
+def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
+    spec = make_spec(
+        kind, dataset=body["dataset"], zoning=body["zoning"], start=body["start"], end=body["end"],
+        hours=body.get("hours"), weekdays=body.get("weekdays"),
+        measure=body.get("measure") if kind == "patterns" else None,
+        zone=body.get("zone") if kind == "patterns" else None,
+    )
+    epsilon = body.get("epsilon")
+    return QueryRequest(
+        spec,
+        epsilon=None if epsilon is None else Epsilon.parse(epsilon),
+        max_error=body.get("max_error"),
+        confidence=body["confidence"],
+        clamp_negative=body["clamp_negative"],
+    )
+
+
+def run_query(kind: str, body: dict[str, Any]) -> Any:
+    answer = service().answer(query_request(kind, body), current_client())
+    return csv_response(answer) if wants_csv() else answer_document(answer)
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+@queries_blp.route("/flows", methods=["POST"])
+@queries_blp.arguments(schemas.FlowsQuerySchema)
+@queries_blp.response(200, schemas.AnswerSchema, description="Origin-destination counts between zones")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER)
+@require("planner", "analyst", "admin")
+def flows(body: dict[str, Any]) -> Any:
+    """Trips from each zone to each zone, every pair released (zeros noised too)."""
+    return run_query("flows", body)
+
+
+@queries_blp.route("/presence", methods=["POST"])
+@queries_blp.arguments(schemas.PresenceQuerySchema)
+@queries_blp.response(200, schemas.AnswerSchema, description="Person-hours per zone and hour of day")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER)
+@require("planner", "analyst", "admin")
+def presence(body: dict[str, Any]) -> Any:
+    """Presence (distinct person-cell-hours) per zone and hour of day."""
+    return run_query("presence", body)
+
+
+@queries_blp.route("/patterns", methods=["POST"])
+@queries_blp.arguments(schemas.PatternsQuerySchema)
+@queries_blp.response(200, schemas.AnswerSchema, description="Weekday × hour profile")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER)
+@require("planner", "analyst", "admin")
+def patterns(body: dict[str, Any]) -> Any:
+    """Hour-of-day × weekday profile of trips (departures) or presence, for one zone or the whole area."""
+    return run_query("patterns", body)
+
+
+@queries_blp.route("/quote", methods=["POST"])
+@queries_blp.arguments(schemas.QuoteQuerySchema)
+@queries_blp.response(200, schemas.QuoteSchema, description="What the query would cost; nothing charged")
+@_document_errors(queries_blp, 401, 403, 404, 422, 429, 503)
+@queries_blp.doc(security=BEARER)
+@require("planner", "analyst", "admin")
+def quote(body: dict[str, Any]) -> Any:
+    """Price a query without touching data or budget: ε, windows, error bound, reuse."""
+    kind = body.pop("query")
+    q = service().quote(query_request(kind, body), current_client())
+    return {
+        "epsilon": q["epsilon"], "epsilon_charged": q["epsilon_charged"],
+        "epsilon_derived_from_max_error": q["epsilon_derived"], "error_bound_95": q["error_bound_95"],
+        "confidence": q["confidence"], "windows": window_charges(q["windows"], q["epsilon_charged"]),
+        "reused": q["reused"], "privacy_unit": q["privacy_unit"],
+        "mechanism": {"name": q["mechanism"], "noise_scale": q["noise_scale"],
+                      "sensitivity": q["sensitivity"]},
+    }
+
+
+# -- account: budget, datasets, zonings ------------------------------------------------------------
+
+@account_blp.route("/budget", methods=["GET"])
+@account_blp.arguments(schemas.BudgetQuerySchema, location="query")
+@account_blp.response(200, schemas.BudgetSchema)
+@_document_errors(account_blp, 401, 404, 422, 503)
+@account_blp.doc(security=BEARER)
+@require()
+def budget(args: dict[str, Any]) -> Any:
+    """Your caps, spending and remaining budget in every window of a dataset."""
+    client = current_client()
+    status = service().budget_status(client, args["dataset"])
+    return {
+        "dataset": args["dataset"], "client": client.name,
+        "privacy_unit": service().dataset(args["dataset"]).metadata.privacy_unit,
+        "windows": [{"window": w.window, "start": w.start, "end": w.end, "cap": w.budget.client_cap,
+                     "spent": w.budget.client_spent, "global_cap": w.budget.global_cap,
+                     "global_spent": w.budget.global_spent, "remaining": w.budget.remaining} for w in status],
+    }
+
+
+@account_blp.route("/datasets", methods=["GET"])
+@account_blp.response(200, schemas.DatasetSchema(many=True))
+@_document_errors(account_blp, 401, 503)
+@account_blp.doc(security=BEARER)
+@require()
+def datasets() -> Any:
+    """Datasets with their time span, windows, bounds and zonings (all public)."""
+    return current_app.extensions["dpflows"].catalog.datasets()
+
+
+@account_blp.route("/datasets/<string:dataset>/zonings/<string:zoning>", methods=["GET"])
+@account_blp.response(200, schemas.ZoningSchema)
+@_document_errors(account_blp, 401, 404, 503)
+@account_blp.doc(security=BEARER)
+@require()
+def zoning(dataset: str, zoning: str) -> Any:
+    """A zoning's zones (cells per zone, centroid), the public cell catalog, and geometry if loaded."""
+    return current_app.extensions["dpflows"].catalog.zoning(dataset, zoning)
+
+
+# -- admin ------------------------------------------------------------------------------------------
+
+@admin_blp.route("/clients", methods=["POST"])
+@admin_blp.arguments(schemas.NewClientSchema)
+@admin_blp.response(201, schemas.IssuedKeySchema)
+@_document_errors(admin_blp, 401, 403, 409, 422, 503)
+@admin_blp.doc(security=BEARER)
+@require("admin")
+def create_client(body: dict[str, Any]) -> Any:
+    """Register a client; its API key is in this response only."""
+    client, key = service().create_client(body["name"], body["role"], by=current_client())
+    return {"client": client, "api_key": key}
+
+
+@admin_blp.route("/clients", methods=["GET"])
+@admin_blp.response(200, schemas.ClientWithKeysSchema(many=True))
+@_document_errors(admin_blp, 401, 403, 503)
+@admin_blp.doc(security=BEARER)
+@require("admin")
+def list_clients() -> Any:
+    """Clients with their keys (prefixes only, never the keys)."""
+    ledger = service().ledger
+    return [{**vars(c), "keys": ledger.list_keys(c.id)} for c in ledger.list_clients()]
+
+
+@admin_blp.route("/clients/<int:client_id>/keys", methods=["POST"])
+@admin_blp.response(201, schemas.IssuedKeySchema)
+@_document_errors(admin_blp, 401, 403, 404, 503)
+@admin_blp.doc(security=BEARER)
+@require("admin")
+def issue_key(client_id: int) -> Any:
+    """Issue another key for a client (e.g. to rotate); shown once."""
+    key = service().rotate_key(client_id, by=current_client())
+    return {"client": service().ledger.get_client(client_id), "api_key": key}
+
+
+@admin_blp.route("/keys/<int:key_id>", methods=["DELETE"])
+@admin_blp.response(200, schemas.KeySchema)
+@_document_errors(admin_blp, 401, 403, 404, 503)
+@admin_blp.doc(security=BEARER)
+@require("admin")
+def revoke_key(key_id: int) -> Any:
+    """Revoke a key at once; requests with it get 401 from now on."""
+    service().revoke_key(key_id, by=current_client())
+    return next(k for c in service().ledger.list_clients() for k in service().ledger.list_keys(c.id)
+                if k.id == key_id)
+
+
+@admin_blp.route("/caps", methods=["PUT"])
+@admin_blp.arguments(schemas.CapSchema)
+@admin_blp.response(200, schemas.CapSchema)
+@_document_errors(admin_blp, 401, 403, 404, 422, 503)
+@admin_blp.doc(security=BEARER)
+@require("admin")
+def set_cap(body: dict[str, Any]) -> Any:
+    """Set a client's cap (client_id) or the global cap (no client_id), per window or for every window."""
+    service().set_cap(body["dataset"], Epsilon.parse(body["epsilon"]), client_id=body.get("client_id"),
+                      window=body.get("window"), by=current_client())
+    return body
+
+
+@admin_blp.route("/datasets/<string:dataset>/zonings", methods=["POST"])
+@admin_blp.arguments(schemas.ZoningUploadSchema)
+@admin_blp.response(201, schemas.ZoningSummarySchema)
+@_document_errors(admin_blp, 401, 403, 404, 409, 422, 503)
+@admin_blp.doc(security=BEARER)
+@require("admin")
+def add_zoning(body: dict[str, Any], dataset: str) -> Any:
+    """Load a public zoning from `cell_id,zone_id` CSV; coarse zonings are checked for zone size."""
+    z = service().add_zoning(dataset, body["name"], body["csv"], coarse=body["coarse"],
+                             min_cells_per_zone=body["min_cells_per_zone"], geometry=body["geojson"],
+                             by=current_client())
+    return {"name": z.name, "zones": z.zone_count, "coarse": z.coarse}
+
+
+@admin_blp.route("/audit", methods=["GET"])
+@admin_blp.arguments(schemas.AuditQuerySchema, location="query")
+@admin_blp.response(200, schemas.AuditPageSchema)
+@_document_errors(admin_blp, 401, 403, 422, 503)
+@admin_blp.doc(security=BEARER)
+@require("admin")
+def audit(args: dict[str, Any]) -> Any:
+    """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome."""
+    rows = service().ledger.read_audit(after_id=args["after_id"], limit=args["limit"])
+    return {"entries": rows, "next_after_id": rows[-1].id if len(rows) == args["limit"] else None}
+
+
+# -- health -----------------------------------------------------------------------------------------
+
+@health_blp.route("/healthz", methods=["GET"])
+@health_blp.response(200, schemas.HealthSchema)
+def healthz() -> Any:
+    """The process is up."""
+    return {"status": "ok", "checks": {}}
+
+
+@health_blp.route("/readyz", methods=["GET"])
+@health_blp.response(200, schemas.HealthSchema)
+@_document_errors(health_blp, 503)
+def readyz() -> Any:
+    """The ledger answers and the data root is readable."""
+    ext = current_app.extensions["dpflows"]
+    ext.service.ledger.list_clients()
+    return {"status": "ok", "checks": {"ledger": "ok", "datasets": len(ext.catalog.store.names())}}
