@@ -241,37 +241,52 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class KeyInfo:
+    """An API key as listings show it: its id (for revoke_key) and first characters, never the key."""
+
+    id: int
+    prefix: str
+    created_at: str
+    revoked_at: str | None
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> KeyInfo:
+        return cls(int(doc["id"]), str(doc.get("prefix", "")), str(doc.get("created_at", "")), doc.get("revoked_at"))
+
+
+@dataclass(frozen=True)
 class ClientInfo:
     id: int
     name: str
     role: str
+    keys: list[KeyInfo]  # filled by list_clients; empty elsewhere
     raw: dict[str, Any] = field(repr=False)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ClientInfo:
-        return cls(int(doc["id"]), str(doc["name"]), str(doc["role"]), dict(doc))
+        keys = [KeyInfo.from_json(k) for k in doc.get("keys") or []]
+        return cls(int(doc["id"]), str(doc["name"]), str(doc["role"]), keys, dict(doc))
 
 
 @dataclass(frozen=True)
 class IssuedKey:
-    """A new API key, shown this once; ``key_id`` is what revoke_key takes."""
-
-    key_id: int | None
-    api_key: str = field(repr=False)
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> IssuedKey:
-        key_id = doc.get("key_id", (doc.get("key") or {}).get("id") if isinstance(doc.get("key"), dict) else None)
-        return cls(None if key_id is None else int(key_id), str(doc["api_key"]))
-
-
-@dataclass(frozen=True)
-class NewClient:
-    """A registered client and its first API key, shown this once."""
+    """A new API key for a client, shown this once (its id for revoke_key is in list_clients)."""
 
     client: ClientInfo
     api_key: str = field(repr=False)
-    key_id: int | None = None
+
+    @property
+    def prefix(self) -> str:
+        """The characters listings show for this key (``dpf_`` and six more)."""
+        return self.api_key[:10]
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> IssuedKey:
+        return cls(ClientInfo.from_json(doc["client"]), str(doc["api_key"]))
+
+
+#: create_client answers like issue_key: the client and its first key.
+NewClient = IssuedKey
 
 
 def _date(value: Any) -> dt.date:
@@ -444,13 +459,12 @@ class DpflowsClient:
 
     # -- admin --------------------------------------------------------------------------------
 
-    def create_client(self, name: str, role: str) -> NewClient:
+    def create_client(self, name: str, role: str) -> IssuedKey:
         """Register a planner, analyst or admin; the returned key is shown only this once."""
-        doc = self.request("POST", self.ADMIN_PATHS["clients"], body={"name": name, "role": role})
-        key = IssuedKey.from_json(doc)
-        return NewClient(ClientInfo.from_json(doc.get("client", doc)), key.api_key, key.key_id)
+        return IssuedKey.from_json(self.request("POST", self.ADMIN_PATHS["clients"], body={"name": name, "role": role}))
 
     def list_clients(self) -> list[ClientInfo]:
+        """Every client with its keys (ids and prefixes only)."""
         doc = self.request("GET", self.ADMIN_PATHS["clients"])
         rows = doc["clients"] if isinstance(doc, dict) else doc
         return [ClientInfo.from_json(r) for r in rows]
@@ -460,14 +474,28 @@ class DpflowsClient:
         doc = self.request("POST", self.ADMIN_PATHS["client_keys"].format(client_id=int(client_id)))
         return IssuedKey.from_json(doc)
 
-    def revoke_key(self, key_id: int) -> None:
+    def key_id(self, issued: IssuedKey) -> int:
+        """The id of an issued key (what revoke_key takes), found by its prefix in list_clients."""
+        for info in self.list_clients():
+            if info.id == issued.client.id:
+                ids = [k.id for k in info.keys if k.prefix == issued.prefix and k.revoked_at is None]
+                if len(ids) == 1:
+                    return ids[0]
+        raise NotFoundError(f"no single active key with prefix {issued.prefix!r} for client {issued.client.id}",
+                            code="not_found")
+
+    def revoke_key(self, key_id: int) -> KeyInfo:
         """Revoke one key at once; the client's other keys keep working."""
-        self.request("DELETE", self.ADMIN_PATHS["key"].format(key_id=int(key_id)))
+        return KeyInfo.from_json(self.request("DELETE", self.ADMIN_PATHS["key"].format(key_id=int(key_id))))
 
     def set_cap(self, dataset: str, epsilon: float | str, *, client_id: int | None = None,
                 window: int | None = None) -> dict[str, Any]:
         """Cap a client's ε per window (client_id) or the global cap (client_id None); all windows if None."""
-        body = {"dataset": dataset, "epsilon": epsilon, "client_id": client_id, "window": window}
+        body: dict[str, Any] = {"dataset": dataset, "epsilon": float(epsilon)}
+        if client_id is not None:
+            body["client_id"] = int(client_id)
+        if window is not None:
+            body["window"] = int(window)
         return dict(self.request("PUT", self.ADMIN_PATHS["caps"], body=body) or {})
 
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
@@ -476,13 +504,24 @@ class DpflowsClient:
         body: dict[str, Any] = {"name": name, "csv": csv_text, "coarse": coarse,
                                 "min_cells_per_zone": min_cells_per_zone}
         if geometry is not None:
-            body["geometry"] = dict(geometry)
+            body["geojson"] = dict(geometry)
         return dict(self.request("POST", self.ADMIN_PATHS["zonings"].format(dataset=_seg(dataset)), body=body))
 
-    def audit(self, *, limit: int = 100, **filters: Any) -> list[dict[str, Any]]:
-        """Audit rows (who asked what, when, at what ε, with what outcome; never values)."""
-        doc = self.request("GET", self.ADMIN_PATHS["audit"], params={"limit": limit, **filters})
+    def audit(self, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit rows after ``after_id``, oldest first (who asked what, when, at what ε, outcome; never values)."""
+        doc = self.request("GET", self.ADMIN_PATHS["audit"], params={"after_id": after_id, "limit": limit})
         return list(doc["entries"] if isinstance(doc, dict) else doc)
+
+    def audit_all(self, *, page: int = 1000) -> list[dict[str, Any]]:
+        """The whole audit log, page by page."""
+        rows: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            doc = self.request("GET", self.ADMIN_PATHS["audit"], params={"after_id": after, "limit": page})
+            rows.extend(doc["entries"])
+            if doc.get("next_after_id") is None:
+                return rows
+            after = int(doc["next_after_id"])
 
 
 def _seg(name: str) -> str:

@@ -4,9 +4,12 @@ Pure functions, no I/O and no privacy cost: they only re-shape values already re
 their error bounds) onto the public zoning, which is post-processing. Coordinates follow
 GeoJSON (RFC 7946): ``[longitude, latitude]`` in WGS 84.
 
+The zoning is the document of ``GET /v1/datasets/<dataset>/zonings/<zoning>`` (built by
+``dpflows.service.Catalog.zoning``): ``zones`` as ``[{zone_id, cells, centroid: [lat, lon]}]``,
+``cells`` as ``[{cell_id, lat, lon, zone_id}]`` and ``geometry`` (GeoJSON polygons or null).
 Where a zone is drawn, in order of preference:
 
-1. an explicit centroid the service publishes for the zone (``centroids: {zone: [lon, lat]}``),
+1. the centroid the service publishes for the zone (``zones[].centroid``, note ``[lat, lon]``),
 2. the area-weighted centroid of the zone's polygon(s) in the zoning's GeoJSON geometry,
 3. the mean position of the zone's cells (the cell catalog is public, design §1).
 
@@ -23,8 +26,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for type hints: geo.py itself needs nothing but dicts
-    from dpflows.aggregates import Dataset
-    from dpflows.cells import CellCatalog, Zoning
     from dpflows.service import Answer
 
 LonLat = tuple[float, float]
@@ -102,10 +103,11 @@ def centroids_from_geometry(geometry: Mapping[str, Any]) -> dict[str, LonLat]:
 
 
 def centroids_from_cells(cells: Iterable[Mapping[str, Any]]) -> dict[str, LonLat]:
-    """Zone centroids as the mean position of each zone's cells (rows with zone, lat, lon)."""
+    """Zone centroids as the mean position of each zone's cells (rows with zone_id, lat, lon)."""
     sums: dict[str, list[float]] = {}
     for cell in cells:
-        acc = sums.setdefault(str(cell["zone"]), [0.0, 0.0, 0.0])
+        zone = cell["zone_id"] if "zone_id" in cell else cell["zone"]
+        acc = sums.setdefault(str(zone), [0.0, 0.0, 0.0])
         acc[0] += float(cell["lon"])
         acc[1] += float(cell["lat"])
         acc[2] += 1.0
@@ -113,15 +115,16 @@ def centroids_from_cells(cells: Iterable[Mapping[str, Any]]) -> dict[str, LonLat
 
 
 def zone_centroids(zoning: Mapping[str, Any]) -> dict[str, LonLat]:
-    """Centroids for a zoning document: published centroids, else polygons, else cells."""
-    published = zoning.get("centroids")
-    if isinstance(published, Mapping) and published:
-        return {str(z): (float(c[0]), float(c[1])) for z, c in published.items()}
+    """Zone id -> (lon, lat): published centroids, else polygon centroids, else cell means."""
     out: dict[str, LonLat] = {}
     if zoning.get("cells"):
         out.update(centroids_from_cells(zoning["cells"]))
     if zoning.get("geometry"):
-        out.update(centroids_from_geometry(zoning["geometry"]))  # polygons win over cell means
+        out.update(centroids_from_geometry(zoning["geometry"]))
+    for zone in zoning.get("zones") or []:
+        if isinstance(zone, Mapping) and zone.get("centroid"):
+            lat, lon = zone["centroid"][:2]
+            out[str(zone["zone_id"])] = (float(lon), float(lat))
     return out
 
 
@@ -134,32 +137,6 @@ def zone_polygons(zoning: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if zone is not None and geom.get("type") in ("Polygon", "MultiPolygon"):
             out[zone] = dict(geom)
     return out
-
-
-def zoning_document(zoning: Zoning, catalog: CellCatalog) -> dict[str, Any]:
-    """The public description of a zoning a map needs: zones, cells with positions, centroids.
-
-    This is what ``GET /v1/datasets/<name>/zonings/<zoning>`` should return so that a client
-    can draw any zoning offline, with or without polygons. Everything in it is public (design §1).
-    """
-    sizes = zoning.cells_per_zone()
-    cells = [
-        {"cell_id": cell_id, "lat": float(catalog.lat[i]), "lon": float(catalog.lon[i]),
-         "zone": zoning.zone_ids[int(zoning.zone_of_cell[i])]}
-        for i, cell_id in enumerate(catalog.cell_ids)
-    ]
-    doc: dict[str, Any] = {
-        "name": zoning.name,
-        "coarse": zoning.coarse,
-        "min_cells_per_zone": zoning.min_cells_per_zone,
-        "zones": list(zoning.zone_ids),
-        "cells_per_zone": {z: int(sizes[i]) for i, z in enumerate(zoning.zone_ids)},
-        "cells": cells,
-        "geometry": zoning.geometry,
-    }
-    centroids = zone_centroids({"cells": cells, "geometry": zoning.geometry})
-    doc["centroids"] = {z: [round(c[0], 7), round(c[1], 7)] for z, c in sorted(centroids.items())}
-    return doc
 
 
 def _number_props(count: float, error_bound: float) -> dict[str, Any]:
@@ -257,13 +234,12 @@ def answer_geojson(
     raise ValueError(f"kind={kind!r} has no map: only flows and presence answers have zones")
 
 
-def service_answer_geojson(answer: Answer, dataset: Dataset, **options: Any) -> dict[str, Any]:
-    """GeoJSON for a ``Service.answer`` result, for the API's ``?format=geojson``.
+def service_answer_geojson(answer: Answer, zoning: Mapping[str, Any], **options: Any) -> dict[str, Any]:
+    """GeoJSON for a ``Service.answer`` result and its zoning document, for ``?format=geojson``.
 
     Only released values, their error bound and public geography go in; the metadata says what
     the release cost, so a map file never loses its caveats.
     """
-    zoning = zoning_document(dataset.zoning(answer.spec.zoning), dataset.catalog)
     meta = {
         "answer_id": answer.answer_id,
         "query": answer.spec.canonical(),

@@ -22,11 +22,10 @@ def planner(live_server: LiveServer) -> dc.DpflowsClient:
 
 def test_catalog_endpoints(planner: dc.DpflowsClient) -> None:
     [small] = [d for d in planner.datasets() if d["name"] == "small"]
-    names = {z if isinstance(z, str) else z["name"] for z in small["zonings"]}
-    assert {"districts", "sectors"} <= names
+    assert {"districts", "sectors", "cell"} <= {z["name"] for z in small["zonings"]}
     zoning = planner.zoning("small", "districts")
-    zones = zoning["zones"] if isinstance(zoning["zones"], list) else sorted(set(zoning["zones"].values()))
-    assert zones == [f"d{i}" for i in range(8)]
+    assert [z["zone_id"] for z in zoning["zones"]] == [f"d{i}" for i in range(8)]
+    assert len(zoning["cells"]) == 40 and zoning["zones"][0]["centroid"] == pytest.approx([40.0, -73.98])
     with pytest.raises(dc.NotFoundError) as info:
         planner.zoning("small", "nope")
     assert info.value.status == 404
@@ -99,23 +98,47 @@ def test_admin_endpoints(live_server: LiveServer) -> None:
     admin = dc.DpflowsClient(live_server.base_url, live_server.admin_key)
     created = admin.create_client("planner-from-client", "planner")
     assert created.client.role == "planner" and created.api_key.startswith("dpf_")
-    assert "planner-from-client" in {c.name for c in admin.list_clients()}
+    listed = {c.name: c for c in admin.list_clients()}
+    assert [k.prefix for k in listed["planner-from-client"].keys] == [created.prefix]
     admin.set_cap("small", 0.5, client_id=created.client.id)
     newbie = dc.DpflowsClient(live_server.base_url, created.api_key)
     assert {w.budget_remaining for w in newbie.budget("small").windows} == {0.5}
+
     second = admin.issue_key(created.client.id)
-    assert second.api_key != created.api_key and second.key_id is not None
+    assert second.api_key != created.api_key and second.client.id == created.client.id
     dc.DpflowsClient(live_server.base_url, second.api_key).budget("small")
-    admin.revoke_key(second.key_id)
+    revoked = admin.revoke_key(admin.key_id(second))
+    assert revoked.revoked_at is not None
     with pytest.raises(dc.AuthenticationError):
         dc.DpflowsClient(live_server.base_url, second.api_key).budget("small")
     newbie.budget("small")  # the first key still works
+
     csv_text = "cell_id,zone_id\n" + "".join(f"c{i:03d},h{i // 20}\n" for i in range(40))
-    admin.add_zoning("small", "halves", csv_text, coarse=True, min_cells_per_zone=20)
+    square = [[-74.01, 39.99], [-73.92, 39.99], [-73.92, 40.05], [-74.01, 40.05], [-74.01, 39.99]]
+    geometry = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"zone_id": "h0"}, "geometry": {"type": "Polygon", "coordinates": [square]}},
+    ]}
+    admin.add_zoning("small", "halves", csv_text, coarse=True, min_cells_per_zone=20, geometry=geometry)
     assert newbie.zoning("small", "halves")["coarse"] is True
+    presence = newbie.presence("small", "halves", "2024-03-18", "2024-03-19", hours=(8, 9), epsilon=0.1)
+    kinds = {f["properties"]["zone"]: f["geometry"]["type"] for f in presence.to_geojson()["features"]}
+    assert kinds == {"h0": "Polygon", "h1": "Point"}  # h1 has no polygon: its centroid
     with pytest.raises(dc.ConflictError):
         admin.add_zoning("small", "halves", csv_text)
     with pytest.raises(dc.ForbiddenError):
         newbie.list_clients()
-    actions = [row["action"] for row in admin.audit(limit=500)]
+    rows = admin.audit_all(page=7)
+    actions = [row["action"] for row in rows]
     assert "admin.create_client" in actions and "query.flows" in actions
+    assert [row["id"] for row in rows] == sorted({row["id"] for row in rows})
+    assert all("values" not in (row.get("query") or {}) for row in rows)
+
+
+def test_geojson_format_on_query_endpoints(live_server: LiveServer, planner: dc.DpflowsClient) -> None:
+    body = {"dataset": "small", "zoning": "districts", "start": WEEK[0], "end": WEEK[1], "hours": [7, 10],
+            "epsilon": 0.25}
+    doc = planner.request("POST", "/v1/flows?format=geojson", body=body)
+    assert doc["type"] == "FeatureCollection" and len(doc["features"]) == 64
+    assert doc["dpflows"]["reused"] is True  # the same query as test_quote_then_flows_then_reuse: free
+    line = next(f for f in doc["features"] if f["geometry"]["type"] == "LineString")
+    assert {"origin", "destination", "count", "error_bound_95", "lower", "upper"} <= set(line["properties"])

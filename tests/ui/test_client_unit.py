@@ -27,7 +27,8 @@ ANSWER = {
     "mechanism": {"name": "discrete_laplace", "noise_scale": 20.0, "sensitivity": 5},
     "error_bound_95": 5.5, "confidence": 0.95, "reused": False, "postprocessing": [],
 }
-ZONING = {"name": "z", "zones": ["a", "b"], "centroids": {"a": [0.0, 0.0], "b": [1.0, 1.0]}, "geometry": None}
+ZONING = {"name": "z", "zones": [{"zone_id": "a", "cells": 3, "centroid": [40.0, -74.0]},  # [lat, lon]
+                                 {"zone_id": "b", "cells": 3, "centroid": [41.0, -73.0]}], "cells": [], "geometry": None}
 
 
 class Canned:
@@ -90,7 +91,7 @@ def test_flows_request_and_answer(server) -> None:
     assert answer.budget_remaining == 0.75 and answer.windows[0].end.isoformat() == "2024-03-11"
     assert answer.mechanism.sensitivity == 5 and not answer.reused
     geo = answer.to_geojson()  # fetches the zoning through the same client
-    assert geo["features"][0]["geometry"]["coordinates"] == [[0.0, 0.0], [1.0, 1.0]]
+    assert geo["features"][0]["geometry"]["coordinates"] == [[-74.0, 40.0], [-73.0, 41.0]]  # GeoJSON: [lon, lat]
     assert geo["dpflows"]["answer_id"] == "a1"
     assert "dpf_secret" not in repr(client)
 

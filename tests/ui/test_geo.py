@@ -7,7 +7,6 @@ import json
 import pytest
 
 from dpflows import geo
-from dpflows.aggregates import AggregateStore
 
 
 def square(x0: float, y0: float, size: float = 1.0) -> list[list[float]]:
@@ -39,13 +38,14 @@ def test_polygon_centroid_is_area_weighted_and_holes_subtract() -> None:
 
 
 def test_centroid_sources_in_order_of_preference() -> None:
-    cells = [{"zone": "a", "lon": 0.0, "lat": 0.0}, {"zone": "a", "lon": 0.2, "lat": 0.4},
+    cells = [{"zone_id": "a", "lon": 0.0, "lat": 0.0}, {"zone_id": "a", "lon": 0.2, "lat": 0.4},
              {"zone": "c", "lon": 9.0, "lat": 9.0}]
     assert geo.centroids_from_cells(cells) == {"a": pytest.approx((0.1, 0.2)), "c": (9.0, 9.0)}
     both = geo.zone_centroids({**ZONING, "cells": cells})
     assert both["a"] == pytest.approx((0.5, 0.5)) and both["b"] == pytest.approx((3.0, 1.0))
     assert both["c"] == (9.0, 9.0)  # no polygon for c: its cells' mean
-    assert geo.zone_centroids({**ZONING, "centroids": {"a": [7, 8]}}) == {"a": (7.0, 8.0)}
+    published = {**ZONING, "zones": [{"zone_id": "a", "cells": 2, "centroid": [8.0, 7.0]}]}  # [lat, lon]
+    assert geo.zone_centroids(published)["a"] == (7.0, 8.0)
 
 
 def test_flows_are_lines_between_centroids_with_their_interval() -> None:
@@ -68,7 +68,7 @@ def test_flows_are_lines_between_centroids_with_their_interval() -> None:
 
 
 def test_presence_uses_polygons_else_points_and_filters_hours() -> None:
-    zoning = {**ZONING, "cells": [{"zone": "c", "lon": 5.0, "lat": 6.0}]}
+    zoning = {**ZONING, "cells": [{"zone_id": "c", "lon": 5.0, "lat": 6.0}]}
     values = [{"zone": z, "hour": h, "count": 10 * h} for z in ("a", "b", "c") for h in (7, 8)]
     doc = geo.presence_geojson(values, zoning, 3.0, hour=8)
     kinds = {f["properties"]["zone"]: f["geometry"]["type"] for f in doc["features"]}
@@ -80,31 +80,25 @@ def test_presence_uses_polygons_else_points_and_filters_hours() -> None:
         geo.answer_geojson("patterns", [], zoning, 1.0)
 
 
-def test_zoning_document_describes_a_real_zoning(data_root) -> None:
-    data = AggregateStore(data_root).get("small")
-    doc = geo.zoning_document(data.zoning("districts"), data.catalog)
-    assert doc["zones"] == [f"d{i}" for i in range(8)] and doc["cells_per_zone"]["d0"] == 5
-    assert len(doc["cells"]) == 40 and set(doc["cells"][0]) == {"cell_id", "lat", "lon", "zone"}
-    # d0 holds cells c000..c004: lat 40.0, lon -74.00..-73.96
-    assert doc["centroids"]["d0"] == pytest.approx([-73.98, 40.0])
-    flows = [{"origin": "d0", "destination": "d7", "count": 5}]
-    assert geo.answer_geojson("flows", flows, doc, 1.0)["features"][0]["geometry"]["type"] == "LineString"
-
-
-def test_service_answer_as_geojson(service, planner) -> None:
+def test_service_answer_on_the_api_zoning_document(service, planner) -> None:
     import datetime as dt
 
     from dpflows.budget import Epsilon
     from dpflows.queries import make_spec
-    from dpflows.service import QueryRequest
+    from dpflows.service import Catalog, QueryRequest
 
+    zoning = Catalog(service.store).zoning("small", "districts")
+    # d0 holds cells c000..c004: lat 40.0, lon -74.00..-73.96
+    assert geo.zone_centroids(zoning)["d0"] == pytest.approx((-73.98, 40.0))
     d0 = dt.date(2024, 3, 4)
     spec = make_spec("presence", dataset="small", zoning="districts", start=d0, end=d0 + dt.timedelta(days=7),
                      hours=[8, 10])
     answer = service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.5")), planner)
-    doc = geo.service_answer_geojson(answer, service.store.get("small"), hour=9)
+    doc = geo.service_answer_geojson(answer, zoning, hour=9)
     assert len(doc["features"]) == 8 and {f["properties"]["hour"] for f in doc["features"]} == {9}
     assert doc["features"][0]["geometry"]["type"] == "Point"  # 'districts' has no polygons: centroids
     assert doc["dpflows"]["epsilon_charged"] == 0.5 and doc["dpflows"]["reused"] is False
     by_zone = {f["properties"]["zone"]: f["properties"]["count"] for f in doc["features"]}
     assert by_zone == {v["zone"]: v["count"] for v in answer.values if v["hour"] == 9}
+    flows = [{"origin": "d0", "destination": "d7", "count": 5}]
+    assert geo.answer_geojson("flows", flows, zoning, 1.0)["features"][0]["geometry"]["type"] == "LineString"

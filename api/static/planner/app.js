@@ -283,11 +283,13 @@
 
   // ---------------------------------------------------------------- geography
 
-  /** Normalize a zoning document: zones list, cells [{cell_id, lat, lon, zone}], centroids, polygons. */
+  /** Normalize the zoning document of GET /v1/datasets/<d>/zonings/<z>: zones [{zone_id, cells,
+   *  centroid: [lat, lon]}], cells [{cell_id, lat, lon, zone_id}], geometry (GeoJSON or null).
+   *  Returns zones (ids), cells, centroids (zone -> [lon, lat], GeoJSON order) and polygons. */
   function normalizeZoning(doc) {
-    let cells = Array.isArray(doc.cells) ? doc.cells.map((c) => ({ id: c.cell_id, lat: +c.lat, lon: +c.lon, zone: String(c.zone ?? c.zone_id) })) : [];
-    let zones = Array.isArray(doc.zones) ? doc.zones.map(String) : Object.keys(doc.cells_per_zone || {});
-    if (!zones.length && doc.zones && typeof doc.zones === "object") zones = [...new Set(Object.values(doc.zones).map(String))].sort();
+    const cells = (doc.cells || []).map((c) => ({ id: c.cell_id, lat: +c.lat, lon: +c.lon, zone: String(c.zone_id ?? c.zone) }));
+    const zoneObjs = (doc.zones || []).map((z) => (typeof z === "object" ? z : { zone_id: z }));
+    let zones = zoneObjs.map((z) => String(z.zone_id ?? z.zone ?? z.id));
     const polygons = new Map();
     for (const f of ((doc.geometry || {}).features || [])) {
       const p = f.properties || {};
@@ -298,7 +300,7 @@
       else if (g.type === "MultiPolygon") polygons.set(String(id), g.coordinates);
     }
     const centroids = new Map();
-    if (doc.centroids) for (const [z, c] of Object.entries(doc.centroids)) centroids.set(String(z), [+c[0], +c[1]]);
+    zoneObjs.forEach((z, i) => { if (Array.isArray(z.centroid)) centroids.set(zones[i], [+z.centroid[1], +z.centroid[0]]); });
     if (!centroids.size) {
       const acc = new Map();
       for (const c of cells) { const a = acc.get(c.zone) || [0, 0, 0]; a[0] += c.lon; a[1] += c.lat; a[2] += 1; acc.set(c.zone, a); }
