@@ -120,4 +120,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     for blp in (queries_blp, account_blp, admin_blp, health_blp):
         api.register_blueprint(blp)
     register_error_handlers(app)
+    from api.planner import register_planner
+
+    register_planner(app)
     return app

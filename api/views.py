@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any
 
 from flask import Response, current_app, request
@@ -15,6 +16,7 @@ from flask_smorest import Blueprint
 from api import schemas
 from api.auth import current_client, require
 from api.errors import ErrorSchema
+from dpflows import geo
 from dpflows.budget import Epsilon
 from dpflows.queries import make_spec
 from dpflows.service import Answer, QueryRequest, Service, WindowStatus
@@ -111,8 +113,17 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
     )
 
 
+def geojson_response(answer: Answer) -> Response:
+    """?format=geojson: flows as lines between zone centroids, presence as zones (dpflows.geo)."""
+    zoning = current_app.extensions["dpflows"].catalog.zoning(answer.spec.dataset, answer.spec.zoning)
+    doc = geo.service_answer_geojson(answer, zoning)
+    return Response(json.dumps(doc), mimetype="application/geo+json")
+
+
 def run_query(kind: str, body: dict[str, Any]) -> Any:
     answer = service().answer(query_request(kind, body), current_client())
+    if request.args.get("format") == "geojson" and kind != "patterns":
+        return geojson_response(answer)
     return csv_response(answer) if wants_csv() else answer_document(answer)
 
 

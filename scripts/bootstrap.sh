@@ -31,6 +31,11 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
+# Headless Chromium for the planner's browser test (tests/ui): Debian's package, only when
+# missing, only as root, only where apt-get exists; otherwise that test skips (fails in CI).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -1,0 +1,138 @@
+"""The planner page in a real headless Chromium against a real gunicorn: log in, quote, confirm,
+spend, see flows on the map and the budget go down; the identical query again is free."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.ui.conftest import REPO, LiveServer, headless_browser
+
+pytestmark = pytest.mark.slow
+
+SCREENSHOT = REPO / "test-output" / "planner.png"
+
+
+def budget_value(page) -> float:
+    return float(page.get_attribute("#budget-remaining", "data-value"))
+
+
+def test_planner_flows_end_to_end(live_server: LiveServer, chromium_path: str, tmp_path: Path) -> None:
+    with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        problems: list[str] = []
+        requests: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        # HTTP error answers (401, 403) are expected and shown in the page; script errors and CSP
+        # violations are not
+        page.on("console", lambda msg: problems.append(f"console: {msg.text}")
+                if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+        page.on("request", lambda req: requests.append(req.url))
+
+        page.goto(live_server.base_url + "/planner/")
+        page.fill("#api-key", "dpf_not-a-key")
+        page.click("#login-form button")
+        page.wait_for_selector("#login-error:not([hidden])")
+        assert "not accepted" in page.inner_text("#login-error")
+
+        page.fill("#api-key", live_server.planner_key)
+        page.click("#login-form button")
+        page.wait_for_selector("#budget-remaining[data-value]")
+        assert budget_value(page) == 1.0
+        assert page.evaluate("sessionStorage.getItem('dpflows.apiKey')") == live_server.planner_key
+        assert page.input_value("#dataset") == "small" and page.input_value("#zoning") == "districts"
+
+        # quote first: nothing is spent until the confirmation
+        page.fill("#epsilon", "0.25")
+        page.click("#quote-button")
+        page.wait_for_selector("#confirm:not([hidden])")
+        assert page.inner_text("[data-testid=confirm-epsilon]") == "ε 0.25"
+        confirm = page.inner_text("#confirm-text")
+        assert "window 0" in confirm and "2024-03-04 – 2024-03-11" in confirm and "ε 0.75" in confirm
+        page.reload()  # the quote charged nothing; the key survives a reload (sessionStorage)
+        page.wait_for_selector("#budget-remaining[data-value]")
+        assert budget_value(page) == 1.0
+
+        page.click("#quote-button")
+        page.wait_for_selector("#confirm:not([hidden])")
+        page.click("#confirm-run")
+        page.wait_for_selector("#answer:not([hidden])")
+        page.wait_for_function("Number(document.getElementById('budget-remaining').dataset.value) < 1")
+        assert budget_value(page) == 0.75
+        summary = page.inner_text("#answer-summary")
+        assert "spent ε 0.25" in summary and "person-window (7 days)" in summary
+        bound = page.inner_text("[data-testid=error-bound]")
+        assert re.fullmatch(r"± [\d.,]+", bound)
+
+        # the map: zones drawn from the public cells, flows as lines between centroids
+        assert page.locator("#map [data-zone]").count() == 8
+        assert page.locator("#map [data-flow]").count() > 0
+        # the table: all 64 zone pairs, every count with its ± bound
+        counts = page.locator("#values tbody td.num:nth-child(3)").all_inner_texts()
+        assert len(counts) == 64 and all(bound in c for c in counts)
+
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        drawn = page.locator("#map [data-flow]").count()
+        page.select_option("#flow-filter", "positive")
+        assert page.locator("#map [data-flow]").count() >= drawn
+
+        # downloads: GeoJSON lines between centroids and CSV rows, each with its interval
+        with page.expect_download() as info:
+            page.click("#download-geojson")
+        geo = json.loads(Path(info.value.path()).read_text())
+        assert len(geo["features"]) == 64 and geo["dpflows"]["epsilon_charged"] == 0.25
+        line = next(f for f in geo["features"] if f["geometry"]["type"] == "LineString")
+        assert {"origin", "destination", "count", "error_bound_95", "lower", "upper"} <= set(line["properties"])
+        with page.expect_download() as info:
+            page.click("#download-csv")
+        rows = Path(info.value.path()).read_text().splitlines()
+        assert rows[0] == "origin,destination,count,error_bound_95,lower,upper" and len(rows) == 65
+
+        # the identical query again is the stored answer, free, and marked as such
+        page.click("#quote-button")
+        page.wait_for_selector("[data-testid=confirm-free]")
+        page.click("#confirm-run")
+        page.wait_for_selector("[data-testid=reused]")
+        page.wait_for_timeout(300)
+        assert budget_value(page) == 0.75
+
+        # an over-cap ε is refused with the service's message and nothing is spent
+        page.fill("#epsilon", "1.5")
+        page.click("#quote-button")
+        page.wait_for_selector("#form-error:not([hidden])")
+        assert "per-query cap" in page.inner_text("#form-error")
+        assert page.get_attribute("#epsilon", "aria-invalid") == "true"
+        assert budget_value(page) == 0.75
+
+        assert not problems, problems
+        assert all(url.startswith(live_server.base_url) for url in requests), "the page must work offline"
+
+
+def test_presence_choropleth(live_server: LiveServer, chromium_path: str, tmp_path: Path) -> None:
+    with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        page.goto(live_server.base_url + "/planner/")
+        page.fill("#api-key", live_server.planner_key)
+        page.click("#login-form button")
+        page.wait_for_selector("#budget-remaining[data-value]")
+        before = budget_value(page)
+        page.select_option("#kind", "presence")
+        page.select_option("#hour-from", "7")
+        page.select_option("#hour-to", "10")
+        page.fill("#start", "2024-03-11")
+        page.fill("#end", "2024-03-18")
+        page.click("#quote-button")
+        page.wait_for_selector("#confirm:not([hidden])")
+        page.click("#confirm-run")
+        page.wait_for_selector("#presence-hour")
+        assert page.locator("#presence-hour option").all_inner_texts()[0].startswith("07:00")
+        fills = {page.get_attribute(f"#map [data-zone='d{i}'] path", "fill") for i in range(8)}
+        assert all(f and f.startswith("rgb(") for f in fills)
+        assert len(page.locator("#values tbody tr").all()) == 8 * 3
+        page.screenshot(path=str(REPO / "test-output" / "planner-presence.png"), full_page=True)
+        # window 0 untouched: the least remaining over windows is still 'before' or less
+        assert budget_value(page) <= before
