@@ -9,6 +9,7 @@ and charges nothing; every outcome, failures included, is audited without values
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -24,7 +25,7 @@ from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.budget import Epsilon
 from dpflows.cells import CELL_ZONING, Zoning, parse_zoning_csv
 from dpflows.derive import Derivation, best_derivation
-from dpflows.errors import AuthenticationFailed, DpflowsError, InvalidInput, PolicyViolation
+from dpflows.errors import AuthenticationFailed, BudgetExceeded, DpflowsError, InvalidInput, PolicyViolation
 from dpflows.ledger import AuditEntry, Client, Ledger, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import (
     DEFAULT_CONFIDENCE,
@@ -37,6 +38,7 @@ from dpflows.mechanisms import (
 )
 from dpflows.postprocess import make_consistent, table_totals
 from dpflows.queries import QuerySpec, prepare, touched_windows
+from dpflows.relative import RelativeChange, baseline_spec, per_window_need, relative_change_from
 
 log = logging.getLogger("dpflows.service")
 
@@ -148,6 +150,8 @@ class Answer:
     derived_from: str | None = None
     #: Per-value error bounds when they differ between values (derived answers).
     value_error_bounds: list[float] | None = None
+    #: How many independent noise draws each value sums (derived answers; 1 otherwise).
+    value_terms: list[int] | None = None
 
     @property
     def budget_remaining(self) -> Epsilon:
@@ -348,6 +352,7 @@ class Service:
             raw_totals=raw_totals,
             derived_from=None if derivation is None else derivation.source.answer_id,
             value_error_bounds=value_bounds,
+            value_terms=terms or None,
         )
 
     @staticmethod
@@ -387,6 +392,34 @@ class Service:
             "mechanism": DISCRETE_LAPLACE,
             "noise_scale": scale,
         }
+
+    def relative_change(self, request: QueryRequest, baseline_start: dt.date, baseline_end: dt.date,
+                        client: Client) -> RelativeChange:
+        """% change in presence per zone versus the same weekdays and hours in a baseline period.
+
+        Two presence answers, each charged, reused or derived exactly as `answer` would; their
+        combined cost is checked against every window's remaining budget first, so a refusal
+        charges nothing. (Between that check and the second charge another client can still
+        spend; the first answer then stays released and is reused for free next time.)
+        """
+        base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
+        data = self.store.get(request.spec.dataset)
+        plans = []
+        for req in (request, base_request):
+            quote = self.quote(req, client)
+            free = quote["reused"] or (req.derive and self._derivation(req.spec, data, client, req) is not None)
+            plans.append((quote, free))
+        need = per_window_need(plans)
+        for status in plans[0][0]["windows"] + plans[1][0]["windows"]:
+            if need.get(status.window, 0) > status.budget.remaining.nanos:
+                raise BudgetExceeded(
+                    f"the current and baseline answers need epsilon={Epsilon(need[status.window])} in window "
+                    f"{status.window}, above the remaining {status.budget.remaining}; ask for less",
+                    field="epsilon", details={"window": status.window},
+                )
+        current = self.answer(request, client)
+        baseline = self.answer(base_request, client)
+        return relative_change_from(current, baseline, request.confidence)
 
     def budget_status(self, client: Client, dataset: str) -> list[WindowStatus]:
         data = self.store.get(dataset)
