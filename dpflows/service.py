@@ -2,7 +2,8 @@
 
 A query is answered in this order (design §4): authorize and validate → price (ε, or ε
 derived from a target error) → reuse a stored answer if the identical query was released →
-compute the noisy answer in memory → in one ledger transaction check every cap, charge every
+if the client opted in (``derive=True``), sum a finer released answer at no cost
+(dpflows.derive) → compute the noisy answer in memory → in one ledger transaction check every cap, charge every
 window, store the answer and audit → respond. Any failure before the commit releases nothing
 and charges nothing; every outcome, failures included, is audited without values.
 """
@@ -380,6 +381,23 @@ class Service:
         sensitivity = data.metadata.bound(spec.counted_measure)
         scale = scale_for_epsilon(sensitivity, epsilon)
         stored = self.ledger.find_answer(spec.dataset, self._query_key(spec, data, epsilon))
+        derivation = None
+        if stored is None and request.derive:
+            derivation = self._derivation(spec, data, client, request)
+        if derivation is not None:
+            return {
+                "epsilon": epsilon,
+                "epsilon_derived": request.max_error is not None,
+                "error_bound_95": derivation.max_error_bound,
+                "confidence": request.confidence,
+                "windows": self._window_status(data, client, windows),
+                "reused": False,
+                "derived_from": derivation.source.answer_id,
+                "epsilon_charged": Epsilon.zero(),
+                "privacy_unit": data.metadata.privacy_unit,
+                "mechanism": DISCRETE_LAPLACE,
+                "noise_scale": float(derivation.payload["scale"]),
+            }
         return {
             "epsilon": epsilon,
             "epsilon_derived": request.max_error is not None,
