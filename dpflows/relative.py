@@ -112,12 +112,10 @@ def baseline_spec(spec: QuerySpec, start: dt.date, end: dt.date) -> QuerySpec:
                      spec.zone)
 
 
-def per_window_need(quotes: list[tuple[Any, bool]]) -> dict[int, int]:
-    """nano-ε needed per window by the releases that would be charged (quote, free?) pairs."""
+def per_window_need(quotes: list[dict[str, Any]]) -> dict[int, int]:
+    """nano-ε the quoted releases would charge per window (zero for reused or derived ones)."""
     need: dict[int, int] = {}
-    for quote, free in quotes:
-        if free:
-            continue
+    for quote in quotes:
         for w in quote["windows"]:
             need[w.window] = need.get(w.window, 0) + quote["epsilon_charged"].nanos
     return need

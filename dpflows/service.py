@@ -3,8 +3,8 @@
 A query is answered in this order (design §4): authorize and validate → price (ε, or ε
 derived from a target error) → reuse a stored answer if the identical query was released →
 if the client opted in (``derive=True``), sum a finer released answer at no cost
-(dpflows.derive) → compute the noisy answer in memory → in one ledger transaction check every cap, charge every
-window, store the answer and audit → respond. Any failure before the commit releases nothing
+(dpflows.derive) → compute the noisy answer in memory → in one ledger transaction check
+every cap, charge every window, store the answer and audit → respond. Any failure before the commit releases nothing
 and charges nothing; every outcome, failures included, is audited without values.
 """
 
@@ -421,20 +421,19 @@ class Service:
         spend; the first answer then stays released and is reused for free next time.)
         """
         base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
-        data = self.store.get(request.spec.dataset)
-        plans = []
-        for req in (request, base_request):
-            quote = self.quote(req, client)
-            free = quote["reused"] or (req.derive and self._derivation(req.spec, data, client, req) is not None)
-            plans.append((quote, free))
-        need = per_window_need(plans)
-        for status in plans[0][0]["windows"] + plans[1][0]["windows"]:
+        # Quotes authorize and price both, and know which would be reused or derived for free.
+        quotes = [self.quote(req, client) for req in (request, base_request)]
+        need = per_window_need(quotes)
+        for status in quotes[0]["windows"] + quotes[1]["windows"]:
             if need.get(status.window, 0) > status.budget.remaining.nanos:
-                raise BudgetExceeded(
+                exc = BudgetExceeded(
                     f"the current and baseline answers need epsilon={Epsilon(need[status.window])} in window "
                     f"{status.window}, above the remaining {status.budget.remaining}; ask for less",
                     field="epsilon", details={"window": status.window},
                 )
+                self._audit_failure("query.relative_change", exc, client, request.spec.dataset,
+                                    {"current": request.spec.canonical(), "baseline": base_request.spec.canonical()})
+                raise exc
         current = self.answer(request, client)
         baseline = self.answer(base_request, client)
         return relative_change_from(current, baseline, request.confidence)

@@ -51,6 +51,14 @@ def test_refused_when_the_pair_does_not_fit_and_nothing_is_charged(service: Serv
     with pytest.raises(BudgetExceeded, match="window 0"):
         service.relative_change(req, D0, D0 + dt.timedelta(days=3), planner)
     assert service.ledger.total_charged("small", 0) == Epsilon.zero()
+    [row] = service.ledger.read_audit(after_id=0, limit=100)[-1:]
+    assert row.action == "query.relative_change" and row.outcome == "budget_exceeded"
+    # A baseline released earlier is reused for free, so only the current answer is charged.
+    service.answer(QueryRequest(presence(D0, D0 + dt.timedelta(days=3)), epsilon=Epsilon.parse("0.4")), planner)
+    rc = service.relative_change(QueryRequest(spec, epsilon=Epsilon.parse("0.4")), D0, D0 + dt.timedelta(days=3),
+                                 planner)
+    assert rc.baseline.reused and rc.current.epsilon_charged == Epsilon.parse("0.4")
+    assert service.ledger.total_charged("small", 0) == Epsilon.parse("0.8")
 
 
 def test_only_presence(service: Service, planner) -> None:
