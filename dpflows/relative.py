@@ -85,7 +85,8 @@ def relative_change_from(current: Answer, baseline: Answer, confidence: float = 
             "baseline_per_day": b_rate,
             # A true count is never negative, so the estimate is clamped at -100%.
             "change_pct": None if b_rate <= 0 else 100.0 * (max(c_rate, 0.0) / b_rate - 1.0),
-            "change_pct_low": 100.0 * (low_c / high_b - 1.0) if high_b > 0 else None,
+            # A baseline whose upper end is not positive leaves only the trivial lower end -100%.
+            "change_pct_low": 100.0 * (low_c / high_b - 1.0) if high_b > 0 else -100.0,
             "change_pct_high": 100.0 * (high_c / low_b - 1.0) if low_b > 0 else None,
             "current_error_bound": e_c,
             "baseline_error_bound": e_b,

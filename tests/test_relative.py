@@ -3,6 +3,7 @@ that covers the true change at least at the stated rate, and refusal that charge
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -59,6 +60,18 @@ def test_refused_when_the_pair_does_not_fit_and_nothing_is_charged(service: Serv
                                  planner)
     assert rc.baseline.reused and rc.current.epsilon_charged == Epsilon.parse("0.4")
     assert service.ledger.total_charged("small", 0) == Epsilon.parse("0.8")
+
+
+def test_tiny_baselines_give_open_but_valid_intervals(service: Service, planner) -> None:
+    from dpflows.relative import relative_change_from
+
+    spec = presence(D0 + WEEK, D0 + 2 * WEEK, hours=[3, 4])
+    rc = service.relative_change(QueryRequest(spec, epsilon=Epsilon.parse("0.01")), D0, D0 + WEEK, planner)
+    for row in rc.zones:  # scale 2000 against counts near zero: the baseline cannot bound the ratio
+        assert row["change_pct_low"] >= -100.0 and row["change_pct_high"] is None
+    negative = dataclasses.replace(rc.baseline, values=[{**v, "count": -10**6} for v in rc.baseline.values])
+    row = relative_change_from(rc.current, negative).zones[0]
+    assert row["change_pct"] is None and row["change_pct_low"] == -100.0 and row["change_pct_high"] is None
 
 
 def test_only_presence(service: Service, planner) -> None:
