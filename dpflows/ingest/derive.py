@@ -1,0 +1,59 @@
+"""Per-person derivations from events (design §1): presence and trips. Secret; ingestion only.
+
+Input columns: person, timestamp (datetime), cell (integer cell index). Days are calendar
+days of the timestamps as given (local time of the operator's data).
+
+- presence: the distinct (person, day, hour, cell) in which the person had at least one event;
+- trips, stay rule (default): consecutive events in one cell form a visit; a visit is a *stay*
+  if the time from its first event to the first event of the next visit that day is at least
+  `min_dwell`, or if it is the last visit of the day. A trip links two consecutive stays of
+  one person in one day with different cells, timed at the first event of the destination
+  stay. Handovers between neighbouring cells (short visits) therefore make no false trips.
+- trips, consecutive rule: every change of cell within a day is a trip.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+
+TRIP_RULES = ("stay", "consecutive")
+
+
+def presence(events: pl.LazyFrame) -> pl.LazyFrame:
+    """(person, day, hour, cell), distinct."""
+    return events.select(
+        "person", pl.col("timestamp").dt.date().alias("day"), pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"),
+        "cell",
+    ).unique()
+
+
+def trips(
+    events: pl.LazyFrame, *, rule: str = "stay", min_dwell: dt.timedelta = dt.timedelta(minutes=30)
+) -> pl.LazyFrame:
+    """(person, timestamp, origin, dest) for each derived trip."""
+    if rule not in TRIP_RULES:
+        raise ValueError(f"trip rule {rule!r} is not one of {TRIP_RULES}")
+    by_day = ["person", "day"]
+    ordered = events.select("person", "timestamp", "cell").with_columns(
+        pl.col("timestamp").dt.date().alias("day")
+    ).sort(["person", "timestamp"])
+    # (person, day) -> visits: runs of consecutive events in one cell, timed at their first event
+    visits = (
+        ordered.with_columns((pl.col("cell") != pl.col("cell").shift(1).over(by_day)).fill_null(True).alias("_new"))
+        .filter(pl.col("_new"))
+        .select("person", "day", "timestamp", "cell")
+    )
+    if rule == "stay":
+        # (person, day) -> stays: visits lasting min_dwell until the next visit, or the day's last
+        visits = visits.filter(
+            pl.col("timestamp").shift(-1).over(by_day).is_null()
+            | ((pl.col("timestamp").shift(-1).over(by_day) - pl.col("timestamp")) >= pl.lit(min_dwell))
+        )
+    # (person, day) -> trips between consecutive stays in different cells
+    return (
+        visits.with_columns(pl.col("cell").shift(1).over(by_day).alias("origin"))
+        .filter(pl.col("origin").is_not_null() & (pl.col("origin") != pl.col("cell")))
+        .select("person", "timestamp", "origin", pl.col("cell").alias("dest"))
+    )

@@ -1,0 +1,278 @@
+"""Ingestion: raw events (or a ready-made trips table) → bounded aggregates on disk.
+
+    events (person, timestamp, cell_id)            secret; read here and nowhere else
+      → presence (person, day, hour, cell)  and  trips (person, time, origin, dest)   derive.py
+      → at most L per (person, window)                                               bounding.py
+      → counts per (day, hour, cell) and (day, hour, origin, dest)                    aggregates.py
+
+Polars lazy frames throughout, so large inputs are scanned rather than loaded; the person
+column never leaves this module, and error messages name files, columns and row numbers only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from dpflows.aggregates import DatasetMetadata, write_aggregates
+from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
+from dpflows.errors import InvalidData
+from dpflows.ingest import derive
+from dpflows.ingest.bounding import bound_per_person_window, new_seed
+
+DEFAULT_BOUND_TRIPS = 20
+DEFAULT_BOUND_PRESENCE = 100
+DEFAULT_WINDOW_DAYS = 7
+
+
+@dataclass(frozen=True)
+class ZoningSpec:
+    """A zoning CSV to load with the dataset: NAME=PATH[:coarse:MIN] on the command line."""
+
+    name: str
+    path: Path
+    coarse: bool = False
+    min_cells_per_zone: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> ZoningSpec:
+        name, _, rest = text.partition("=")
+        if not name or not rest:
+            raise InvalidData(f"--zoning {text!r} must look like NAME=PATH or NAME=PATH:coarse:MIN", field="zoning")
+        parts = rest.split(":")
+        if len(parts) == 3 and parts[1] == "coarse" and parts[2].isdigit():
+            return cls(name, Path(parts[0]), True, int(parts[2]))
+        if len(parts) == 1:
+            return cls(name, Path(parts[0]))
+        raise InvalidData(f"--zoning {text!r} must look like NAME=PATH or NAME=PATH:coarse:MIN", field="zoning")
+
+
+class Progress:
+    """Phase names with elapsed time on stderr, only when it is a terminal."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+
+    def phase(self, text: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.start:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    if not path.exists():
+        raise InvalidData(f"{path.name}: file not found", field="path")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return pl.scan_parquet(path)
+    if name.endswith((".csv", ".csv.gz")):
+        return pl.scan_csv(path, infer_schema=False)  # all strings; we parse and report ourselves
+    raise InvalidData(f"{path.name}: unknown format; use Parquet (.parquet) or CSV (.csv, .csv.gz)", field="path")
+
+
+def _require_columns(frame: pl.LazyFrame, path: Path, columns: Iterable[str]) -> None:
+    try:
+        present = set(frame.collect_schema().names())
+    except Exception as exc:  # unreadable file: polars raises several types
+        raise InvalidData(f"{path.name}: cannot be read as {path.suffix.lstrip('.') or 'data'}", field="path") from exc
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise InvalidData(f"{path.name}: missing column(s) {missing}; found {sorted(present)}", field=missing[0])
+
+
+def _rows_where(frame: pl.LazyFrame, condition: pl.Expr, limit: int = 5) -> list[int]:
+    """1-based data row numbers (header excluded) where `condition` holds, the first few only."""
+    hits = frame.with_row_index("_row", offset=1).filter(condition).select("_row").head(limit).collect()
+    return [int(r) for r in hits["_row"]]
+
+
+def _timestamps(frame: pl.LazyFrame, path: Path, column: str) -> pl.LazyFrame:
+    dtype = frame.collect_schema()[column]
+    if dtype == pl.String:
+        parsed = pl.col(column).str.strip_chars().str.to_datetime(strict=False, time_unit="us")
+        bad = _rows_where(frame, pl.col(column).is_not_null() & parsed.is_null())
+        if bad:
+            raise InvalidData(f"{path.name}: column {column!r} has unparseable timestamps in rows {bad}; "
+                              "use ISO 8601 such as 2024-03-04 08:15:00", field=column)
+        frame = frame.with_columns(parsed.alias(column))
+    elif not isinstance(dtype, pl.Datetime):
+        raise InvalidData(f"{path.name}: column {column!r} has type {dtype}; it must hold datetimes", field=column)
+    nulls = _rows_where(frame, pl.col(column).is_null())
+    if nulls:
+        raise InvalidData(f"{path.name}: column {column!r} is empty in rows {nulls}; every row needs a time",
+                          field=column)
+    return frame
+
+
+def read_cells(path: str | Path) -> tuple[CellCatalog, pl.DataFrame]:
+    """The public cell catalog (cell_id, lat, lon) and a cell_id → index lookup frame."""
+    path = Path(path)
+    frame = _scan(path)
+    _require_columns(frame, path, ["cell_id", "lat", "lon"])
+    try:
+        cells = frame.select(pl.col("cell_id").cast(pl.String), pl.col("lat").cast(pl.Float64),
+                             pl.col("lon").cast(pl.Float64)).collect()
+    except Exception as exc:
+        raise InvalidData(f"{path.name}: lat and lon must be numbers", field="lat") from exc
+    if cells.height == 0:
+        raise InvalidData(f"{path.name}: no cells; the catalog needs one row per cell", field="cell_id")
+    if cells.null_count().sum_horizontal().item():
+        raise InvalidData(f"{path.name}: empty cell_id, lat or lon values; fill every column", field="cell_id")
+    catalog = CellCatalog.from_columns(cells["cell_id"].to_list(), cells["lat"].to_list(), cells["lon"].to_list())
+    lookup = pl.DataFrame({"_cell_id": list(catalog.cell_ids), "_cell": pl.arange(0, len(catalog), eager=True)},
+                          schema={"_cell_id": pl.String, "_cell": pl.UInt32})
+    return catalog, lookup
+
+
+def _index_cells(frame: pl.LazyFrame, lookup: pl.DataFrame, path: Path, column: str, alias: str) -> pl.LazyFrame:
+    """Replace a cell_id column by its catalog index; unknown cells are an error naming them and rows."""
+    joined = frame.with_columns(pl.col(column).cast(pl.String)).join(
+        lookup.lazy(), left_on=column, right_on="_cell_id", how="left", maintain_order="left")
+    bad = (joined.with_row_index("_row", offset=1).filter(pl.col("_cell").is_null())
+           .select("_row", column).head(5).collect())
+    if bad.height:
+        raise InvalidData(
+            f"{path.name}: column {column!r} has cells missing from the catalog, e.g. "
+            f"{sorted(set(bad[column].to_list()), key=str)} in rows {bad['_row'].to_list()}; "
+            "add them to the cell catalog or drop those rows",
+            field=column,
+        )
+    return joined.drop(column).rename({"_cell": alias})
+
+
+def _span(frame: pl.LazyFrame, path: Path, first_day: dt.date | None) -> tuple[dt.date, dt.date]:
+    span = frame.select(pl.col("timestamp").min().alias("lo"), pl.col("timestamp").max().alias("hi")).collect()
+    lo, hi = span["lo"][0], span["hi"][0]
+    if lo is None:
+        raise InvalidData(f"{path.name}: no rows; nothing to ingest", field="path")
+    start = first_day or lo.date()
+    if lo.date() < start:
+        raise InvalidData(f"{path.name}: events start on {lo.date()}, before --first-day {start}", field="timestamp")
+    return start, hi.date() + dt.timedelta(days=1)
+
+
+def _with_window(frame: pl.LazyFrame, first_day: dt.date, window_days: int) -> pl.LazyFrame:
+    days = (pl.col("day") - pl.lit(first_day)).dt.total_days()
+    return frame.with_columns((days // window_days).alias("window"))
+
+
+def _cell_names(frame: pl.LazyFrame, lookup: pl.DataFrame, columns: list[str]) -> pl.LazyFrame:
+    for col in columns:
+        names = lookup.lazy().rename({"_cell": col, "_cell_id": f"{col}_id"})
+        frame = frame.join(names, on=col, how="left").drop(col).rename({f"{col}_id": col})
+    return frame
+
+
+def _load_zonings(zonings: Iterable[ZoningSpec], catalog: CellCatalog, out: Path) -> list[str]:
+    loaded = []
+    for spec in zonings:
+        if not spec.path.exists():
+            raise InvalidData(f"zoning {spec.name!r}: file {spec.path.name} not found", field="zoning")
+        mapping = parse_zoning_csv(spec.path.read_text(), source=spec.path.name)
+        zoning = Zoning.from_mapping(spec.name, mapping, catalog, coarse=spec.coarse,
+                                     min_cells_per_zone=spec.min_cells_per_zone, source=spec.path.name)
+        save_zoning(zoning, catalog, out / "zonings" / f"{spec.name}.json")
+        loaded.append(spec.name)
+    return loaded
+
+
+def ingest_events(
+    events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
+    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
+    bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
+    first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Raw network events → bounded presence and trip counts, written as a dataset directory."""
+    progress = progress or Progress()
+    path = Path(events_path)
+    seed = new_seed() if seed is None else seed
+    if trip_rule not in derive.TRIP_RULES:
+        raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
+    progress.phase(f"reading {Path(cells_path).name} and checking {path.name}")
+    catalog, lookup = read_cells(cells_path)
+    frame = _scan(path)
+    _require_columns(frame, path, ["person", "timestamp", "cell_id"])
+    frame = _timestamps(frame.select("person", "timestamp", "cell_id"), path, "timestamp")
+    person_nulls = _rows_where(frame, pl.col("person").is_null())
+    if person_nulls:
+        raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
+    events = _index_cells(frame, lookup, path, "cell_id", "cell")
+    start, end = _span(events, path, first_day)
+    rule: dict[str, object] = {"kind": trip_rule}
+    if trip_rule == "stay":
+        rule["min_dwell_minutes"] = min_dwell_minutes
+    meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule)
+    progress.phase("deriving presence, bounding per person-window")
+    pres = _with_window(derive.presence(events), start, window_days)
+    pres = bound_per_person_window(pres, bound_presence, seed=seed)
+    pres_lazy = pres.group_by("day", "hour", "cell").agg(pl.len().cast(pl.Int64).alias("count"))
+    pres_counts = _cell_names(pres_lazy, lookup, ["cell"]).collect(engine="streaming")
+    progress.phase("deriving trips, bounding per person-window")
+    trip_rows = derive.trips(events, rule=trip_rule, min_dwell=dt.timedelta(minutes=min_dwell_minutes))
+    trip_lazy = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A)
+    trip_counts = _cell_names(trip_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    progress.phase("writing aggregates")
+    out = Path(out_dir)
+    _load_zonings(zonings, catalog, out)
+    write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts)
+    progress.phase(f"done: dataset {name!r} in {out}")
+    return out
+
+
+def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
+                         seed: int) -> pl.LazyFrame:
+    rows = trip_rows.with_columns(pl.col("timestamp").dt.date().alias("day"),
+                                  pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"))
+    rows = bound_per_person_window(_with_window(rows, start, window_days), bound, seed=seed)
+    return rows.group_by("day", "hour", "origin", "dest").agg(pl.len().cast(pl.Int64).alias("count"))
+
+
+def _cells_frame(catalog: CellCatalog) -> pl.DataFrame:
+    return pl.DataFrame({"cell_id": list(catalog.cell_ids), "lat": catalog.lat, "lon": catalog.lon})
+
+
+def ingest_trips_table(
+    trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
+    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
+    zonings: Iterable[ZoningSpec] = (), seed: int | None = None, progress: Progress | None = None,
+) -> Path:
+    """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
+
+    Without a person column every trip is its own privacy unit (bound 1 per unit holds
+    trivially); presence is then empty, since no per-person hours can be derived.
+    """
+    progress = progress or Progress()
+    seed = new_seed() if seed is None else seed
+    if isinstance(trips_path, pl.DataFrame):
+        path, frame = Path("trips table"), trips_path.lazy()
+    else:
+        path = Path(trips_path)
+        frame = _scan(path)
+    _require_columns(frame, path, ["timestamp", "origin", "dest"])
+    has_person = "person" in frame.collect_schema().names()
+    frame = _timestamps(frame, path, "timestamp")
+    catalog, lookup = read_cells(cells_path)
+    frame = _index_cells(frame, lookup, path, "origin", "origin")
+    frame = _index_cells(frame, lookup, path, "dest", "dest")
+    if not has_person:
+        frame = frame.with_row_index("person")
+    trips = frame.select("person", "timestamp", "origin", "dest")
+    start, end = _span(trips, path, first_day)
+    meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
+                           {"kind": "given", "person": "column" if has_person else "each trip its own unit"})
+    progress.phase("bounding trips per person-window")
+    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed)
+    counts = _cell_names(counts_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
+    out = Path(out_dir)
+    _load_zonings(zonings, catalog, out)
+    write_aggregates(out, meta, _cells_frame(catalog), counts, empty_presence)
+    progress.phase(f"done: dataset {name!r} in {out}")
+    return out
