@@ -15,7 +15,90 @@ if TYPE_CHECKING:
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
-    """demo-city and ingest (dpflows.demo, dpflows.ingest)."""
+    """demo-city, ingest and demo (dpflows.demo, dpflows.ingest)."""
+    p = sub.add_parser("demo-city", help="generate a synthetic city: events, cells and two zonings")
+    p.add_argument("--persons", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--days", type=int, default=28)
+    p.add_argument("--start", type=_date, default=None, help="first day, ISO (default 2024-03-04, a Monday)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_run_demo_city)
+
+    p = sub.add_parser("ingest", help="events (or a trips table) + cell catalog -> bounded aggregates")
+    p.add_argument("events", help="Parquet or CSV: person, timestamp, cell_id (or with --trips-table: "
+                   "[person,] timestamp, origin, dest)")
+    p.add_argument("--cells", required=True, help="cell catalog CSV or Parquet: cell_id, lat, lon")
+    p.add_argument("--out", required=True, help="dataset directory to write, e.g. var/data/datasets/NAME")
+    p.add_argument("--name", default=None, help="dataset name (default: the --out folder's name)")
+    p.add_argument("--window-days", type=int, default=7)
+    p.add_argument("--bound-trips", type=int, default=20, help="L_trips per person-window (the sensitivity)")
+    p.add_argument("--bound-presence", type=int, default=100, help="L_presence per person-window")
+    p.add_argument("--trip-rule", choices=["stay", "consecutive"], default="stay")
+    p.add_argument("--min-dwell-minutes", type=float, default=30)
+    p.add_argument("--first-day", type=_date, default=None, help="align windows to this day (default: first event)")
+    p.add_argument("--trips-table", action="store_true", help="the input is a ready-made trips table")
+    p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
+                   help="a public zoning to load with the dataset (repeatable)")
+    p.add_argument("--engine", choices=["polars"], default="polars")
+    p.set_defaults(run=_run_ingest)
+
+    p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
+    p.add_argument("--home", default="./var/demo", help="where the demo's data and ledger live")
+    p.add_argument("--persons", type=int, default=20000, help="city size (default 20,000: about half a minute)")
+    p.add_argument("--bind", default="127.0.0.1:8000")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--no-serve", action="store_true", help="prepare only, do not start gunicorn")
+    p.set_defaults(run=_run_demo)
+
+
+def _date(text: str) -> dt.date:
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2024-03-04") from None
+
+
+def _run_demo_city(args: argparse.Namespace) -> int:
+    from dpflows.demo import generate_city
+
+    files = generate_city(args.out, persons=args.persons, seed=args.seed, days=args.days,
+                          start=args.start or dt.date(2024, 3, 4))
+    print(f"events: {files.events}\ncells: {files.cells}\nzonings: {files.districts}, {files.sectors} (coarse, 50)")
+    return 0
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dpflows.ingest.pipeline import ZoningSpec, ingest_events, ingest_trips_table
+
+    name = args.name or Path(args.out).name
+    zonings = [ZoningSpec.parse(z) for z in args.zoning]
+    if args.trips_table:
+        out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
+                                 bound_trips=args.bound_trips, first_day=args.first_day, zonings=zonings)
+    else:
+        out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
+                            bound_trips=args.bound_trips, bound_presence=args.bound_presence,
+                            trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
+                            first_day=args.first_day, zonings=zonings)
+    print(f"dataset {name!r} written to {out}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dpflows.quickstart import prepare_demo
+
+    home = Path(args.home).resolve()
+    prepare_demo(home, persons=args.persons, bind=args.bind)
+    if args.no_serve:
+        return 0
+    serve = argparse.Namespace(data_dir=str(home / "data"), ledger_url=f"sqlite:///{home / 'ledger.db'}",
+                               bind=args.bind, workers=args.workers)
+    return _run_serve(serve)
 
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:
