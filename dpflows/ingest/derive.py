@@ -35,25 +35,27 @@ def trips(
     """(person, timestamp, origin, dest) for each derived trip."""
     if rule not in TRIP_RULES:
         raise ValueError(f"trip rule {rule!r} is not one of {TRIP_RULES}")
-    by_day = ["person", "day"]
+    # One sort, then shifts compare each row with its neighbours: rows are "in the same
+    # (person, day)" when both match, which is what window functions would compute, faster.
     ordered = events.select("person", "timestamp", "cell").with_columns(
         pl.col("timestamp").dt.date().alias("day")
-    ).sort(["person", "timestamp"])
+    ).sort(["person", "timestamp", "cell"])  # cell breaks timestamp ties: deterministic visits
     # (person, day) -> visits: runs of consecutive events in one cell, timed at their first event
-    visits = (
-        ordered.with_columns((pl.col("cell") != pl.col("cell").shift(1).over(by_day)).fill_null(True).alias("_new"))
-        .filter(pl.col("_new"))
-        .select("person", "day", "timestamp", "cell")
-    )
+    visits = ordered.filter(~_same_day(1) | (pl.col("cell") != pl.col("cell").shift(1)))
     if rule == "stay":
         # (person, day) -> stays: visits lasting min_dwell until the next visit, or the day's last
         visits = visits.filter(
-            pl.col("timestamp").shift(-1).over(by_day).is_null()
-            | ((pl.col("timestamp").shift(-1).over(by_day) - pl.col("timestamp")) >= pl.lit(min_dwell))
+            ~_same_day(-1) | ((pl.col("timestamp").shift(-1) - pl.col("timestamp")) >= pl.lit(min_dwell))
         )
     # (person, day) -> trips between consecutive stays in different cells
     return (
-        visits.with_columns(pl.col("cell").shift(1).over(by_day).alias("origin"))
-        .filter(pl.col("origin").is_not_null() & (pl.col("origin") != pl.col("cell")))
+        visits.with_columns(pl.col("cell").shift(1).alias("origin"), _same_day(1).alias("_linked"))
+        .filter(pl.col("_linked") & (pl.col("origin") != pl.col("cell")))
         .select("person", "timestamp", "origin", pl.col("cell").alias("dest"))
     )
+
+
+def _same_day(offset: int) -> pl.Expr:
+    """The row `offset` away belongs to the same person and day (false at the frame's ends)."""
+    return ((pl.col("person") == pl.col("person").shift(offset))
+            & (pl.col("day") == pl.col("day").shift(offset))).fill_null(False)
