@@ -203,7 +203,9 @@ def ingest_events(
     person_nulls = _rows_where(frame, pl.col("person").is_null())
     if person_nulls:
         raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
-    events = _index_cells(frame, lookup, path, "cell_id", "cell")
+    # Read once: every later pass (span, presence, trips) works on these compact columns
+    # (person, timestamp, cell index) instead of decoding the file again.
+    events = _index_cells(frame, lookup, path, "cell_id", "cell").collect(engine="streaming").lazy()
     start, end = _span(events, path, first_day)
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
