@@ -280,3 +280,14 @@ def test_request_log_has_route_status_and_epsilon_but_no_key_or_value(client: Fl
     assert refused["status"] == 403 and refused["error"] == "forbidden" and refused["epsilon_charged"] is None
     text = json.dumps([r.fields for r in records]) + " ".join(r.getMessage() for r in records)  # type: ignore[attr-defined]
     assert keys.planner not in text and answer["answer_id"] not in text and "count" not in text
+
+
+def test_schema_errors_name_the_field_and_the_value_sent(client: FlaskClient, keys: Keys) -> None:
+    r = client.post("/v1/flows", json={**FLOWS, "epsilon": -1}, headers=keys.h("planner"))
+    assert r.status_code == 422 and error(r)["message"].startswith("epsilon=-1: Must be greater than 0")
+    r = client.post("/v1/flows", json={**FLOWS, "start": "2024-13-01"}, headers=keys.h("planner"))
+    assert 'start="2024-13-01"' in error(r)["message"]
+    r = client.post("/v1/flows", json={**FLOWS, "colour": "x" * 500}, headers=keys.h("planner"))
+    assert error(r)["field"] == "colour" and "Unknown field" in error(r)["message"] and len(error(r)["message"]) < 200
+    r = client.get("/v1/admin/audit?limit=5000", headers=keys.h("admin"))
+    assert r.status_code == 422 and error(r)["field"] == "limit" and 'limit="5000"' in error(r)["message"]
