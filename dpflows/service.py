@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -26,7 +27,14 @@ from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.budget import Epsilon
 from dpflows.cells import CELL_ZONING, Zoning, parse_zoning_csv
 from dpflows.derive import Derivation, best_derivation
-from dpflows.errors import AuthenticationFailed, BudgetExceeded, DpflowsError, InvalidInput, PolicyViolation
+from dpflows.errors import (
+    AuthenticationFailed,
+    BudgetExceeded,
+    DataUnavailable,
+    DpflowsError,
+    InvalidInput,
+    PolicyViolation,
+)
 from dpflows.ledger import AuditEntry, Client, Ledger, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import (
     DEFAULT_CONFIDENCE,
@@ -438,6 +446,17 @@ class Service:
         current = self.answer(request, client)
         baseline = self.answer(base_request, client)
         return relative_change_from(current, baseline, request.confidence)
+
+    def readiness(self) -> dict[str, Any]:
+        """For a load balancer's readiness probe: the ledger answers and the data root can be read.
+
+        Raises Unavailable (ledger) or DataUnavailable (data root); the message names no path.
+        """
+        self.ledger.list_clients()
+        root = self.store.root
+        if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
+            raise DataUnavailable("the data root is not a readable directory; check DPFLOWS_DATA_DIR")
+        return {"ledger": "ok", "datasets": len(self.store.names())}
 
     def budget_status(self, client: Client, dataset: str) -> list[WindowStatus]:
         data = self.store.get(dataset)
