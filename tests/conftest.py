@@ -15,6 +15,7 @@ from dpflows.aggregates import AggregateStore, DatasetMetadata, write_aggregates
 from dpflows.budget import Epsilon
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
+from tests.pg_server import PgServer, PgServerError, find_bindir, in_ci
 
 FIRST_DAY = dt.date(2024, 3, 4)  # a Monday
 DAYS = 28
@@ -100,3 +101,40 @@ def planner(service: Service):
     service.set_cap("small", Epsilon.parse("1"), client_id=client.id, window=None)
     service.set_cap("small", Epsilon.parse("3"), client_id=None, window=None)
     return client
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the session (see tests/pg_server.py); stopped at the end, always."""
+    bindir = find_bindir()
+    if bindir is None:
+        reason = ("PostgreSQL server binaries (initdb, postgres) not found in $DPFLOWS_PG_BINDIR, "
+                  "/usr/lib/postgresql/*/bin or on PATH; install them (scripts/bootstrap.sh does, as root)")
+        if in_ci():
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}", pytrace=False)
+        pytest.skip(reason)
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        reason = f"psycopg is not installed ({exc}); pip install -e '.[postgres]'"
+        if in_ci():
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = PgServer(bindir)
+    try:
+        server.start()
+    except PgServerError as exc:
+        pytest.fail(f"the PostgreSQL test server did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)

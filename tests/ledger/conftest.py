@@ -15,7 +15,6 @@ import pytest
 from dpflows.ledger import Ledger
 from dpflows.ledger.memory import MemoryLedger
 from dpflows.ledger.sqlite import SqliteLedger
-from tests.pg_server import PgServer, PgServerError, find_bindir, in_ci
 
 
 def _make_ledger(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Ledger:
@@ -45,43 +44,6 @@ def durable_ledger_factory(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "sqlite":
         return lambda: SqliteLedger(tmp_path / "shared.db")
     return request.getfixturevalue("postgres_ledger_factory")
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """One PostgreSQL server for the session (see tests/pg_server.py); stopped at the end, always."""
-    bindir = find_bindir()
-    if bindir is None:
-        reason = ("PostgreSQL server binaries (initdb, postgres) not found in $DPFLOWS_PG_BINDIR, "
-                  "/usr/lib/postgresql/*/bin or on PATH; install them (scripts/bootstrap.sh does, as root)")
-        if in_ci():
-            pytest.fail(f"CI must run the PostgreSQL tests: {reason}", pytrace=False)
-        pytest.skip(reason)
-    try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
-    except ImportError as exc:
-        reason = f"psycopg is not installed ({exc}); pip install -e '.[postgres]'"
-        if in_ci():
-            pytest.fail(f"CI must run the PostgreSQL tests: {reason}", pytrace=False)
-        pytest.skip(reason)
-    server = PgServer(bindir)
-    try:
-        server.start()
-    except PgServerError as exc:
-        pytest.fail(f"the PostgreSQL test server did not start: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def postgres_url(pg_server: PgServer) -> Iterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
-    url = pg_server.create_database()
-    yield url
-    pg_server.drop_database(url)
 
 
 @pytest.fixture
