@@ -134,13 +134,13 @@ def _index_cells(frame: pl.LazyFrame, lookup: pl.DataFrame, path: Path, column: 
     """Replace a cell_id column by its catalog index; unknown cells are an error naming them and rows."""
     joined = frame.with_columns(pl.col(column).cast(pl.String)).join(
         lookup.lazy(), left_on=column, right_on="_cell_id", how="left", maintain_order="left")
-    bad = (joined.with_row_index("_row", offset=1).filter(pl.col("_cell").is_null())
-           .select("_row", column).head(5).collect())
+    bad = joined.with_row_index("_row", offset=1).filter(pl.col("_cell").is_null()).select("_row").head(5).collect()
     if bad.height:
+        # The values are not echoed: a value missing from the catalog may not be a cell id at
+        # all (swapped columns would put pseudonyms here), and no person id may reach a message.
         raise InvalidData(
-            f"{path.name}: column {column!r} has cells missing from the catalog, e.g. "
-            f"{sorted(set(bad[column].to_list()), key=str)} in rows {bad['_row'].to_list()}; "
-            "add them to the cell catalog or drop those rows",
+            f"{path.name}: column {column!r} holds values missing from the cell catalog in rows "
+            f"{bad['_row'].to_list()}; check the column order, add the cells to the catalog or drop those rows",
             field=column,
         )
     return joined.drop(column).rename({"_cell": alias})

@@ -64,7 +64,8 @@ def test_bad_inputs_name_file_column_and_rows_never_persons(city, tmp_path: Path
     good = (SECRET, "2024-03-04 08:00:00", "C0101")
     cases = [
         ([good, (SECRET, "yesterday", "C0101"), (SECRET, "2024-03-04 09:00:00", "C0101")], "rows [2]", "timestamp"),
-        ([good, (SECRET, "2024-03-04 09:00:00", "NOPE")], "'NOPE'", "cell_id"),
+        ([good, (SECRET, "2024-03-04 09:00:00", "NOPE")], "missing from the cell catalog in rows [2]", "cell_id"),
+        ([good, ("C0101", "2024-03-04 09:00:00", SECRET)], "rows [2]", "cell_id"),  # swapped columns
         ([good, (SECRET, "", "C0101")], "rows [2]", "timestamp"),
     ]
     for rows, fragment, column in cases:
