@@ -6,10 +6,15 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+import requests
 
 from dpflows.budget import Epsilon
 from dpflows.ledger.sqlite import SqliteLedger
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +53,40 @@ def test_admin_commands(data_root: Path, tmp_path: Path) -> None:
     assert dpflows("admin", "revoke-key", "--key-id", str(key_id), root=root).returncode == 0
     assert ledger.client_for_key_hash("x") is None and ledger.list_keys(1)[0].revoked_at is not None
     ledger.close()
+
+
+@pytest.mark.slow
+def test_serve_execs_gunicorn_that_answers(data_root: Path, tmp_path: Path) -> None:
+    """`dpflows serve` replaces itself with gunicorn on api.wsgi; a key made by the CLI works over HTTP."""
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)
+    key = dpflows("admin", "create-client", "--name", "p", "--role", "planner", root=root).stdout.split(": ")[-1].strip()
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")  # closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpflows.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--data-dir", str(root), "--ledger-url", f"sqlite:///{root}/l.db"],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+        r = requests.get(url + "/v1/datasets", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert r.status_code == 200 and r.json()[0]["name"] == "small"
+        assert requests.get(url + "/readyz", timeout=10).json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+    assert key not in (tmp_path / "serve.log").read_text()  # the key never reaches the logs
