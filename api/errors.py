@@ -10,11 +10,12 @@ carry data, and rule 4 says nothing exact ever reaches a client.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import marshmallow as ma
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from dpflows.errors import DpflowsError
@@ -85,25 +86,43 @@ def handle_dpflows_error(exc: DpflowsError) -> Response:
     return error_response(status, exc.code, exc.message, field=exc.field, details=exc.details, headers=headers)
 
 
+def _shown(value: Any) -> str:
+    """The client's own value, short, for an error message (it came from the request, not the data)."""
+    text = "NaN" if isinstance(value, float) and value != value else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _sent_values(location: str) -> dict[str, Any]:
+    if location == "json":
+        body = request.get_json(silent=True)
+        return body if isinstance(body, dict) else {}
+    if location in ("query", "querystring"):
+        return request.args.to_dict()
+    return {}
+
+
 def _validation_message(messages: Any) -> tuple[str, str | None]:
-    """Flatten webargs' {"json": {"field": ["msg"]}} into 'field: msg; ...' and the first field."""
+    """Flatten webargs' {"json": {"field": ["msg"]}} into 'field=value: msg; ...' and the first field."""
     parts: list[str] = []
     first: str | None = None
 
-    def walk(prefix: str, node: Any) -> None:
+    def walk(prefix: str, node: Any, sent: dict[str, Any]) -> None:
         nonlocal first
         if isinstance(node, dict):
             for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), value)
-        elif isinstance(node, list) and all(isinstance(m, str) for m in node):
-            first = first or prefix
-            parts.append(f"{prefix}: {' '.join(node)}")
-        else:
-            parts.append(f"{prefix}: {node}")
-            first = first or prefix
+                walk(f"{prefix}.{key}" if prefix else str(key), value, sent)
+            return
+        first = first or prefix
+        top = prefix.split(".", 1)[0]
+        name = f"{top}={_shown(sent[top])}" if top in sent else prefix
+        text = " ".join(node) if isinstance(node, list) and all(isinstance(m, str) for m in node) else str(node)
+        parts.append(f"{name}: {text}")
 
-    for location in messages.values() if isinstance(messages, dict) else [messages]:
-        walk("", location)
+    if isinstance(messages, dict) and all(isinstance(v, dict) for v in messages.values()):
+        for location, node in messages.items():
+            walk("", node, _sent_values(location))
+    else:
+        walk("", messages, {})
     return "; ".join(parts) or "the request is not valid", first
 
 

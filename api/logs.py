@@ -1,7 +1,7 @@
 """Structured request logs: one JSON line per request, never a value, key or person id.
 
-Logged: request id, client id (a number), method, route pattern, status, error code,
-duration. Not logged: bodies, query strings, headers, answer values, exception texts.
+Logged: request id, client id (a number), method, route pattern, status, error code, ε
+charged (queries only), duration. Not logged: bodies, query strings, headers, answer values, exception texts.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ def configure_logging() -> None:
         root.propagate = False
 
 
+def _epsilon(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 def init_request_logging(app: Flask) -> None:
     configure_logging()
     log = logging.getLogger("dpflows.api.request")
@@ -54,6 +58,7 @@ def init_request_logging(app: Flask) -> None:
             "route": request.url_rule.rule if request.url_rule else None,
             "status": response.status_code,
             "error": getattr(g, "error_code", None),
+            "epsilon_charged": _epsilon(getattr(g, "epsilon_charged", None)),
             "ms": round((time.perf_counter() - getattr(g, "started", time.perf_counter())) * 1000, 2),
         }
         response.headers["X-Request-Id"] = fields["request_id"] or ""

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import sys
+from typing import TYPE_CHECKING
 
 from dpflows.errors import DpflowsError
+
+if TYPE_CHECKING:
+    from dpflows.service import Service
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +19,217 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:
-    """serve and admin (dpflows.service, api)."""
+    """serve and admin (dpflows.service; `serve` runs gunicorn on api.wsgi by name, never importing api)."""
+    import os
+
+    def storage(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=os.environ.get("DPFLOWS_DATA_DIR", "./var/data"),
+                       help="aggregate store root (default: $DPFLOWS_DATA_DIR or ./var/data)")
+        p.add_argument("--ledger-url", default=os.environ.get("DPFLOWS_LEDGER_URL", "sqlite:///./var/ledger.db"),
+                       help="sqlite:///PATH or postgresql://... (default: $DPFLOWS_LEDGER_URL or sqlite:///./var/ledger.db)")
+
+    serve = sub.add_parser("serve", help="serve the HTTP API with gunicorn")
+    storage(serve)
+    serve.add_argument("--bind", default=os.environ.get("DPFLOWS_BIND", "127.0.0.1:8000"))
+    serve.add_argument("--workers", type=int, default=None, help="default: from the CPU count")
+    serve.set_defaults(run=_run_serve)
+
+    admin = sub.add_parser("admin", help="admin tasks: clients, keys, caps, zonings, audit")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+
+    p = admin_sub.add_parser("create-client", help="register a client and print its API key once")
+    storage(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", required=True, choices=["planner", "analyst", "admin"])
+    p.set_defaults(run=_run_create_client)
+
+    p = admin_sub.add_parser("issue-key", help="issue another key for a client (rotation); printed once")
+    storage(p)
+    p.add_argument("--client", required=True, help="client name")
+    p.set_defaults(run=_run_issue_key)
+
+    p = admin_sub.add_parser("revoke-key", help="revoke a key by id (see list-clients)")
+    storage(p)
+    p.add_argument("--key-id", required=True, type=int)
+    p.set_defaults(run=_run_revoke_key)
+
+    p = admin_sub.add_parser("list-clients", help="clients, roles and key prefixes")
+    storage(p)
+    p.set_defaults(run=_run_list_clients)
+
+    p = admin_sub.add_parser("set-cap", help="set a client's cap or the global cap, per window or for all")
+    storage(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--epsilon", required=True, help="the cap, e.g. 1.0")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client", help="client name")
+    who.add_argument("--global", dest="global_cap", action="store_true", help="the cap across all clients")
+    p.add_argument("--window", type=int, default=None, help="one window (default: every window)")
+    p.set_defaults(run=_run_set_cap)
+
+    p = admin_sub.add_parser("add-zoning", help="load a public zoning from a cell_id,zone_id CSV")
+    storage(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--csv", required=True, help="path of the CSV file")
+    p.add_argument("--coarse", action="store_true", help="mark coarse (analysts may query it)")
+    p.add_argument("--min-cells", type=int, default=1, help="with --coarse: least cells per zone")
+    p.add_argument("--geojson", default=None, help="optional GeoJSON file of the zones, for maps")
+    p.set_defaults(run=_run_add_zoning)
+
+    p = admin_sub.add_parser("audit", help="print audit rows as JSON lines")
+    storage(p)
+    p.add_argument("--after-id", type=int, default=0)
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(run=_run_audit)
+
+
+def open_service(args: argparse.Namespace) -> Service:
+    """The Service over the store and ledger named on the command line (or by environment)."""
+    from dpflows.aggregates import AggregateStore
+    from dpflows.ledger import open_ledger
+    from dpflows.service import Service
+
+    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url))
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "DPFLOWS_DATA_DIR": str(Path(args.data_dir).resolve()),
+           "DPFLOWS_LEDGER_URL": args.ledger_url, "DPFLOWS_BIND": args.bind}
+    if args.workers:
+        env["DPFLOWS_WORKERS"] = str(args.workers)
+    conf = Path(__file__).resolve().parents[1] / "api" / "gunicorn_conf.py"
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "api.wsgi:app"]
+    print(f"dpflows: serving on http://{args.bind} (API docs at /docs)", file=sys.stderr, flush=True)
+    os.execvpe(sys.executable, argv, env)  # noqa: S606 - replaces this process with gunicorn
+    return 0  # not reached
+
+
+def _run_create_client(args: argparse.Namespace) -> int:
+    client, key = open_service(args).create_client(args.name, args.role)
+    print(f"client {client.name} (id {client.id}, role {client.role}) created.")
+    print(f"API key (shown once, store it now): {key}")
+    return 0
+
+
+def _run_issue_key(args: argparse.Namespace) -> int:
+    service = open_service(args)
+    key = service.rotate_key(service.ledger.client_by_name(args.client).id)
+    print(f"new API key for {args.client} (shown once): {key}")
+    return 0
+
+
+def _run_revoke_key(args: argparse.Namespace) -> int:
+    open_service(args).revoke_key(args.key_id)
+    print(f"key {args.key_id} revoked")
+    return 0
+
+
+def _run_list_clients(args: argparse.Namespace) -> int:
+    ledger = open_service(args).ledger
+    for client in ledger.list_clients():
+        keys = ", ".join(f"{k.id}:{k.prefix}…{' (revoked)' if k.revoked_at else ''}"
+                         for k in ledger.list_keys(client.id))
+        print(f"{client.id}\t{client.name}\t{client.role}\tkeys: {keys or '-'}")
+    return 0
+
+
+def _run_set_cap(args: argparse.Namespace) -> int:
+    from dpflows.budget import Epsilon
+
+    service = open_service(args)
+    client_id = None if args.global_cap else service.ledger.client_by_name(args.client).id
+    cap = Epsilon.parse(args.epsilon)
+    service.set_cap(args.dataset, cap, client_id=client_id, window=args.window)
+    who = "global cap" if client_id is None else f"cap of {args.client}"
+    where = "every window" if args.window is None else f"window {args.window}"
+    print(f"{who} on {args.dataset}, {where}: {cap}")
+    return 0
+
+
+def _run_add_zoning(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    geometry = json.loads(Path(args.geojson).read_text()) if args.geojson else None
+    zoning = open_service(args).add_zoning(args.dataset, args.name, Path(args.csv).read_text(), coarse=args.coarse,
+                                           min_cells_per_zone=args.min_cells, geometry=geometry)
+    print(f"zoning {zoning.name}: {zoning.zone_count} zones{' (coarse)' if zoning.coarse else ''}")
+    return 0
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    for row in open_service(args).ledger.read_audit(after_id=args.after_id, limit=args.limit):
+        doc = dataclasses.asdict(row)
+        doc["epsilon"] = row.epsilon.to_json()
+        print(json.dumps(doc, sort_keys=True))
+    return 0
+
+
+def _add_audit_commands(sub: argparse._SubParsersAction) -> None:
+    """audit-verify and audit-digest (dpflows.audit): check the hash chain, sign its daily head."""
+    verify = sub.add_parser("audit-verify", help="walk the audit hash chain; exit 1 at the first broken row",
+                            description="Walk the audit log's hash chain from its first row. With --digest and "
+                                        "--key-file, also check a signed daily digest against the ledger.")
+    verify.add_argument("--ledger-url", required=True, help="sqlite:///PATH or postgresql://...")
+    verify.add_argument("--digest", help="a digest file written by audit-digest, to check as well")
+    verify.add_argument("--key-file", help="the admin's digest key (needed with --digest)")
+    verify.set_defaults(run=_run_audit_verify)
+
+    digest = sub.add_parser("audit-digest", help="print an HMAC-signed digest of the chain head at the end of a day",
+                            description="Sign the audit chain head at the end of a UTC day with an admin-held key; "
+                                        "store the printed JSON away from the ledger's host.")
+    digest.add_argument("--ledger-url", required=True, help="sqlite:///PATH or postgresql://...")
+    digest.add_argument("--day", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD (UTC)")
+    digest.add_argument("--key-file", required=True, help="file holding a random key of at least 32 bytes")
+    digest.set_defaults(run=_run_audit_digest)
+
+
+def _run_audit_verify(args: argparse.Namespace) -> int:
+    from dpflows.audit import read_key_file, verify_audit, verify_digest
+    from dpflows.errors import InvalidInput
+    from dpflows.ledger import open_ledger
+
+    if (args.digest is None) != (args.key_file is None):
+        raise InvalidInput("--digest and --key-file go together; give both or neither", field="digest")
+    ledger = open_ledger(args.ledger_url)
+    try:
+        report = verify_audit(ledger)
+        out: dict[str, object] = {"chain": report.to_json()}
+        ok = report.ok
+        if args.digest is not None:
+            try:
+                with open(args.digest, encoding="utf-8") as fh:
+                    doc = json.load(fh)
+            except (OSError, ValueError) as exc:
+                raise InvalidInput(f"digest file {args.digest!r} is not readable JSON ({type(exc).__name__})",
+                                   field="digest") from exc
+            check = verify_digest(ledger, doc, read_key_file(args.key_file))
+            out["digest"] = check.to_json()
+            ok = ok and check.ok
+    finally:
+        ledger.close()
+    print(json.dumps(out, indent=2))
+    return 0 if ok else 1
+
+
+def _run_audit_digest(args: argparse.Namespace) -> int:
+    from dpflows.audit import daily_digest, read_key_file
+    from dpflows.ledger import open_ledger
+
+    key = read_key_file(args.key_file)
+    ledger = open_ledger(args.ledger_url)
+    try:
+        print(json.dumps(daily_digest(ledger, args.day, key), indent=2))
+    finally:
+        ledger.close()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_migrate_command(sub)
     _add_data_commands(sub)
     _add_service_commands(sub)
+    _add_audit_commands(sub)
     return parser
 
 

@@ -82,6 +82,93 @@ def error_bound(scale: float, confidence: float = DEFAULT_CONFIDENCE) -> float:
         raise MechanismError(f"accuracy for scale {scale!r} is not computable: {exc.message}") from exc
 
 
+def discrete_laplace_pmf(scale: float, support: int) -> np.ndarray:
+    """P(X = x) for x in [-support, support] of the discrete Laplace at `scale` (analytic, not noise).
+
+    p(x) = (1 − a)/(1 + a) · a^|x| with a = exp(−1/scale): OpenDP's discrete Laplace
+    ("discrete Gaussian and Laplace", Canonne, Kamath and Steinke 2020).
+    """
+    a = math.exp(-1.0 / scale)
+    x = np.abs(np.arange(-support, support + 1))
+    return (1.0 - a) / (1.0 + a) * np.exp(-x / scale)
+
+
+def _tail_beyond(scale: float, t: int) -> float:
+    """P(|X| > t) for one discrete Laplace value: 2 a^(t+1) / (1 + a)."""
+    a = math.exp(-1.0 / scale)
+    return 2.0 * math.exp(-(t + 1) / scale) / (1.0 + a)
+
+
+#: Exact convolution is used while the sum's truncated support has at most this many points.
+MAX_CONVOLUTION_POINTS = 1 << 22
+
+
+def sum_error_bound(scale: float, terms: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """A bound t with P(|S| > t) ≤ 1 − confidence for S a sum of `terms` independent discrete Laplace(scale).
+
+    The error of an answer derived by summing k released values (each with its own independent
+    noise) is such a sum. One term: OpenDP's own accuracy figure, as for every answer. Several:
+    the smallest integer t whose tail, computed by exact convolution of the pmf (via FFT,
+    truncated at a per-term tail mass below 1e-13 whose total is added back), meets the level;
+    for sums too long to convolve, a Chernoff bound with the exact moment generating function
+    ``M(λ) = (1 − a)² / ((1 − a e^λ)(1 − a e^−λ))``, which is valid for every λ and so
+    conservative on any grid of λ.
+    """
+    _check_confidence(confidence)
+    if terms < 1:
+        raise MechanismError(f"terms={terms} must be at least 1")
+    if terms == 1:
+        return error_bound(scale, confidence)
+    alpha = 1.0 - confidence
+    trunc = 1e-13
+    support = max(1, math.ceil(scale * math.log(2.0 / trunc)))
+    if terms * (2 * support) + 1 <= MAX_CONVOLUTION_POINTS:
+        return float(_convolution_bound(scale, terms, alpha, support))
+    return float(_chernoff_bound(scale, terms, alpha))
+
+
+def _convolution_bound(scale: float, terms: int, alpha: float, support: int) -> int:
+    pmf = discrete_laplace_pmf(scale, support)
+    lost = terms * _tail_beyond(scale, support)  # mass dropped by truncation, added back below
+    size = terms * (len(pmf) - 1) + 1
+    n_fft = 1 << (size - 1).bit_length()
+    dist = np.fft.irfft(np.fft.rfft(pmf, n_fft) ** terms, n_fft)[:size]
+    dist = np.clip(dist, 0.0, None)
+    fft_err = 1e-12 * size  # a generous allowance for FFT round-off in the summed tail
+    centre = terms * support  # index of S = 0
+    # tail[t] = P(|S| > t) = mass at indices < centre - t plus > centre + t.
+    left = np.cumsum(dist)  # left[i] = P(S <= i - centre)
+    right = np.cumsum(dist[::-1])  # right[i] = P(S >= centre - i)
+    t = np.arange(0, centre + 1)
+    below = np.where(centre - t - 1 >= 0, left[np.clip(centre - t - 1, 0, None)], 0.0)
+    above = np.where(centre - t - 1 >= 0, right[np.clip(centre - t - 1, 0, None)], 0.0)
+    tail = below + above + lost + fft_err
+    ok = np.flatnonzero(tail <= alpha)
+    if len(ok) == 0:
+        return _chernoff_bound(scale, terms, alpha)
+    return int(ok[0])
+
+
+def _chernoff_bound(scale: float, terms: int, alpha: float) -> int:
+    a = math.exp(-1.0 / scale)
+    lam = np.linspace(0.0, 1.0 / scale, 4002)[1:-1]  # 0 < λ < −ln a
+
+    def tail(t: int) -> float:  # P(|S| > t) <= 2 min_λ exp(−λ(t+1)) M(λ)^k
+        log_m = 2 * math.log1p(-a) - np.log1p(-a * np.exp(lam)) - np.log1p(-a * np.exp(-lam))
+        return float(2.0 * np.exp(np.min(-lam * (t + 1) + terms * log_m)))
+
+    lo, hi = 0, 1
+    while tail(hi) > alpha:
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tail(mid) <= alpha:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def epsilon_for_error(sensitivity: int, max_error: float, confidence: float = DEFAULT_CONFIDENCE) -> Epsilon:
     """Accuracy-first: the smallest ε (in nano-units) whose noise meets `max_error` at `confidence`."""
     _check_confidence(confidence)

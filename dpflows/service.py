@@ -2,17 +2,20 @@
 
 A query is answered in this order (design §4): authorize and validate → price (ε, or ε
 derived from a target error) → reuse a stored answer if the identical query was released →
-compute the noisy answer in memory → in one ledger transaction check every cap, charge every
-window, store the answer and audit → respond. Any failure before the commit releases nothing
+if the client opted in (``derive=True``), sum a finer released answer at no cost
+(dpflows.derive) → compute the noisy answer in memory → in one ledger transaction check
+every cap, charge every window, store the answer and audit → respond. Any failure before the commit releases nothing
 and charges nothing; every outcome, failures included, is audited without values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -23,7 +26,15 @@ import numpy as np
 from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.budget import Epsilon
 from dpflows.cells import CELL_ZONING, Zoning, parse_zoning_csv
-from dpflows.errors import AuthenticationFailed, DpflowsError, InvalidInput, PolicyViolation
+from dpflows.derive import Derivation, best_derivation
+from dpflows.errors import (
+    AuthenticationFailed,
+    BudgetExceeded,
+    DataUnavailable,
+    DpflowsError,
+    InvalidInput,
+    PolicyViolation,
+)
 from dpflows.ledger import AuditEntry, Client, Ledger, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import (
     DEFAULT_CONFIDENCE,
@@ -32,8 +43,11 @@ from dpflows.mechanisms import (
     error_bound,
     release_counts,
     scale_for_epsilon,
+    sum_error_bound,
 )
+from dpflows.postprocess import make_consistent, table_totals
 from dpflows.queries import QuerySpec, prepare, touched_windows
+from dpflows.relative import RelativeChange, baseline_spec, per_window_need, relative_change_from
 
 log = logging.getLogger("dpflows.service")
 
@@ -90,6 +104,12 @@ class QueryRequest:
     max_error: float | None = None
     confidence: float = DEFAULT_CONFIDENCE
     clamp_negative: bool = False
+    #: Post-process to non-negative integers whose totals add up (dpflows.postprocess); free.
+    consistent: bool = False
+    #: Opt in to a free answer summed from a finer released answer (dpflows.derive). Off by
+    #: default: a derived value sums several noisy values, so its error can be far larger than a
+    #: fresh release at the requested ε, and its error bound differs per value.
+    derive: bool = False
 
     def __post_init__(self) -> None:
         if (self.epsilon is None) == (self.max_error is None):
@@ -127,6 +147,20 @@ class Answer:
     reused: bool
     postprocessing: list[str]
     released_at: str
+    #: The unbiased noisy values in key order, when `values` were post-processed (clamped or
+    #: made consistent): sum these, not the post-processed counts, to avoid clamping bias.
+    raw_values: list[int] | None = None
+    #: With consistent=True: row, column and grand totals of `values` (they agree exactly).
+    totals: dict[str, Any] | None = None
+    #: With consistent=True: the same totals summed from the raw values (unbiased), with the
+    #: 95% bound of each kind of total (a sum of k independent noises, mechanisms.sum_error_bound).
+    raw_totals: dict[str, Any] | None = None
+    #: The id of the released answer this one was summed from at no cost (dpflows.derive).
+    derived_from: str | None = None
+    #: Per-value error bounds when they differ between values (derived answers).
+    value_error_bounds: list[float] | None = None
+    #: How many independent noise draws each value sums (derived answers; 1 otherwise).
+    value_terms: list[int] | None = None
 
     @property
     def budget_remaining(self) -> Epsilon:
@@ -206,6 +240,14 @@ class Service:
                                                     dataset=spec.dataset, query=audit_query,
                                                     answer_id=stored.answer_id))
                 return self._describe(stored, spec, client, data, request, reused=True)
+            if request.derive:
+                derivation = self._derivation(spec, data, client, request)
+                if derivation is not None:
+                    self.ledger.append_audit(AuditEntry(action=f"query.{spec.kind}", outcome="derived",
+                                                        client_id=client.id, dataset=spec.dataset,
+                                                        query=audit_query, answer_id=derivation.source.answer_id))
+                    return self._describe(derivation.source, spec, client, data, request, reused=False,
+                                          derivation=derivation)
             prepared = prepare(spec, data)
             noisy = release_counts(prepared.true_counts, prepared.sensitivity, epsilon)
             answer_id = uuid.uuid4().hex
@@ -220,6 +262,7 @@ class Service:
                 "scale": noisy.scale,
                 "sensitivity": noisy.sensitivity,
                 "query": spec.canonical(),
+                "data_version": data.version,  # lets a later coarser query be derived from it
             }
             receipt = self.ledger.commit_release(ReleaseRequest(
                 client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=prepared.windows,
@@ -250,39 +293,91 @@ class Service:
             for b in budgets
         ]
 
+    def _derivation(self, spec: QuerySpec, data: Dataset, client: Client, request: QueryRequest) -> Derivation | None:
+        """The most accurate free derivation of `spec` from this dataset's released answers."""
+        return best_derivation(spec, data, self.ledger.list_answers(spec.dataset, spec.kind),
+                               max_epsilon=self.policy.max_epsilon(client.role), confidence=request.confidence,
+                               max_error=request.max_error)
+
     def _describe(self, stored: StoredAnswer, spec: QuerySpec, client: Client, data: Dataset,
-                  request: QueryRequest, *, reused: bool) -> Answer:
-        p = stored.payload
-        values = np.asarray(p["values"], dtype=np.int64)
+                  request: QueryRequest, *, reused: bool, derivation: Derivation | None = None) -> Answer:
+        p = stored.payload if derivation is None else derivation.payload
+        raw = np.asarray(p["values"], dtype=np.int64)
+        values = raw
         post: list[str] = []
-        if request.clamp_negative:
-            values = np.maximum(values, 0)
-            post.append("clamp_negative: negative noisy counts set to 0 (biases sums upward)")
         keys = p["keys"]
         fields = tuple(p["key_fields"])
-        rows = [
-            {**{f: keys[f][i] for f in fields}, "count": int(values[i])} for i in range(len(values))
-        ]
+        scale = float(p["scale"])
+        terms = [int(k) for k in p.get("terms") or []]
+        bound = error_bound(scale, request.confidence)
+        value_bounds: list[float] | None = None
+        if derivation is not None:
+            by_terms = {k: sum_error_bound(scale, k, request.confidence) for k in set(terms)}
+            value_bounds = [by_terms[k] for k in terms]
+            bound = max(value_bounds)
+            post.append(f"derived: each value is the exact sum of released values of answer "
+                        f"{derivation.source.answer_id} (from {min(terms)} to {max(terms)} values each); "
+                        "no budget charged; error bounds are those of sums of independent discrete Laplace noises")
+        totals = raw_totals = None
+        if request.consistent:
+            table = make_consistent(fields, keys, raw)
+            values = table.cells.reshape(-1)
+            totals = table_totals(fields, keys, values)
+            raw_totals = table_totals(fields, keys, raw)
+            raw_totals["error_bound_95"] = self._total_bounds(fields, keys, terms or [1] * len(raw), scale,
+                                                               request.confidence)
+            post.append("consistent: non-negative integers whose row, column and grand totals agree exactly; "
+                        "totals are the sums of the raw noisy values (unbiased) wherever those are >= 0; cells are "
+                        "the least-squares fit under those totals, rounded up or down (see dpflows.postprocess); "
+                        "sum raw_values for unbiased custom totals"
+                        + ("" if table.converged else "; the least-squares fit did not fully converge"))
+        elif request.clamp_negative:
+            values = np.maximum(raw, 0)
+            post.append("clamp_negative: negative noisy counts set to 0 (biases sums upward)")
+        names = (*fields, "count")
+        columns = [keys[f] for f in fields]
+        rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, values.tolist(), strict=True)]
         epsilon = Epsilon(int(p["epsilon_nanos"]))
         return Answer(
-            answer_id=stored.answer_id,
+            answer_id=stored.answer_id if derivation is None else derivation.answer_id,
             spec=spec,
             key_fields=fields,
             values=rows,
-            epsilon_charged=Epsilon.zero() if reused else epsilon,
+            epsilon_charged=Epsilon.zero() if reused or derivation is not None else epsilon,
             epsilon_of_release=epsilon,
             epsilon_derived=bool(p.get("epsilon_derived")),
             windows=self._window_status(data, client, list(p["windows"])),
             privacy_unit=data.metadata.privacy_unit,
             mechanism=p["mechanism"],
-            noise_scale=float(p["scale"]),
+            noise_scale=scale,
             sensitivity=int(p["sensitivity"]),
-            error_bound_95=error_bound(float(p["scale"]), request.confidence),
+            error_bound_95=bound,
             confidence=request.confidence,
             reused=reused,
             postprocessing=post,
             released_at=stored.created_at,
+            raw_values=[int(v) for v in raw] if (request.consistent or request.clamp_negative) else None,
+            totals=totals,
+            raw_totals=raw_totals,
+            derived_from=None if derivation is None else derivation.source.answer_id,
+            value_error_bounds=value_bounds,
+            value_terms=terms or None,
         )
+
+    @staticmethod
+    def _total_bounds(fields: tuple[str, ...], keys: dict[str, list[Any]], terms: list[int], scale: float,
+                      confidence: float) -> dict[str, Any]:
+        """Bounds of raw totals: a total over values summing k noises in all has sum_error_bound(k)."""
+        k = table_totals(fields, keys, np.asarray(terms, dtype=np.int64))
+        cache: dict[int, float] = {}
+
+        def bound(n: int) -> float:
+            if n not in cache:
+                cache[n] = sum_error_bound(scale, n, confidence)
+            return cache[n]
+
+        return {name: ({label: bound(n) for label, n in part.items()} if isinstance(part, dict) else bound(part))
+                for name, part in k.items()}
 
     def quote(self, request: QueryRequest, client: Client) -> dict[str, Any]:
         """What a query would cost and how accurate it would be, without touching data or budget."""
@@ -294,6 +389,23 @@ class Service:
         sensitivity = data.metadata.bound(spec.counted_measure)
         scale = scale_for_epsilon(sensitivity, epsilon)
         stored = self.ledger.find_answer(spec.dataset, self._query_key(spec, data, epsilon))
+        derivation = None
+        if stored is None and request.derive:
+            derivation = self._derivation(spec, data, client, request)
+        if derivation is not None:
+            return {
+                "epsilon": epsilon,
+                "epsilon_derived": request.max_error is not None,
+                "error_bound_95": derivation.max_error_bound,
+                "confidence": request.confidence,
+                "windows": self._window_status(data, client, windows),
+                "reused": False,
+                "derived_from": derivation.source.answer_id,
+                "epsilon_charged": Epsilon.zero(),
+                "privacy_unit": data.metadata.privacy_unit,
+                "mechanism": DISCRETE_LAPLACE,
+                "noise_scale": float(derivation.payload["scale"]),
+            }
         return {
             "epsilon": epsilon,
             "epsilon_derived": request.max_error is not None,
@@ -307,6 +419,44 @@ class Service:
             "noise_scale": scale,
             "sensitivity": sensitivity,
         }
+
+    def relative_change(self, request: QueryRequest, baseline_start: dt.date, baseline_end: dt.date,
+                        client: Client) -> RelativeChange:
+        """% change in presence per zone versus the same weekdays and hours in a baseline period.
+
+        Two presence answers, each charged, reused or derived exactly as `answer` would; their
+        combined cost is checked against every window's remaining budget first, so a refusal
+        charges nothing. (Between that check and the second charge another client can still
+        spend; the first answer then stays released and is reused for free next time.)
+        """
+        base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
+        # Quotes authorize and price both, and know which would be reused or derived for free.
+        quotes = [self.quote(req, client) for req in (request, base_request)]
+        need = per_window_need(quotes)
+        for status in quotes[0]["windows"] + quotes[1]["windows"]:
+            if need.get(status.window, 0) > status.budget.remaining.nanos:
+                exc = BudgetExceeded(
+                    f"the current and baseline answers need epsilon={Epsilon(need[status.window])} in window "
+                    f"{status.window}, above the remaining {status.budget.remaining}; ask for less",
+                    field="epsilon", details={"window": status.window},
+                )
+                self._audit_failure("query.relative_change", exc, client, request.spec.dataset,
+                                    {"current": request.spec.canonical(), "baseline": base_request.spec.canonical()})
+                raise exc
+        current = self.answer(request, client)
+        baseline = self.answer(base_request, client)
+        return relative_change_from(current, baseline, request.confidence)
+
+    def readiness(self) -> dict[str, Any]:
+        """For a load balancer's readiness probe: the ledger answers and the data root can be read.
+
+        Raises Unavailable (ledger) or DataUnavailable (data root); the message names no path.
+        """
+        self.ledger.list_clients()
+        root = self.store.root
+        if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
+            raise DataUnavailable("the data root is not a readable directory; check DPFLOWS_DATA_DIR")
+        return {"ledger": "ok", "datasets": len(self.store.names())}
 
     def budget_status(self, client: Client, dataset: str) -> list[WindowStatus]:
         data = self.store.get(dataset)

@@ -239,6 +239,22 @@ class SqlLedger:
             row = cur.fetchone()
         return None if row is None else self._answer_from_row(row)
 
+    def list_answers(self, dataset: str, kind: str | None = None) -> list[StoredAnswer]:
+        """Released answers of a dataset, oldest first: candidates for free derived answers.
+
+        The kind lives inside the JSON payload (``payload["query"]["kind"]``), so it is filtered
+        here rather than in SQL: portable across SQLite and PostgreSQL, no schema change.
+        """
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                "SELECT answer_id, dataset, query_key, client_id, payload, created_at FROM answers "
+                "WHERE dataset = ? ORDER BY created_at, answer_id",
+                (dataset,),
+            )
+            rows = cur.fetchall()
+        answers = [self._answer_from_row(r) for r in rows]
+        return [a for a in answers if kind is None or (a.payload.get("query") or {}).get("kind") == kind]
+
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
         """Check every cap, then charge, store and audit in one transaction; or do nothing."""
         windows = tuple(sorted(set(request.windows)))

@@ -128,6 +128,12 @@ class MemoryLedger:
     def get_answer(self, answer_id: str) -> StoredAnswer | None:
         return self._answers.get(answer_id)
 
+    def list_answers(self, dataset: str, kind: str | None = None) -> list[StoredAnswer]:
+        with self._lock:
+            answers = [a for a in self._answers.values() if a.dataset == dataset]
+        answers.sort(key=lambda a: (a.created_at, a.answer_id))
+        return [a for a in answers if kind is None or (a.payload.get("query") or {}).get("kind") == kind]
+
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
         windows = sorted(set(request.windows))
         with self._lock:

@@ -86,3 +86,50 @@ def test_concurrent_requests_for_ten_times_the_cap_never_exceed_it(server) -> No
     assert total == Epsilon.parse("1")  # the cap, exactly: 16 × 0.0625
     assert sum(charged) == total.as_fraction()  # every 200 answer has its charge, and no charge lacks one
     assert statuses.count(200) == 16
+
+
+WEEK3 = {**FLOWS, "start": "2024-03-18", "end": "2024-03-25"}  # window 2: untouched by the other tests here
+WEEK4 = {**FLOWS, "start": "2024-03-25", "end": "2024-04-01"}  # window 3
+
+
+def test_each_role_allowed_and_refused_over_http(server) -> None:
+    srv, keys, ledger_path = server
+    allowed = [("planner", "/v1/flows", {**WEEK4, "zoning": "districts", "epsilon": 0.1}),
+               ("planner", "/v1/presence", {**WEEK4, "zoning": "districts", "epsilon": 0.1}),
+               ("planner", "/v1/patterns", {**WEEK4, "measure": "presence", "epsilon": 0.1}),
+               ("analyst", "/v1/flows", {**WEEK4, "epsilon": 0.2})]
+    for role, path, body in allowed:
+        r = post(srv, keys, role, path, body)
+        assert r.status_code == 200 and r.json()["reused"] is False, (role, path, r.text)
+    refused = [("analyst", "/v1/presence", WEEK4, "kind"), ("analyst", "/v1/patterns", WEEK4, "kind"),
+               ("analyst", "/v1/flows", {**WEEK4, "zoning": "districts"}, "zoning"),
+               ("analyst", "/v1/flows", {**WEEK4, "hours": [1, 2], "epsilon": 0.3}, "epsilon"),
+               ("admin", "/v1/flows", WEEK4, "role"), ("admin", "/v1/presence", WEEK4, "role")]
+    for role, path, body, field in refused:
+        r = post(srv, keys, role, path, body)
+        assert r.status_code == 403 and r.json()["error"]["field"] == field, (role, path, r.text)
+    r = requests.get(srv.url + "/v1/admin/clients", headers=keys.h("planner"), timeout=10)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = requests.get(srv.url + "/v1/admin/clients", headers=keys.h("admin"), timeout=10)
+    assert r.status_code == 200 and {c["name"] for c in r.json()} >= {"admin", "planner", "analyst"}
+    ledger = SqliteLedger(ledger_path)
+    assert ledger.total_charged("small", 3, keys.planner_id) == Epsilon.parse("0.3")  # refusals charged nothing
+    assert ledger.total_charged("small", 3, keys.analyst_id) == Epsilon.parse("0.2")
+    ledger.close()
+
+
+def test_the_cap_is_exactly_reachable_and_never_exceeded_over_http(server) -> None:
+    srv, keys, ledger_path = server
+    remaining = [post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [h, h + 1], "epsilon": 0.25})
+                 for h in range(4)]
+    assert [r.status_code for r in remaining] == [200] * 4
+    assert [r.json()["budget_remaining"] for r in remaining] == [0.75, 0.5, 0.25, 0]
+    r = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [5, 6], "epsilon": 0.25})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "budget_exceeded"
+    r = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [5, 6], "epsilon": 0.000000001})
+    assert r.status_code == 409  # not even one nano-ε past the cap
+    again = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [0, 1], "epsilon": 0.25})
+    assert again.status_code == 200 and again.json()["reused"] is True  # released answers stay free
+    ledger = SqliteLedger(ledger_path)
+    assert ledger.total_charged("small", 2, keys.planner_id) == Epsilon.parse("1")
+    ledger.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -154,9 +156,12 @@ def test_audit_rows_for_every_outcome_without_values(client: FlaskClient, keys: 
     client.post("/v1/flows", json=FLOWS, headers=keys.h("planner"))
     client.post("/v1/flows", json={**FLOWS, "epsilon": 5}, headers=keys.h("planner"))
     client.post("/v1/flows", json={**FLOWS, "zoning": "nowhere"}, headers=keys.h("planner"))
+    for h in range(4):  # 0.25 already spent: three more reach the cap, the fourth is refused
+        client.post("/v1/flows", json={**FLOWS, "hours": [h, h + 1]}, headers=keys.h("planner"))
     page = client.get("/v1/admin/audit?limit=1000", headers=keys.h("admin")).json
     outcomes = [e["outcome"] for e in page["entries"] if e["action"] == "query.flows"]
-    assert outcomes == ["released", "reused", "forbidden", "not_found"]
+    assert outcomes == ["released", "reused", "forbidden", "not_found", "released", "released", "released",
+                        "budget_exceeded"]
     text = str(page)
     assert str(ok["values"][0]["count"]) not in [str(e.get("query")) for e in page["entries"]]
     assert "count" not in text
@@ -235,12 +240,54 @@ def test_openapi_document_validates_and_lists_every_route(client: FlaskClient, a
     validate(spec)
     documented = {(path, m.upper()) for path, ops in spec["paths"].items() for m in ops}
     for rule in app.url_map.iter_rules():
-        # static files (ReDoc's script, the planner page) are not JSON API routes
         if rule.endpoint == "static" or rule.endpoint.startswith(("api-docs", "planner.")):
-            continue
+            continue  # static files, the docs UI and the planner page are not API operations
         path = rule.rule.replace("<string:", "{").replace("<int:", "{").replace(">", "}")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method) in documented, (path, method)
     assert client.get("/docs").status_code == 200
     with client.get("/static/vendor/redoc.standalone.js") as r:
         assert r.status_code == 200
+
+
+def test_readiness_fails_with_503_when_the_data_root_is_unreadable(tmp_path: Path) -> None:
+    app = create_app({"DPFLOWS_DATA_DIR": str(tmp_path / "missing"), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/l.db"})
+    c = app.test_client()
+    assert c.get("/healthz").status_code == 200
+    r = c.get("/readyz")
+    assert r.status_code == 503 and error(r)["code"] == "data_unavailable"
+    assert str(tmp_path) not in r.get_data(as_text=True)  # no server path in a public response
+
+
+def test_request_log_has_route_status_and_epsilon_but_no_key_or_value(client: FlaskClient, keys: Keys) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect()
+    logger = logging.getLogger("dpflows.api.request")
+    logger.addHandler(handler)
+    try:
+        answer = client.post("/v1/flows", json=FLOWS, headers=keys.h("planner")).json
+        client.post("/v1/flows", json={**FLOWS, "epsilon": 5}, headers=keys.h("planner"))
+    finally:
+        logger.removeHandler(handler)
+    ok, refused = (r.fields for r in records)  # type: ignore[attr-defined]
+    assert ok["route"] == "/v1/flows" and ok["status"] == 200 and ok["epsilon_charged"] == "0.25"
+    assert ok["client_id"] == keys.planner_id and ok["request_id"] and ok["ms"] >= 0
+    assert refused["status"] == 403 and refused["error"] == "forbidden" and refused["epsilon_charged"] is None
+    text = json.dumps([r.fields for r in records]) + " ".join(r.getMessage() for r in records)  # type: ignore[attr-defined]
+    assert keys.planner not in text and answer["answer_id"] not in text and "count" not in text
+
+
+def test_schema_errors_name_the_field_and_the_value_sent(client: FlaskClient, keys: Keys) -> None:
+    r = client.post("/v1/flows", json={**FLOWS, "epsilon": -1}, headers=keys.h("planner"))
+    assert r.status_code == 422 and error(r)["message"].startswith("epsilon=-1: Must be greater than 0")
+    r = client.post("/v1/flows", json={**FLOWS, "start": "2024-13-01"}, headers=keys.h("planner"))
+    assert 'start="2024-13-01"' in error(r)["message"]
+    r = client.post("/v1/flows", json={**FLOWS, "colour": "x" * 500}, headers=keys.h("planner"))
+    assert error(r)["field"] == "colour" and "Unknown field" in error(r)["message"] and len(error(r)["message"]) < 200
+    r = client.get("/v1/admin/audit?limit=5000", headers=keys.h("admin"))
+    assert r.status_code == 422 and error(r)["field"] == "limit" and 'limit="5000"' in error(r)["message"]

@@ -1,0 +1,174 @@
+"""Free derived answers: a coarser question answered by summing a finer released answer.
+
+If a released answer's keys partition into groups whose sums are exactly the keys of a new
+question, the new answer is post-processing of the old release: it costs nothing and
+releases nothing new (design §3). Only **exact sums of released keys** qualify:
+
+- same kind, dataset, ingestion (data version), dates, and the same filters that are not
+  keys: weekdays for flows and presence, hours for flows, measure and zone for patterns;
+- zones: the requested zoning's zones must be unions of the released zoning's zones (every
+  released zone lies inside exactly one requested zone), e.g. ``sectors`` from ``districts``
+  or any zoning from ``cell``;
+- hours (presence, patterns) and weekdays (patterns) are keys, so a subset of them is a
+  selection of released keys. A presence answer's hours are *not* summed into a coarser hour
+  grouping because no query asks for that; flows do not key by hour, so flows hours must match.
+
+The error of a derived value that sums k released values is a sum of k independent discrete
+Laplace noises (each key of the vector got its own draw), so its stated bound is
+`mechanisms.sum_error_bound(scale, k)`: exact convolution of the pmf (or a Chernoff bound
+for very long sums). k can differ between keys (zones of different sizes); every value's bound
+is given, and the answer's single ``error_bound_95`` is the largest, valid for every value.
+
+Policy: a derived answer never carries more privacy loss per query than the requester's role
+may spend (source ε ≤ the role's per-query cap), and when the client asked by accuracy
+(`max_error`), a source qualifies only if the derived bound meets it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dpflows.aggregates import Dataset
+from dpflows.budget import Epsilon
+from dpflows.errors import DpflowsError
+from dpflows.ledger import StoredAnswer
+from dpflows.mechanisms import DISCRETE_LAPLACE, sum_error_bound
+from dpflows.queries import QuerySpec
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """A derived answer: the source release, the summed values, and how many terms each sums."""
+
+    source: StoredAnswer
+    payload: dict[str, Any]  # the source payload with values, keys and terms of the new answer
+    max_error_bound: float
+
+    @property
+    def answer_id(self) -> str:
+        """Deterministic: deriving the same question from the same release gives the same id."""
+        spec_key = self.payload["query"]
+        text = f"derived|{self.source.answer_id}|{sorted(spec_key.items())}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _zone_map(data: Dataset, fine: str, coarse: str) -> dict[str, int] | None:
+    """fine zone label -> coarse zone index, when every fine zone lies inside one coarse zone."""
+    try:
+        f, c = data.zoning(fine), data.zoning(coarse)
+    except DpflowsError:
+        return None
+    out: dict[str, int] = {}
+    for fi, label in enumerate(f.zone_ids):
+        inside = np.unique(c.zone_of_cell[f.zone_of_cell == fi])
+        if len(inside) != 1:
+            return None
+        out[str(label)] = int(inside[0])
+    return out
+
+
+def _out_index(spec: QuerySpec, data: Dataset, source_query: dict[str, Any],
+               keys: dict[str, list[Any]]) -> tuple[np.ndarray, dict[str, list[Any]]] | None:
+    """For each released key, the index of the new key it sums into (-1: not used), and the new keys."""
+    hours = list(spec.hours)
+    hour_pos = np.full(24, -1, dtype=np.int64)
+    hour_pos[hours] = np.arange(len(hours))
+    if spec.kind == "patterns":
+        days = list(spec.weekdays)
+        day_pos = np.full(7, -1, dtype=np.int64)
+        day_pos[days] = np.arange(len(days))
+        d = day_pos[np.asarray(keys["weekday"], dtype=np.int64)]
+        h = hour_pos[np.asarray(keys["hour"], dtype=np.int64)]
+        out = np.where((d >= 0) & (h >= 0), d * len(hours) + h, -1)
+        return out, {"weekday": [dd for dd in days for _ in hours], "hour": hours * len(days)}
+    zone_map = _zone_map(data, source_query["zoning"], spec.zoning)
+    if zone_map is None:
+        return None
+    zones = list(data.zoning(spec.zoning).zone_ids)
+    nz = len(zones)
+
+    def zone_index(labels: list[Any]) -> np.ndarray:
+        return np.array([zone_map.get(str(z), -1) for z in labels], dtype=np.int64)
+
+    if spec.kind == "flows":
+        origin, dest = zone_index(keys["origin"]), zone_index(keys["destination"])
+        if (origin < 0).any() or (dest < 0).any():
+            return None
+        return origin * nz + dest, {"origin": [z for z in zones for _ in zones], "destination": zones * nz}
+    zone = zone_index(keys["zone"])
+    if (zone < 0).any():
+        return None
+    h = hour_pos[np.asarray(keys["hour"], dtype=np.int64)]
+    out = np.where(h >= 0, zone * len(hours) + h, -1)
+    return out, {"zone": [z for z in zones for _ in hours], "hour": hours * nz}
+
+
+def _filters_allow(spec: QuerySpec, q: dict[str, Any]) -> bool:
+    """Non-key filters equal; key filters (hours, weekdays) a subset where they are keys."""
+    if (q.get("kind"), q.get("dataset"), q.get("start"), q.get("end")) != (
+        spec.kind, spec.dataset, spec.start.isoformat(), spec.end.isoformat()
+    ):
+        return False
+    hours, days = set(q.get("hours", ())), set(q.get("weekdays", ()))
+    if spec.kind != q.get("kind"):
+        return False
+    if spec.kind == "flows":
+        return list(q["hours"]) == list(spec.hours) and list(q["weekdays"]) == list(spec.weekdays)
+    if spec.kind == "presence":
+        return list(q["weekdays"]) == list(spec.weekdays) and set(spec.hours) <= hours
+    return (q.get("measure"), q.get("zone"), q.get("zoning")) == (spec.measure, spec.zone, spec.zoning) and (
+        set(spec.hours) <= hours and set(spec.weekdays) <= days
+    )
+
+
+def derive_from(spec: QuerySpec, data: Dataset, source: StoredAnswer, confidence: float) -> Derivation | None:
+    """The answer to `spec` as exact sums of `source`'s released values, or None if not derivable."""
+    p = source.payload
+    if p.get("mechanism") != DISCRETE_LAPLACE or p.get("data_version") != data.version:
+        return None
+    q = p.get("query") or {}
+    if not _filters_allow(spec, q):
+        return None
+    mapped = _out_index(spec, data, q, p["keys"])
+    if mapped is None:
+        return None
+    out_idx, new_keys = mapped
+    n_out = len(next(iter(new_keys.values())))
+    used = out_idx >= 0
+    source_terms = np.asarray(p.get("terms") or [1] * len(out_idx), dtype=np.int64)
+    values = np.zeros(n_out, dtype=np.int64)
+    terms = np.zeros(n_out, dtype=np.int64)
+    np.add.at(values, out_idx[used], np.asarray(p["values"], dtype=np.int64)[used])
+    np.add.at(terms, out_idx[used], source_terms[used])
+    if (terms < 1).any():  # a requested key no released key sums into: not derivable
+        return None
+    scale = float(p["scale"])
+    payload = {
+        **p,
+        "values": [int(v) for v in values],
+        "key_fields": list(new_keys),
+        "keys": new_keys,
+        "terms": [int(k) for k in terms],
+        "query": spec.canonical(),
+        "derived_from": source.answer_id,
+    }
+    return Derivation(source, payload, sum_error_bound(scale, int(terms.max()), confidence))
+
+
+def best_derivation(spec: QuerySpec, data: Dataset, candidates: list[StoredAnswer], *, max_epsilon: Epsilon,
+                    confidence: float, max_error: float | None) -> Derivation | None:
+    """The most accurate derivation among released answers that the requester's policy allows."""
+    best: Derivation | None = None
+    for source in candidates:
+        if Epsilon(int(source.payload.get("epsilon_nanos", 0))) > max_epsilon:
+            continue
+        found = derive_from(spec, data, source, confidence)
+        if found is None or (max_error is not None and found.max_error_bound > max_error):
+            continue
+        if best is None or found.max_error_bound < best.max_error_bound:
+            best = found
+    return best

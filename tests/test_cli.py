@@ -1,0 +1,92 @@
+"""The `dpflows` command's admin tasks, run as a real subprocess against real storage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from dpflows.budget import Epsilon
+from dpflows.ledger.sqlite import SqliteLedger
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dpflows(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dpflows.cli", *args, "--data-dir", str(root), "--ledger-url", f"sqlite:///{root}/l.db"],
+        capture_output=True, text=True, cwd=ROOT, check=False, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_admin_commands(data_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)
+    out = dpflows("admin", "create-client", "--name", "ana", "--role", "analyst", root=root)
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.split("API key (shown once, store it now): ")[1].strip()
+    assert key.startswith("dpf_")
+    assert dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "0.5", "--client", "ana", root=root).returncode == 0
+    assert dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "2", "--global", root=root).returncode == 0
+    ledger = SqliteLedger(root / "l.db")
+    [budget] = ledger.window_budgets("small", ledger.client_by_name("ana").id, [2])
+    assert budget.client_cap == Epsilon.parse("0.5") and budget.global_cap == Epsilon.parse("2")
+    listing = dpflows("admin", "list-clients", root=root).stdout
+    assert "ana\tanalyst" in listing and key not in listing
+    csv = root / "z.csv"
+    csv.write_text("cell_id,zone_id\n" + "".join(f"c{i:03d},{i // 20}\n" for i in range(40)))
+    out = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "halves", "--csv", str(csv), "--coarse",
+                  "--min-cells", "20", root=root)
+    assert out.returncode == 0 and "2 zones (coarse)" in out.stdout
+    bad = dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "nan", "--global", root=root)
+    assert bad.returncode == 2 and "epsilon='nan' is not finite" in bad.stderr
+    rows = [json.loads(line) for line in dpflows("admin", "audit", root=root).stdout.splitlines()]
+    assert [r["action"] for r in rows] == ["admin.create_client", "admin.set_cap", "admin.set_cap", "admin.add_zoning"]
+    key_id = ledger.list_keys(ledger.client_by_name("ana").id)[0].id
+    assert dpflows("admin", "revoke-key", "--key-id", str(key_id), root=root).returncode == 0
+    assert ledger.client_for_key_hash("x") is None and ledger.list_keys(1)[0].revoked_at is not None
+    ledger.close()
+
+
+@pytest.mark.slow
+def test_serve_execs_gunicorn_that_answers(data_root: Path, tmp_path: Path) -> None:
+    """`dpflows serve` replaces itself with gunicorn on api.wsgi; a key made by the CLI works over HTTP."""
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)
+    key = dpflows("admin", "create-client", "--name", "p", "--role", "planner", root=root).stdout.split(": ")[-1].strip()
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")  # closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpflows.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--data-dir", str(root), "--ledger-url", f"sqlite:///{root}/l.db"],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+        r = requests.get(url + "/v1/datasets", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert r.status_code == 200 and r.json()[0]["name"] == "small"
+        assert requests.get(url + "/readyz", timeout=10).json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+    assert key not in (tmp_path / "serve.log").read_text()  # the key never reaches the logs
