@@ -14,11 +14,11 @@ the service said about its cost and accuracy next to the values::
 Errors mirror the API's error codes (``{"error": {"code", "message", "field"}}``)::
 
     DpflowsClientError                 .code .status .field .message
-    ├── InvalidInputError              invalid_input, domain_too_large, invalid_data (422/400)
+    ├── InvalidInputError              invalid_input, domain_too_large, invalid_data (422), bad JSON (400)
     ├── AuthenticationError            unauthenticated (401)
     ├── ForbiddenError                 forbidden (403)
     ├── NotFoundError                  not_found (404)
-    ├── BudgetExceededError            budget_exceeded: nothing was charged
+    ├── BudgetExceededError            budget_exceeded (409): nothing was charged
     ├── ConflictError                  conflict (409)
     ├── RateLimitedError               rate_limited (429), .retry_after seconds if given
     └── UnavailableError               unavailable, data_unavailable (503)
@@ -327,10 +327,6 @@ class IssuedKey:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> IssuedKey:
         return cls(ClientInfo.from_json(doc["client"]), str(doc["api_key"]))
-
-
-#: create_client answers like issue_key: the client and its first key.
-NewClient = IssuedKey
 
 
 def _date(value: Any) -> dt.date:
