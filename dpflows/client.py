@@ -109,6 +109,9 @@ ERRORS_BY_CODE: dict[str, type[DpflowsClientError]] = {
     "domain_too_large": InvalidInputError,
     "invalid_data": InvalidInputError,
     "mechanism_error": InvalidInputError,
+    "bad_request": InvalidInputError,  # malformed JSON
+    "payload_too_large": InvalidInputError,
+    "unsupported_media_type": InvalidInputError,
     "unauthenticated": AuthenticationError,
     "forbidden": ForbiddenError,
     "not_found": NotFoundError,
