@@ -20,7 +20,7 @@ def budget_value(page) -> float:
     return float(page.get_attribute("#budget-remaining", "data-value"))
 
 
-def test_planner_flows_end_to_end(live_server: LiveServer, chromium_path: str, tmp_path: Path) -> None:
+def test_planner_flows_end_to_end(chromium_path: str, live_server: LiveServer, tmp_path: Path) -> None:
     with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
         page = context.new_page()
         problems: list[str] = []
@@ -112,7 +112,7 @@ def test_planner_flows_end_to_end(live_server: LiveServer, chromium_path: str, t
         assert all(url.startswith(live_server.base_url) for url in requests), "the page must work offline"
 
 
-def test_presence_choropleth(live_server: LiveServer, chromium_path: str, tmp_path: Path) -> None:
+def test_presence_choropleth(chromium_path: str, live_server: LiveServer, tmp_path: Path) -> None:
     with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
         page = context.new_page()
         page.goto(live_server.base_url + "/planner/")
@@ -138,7 +138,7 @@ def test_presence_choropleth(live_server: LiveServer, chromium_path: str, tmp_pa
         assert budget_value(page) <= before
 
 
-def test_analyst_sees_the_rules_not_the_data(live_server: LiveServer, chromium_path: str, tmp_path: Path) -> None:
+def test_analyst_sees_the_rules_not_the_data(chromium_path: str, live_server: LiveServer, tmp_path: Path) -> None:
     with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
         page = context.new_page()
         page.goto(live_server.base_url + "/planner/")
