@@ -291,3 +291,29 @@ def test_schema_errors_name_the_field_and_the_value_sent(client: FlaskClient, ke
     assert error(r)["field"] == "colour" and "Unknown field" in error(r)["message"] and len(error(r)["message"]) < 200
     r = client.get("/v1/admin/audit?limit=5000", headers=keys.h("admin"))
     assert r.status_code == 422 and error(r)["field"] == "limit" and 'limit="5000"' in error(r)["message"]
+
+
+def test_unexpected_exception_is_a_generic_500_without_its_text(data_root: Path, tmp_path: Path) -> None:
+    app = create_app({"DPFLOWS_DATA_DIR": str(data_root), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/l.db"})
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise ValueError("person p-4711 made 987654321 trips")
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect()
+    logging.getLogger("dpflows").addHandler(handler)
+    try:
+        r = app.test_client().get("/boom")
+    finally:
+        logging.getLogger("dpflows").removeHandler(handler)
+    assert r.status_code == 500 and error(r)["code"] == "internal_error"
+    logged = " ".join(rec.getMessage() + json.dumps(getattr(rec, "fields", {})) for rec in records)
+    assert "ValueError" in logged
+    for secret in ("p-4711", "987654321"):
+        assert secret not in r.get_data(as_text=True) and secret not in logged
