@@ -14,11 +14,11 @@ the service said about its cost and accuracy next to the values::
 Errors mirror the API's error codes (``{"error": {"code", "message", "field"}}``)::
 
     DpflowsClientError                 .code .status .field .message
-    ├── InvalidInputError              invalid_input, domain_too_large, invalid_data (422/400)
+    ├── InvalidInputError              invalid_input, domain_too_large, invalid_data (422), bad JSON (400)
     ├── AuthenticationError            unauthenticated (401)
     ├── ForbiddenError                 forbidden (403)
     ├── NotFoundError                  not_found (404)
-    ├── BudgetExceededError            budget_exceeded: nothing was charged
+    ├── BudgetExceededError            budget_exceeded (409): nothing was charged
     ├── ConflictError                  conflict (409)
     ├── RateLimitedError               rate_limited (429), .retry_after seconds if given
     └── UnavailableError               unavailable, data_unavailable (503)
@@ -109,6 +109,9 @@ ERRORS_BY_CODE: dict[str, type[DpflowsClientError]] = {
     "domain_too_large": InvalidInputError,
     "invalid_data": InvalidInputError,
     "mechanism_error": InvalidInputError,
+    "bad_request": InvalidInputError,  # malformed JSON
+    "payload_too_large": InvalidInputError,
+    "unsupported_media_type": InvalidInputError,
     "unauthenticated": AuthenticationError,
     "forbidden": ForbiddenError,
     "not_found": NotFoundError,
@@ -224,11 +227,34 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class BudgetWindow:
+    """One window of a client's budget: its cap, what it spent, and what it can still spend."""
+
+    window: int
+    start: dt.date
+    end: dt.date  # exclusive
+    cap: float | None  # None: no cap set, nothing to spend
+    spent: float
+    global_cap: float | None
+    global_spent: float
+    budget_remaining: float  # the tighter of the client's and the global cap
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> BudgetWindow:
+        def opt(key: str) -> float | None:
+            return None if doc.get(key) is None else float(doc[key])
+
+        return cls(int(doc["window"]), _date(doc["start"]), _date(doc["end"]), opt("cap"),
+                   float(doc.get("spent") or 0.0), opt("global_cap"), float(doc.get("global_spent") or 0.0),
+                   float(doc.get("remaining", doc.get("budget_remaining", 0.0))))
+
+
+@dataclass(frozen=True)
 class Budget:
     """A client's budget on one dataset, per window."""
 
     dataset: str
-    windows: list[WindowCharge]
+    windows: list[BudgetWindow]
     raw: dict[str, Any] = field(repr=False)
 
     @property
@@ -238,6 +264,27 @@ class Budget:
         if value is not None:
             return float(value)
         return min((w.budget_remaining for w in self.windows), default=0.0)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Public facts about a dataset: span, privacy windows, contribution bounds, zonings."""
+
+    name: str
+    first_day: dt.date
+    end_day: dt.date  # exclusive
+    window_days: int
+    windows: int
+    bounds: dict[str, int]  # the sensitivity of every count: {"trips": L_trips, "presence": L_presence}
+    privacy_unit: str
+    zonings: list[dict[str, Any]]  # {name, zones, coarse}
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> DatasetInfo:
+        return cls(str(doc["name"]), _date(doc["first_day"]), _date(doc["end_day"]), int(doc.get("window_days", 0)),
+                   int(doc.get("windows", 0)), {k: int(v) for k, v in (doc.get("bounds") or {}).items()},
+                   str(doc.get("privacy_unit", "")), list(doc.get("zonings") or []), dict(doc))
 
 
 @dataclass(frozen=True)
@@ -283,10 +330,6 @@ class IssuedKey:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> IssuedKey:
         return cls(ClientInfo.from_json(doc["client"]), str(doc["api_key"]))
-
-
-#: create_client answers like issue_key: the client and its first key.
-NewClient = IssuedKey
 
 
 def _date(value: Any) -> dt.date:
@@ -446,12 +489,12 @@ class DpflowsClient:
     def budget(self, dataset: str) -> Budget:
         """This key's remaining budget on a dataset, per window."""
         doc = self.request("GET", "/v1/budget", params={"dataset": dataset})
-        return Budget(dataset=dataset, windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])], raw=doc)
+        return Budget(dataset=dataset, windows=[BudgetWindow.from_json(w) for w in doc.get("windows", [])], raw=doc)
 
-    def datasets(self) -> list[dict[str, Any]]:
-        """The datasets this service holds, with time span, windows and zonings."""
+    def datasets(self) -> list[DatasetInfo]:
+        """The datasets this service holds, with time span, windows, bounds and zonings."""
         doc = self.request("GET", "/v1/datasets")
-        return list(doc["datasets"] if isinstance(doc, dict) else doc)
+        return [DatasetInfo.from_json(d) for d in (doc["datasets"] if isinstance(doc, dict) else doc)]
 
     def zoning(self, dataset: str, zoning: str) -> dict[str, Any]:
         """A public zoning: zones, cells per zone, and geometry/centroids/cells for maps."""

@@ -100,6 +100,8 @@ def headless_browser(executable: str, user_data_dir: Path):
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"],
             viewport={"width": 1280, "height": 1000},
         )
+        # generous: the suite runs beside other heavy tests, and a slow machine is not a failure
+        context.set_default_timeout(90_000)
         try:
             yield context
         finally:

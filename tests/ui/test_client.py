@@ -21,8 +21,10 @@ def planner(live_server: LiveServer) -> dc.DpflowsClient:
 
 
 def test_catalog_endpoints(planner: dc.DpflowsClient) -> None:
-    [small] = [d for d in planner.datasets() if d["name"] == "small"]
-    assert {"districts", "sectors", "cell"} <= {z["name"] for z in small["zonings"]}
+    [small] = [d for d in planner.datasets() if d.name == "small"]
+    assert (small.first_day, small.end_day, small.windows) == (dt.date(2024, 3, 4), dt.date(2024, 4, 1), 4)
+    assert small.bounds == {"trips": 5, "presence": 20} and small.privacy_unit == "person-window (7 days)"
+    assert {"districts", "sectors", "cell"} <= {z["name"] for z in small.zonings}
     zoning = planner.zoning("small", "districts")
     assert [z["zone_id"] for z in zoning["zones"]] == [f"d{i}" for i in range(8)]
     assert len(zoning["cells"]) == 40 and zoning["zones"][0]["centroid"] == pytest.approx([40.0, -73.98])
@@ -102,7 +104,8 @@ def test_admin_endpoints(live_server: LiveServer) -> None:
     assert [k.prefix for k in listed["planner-from-client"].keys] == [created.prefix]
     admin.set_cap("small", 0.5, client_id=created.client.id)
     newbie = dc.DpflowsClient(live_server.base_url, created.api_key)
-    assert {w.budget_remaining for w in newbie.budget("small").windows} == {0.5}
+    windows = newbie.budget("small").windows
+    assert {(w.cap, w.spent, w.budget_remaining) for w in windows} == {(0.5, 0.0, 0.5)}
 
     second = admin.issue_key(created.client.id)
     assert second.api_key != created.api_key and second.client.id == created.client.id

@@ -112,6 +112,7 @@ def test_empty_values_keep_their_schema() -> None:
     (429, "rate_limited", dc.RateLimitedError),
     (503, "unavailable", dc.UnavailableError),
     (503, "data_unavailable", dc.UnavailableError),
+    (400, "bad_request", dc.InvalidInputError),
     (418, "brand_new_code", dc.DpflowsClientError),
 ])
 def test_every_error_code_has_its_exception(server, status: int, code: str, exc: type) -> None:

@@ -20,7 +20,7 @@ def budget_value(page) -> float:
     return float(page.get_attribute("#budget-remaining", "data-value"))
 
 
-def test_planner_flows_end_to_end(live_server: LiveServer, chromium_path: str, tmp_path: Path) -> None:
+def test_planner_flows_end_to_end(chromium_path: str, live_server: LiveServer, tmp_path: Path) -> None:
     with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
         page = context.new_page()
         problems: list[str] = []
@@ -112,7 +112,7 @@ def test_planner_flows_end_to_end(live_server: LiveServer, chromium_path: str, t
         assert all(url.startswith(live_server.base_url) for url in requests), "the page must work offline"
 
 
-def test_presence_choropleth(live_server: LiveServer, chromium_path: str, tmp_path: Path) -> None:
+def test_presence_choropleth(chromium_path: str, live_server: LiveServer, tmp_path: Path) -> None:
     with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
         page = context.new_page()
         page.goto(live_server.base_url + "/planner/")
@@ -136,3 +136,25 @@ def test_presence_choropleth(live_server: LiveServer, chromium_path: str, tmp_pa
         page.screenshot(path=str(REPO / "test-output" / "planner-presence.png"), full_page=True)
         # window 0 untouched: the least remaining over windows is still 'before' or less
         assert budget_value(page) <= before
+
+
+def test_analyst_sees_the_rules_not_the_data(chromium_path: str, live_server: LiveServer, tmp_path: Path) -> None:
+    with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        page.goto(live_server.base_url + "/planner/")
+        page.fill("#api-key", live_server.analyst_key)
+        page.click("#login-form button")
+        page.wait_for_selector("#budget-remaining[data-value]")
+        before = budget_value(page)
+        page.select_option("#kind", "presence")
+        page.select_option("#zoning", "sectors")
+        page.click("#quote-button")
+        page.wait_for_selector("#form-error:not([hidden])")
+        assert "analyst may query flows only" in page.inner_text("#form-error")
+        page.select_option("#kind", "flows")
+        page.select_option("#zoning", "districts")
+        page.click("#quote-button")
+        page.wait_for_function("document.getElementById('form-error').textContent.includes('coarse')")
+        assert page.get_attribute("#zoning", "aria-invalid") == "true"
+        assert page.is_hidden("#confirm") and page.is_hidden("#answer")
+        assert budget_value(page) == before

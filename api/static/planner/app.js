@@ -84,7 +84,6 @@
   const dsStart = (d) => d.start || d.first_day || (d.time_span || {}).start;
   const dsEnd = (d) => d.end || d.end_day || (d.time_span || {}).end;
   const remainingOf = (w) => Number(w.budget_remaining ?? w.remaining ?? 0);
-  const zoningName = (z) => (typeof z === "string" ? z : z.name);
 
   function showError(target, err) {
     const box = $(target);
@@ -151,11 +150,13 @@
   async function onDatasetChange() {
     const d = currentDataset();
     if (!d) return;
-    const zs = (d.zonings || []).map(zoningName);
-    const preferred = zs.filter((z) => z !== "cell");
-    $("zoning").replaceChildren(...[...preferred, ...zs.filter((z) => z === "cell")].map((z) => el("option", { value: z, text: z })));
+    const zs = (d.zonings || []).map((z) => (typeof z === "string" ? { name: z } : z));
+    const ordered = [...zs.filter((z) => z.name !== "cell"), ...zs.filter((z) => z.name === "cell")];
+    $("zoning").replaceChildren(...ordered.map((z) => el("option", { value: z.name,
+      text: `${z.name}${z.zones ? ` (${z.zones} zones${z.coarse ? ", coarse" : ""})` : ""}` })));
     const wd = d.window_days ? `${d.window_days}-day privacy windows` : "privacy windows";
-    $("dataset-info").textContent = `${dsStart(d)} to ${dsEnd(d)} (end exclusive), ${wd}`;
+    const bounds = d.bounds ? `; each person counts at most ${d.bounds.trips} trips and ${d.bounds.presence} presence-hours per window` : "";
+    $("dataset-info").textContent = `${dsStart(d)} to ${dsEnd(d)} (end exclusive), ${wd}${bounds}`;
     $("start").min = dsStart(d); $("start").max = dsEnd(d); $("end").min = dsStart(d); $("end").max = dsEnd(d);
     $("start").value = dsStart(d);
     $("end").value = addDays(dsStart(d), d.window_days || 7) > dsEnd(d) ? dsEnd(d) : addDays(dsStart(d), d.window_days || 7);
