@@ -290,6 +290,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--log", type=Path, help="keep gunicorn's log here (default: discarded with the temp dir)")
     args = parser.parse_args()
 
     from tests.conftest import build_small_dataset
@@ -303,7 +304,8 @@ def main() -> int:
         clients = seed(setup)
         setup.ledger.close()
         env = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000", "DPFLOWS_LOG_LEVEL": "warning"}
-        with GunicornServer(root, f"sqlite:///{ledger_path}", workers=args.workers, extra_env=env) as srv:
+        with GunicornServer(root, f"sqlite:///{ledger_path}", workers=args.workers, extra_env=env,
+                            log_path=args.log) as srv:
             result = run_load(srv.url, clients, total=args.requests, threads=args.threads, seed_=args.seed)
         totals = budget_totals(ledger_path, clients, result)
         print(f"{args.requests} requests, {args.threads} client threads, {args.workers} gunicorn workers, "
