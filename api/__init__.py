@@ -38,15 +38,21 @@ DEFAULTS = {
 
 
 class OrjsonProvider(DefaultJSONProvider):
-    """orjson for responses: answers with 10,000 keys encode ~10× faster than with the stdlib."""
+    """orjson for responses: answers with 10,000 keys encode ~10× faster than with the stdlib.
+    Integers beyond 64 bits (only ever echoed from a client's bad input) fall back to the stdlib."""
+
+    def _encode(self, obj: Any, option: int = 0) -> bytes:
+        try:
+            return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS | option)
+        except TypeError:
+            return super().dumps(obj).encode() + (b"\n" if option & orjson.OPT_APPEND_NEWLINE else b"")
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS).decode()
+        return self._encode(obj).decode()
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
-        body = orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
-        return self._app.response_class(body, mimetype=self.mimetype)
+        return self._app.response_class(self._encode(obj, orjson.OPT_APPEND_NEWLINE), mimetype=self.mimetype)
 
 
 def reject_deep_json() -> None:

@@ -14,6 +14,9 @@ from marshmallow import fields, validate
 
 from dpflows.budget import Epsilon
 
+# Ids are SQL BIGINTs: a larger integer cannot name anything, and SQLite raises OverflowError on it.
+ID_MAX = 2**63 - 1
+
 
 class EpsilonField(fields.Field):
     """Dumps an exact `Epsilon` as a JSON number (exact for every value a client can send)."""
@@ -211,7 +214,8 @@ class ClientWithKeysSchema(ClientSchema):
 class CapSchema(ma.Schema):
     dataset = fields.String(required=True, validate=validate.Length(1, 64))
     epsilon = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0))
-    client_id = fields.Integer(metadata={"description": "omit for the global cap across all clients"})
+    client_id = fields.Integer(validate=validate.Range(max=ID_MAX),
+                               metadata={"description": "omit for the global cap across all clients"})
     window = fields.Integer(validate=validate.Range(min=0), metadata={"description": "omit for every window"})
 
 
@@ -224,7 +228,7 @@ class ZoningUploadSchema(ma.Schema):
 
 
 class AuditQuerySchema(ma.Schema):
-    after_id = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    after_id = fields.Integer(load_default=0, validate=validate.Range(min=0, max=ID_MAX))
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
 
 

@@ -249,7 +249,7 @@ def list_clients() -> Any:
     return [{**vars(c), "keys": ledger.list_keys(c.id)} for c in ledger.list_clients()]
 
 
-@admin_blp.route("/clients/<int:client_id>/keys", methods=["POST"])
+@admin_blp.route("/clients/<int(max=9223372036854775807):client_id>/keys", methods=["POST"])
 @admin_blp.response(201, schemas.IssuedKeySchema)
 @_document_errors(admin_blp, 401, 403, 404, 503)
 @admin_blp.doc(security=BEARER)
@@ -260,7 +260,7 @@ def issue_key(client_id: int) -> Any:
     return {"client": service().ledger.get_client(client_id), "api_key": key}
 
 
-@admin_blp.route("/keys/<int:key_id>", methods=["DELETE"])
+@admin_blp.route("/keys/<int(max=9223372036854775807):key_id>", methods=["DELETE"])
 @admin_blp.response(200, schemas.KeySchema)
 @_document_errors(admin_blp, 401, 403, 404, 503)
 @admin_blp.doc(security=BEARER)
