@@ -10,6 +10,9 @@ days of the timestamps as given (local time of the operator's data).
   one person in one day with different cells, timed at the first event of the destination
   stay. Handovers between neighbouring cells (short visits) therefore make no false trips.
 - trips, consecutive rule: every change of cell within a day is a trip.
+
+Events of one person with equal timestamps are ordered by cell index, so the derivation does
+not depend on the input's row order (and the Spark path, ingest/spark.py, matches it exactly).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def trips(
     by_day = ["person", "day"]
     ordered = events.select("person", "timestamp", "cell").with_columns(
         pl.col("timestamp").dt.date().alias("day")
-    ).sort(["person", "timestamp"])
+    ).sort(["person", "timestamp", "cell"])  # the cell index breaks ties: deterministic
     # (person, day) -> visits: runs of consecutive events in one cell, timed at their first event
     visits = (
         ordered.with_columns((pl.col("cell") != pl.col("cell").shift(1).over(by_day)).fill_null(True).alias("_new"))
