@@ -42,6 +42,6 @@ fi
 stamp=.venv/.dpflows-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev,postgres]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,postgres,spark]"
   touch "$stamp"
 fi
