@@ -260,3 +260,16 @@ def test_spark_errors_name_file_and_column_never_persons(spark, city, tmp_path: 
         ingest_events_spark(missing, city.cells, tmp_path / "out", name="x", spark=spark)
     with pytest.raises(InvalidData, match="bound"):
         ingest_events_spark(city.events, city.cells, tmp_path / "out", name="x", bound_trips=0, spark=spark)
+
+
+def test_cli_engine_spark_uses_the_active_session(spark, city, tmp_path: Path, capsys) -> None:
+    from dpflows.cli import main
+
+    out = tmp_path / "datasets" / "city"
+    code = main(["ingest", str(city.events), "--cells", str(city.cells), "--out", str(out), "--engine", "spark",
+                 "--bound-trips", "5", "--zoning", f"districts={city.districts}"])
+    assert code == 0 and "'city' written" in capsys.readouterr().out
+    data = load_dataset(out)
+    assert data.metadata.bound_trips == 5 and data.zoning("districts").zone_count == 50
+    assert main(["ingest", str(city.events), "--cells", str(city.cells), "--out", str(tmp_path / "t"),
+                 "--engine", "spark", "--trips-table"]) != 0
