@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dpflows-bench-scale"))
     parser.add_argument("--master", default="local[*]", help="Spark master for this benchmark (the library sets none)")
     parser.add_argument("--driver-memory", default="4g")
+    parser.add_argument("--polars-only", action="store_true", help="skip Spark (e.g. a size too large for it here)")
     parser.add_argument("--_polars", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--_measure", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                                    str(out_polars)], check=True, capture_output=True, text=True)
             polars = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"  polars: {polars['seconds']:.1f} s, peak RSS {polars['peak_rss_mb']:.0f} MiB", flush=True)
+            if args.polars_only:
+                rows.append((persons, events, polars["seconds"], float("nan"), float("nan"), polars["peak_rss_mb"]))
+                continue
             if spark is None:
                 start = time.perf_counter()
                 spark = (SparkSession.builder.master(args.master).appName("dpflows-bench-scale")
