@@ -287,8 +287,7 @@ def _collect(frame: DataFrame) -> pl.DataFrame:
         assert isinstance(result, pl.DataFrame)
         return result
     rows = frame.collect()  # pyspark 3.5: Rows; aggregates only, so this stays small
-    return pl.DataFrame([r.asDict() for r in rows], schema=frame.columns, orient="row") if rows else \
-        pl.DataFrame(schema=frame.columns)
+    return pl.DataFrame([tuple(r) for r in rows], schema=frame.columns, orient="row")
 
 
 def _counts(frame: DataFrame, keys: list[str], cells: list[str], lookup: pl.DataFrame) -> pl.DataFrame:
