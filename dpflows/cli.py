@@ -39,7 +39,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trips-table", action="store_true", help="the input is a ready-made trips table")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
-    p.add_argument("--engine", choices=["polars"], default="polars")
+    p.add_argument("--engine", choices=["polars", "spark"], default="polars",
+                   help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
     p.set_defaults(run=_run_ingest)
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
@@ -75,9 +76,21 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
     name = args.name or Path(args.out).name
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
+    if args.trips_table and args.engine == "spark":
+        from dpflows.errors import InvalidData
+
+        raise InvalidData("--trips-table is ingested with --engine polars (a trips table is already small)",
+                          field="engine")
     if args.trips_table:
         out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                                  bound_trips=args.bound_trips, first_day=args.first_day, zonings=zonings)
+    elif args.engine == "spark":
+        from dpflows.ingest.spark import ingest_events_spark
+
+        out = ingest_events_spark(args.events, args.cells, args.out, name=name, window_days=args.window_days,
+                                  bound_trips=args.bound_trips, bound_presence=args.bound_presence,
+                                  trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
+                                  first_day=args.first_day, zonings=zonings)
     else:
         out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,

@@ -10,6 +10,9 @@ days of the timestamps as given (local time of the operator's data).
   one person in one day with different cells, timed at the first event of the destination
   stay. Handovers between neighbouring cells (short visits) therefore make no false trips.
 - trips, consecutive rule: every change of cell within a day is a trip.
+
+Events of one person with equal timestamps are ordered by cell index, so the derivation does
+not depend on the input's row order (and the Spark path, ingest/spark.py, matches it exactly).
 """
 
 from __future__ import annotations

@@ -1,0 +1,338 @@
+"""Ingestion with PySpark: the Polars pipeline's semantics for inputs beyond one host (design §7).
+
+    events (person, timestamp, cell_id)            secret; read by Spark, never collected
+      → presence (person, day, hour, cell)  and  trips (person, time, origin, dest)   as derive.py
+      → at most L per (person, window), uniform sampling by keyed hash             as bounding.py
+      → counts per (day, hour, cell) and (day, hour, origin, dest)   collected (small, public
+        after noise) and written by the same `write_aggregates` as the Polars path
+
+What matches the Polars path (`pipeline.ingest_events`) exactly:
+
+- presence is the distinct (person, day, hour, cell); days and hours are those of the
+  timestamps as given (naive timestamps; a UTC-adjusted Parquet timestamp is read in UTC,
+  as Polars does, whatever the Spark session time zone);
+- trips by the stay rule or the consecutive rule, with events of a (person, day) ordered by
+  (timestamp, cell) (the cell index breaks ties, as in derive.py);
+- windows ``(day - first_day) // window_days``, first_day defaulting to the first event's day;
+- the bound: each (person, window)'s records ranked by a keyed 64-bit hash of the record's
+  content with a secret seed, the `bound` smallest kept; trips use ``seed ^ 0x5A5A5A5A``;
+- the dataset directory: metadata, cells, trips, presence and zonings, through
+  `write_aggregates` and `_load_zonings`, so `load_dataset` reads it unchanged.
+
+Where the engines necessarily differ: the hash functions (Polars' struct hash vs Spark's
+xxhash64), so with an active bound the *same* seed keeps different records in the two
+engines; both are uniform samples of L records per person-window, i.e. equal in
+distribution, and the kept total is Σ min(n, L) in both (tests/ingest/test_spark_equivalence.py).
+Error messages name files, columns, counts and example cells, but not row numbers (a Spark
+dataset has no stable row order); like the Polars path they never name a person.
+
+Cluster-ready: the session is the caller's or ``SparkSession.builder.getOrCreate()``, so the
+master and resources come from spark-submit. `events_path` may be any path Spark reads
+(s3a://, hdfs://, a directory of Parquet files); the cell catalog and zonings are small public
+files read locally with Polars, and the aggregates are written locally (or to a mounted share),
+see docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from dpflows.aggregates import DatasetMetadata, write_aggregates
+from dpflows.cells import CellCatalog
+from dpflows.errors import InvalidData
+from dpflows.ingest import derive
+from dpflows.ingest.bounding import new_seed
+from dpflows.ingest.pipeline import (
+    DEFAULT_BOUND_PRESENCE,
+    DEFAULT_BOUND_TRIPS,
+    DEFAULT_WINDOW_DAYS,
+    Progress,
+    ZoningSpec,
+    _cell_names,
+    _cells_frame,
+    _load_zonings,
+    read_cells,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+TRIP_SEED_MASK = 0x5A5A5A5A  # the Polars path bounds trips with seed ^ this mask too
+
+
+def _spark(spark: SparkSession | None) -> SparkSession:
+    if spark is not None:
+        return spark
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.getOrCreate()  # spark-submit's --master and conf apply
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] or path
+
+
+def _read(spark: SparkSession, path: str) -> DataFrame:
+    """Parquet (a file or a directory of files) or CSV with a header, read as strings."""
+    name = _name(path)
+    is_local = "://" not in path
+    if is_local and not Path(path).exists():
+        raise InvalidData(f"{name}: file not found", field="path")
+    try:
+        if name.lower().endswith((".csv", ".csv.gz")):
+            return spark.read.csv(path, header=True, inferSchema=False)
+        return spark.read.parquet(path)
+    except Exception as exc:  # AnalysisException and friends: unreadable or not found
+        raise InvalidData(f"{name}: cannot be read as {'CSV' if 'csv' in name.lower() else 'Parquet'}",
+                          field="path") from exc
+
+
+def _timestamp_ntz(frame: DataFrame, name: str, column: str) -> tuple[Column, Column]:
+    """(parsed timestamp_ntz column, raw column) for strings, naive or UTC-adjusted timestamps."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, TimestampNTZType, TimestampType
+
+    dtype = frame.schema[column].dataType
+    raw = F.col(column)
+    if isinstance(dtype, StringType):
+        return F.expr(f"try_cast(trim(`{column}`) AS TIMESTAMP_NTZ)"), raw
+    if isinstance(dtype, TimestampNTZType):
+        return raw, raw
+    if isinstance(dtype, TimestampType):
+        # an instant: its UTC wall time, independent of spark.sql.session.timeZone (Polars reads UTC)
+        return F.expr(f"timestampadd(MICROSECOND, unix_micros(`{column}`), "
+                      "TIMESTAMP_NTZ'1970-01-01 00:00:00')"), raw
+    raise InvalidData(f"{name}: column {column!r} has type {dtype.simpleString()}; it must hold datetimes",
+                      field=column)
+
+
+def _lookup_frame(spark: SparkSession, lookup: pl.DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    rows = list(zip(lookup["_cell_id"].to_list(), lookup["_cell"].to_list(), strict=True))
+    return F.broadcast(spark.createDataFrame(rows, "_cell_id string, _cell int"))
+
+
+@dataclass
+class SparkEvents:
+    """Checked events (person, timestamp: timestamp_ntz, cell: catalog index) and their span."""
+
+    events: DataFrame
+    catalog: CellCatalog
+    lookup: pl.DataFrame
+    first_day: dt.date
+    end_day: dt.date  # exclusive
+
+
+def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: str | Path,
+                      first_day: dt.date | None = None) -> SparkEvents:
+    """Read and check the events in one Spark pass; errors name file, column, counts, never a person."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    path = str(events_path)
+    name = _name(path)
+    catalog, lookup = read_cells(cells_path)
+    raw = _read(spark, path)
+    present = set(raw.columns)
+    wanted = ["person", "timestamp", "cell_id"]
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise InvalidData(f"{name}: missing column(s) {missing}; found {sorted(present)}", field=missing[0])
+    ts, ts_raw = _timestamp_ntz(raw, name, "timestamp")
+    frame = (raw.select(F.col("person"), ts.alias("timestamp"), ts_raw.isNull().alias("_ts_empty"),
+                        F.col("cell_id").cast("string").alias("cell_id"))
+             .join(_lookup_frame(spark, lookup), F.col("cell_id") == F.col("_cell_id"), "left"))
+    checks = frame.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.when(~F.col("_ts_empty") & F.col("timestamp").isNull(), 1).otherwise(0)).alias("bad_ts"),
+        F.sum(F.when(F.col("_ts_empty"), 1).otherwise(0)).alias("empty_ts"),
+        F.sum(F.when(F.col("person").isNull(), 1).otherwise(0)).alias("empty_person"),
+        F.sum(F.when(F.col("_cell").isNull(), 1).otherwise(0)).alias("unknown_cells"),
+        F.min("timestamp").alias("lo"), F.max("timestamp").alias("hi"),
+    ).collect()[0]
+    if checks["bad_ts"]:
+        raise InvalidData(f"{name}: column 'timestamp' has unparseable timestamps in {checks['bad_ts']} row(s); "
+                          "use ISO 8601 such as 2024-03-04 08:15:00", field="timestamp")
+    if checks["empty_ts"]:
+        raise InvalidData(f"{name}: column 'timestamp' is empty in {checks['empty_ts']} row(s); "
+                          "every row needs a time", field="timestamp")
+    if checks["empty_person"]:
+        raise InvalidData(f"{name}: column 'person' is empty in {checks['empty_person']} row(s)", field="person")
+    if checks["unknown_cells"]:
+        examples = [r["cell_id"] for r in
+                    frame.filter(F.col("_cell").isNull()).select("cell_id").distinct().limit(5).collect()]
+        raise InvalidData(
+            f"{name}: column 'cell_id' has cells missing from the catalog, e.g. {sorted(examples, key=str)} "
+            f"in {checks['unknown_cells']} row(s); add them to the cell catalog or drop those rows",
+            field="cell_id",
+        )
+    if not checks["rows"]:
+        raise InvalidData(f"{name}: no rows; nothing to ingest", field="path")
+    lo, hi = checks["lo"], checks["hi"]
+    start = first_day or lo.date()
+    if lo.date() < start:
+        raise InvalidData(f"{name}: events start on {lo.date()}, before --first-day {start}", field="timestamp")
+    events = (frame.select("person", "timestamp", F.col("_cell").alias("cell"))
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    return SparkEvents(events, catalog, lookup, start, hi.date() + dt.timedelta(days=1))
+
+
+def _with_window(frame: DataFrame, first_day: dt.date, window_days: int) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    days = F.datediff(F.col("day"), F.lit(first_day))
+    return frame.withColumn("window", F.floor(days / F.lit(window_days)).cast("int"))
+
+
+def presence_records(events: DataFrame, first_day: dt.date, window_days: int) -> DataFrame:
+    """(person, day, hour, cell, window), distinct (person, day, hour, cell): derive.presence."""
+    from pyspark.sql import functions as F
+
+    rows = events.select("person", F.to_date("timestamp").alias("day"), F.hour("timestamp").alias("hour"),
+                         "cell").distinct()
+    return _with_window(rows, first_day, window_days)
+
+
+def trip_records(events: DataFrame, first_day: dt.date, window_days: int, *, rule: str = "stay",
+                 min_dwell_minutes: float = 30) -> DataFrame:
+    """(person, timestamp, origin, dest, day, hour, window) for each trip: derive.trips."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if rule not in derive.TRIP_RULES:
+        raise InvalidData(f"trip_rule={rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
+    by_day = Window.partitionBy("person", "day").orderBy("timestamp", "cell")
+    ordered = events.select("person", "timestamp", "cell", F.to_date("timestamp").alias("day"))
+    # (person, day) -> visits: runs of consecutive events in one cell, timed at their first event
+    previous = F.lag("cell").over(by_day)
+    visits = (ordered.withColumn("_prev", previous)
+              .filter(F.col("_prev").isNull() | (F.col("_prev") != F.col("cell")))
+              .select("person", "day", "timestamp", "cell"))
+    if rule == "stay":
+        # (person, day) -> stays: visits lasting min_dwell until the next visit, or the day's last
+        dwell_us = int(dt.timedelta(minutes=min_dwell_minutes) / dt.timedelta(microseconds=1))
+        after = F.expr("timestampdiff(MICROSECOND, timestamp, _next)")
+        visits = (visits.withColumn("_next", F.lead("timestamp").over(by_day))
+                  .filter(F.col("_next").isNull() | (after >= F.lit(dwell_us)))
+                  .drop("_next"))
+    # (person, day) -> trips between consecutive stays in different cells, at the destination's first event
+    trips = (visits.withColumn("origin", F.lag("cell").over(by_day))
+             .filter(F.col("origin").isNotNull() & (F.col("origin") != F.col("cell")))
+             .select("person", "timestamp", "origin", F.col("cell").alias("dest"), "day",
+                     F.hour("timestamp").alias("hour")))
+    return _with_window(trips, first_day, window_days)
+
+
+def bound_per_person_window_spark(records: DataFrame, bound: int, *, seed: int | Column,
+                                  person: str = "person", window: str = "window",
+                                  by: Sequence[str] = ()) -> DataFrame:
+    """Keep at most `bound` records of each (person, window), chosen uniformly at random.
+
+    Sampling for contribution bounding, not noise (bounding.py): every record is ranked by
+    xxhash64 of its content and a secret seed, a pseudo-random permutation of its
+    (person, window) group, and the `bound` smallest ranks are kept. `by` adds grouping columns
+    that are not record content (tests bound many seeds at once, with `seed` a column).
+    """
+    from pyspark.sql import Column, Window
+    from pyspark.sql import functions as F
+
+    if bound < 1:
+        raise ValueError(f"bound={bound} must be at least 1")
+    content = [c for c in records.columns if c not in by]
+    key = seed if isinstance(seed, Column) else F.lit(seed).cast("long")
+    # (by, person, window) -> each record gets a rank in a random permutation of its group
+    ranked = records.withColumn("_hash", F.xxhash64(*content, key)).withColumn(
+        "_rank", F.row_number().over(Window.partitionBy(*by, person, window).orderBy("_hash")))
+    # (by, person, window) -> at most `bound` records
+    return ranked.filter(F.col("_rank") <= bound).drop("_hash", "_rank")
+
+
+@dataclass
+class SparkBounded:
+    """Bounded per-record frames (person still present: secret, for aggregation and tests only)."""
+
+    presence: DataFrame  # person, day, hour, cell, window
+    trips: DataFrame  # person, timestamp, origin, dest, day, hour, window
+    source: SparkEvents
+
+
+def bounded_records_spark(
+    events_path: str | Path, cells_path: str | Path, *, window_days: int = DEFAULT_WINDOW_DAYS,
+    bound_trips: int = DEFAULT_BOUND_TRIPS, bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay",
+    min_dwell_minutes: float = 30, first_day: dt.date | None = None, seed: int, spark: SparkSession | None = None,
+) -> SparkBounded:
+    """Checked events → derived records → at most L per (person, window), as lazy Spark frames."""
+    if trip_rule not in derive.TRIP_RULES:
+        raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
+    source = read_events_spark(_spark(spark), events_path, cells_path, first_day)
+    start = source.first_day
+    presence = bound_per_person_window_spark(presence_records(source.events, start, window_days),
+                                             bound_presence, seed=seed)
+    trips = trip_records(source.events, start, window_days, rule=trip_rule, min_dwell_minutes=min_dwell_minutes)
+    trips = bound_per_person_window_spark(trips, bound_trips, seed=seed ^ TRIP_SEED_MASK)
+    return SparkBounded(presence, trips, source)
+
+
+def _collect(frame: DataFrame) -> pl.DataFrame:
+    """A (small, aggregated) Spark frame on the driver as Polars, via Arrow where available."""
+    if hasattr(frame, "toArrow"):  # pyspark >= 4
+        result = pl.from_arrow(frame.toArrow())
+        assert isinstance(result, pl.DataFrame)
+        return result
+    rows = frame.collect()  # pyspark 3.5: Rows; aggregates only, so this stays small
+    return pl.DataFrame([tuple(r) for r in rows], schema=frame.columns, orient="row")
+
+
+def _counts(frame: DataFrame, keys: list[str], cells: list[str], lookup: pl.DataFrame) -> pl.DataFrame:
+    from pyspark.sql import functions as F
+
+    counts = _collect(frame.groupBy(*keys).agg(F.count(F.lit(1)).alias("count")))
+    counts = counts.with_columns([pl.col(c).cast(pl.UInt32) for c in cells])
+    return _cell_names(counts.lazy(), lookup, cells).collect()
+
+
+def ingest_events_spark(
+    events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
+    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
+    bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
+    first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
+    spark: SparkSession | None = None, progress: Progress | None = None,
+) -> Path:
+    """Raw network events → bounded presence and trip counts with Spark; the same dataset directory."""
+    progress = progress or Progress()
+    seed = new_seed() if seed is None else seed
+    if trip_rule not in derive.TRIP_RULES:
+        raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
+    rule: dict[str, object] = {"kind": trip_rule}
+    if trip_rule == "stay":
+        rule["min_dwell_minutes"] = min_dwell_minutes
+    # name, window and bounds checked before Spark reads anything (dates are placeholders here)
+    DatasetMetadata(name, dt.date(2000, 1, 1), dt.date(2000, 1, 2), window_days, bound_trips, bound_presence, rule)
+    progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
+    bounded = bounded_records_spark(events_path, cells_path, window_days=window_days, bound_trips=bound_trips,
+                                    bound_presence=bound_presence, trip_rule=trip_rule,
+                                    min_dwell_minutes=min_dwell_minutes, first_day=first_day, seed=seed,
+                                    spark=spark)
+    source = bounded.source
+    try:
+        meta = DatasetMetadata(name, source.first_day, source.end_day, window_days, bound_trips, bound_presence,
+                               rule)
+        progress.phase("deriving presence, bounding per person-window (Spark)")
+        presence = _counts(bounded.presence, ["day", "hour", "cell"], ["cell"], source.lookup)
+        progress.phase("deriving trips, bounding per person-window (Spark)")
+        trips = _counts(bounded.trips, ["day", "hour", "origin", "dest"], ["origin", "dest"], source.lookup)
+    finally:
+        source.events.unpersist()
+    progress.phase("writing aggregates")
+    out = Path(out_dir)
+    _load_zonings(zonings, source.catalog, out)
+    write_aggregates(out, meta, _cells_frame(source.catalog), trips, presence)
+    progress.phase(f"done: dataset {name!r} in {out}")
+    return out

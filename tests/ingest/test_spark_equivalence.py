@@ -1,0 +1,275 @@
+"""The Spark ingestion against the Polars one (design §7: same bounding semantics, equal in distribution).
+
+- bounds large enough to be inactive: both engines write the same trips and presence, row for row;
+- bounds active: no (person, window) keeps more than L records, and the kept total is
+  Σ min(n, L), exactly as in Polars;
+- equal in distribution: which records survive depends on the engine's hash (xxhash64 vs
+  Polars' struct hash), so the same seed keeps different records. Over many seeds, each
+  record of a person-window with n records survives with probability min(1, L/n) in both
+  engines, so per-key kept totals (per cell, hour and day of presence; per hour and origin of
+  trips) have the same mean. For each key a Welch z-test compares the engines' means over
+  the seeds (Bonferroni over all keys, family alpha 1e-6), and the sum of z² is compared with
+  its χ² quantile; both engines' means are also checked against the exact expectation
+  Σ min(1, L/n). A "first L by time" selection fails the same test (the test has power).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from dpflows.aggregates import load_dataset
+from dpflows.demo import generate_city
+from dpflows.errors import InvalidData
+from dpflows.ingest import derive
+from dpflows.ingest.bounding import bound_per_person_window
+from dpflows.ingest.pipeline import ZoningSpec, _index_cells, _with_window, ingest_events, read_cells
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+ALPHA = 1e-6
+SEEDS = 200
+L_PRESENCE = 6
+L_TRIPS = 2
+SECRET = 9876543210
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    if shutil.which("java") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("java is missing: the Spark tests need a JRE (scripts/bootstrap.sh installs one)")
+        pytest.skip("java is missing: install a JRE (apt-get install default-jre-headless) to run the Spark tests")
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("pyspark is missing: pip install -e '.[spark]'")
+        pytest.skip("pyspark is missing: pip install -e '.[spark]'")
+    session = (SparkSession.builder.master("local[2]").appName("dpflows-tests")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.ui.enabled", "false")
+               .config("spark.driver.host", "127.0.0.1")
+               .config("spark.driver.bindAddress", "127.0.0.1")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory):
+    return generate_city(tmp_path_factory.mktemp("spark-city"), persons=300, seed=5, days=7)
+
+
+def _sorted(path: Path, keys: list[str]) -> pl.DataFrame:
+    return pl.read_parquet(path).sort(keys)
+
+
+@pytest.mark.parametrize("rule", ["stay", "consecutive"])
+def test_inactive_bounds_give_identical_aggregates(spark, city, tmp_path: Path, rule: str) -> None:
+    from dpflows.ingest.spark import ingest_events_spark
+
+    big = 10**6
+    zonings = [ZoningSpec("districts", city.districts), ZoningSpec("sectors", city.sectors, True, 50)]
+    kw: dict[str, Any] = dict(name="city", bound_trips=big, bound_presence=big, trip_rule=rule,
+                              min_dwell_minutes=30, zonings=zonings)
+    polars_out = ingest_events(city.events, city.cells, tmp_path / "polars", seed=1, **kw)
+    spark_out = ingest_events_spark(city.events, city.cells, tmp_path / "spark", seed=2, spark=spark, **kw)
+    for name, keys in (("trips", ["day", "hour", "origin", "dest"]), ("presence", ["day", "hour", "cell"])):
+        a, b = _sorted(polars_out / f"{name}.parquet", keys), _sorted(spark_out / f"{name}.parquet", keys)
+        assert a.schema == b.schema
+        assert a.height > 100
+        assert a.equals(b), name
+    assert pl.read_parquet(polars_out / "cells.parquet").equals(pl.read_parquet(spark_out / "cells.parquet"))
+    docs = [json.loads((out / "metadata.json").read_text()) for out in (polars_out, spark_out)]
+    for doc in docs:
+        doc.pop("ingestion_id")
+    assert docs[0] == docs[1]
+    assert sorted(p.name for p in (spark_out / "zonings").iterdir()) == ["districts.json", "sectors.json"]
+    data = load_dataset(spark_out)
+    assert data.metadata.trip_rule["kind"] == rule and data.zoning("sectors").coarse
+
+
+def _polars_records(city) -> tuple[pl.DataFrame, pl.DataFrame, dt.date]:
+    """Unbounded presence and trip records with windows, as the Polars pipeline derives them."""
+    _, lookup = read_cells(city.cells)
+    events = _index_cells(pl.scan_parquet(city.events), lookup, Path(city.events), "cell_id", "cell")
+    start = city.first_day
+    presence = _with_window(derive.presence(events), start, 7).collect()
+    trips = derive.trips(events, rule="stay", min_dwell=dt.timedelta(minutes=30)).with_columns(
+        pl.col("timestamp").dt.date().alias("day"), pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"))
+    return presence, _with_window(trips, start, 7).collect(), start
+
+
+def _kept_total(records: pl.DataFrame, bound: int) -> int:
+    sizes = records.group_by("person", "window").len()["len"]
+    return int(np.minimum(sizes.to_numpy(), bound).sum())
+
+
+def test_active_bounds_keep_at_most_l_and_sum_of_min_n_l(spark, city) -> None:
+    from pyspark.sql import functions as F
+
+    from dpflows.ingest.spark import bounded_records_spark
+
+    presence, trips, _ = _polars_records(city)
+    bounded = bounded_records_spark(city.events, city.cells, bound_trips=L_TRIPS, bound_presence=L_PRESENCE,
+                                    seed=123, spark=spark)
+    try:
+        for frame, records, bound in ((bounded.presence, presence, L_PRESENCE), (bounded.trips, trips, L_TRIPS)):
+            sizes = frame.groupBy("person", "window").count().agg(F.max("count"), F.sum("count")).collect()[0]
+            largest, kept = sizes[0], sizes[1]
+            assert largest == bound  # some person-window is at the bound, none above it
+            assert records.group_by("person", "window").len()["len"].max() > bound  # bounding is active
+            assert kept == _kept_total(records, bound)
+            polars_kept = bound_per_person_window(records.lazy(), bound, seed=123).collect().height
+            assert kept == polars_kept
+    finally:
+        bounded.source.events.unpersist()
+
+
+def _welch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-key z of the difference of means over seeds; rows are seeds, columns keys."""
+    se = np.sqrt(a.var(axis=0, ddof=1) / a.shape[0] + b.var(axis=0, ddof=1) / b.shape[0])
+    diff = a.mean(axis=0) - b.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(se > 0, diff / np.where(se > 0, se, 1), np.where(diff == 0, 0.0, np.inf))
+
+
+def _per_key_totals(kept: pl.DataFrame, key: str, domain: list[Any]) -> np.ndarray:
+    """(seed × key) matrix of kept record counts."""
+    counts = kept.group_by("seed", key).len()
+    grid = np.zeros((SEEDS, len(domain)))
+    index = {k: i for i, k in enumerate(domain)}
+    for s, k, n in counts.iter_rows():
+        grid[s, index[k]] = n
+    return grid
+
+
+def _expected(records: pl.DataFrame, bound: int, key: str, domain: list[Any]) -> np.ndarray:
+    """Exact expected kept count per key: each record survives with probability min(1, L/n)."""
+    p = records.with_columns((pl.lit(bound) / pl.len().over("person", "window")).clip(upper_bound=1.0).alias("p"))
+    sums = dict(p.group_by(key).agg(pl.col("p").sum()).iter_rows())
+    return np.array([sums.get(k, 0.0) for k in domain])
+
+
+def _assert_same_distribution(a: np.ndarray, b: np.ndarray, expected: np.ndarray, what: str) -> None:
+    keys = a.shape[1]
+    z = _welch(a, b)
+    bonferroni = stats.norm.isf(ALPHA / (2 * keys))
+    assert np.all(np.abs(z) < bonferroni), f"{what}: max |z|={np.abs(z).max():.2f} ≥ {bonferroni:.2f}"
+    varying = np.isfinite(z) & ((a.var(axis=0) > 0) | (b.var(axis=0) > 0))
+    chi2 = float(np.sum(z[varying] ** 2))
+    assert chi2 < stats.chi2.isf(ALPHA, int(varying.sum())), f"{what}: Σz²={chi2:.1f} over {varying.sum()} keys"
+    for engine, m in (("polars", a), ("spark", b)):
+        se = np.sqrt(m.var(axis=0, ddof=1) / m.shape[0])
+        off = np.abs(m.mean(axis=0) - expected)
+        ok = np.where(se > 0, off < bonferroni * se + 1e-9, off < 1e-9)
+        assert ok.all(), f"{what}: {engine} means differ from Σ min(1, L/n) at keys {np.flatnonzero(~ok)[:5]}"
+
+
+def _polars_many_seeds(records: pl.DataFrame, bound: int, base: int) -> pl.DataFrame:
+    parts = [bound_per_person_window(records.lazy(), bound, seed=base + s).collect().with_columns(
+        pl.lit(s).alias("seed")) for s in range(SEEDS)]
+    return pl.concat(parts)
+
+
+def _spark_many_seeds(spark, bounded_source, records: Any, bound: int, base: int) -> pl.DataFrame:
+    """All seeds in one Spark job: records × seeds, ranked within (seed, person, window)."""
+    from pyspark.sql import functions as F
+
+    from dpflows.ingest.spark import _collect, bound_per_person_window_spark
+
+    seeds = spark.range(SEEDS).select(F.col("id").cast("int").alias("seed"))
+    kept = bound_per_person_window_spark(records.crossJoin(seeds), bound, seed=F.col("seed") + F.lit(base),
+                                         by=["seed"])
+    columns = [c for c in records.columns if c != "person"] + ["seed"]
+    return _collect(kept.select(*columns))
+
+
+def test_spark_bounding_is_equal_in_distribution_to_polars(spark, city) -> None:
+    from dpflows.ingest.spark import presence_records, read_events_spark, trip_records
+
+    presence, trips, start = _polars_records(city)
+    source = read_events_spark(spark, city.events, city.cells)
+    try:
+        spark_presence = presence_records(source.events, start, 7)
+        spark_trips = trip_records(source.events, start, 7, rule="stay", min_dwell_minutes=30)
+        checks = [
+            (presence, spark_presence, L_PRESENCE, ["cell", "hour", "day"]),
+            (trips, spark_trips, L_TRIPS, ["hour", "origin"]),
+        ]
+        for records, spark_records, bound, keys in checks:
+            assert records.group_by("person", "window").len()["len"].max() > bound
+            a_kept = _polars_many_seeds(records, bound, base=1000)
+            b_kept = _spark_many_seeds(spark, source, spark_records, bound, base=5000)
+            b_kept = b_kept.with_columns(pl.col(c).cast(a_kept.schema[c]) for c in b_kept.columns if c in a_kept.schema)
+            assert b_kept.group_by("seed").len()["len"].to_list() == [_kept_total(records, bound)] * SEEDS
+            for key in keys:
+                domain = sorted(records[key].unique().to_list())
+                a = _per_key_totals(a_kept, key, domain)
+                b = _per_key_totals(b_kept, key, domain)
+                _assert_same_distribution(a, b, _expected(records, bound, key, domain), f"{key} (L={bound})")
+    finally:
+        source.events.unpersist()
+
+    # power: keeping each person-window's first L presence-hours (order leaks) fails the same test
+    first = (presence.sort("day", "hour", "cell").with_columns(pl.int_range(pl.len()).over("person", "window")
+                                                                 .alias("_r"))
+             .filter(pl.col("_r") < L_PRESENCE))
+    domain = sorted(presence["hour"].unique().to_list())
+    a = _per_key_totals(_polars_many_seeds(presence, L_PRESENCE, base=7000), "hour", domain)
+    biased = np.tile(_per_key_totals(first.with_columns(pl.lit(0).alias("seed")), "hour", domain)[:1], (SEEDS, 1))
+    biased = biased + np.random.default_rng(0).normal(0, 1e-3, biased.shape)  # test data only: avoid zero variance
+    with pytest.raises(AssertionError):
+        _assert_same_distribution(a, biased, _expected(presence, L_PRESENCE, "hour", domain), "hour (first L)")
+
+
+def test_spark_errors_name_file_and_column_never_persons(spark, city, tmp_path: Path) -> None:
+    from dpflows.ingest.spark import ingest_events_spark
+
+    good = (SECRET, "2024-03-04 08:00:00", "C0101")
+    cases = [
+        ([good, (SECRET, "yesterday", "C0101")], "unparseable", "timestamp"),
+        ([good, (SECRET, "2024-03-04 09:00:00", "NOPE")], "'NOPE'", "cell_id"),
+        ([good, (SECRET, "", "C0101")], "empty", "timestamp"),
+    ]
+    for rows, fragment, column in cases:
+        path = tmp_path / "events.csv"
+        path.write_text("person,timestamp,cell_id\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+        with pytest.raises(InvalidData) as info:
+            ingest_events_spark(path, city.cells, tmp_path / "out", name="x", seed=1, spark=spark)
+        message = info.value.message
+        assert "events.csv" in message and fragment in message and column in message, message
+        assert str(SECRET) not in message
+    missing = tmp_path / "m.csv"
+    missing.write_text("who,when,where\n1,2,3\n")
+    with pytest.raises(InvalidData, match=r"m\.csv: missing column\(s\) \['person', 'timestamp', 'cell_id'\]"):
+        ingest_events_spark(missing, city.cells, tmp_path / "out", name="x", spark=spark)
+    with pytest.raises(InvalidData, match="bound"):
+        ingest_events_spark(city.events, city.cells, tmp_path / "out", name="x", bound_trips=0, spark=spark)
+
+
+def test_cli_engine_spark_uses_the_active_session(spark, city, tmp_path: Path, capsys) -> None:
+    from dpflows.cli import main
+
+    out = tmp_path / "datasets" / "city"
+    code = main(["ingest", str(city.events), "--cells", str(city.cells), "--out", str(out), "--engine", "spark",
+                 "--bound-trips", "5", "--zoning", f"districts={city.districts}"])
+    assert code == 0 and "'city' written" in capsys.readouterr().out
+    data = load_dataset(out)
+    assert data.metadata.bound_trips == 5 and data.zoning("districts").zone_count == 50
+    assert main(["ingest", str(city.events), "--cells", str(city.cells), "--out", str(tmp_path / "t"),
+                 "--engine", "spark", "--trips-table"]) != 0
