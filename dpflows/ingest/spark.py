@@ -166,11 +166,10 @@ def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: 
     if checks["empty_person"]:
         raise InvalidData(f"{name}: column 'person' is empty in {checks['empty_person']} row(s)", field="person")
     if checks["unknown_cells"]:
-        examples = [r["cell_id"] for r in
-                    frame.filter(F.col("_cell").isNull()).select("cell_id").distinct().limit(5).collect()]
+        # Values are not echoed: with swapped columns they would be pseudonyms (see pipeline.py).
         raise InvalidData(
-            f"{name}: column 'cell_id' has cells missing from the catalog, e.g. {sorted(examples, key=str)} "
-            f"in {checks['unknown_cells']} row(s); add them to the cell catalog or drop those rows",
+            f"{name}: column 'cell_id' holds values missing from the cell catalog in {checks['unknown_cells']} "
+            "row(s); check the column order, add the cells to the catalog or drop those rows",
             field="cell_id",
         )
     if not checks["rows"]:

@@ -243,7 +243,8 @@ def test_spark_errors_name_file_and_column_never_persons(spark, city, tmp_path: 
     good = (SECRET, "2024-03-04 08:00:00", "C0101")
     cases = [
         ([good, (SECRET, "yesterday", "C0101")], "unparseable", "timestamp"),
-        ([good, (SECRET, "2024-03-04 09:00:00", "NOPE")], "'NOPE'", "cell_id"),
+        ([good, (SECRET, "2024-03-04 09:00:00", "NOPE")], "missing from the cell catalog", "cell_id"),
+        ([good, ("C0101", "2024-03-04 09:00:00", SECRET)], "check the column order", "cell_id"),  # swapped
         ([good, (SECRET, "", "C0101")], "empty", "timestamp"),
     ]
     for rows, fragment, column in cases:
