@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from dpflows.errors import InvalidInput
@@ -109,8 +109,3 @@ class Epsilon:
         """Display value; exact for every value a client can send (at most 9 decimals)."""
         return float(Decimal(self.nanos) / NANOS_PER_UNIT)
 
-
-def ceil_decimal(value: Fraction, places: int = 9) -> Decimal:
-    """Round a rational up to `places` decimals, for display of exact quantities."""
-    quantum = Decimal(1).scaleb(-places)
-    return (Decimal(value.numerator) / Decimal(value.denominator)).quantize(quantum, rounding=ROUND_CEILING)

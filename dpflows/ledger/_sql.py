@@ -191,13 +191,6 @@ class SqlLedger:
         with self._transaction(write=False) as cur:
             return self._budgets(cur, dataset, client_id, windows)
 
-    def charged_windows(self, dataset: str, client_id: int) -> list[int]:
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                "SELECT win FROM spend WHERE dataset = ? AND client_id = ? ORDER BY win", (dataset, client_id)
-            )
-            return [int(r[0]) for r in cur.fetchall()]
-
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> Epsilon:
         """Sum of the append-only charge rows (not the running totals): the audit of spending."""
         with self._transaction(write=False) as cur:

@@ -114,9 +114,6 @@ class MemoryLedger:
                 for w in windows
             ]
 
-    def charged_windows(self, dataset: str, client_id: int) -> list[int]:
-        return sorted(w for (d, w, c) in self._spend if d == dataset and c == client_id)
-
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> Epsilon:
         return Epsilon(sum(n for (c, d, w, n, _) in self._charges
                            if d == dataset and w == window and (client_id is None or c == client_id)))
