@@ -179,6 +179,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(run=_run_audit)
 
+    _add_audit_commands(admin_sub)
+
 
 def open_service(args: argparse.Namespace) -> Service:
     """The Service over the store and ledger named on the command line (or by environment)."""
@@ -269,12 +271,12 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 
 def _add_audit_commands(sub: argparse._SubParsersAction) -> None:
-    """audit-verify and audit-digest (dpflows.audit): check the hash chain, sign its daily head."""
-    verify = sub.add_parser("audit-verify", help="walk the audit hash chain; exit 1 at the first broken row",
+    """admin verify-audit and admin audit-digest (dpflows.audit): check the hash chain, sign its daily head."""
+    verify = sub.add_parser("verify-audit", help="walk the audit hash chain; exit 1 at the first broken row",
                             description="Walk the audit log's hash chain from its first row. With --digest and "
                                         "--key-file, also check a signed daily digest against the ledger.")
     verify.add_argument("--ledger-url", required=True, help="sqlite:///PATH or postgresql://...")
-    verify.add_argument("--digest", help="a digest file written by audit-digest, to check as well")
+    verify.add_argument("--digest", help="a digest file written by admin audit-digest, to check as well")
     verify.add_argument("--key-file", help="the admin's digest key (needed with --digest)")
     verify.set_defaults(run=_run_audit_verify)
 
@@ -334,7 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_migrate_command(sub)
     _add_data_commands(sub)
     _add_service_commands(sub)
-    _add_audit_commands(sub)
     return parser
 
 

@@ -169,18 +169,18 @@ def test_cli_verify_and_digest(sqlite_ledger, tmp_path: Path, capsys: pytest.Cap
     url = f"sqlite:///{path}"
     key_file = tmp_path / "digest.key"
     key_file.write_bytes(KEY + b"\n")
-    assert main(["audit-verify", "--ledger-url", url]) == 0
+    assert main(["admin", "verify-audit", "--ledger-url", url]) == 0
     assert json.loads(capsys.readouterr().out)["chain"]["ok"] is True
     day = last_day(ledger).isoformat()
-    assert main(["audit-digest", "--ledger-url", url, "--day", day, "--key-file", str(key_file)]) == 0
+    assert main(["admin", "audit-digest", "--ledger-url", url, "--day", day, "--key-file", str(key_file)]) == 0
     digest_file = tmp_path / "digest.json"
     digest_file.write_text(capsys.readouterr().out)
-    assert main(["audit-verify", "--ledger-url", url, "--digest", str(digest_file), "--key-file", str(key_file)]) == 0
+    assert main(["admin", "verify-audit", "--ledger-url", url, "--digest", str(digest_file), "--key-file", str(key_file)]) == 0
     capsys.readouterr()
     tamper_sqlite(path, "UPDATE audit SET client_id = 99 WHERE id = 5")
-    assert main(["audit-verify", "--ledger-url", url, "--digest", str(digest_file), "--key-file", str(key_file)]) == 1
+    assert main(["admin", "verify-audit", "--ledger-url", url, "--digest", str(digest_file), "--key-file", str(key_file)]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["chain"]["first_broken_id"] == 5 and out["digest"]["ok"] is False
     short = tmp_path / "short.key"
     short.write_bytes(b"abc")
-    assert main(["audit-digest", "--ledger-url", url, "--day", day, "--key-file", str(short)]) == 2
+    assert main(["admin", "audit-digest", "--ledger-url", url, "--day", day, "--key-file", str(short)]) == 2
