@@ -7,18 +7,28 @@
 
 Polars lazy frames throughout, so large inputs are scanned rather than loaded; the person
 column never leaves this module, and error messages name files, columns and row numbers only.
+
+Memory is bounded by person-hash buckets: after validation, one streaming pass splits the
+events by a hash of the person into B temporary Parquet files, and each bucket is derived,
+bounded and counted on its own. Every person (hence every person-window) lies in exactly one
+bucket and the bound ranks records within a person-window by a keyed hash of their content,
+so the kept records, and the counts summed over buckets, are the same for any B.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import sys
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from polars.io.partition import FileProviderArgs
 
 from dpflows.aggregates import DatasetMetadata, write_aggregates
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
@@ -29,6 +39,13 @@ from dpflows.ingest.bounding import bound_per_person_window, new_seed
 DEFAULT_BOUND_TRIPS = 20
 DEFAULT_BOUND_PRESENCE = 100
 DEFAULT_WINDOW_DAYS = 7
+# Events per bucket when B is chosen from the input size: the derivation holds a bucket's events
+# (about 100 bytes each at peak), so this bounds peak memory near 0.5 GiB whatever the input.
+BUCKET_EVENTS = 4_000_000
+BUCKET_DIR_PREFIX = ".dpflows-buckets-"
+_BUCKET_SEED_MASK = 0x3C3C3C3C  # the split's hash seed, apart from the bounding seeds
+_PRESENCE_KEYS = ["day", "hour", "cell"]
+_TRIP_KEYS = ["day", "hour", "origin", "dest"]
 
 
 @dataclass(frozen=True)
@@ -182,19 +199,79 @@ def _load_zonings(zonings: Iterable[ZoningSpec], catalog: CellCatalog, out: Path
     return loaded
 
 
+def choose_buckets(events: int, per_bucket: int = BUCKET_EVENTS) -> int:
+    """B for an input of `events` rows: about `per_bucket` events each, one bucket for small inputs."""
+    return max(1, -(-events // per_bucket))
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """Bounded counts keyed by cell index; counts of disjoint person sets add up key by key."""
+
+    trips: pl.DataFrame  # (day, hour, origin, dest) -> count
+    presence: pl.DataFrame  # (day, hour, cell) -> count
+
+    def plus(self, other: _Counts) -> _Counts:
+        return _Counts(_sum_counts(self.trips, other.trips, _TRIP_KEYS),
+                       _sum_counts(self.presence, other.presence, _PRESENCE_KEYS))
+
+
+def _sum_counts(a: pl.DataFrame, b: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    return pl.concat([a, b]).group_by(keys).agg(pl.col("count").sum())
+
+
+@contextmanager
+def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: Path,
+                   progress: Progress) -> Iterator[tuple[pl.LazyFrame, list[pl.LazyFrame]]]:
+    """All events and their person-hash buckets; with B > 1 as Parquet files deleted on exit, also on error.
+
+    The temporary directory is made next to the output (the dataset's disk, not a /tmp that
+    may live in memory), readable by this user only: it holds pseudonyms until ingestion ends.
+    """
+    if buckets == 1:
+        # Read once: every later pass (span, presence, trips) works on these compact columns
+        # (person, timestamp, cell index) instead of decoding the file again.
+        collected = events.collect(engine="streaming").lazy()
+        yield collected, [collected]
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=BUCKET_DIR_PREFIX, dir=work_dir) as tmp:
+        root = Path(tmp)
+        progress.phase(f"splitting events by person into {buckets} buckets")
+
+        def bucket_file(args: FileProviderArgs) -> Path:
+            return root / f"bucket-{args.partition_keys['_bucket'][0]}-{args.index_in_partition}.parquet"
+
+        # One streaming pass: (person, timestamp, cell) -> B files, each person in exactly one
+        events.with_columns((pl.col("person").hash(seed ^ _BUCKET_SEED_MASK) % buckets).alias("_bucket")).sink_parquet(
+            pl.PartitionBy(root, key="_bucket", include_key=False, file_path_provider=bucket_file),
+            compression="lz4", maintain_order=False, engine="streaming")
+        parts = [sorted(root.glob(f"bucket-{k}-*.parquet")) for k in range(buckets)]
+        yield (pl.scan_parquet(sorted(root.glob("bucket-*.parquet"))),
+               [pl.scan_parquet(files) for files in parts if files])  # a bucket no person hashed to has no file
+
+
 def ingest_events(
     events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    progress: Progress | None = None,
+    buckets: int | None = None, progress: Progress | None = None,
 ) -> Path:
-    """Raw network events → bounded presence and trip counts, written as a dataset directory."""
+    """Raw network events → bounded presence and trip counts, written as a dataset directory.
+
+    `buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
+    changes the output.
+    """
     progress = progress or Progress()
     path = Path(events_path)
+    out = Path(out_dir)
     seed = new_seed() if seed is None else seed
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
+    if buckets is not None and buckets < 1:
+        raise InvalidData(f"buckets={buckets} must be at least 1; omit it to choose from the input size",
+                          field="buckets")
     progress.phase(f"reading {Path(cells_path).name} and checking {path.name}")
     catalog, lookup = read_cells(cells_path)
     frame = _scan(path)
@@ -203,29 +280,51 @@ def ingest_events(
     person_nulls = _rows_where(frame, pl.col("person").is_null())
     if person_nulls:
         raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
-    # Read once: every later pass (span, presence, trips) works on these compact columns
-    # (person, timestamp, cell index) instead of decoding the file again.
-    events = _index_cells(frame, lookup, path, "cell_id", "cell").collect(engine="streaming").lazy()
-    start, end = _span(events, path, first_day)
+    indexed = _index_cells(frame, lookup, path, "cell_id", "cell")
+    buckets = buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
-    meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule)
-    progress.phase("deriving presence, bounding per person-window")
-    pres = _with_window(derive.presence(events), start, window_days)
-    pres = bound_per_person_window(pres, bound_presence, seed=seed)
-    pres_lazy = pres.group_by("day", "hour", "cell").agg(pl.len().cast(pl.Int64).alias("count"))
-    pres_counts = _cell_names(pres_lazy, lookup, ["cell"]).collect(engine="streaming")
-    progress.phase("deriving trips, bounding per person-window")
-    trip_rows = derive.trips(events, rule=trip_rule, min_dwell=dt.timedelta(minutes=min_dwell_minutes))
-    trip_lazy = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A)
-    trip_counts = _cell_names(trip_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    min_dwell = dt.timedelta(minutes=min_dwell_minutes)
+    with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as (events, parts):
+        start, end = _span(events, path, first_day)  # raises on no rows, so there is at least one bucket
+        meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule)
+
+        def counted(number: int, part: pl.LazyFrame) -> _Counts:
+            label = f"bucket {number}/{len(parts)}: " if len(parts) > 1 else ""
+            # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
+            bucket_events = part.collect(engine="streaming").lazy()
+            return _bucket_counts(bucket_events, start, window_days, bound_trips, bound_presence, trip_rule,
+                                  min_dwell, seed, progress, label)
+
+        # disjoint persons: counts add up key by key over buckets, one bucket's events held at a time
+        total = functools.reduce(_Counts.plus, (counted(number, part) for number, part in enumerate(parts, start=1)))
     progress.phase("writing aggregates")
-    out = Path(out_dir)
+    # (day, hour, cell id) -> count and (day, hour, origin id, dest id) -> count, in key order
+    pres_counts = _cell_names(total.presence.lazy(), lookup, ["cell"]).sort(_PRESENCE_KEYS).collect()
+    trip_counts = _cell_names(total.trips.lazy(), lookup, ["origin", "dest"]).sort(_TRIP_KEYS).collect()
     _load_zonings(zonings, catalog, out)
     write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out
+
+
+def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound_trips: int, bound_presence: int,
+                   trip_rule: str, min_dwell: dt.timedelta, seed: int, progress: Progress, label: str) -> _Counts:
+    """One bucket's events → its bounded counts: a person-window lies wholly in one bucket, so bounds hold."""
+    progress.phase(f"{label}deriving presence, bounding per person-window")
+    # (person, window) -> at most L_presence distinct (day, hour, cell)
+    pres = bound_per_person_window(_with_window(derive.presence(events), start, window_days), bound_presence,
+                                   seed=seed)
+    # (day, hour, cell) -> count
+    pres_counts = pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count")).collect(
+        engine="streaming")
+    progress.phase(f"{label}deriving trips, bounding per person-window")
+    trip_rows = derive.trips(events, rule=trip_rule, min_dwell=min_dwell)
+    # (day, hour, origin, dest) -> count of trips kept, at most L_trips per (person, window)
+    trip_counts = _bounded_trip_counts(trip_rows, start, window_days, bound_trips,
+                                       seed=seed ^ 0x5A5A5A5A).collect(engine="streaming")
+    return _Counts(trip_counts, pres_counts)
 
 
 def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
