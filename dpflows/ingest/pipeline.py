@@ -18,7 +18,6 @@ so the kept records, and the counts summed over buckets, are the same for any B.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import sys
 import tempfile
 import time
@@ -206,24 +205,33 @@ def choose_buckets(events: int, per_bucket: int = BUCKET_EVENTS) -> int:
 
 @dataclass(frozen=True)
 class _Counts:
-    """Bounded counts keyed by cell index; counts of disjoint person sets add up key by key."""
+    """One bucket's bounded counts, keyed by cell index."""
 
     trips: pl.DataFrame  # (day, hour, origin, dest) -> count
     presence: pl.DataFrame  # (day, hour, cell) -> count
 
-    def plus(self, other: _Counts) -> _Counts:
-        return _Counts(_sum_counts(self.trips, other.trips, _TRIP_KEYS),
-                       _sum_counts(self.presence, other.presence, _PRESENCE_KEYS))
 
+@dataclass(frozen=True)
+class _Buckets:
+    """The checked events, split into person-hash buckets, and where bucket results wait to be summed."""
 
-def _sum_counts(a: pl.DataFrame, b: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    return pl.concat([a, b]).group_by(keys).agg(pl.col("count").sum())
+    events: pl.LazyFrame  # (person, timestamp, cell), all of them
+    parts: list[pl.LazyFrame]  # the same rows, each person's in exactly one part
+    spill: Path | None  # with B > 1, per-bucket counts go to Parquet here instead of staying in memory
+
+    def keep(self, counts: pl.DataFrame, name: str) -> pl.LazyFrame:
+        """Hold one bucket's counts until the sum: on disk, so memory does not grow with B."""
+        if self.spill is None:
+            return counts.lazy()
+        path = self.spill / f"{name}.parquet"
+        counts.write_parquet(path, compression="lz4")
+        return pl.scan_parquet(path)
 
 
 @contextmanager
 def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: Path,
-                   progress: Progress) -> Iterator[tuple[pl.LazyFrame, list[pl.LazyFrame]]]:
-    """All events and their person-hash buckets; with B > 1 as Parquet files deleted on exit, also on error.
+                   progress: Progress) -> Iterator[_Buckets]:
+    """The events in person-hash buckets; with B > 1 as Parquet files deleted on exit, also on error.
 
     The temporary directory is made next to the output (the dataset's disk, not a /tmp that
     may live in memory), readable by this user only: it holds pseudonyms until ingestion ends.
@@ -232,7 +240,7 @@ def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: P
         # Read once: every later pass (span, presence, trips) works on these compact columns
         # (person, timestamp, cell index) instead of decoding the file again.
         collected = events.collect(engine="streaming").lazy()
-        yield collected, [collected]
+        yield _Buckets(collected, [collected], None)
         return
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=BUCKET_DIR_PREFIX, dir=work_dir) as tmp:
@@ -246,9 +254,11 @@ def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: P
         events.with_columns((pl.col("person").hash(seed ^ _BUCKET_SEED_MASK) % buckets).alias("_bucket")).sink_parquet(
             pl.PartitionBy(root, key="_bucket", include_key=False, file_path_provider=bucket_file),
             compression="lz4", maintain_order=False, engine="streaming")
-        parts = [sorted(root.glob(f"bucket-{k}-*.parquet")) for k in range(buckets)]
-        yield (pl.scan_parquet(sorted(root.glob("bucket-*.parquet"))),
-               [pl.scan_parquet(files) for files in parts if files])  # a bucket no person hashed to has no file
+        files = [sorted(root.glob(f"bucket-{k}-*.parquet")) for k in range(buckets)]
+        (root / "counts").mkdir()
+        yield _Buckets(pl.scan_parquet(sorted(root.glob("bucket-*.parquet"))),
+                       [pl.scan_parquet(f) for f in files if f],  # a bucket no person hashed to has no file
+                       root / "counts")
 
 
 def ingest_events(
@@ -286,27 +296,34 @@ def ingest_events(
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
     min_dwell = dt.timedelta(minutes=min_dwell_minutes)
-    with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as (events, parts):
-        start, end = _span(events, path, first_day)  # raises on no rows, so there is at least one bucket
+    with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
+        start, end = _span(split.events, path, first_day)
         meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule)
-
-        def counted(number: int, part: pl.LazyFrame) -> _Counts:
-            label = f"bucket {number}/{len(parts)}: " if len(parts) > 1 else ""
+        trips: list[pl.LazyFrame] = []
+        presence: list[pl.LazyFrame] = []
+        for number, part in enumerate(split.parts, start=1):
+            label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
             # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
-            bucket_events = part.collect(engine="streaming").lazy()
-            return _bucket_counts(bucket_events, start, window_days, bound_trips, bound_presence, trip_rule,
-                                  min_dwell, seed, progress, label)
-
-        # disjoint persons: counts add up key by key over buckets, one bucket's events held at a time
-        total = functools.reduce(_Counts.plus, (counted(number, part) for number, part in enumerate(parts, start=1)))
-    progress.phase("writing aggregates")
-    # (day, hour, cell id) -> count and (day, hour, origin id, dest id) -> count, in key order
-    pres_counts = _cell_names(total.presence.lazy(), lookup, ["cell"]).sort(_PRESENCE_KEYS).collect()
-    trip_counts = _cell_names(total.trips.lazy(), lookup, ["origin", "dest"]).sort(_TRIP_KEYS).collect()
+            counts = _bucket_counts(part.collect(engine="streaming").lazy(), start, window_days, bound_trips,
+                                    bound_presence, trip_rule, min_dwell, seed, progress, label)
+            trips.append(split.keep(counts.trips, f"trips-{number}"))
+            presence.append(split.keep(counts.presence, f"presence-{number}"))
+        progress.phase("summing over buckets, writing aggregates")
+        # disjoint persons: counts add up key by key over buckets
+        # (day, hour, cell id) -> count and (day, hour, origin id, dest id) -> count, in key order
+        pres_counts = _cell_names(_sum_counts(presence, _PRESENCE_KEYS), lookup, ["cell"]).sort(
+            _PRESENCE_KEYS).collect(engine="streaming")
+        trip_counts = _cell_names(_sum_counts(trips, _TRIP_KEYS), lookup, ["origin", "dest"]).sort(
+            _TRIP_KEYS).collect(engine="streaming")
     _load_zonings(zonings, catalog, out)
     write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out
+
+
+def _sum_counts(parts: list[pl.LazyFrame], keys: list[str]) -> pl.LazyFrame:
+    """Counts of disjoint person sets, summed per key."""
+    return pl.concat(parts).group_by(keys).agg(pl.col("count").sum())
 
 
 def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound_trips: int, bound_presence: int,
