@@ -255,8 +255,9 @@ def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: P
             pl.PartitionBy(root, key="_bucket", include_key=False, file_path_provider=bucket_file),
             compression="lz4", maintain_order=False, engine="streaming")
         files = [sorted(root.glob(f"bucket-{k}-*.parquet")) for k in range(buckets)]
+        everything = sorted(root.glob("bucket-*.parquet"))
         (root / "counts").mkdir()
-        yield _Buckets(pl.scan_parquet(sorted(root.glob("bucket-*.parquet"))),
+        yield _Buckets(pl.scan_parquet(everything) if everything else events.clear(),  # no rows: no files
                        [pl.scan_parquet(f) for f in files if f],  # a bucket no person hashed to has no file
                        root / "counts")
 
