@@ -43,7 +43,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
     p.add_argument("--buckets", type=int, default=None, metavar="N",
                    help="polars: split persons into N hash buckets ingested one at a time, to bound memory "
-                   "(default: one per 4 million events); the output does not depend on N")
+                   "(default: from the input size, one per 8 million events); the output does not depend on N")
     p.set_defaults(run=_run_ingest)
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")

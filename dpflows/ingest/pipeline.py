@@ -38,9 +38,10 @@ from dpflows.ingest.bounding import bound_per_person_window, new_seed
 DEFAULT_BOUND_TRIPS = 20
 DEFAULT_BOUND_PRESENCE = 100
 DEFAULT_WINDOW_DAYS = 7
-# Events per bucket when B is chosen from the input size: the derivation holds a bucket's events
-# (about 100 bytes each at peak), so this bounds peak memory near 0.5 GiB whatever the input.
-BUCKET_EVENTS = 4_000_000
+# Events per bucket when B is chosen from the input size: the derivation holds one bucket's
+# events (about 100 bytes each at peak), so peak memory stays near 1 GiB whatever the input,
+# while inputs up to this size (the demo city: 4 M events) take one bucket and no temporary files.
+BUCKET_EVENTS = 8_000_000
 BUCKET_DIR_PREFIX = ".dpflows-buckets-"
 _BUCKET_SEED_MASK = 0x3C3C3C3C  # the split's hash seed, apart from the bounding seeds
 _PRESENCE_KEYS = ["day", "hour", "cell"]

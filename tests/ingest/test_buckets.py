@@ -186,6 +186,7 @@ def test_validation_errors_do_not_depend_on_buckets(city, tmp_path: Path, bucket
 def test_buckets_chosen_from_the_input_size() -> None:
     per = pipeline.BUCKET_EVENTS
     assert [choose_buckets(n) for n in (0, 1, per, per + 1, 25 * per)] == [1, 1, 1, 2, 25]
+    assert choose_buckets(4_200_000) == 1  # the demo city (20,000 persons, 4 weeks) stays in one bucket
     assert choose_buckets(103_214_118, per_bucket=4_000_000) == 26
 
 
