@@ -2,6 +2,7 @@
 
     events (person, timestamp, cell_id)            secret; read here and nowhere else
       → presence (person, day, hour, cell)  and  trips (person, time, origin, dest)   derive.py
+      → exact histogram of records per (person, window), released once with noise     report.py
       → at most L per (person, window)                                               bounding.py
       → counts per (day, hour, cell) and (day, hour, origin, dest)                    aggregates.py
 
@@ -30,10 +31,17 @@ import polars as pl
 from polars.io.partition import FileProviderArgs
 
 from dpflows.aggregates import DatasetMetadata, write_aggregates
+from dpflows.budget import Epsilon
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
 from dpflows.ingest.bounding import bound_per_person_window, new_seed
+from dpflows.ingest.report import (
+    DEFAULT_REPORT_EPSILON,
+    ContributionHistograms,
+    parse_report_epsilon,
+    release_bounding_report,
+)
 
 DEFAULT_BOUND_TRIPS = 20
 DEFAULT_BOUND_PRESENCE = 100
@@ -269,16 +277,20 @@ def ingest_events(
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
     buckets: int | None = None, progress: Progress | None = None,
+    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
 ) -> Path:
     """Raw network events → bounded presence and trip counts, written as a dataset directory.
 
     `buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
-    changes the output.
+    changes the output. With report_epsilon > 0 (default 0.05) the dataset also gets a bounding
+    report (dpflows.ingest.report), charged at that ε in every window before the dataset is served.
     """
     progress = progress or Progress()
     path = Path(events_path)
     out = Path(out_dir)
     seed = new_seed() if seed is None else seed
+    report_eps = parse_report_epsilon(report_epsilon)
+    histograms = ContributionHistograms(enabled=report_eps.nanos > 0)
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
     if buckets is not None and buckets < 1:
@@ -307,7 +319,7 @@ def ingest_events(
             label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
             # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
             counts = _bucket_counts(part.collect(engine="streaming").lazy(), start, window_days, bound_trips,
-                                    bound_presence, trip_rule, min_dwell, seed, progress, label)
+                                    bound_presence, trip_rule, min_dwell, seed, histograms, progress, label)
             trips.append(split.keep(counts.trips, f"trips-{number}"))
             presence.append(split.keep(counts.presence, f"presence-{number}"))
         progress.phase("summing over buckets, writing aggregates")
@@ -317,8 +329,10 @@ def ingest_events(
             _PRESENCE_KEYS).collect(engine="streaming")
         trip_counts = _cell_names(_sum_counts(trips, _TRIP_KEYS), lookup, ["origin", "dest"]).sort(
             _TRIP_KEYS).collect(engine="streaming")
+    # histograms of all buckets, summed by `histograms.add` (disjoint persons), released once with noise
+    report = release_bounding_report(histograms, report_eps, meta.window_count)
     _load_zonings(zonings, catalog, out)
-    write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts)
+    write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts, bounding_report=report)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out
 
@@ -329,28 +343,37 @@ def _sum_counts(parts: list[pl.LazyFrame], keys: list[str]) -> pl.LazyFrame:
 
 
 def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound_trips: int, bound_presence: int,
-                   trip_rule: str, min_dwell: dt.timedelta, seed: int, progress: Progress, label: str) -> _Counts:
-    """One bucket's events → its bounded counts: a person-window lies wholly in one bucket, so bounds hold."""
+                   trip_rule: str, min_dwell: dt.timedelta, seed: int, histograms: ContributionHistograms,
+                   progress: Progress, label: str) -> _Counts:
+    """One bucket's events → its bounded counts: a person-window lies wholly in one bucket, so bounds hold.
+
+    The exact contribution histograms of the bucket's person-windows are added to `histograms`.
+    """
     progress.phase(f"{label}deriving presence, bounding per person-window")
+    # (person, window, day, hour, cell), distinct
+    pres = _with_window(derive.presence(events), start, window_days)
+    histograms.add("presence", pres)  # exact, before bounding; released with noise only
     # (person, window) -> at most L_presence distinct (day, hour, cell)
-    pres = bound_per_person_window(_with_window(derive.presence(events), start, window_days), bound_presence,
-                                   seed=seed)
+    pres = bound_per_person_window(pres, bound_presence, seed=seed)
     # (day, hour, cell) -> count
     pres_counts = pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count")).collect(
         engine="streaming")
     progress.phase(f"{label}deriving trips, bounding per person-window")
     trip_rows = derive.trips(events, rule=trip_rule, min_dwell=min_dwell)
     # (day, hour, origin, dest) -> count of trips kept, at most L_trips per (person, window)
-    trip_counts = _bounded_trip_counts(trip_rows, start, window_days, bound_trips,
-                                       seed=seed ^ 0x5A5A5A5A).collect(engine="streaming")
+    trip_counts = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A,
+                                       histograms=histograms).collect(engine="streaming")
     return _Counts(trip_counts, pres_counts)
 
 
 def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
-                         seed: int) -> pl.LazyFrame:
+                         seed: int, histograms: ContributionHistograms | None = None) -> pl.LazyFrame:
     rows = trip_rows.with_columns(pl.col("timestamp").dt.date().alias("day"),
                                   pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"))
-    rows = bound_per_person_window(_with_window(rows, start, window_days), bound, seed=seed)
+    rows = _with_window(rows, start, window_days)
+    if histograms is not None:
+        histograms.add("trips", rows)  # exact, before bounding; released with noise only
+    rows = bound_per_person_window(rows, bound, seed=seed)
     return rows.group_by("day", "hour", "origin", "dest").agg(pl.len().cast(pl.Int64).alias("count"))
 
 
@@ -362,14 +385,17 @@ def ingest_trips_table(
     trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
     zonings: Iterable[ZoningSpec] = (), seed: int | None = None, progress: Progress | None = None,
+    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
     Without a person column every trip is its own privacy unit (bound 1 per unit holds
-    trivially); presence is then empty, since no per-person hours can be derived.
+    trivially); presence is then empty, since no per-person hours can be derived, and no
+    bounding report is made (every unit has one trip: nothing to learn, nothing to spend).
     """
     progress = progress or Progress()
     seed = new_seed() if seed is None else seed
+    report_eps = parse_report_epsilon(report_epsilon)
     if isinstance(trips_path, pl.DataFrame):
         path, frame = Path("trips table"), trips_path.lazy()
     else:
@@ -388,11 +414,13 @@ def ingest_trips_table(
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"})
     progress.phase("bounding trips per person-window")
-    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed)
+    histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
+    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed, histograms=histograms)
     counts = _cell_names(counts_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    report = release_bounding_report(histograms, report_eps, meta.window_count)
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
     out = Path(out_dir)
     _load_zonings(zonings, catalog, out)
-    write_aggregates(out, meta, _cells_frame(catalog), counts, empty_presence)
+    write_aggregates(out, meta, _cells_frame(catalog), counts, empty_presence, bounding_report=report)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out

@@ -28,10 +28,28 @@ def city(tmp_path_factory: pytest.TempPathFactory):
 
 
 def dataset(out: Path) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
-    """Everything an ingestion writes but its fresh id: metadata, trips, presence (zonings compared apart)."""
+    """What an ingestion writes but its fresh id and its noisy bounding report: metadata, trips, presence.
+
+    The report's exact histograms are compared apart (`exact_histograms`), zonings too.
+    """
     meta = json.loads((out / "metadata.json").read_text())
     meta.pop("ingestion_id")
+    meta.pop("bounding_report", None)
     return meta, pl.read_parquet(out / "trips.parquet"), pl.read_parquet(out / "presence.parquet")
+
+
+@pytest.fixture
+def exact_histograms(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, list[int]]]:
+    """The exact (secret) contribution histograms of each ingestion, as handed to the noisy release."""
+    seen: list[dict[str, list[int]]] = []
+    real = pipeline.release_bounding_report
+
+    def recording(histograms, epsilon, windows):
+        seen.append({measure: counts.tolist() for measure, counts in histograms.counts.items()})
+        return real(histograms, epsilon, windows)
+
+    monkeypatch.setattr(pipeline, "release_bounding_report", recording)
+    return seen
 
 
 def assert_same(a: Path, b: Path) -> None:
@@ -48,7 +66,8 @@ def leftovers(root: Path) -> list[Path]:
 
 @pytest.mark.parametrize("rule", ["stay", "consecutive"])
 def test_bucketed_equals_unbucketed_exactly_with_active_bounds(city, tmp_path: Path, rule: str,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               exact_histograms: list) -> None:
     kw = dict(name="city", bound_trips=3, bound_presence=12, trip_rule=rule, seed=11,
               zonings=[ZoningSpec("sectors", city.sectors, True, 50)])
     one = ingest_events(city.events, city.cells, tmp_path / "one", buckets=1, **kw)
@@ -58,6 +77,11 @@ def test_bucketed_equals_unbucketed_exactly_with_active_bounds(city, tmp_path: P
     assert "splitting events by person into 4 buckets" in err and "bucket 4/4: deriving trips" in err
     assert_same(one, four)
     assert (one / "zonings" / "sectors.json").read_text() == (four / "zonings" / "sectors.json").read_text()
+    # the bounding report's exact histograms, summed over buckets, equal the unbucketed ones
+    hist_one, hist_four = exact_histograms
+    assert set(hist_one) == {"trips", "presence"} and hist_one == hist_four
+    assert sum(hist_one["trips"]) > 0 and sum(hist_one["presence"]) > 0
+    assert "bounding_report" in json.loads((four / "metadata.json").read_text())  # released once
     meta, trips, _ = dataset(four)
     assert (meta["first_day"], meta["end_day"]) == ("2024-03-04", "2024-03-18")
     # the bounds were active: bounding dropped records, so equality is not a trivial keep-all
@@ -105,7 +129,8 @@ def test_any_bucket_count_gives_the_same_output(city, tmp_path_factory: pytest.T
                           "timestamp": [start + dt.timedelta(minutes=r[1]) for r in rows],
                           "cell_id": [r[2] for r in rows]})
     frame.write_parquet(tmp / "events.parquet")
-    kw = dict(name="p", bound_trips=2, bound_presence=3, window_days=2, min_dwell_minutes=10, seed=seed)
+    kw = dict(name="p", bound_trips=2, bound_presence=3, window_days=2, min_dwell_minutes=10, seed=seed,
+              report_epsilon=0)
     one = ingest_events(tmp / "events.parquet", city.cells, tmp / "one", buckets=1, **kw)
     many = ingest_events(tmp / "events.parquet", city.cells, tmp / "many", buckets=buckets, **kw)
     meta_a, trips_a, pres_a = dataset(one)
