@@ -350,8 +350,10 @@ def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound
     The exact contribution histograms of the bucket's person-windows are added to `histograms`.
     """
     progress.phase(f"{label}deriving presence, bounding per person-window")
-    # (person, window, day, hour, cell), distinct
+    # (person, window, day, hour, cell), distinct; held once when the histogram pass reads it too
     pres = _with_window(derive.presence(events), start, window_days)
+    if histograms.enabled:
+        pres = pres.collect(engine="streaming").lazy()
     histograms.add("presence", pres)  # exact, before bounding; released with noise only
     # (person, window) -> at most L_presence distinct (day, hour, cell)
     pres = bound_per_person_window(pres, bound_presence, seed=seed)
@@ -359,7 +361,10 @@ def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound
     pres_counts = pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count")).collect(
         engine="streaming")
     progress.phase(f"{label}deriving trips, bounding per person-window")
+    # (person, timestamp, origin, dest); held once when the histogram pass reads it too (one sort, not two)
     trip_rows = derive.trips(events, rule=trip_rule, min_dwell=min_dwell)
+    if histograms.enabled:
+        trip_rows = trip_rows.collect(engine="streaming").lazy()
     # (day, hour, origin, dest) -> count of trips kept, at most L_trips per (person, window)
     trip_counts = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A,
                                        histograms=histograms).collect(engine="streaming")
