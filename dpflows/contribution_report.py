@@ -17,17 +17,22 @@ the share dropped at a candidate needs no guess about where records fall inside 
 for the bins above it. The histogram pools all windows: one privacy unit (a person-window)
 falls in exactly one bin of each measure's histogram, whichever window it belongs to.
 
-Reading the noisy histogram (the *denoised* histogram, post-processing):
+Reading the noisy histogram (post-processing):
 
-1. negative noisy bins are read as 0;
-2. a truly empty bin reads at least the *detection threshold* τ with probability at most
-   5% / (number of bins), so that all empty bins stay below it with probability ≥ 95%; the
-   distribution is taken to end at the last bin reading ≥ τ, and bins beyond it are read as
-   0. Without this, noise in empty bins of 50,000 records would swamp every estimate.
-   The price: fewer than about τ person-windows (pooled over windows) beyond the last
-   detected bin are invisible, so the share dropped is then an underestimate. The report
-   states τ; a larger report ε or a larger population lowers it relative to the counts.
-3. records inside a bin are taken as spread uniformly over its integers (the open last bin
+1. *Where the distribution ends.* A truly empty bin far in the tail, read with its noise,
+   would stand for thousands of phantom records at 50,000 records each and swamp every
+   estimate. So the tail is cut after the last *detected* bin: a run of k adjacent bins
+   (k = 1..4) is detected when all its bins reach t_k, the thresholds chosen so that with
+   probability ≥ 95% no run of empty bins is detected (independent noise, union bound); the
+   support ends at the first bin of the last detected run, which therefore lies, with that
+   probability, within the true support. Runs find a tail spread over neighbouring bins at
+   about t_1/k person-windows per bin instead of t_1. The price: a thinner tail (pooled over
+   windows) is invisible, and the share dropped is then too low. The report states t_k; a
+   larger report ε or a larger population makes them small relative to the counts.
+2. Within the support, sums (person-windows, records, records kept at L) use the noisy bins
+   as released, which makes them unbiased; quantiles read negative bins as 0 so that the
+   cumulative distribution is monotone.
+3. Records inside a bin are taken as spread uniformly over its integers (the open last bin
    as all at its lower end: a lower bound).
 
 The suggested bound minimises, over the candidate bounds L, an upper bound on the mean
@@ -67,8 +72,11 @@ BIN_UPPER: tuple[int, ...] = (
 )
 BIN_COUNT = len(BIN_UPPER) + 1
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
-#: All empty bins read below the detection threshold with at least this probability.
+#: No run of empty bins is taken for data with at least this probability.
 DETECTION_CONFIDENCE = 0.95
+#: Runs of 1 to this many adjacent bins are tested: a tail spread over neighbouring bins is
+#: found at a lower count per bin than one bin alone would need.
+RUN_LENGTHS = 4
 #: The typical query a suggestion is made for, unless told otherwise: one window at this ε ...
 TYPICAL_EPSILON = 1.0
 #: ... over a zoning of this many zones when the dataset has none besides cells.
@@ -143,19 +151,37 @@ class BoundingReport:
         """95% absolute error of each noisy bin (OpenDP's accuracy helper)."""
         return error_bound(self.scale, DEFAULT_CONFIDENCE)
 
-    def detection_threshold(self) -> float:
-        """τ: an empty bin reads ≥ τ with probability ≤ 5%/bins (all bins of all measures)."""
-        bins = BIN_COUNT * len(self.measures)
-        # error_bound gives t with P(|Z| >= t) = alpha; one side has half of it.
-        return error_bound(self.scale, 1.0 - 2.0 * (1.0 - DETECTION_CONFIDENCE) / bins)
+    def detection_thresholds(self) -> list[float]:
+        """t_k for k = 1..RUN_LENGTHS: k adjacent empty bins all read ≥ t_k with small probability.
 
-    def denoised(self, measure: str) -> np.ndarray:
-        """Negative bins read as 0, and bins beyond the last one reaching τ read as 0 (module docstring)."""
-        counts = np.clip(self.noisy[measure], 0, None).astype(np.float64)
-        detected = np.flatnonzero(counts >= self.detection_threshold())
-        end = int(detected[-1]) + 1 if detected.size else 0
-        counts[end:] = 0.0
-        return counts
+        Noise is independent across bins, so P(k given empty bins all read ≥ t) = P(Z ≥ t)^k. Each
+        run length gets a quarter of 1 − DETECTION_CONFIDENCE, split over all runs of that length
+        in all measures (a union bound): with probability ≥ 95% no run of empty bins is detected.
+        """
+        alpha = 1.0 - DETECTION_CONFIDENCE
+        out = []
+        for k in range(1, RUN_LENGTHS + 1):
+            runs = len(self.measures) * (BIN_COUNT - k + 1)
+            p = (alpha / RUN_LENGTHS / runs) ** (1.0 / k)  # one-sided tail per bin
+            out.append(error_bound(self.scale, 1.0 - 2.0 * p))  # P(|Z| >= t) = 2 P(Z >= t)
+        return out
+
+    def support_end(self, measure: str) -> int:
+        """Bins read as data: up to the last bin starting a detected run (module docstring, step 2)."""
+        values = self.noisy[measure]
+        end = 0
+        for k, threshold in enumerate(self.detection_thresholds(), start=1):
+            above = values >= threshold
+            for first in range(BIN_COUNT - k + 1):
+                if above[first:first + k].all():
+                    end = max(end, first + 1)
+        return end
+
+    def within_support(self, measure: str) -> np.ndarray:
+        """The noisy bins up to the support end, as released (unbiased sums); 0 beyond it."""
+        values = self.noisy[measure].astype(np.float64)
+        values[self.support_end(measure):] = 0.0
+        return values
 
 
 def _kept_per_unit(bound: int) -> np.ndarray:
@@ -229,14 +255,14 @@ class MeasureSummary:
 
 def summarize(report: BoundingReport, measure: str, bound: int, typical: TypicalQuery) -> MeasureSummary:
     """Share dropped at `bound` and at each candidate, quantiles, and the suggested bound."""
-    h = report.denoised(measure)
-    units = float(h.sum())
-    total = float(h @ np.where(np.isinf(_UPPER), _LOWER, (_LOWER + _UPPER) / 2.0))
+    h = report.within_support(measure)
+    units = max(float(h.sum()), 0.0)
+    total = max(float(h @ np.where(np.isinf(_UPPER), _LOWER, (_LOWER + _UPPER) / 2.0)), 0.0)
 
     def at(candidate: int) -> Candidate:
         kept = float(h @ _kept_per_unit(candidate))
-        over = float(h @ _share_over(candidate))
-        dropped = max(total - kept, 0.0)
+        over = min(max(float(h @ _share_over(candidate)), 0.0), units)
+        dropped = min(max(total - kept, 0.0), total)
         mae = dropped / report.windows / typical.keys + mean_absolute_noise(candidate / typical.epsilon)
         return Candidate(candidate, dropped / total if total else 0.0, over / units if units else 0.0, mae)
 
@@ -249,7 +275,7 @@ def summarize(report: BoundingReport, measure: str, bound: int, typical: Typical
     best = min(candidates, key=lambda c: (c.mae_bound, c.bound))
     current = at(bound)
     return MeasureSummary(measure, bound, units, current.share_dropped, current.share_over,
-                          _quantiles(report, h), best.bound, typical, candidates,
+                          _quantiles(report, np.clip(h, 0.0, None)), best.bound, typical, candidates,
                           [int(v) for v in report.noisy[measure]])
 
 
@@ -291,3 +317,63 @@ class ReportCharge:
         if not charge.ingestion or charge.windows < 1:
             raise InvalidData("earlier bounding report entry is malformed")
         return charge
+
+
+NOTES = (
+    "Estimated from one noisy histogram of records per person-window, pooled over all windows; everything "
+    "here is post-processing of that release and costs nothing more.",
+    "Bins beyond the last detected one read as 0 (a run of k adjacent bins is detected when all reach "
+    "detection_thresholds[k-1]): a thinner tail is invisible, and share_dropped is then an underestimate.",
+    "Sums use the noisy bins as released (unbiased); quantiles read negative bins as 0.",
+    "Records are taken as spread uniformly inside each bin (the open last bin: all at its lower end).",
+    "suggested_bound minimises an upper bound on the mean absolute error per value of the typical query "
+    "(records dropped per value + mean absolute noise at scale bound/epsilon); see dpflows.contribution_report.",
+)
+
+
+def report_document(report: BoundingReport, bounds: dict[str, int], zones: int | None) -> dict[str, Any]:
+    """The whole report as plain values, for the API and the command line."""
+    measures = []
+    for measure in report.measures:
+        s = summarize(report, measure, bounds[measure], typical_query(measure, zones))
+        measures.append({
+            "measure": measure, "bound": s.bound, "person_windows": s.person_windows,
+            "share_dropped": s.share_dropped, "share_over_bound": s.share_over,
+            "suggested_bound": s.suggested_bound,
+            "typical_query": {"keys": s.typical.keys, "epsilon": s.typical.epsilon,
+                              "description": s.typical.description},
+            "quantiles": [vars(q) for q in s.quantiles],
+            "candidates": [vars(c) for c in s.candidates],
+            "histogram": [{"lower": lo, "upper": hi, "noisy_count": n}
+                          for (lo, hi), n in zip(bin_ranges(), s.noisy_counts, strict=True)],
+        })
+    return {
+        "epsilon": report.epsilon, "windows": report.windows,
+        "mechanism": {"name": report.mechanism, "noise_scale": report.scale, "sensitivity": report.sensitivity},
+        "error_bound_95": report.error_bound_95(), "confidence": DEFAULT_CONFIDENCE,
+        "detection_thresholds": report.detection_thresholds(), "measures": measures, "notes": list(NOTES),
+    }
+
+
+def format_report(doc: dict[str, Any]) -> str:
+    """A few lines for `dpflows ingest`: share dropped, quantiles and suggestion per measure."""
+    lines = [f"bounding report (noisy; epsilon={doc['epsilon']} in every window, charged to the global cap "
+             "before the service serves this dataset):"]
+    for m in doc["measures"]:
+        quantiles = ", ".join(f"{q['q']:.0%} {_range(q['lower'], q['upper'])}" for q in m["quantiles"])
+        lines.append(
+            f"  {m['measure']:<8} L={m['bound']}: ~{m['share_dropped']:.1%} of records dropped, "
+            f"{m['share_over_bound']:.1%} of person-windows above L; records per person-window: {quantiles}; "
+            f"suggested L={m['suggested_bound']} (for {m['typical_query']['description']} at "
+            f"epsilon={m['typical_query']['epsilon']:g})")
+    t = doc["detection_thresholds"]
+    lines.append(f"  each bin ±{doc['error_bound_95']:.0f} person-windows (95%); a tail is seen only from "
+                 f"{t[0]:.0f} person-windows in one bin, or {t[1]:.0f} in each of two adjacent bins (pooled over "
+                 "windows): less than that is invisible and the share dropped then too low")
+    return "\n".join(lines)
+
+
+def _range(lower: int, upper: int | None) -> str:
+    if upper is None:
+        return f">{lower - 1}"
+    return str(upper) if lower == upper else f"{lower}-{upper}"
