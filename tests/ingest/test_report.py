@@ -135,3 +135,18 @@ def test_reingestion_carries_an_earlier_report_forward(city, tmp_path: Path) -> 
     assert [c.ingestion for c in second.report_charges] == [first.version]
     third = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", name="city", seed=3))
     assert [c.ingestion for c in third.report_charges] == [first.version, third.version]
+
+
+def test_ingest_command_prints_the_report(city, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpflows.cli import main
+
+    args = ["ingest", str(city.events), "--cells", str(city.cells), "--zoning", f"districts={city.districts}"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "bounding report (noisy; epsilon=0.05 in every window" in out
+    assert "trips    L=20: ~" in out and "presence L=100: ~" in out and "suggested L=" in out
+    assert "flows between 50 zones" in out
+    assert main([*args, "--out", str(tmp_path / "b"), "--report-epsilon", "0"]) == 0
+    assert "bounding report" not in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "c"), "--report-epsilon", "2"]) == 2
+    assert "report_epsilon=2 is above 1" in capsys.readouterr().err
