@@ -177,7 +177,7 @@ class ContributionQuantileSchema(ma.Schema):
     q = fields.Float()
     lower = fields.Integer(metadata={"description": "the quantile lies in [lower, upper] records per person-window"})
     upper = fields.Integer(allow_none=True, metadata={"description": "null: above the last finite bin"})
-    rank_error_95 = fields.Float(metadata={"description": "approximate ± on the share at or below upper"})
+    rank_error_95 = fields.Float(metadata={"description": "95% bound on the error of the share at or below upper"})
 
 
 class BoundCandidateSchema(ma.Schema):

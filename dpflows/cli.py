@@ -98,6 +98,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
                                   bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                                   first_day=args.first_day, zonings=zonings)
+        print("dpflows: the Spark engine makes no bounding report yet (--report-epsilon ignored)", file=sys.stderr)
     else:
         out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,

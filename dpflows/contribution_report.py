@@ -8,14 +8,15 @@ Everything below is post-processing of that release and costs nothing more:
 
 - the estimated share of records dropped at the dataset's bound and at candidate bounds;
 - quantiles (50/90/95/99%) of the number of records per person-window;
-- a suggested bound for a stated typical query (see `suggest`).
+- a suggested bound for a stated typical query (see below).
 
-Bins are public and fixed: one per value 1..10, then bins ending at 12, 15, 20, 25, 30, 40,
-50, 60, 80, 100, ten per decade up to 1,000, then 2,000, 5,000, 10,000, 20,000, 50,000,
-100,000, and an open last bin above 100,000. Every bin's upper end is a candidate bound, so
-the share dropped at a candidate needs no guess about where records fall inside a bin except
-for the bins above it. The histogram pools all windows: one privacy unit (a person-window)
-falls in exactly one bin of each measure's histogram, whichever window it belongs to.
+Bins are public and fixed: one per value 1..30 (where most bounds are chosen: a bin of one
+value needs no guess about where its records lie), then bins ending at 40, 50, 60, 80, 100,
+120, 150, 200, 250, 300, 400, 500, 600, 800, 1,000, 2,000, 5,000, 10,000, 20,000, 50,000,
+100,000, and an open last bin above 100,000. Every bin's upper end is a candidate bound.
+Wider bins in the tail hold more of a thin heavy tail each, which the noise then hides less.
+The histogram pools all windows: one privacy unit (a person-window) falls in exactly one bin
+of each measure's histogram, whichever window it belongs to.
 
 Reading the noisy histogram (post-processing):
 
@@ -29,9 +30,9 @@ Reading the noisy histogram (post-processing):
    about t_1/k person-windows per bin instead of t_1. The price: a thinner tail (pooled over
    windows) is invisible, and the share dropped is then too low. The report states t_k; a
    larger report ε or a larger population makes them small relative to the counts.
-2. Within the support, sums (person-windows, records, records kept at L) use the noisy bins
-   as released, which makes them unbiased; quantiles read negative bins as 0 so that the
-   cumulative distribution is monotone.
+2. Within the support, every sum (person-windows, records, records kept at L, the cumulative
+   counts quantiles are read from) uses the noisy bins as released, negative ones included,
+   which keeps it unbiased (reading negatives as 0 would add about scale/2 per empty bin).
 3. Records inside a bin are taken as spread uniformly over its integers (the open last bin
    as all at its lower end: a lower bound).
 
@@ -65,8 +66,8 @@ from dpflows.mechanisms import DEFAULT_CONFIDENCE, DISCRETE_LAPLACE, NoisyReleas
 REPORT_FORMAT = 1
 #: Upper ends of the bins (inclusive); the last bin, (BIN_UPPER[-1], ∞), is open.
 BIN_UPPER: tuple[int, ...] = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-    12, 15, 20, 25, 30, 40, 50, 60, 80, 100,
+    *range(1, 31),
+    40, 50, 60, 80, 100,
     120, 150, 200, 250, 300, 400, 500, 600, 800, 1000,
     2000, 5000, 10_000, 20_000, 50_000, 100_000,
 )
@@ -236,7 +237,7 @@ class Quantile:
     q: float
     lower: int  # the quantile lies in [lower, upper] records per person-window
     upper: int | None  # None: above the last finite bin
-    rank_error_95: float  # ± on the share of person-windows at or below `upper` (approximate)
+    rank_error_95: float  # 95% bound on the error of the share of person-windows at or below `upper`
 
 
 @dataclass(frozen=True)
@@ -275,23 +276,32 @@ def summarize(report: BoundingReport, measure: str, bound: int, typical: Typical
     best = min(candidates, key=lambda c: (c.mae_bound, c.bound))
     current = at(bound)
     return MeasureSummary(measure, bound, units, current.share_dropped, current.share_over,
-                          _quantiles(report, np.clip(h, 0.0, None)), best.bound, typical, candidates,
+                          _quantiles(report, measure), best.bound, typical, candidates,
                           [int(v) for v in report.noisy[measure]])
 
 
-def _quantiles(report: BoundingReport, h: np.ndarray) -> list[Quantile]:
+def _quantiles(report: BoundingReport, measure: str) -> list[Quantile]:
+    """The first bin where the noisy cumulative share reaches q, and a 95% bound on that share's error.
+
+    The share at or below bin j is (1 − s)·A − s·B over the true count, A and B the sums of the
+    noises in bins up to j and after it (within the support), s the share: a sum of the support's
+    independent noises with weights at most max(s, 1 − s). By the contraction principle for
+    symmetric variables (Ledoux and Talagrand 1991, Thm 4.4), its tail is at most twice that of
+    the plain sum, so sum_error_bound at 97.5%, times max(s, 1 − s), bounds it at 95%.
+    """
+    h = report.within_support(measure)
     units = float(h.sum())
     if units <= 0:
         return []
     cum = np.cumsum(h)
+    plain = sum_error_bound(report.scale, max(report.support_end(measure), 1), 1.0 - (1.0 - DEFAULT_CONFIDENCE) / 2)
     out = []
     for q in QUANTILES:
-        j = int(np.searchsorted(cum, q * units - 1e-9))
-        j = min(j, BIN_COUNT - 1)
-        # The share at or below bin j sums j+1 independent noises (before clamping).
-        rank_error = sum_error_bound(report.scale, j + 1) / units
+        reached = np.flatnonzero(cum >= q * units - 1e-9)
+        j = int(reached[0]) if reached.size else BIN_COUNT - 1
+        share = float(cum[j]) / units
         upper = None if math.isinf(_UPPER[j]) else int(_UPPER[j])
-        out.append(Quantile(q, int(_LOWER[j]), upper, rank_error))
+        out.append(Quantile(q, int(_LOWER[j]), upper, max(share, 1.0 - share) * plain / units))
     return out
 
 
@@ -324,7 +334,7 @@ NOTES = (
     "here is post-processing of that release and costs nothing more.",
     "Bins beyond the last detected one read as 0 (a run of k adjacent bins is detected when all reach "
     "detection_thresholds[k-1]): a thinner tail is invisible, and share_dropped is then an underestimate.",
-    "Sums use the noisy bins as released (unbiased); quantiles read negative bins as 0.",
+    "Sums and cumulative shares use the noisy bins as released, negative ones included (unbiased).",
     "Records are taken as spread uniformly inside each bin (the open last bin: all at its lower end).",
     "suggested_bound minimises an upper bound on the mean absolute error per value of the typical query "
     "(records dropped per value + mean absolute noise at scale bound/epsilon); see dpflows.contribution_report.",
