@@ -104,6 +104,8 @@ def test_gunicorn_workers_charge_it_once(report_root: Path, tmp_path: Path) -> N
     ledger = SqliteLedger(ledger_path)
     try:
         assert [ledger.total_charged("city", w) for w in (0, 1)] == [Epsilon.parse("0.1")] * 2
-        assert [r.outcome for r in ledger.read_audit(limit=1000) if r.action == REPORT_ACTION] == ["released"]
+        outcomes = [r.outcome for r in ledger.read_audit(limit=1000) if r.action == REPORT_ACTION]
+        # one release; a worker that raced for it finds it stored and is audited as reused, at no charge
+        assert outcomes.count("released") == 1 and set(outcomes) <= {"released", "reused"}
     finally:
         ledger.close()
