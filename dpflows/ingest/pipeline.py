@@ -20,11 +20,12 @@ from pathlib import Path
 
 import polars as pl
 
-from dpflows.aggregates import DatasetMetadata, write_aggregates
+from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
+from dpflows.budget import PURE_DP, ZCDP
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
-from dpflows.ingest.bounding import bound_per_person_window, new_seed
+from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key, new_seed
 
 DEFAULT_BOUND_TRIPS = 20
 DEFAULT_BOUND_PRESENCE = 100
@@ -187,9 +188,14 @@ def ingest_events(
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, accounting: str = PURE_DP, key_cap_trips: int = 1,
+    delta: float = DEFAULT_DELTA,
 ) -> Path:
-    """Raw network events → bounded presence and trip counts, written as a dataset directory."""
+    """Raw network events → bounded presence and trip counts, written as a dataset directory.
+
+    With ``accounting="zcdp"`` each person also adds at most `key_cap_trips` to any one trips
+    row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on.
+    """
     progress = progress or Progress()
     path = Path(events_path)
     seed = new_seed() if seed is None else seed
@@ -210,7 +216,8 @@ def ingest_events(
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
-    meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule)
+    meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
+                           key_cap_trips, delta)
     progress.phase("deriving presence, bounding per person-window")
     pres = _with_window(derive.presence(events), start, window_days)
     pres = bound_per_person_window(pres, bound_presence, seed=seed)
@@ -218,7 +225,8 @@ def ingest_events(
     pres_counts = _cell_names(pres_lazy, lookup, ["cell"]).collect(engine="streaming")
     progress.phase("deriving trips, bounding per person-window")
     trip_rows = derive.trips(events, rule=trip_rule, min_dwell=dt.timedelta(minutes=min_dwell_minutes))
-    trip_lazy = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A)
+    trip_lazy = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A,
+                                     key_cap=meta.key_cap_trips if accounting == ZCDP else None)
     trip_counts = _cell_names(trip_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
     progress.phase("writing aggregates")
     out = Path(out_dir)
@@ -229,9 +237,11 @@ def ingest_events(
 
 
 def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
-                         seed: int) -> pl.LazyFrame:
+                         seed: int, key_cap: int | None = None) -> pl.LazyFrame:
     rows = trip_rows.with_columns(pl.col("timestamp").dt.date().alias("day"),
                                   pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"))
+    if key_cap is not None:
+        rows = cap_per_person_key(rows, key_cap, keys=["day", "hour", "origin", "dest"])
     rows = bound_per_person_window(_with_window(rows, start, window_days), bound, seed=seed)
     return rows.group_by("day", "hour", "origin", "dest").agg(pl.len().cast(pl.Int64).alias("count"))
 
@@ -244,6 +254,7 @@ def ingest_trips_table(
     trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
     zonings: Iterable[ZoningSpec] = (), seed: int | None = None, progress: Progress | None = None,
+    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
@@ -268,9 +279,11 @@ def ingest_trips_table(
     trips = frame.select("person", "timestamp", "origin", "dest")
     start, end = _span(trips, path, first_day)
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
-                           {"kind": "given", "person": "column" if has_person else "each trip its own unit"})
+                           {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
+                           accounting, key_cap_trips, delta)
     progress.phase("bounding trips per person-window")
-    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed)
+    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
+                                       key_cap=key_cap_trips if accounting == ZCDP else None)
     counts = _cell_names(counts_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
     out = Path(out_dir)
