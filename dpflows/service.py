@@ -411,7 +411,7 @@ class Service:
             privacy_unit=data.metadata.privacy_unit,
             mechanism=p["mechanism"],
             noise_scale=scale,
-            sensitivity=int(p["sensitivity"]),
+            sensitivity=float(p["sensitivity"]) if mechanism == DISCRETE_GAUSSIAN else int(p["sensitivity"]),
             error_bound_95=bound,
             confidence=request.confidence,
             reused=reused,

@@ -359,16 +359,16 @@ def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
     if budget.client_spent.nanos + request.epsilon.nanos > budget.client_cap.nanos:
         left = PrivacyLoss(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
         raise BudgetExceeded(
-            f"epsilon={request.epsilon} exceeds your remaining budget of {left} (cap {budget.client_cap}) "
-            f"on dataset {request.dataset!r} window {w}; ask for less or wait for an admin to raise the cap",
-            field="epsilon",
+            f"{request.epsilon.unit}={request.epsilon} exceeds your remaining budget of {left} "
+            f"(cap {budget.client_cap}) on dataset {request.dataset!r} window {w}; ask for less or wait for an admin to raise the cap",
+            field=request.epsilon.unit,
             details={"window": w, "remaining": left.to_json()},
         )
     if budget.global_spent.nanos + request.epsilon.nanos > budget.global_cap.nanos:
         left = PrivacyLoss(max(budget.global_cap.nanos - budget.global_spent.nanos, 0))
         raise BudgetExceeded(
-            f"epsilon={request.epsilon} exceeds the remaining global budget of {left} on dataset "
+            f"{request.epsilon.unit}={request.epsilon} exceeds the remaining global budget of {left} on dataset "
             f"{request.dataset!r} window {w}, shared by all clients; ask for less",
-            field="epsilon",
+            field=request.epsilon.unit,
             details={"window": w, "remaining": left.to_json()},
         )
