@@ -50,7 +50,7 @@ DAY0 = dt.date(2024, 3, 4)
 
 def test_rho_and_epsilon_never_mix() -> None:
     with pytest.raises(TypeError):
-        Epsilon.parse("0.5") + Rho.parse("0.5")  # noqa: B018 - the TypeError is the point
+        Epsilon.parse("0.5") + Rho.parse("0.5")
     with pytest.raises(TypeError):
         _ = Epsilon.parse("0.5") < Rho.parse("0.5")
     assert Rho.parse("0.1") + PrivacyLoss(5) == Rho(100_000_005)  # ledger values take the caller's unit

@@ -360,7 +360,8 @@ def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
         left = PrivacyLoss(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
         raise BudgetExceeded(
             f"{request.epsilon.unit}={request.epsilon} exceeds your remaining budget of {left} "
-            f"(cap {budget.client_cap}) on dataset {request.dataset!r} window {w}; ask for less or wait for an admin to raise the cap",
+            f"(cap {budget.client_cap}) on dataset {request.dataset!r} window {w}; ask for less or wait for an "
+            "admin to raise the cap",
             field=request.epsilon.unit,
             details={"window": w, "remaining": left.to_json()},
         )
