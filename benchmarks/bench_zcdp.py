@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dpflows.budget import Epsilon, Rho  # noqa: E402
-from dpflows.mechanisms import (  # noqa: E402
+from dpflows.budget import Epsilon, Rho
+from dpflows.mechanisms import (
     l2_sensitivity,
     release_counts,
     release_counts_gaussian,

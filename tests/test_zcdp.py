@@ -323,3 +323,35 @@ def test_zcdp_through_http(zcdp_root: Path, tmp_path: Path) -> None:
     assert {d["name"]: d["accounting"]["measure"] for d in listing} == {"small": "pure_dp", "smallz": "zcdp"}
     csv = http.post("/v1/presence?format=csv", json=query, headers=h)
     assert csv.headers["X-Dpflows-Rho-Charged"] == "0"  # reused: the same query again is free
+
+
+@pytest.mark.slow
+def test_python_client_through_gunicorn_on_zcdp(zcdp_root: Path, tmp_path: Path) -> None:
+    """The Python client spends ρ on a real gunicorn: quote == charge, budget in ρ, caps in ρ."""
+    from dpflows import client as dc
+    from tests.servers import GunicornServer
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    service = Service(AggregateStore(zcdp_root), SqliteLedger(tmp_path / "ledger.db"))
+    _, admin_key = service.create_client("admin", "admin")
+    planner, key = service.create_client("planner", "planner")
+    service.ledger.close()
+    server = GunicornServer(zcdp_root, url, workers=2, log_path=tmp_path / "gunicorn.log")
+    try:
+        admin = dc.DpflowsClient(server.url, admin_key, timeout=30)
+        admin.set_cap("smallz", rho=0.2, client_id=planner.id)
+        admin.set_cap("smallz", rho=1)
+        with pytest.raises(dc.DpflowsClientError) as info:
+            admin.set_cap("smallz", 1.0, client_id=planner.id)
+        assert info.value.status == 422
+        me = dc.DpflowsClient(server.url, key, timeout=30)
+        quote = me.quote("presence", "smallz", "cell", "2024-03-12", "2024-03-13", rho=0.05)
+        answer = me.presence("smallz", "cell", "2024-03-12", "2024-03-13", rho=0.05)
+        assert answer.accounting == "zcdp" and answer.rho_charged == 0.05 and answer.epsilon_charged is None
+        assert quote.epsilon == 0.05 and answer.error_bound_95 == quote.error_bound_95
+        assert answer.mechanism.name == "discrete_gaussian" and answer.mechanism.sensitivity == l2_sensitivity(20, 1)
+        assert answer.approx_dp is not None and answer.approx_dp["delta"] == 1e-8
+        assert answer.windows[0].epsilon_charged == 0.05 and answer.budget_remaining == pytest.approx(0.15)
+        assert answer.values.height == 40 * 24
+    finally:
+        server.stop()
