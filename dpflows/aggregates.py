@@ -4,7 +4,9 @@ This is the contract between ingestion (which writes) and the query path (which 
 events never reach this module. A dataset directory holds::
 
     metadata.json      format_version, name, first_day, end_day (exclusive), window_days,
-                       bounds {"trips": L_trips, "presence": L_presence}, trip_rule
+                       bounds {"trips": L_trips, "presence": L_presence}, trip_rule,
+                       optionally bounding_report (noisy; dpflows.contribution_report) and
+                       earlier_reports (reports of earlier ingestions here, to be paid for)
     cells.parquet      cell_id: str, lat: f64, lon: f64          (public catalog)
     trips.parquet      day: date, hour: i8, origin: str, dest: str, count: i64
     presence.parquet   day: date, hour: i8, cell: str, count: i64
@@ -34,6 +36,7 @@ import polars as pl
 
 from dpflows.budget import ACCOUNTINGS, PURE_DP, ZCDP
 from dpflows.cells import CELL_ZONING, CellCatalog, Zoning, check_name, load_zoning, save_zoning
+from dpflows.contribution_report import BoundingReport, ReportCharge
 from dpflows.errors import DataUnavailable, InvalidData, NotFound
 
 FORMAT_VERSION = 1
@@ -147,10 +150,18 @@ def write_aggregates(
     cells: pl.DataFrame,
     trips: pl.DataFrame | pl.LazyFrame,
     presence: pl.DataFrame | pl.LazyFrame,
+    *,
+    bounding_report: BoundingReport | None = None,
 ) -> Path:
-    """Write a dataset directory; the one writer ingestion (Polars or Spark output) goes through."""
+    """Write a dataset directory; the one writer ingestion (Polars or Spark output) goes through.
+
+    A bounding report is stored only as released (noisy). Reports of earlier ingestions into
+    this directory are carried forward in ``earlier_reports``, so that the service charges
+    them too if they were never paid: a bound chosen from one is published with this one.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_reports(out / "metadata.json")
     cells.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).write_parquet(out / "cells.parquet")
     for name, frame, schema in (("trips", trips, TRIPS_SCHEMA), ("presence", presence, PRESENCE_SCHEMA)):
         lazy = frame.lazy().select([pl.col(c).cast(t) for c, t in schema.items()])
@@ -158,10 +169,43 @@ def write_aggregates(
     doc = metadata.to_json()
     # A fresh id per ingestion, so answers stored for an earlier ingestion are never reused.
     doc["ingestion_id"] = uuid.uuid4().hex
+    if bounding_report is not None:
+        doc["bounding_report"] = bounding_report.to_json()
+    if earlier:
+        doc["earlier_reports"] = [c.to_json() for c in earlier]
     tmp = out / "metadata.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(out / "metadata.json")  # metadata last: a dataset without it is incomplete
     return out
+
+
+def _earlier_reports(meta_path: Path) -> list[ReportCharge]:
+    """The report charges an existing dataset directory owes (its own report and those it carried)."""
+    if not meta_path.exists():
+        return []
+    try:
+        raw = meta_path.read_bytes()
+        charges = report_charges(json.loads(raw), _version(raw))
+    except (ValueError, KeyError, TypeError, InvalidData):
+        return []  # an unreadable earlier ingestion was never served, so its report was never used
+    return charges
+
+
+def _version(raw: bytes) -> str:
+    """A dataset's ingestion digest: part of every answer-reuse key and report-charge key."""
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def report_charges(doc: dict[str, Any], version: str) -> list[ReportCharge]:
+    """Every bounding report this ingestion must have paid for before it is served, oldest first."""
+    charges = [ReportCharge.from_json(c) for c in doc.get("earlier_reports", [])]
+    if "bounding_report" in doc:
+        report = BoundingReport.from_json(doc["bounding_report"])
+        charges.append(ReportCharge(version, report.epsilon, report.windows))
+    unique: dict[str, ReportCharge] = {}
+    for charge in charges:
+        unique.setdefault(charge.ingestion, charge)
+    return list(unique.values())
 
 
 @dataclass(frozen=True)
@@ -188,6 +232,10 @@ class Dataset:
     zonings: dict[str, Zoning]
     #: digest of metadata.json: changes with every ingestion, part of every answer-reuse key
     version: str = ""
+    #: the noisy bounding report of this ingestion, if it made one
+    bounding_report: BoundingReport | None = None
+    #: reports (this one's and earlier ones') to be charged before anything of it is served
+    report_charges: tuple[ReportCharge, ...] = ()
 
     def zoning(self, name: str) -> Zoning:
         """A zoning by name; one added by another worker or host is picked up from disk."""
@@ -275,8 +323,12 @@ def load_dataset(path: str | Path) -> Dataset:
     if not meta_path.exists():
         raise DataUnavailable(f"dataset {root.name!r} has no metadata.json; it is missing or ingestion did not finish")
     raw = meta_path.read_bytes()
+    version = _version(raw)
     try:
-        metadata = DatasetMetadata.from_json(json.loads(raw))
+        doc = json.loads(raw)
+        metadata = DatasetMetadata.from_json(doc)
+        report = BoundingReport.from_json(doc["bounding_report"]) if "bounding_report" in doc else None
+        charges = tuple(report_charges(doc, version))
     except (ValueError, KeyError, TypeError, InvalidData) as exc:
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} is corrupt; re-run ingestion") from exc
     cells = _read_parquet(root / "cells.parquet", CELLS_SCHEMA)
@@ -293,7 +345,7 @@ def load_dataset(path: str | Path) -> Dataset:
             except (ValueError, KeyError, TypeError, InvalidData) as exc:
                 raise DataUnavailable(f"zoning file {zpath.name} of dataset {root.name!r} is corrupt") from exc
             zonings[zoning.name] = zoning
-    return Dataset(root, metadata, catalog, trips, presence, zonings, hashlib.sha256(raw).hexdigest()[:16])
+    return Dataset(root, metadata, catalog, trips, presence, zonings, version, report, charges)
 
 
 class AggregateStore:

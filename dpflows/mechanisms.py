@@ -390,3 +390,18 @@ def noise_error_bound(mechanism: str, scale: float, confidence: float = DEFAULT_
     if mechanism == DISCRETE_GAUSSIAN:
         return gaussian_error_bound(scale, confidence)
     return error_bound(scale, confidence)
+
+
+def release_contribution_histograms(histograms: list[np.ndarray], epsilon: Epsilon) -> NoisyRelease:
+    """The bounding report's one release: discrete Laplace on the measures' histograms, concatenated.
+
+    Each histogram counts person-windows per bin of their number of records (dpflows.ingest.report).
+    Neighbouring datasets differ by one person's records in one window (added or removed, the
+    reading under which a count has sensitivity L): that moves one person-window into or out of
+    one bin of each histogram, so the ℓ1 sensitivity of the concatenation is the number of
+    histograms, and OpenDP's map(len(histograms)) <= ε as for every other release.
+    """
+    if not histograms:
+        raise MechanismError("no histogram to release")
+    return release_counts(np.concatenate([np.asarray(h, dtype=np.int64) for h in histograms]), len(histograms),
+                          epsilon)

@@ -2,6 +2,7 @@
 
     events (person, timestamp, cell_id)            secret; read here and nowhere else
       → presence (person, day, hour, cell)  and  trips (person, time, origin, dest)   derive.py
+      → exact histogram of records per (person, window), released once with noise     report.py
       → at most L per (person, window)                                               bounding.py
       → counts per (day, hour, cell) and (day, hour, origin, dest)                    aggregates.py
 
@@ -21,11 +22,17 @@ from pathlib import Path
 import polars as pl
 
 from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
-from dpflows.budget import PURE_DP, ZCDP
+from dpflows.budget import PURE_DP, ZCDP, Epsilon
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
 from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key, new_seed
+from dpflows.ingest.report import (
+    DEFAULT_REPORT_EPSILON,
+    ContributionHistograms,
+    parse_report_epsilon,
+    release_bounding_report,
+)
 
 DEFAULT_BOUND_TRIPS = 20
 DEFAULT_BOUND_PRESENCE = 100
@@ -188,17 +195,21 @@ def ingest_events(
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    progress: Progress | None = None, accounting: str = PURE_DP, key_cap_trips: int = 1,
-    delta: float = DEFAULT_DELTA,
+    progress: Progress | None = None, report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
+    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """Raw network events → bounded presence and trip counts, written as a dataset directory.
 
+    With report_epsilon > 0 (default 0.05) the dataset also gets a bounding report
+    (dpflows.ingest.report), charged at that ε in every window before the dataset is served.
     With ``accounting="zcdp"`` each person also adds at most `key_cap_trips` to any one trips
     row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on.
     """
     progress = progress or Progress()
     path = Path(events_path)
     seed = new_seed() if seed is None else seed
+    report_eps = parse_report_epsilon(report_epsilon)
+    histograms = ContributionHistograms(enabled=report_eps.nanos > 0)
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
     progress.phase(f"reading {Path(cells_path).name} and checking {path.name}")
@@ -220,29 +231,37 @@ def ingest_events(
                            key_cap_trips, delta)
     progress.phase("deriving presence, bounding per person-window")
     pres = _with_window(derive.presence(events), start, window_days)
+    histograms.add("presence", pres)  # exact, before bounding; released below with noise only
     pres = bound_per_person_window(pres, bound_presence, seed=seed)
     pres_lazy = pres.group_by("day", "hour", "cell").agg(pl.len().cast(pl.Int64).alias("count"))
     pres_counts = _cell_names(pres_lazy, lookup, ["cell"]).collect(engine="streaming")
     progress.phase("deriving trips, bounding per person-window")
     trip_rows = derive.trips(events, rule=trip_rule, min_dwell=dt.timedelta(minutes=min_dwell_minutes))
     trip_lazy = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A,
-                                     key_cap=meta.key_cap_trips if accounting == ZCDP else None)
+                                     key_cap=meta.key_cap_trips if accounting == ZCDP else None,
+                                     histograms=histograms)
     trip_counts = _cell_names(trip_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    report = release_bounding_report(histograms, report_eps, meta.window_count)
     progress.phase("writing aggregates")
     out = Path(out_dir)
     _load_zonings(zonings, catalog, out)
-    write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts)
+    write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts, bounding_report=report)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out
 
 
 def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
-                         seed: int, key_cap: int | None = None) -> pl.LazyFrame:
+                         seed: int, key_cap: int | None = None,
+                         histograms: ContributionHistograms | None = None) -> pl.LazyFrame:
     rows = trip_rows.with_columns(pl.col("timestamp").dt.date().alias("day"),
                                   pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"))
     if key_cap is not None:
+        # (person, day, hour, origin, dest) -> at most key_cap trips (zCDP's per-key cap)
         rows = cap_per_person_key(rows, key_cap, keys=["day", "hour", "origin", "dest"])
-    rows = bound_per_person_window(_with_window(rows, start, window_days), bound, seed=seed)
+    rows = _with_window(rows, start, window_days)
+    if histograms is not None:
+        histograms.add("trips", rows)  # exact, before the L bound; released with noise only
+    rows = bound_per_person_window(rows, bound, seed=seed)
     return rows.group_by("day", "hour", "origin", "dest").agg(pl.len().cast(pl.Int64).alias("count"))
 
 
@@ -254,15 +273,18 @@ def ingest_trips_table(
     trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
     zonings: Iterable[ZoningSpec] = (), seed: int | None = None, progress: Progress | None = None,
+    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
     Without a person column every trip is its own privacy unit (bound 1 per unit holds
-    trivially); presence is then empty, since no per-person hours can be derived.
+    trivially); presence is then empty, since no per-person hours can be derived, and no
+    bounding report is made (every unit has one trip: nothing to learn, nothing to spend).
     """
     progress = progress or Progress()
     seed = new_seed() if seed is None else seed
+    report_eps = parse_report_epsilon(report_epsilon)
     if isinstance(trips_path, pl.DataFrame):
         path, frame = Path("trips table"), trips_path.lazy()
     else:
@@ -282,12 +304,15 @@ def ingest_trips_table(
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
                            accounting, key_cap_trips, delta)
     progress.phase("bounding trips per person-window")
+    histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
-                                       key_cap=key_cap_trips if accounting == ZCDP else None)
+                                       key_cap=key_cap_trips if accounting == ZCDP else None,
+                                       histograms=histograms)
     counts = _cell_names(counts_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    report = release_bounding_report(histograms, report_eps, meta.window_count)
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
     out = Path(out_dir)
     _load_zonings(zonings, catalog, out)
-    write_aggregates(out, meta, _cells_frame(catalog), counts, empty_presence)
+    write_aggregates(out, meta, _cells_frame(catalog), counts, empty_presence, bounding_report=report)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out
