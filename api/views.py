@@ -17,7 +17,7 @@ from api import schemas
 from api.auth import current_client, require
 from api.errors import ErrorSchema
 from dpflows import geo
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
 from dpflows.service import Answer, QueryRequest, Service, WindowStatus
 
@@ -45,20 +45,25 @@ def _document_errors(blp: Blueprint, *codes: int) -> Any:
 
 # -- presentation of dpflows values -------------------------------------------------------------
 
-def window_charges(windows: list[WindowStatus], charged: Epsilon) -> list[dict[str, Any]]:
-    return [{"window": w.window, "start": w.start, "end": w.end, "epsilon_charged": charged,
+def window_charges(windows: list[WindowStatus], charged: PrivacyLoss) -> list[dict[str, Any]]:
+    """Per window: the charge under its measure's name (epsilon_charged or rho_charged)."""
+    return [{"window": w.window, "start": w.start, "end": w.end, f"{charged.unit}_charged": charged,
              "budget_remaining": w.budget.remaining} for w in windows]
 
 
 def answer_document(answer: Answer) -> dict[str, Any]:
+    unit = answer.loss_of_release.unit  # "epsilon" or "rho"
     return {
         "answer_id": answer.answer_id,
         "query": answer.spec.canonical(),
         "values": answer.values,
-        "epsilon_charged": answer.epsilon_charged,
-        "epsilon": answer.epsilon_of_release,
-        "epsilon_derived_from_max_error": answer.epsilon_derived,
-        "windows": window_charges(answer.windows, answer.epsilon_charged),
+        "accounting": answer.accounting,
+        f"{unit}_charged": answer.charged,
+        unit: answer.loss_of_release,
+        **({"approx_dp": {"epsilon": answer.approx_epsilon, "delta": answer.delta}}
+           if answer.approx_epsilon is not None else {}),
+        "epsilon_derived_from_max_error": answer.loss_from_max_error,
+        "windows": window_charges(answer.windows, answer.charged),
         "budget_remaining": answer.budget_remaining,
         "privacy_unit": answer.privacy_unit,
         "mechanism": {"name": answer.mechanism, "noise_scale": answer.noise_scale,
@@ -87,7 +92,7 @@ def csv_response(answer: Answer) -> Response:
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers.update({
         "X-Dpflows-Answer-Id": answer.answer_id,
-        "X-Dpflows-Epsilon-Charged": str(answer.epsilon_charged),
+        f"X-Dpflows-{answer.charged.unit.capitalize()}-Charged": str(answer.charged),
         "X-Dpflows-Budget-Remaining": str(answer.budget_remaining),
         "X-Dpflows-Error-Bound-95": f"{answer.error_bound_95:.6f}",
         "X-Dpflows-Privacy-Unit": answer.privacy_unit,
@@ -103,10 +108,11 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
         measure=body.get("measure") if kind == "patterns" else None,
         zone=body.get("zone") if kind == "patterns" else None,
     )
-    epsilon = body.get("epsilon")
+    epsilon, rho = body.get("epsilon"), body.get("rho")
     return QueryRequest(
         spec,
         epsilon=None if epsilon is None else Epsilon.parse(epsilon),
+        rho=None if rho is None else Rho.parse(rho),
         max_error=body.get("max_error"),
         confidence=body["confidence"],
         clamp_negative=body["clamp_negative"],
@@ -122,7 +128,7 @@ def geojson_response(answer: Answer) -> Response:
 
 def run_query(kind: str, body: dict[str, Any]) -> Any:
     answer = service().answer(query_request(kind, body), current_client())
-    g.epsilon_charged = answer.epsilon_charged  # for the request log line (api.logs)
+    setattr(g, f"{answer.charged.unit}_charged", answer.charged)  # for the request log line (api.logs)
     if request.args.get("format") == "geojson" and kind != "patterns":
         return geojson_response(answer)
     return csv_response(answer) if wants_csv() else answer_document(answer)
@@ -173,8 +179,9 @@ def quote(body: dict[str, Any]) -> Any:
     """Price a query without touching data or budget: ε, windows, error bound, reuse."""
     kind = body.pop("query")
     q = service().quote(query_request(kind, body), current_client())
+    unit = q["epsilon"].unit  # "epsilon" or "rho", by the dataset's accounting
     return {
-        "epsilon": q["epsilon"], "epsilon_charged": q["epsilon_charged"],
+        "accounting": q["accounting"], unit: q["epsilon"], f"{unit}_charged": q["epsilon_charged"],
         "epsilon_derived_from_max_error": q["epsilon_derived"], "error_bound_95": q["error_bound_95"],
         "confidence": q["confidence"], "windows": window_charges(q["windows"], q["epsilon_charged"]),
         "reused": q["reused"], "privacy_unit": q["privacy_unit"],
@@ -198,9 +205,12 @@ def budget(args: dict[str, Any]) -> Any:
     return {
         "dataset": args["dataset"], "client": client.name,
         "privacy_unit": service().dataset(args["dataset"]).metadata.privacy_unit,
+        "accounting": service().dataset(args["dataset"]).metadata.accounting,
         "windows": [{"window": w.window, "start": w.start, "end": w.end, "cap": w.budget.client_cap,
                      "spent": w.budget.client_spent, "global_cap": w.budget.global_cap,
-                     "global_spent": w.budget.global_spent, "remaining": w.budget.remaining} for w in status],
+                     "global_spent": w.budget.global_spent, "remaining": w.budget.remaining,
+                     **({"spent_approx_dp": w.spent_approx_dp} if w.spent_approx_dp is not None else {})}
+                    for w in status],
     }
 
 
@@ -280,7 +290,8 @@ def revoke_key(key_id: int) -> Any:
 @require("admin")
 def set_cap(body: dict[str, Any]) -> Any:
     """Set a client's cap (client_id) or the global cap (no client_id), per window or for every window."""
-    service().set_cap(body["dataset"], Epsilon.parse(body["epsilon"]), client_id=body.get("client_id"),
+    cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
+    service().set_cap(body["dataset"], cap, client_id=body.get("client_id"),
                       window=body.get("window"), by=current_client())
     return body
 

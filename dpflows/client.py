@@ -159,12 +159,12 @@ class WindowCharge:
     window: int
     start: dt.date
     end: dt.date  # exclusive
-    epsilon_charged: float | None
+    epsilon_charged: float | None  # ρ on datasets accounted in zCDP (the answer's `accounting` says)
     budget_remaining: float
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> WindowCharge:
-        charged = doc.get("epsilon_charged")
+        charged = doc.get("epsilon_charged", doc.get("rho_charged"))
         return cls(int(doc["window"]), _date(doc["start"]), _date(doc["end"]),
                    None if charged is None else float(charged),
                    float(doc.get("budget_remaining", doc.get("remaining", 0.0))))
@@ -174,7 +174,7 @@ class WindowCharge:
 class Mechanism:
     name: str
     noise_scale: float
-    sensitivity: int | None
+    sensitivity: float | None  # ℓ1 (an integer, discrete Laplace) or ℓ2 (discrete Gaussian)
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class QueryAnswer:
     answer_id: str
     query: dict[str, Any]
     values: pl.DataFrame  # key columns, count, error_bound_95, lower, upper
-    epsilon_charged: float
+    epsilon_charged: float | None  # None on datasets accounted in zCDP: see rho_charged
     windows: list[WindowCharge]
     budget_remaining: float
     privacy_unit: str
@@ -196,6 +196,9 @@ class QueryAnswer:
     postprocessing: list[Any]
     raw: dict[str, Any] = field(repr=False)
     _zoning_loader: Callable[[], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+    accounting: str = "pure_dp"  # or "zcdp": charges and budgets are then ρ
+    rho_charged: float | None = None
+    approx_dp: dict[str, float] | None = None  # zCDP: this release's ρ as (ε, δ), for display
 
     def to_pandas(self) -> Any:
         """The values as a pandas DataFrame (needs pandas and pyarrow installed)."""
@@ -216,9 +219,9 @@ class QueryAnswer:
 
 @dataclass(frozen=True)
 class Quote:
-    """What a query would cost, without spending: ε, accuracy, windows, and whether it is free."""
+    """What a query would cost, without spending: ε (ρ on zCDP datasets), accuracy, windows, and whether it is free."""
 
-    epsilon: float
+    epsilon: float  # ρ when raw["accounting"] == "zcdp"
     epsilon_charged: float  # 0 when an identical answer exists and would be reused
     error_bound_95: float
     reused: bool
@@ -421,13 +424,13 @@ class DpflowsClient:
     def _query_body(dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                     hours: tuple[int, int] | list[int] | None, weekdays: list[int] | tuple[int, ...] | None,
                     epsilon: float | str | None, max_error: float | None, confidence: float | None,
-                    clamp_negative: bool | None, **extra: Any) -> dict[str, Any]:
-        if (epsilon is None) == (max_error is None):
-            raise ValueError("pass exactly one of epsilon or max_error")
+                    clamp_negative: bool | None, rho: float | str | None = None, **extra: Any) -> dict[str, Any]:
+        if sum(x is not None for x in (epsilon, rho, max_error)) != 1:
+            raise ValueError("pass exactly one of epsilon (pure-DP datasets), rho (zCDP datasets) or max_error")
         body: dict[str, Any] = {"dataset": dataset, "zoning": zoning, "start": _iso(start), "end": _iso(end)}
         optional = {"hours": None if hours is None else list(hours),
                     "weekdays": None if weekdays is None else list(weekdays),
-                    "epsilon": epsilon, "max_error": max_error, "confidence": confidence,
+                    "epsilon": epsilon, "rho": rho, "max_error": max_error, "confidence": confidence,
                     "clamp_negative": clamp_negative, **extra}
         body.update({k: v for k, v in optional.items() if v is not None})
         return body
@@ -440,46 +443,51 @@ class DpflowsClient:
     def flows(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
               hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
               epsilon: float | str | None = None, max_error: float | None = None,
-              confidence: float | None = None, clamp_negative: bool | None = None) -> QueryAnswer:
+              confidence: float | None = None, clamp_negative: bool | None = None,
+              rho: float | str | None = None) -> QueryAnswer:
         """Origin-destination trip counts between every pair of zones (spends budget)."""
         return self._answer("flows", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative))
+            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho))
 
     def presence(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                  hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
                  epsilon: float | str | None = None, max_error: float | None = None,
-                 confidence: float | None = None, clamp_negative: bool | None = None) -> QueryAnswer:
+                 confidence: float | None = None, clamp_negative: bool | None = None,
+                 rho: float | str | None = None) -> QueryAnswer:
         """Person-hours present per zone and hour of day (spends budget)."""
         return self._answer("presence", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative))
+            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho))
 
     def patterns(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                  measure: str = "trips", zone: str | None = None,
                  hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
                  epsilon: float | str | None = None, max_error: float | None = None,
-                 confidence: float | None = None, clamp_negative: bool | None = None) -> QueryAnswer:
+                 confidence: float | None = None, clamp_negative: bool | None = None,
+                 rho: float | str | None = None) -> QueryAnswer:
         """Trips or presence per weekday and hour, for one zone or the whole area (spends budget)."""
         return self._answer("patterns", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative,
+            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
             measure=measure, zone=zone))
 
     def quote(self, query: str, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
               hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
               epsilon: float | str | None = None, max_error: float | None = None,
-              confidence: float | None = None, measure: str | None = None, zone: str | None = None) -> Quote:
+              confidence: float | None = None, measure: str | None = None, zone: str | None = None,
+              rho: float | str | None = None) -> Quote:
         """What a query would cost and how accurate it would be; charges nothing."""
         if query not in QUERY_KINDS:
             raise ValueError(f"query={query!r} must be one of {QUERY_KINDS}")
         body = self._query_body(dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-                                max_error=max_error, confidence=confidence, clamp_negative=None,
+                                max_error=max_error, confidence=confidence, clamp_negative=None, rho=rho,
                                 measure=measure, zone=zone, query=query)
         doc = self.request("POST", "/v1/quote", body=body)
+        unit = "rho" if doc.get("accounting") == "zcdp" else "epsilon"
         return Quote(
-            epsilon=float(doc["epsilon"]),
-            epsilon_charged=float(doc.get("epsilon_charged", doc["epsilon"])),
+            epsilon=float(doc[unit]),
+            epsilon_charged=float(doc.get(f"{unit}_charged", doc[unit])),
             error_bound_95=float(doc["error_bound_95"]),
             reused=bool(doc.get("reused", False)),
             windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
@@ -531,10 +539,13 @@ class DpflowsClient:
         """Revoke one key at once; the client's other keys keep working."""
         return KeyInfo.from_json(self.request("DELETE", self.ADMIN_PATHS["key"].format(key_id=int(key_id))))
 
-    def set_cap(self, dataset: str, epsilon: float | str, *, client_id: int | None = None,
-                window: int | None = None) -> dict[str, Any]:
-        """Cap a client's ε per window (client_id) or the global cap (client_id None); all windows if None."""
-        body: dict[str, Any] = {"dataset": dataset, "epsilon": float(epsilon)}
+    def set_cap(self, dataset: str, epsilon: float | str | None = None, *, client_id: int | None = None,
+                window: int | None = None, rho: float | str | None = None) -> dict[str, Any]:
+        """Cap a client's ε (or ρ, zCDP datasets) per window (client_id) or the global cap; all windows if None."""
+        if (epsilon is None) == (rho is None):
+            raise ValueError("pass exactly one of epsilon (pure-DP datasets) or rho (zCDP datasets)")
+        body: dict[str, Any] = ({"dataset": dataset, "epsilon": float(epsilon)} if epsilon is not None
+                                else {"dataset": dataset, "rho": float(rho)})  # type: ignore[arg-type]
         if client_id is not None:
             body["client_id"] = int(client_id)
         if window is not None:
@@ -581,16 +592,19 @@ def parse_answer(kind: str, doc: Mapping[str, Any], *,
         answer_id=str(doc["answer_id"]),
         query=dict(doc.get("query") or {}),
         values=values_frame(kind, list(doc["values"]), bound),
-        epsilon_charged=float(doc["epsilon_charged"]),
+        epsilon_charged=None if doc.get("epsilon_charged") is None else float(doc["epsilon_charged"]),
         windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
         budget_remaining=float(doc["budget_remaining"]),
         privacy_unit=str(doc.get("privacy_unit", "")),
         mechanism=Mechanism(str(mech.get("name", "")), float(mech.get("noise_scale", "nan")),
-                            None if mech.get("sensitivity") is None else int(mech["sensitivity"])),
+                            None if mech.get("sensitivity") is None else float(mech["sensitivity"])),
         error_bound_95=bound,
         confidence=float(doc.get("confidence", 0.95)),
         reused=bool(doc.get("reused", False)),
         postprocessing=list(doc.get("postprocessing") or []),
         raw=dict(doc),
         _zoning_loader=zoning_loader,
+        accounting=str(doc.get("accounting", "pure_dp")),
+        rho_charged=None if doc.get("rho_charged") is None else float(doc["rho_charged"]),
+        approx_dp=None if doc.get("approx_dp") is None else dict(doc["approx_dp"]),
     )

@@ -104,8 +104,10 @@ class BoundingReport:
             raise InvalidData(f"bounding report release has {release.values.size} values; "
                               f"expected {BIN_COUNT} per measure for {list(measures)}")
         parts = np.split(np.asarray(release.values, dtype=np.int64), len(measures))
+        if not isinstance(release.epsilon, Epsilon):
+            raise InvalidData("a bounding report is a pure-DP (discrete Laplace) release")
         return cls(measures, dict(zip(measures, parts, strict=True)), release.epsilon, release.scale,
-                   release.sensitivity, release.mechanism, windows)
+                   int(release.sensitivity), release.mechanism, windows)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -60,7 +60,9 @@ def test_planner_flows_end_to_end(chromium_path: str, live_server: LiveServer, t
         page.wait_for_selector("#confirm:not([hidden])")
         page.click("#confirm-run")
         page.wait_for_selector("#answer:not([hidden])")
-        page.wait_for_function("Number(document.getElementById('budget-remaining').dataset.value) < 1")
+        # Locators, not wait_for_function: a string predicate is evaluated with eval, which the
+        # page's Content-Security-Policy (script-src 'self') rightly forbids.
+        page.locator("#budget-remaining:not([data-value='1'])").wait_for()
         assert budget_value(page) == 0.75
         summary = page.inner_text("#answer-summary")
         assert "spent ε 0.25" in summary and "person-window (7 days)" in summary
@@ -154,7 +156,7 @@ def test_analyst_sees_the_rules_not_the_data(chromium_path: str, live_server: Li
         page.select_option("#kind", "flows")
         page.select_option("#zoning", "districts")
         page.click("#quote-button")
-        page.wait_for_function("document.getElementById('form-error').textContent.includes('coarse')")
+        page.locator("#form-error", has_text="coarse").wait_for()
         assert page.get_attribute("#zoning", "aria-invalid") == "true"
         assert page.is_hidden("#confirm") and page.is_hidden("#answer")
         assert budget_value(page) == before
