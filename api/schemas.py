@@ -59,6 +59,13 @@ class QueryBodySchema(ma.Schema):
                               metadata={"description": "confidence of error bounds (default 0.95)"})
     clamp_negative = fields.Boolean(load_default=False,
                                     metadata={"description": "post-process negative noisy counts to 0"})
+    consistent = fields.Boolean(load_default=False, metadata={
+        "description": "post-process to non-negative integers whose row, column and grand totals agree "
+                       "(least squares then rounding, from released values only); raw_values keeps the unbiased "
+                       "noisy values. Free."})
+    derive = fields.Boolean(load_default=False, metadata={
+        "description": "allow a free answer summed exactly from a finer answer already released on this dataset "
+                       "(derived_from names it; per-value error bounds are those of sums of noises)"})
 
     @ma.validates_schema
     def _one_price(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -128,6 +135,50 @@ class AnswerSchema(ma.Schema):
     reused = fields.Boolean(metadata={"description": "true: a stored answer returned at no cost"})
     postprocessing = fields.List(fields.String())
     released_at = fields.String()
+    raw_values = fields.List(fields.Integer(), metadata={
+        "description": "with consistent or clamp_negative: the unbiased noisy values in key order; sum these"})
+    totals = fields.Dict(metadata={"description": "with consistent: row, column and grand totals of values"})
+    raw_totals = fields.Dict(metadata={"description": "with consistent: the same totals of raw_values, and the 95% "
+                                                      "bound of each (error_bound_95)"})
+    derived_from = fields.String(metadata={"description": "with derive: the released answer this one sums, free"})
+    value_error_bounds = fields.List(fields.Float(), metadata={
+        "description": "derived answers: each value's error bound, in key order (they differ)"})
+    value_terms = fields.List(fields.Integer(), metadata={
+        "description": "derived answers: how many released values each value sums"})
+
+
+class RelativeChangeQuerySchema(PresenceQuerySchema):
+    baseline_start = fields.Date(required=True, metadata={"description": "first day of the baseline period",
+                                                          "example": "2024-03-04"})
+    baseline_end = fields.Date(required=True, metadata={"description": "day after the baseline's last (exclusive)",
+                                                        "example": "2024-03-11"})
+
+
+class ZoneChangeSchema(ma.Schema):
+    zone = fields.String()
+    current_per_day = fields.Float(metadata={"description": "noisy presence per counted day, current period"})
+    baseline_per_day = fields.Float()
+    change_pct = fields.Float(allow_none=True, metadata={"description": "null where the baseline estimate is <= 0"})
+    change_pct_low = fields.Float(metadata={"description": "lower end of the interval at `confidence`"})
+    change_pct_high = fields.Float(allow_none=True, metadata={
+        "description": "upper end; null where the baseline's lower bound is not positive (too noisy)"})
+    current_error_bound = fields.Float()
+    baseline_error_bound = fields.Float()
+
+
+class RelativeChangeSchema(ma.Schema):
+    zones = fields.List(fields.Nested(ZoneChangeSchema))
+    confidence = fields.Float(metadata={"description": "per zone (not simultaneous over zones)"})
+    current_days = fields.Integer()
+    baseline_days = fields.Integer()
+    method = fields.String()
+    accounting = fields.String()
+    windows = fields.List(fields.Nested(WindowChargeSchema), metadata={
+        "description": "what the pair cost in each window touched (0 for reused or derived answers)"})
+    budget_remaining = EpsilonField(metadata={"description": "least remaining budget over the windows touched"})
+    privacy_unit = fields.String()
+    current = fields.Nested(AnswerSchema, metadata={"description": "the current period's presence answer"})
+    baseline = fields.Nested(AnswerSchema, metadata={"description": "the baseline period's presence answer"})
 
 
 class QuoteSchema(ma.Schema):
@@ -136,6 +187,8 @@ class QuoteSchema(ma.Schema):
     epsilon_charged = EpsilonField(metadata={"description": "0 when the answer would be reused"})
     rho = EpsilonField()
     rho_charged = EpsilonField(metadata={"description": "0 when the answer would be reused"})
+    derived_from = fields.String(metadata={"description": "with derive: the released answer it would be summed "
+                                                          "from, at no cost"})
     epsilon_derived_from_max_error = fields.Boolean()
     error_bound_95 = fields.Float()
     confidence = fields.Float()

@@ -19,6 +19,7 @@ from api.errors import ErrorSchema
 from dpflows import geo
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
+from dpflows.relative import RelativeChange
 from dpflows.service import Answer, QueryRequest, Service, WindowStatus
 
 BEARER = [{"bearerAuth": []}]
@@ -73,6 +74,31 @@ def answer_document(answer: Answer) -> dict[str, Any]:
         "reused": answer.reused,
         "postprocessing": answer.postprocessing,
         "released_at": answer.released_at,
+        **{name: value for name, value in (
+            ("raw_values", answer.raw_values), ("totals", answer.totals), ("raw_totals", answer.raw_totals),
+            ("derived_from", answer.derived_from), ("value_error_bounds", answer.value_error_bounds),
+            ("value_terms", answer.value_terms)) if value is not None},
+    }
+
+
+def relative_change_document(change: RelativeChange) -> dict[str, Any]:
+    """The pair's per-zone changes, what the pair cost per window, and both answers in full."""
+    answers = (change.current, change.baseline)
+    unit = change.current.charged.unit
+    per_window: dict[int, dict[str, Any]] = {}
+    for answer in answers:  # the baseline's window statuses are the later ones: they win
+        for w in answer.windows:
+            entry = per_window.setdefault(w.window, {"window": w.window, "start": w.start, "end": w.end,
+                                                     f"{unit}_charged": type(answer.charged).zero()})
+            entry[f"{unit}_charged"] = entry[f"{unit}_charged"] + answer.charged
+            entry["budget_remaining"] = w.budget.remaining
+    windows = [per_window[w] for w in sorted(per_window)]
+    return {
+        "zones": change.zones, "confidence": change.confidence, "current_days": change.current_days,
+        "baseline_days": change.baseline_days, "method": change.method, "accounting": change.current.accounting,
+        "windows": windows, "budget_remaining": min(w["budget_remaining"] for w in windows),
+        "privacy_unit": change.current.privacy_unit,
+        "current": answer_document(change.current), "baseline": answer_document(change.baseline),
     }
 
 
@@ -85,10 +111,14 @@ def wants_csv() -> bool:
 
 def csv_response(answer: Answer) -> Response:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*answer.key_fields, "count", "error_bound_95"])
+    raw = answer.raw_values
+    writer = csv.DictWriter(out, fieldnames=[*answer.key_fields, "count", "error_bound_95",
+                                             *(["raw_count"] if raw is not None else [])])
     writer.writeheader()
-    for row in answer.values:
-        writer.writerow({**row, "error_bound_95": f"{answer.error_bound_95:.3f}"})
+    bounds = answer.value_error_bounds or [answer.error_bound_95] * len(answer.values)
+    for i, row in enumerate(answer.values):
+        writer.writerow({**row, "error_bound_95": f"{bounds[i]:.3f}",
+                         **({"raw_count": raw[i]} if raw is not None else {})})
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers.update({
         "X-Dpflows-Answer-Id": answer.answer_id,
@@ -116,6 +146,8 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
         max_error=body.get("max_error"),
         confidence=body["confidence"],
         clamp_negative=body["clamp_negative"],
+        consistent=body["consistent"],
+        derive=body["derive"],
     )
 
 
@@ -169,6 +201,24 @@ def patterns(body: dict[str, Any]) -> Any:
     return run_query("patterns", body)
 
 
+@queries_blp.route("/relative-change", methods=["POST"])
+@queries_blp.arguments(schemas.RelativeChangeQuerySchema)
+@queries_blp.response(200, schemas.RelativeChangeSchema, description="% change of presence per zone vs a baseline")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER)
+@require("planner", "analyst", "admin")
+def relative_change(body: dict[str, Any]) -> Any:
+    """Presence per zone and counted day against the same weekdays and hours of a baseline period, in %.
+
+    Two presence answers, both charged (or reused, or derived for free with `derive`); their joint
+    cost is checked first, so a refusal charges nothing. Each zone's interval holds at `confidence`.
+    """
+    baseline_start, baseline_end = body.pop("baseline_start"), body.pop("baseline_end")
+    change = service().relative_change(query_request("presence", body), baseline_start, baseline_end,
+                                       current_client())
+    return relative_change_document(change)
+
+
 @queries_blp.route("/quote", methods=["POST"])
 @queries_blp.arguments(schemas.QuoteQuerySchema)
 @queries_blp.response(200, schemas.QuoteSchema, description="What the query would cost; nothing charged")
@@ -185,6 +235,7 @@ def quote(body: dict[str, Any]) -> Any:
         "epsilon_derived_from_max_error": q["epsilon_derived"], "error_bound_95": q["error_bound_95"],
         "confidence": q["confidence"], "windows": window_charges(q["windows"], q["epsilon_charged"]),
         "reused": q["reused"], "privacy_unit": q["privacy_unit"],
+        **({"derived_from": q["derived_from"]} if q.get("derived_from") else {}),
         "mechanism": {"name": q["mechanism"], "noise_scale": q["noise_scale"],
                       "sensitivity": q["sensitivity"]},
     }

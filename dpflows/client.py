@@ -199,6 +199,11 @@ class QueryAnswer:
     accounting: str = "pure_dp"  # or "zcdp": charges and budgets are then ρ
     rho_charged: float | None = None
     approx_dp: dict[str, float] | None = None  # zCDP: this release's ρ as (ε, δ), for display
+    #: with consistent=True or clamp_negative=True: the unbiased noisy values (sum these)
+    raw_values: list[int] | None = None
+    totals: dict[str, Any] | None = None  # consistent=True: totals of `values`, which agree
+    raw_totals: dict[str, Any] | None = None  # consistent=True: totals of raw_values, with their bounds
+    derived_from: str | None = None  # derive=True: the released answer this one sums, at no cost
 
     def to_pandas(self) -> Any:
         """The values as a pandas DataFrame (needs pandas and pyarrow installed)."""
@@ -226,6 +231,24 @@ class Quote:
     error_bound_95: float
     reused: bool
     windows: list[WindowCharge]
+    raw: dict[str, Any] = field(repr=False)
+
+
+_ZONE_CHANGE_SCHEMA = {"zone": pl.String, "current_per_day": pl.Float64, "baseline_per_day": pl.Float64,
+                       "change_pct": pl.Float64, "change_pct_low": pl.Float64, "change_pct_high": pl.Float64,
+                       "current_error_bound": pl.Float64, "baseline_error_bound": pl.Float64}
+
+
+@dataclass(frozen=True)
+class RelativeChangeAnswer:
+    """Per-zone % change with its interval, what the pair cost per window, and both answers."""
+
+    zones: pl.DataFrame  # zone, current_per_day, baseline_per_day, change_pct, change_pct_low/high, bounds
+    confidence: float  # of each zone's interval (not simultaneous over zones)
+    windows: list[WindowCharge]
+    budget_remaining: float
+    current: QueryAnswer
+    baseline: QueryAnswer
     raw: dict[str, Any] = field(repr=False)
 
 
@@ -343,16 +366,21 @@ def _iso(value: dt.date | str) -> str:
     return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
-def values_frame(kind: str, values: list[Mapping[str, Any]], error_bound_95: float) -> pl.DataFrame:
-    """Released values as a frame with each value's ± interval (lower clipped at 0)."""
+def values_frame(kind: str, values: list[Mapping[str, Any]], error_bound_95: float,
+                 value_error_bounds: list[float] | None = None) -> pl.DataFrame:
+    """Released values as a frame with each value's ± interval (lower clipped at 0).
+
+    Derived answers state a bound per value (`value_error_bounds`); others one for all.
+    """
     keys = KEY_FIELDS[kind]
     schema = {k: _KEY_DTYPES[k] for k in keys} | {"count": pl.Int64}
     frame = pl.DataFrame([{k: row[k] for k in schema} for row in values], schema=schema, orient="row")
-    bound = float(error_bound_95)
+    bound = (pl.Series("error_bound_95", [float(b) for b in value_error_bounds], dtype=pl.Float64)
+             if value_error_bounds is not None else pl.lit(float(error_bound_95), dtype=pl.Float64))
+    frame = frame.with_columns(bound.alias("error_bound_95"))
     return frame.with_columns(
-        pl.lit(bound, dtype=pl.Float64).alias("error_bound_95"),
-        (pl.col("count") - bound).clip(lower_bound=0.0).alias("lower"),
-        (pl.col("count") + bound).alias("upper"),
+        (pl.col("count") - pl.col("error_bound_95")).clip(lower_bound=0.0).alias("lower"),
+        (pl.col("count") + pl.col("error_bound_95")).alias("upper"),
     )
 
 
@@ -424,14 +452,15 @@ class DpflowsClient:
     def _query_body(dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                     hours: tuple[int, int] | list[int] | None, weekdays: list[int] | tuple[int, ...] | None,
                     epsilon: float | str | None, max_error: float | None, confidence: float | None,
-                    clamp_negative: bool | None, rho: float | str | None = None, **extra: Any) -> dict[str, Any]:
+                    clamp_negative: bool | None, rho: float | str | None = None, consistent: bool | None = None,
+                    derive: bool | None = None, **extra: Any) -> dict[str, Any]:
         if sum(x is not None for x in (epsilon, rho, max_error)) != 1:
             raise ValueError("pass exactly one of epsilon (pure-DP datasets), rho (zCDP datasets) or max_error")
         body: dict[str, Any] = {"dataset": dataset, "zoning": zoning, "start": _iso(start), "end": _iso(end)}
         optional = {"hours": None if hours is None else list(hours),
                     "weekdays": None if weekdays is None else list(weekdays),
                     "epsilon": epsilon, "rho": rho, "max_error": max_error, "confidence": confidence,
-                    "clamp_negative": clamp_negative, **extra}
+                    "clamp_negative": clamp_negative, "consistent": consistent, "derive": derive, **extra}
         body.update({k: v for k, v in optional.items() if v is not None})
         return body
 
@@ -444,45 +473,50 @@ class DpflowsClient:
               hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
               epsilon: float | str | None = None, max_error: float | None = None,
               confidence: float | None = None, clamp_negative: bool | None = None,
-              rho: float | str | None = None) -> QueryAnswer:
+              rho: float | str | None = None, consistent: bool | None = None,
+              derive: bool | None = None) -> QueryAnswer:
         """Origin-destination trip counts between every pair of zones (spends budget)."""
         return self._answer("flows", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho))
+            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
+            consistent=consistent, derive=derive))
 
     def presence(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                  hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
                  epsilon: float | str | None = None, max_error: float | None = None,
                  confidence: float | None = None, clamp_negative: bool | None = None,
-                 rho: float | str | None = None) -> QueryAnswer:
+                 rho: float | str | None = None, consistent: bool | None = None,
+                 derive: bool | None = None) -> QueryAnswer:
         """Person-hours present per zone and hour of day (spends budget)."""
         return self._answer("presence", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho))
+            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
+            consistent=consistent, derive=derive))
 
     def patterns(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                  measure: str = "trips", zone: str | None = None,
                  hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
                  epsilon: float | str | None = None, max_error: float | None = None,
                  confidence: float | None = None, clamp_negative: bool | None = None,
-                 rho: float | str | None = None) -> QueryAnswer:
+                 rho: float | str | None = None, consistent: bool | None = None,
+                 derive: bool | None = None) -> QueryAnswer:
         """Trips or presence per weekday and hour, for one zone or the whole area (spends budget)."""
         return self._answer("patterns", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
             max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
-            measure=measure, zone=zone))
+            consistent=consistent, derive=derive, measure=measure, zone=zone))
 
     def quote(self, query: str, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
               hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
               epsilon: float | str | None = None, max_error: float | None = None,
               confidence: float | None = None, measure: str | None = None, zone: str | None = None,
-              rho: float | str | None = None) -> Quote:
+              rho: float | str | None = None, derive: bool | None = None) -> Quote:
         """What a query would cost and how accurate it would be; charges nothing."""
         if query not in QUERY_KINDS:
             raise ValueError(f"query={query!r} must be one of {QUERY_KINDS}")
         body = self._query_body(dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
                                 max_error=max_error, confidence=confidence, clamp_negative=None, rho=rho,
-                                measure=measure, zone=zone, query=query)
+                                derive=derive, measure=measure, zone=zone, query=query)
         doc = self.request("POST", "/v1/quote", body=body)
         unit = "rho" if doc.get("accounting") == "zcdp" else "epsilon"
         return Quote(
@@ -491,6 +525,27 @@ class DpflowsClient:
             error_bound_95=float(doc["error_bound_95"]),
             reused=bool(doc.get("reused", False)),
             windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
+            raw=doc,
+        )
+
+    def relative_change(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
+                        baseline_start: dt.date | str, baseline_end: dt.date | str,
+                        hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
+                        epsilon: float | str | None = None, max_error: float | None = None,
+                        confidence: float | None = None, rho: float | str | None = None,
+                        derive: bool | None = None) -> RelativeChangeAnswer:
+        """% change of presence per zone against the same weekdays and hours of a baseline (spends budget)."""
+        body = self._query_body(dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
+                                max_error=max_error, confidence=confidence, clamp_negative=None, rho=rho,
+                                derive=derive, baseline_start=_iso(baseline_start), baseline_end=_iso(baseline_end))
+        doc = self.request("POST", "/v1/relative-change", body=body)
+        return RelativeChangeAnswer(
+            zones=pl.DataFrame(doc["zones"], schema=_ZONE_CHANGE_SCHEMA, orient="row"),
+            confidence=float(doc["confidence"]),
+            windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
+            budget_remaining=float(doc["budget_remaining"]),
+            current=parse_answer("presence", doc["current"]),
+            baseline=parse_answer("presence", doc["baseline"]),
             raw=doc,
         )
 
@@ -591,7 +646,7 @@ def parse_answer(kind: str, doc: Mapping[str, Any], *,
         kind=kind,
         answer_id=str(doc["answer_id"]),
         query=dict(doc.get("query") or {}),
-        values=values_frame(kind, list(doc["values"]), bound),
+        values=values_frame(kind, list(doc["values"]), bound, doc.get("value_error_bounds")),
         epsilon_charged=None if doc.get("epsilon_charged") is None else float(doc["epsilon_charged"]),
         windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
         budget_remaining=float(doc["budget_remaining"]),
@@ -607,4 +662,8 @@ def parse_answer(kind: str, doc: Mapping[str, Any], *,
         accounting=str(doc.get("accounting", "pure_dp")),
         rho_charged=None if doc.get("rho_charged") is None else float(doc["rho_charged"]),
         approx_dp=None if doc.get("approx_dp") is None else dict(doc["approx_dp"]),
+        raw_values=None if doc.get("raw_values") is None else [int(v) for v in doc["raw_values"]],
+        totals=doc.get("totals"),
+        raw_totals=doc.get("raw_totals"),
+        derived_from=doc.get("derived_from"),
     )

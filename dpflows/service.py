@@ -477,7 +477,8 @@ class Service:
         if derivation is not None:
             return {**common, "error_bound_95": derivation.max_error_bound, "reused": False,
                     "derived_from": derivation.source.answer_id, "epsilon_charged": type(epsilon).zero(),
-                    "noise_scale": float(derivation.payload["scale"])}
+                    "noise_scale": float(derivation.payload["scale"]),
+                    "sensitivity": derivation.payload["sensitivity"]}
         return {**common, "error_bound_95": noise_error_bound(mechanism, scale, request.confidence),
                 "reused": stored is not None,
                 "epsilon_charged": type(epsilon).zero() if stored is not None else epsilon,
