@@ -59,9 +59,17 @@ from typing import Any
 
 import numpy as np
 
-from dpflows.budget import Epsilon
+from dpflows.budget import ZCDP, Epsilon, PrivacyLoss, Rho
 from dpflows.errors import InvalidData
-from dpflows.mechanisms import DEFAULT_CONFIDENCE, DISCRETE_LAPLACE, NoisyRelease, error_bound, sum_error_bound
+from dpflows.mechanisms import (
+    DEFAULT_CONFIDENCE,
+    DISCRETE_LAPLACE,
+    NoisyRelease,
+    error_bound,
+    pure_dp_as_rho,
+    scale_for_epsilon,
+    sum_error_bound,
+)
 
 REPORT_FORMAT = 1
 #: Upper ends of the bins (inclusive); the last bin, (BIN_UPPER[-1], ∞), is open.
@@ -113,8 +121,10 @@ class BoundingReport:
             raise InvalidData(f"bounding report release has {release.values.size} values; "
                               f"expected {BIN_COUNT} per measure for {list(measures)}")
         parts = np.split(np.asarray(release.values, dtype=np.int64), len(measures))
+        if not isinstance(release.epsilon, Epsilon):
+            raise InvalidData("a bounding report is a pure-DP (discrete Laplace) release")
         return cls(measures, dict(zip(measures, parts, strict=True)), release.epsilon, release.scale,
-                   release.sensitivity, release.mechanism, windows)
+                   int(release.sensitivity), release.mechanism, windows)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -307,23 +317,37 @@ def _quantiles(report: BoundingReport, measure: str) -> list[Quantile]:
 
 @dataclass(frozen=True)
 class ReportCharge:
-    """A bounding report an ingestion must have paid for: its ingestion digest, ε and windows."""
+    """A bounding report an ingestion must have paid for: its ingestion digest, release and windows."""
 
     ingestion: str
     epsilon: Epsilon
     windows: int
+    scale: float
+    sensitivity: int
 
     @property
     def query_key(self) -> str:
         """The ledger key of its charge: one charge per ingestion, whichever worker or host makes it."""
         return hashlib.sha256(f"bounding_report|{self.ingestion}".encode()).hexdigest()
 
+    def loss(self, accounting: str) -> PrivacyLoss:
+        """What it costs in the dataset's ledger: its ε, or under zCDP the ρ OpenDP converts it to."""
+        if accounting == ZCDP:
+            return Rho.from_privacy_map(pure_dp_as_rho(self.sensitivity, self.scale))
+        return self.epsilon
+
     def to_json(self) -> dict[str, Any]:
-        return {"ingestion": self.ingestion, "epsilon_nanos": self.epsilon.nanos, "windows": self.windows}
+        return {"ingestion": self.ingestion, "epsilon_nanos": self.epsilon.nanos, "windows": self.windows,
+                "noise_scale": self.scale, "sensitivity": self.sensitivity}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ReportCharge:
-        charge = cls(str(doc["ingestion"]), Epsilon(int(doc["epsilon_nanos"])), int(doc["windows"]))
+        epsilon = Epsilon(int(doc["epsilon_nanos"]))
+        if "noise_scale" in doc:
+            scale, sensitivity = float(doc["noise_scale"]), int(doc["sensitivity"])
+        else:  # carried by an early version: a measurement with the same ε stands in for it
+            scale, sensitivity = scale_for_epsilon(1, epsilon), 1
+        charge = cls(str(doc["ingestion"]), epsilon, int(doc["windows"]), scale, sensitivity)
         if not charge.ingestion or charge.windows < 1:
             raise InvalidData("earlier bounding report entry is malformed")
         return charge

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from dpflows.aggregates import AggregateStore
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, Rho
 from dpflows.errors import BudgetExceeded, InvalidInput, NotFound
 from dpflows.ingest.pipeline import ingest_events
 from dpflows.ledger.sqlite import SqliteLedger
+from dpflows.mechanisms import pure_dp_as_rho
 from dpflows.queries import make_spec
 from dpflows.service import REPORT_ACTION, SYSTEM_CLIENT, QueryRequest, Service
 
@@ -121,3 +122,18 @@ def test_system_names_are_reserved(report_root: Path, tmp_path: Path) -> None:
     service = service_over(report_root, tmp_path / "l.db")
     with pytest.raises(InvalidInput, match="reserved"):
         service.create_client(SYSTEM_CLIENT, "admin")
+
+
+def test_on_a_zcdp_dataset_the_report_costs_the_rho_of_its_release(report_root: Path, tmp_path: Path) -> None:
+    raw = report_root / "raw"
+    ingest_events(raw / "events.parquet", raw / "cells.csv", tmp_path / "datasets" / "z", name="z", seed=8,
+                  accounting="zcdp", report_epsilon="0.1")
+    service = service_over(tmp_path, tmp_path / "l.db")
+    admin, _ = service.create_client("admin", "admin")
+    service.set_cap("z", Rho.parse("1"), client_id=None, window=None)
+    doc = service.bounding_report("z", admin)
+    report = service.dataset("z").bounding_report
+    assert report is not None and doc["epsilon"] == REPORT_EPS and doc["charged_unit"] == "rho"
+    rho = Rho.from_privacy_map(pure_dp_as_rho(report.sensitivity, report.scale))  # OpenDP: ε-DP is ε²/2-zCDP
+    assert rho == Rho.parse("0.005") and doc["charged"] == rho
+    assert all(service.ledger.total_charged("z", w) == rho for w in WINDOWS)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import polars as pl
 
-from dpflows.aggregates import DatasetMetadata, write_aggregates
-from dpflows.budget import Epsilon
+from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
+from dpflows.budget import PURE_DP, ZCDP, Epsilon
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
-from dpflows.ingest.bounding import bound_per_person_window, new_seed
+from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key, new_seed
 from dpflows.ingest.report import (
     DEFAULT_REPORT_EPSILON,
     ContributionHistograms,
@@ -196,11 +196,14 @@ def ingest_events(
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
     progress: Progress | None = None, report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
+    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """Raw network events → bounded presence and trip counts, written as a dataset directory.
 
     With report_epsilon > 0 (default 0.05) the dataset also gets a bounding report
     (dpflows.ingest.report), charged at that ε in every window before the dataset is served.
+    With ``accounting="zcdp"`` each person also adds at most `key_cap_trips` to any one trips
+    row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on.
     """
     progress = progress or Progress()
     path = Path(events_path)
@@ -224,7 +227,8 @@ def ingest_events(
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
-    meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule)
+    meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
+                           key_cap_trips, delta)
     progress.phase("deriving presence, bounding per person-window")
     pres = _with_window(derive.presence(events), start, window_days)
     histograms.add("presence", pres)  # exact, before bounding; released below with noise only
@@ -234,6 +238,7 @@ def ingest_events(
     progress.phase("deriving trips, bounding per person-window")
     trip_rows = derive.trips(events, rule=trip_rule, min_dwell=dt.timedelta(minutes=min_dwell_minutes))
     trip_lazy = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A,
+                                     key_cap=meta.key_cap_trips if accounting == ZCDP else None,
                                      histograms=histograms)
     trip_counts = histograms.collect_with(_cell_names(trip_lazy, lookup, ["origin", "dest"]))
     report = release_bounding_report(histograms, report_eps, meta.window_count)
@@ -246,12 +251,16 @@ def ingest_events(
 
 
 def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
-                         seed: int, histograms: ContributionHistograms | None = None) -> pl.LazyFrame:
+                         seed: int, key_cap: int | None = None,
+                         histograms: ContributionHistograms | None = None) -> pl.LazyFrame:
     rows = trip_rows.with_columns(pl.col("timestamp").dt.date().alias("day"),
                                   pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"))
+    if key_cap is not None:
+        # (person, day, hour, origin, dest) -> at most key_cap trips (zCDP's per-key cap)
+        rows = cap_per_person_key(rows, key_cap, keys=["day", "hour", "origin", "dest"])
     rows = _with_window(rows, start, window_days)
     if histograms is not None:
-        histograms.add("trips", rows)  # exact, before bounding; released with noise only
+        histograms.add("trips", rows)  # exact, before the L bound; released with noise only
     rows = bound_per_person_window(rows, bound, seed=seed)
     return rows.group_by("day", "hour", "origin", "dest").agg(pl.len().cast(pl.Int64).alias("count"))
 
@@ -265,6 +274,7 @@ def ingest_trips_table(
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
     zonings: Iterable[ZoningSpec] = (), seed: int | None = None, progress: Progress | None = None,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
+    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
@@ -291,10 +301,13 @@ def ingest_trips_table(
     trips = frame.select("person", "timestamp", "origin", "dest")
     start, end = _span(trips, path, first_day)
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
-                           {"kind": "given", "person": "column" if has_person else "each trip its own unit"})
+                           {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
+                           accounting, key_cap_trips, delta)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
-    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed, histograms=histograms)
+    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
+                                       key_cap=key_cap_trips if accounting == ZCDP else None,
+                                       histograms=histograms)
     counts = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
     report = release_bounding_report(histograms, report_eps, meta.window_count)
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from dpflows.aggregates import DatasetMetadata, write_aggregates
+from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
+from dpflows.budget import PURE_DP, ZCDP
 from dpflows.cells import CellCatalog
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
@@ -266,8 +267,13 @@ def bounded_records_spark(
     events_path: str | Path, cells_path: str | Path, *, window_days: int = DEFAULT_WINDOW_DAYS,
     bound_trips: int = DEFAULT_BOUND_TRIPS, bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay",
     min_dwell_minutes: float = 30, first_day: dt.date | None = None, seed: int, spark: SparkSession | None = None,
+    key_cap_trips: int | None = None,
 ) -> SparkBounded:
-    """Checked events → derived records → at most L per (person, window), as lazy Spark frames."""
+    """Checked events → derived records → at most L per (person, window), as lazy Spark frames.
+
+    With `key_cap_trips` (zCDP datasets), first at most that many trips per person and trips
+    row (day, hour, origin, dest), as bounding.cap_per_person_key does.
+    """
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
     source = read_events_spark(_spark(spark), events_path, cells_path, first_day)
@@ -275,6 +281,13 @@ def bounded_records_spark(
     presence = bound_per_person_window_spark(presence_records(source.events, start, window_days),
                                              bound_presence, seed=seed)
     trips = trip_records(source.events, start, window_days, rule=trip_rule, min_dwell_minutes=min_dwell_minutes)
+    if key_cap_trips is not None:
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        per_key = Window.partitionBy("person", "day", "hour", "origin", "dest").orderBy("timestamp")
+        # (person, day, hour, origin, dest) -> at most key_cap_trips trips
+        trips = trips.withColumn("_k", F.row_number().over(per_key)).filter(F.col("_k") <= key_cap_trips).drop("_k")
     trips = bound_per_person_window_spark(trips, bound_trips, seed=seed ^ TRIP_SEED_MASK)
     return SparkBounded(presence, trips, source)
 
@@ -302,7 +315,8 @@ def ingest_events_spark(
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    spark: SparkSession | None = None, progress: Progress | None = None,
+    spark: SparkSession | None = None, progress: Progress | None = None, accounting: str = PURE_DP,
+    key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """Raw network events → bounded presence and trip counts with Spark; the same dataset directory."""
     progress = progress or Progress()
@@ -313,16 +327,17 @@ def ingest_events_spark(
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
     # name, window and bounds checked before Spark reads anything (dates are placeholders here)
-    DatasetMetadata(name, dt.date(2000, 1, 1), dt.date(2000, 1, 2), window_days, bound_trips, bound_presence, rule)
+    DatasetMetadata(name, dt.date(2000, 1, 1), dt.date(2000, 1, 2), window_days, bound_trips, bound_presence, rule,
+                    accounting, key_cap_trips, delta)
     progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
     bounded = bounded_records_spark(events_path, cells_path, window_days=window_days, bound_trips=bound_trips,
                                     bound_presence=bound_presence, trip_rule=trip_rule,
                                     min_dwell_minutes=min_dwell_minutes, first_day=first_day, seed=seed,
-                                    spark=spark)
+                                    spark=spark, key_cap_trips=key_cap_trips if accounting == ZCDP else None)
     source = bounded.source
     try:
         meta = DatasetMetadata(name, source.first_day, source.end_day, window_days, bound_trips, bound_presence,
-                               rule)
+                               rule, accounting, key_cap_trips, delta)
         progress.phase("deriving presence, bounding per person-window (Spark)")
         presence = _counts(bounded.presence, ["day", "hour", "cell"], ["cell"], source.lookup)
         progress.phase("deriving trips, bounding per person-window (Spark)")

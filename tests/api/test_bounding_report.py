@@ -39,6 +39,7 @@ def test_admin_and_planner_read_the_stored_release_after_its_charge(city, report
     assert r.status_code == 200, r.json
     doc = r.json
     assert doc["epsilon"] == 0.1 and doc["windows"] == 2 and doc["privacy_unit"] == "person-window (7 days)"
+    assert doc["charged"] == 0.1 and doc["charged_unit"] == "epsilon"
     scale = scale_for_epsilon(2, Epsilon.parse("0.1"))  # 2/0.1, stepped up until OpenDP's map is within ε
     assert doc["mechanism"] == {"name": "discrete_laplace", "noise_scale": scale, "sensitivity": 2}
     assert doc["error_bound_95"] > 0 and len(doc["detection_thresholds"]) == 4
