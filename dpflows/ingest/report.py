@@ -11,6 +11,8 @@ Privacy: adding or removing one person's records in one window moves one person-
 or out of one bin of each measure's histogram, so the ℓ1 sensitivity of all the histograms
 together is the number of measures, and the release costs its ε in every window (windows
 hold disjoint person-windows: parallel composition), like a query spanning every window.
+It is a pure-DP release on every dataset; a zCDP dataset's ledger is charged the ρ that
+OpenDP converts it to (ε²/2).
 
 Accounting (see also docs/privacy.md): the release happens here, at ingestion, run by the
 operator, who holds the raw events anyway; what `dpflows ingest` prints stays inside that
@@ -25,8 +27,9 @@ same directory (`write_aggregates` carries an unpaid earlier report forward).
 
 Additivity: histograms of disjoint sets of persons add up, so an ingestion that processes
 persons in buckets calls `ContributionHistograms.add` once per bucket and measure with the
-same accumulator. A person-window must never be split across calls: its records would be
-counted as two smaller person-windows.
+same accumulator (and collects each bucket's counts with `collect_with`, so the records are
+derived once for both). A person-window must never be split across calls: its records would
+be counted as two smaller person-windows.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from api import create_app
 from dpflows.aggregates import AggregateStore
 from dpflows.budget import Epsilon
+from dpflows.client import DpflowsClient
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.mechanisms import scale_for_epsilon
 from dpflows.service import REPORT_ACTION, Service
@@ -100,8 +101,8 @@ def test_gunicorn_workers_charge_it_once(report_root: Path, tmp_path: Path) -> N
         for t in threads:
             t.join()
         assert statuses == [200] * 30
-        body = requests.get(srv.url + PATH, headers=keys.h("planner"), timeout=30).json()
-        assert body["epsilon"] == 0.1
+        body = DpflowsClient(srv.url, keys.planner).bounding_report("city")  # the Python client
+        assert body["epsilon"] == 0.1 and body["measures"][0]["measure"] == "trips"
     ledger = SqliteLedger(ledger_path)
     try:
         assert [ledger.total_charged("city", w) for w in (0, 1)] == [Epsilon.parse("0.1")] * 2
