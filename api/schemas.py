@@ -241,6 +241,70 @@ class DatasetSchema(ma.Schema):
     zonings = fields.List(fields.Nested(ZoningSummarySchema))
 
 
+class TypicalQuerySchema(ma.Schema):
+    keys = fields.Integer()
+    epsilon = fields.Float()
+    description = fields.String()
+
+
+class ContributionQuantileSchema(ma.Schema):
+    q = fields.Float()
+    lower = fields.Integer(metadata={"description": "the quantile lies in [lower, upper] records per person-window"})
+    upper = fields.Integer(allow_none=True, metadata={"description": "null: above the last finite bin"})
+    rank_error_95 = fields.Float(metadata={"description": "95% bound on the error of the share at or below upper"})
+
+
+class BoundCandidateSchema(ma.Schema):
+    bound = fields.Integer()
+    share_dropped = fields.Float(metadata={"description": "estimated share of records dropped at this bound"})
+    share_over = fields.Float(metadata={"description": "estimated share of person-windows above this bound"})
+    mae_bound = fields.Float(metadata={"description": "upper bound on the typical query's mean absolute error"})
+
+
+class HistogramBinSchema(ma.Schema):
+    lower = fields.Integer()
+    upper = fields.Integer(allow_none=True, metadata={"description": "null: open-ended last bin"})
+    noisy_count = fields.Integer(metadata={"description": "person-windows, pooled over windows, with noise"})
+
+
+class MeasureBoundingSchema(ma.Schema):
+    measure = fields.String()
+    bound = fields.Integer(metadata={"description": "the dataset's bound L (the sensitivity)"})
+    person_windows = fields.Float(metadata={"description": "estimated person-windows, pooled over windows"})
+    share_dropped = fields.Float(metadata={"description": "estimated share of records dropped at the bound"})
+    share_over_bound = fields.Float()
+    suggested_bound = fields.Integer()
+    typical_query = fields.Nested(TypicalQuerySchema)
+    quantiles = fields.List(fields.Nested(ContributionQuantileSchema))
+    candidates = fields.List(fields.Nested(BoundCandidateSchema))
+    histogram = fields.List(fields.Nested(HistogramBinSchema))
+
+
+class ReportMechanismSchema(ma.Schema):
+    name = fields.String()
+    noise_scale = fields.Float()
+    sensitivity = fields.Integer(metadata={"description": "ℓ1 over the measures' histograms: one bin each per "
+                                                          "person-window"})
+
+
+class BoundingReportSchema(ma.Schema):
+    dataset = fields.String()
+    privacy_unit = fields.String()
+    epsilon = EpsilonField(metadata={"description": "ε of the report's release (pure DP, discrete Laplace)"})
+    charged = EpsilonField(metadata={"description": "what the report costs once in every window of the global cap: "
+                                                    "its ε, or on a zCDP dataset the ρ of that release (ε²/2)"})
+    charged_unit = fields.String(metadata={"description": "epsilon or rho"})
+    windows = fields.Integer()
+    mechanism = fields.Nested(ReportMechanismSchema)
+    error_bound_95 = fields.Float(metadata={"description": "absolute error of each noisy bin at 95%"})
+    confidence = fields.Float()
+    detection_thresholds = fields.List(fields.Float(), metadata={
+        "description": "a run of k adjacent bins all reaching the k-th value is data; bins after the last such "
+                       "run read as empty"})
+    measures = fields.List(fields.Nested(MeasureBoundingSchema))
+    notes = fields.List(fields.String())
+
+
 class ZoneSchema(ma.Schema):
     zone_id = fields.String()
     cells = fields.Integer()

@@ -275,6 +275,20 @@ def datasets() -> Any:
     return current_app.extensions["dpflows"].catalog.datasets()
 
 
+@account_blp.route("/datasets/<string:dataset>/bounding-report", methods=["GET"])
+@account_blp.response(200, schemas.BoundingReportSchema)
+@_document_errors(account_blp, 401, 403, 404, 409, 503)
+@account_blp.doc(security=BEARER)
+@require("admin", "planner")
+def bounding_report(dataset: str) -> Any:
+    """How much contribution bounding drops and a suggested bound, from the dataset's noisy bounding report.
+
+    The report was released once at ingestion; its ε is charged against the global cap in every
+    window before it (or any answer) is served, so reading it costs nothing (409 until it can be charged).
+    """
+    return service().bounding_report(dataset, current_client())
+
+
 @account_blp.route("/datasets/<string:dataset>/zonings/<string:zoning>", methods=["GET"])
 @account_blp.response(200, schemas.ZoningSchema)
 @_document_errors(account_blp, 401, 404, 503)

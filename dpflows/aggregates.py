@@ -201,7 +201,7 @@ def report_charges(doc: dict[str, Any], version: str) -> list[ReportCharge]:
     charges = [ReportCharge.from_json(c) for c in doc.get("earlier_reports", [])]
     if "bounding_report" in doc:
         report = BoundingReport.from_json(doc["bounding_report"])
-        charges.append(ReportCharge(version, report.epsilon, report.windows))
+        charges.append(ReportCharge(version, report.epsilon, report.windows, report.scale, report.sensitivity))
     unique: dict[str, ReportCharge] = {}
     for charge in charges:
         unique.setdefault(charge.ingestion, charge)

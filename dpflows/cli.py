@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from dpflows.errors import DpflowsError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dpflows.service import Service
 
 
@@ -47,6 +49,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="zcdp: the delta at which rho is shown as (epsilon, delta)")
     p.add_argument("--engine", choices=["polars", "spark"], default="polars",
                    help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
+    p.add_argument("--report-epsilon", default="0.05",
+                   help="epsilon of the bounding report (share dropped by L, quantiles, suggested L), charged "
+                        "once in every window against the global cap before the dataset is served; 0: none "
+                        "(default 0.05; the Spark engine makes no report yet)")
     p.set_defaults(run=_run_ingest)
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
@@ -91,7 +97,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
     if args.trips_table:
         out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                                  bound_trips=args.bound_trips, first_day=args.first_day, zonings=zonings,
-                                 **accounting)
+                                 report_epsilon=args.report_epsilon, **accounting)
     elif args.engine == "spark":
         from dpflows.ingest.spark import ingest_events_spark
 
@@ -99,13 +105,32 @@ def _run_ingest(args: argparse.Namespace) -> int:
                                   bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                                   first_day=args.first_day, zonings=zonings, **accounting)
+        print("dpflows: the Spark engine makes no bounding report yet (--report-epsilon ignored)", file=sys.stderr)
     else:
         out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                             trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                            first_day=args.first_day, zonings=zonings, **accounting)
+                            first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
+                            **accounting)
     print(f"dataset {name!r} written to {out}")
+    _print_bounding_report(Path(out))
     return 0
+
+
+def _print_bounding_report(out: Path) -> None:
+    """The noisy report's summary, for the operator who ran ingestion (charged before the service serves it)."""
+    from dpflows.aggregates import load_dataset
+    from dpflows.cells import CELL_ZONING
+    from dpflows.contribution_report import format_report, report_document
+
+    data = load_dataset(out)
+    if data.bounding_report is None:
+        return
+    zones = [z.zone_count for name, z in data.zonings.items() if name != CELL_ZONING]
+    meta = data.metadata
+    doc = report_document(data.bounding_report, {"trips": meta.bound_trips, "presence": meta.bound_presence},
+                          max(zones, default=None))
+    print(format_report(doc))
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -559,6 +559,10 @@ class DpflowsClient:
         doc = self.request("GET", "/v1/datasets")
         return [DatasetInfo.from_json(d) for d in (doc["datasets"] if isinstance(doc, dict) else doc)]
 
+    def bounding_report(self, dataset: str) -> dict[str, Any]:
+        """Share of records dropped by bounding, quantiles and a suggested bound (admin, planner); free to read."""
+        return self.request("GET", f"/v1/datasets/{_seg(dataset)}/bounding-report")
+
     def zoning(self, dataset: str, zoning: str) -> dict[str, Any]:
         """A public zoning: zones, cells per zone, and geometry/centroids/cells for maps."""
         return dict(self.request("GET", f"/v1/datasets/{_seg(dataset)}/zonings/{_seg(zoning)}"))

@@ -405,3 +405,12 @@ def release_contribution_histograms(histograms: list[np.ndarray], epsilon: Epsil
         raise MechanismError("no histogram to release")
     return release_counts(np.concatenate([np.asarray(h, dtype=np.int64) for h in histograms]), len(histograms),
                           epsilon)
+
+
+def pure_dp_as_rho(sensitivity: int, scale: float) -> Fraction:
+    """ρ of a discrete Laplace release at `scale`, for a zCDP ledger: OpenDP's pure-DP → zCDP
+    conversion of that very measurement (ε-DP is ε²/2-zCDP; Bun and Steinke 2016, Prop. 1.4)."""
+    try:
+        return Fraction(dp.c.make_pureDP_to_zCDP(_laplace(scale)).map(sensitivity))
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"zCDP conversion failed for sensitivity {sensitivity}: {exc.message}") from exc

@@ -24,15 +24,18 @@ from typing import Any
 import numpy as np
 
 from dpflows.aggregates import AggregateStore, Dataset
-from dpflows.budget import PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho, loss_type
+from dpflows.budget import MAX_EPSILON_NANOS, PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho, loss_type
 from dpflows.cells import CELL_ZONING, Zoning, parse_zoning_csv
+from dpflows.contribution_report import ReportCharge, report_document
 from dpflows.derive import Derivation, best_derivation, release_loss
 from dpflows.errors import (
     AuthenticationFailed,
     BudgetExceeded,
+    Conflict,
     DataUnavailable,
     DpflowsError,
     InvalidInput,
+    NotFound,
     PolicyViolation,
 )
 from dpflows.ledger import AuditEntry, Client, Ledger, ReleaseRequest, StoredAnswer, WindowBudget
@@ -59,6 +62,9 @@ from dpflows.relative import RelativeChange, baseline_spec, per_window_need, rel
 log = logging.getLogger("dpflows.service")
 
 KEY_PREFIX = "dpf_"
+#: The reserved principal that pays for bounding reports (no key, no allowance of its own).
+SYSTEM_CLIENT = "system:ingest"
+REPORT_ACTION = "ingest.bounding_report"
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,7 @@ class Service:
         self.store = store
         self.ledger = ledger
         self.policy = policy or Policy()
+        self._reports_paid: set[str] = set()  # report-charge keys known to be in the ledger
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -286,6 +293,7 @@ class Service:
         audit_query = spec.canonical()
         try:
             data = self.store.get(spec.dataset)
+            self.charge_bounding_report(data)
             self.policy.authorize(client, spec, data.zoning(spec.zoning))
             epsilon = self._price(client, request, data)
             audit_query[epsilon.unit] = epsilon.to_json()
@@ -493,6 +501,7 @@ class Service:
         charges nothing. (Between that check and the second charge another client can still
         spend; the first answer then stays released and is reused for free next time.)
         """
+        self.charge_bounding_report(self.store.get(request.spec.dataset))  # before the combined need is checked
         base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
         # Quotes authorize and price both, and know which would be reused or derived for free.
         quotes = [self.quote(req, client) for req in (request, base_request)]
@@ -527,6 +536,87 @@ class Service:
         data = self.store.get(dataset)
         return self._window_status(data, client, list(range(data.metadata.window_count)))
 
+    # -- bounding report (dpflows.contribution_report, dpflows.ingest.report) --------------------
+
+    def charge_bounding_report(self, data: Dataset) -> None:
+        """Charge, once, every bounding report an ingestion owes, before anything of it is served.
+
+        Ingestion released the report (noisy) at its ε in every window; here that ε (on a zCDP
+        dataset, the ρ OpenDP converts the release to: ε²/2) is charged against the dataset's
+        global cap through `commit_release`, by the reserved principal
+        SYSTEM_CLIENT, keyed by the ingestion's digest: one charge per ingestion, whichever
+        worker or host comes first. Until it succeeds (no global cap yet, or too little left)
+        the dataset serves nothing: no answer, no report.
+        """
+        for charge in data.report_charges:
+            if charge.query_key in self._reports_paid:
+                continue
+            if self.ledger.find_answer(data.metadata.name, charge.query_key) is None:
+                self._commit_report_charge(data.metadata.name, charge, charge.loss(data.metadata.accounting))
+            self._reports_paid.add(charge.query_key)
+
+    def _commit_report_charge(self, dataset: str, charge: ReportCharge, loss: PrivacyLoss) -> None:
+        """`loss`: the report's ε, or on a zCDP dataset the ρ OpenDP converts that release to."""
+        system = self._system_client()
+        # No allowance of its own: the global cap, shared with every client, is its only limit.
+        self.ledger.set_cap(dataset, type(loss)(MAX_EPSILON_NANOS), client_id=system.id, window=None)
+        answer_id = uuid.uuid4().hex
+        query = {"kind": "bounding_report", "ingestion": charge.ingestion, "epsilon": charge.epsilon.to_json(),
+                 loss.unit: loss.to_json()}
+        try:
+            self.ledger.commit_release(ReleaseRequest(
+                client_id=system.id, dataset=dataset, query_key=charge.query_key,
+                windows=tuple(range(charge.windows)), epsilon=loss, answer_id=answer_id,
+                payload={"query": query, "loss_nanos": loss.nanos, "unit": loss.unit},
+                audit=AuditEntry(action=REPORT_ACTION, outcome="released", client_id=system.id, dataset=dataset,
+                                 query=query, epsilon=loss, answer_id=answer_id),
+            ))
+        except BudgetExceeded as exc:
+            self._audit_failure(REPORT_ACTION, exc, system, dataset, query)
+            raise BudgetExceeded(
+                f"dataset {dataset!r} serves nothing until its bounding report ({loss.unit}={loss} in every "
+                f"window) is charged to the global cap, and that failed: {exc.message.split('; ')[0]}; "
+                "ask an admin to set or raise the global cap (dpflows admin set-cap --global)",
+                field="dataset", details=exc.details,
+            ) from exc
+
+    def _system_client(self) -> Client:
+        try:
+            client = self.ledger.client_by_name(SYSTEM_CLIENT)
+        except NotFound:
+            try:
+                client = self.ledger.create_client(SYSTEM_CLIENT, "admin")
+            except Conflict:  # another worker or host created it meanwhile
+                client = self.ledger.client_by_name(SYSTEM_CLIENT)
+        if self.ledger.list_keys(client.id):
+            raise Conflict(f"client {SYSTEM_CLIENT!r} is reserved for bounding-report charges but has API keys; "
+                           "revoke them and rename that client", field="name")
+        return client
+
+    def bounding_report(self, dataset: str, client: Client) -> dict[str, Any]:
+        """How much bounding drops, read from the dataset's noisy bounding report once it is paid for."""
+        audit_query: dict[str, Any] = {"kind": "bounding_report"}
+        try:
+            data = self.store.get(dataset)
+            report = data.bounding_report
+            if report is None:
+                raise NotFound(f"dataset {dataset!r} has no bounding report; re-ingest it with "
+                               "--report-epsilon 0.05 (the default) to make one", field="dataset")
+            self.charge_bounding_report(data)
+        except DpflowsError as exc:
+            self._audit_failure("query.bounding_report", exc, client, dataset, audit_query)
+            raise
+        # Reading a paid release again is free, as a reused answer is.
+        self.ledger.append_audit(AuditEntry(action="query.bounding_report", outcome="reused", client_id=client.id,
+                                            dataset=dataset, query=audit_query))
+        zones = [data.zoning(z).zone_count for z in _zoning_names(data) if z != CELL_ZONING]
+        meta = data.metadata
+        doc = report_document(report, {"trips": meta.bound_trips, "presence": meta.bound_presence},
+                              max(zones, default=None))
+        charged = data.report_charges[-1].loss(meta.accounting)  # this ingestion's own report is the last
+        return {"dataset": dataset, "privacy_unit": meta.privacy_unit, "charged": charged,
+                "charged_unit": charged.unit, **doc}
+
     # -- admin ------------------------------------------------------------------------------
 
     def _audit_admin(self, admin: Client | None, action: str, **details: Any) -> None:
@@ -536,6 +626,9 @@ class Service:
 
     def create_client(self, name: str, role: str, *, by: Client | None = None) -> tuple[Client, str]:
         """Register a client and issue its first key (returned once, never stored)."""
+        if name.startswith("system:"):
+            raise InvalidInput(f"name={name!r} is reserved (names starting with 'system:' are dpflows' own); "
+                               "choose another name", field="name")
         client = self.ledger.create_client(name, role)
         key = self.issue_key(client.id)
         self._audit_admin(by, "admin.create_client", client=name, role=role)

@@ -78,6 +78,20 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def report_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only data root with dataset 'city': a small demo city (2 windows) ingested with a
+    bounding report at ε = 0.1 and the zoning 'districts'; copy it before re-ingesting."""
+    from dpflows.demo import generate_city
+    from dpflows.ingest.pipeline import ZoningSpec, ingest_events
+
+    root = tmp_path_factory.mktemp("report-data")
+    files = generate_city(root / "raw", persons=600, seed=3, days=14)
+    ingest_events(files.events, files.cells, root / "datasets" / "city", name="city", seed=7, report_epsilon="0.1",
+                  zonings=[ZoningSpec("districts", files.districts)])
+    return root
+
+
 @pytest.fixture
 def store(data_root: Path) -> AggregateStore:
     return AggregateStore(data_root)

@@ -234,13 +234,13 @@ def ingest_events(
     histograms.add("presence", pres)  # exact, before bounding; released below with noise only
     pres = bound_per_person_window(pres, bound_presence, seed=seed)
     pres_lazy = pres.group_by("day", "hour", "cell").agg(pl.len().cast(pl.Int64).alias("count"))
-    pres_counts = _cell_names(pres_lazy, lookup, ["cell"]).collect(engine="streaming")
+    pres_counts = histograms.collect_with(_cell_names(pres_lazy, lookup, ["cell"]))  # and the histogram
     progress.phase("deriving trips, bounding per person-window")
     trip_rows = derive.trips(events, rule=trip_rule, min_dwell=dt.timedelta(minutes=min_dwell_minutes))
     trip_lazy = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A,
                                      key_cap=meta.key_cap_trips if accounting == ZCDP else None,
                                      histograms=histograms)
-    trip_counts = _cell_names(trip_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    trip_counts = histograms.collect_with(_cell_names(trip_lazy, lookup, ["origin", "dest"]))
     report = release_bounding_report(histograms, report_eps, meta.window_count)
     progress.phase("writing aggregates")
     out = Path(out_dir)
@@ -308,7 +308,7 @@ def ingest_trips_table(
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
                                        key_cap=key_cap_trips if accounting == ZCDP else None,
                                        histograms=histograms)
-    counts = _cell_names(counts_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    counts = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
     report = release_bounding_report(histograms, report_eps, meta.window_count)
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
     out = Path(out_dir)

@@ -86,7 +86,8 @@ def test_inactive_bounds_give_identical_aggregates(spark, city, tmp_path: Path, 
     zonings = [ZoningSpec("districts", city.districts), ZoningSpec("sectors", city.sectors, True, 50)]
     kw: dict[str, Any] = dict(name="city", bound_trips=big, bound_presence=big, trip_rule=rule,
                               min_dwell_minutes=30, zonings=zonings)
-    polars_out = ingest_events(city.events, city.cells, tmp_path / "polars", seed=1, **kw)
+    # report_epsilon=0: the Spark engine makes no bounding report yet, so metadata compares equal
+    polars_out = ingest_events(city.events, city.cells, tmp_path / "polars", seed=1, report_epsilon=0, **kw)
     spark_out = ingest_events_spark(city.events, city.cells, tmp_path / "spark", seed=2, spark=spark, **kw)
     for name, keys in (("trips", ["day", "hour", "origin", "dest"]), ("presence", ["day", "hour", "cell"])):
         a, b = _sorted(polars_out / f"{name}.parquet", keys), _sorted(spark_out / f"{name}.parquet", keys)
