@@ -52,7 +52,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-epsilon", default="0.05",
                    help="epsilon of the bounding report (share dropped by L, quantiles, suggested L), charged "
                         "once in every window against the global cap before the dataset is served; 0: none "
-                        "(default 0.05; the Spark engine makes no report yet)")
+                        "(default 0.05)")
     p.set_defaults(run=_run_ingest)
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
@@ -104,8 +104,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
         out = ingest_events_spark(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                                   bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                                  first_day=args.first_day, zonings=zonings, **accounting)
-        print("dpflows: the Spark engine makes no bounding report yet (--report-epsilon ignored)", file=sys.stderr)
+                                  first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
+                                  **accounting)
     else:
         out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,

@@ -98,6 +98,14 @@ class ContributionHistograms:
             raise ValueError(f"measure {measure!r} is not one of {MEASURES}")
         self._pending.append((measure, _histogram_plan(records)))
 
+    def add_counts(self, measure: str, counts: pl.DataFrame) -> None:
+        """Add an exact histogram already counted elsewhere (the Spark engine): columns _bin, _units."""
+        if not self.enabled:
+            return
+        if measure not in MEASURES:
+            raise ValueError(f"measure {measure!r} is not one of {MEASURES}")
+        self._counts[measure] = self._counts.get(measure, np.zeros(BIN_COUNT, dtype=np.int64)) + _to_array(counts)
+
     def collect_with(self, frame: pl.LazyFrame) -> pl.DataFrame:
         """Collect `frame` and every histogram added since, sharing their common subplans."""
         pending, self._pending = self._pending, []
