@@ -57,7 +57,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
     p.add_argument("--home", default="./var/demo", help="where the demo's data and ledger live")
-    p.add_argument("--persons", type=int, default=20000, help="city size (default 20,000: a few seconds)")
+    p.add_argument("--persons", type=int, default=20000, help="city size (default 20,000: about 20 s to prepare, once)")
     p.add_argument("--bind", default="127.0.0.1:8000")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-serve", action="store_true", help="prepare only, do not start gunicorn")
