@@ -61,6 +61,9 @@ def init_request_logging(app: Flask) -> None:
             "epsilon_charged": _epsilon(getattr(g, "epsilon_charged", None)),
             "ms": round((time.perf_counter() - getattr(g, "started", time.perf_counter())) * 1000, 2),
         }
+        rho = getattr(g, "rho_charged", None)
+        if rho is not None:  # zCDP datasets charge ρ, logged under its own name
+            fields["rho_charged"] = _epsilon(rho)
         response.headers["X-Request-Id"] = fields["request_id"] or ""
         log.info("request", extra={"fields": fields})
         return response

@@ -12,19 +12,19 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from dpflows.budget import Epsilon
+from dpflows.budget import PrivacyLoss
 
 # Ids are SQL BIGINTs: a larger integer cannot name anything, and SQLite raises OverflowError on it.
 ID_MAX = 2**63 - 1
 
 
 class EpsilonField(fields.Field):
-    """Dumps an exact `Epsilon` as a JSON number (exact for every value a client can send)."""
+    """Dumps an exact ε or ρ (`PrivacyLoss`) as a JSON number (exact for every value a client can send)."""
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:
             return None
-        return value.to_json() if isinstance(value, Epsilon) else value
+        return value.to_json() if isinstance(value, PrivacyLoss) else value
 
 
 class PassThroughList(fields.List):
@@ -52,17 +52,26 @@ class QueryBodySchema(ma.Schema):
                                   "example": [7, 10]})
     weekdays = fields.List(fields.Integer(strict=True), validate=validate.Length(1, 7),
                            metadata={"description": "days of week to count, 0=Monday", "example": [0, 1, 2, 3, 4]})
-    epsilon = _positive_number("privacy loss to spend in each window the query touches")
-    max_error = _positive_number("instead of epsilon: the 95% absolute error per value wanted")
+    epsilon = _positive_number("pure-DP datasets: the ε to spend in each window the query touches")
+    rho = _positive_number("zCDP datasets (accounting zcdp): the ρ to spend in each window the query touches")
+    max_error = _positive_number("instead of epsilon or rho: the 95% absolute error per value wanted")
     confidence = fields.Float(load_default=0.95, allow_nan=False, validate=validate.Range(0.5, 1, max_inclusive=False),
                               metadata={"description": "confidence of error bounds (default 0.95)"})
     clamp_negative = fields.Boolean(load_default=False,
                                     metadata={"description": "post-process negative noisy counts to 0"})
+    consistent = fields.Boolean(load_default=False, metadata={
+        "description": "post-process to non-negative integers whose row, column and grand totals agree "
+                       "(least squares then rounding, from released values only); raw_values keeps the unbiased "
+                       "noisy values. Free."})
+    derive = fields.Boolean(load_default=False, metadata={
+        "description": "allow a free answer summed exactly from a finer answer already released on this dataset "
+                       "(derived_from names it; per-value error bounds are those of sums of noises)"})
 
     @ma.validates_schema
     def _one_price(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if ("epsilon" in data) == ("max_error" in data):
-            raise ma.ValidationError("send exactly one of epsilon or max_error", field_name="epsilon")
+        if sum(k in data for k in ("epsilon", "rho", "max_error")) != 1:
+            raise ma.ValidationError("send exactly one of epsilon (pure-DP datasets), rho (zCDP datasets) or "
+                                     "max_error", field_name="epsilon")
 
 
 class FlowsQuerySchema(QueryBodySchema):
@@ -88,25 +97,37 @@ class WindowChargeSchema(ma.Schema):
     window = fields.Integer()
     start = fields.Date()
     end = fields.Date(metadata={"description": "exclusive"})
-    epsilon_charged = EpsilonField()
-    budget_remaining = EpsilonField(metadata={"description": "what you can still spend in this window"})
+    epsilon_charged = EpsilonField(metadata={"description": "pure-DP datasets"})
+    rho_charged = EpsilonField(metadata={"description": "zCDP datasets"})
+    budget_remaining = EpsilonField(metadata={"description": "what you can still spend in this window (ε or ρ)"})
 
 
 class MechanismSchema(ma.Schema):
-    name = fields.String()
+    name = fields.String(metadata={"description": "discrete_laplace (pure DP) or discrete_gaussian (zCDP)"})
     noise_scale = fields.Float()
-    sensitivity = fields.Integer(metadata={"description": "the contribution bound L of the counted measure"})
+    sensitivity = fields.Float(metadata={"description": "ℓ1 (Laplace: the bound L of the counted measure) or ℓ2 "
+                                                        "(Gaussian: from L and the per-key cap)"})
+
+
+class ApproxDpSchema(ma.Schema):
+    epsilon = fields.Float(metadata={"description": "the ε of (ε, δ)-DP that the ρ implies (OpenDP's conversion)"})
+    delta = fields.Float()
 
 
 class AnswerSchema(ma.Schema):
     answer_id = fields.String()
     query = fields.Dict(metadata={"description": "the normalized query"})
     values = PassThroughList(fields.Dict(), metadata={"description": "one object per key: key fields and count"})
+    accounting = fields.String(metadata={"description": "pure_dp (ε fields) or zcdp (ρ fields)"})
     epsilon_charged = EpsilonField(metadata={"description": "ε charged in each window below (0 when reused)"})
     epsilon = EpsilonField(metadata={"description": "ε the answer was released at"})
-    epsilon_derived_from_max_error = fields.Boolean()
+    rho_charged = EpsilonField(metadata={"description": "zCDP: ρ charged in each window below (0 when reused)"})
+    rho = EpsilonField(metadata={"description": "zCDP: ρ the answer was released at"})
+    approx_dp = fields.Nested(ApproxDpSchema, metadata={"description": "zCDP: the release's ρ as (ε, δ), for display"})
+    epsilon_derived_from_max_error = fields.Boolean(metadata={"description": "the ε or ρ was derived from max_error"})
     windows = fields.List(fields.Nested(WindowChargeSchema))
-    budget_remaining = EpsilonField(metadata={"description": "least remaining budget over the windows touched"})
+    budget_remaining = EpsilonField(metadata={"description": "least remaining budget (ε or ρ) over the windows "
+                                                             "touched"})
     privacy_unit = fields.String()
     mechanism = fields.Nested(MechanismSchema)
     error_bound_95 = fields.Float(metadata={"description": "absolute error per value at the stated confidence"})
@@ -114,11 +135,60 @@ class AnswerSchema(ma.Schema):
     reused = fields.Boolean(metadata={"description": "true: a stored answer returned at no cost"})
     postprocessing = fields.List(fields.String())
     released_at = fields.String()
+    raw_values = fields.List(fields.Integer(), metadata={
+        "description": "with consistent or clamp_negative: the unbiased noisy values in key order; sum these"})
+    totals = fields.Dict(metadata={"description": "with consistent: row, column and grand totals of values"})
+    raw_totals = fields.Dict(metadata={"description": "with consistent: the same totals of raw_values, and the 95% "
+                                                      "bound of each (error_bound_95)"})
+    derived_from = fields.String(metadata={"description": "with derive: the released answer this one sums, free"})
+    value_error_bounds = fields.List(fields.Float(), metadata={
+        "description": "derived answers: each value's error bound, in key order (they differ)"})
+    value_terms = fields.List(fields.Integer(), metadata={
+        "description": "derived answers: how many released values each value sums"})
+
+
+class RelativeChangeQuerySchema(PresenceQuerySchema):
+    baseline_start = fields.Date(required=True, metadata={"description": "first day of the baseline period",
+                                                          "example": "2024-03-04"})
+    baseline_end = fields.Date(required=True, metadata={"description": "day after the baseline's last (exclusive)",
+                                                        "example": "2024-03-11"})
+
+
+class ZoneChangeSchema(ma.Schema):
+    zone = fields.String()
+    current_per_day = fields.Float(metadata={"description": "noisy presence per counted day, current period"})
+    baseline_per_day = fields.Float()
+    change_pct = fields.Float(allow_none=True, metadata={"description": "null where the baseline estimate is <= 0"})
+    change_pct_low = fields.Float(metadata={"description": "lower end of the interval at `confidence`"})
+    change_pct_high = fields.Float(allow_none=True, metadata={
+        "description": "upper end; null where the baseline's lower bound is not positive (too noisy)"})
+    current_error_bound = fields.Float()
+    baseline_error_bound = fields.Float()
+
+
+class RelativeChangeSchema(ma.Schema):
+    zones = fields.List(fields.Nested(ZoneChangeSchema))
+    confidence = fields.Float(metadata={"description": "per zone (not simultaneous over zones)"})
+    current_days = fields.Integer()
+    baseline_days = fields.Integer()
+    method = fields.String()
+    accounting = fields.String()
+    windows = fields.List(fields.Nested(WindowChargeSchema), metadata={
+        "description": "what the pair cost in each window touched (0 for reused or derived answers)"})
+    budget_remaining = EpsilonField(metadata={"description": "least remaining budget over the windows touched"})
+    privacy_unit = fields.String()
+    current = fields.Nested(AnswerSchema, metadata={"description": "the current period's presence answer"})
+    baseline = fields.Nested(AnswerSchema, metadata={"description": "the baseline period's presence answer"})
 
 
 class QuoteSchema(ma.Schema):
+    accounting = fields.String(metadata={"description": "pure_dp (ε fields) or zcdp (ρ fields)"})
     epsilon = EpsilonField()
     epsilon_charged = EpsilonField(metadata={"description": "0 when the answer would be reused"})
+    rho = EpsilonField()
+    rho_charged = EpsilonField(metadata={"description": "0 when the answer would be reused"})
+    derived_from = fields.String(metadata={"description": "with derive: the released answer it would be summed "
+                                                          "from, at no cost"})
     epsilon_derived_from_max_error = fields.Boolean()
     error_bound_95 = fields.Float()
     confidence = fields.Float()
@@ -141,12 +211,14 @@ class WindowBudgetSchema(ma.Schema):
     global_cap = EpsilonField(allow_none=True)
     global_spent = EpsilonField()
     remaining = EpsilonField()
+    spent_approx_dp = fields.Nested(ApproxDpSchema, metadata={"description": "zCDP: your spent ρ as (ε, δ)"})
 
 
 class BudgetSchema(ma.Schema):
     dataset = fields.String()
     client = fields.String()
     privacy_unit = fields.String()
+    accounting = fields.String(metadata={"description": "pure_dp: amounts are ε; zcdp: amounts are ρ"})
     windows = fields.List(fields.Nested(WindowBudgetSchema))
 
 
@@ -163,8 +235,74 @@ class DatasetSchema(ma.Schema):
     window_days = fields.Integer()
     windows = fields.Integer()
     bounds = fields.Dict(keys=fields.String(), values=fields.Integer())
+    accounting = fields.Dict(metadata={"description": "measure: pure_dp or zcdp; for zcdp the per-key caps and "
+                                                      "the δ at which ρ is shown as (ε, δ)"})
     privacy_unit = fields.String()
     zonings = fields.List(fields.Nested(ZoningSummarySchema))
+
+
+class TypicalQuerySchema(ma.Schema):
+    keys = fields.Integer()
+    epsilon = fields.Float()
+    description = fields.String()
+
+
+class ContributionQuantileSchema(ma.Schema):
+    q = fields.Float()
+    lower = fields.Integer(metadata={"description": "the quantile lies in [lower, upper] records per person-window"})
+    upper = fields.Integer(allow_none=True, metadata={"description": "null: above the last finite bin"})
+    rank_error_95 = fields.Float(metadata={"description": "95% bound on the error of the share at or below upper"})
+
+
+class BoundCandidateSchema(ma.Schema):
+    bound = fields.Integer()
+    share_dropped = fields.Float(metadata={"description": "estimated share of records dropped at this bound"})
+    share_over = fields.Float(metadata={"description": "estimated share of person-windows above this bound"})
+    mae_bound = fields.Float(metadata={"description": "upper bound on the typical query's mean absolute error"})
+
+
+class HistogramBinSchema(ma.Schema):
+    lower = fields.Integer()
+    upper = fields.Integer(allow_none=True, metadata={"description": "null: open-ended last bin"})
+    noisy_count = fields.Integer(metadata={"description": "person-windows, pooled over windows, with noise"})
+
+
+class MeasureBoundingSchema(ma.Schema):
+    measure = fields.String()
+    bound = fields.Integer(metadata={"description": "the dataset's bound L (the sensitivity)"})
+    person_windows = fields.Float(metadata={"description": "estimated person-windows, pooled over windows"})
+    share_dropped = fields.Float(metadata={"description": "estimated share of records dropped at the bound"})
+    share_over_bound = fields.Float()
+    suggested_bound = fields.Integer()
+    typical_query = fields.Nested(TypicalQuerySchema)
+    quantiles = fields.List(fields.Nested(ContributionQuantileSchema))
+    candidates = fields.List(fields.Nested(BoundCandidateSchema))
+    histogram = fields.List(fields.Nested(HistogramBinSchema))
+
+
+class ReportMechanismSchema(ma.Schema):
+    name = fields.String()
+    noise_scale = fields.Float()
+    sensitivity = fields.Integer(metadata={"description": "ℓ1 over the measures' histograms: one bin each per "
+                                                          "person-window"})
+
+
+class BoundingReportSchema(ma.Schema):
+    dataset = fields.String()
+    privacy_unit = fields.String()
+    epsilon = EpsilonField(metadata={"description": "ε of the report's release (pure DP, discrete Laplace)"})
+    charged = EpsilonField(metadata={"description": "what the report costs once in every window of the global cap: "
+                                                    "its ε, or on a zCDP dataset the ρ of that release (ε²/2)"})
+    charged_unit = fields.String(metadata={"description": "epsilon or rho"})
+    windows = fields.Integer()
+    mechanism = fields.Nested(ReportMechanismSchema)
+    error_bound_95 = fields.Float(metadata={"description": "absolute error of each noisy bin at 95%"})
+    confidence = fields.Float()
+    detection_thresholds = fields.List(fields.Float(), metadata={
+        "description": "a run of k adjacent bins all reaching the k-th value is data; bins after the last such "
+                       "run read as empty"})
+    measures = fields.List(fields.Nested(MeasureBoundingSchema))
+    notes = fields.List(fields.String())
 
 
 class ZoneSchema(ma.Schema):
@@ -213,10 +351,19 @@ class ClientWithKeysSchema(ClientSchema):
 
 class CapSchema(ma.Schema):
     dataset = fields.String(required=True, validate=validate.Length(1, 64))
-    epsilon = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0))
+    epsilon = fields.Float(allow_nan=False, validate=validate.Range(min=0),
+                           metadata={"description": "the cap on a pure-DP dataset"})
+    rho = fields.Float(allow_nan=False, validate=validate.Range(min=0),
+                       metadata={"description": "the cap on a zCDP dataset"})
     client_id = fields.Integer(validate=validate.Range(max=ID_MAX),
                                metadata={"description": "omit for the global cap across all clients"})
     window = fields.Integer(validate=validate.Range(min=0), metadata={"description": "omit for every window"})
+
+    @ma.validates_schema
+    def _one_measure(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("epsilon" in data) == ("rho" in data):
+            raise ma.ValidationError("send exactly one of epsilon (pure-DP datasets) or rho (zCDP datasets)",
+                                     field_name="epsilon")
 
 
 class ZoningUploadSchema(ma.Schema):

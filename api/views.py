@@ -17,8 +17,9 @@ from api import schemas
 from api.auth import current_client, require
 from api.errors import ErrorSchema
 from dpflows import geo
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
+from dpflows.relative import RelativeChange
 from dpflows.service import Answer, QueryRequest, Service, WindowStatus
 
 BEARER = [{"bearerAuth": []}]
@@ -45,20 +46,25 @@ def _document_errors(blp: Blueprint, *codes: int) -> Any:
 
 # -- presentation of dpflows values -------------------------------------------------------------
 
-def window_charges(windows: list[WindowStatus], charged: Epsilon) -> list[dict[str, Any]]:
-    return [{"window": w.window, "start": w.start, "end": w.end, "epsilon_charged": charged,
+def window_charges(windows: list[WindowStatus], charged: PrivacyLoss) -> list[dict[str, Any]]:
+    """Per window: the charge under its measure's name (epsilon_charged or rho_charged)."""
+    return [{"window": w.window, "start": w.start, "end": w.end, f"{charged.unit}_charged": charged,
              "budget_remaining": w.budget.remaining} for w in windows]
 
 
 def answer_document(answer: Answer) -> dict[str, Any]:
+    unit = answer.loss_of_release.unit  # "epsilon" or "rho"
     return {
         "answer_id": answer.answer_id,
         "query": answer.spec.canonical(),
         "values": answer.values,
-        "epsilon_charged": answer.epsilon_charged,
-        "epsilon": answer.epsilon_of_release,
-        "epsilon_derived_from_max_error": answer.epsilon_derived,
-        "windows": window_charges(answer.windows, answer.epsilon_charged),
+        "accounting": answer.accounting,
+        f"{unit}_charged": answer.charged,
+        unit: answer.loss_of_release,
+        **({"approx_dp": {"epsilon": answer.approx_epsilon, "delta": answer.delta}}
+           if answer.approx_epsilon is not None else {}),
+        "epsilon_derived_from_max_error": answer.loss_from_max_error,
+        "windows": window_charges(answer.windows, answer.charged),
         "budget_remaining": answer.budget_remaining,
         "privacy_unit": answer.privacy_unit,
         "mechanism": {"name": answer.mechanism, "noise_scale": answer.noise_scale,
@@ -68,6 +74,31 @@ def answer_document(answer: Answer) -> dict[str, Any]:
         "reused": answer.reused,
         "postprocessing": answer.postprocessing,
         "released_at": answer.released_at,
+        **{name: value for name, value in (
+            ("raw_values", answer.raw_values), ("totals", answer.totals), ("raw_totals", answer.raw_totals),
+            ("derived_from", answer.derived_from), ("value_error_bounds", answer.value_error_bounds),
+            ("value_terms", answer.value_terms)) if value is not None},
+    }
+
+
+def relative_change_document(change: RelativeChange) -> dict[str, Any]:
+    """The pair's per-zone changes, what the pair cost per window, and both answers in full."""
+    answers = (change.current, change.baseline)
+    unit = change.current.charged.unit
+    per_window: dict[int, dict[str, Any]] = {}
+    for answer in answers:  # the baseline's window statuses are the later ones: they win
+        for w in answer.windows:
+            entry = per_window.setdefault(w.window, {"window": w.window, "start": w.start, "end": w.end,
+                                                     f"{unit}_charged": type(answer.charged).zero()})
+            entry[f"{unit}_charged"] = entry[f"{unit}_charged"] + answer.charged
+            entry["budget_remaining"] = w.budget.remaining
+    windows = [per_window[w] for w in sorted(per_window)]
+    return {
+        "zones": change.zones, "confidence": change.confidence, "current_days": change.current_days,
+        "baseline_days": change.baseline_days, "method": change.method, "accounting": change.current.accounting,
+        "windows": windows, "budget_remaining": min(w["budget_remaining"] for w in windows),
+        "privacy_unit": change.current.privacy_unit,
+        "current": answer_document(change.current), "baseline": answer_document(change.baseline),
     }
 
 
@@ -80,14 +111,18 @@ def wants_csv() -> bool:
 
 def csv_response(answer: Answer) -> Response:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*answer.key_fields, "count", "error_bound_95"])
+    raw = answer.raw_values
+    writer = csv.DictWriter(out, fieldnames=[*answer.key_fields, "count", "error_bound_95",
+                                             *(["raw_count"] if raw is not None else [])])
     writer.writeheader()
-    for row in answer.values:
-        writer.writerow({**row, "error_bound_95": f"{answer.error_bound_95:.3f}"})
+    bounds = answer.value_error_bounds or [answer.error_bound_95] * len(answer.values)
+    for i, row in enumerate(answer.values):
+        writer.writerow({**row, "error_bound_95": f"{bounds[i]:.3f}",
+                         **({"raw_count": raw[i]} if raw is not None else {})})
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers.update({
         "X-Dpflows-Answer-Id": answer.answer_id,
-        "X-Dpflows-Epsilon-Charged": str(answer.epsilon_charged),
+        f"X-Dpflows-{answer.charged.unit.capitalize()}-Charged": str(answer.charged),
         "X-Dpflows-Budget-Remaining": str(answer.budget_remaining),
         "X-Dpflows-Error-Bound-95": f"{answer.error_bound_95:.6f}",
         "X-Dpflows-Privacy-Unit": answer.privacy_unit,
@@ -103,13 +138,16 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
         measure=body.get("measure") if kind == "patterns" else None,
         zone=body.get("zone") if kind == "patterns" else None,
     )
-    epsilon = body.get("epsilon")
+    epsilon, rho = body.get("epsilon"), body.get("rho")
     return QueryRequest(
         spec,
         epsilon=None if epsilon is None else Epsilon.parse(epsilon),
+        rho=None if rho is None else Rho.parse(rho),
         max_error=body.get("max_error"),
         confidence=body["confidence"],
         clamp_negative=body["clamp_negative"],
+        consistent=body["consistent"],
+        derive=body["derive"],
     )
 
 
@@ -122,7 +160,7 @@ def geojson_response(answer: Answer) -> Response:
 
 def run_query(kind: str, body: dict[str, Any]) -> Any:
     answer = service().answer(query_request(kind, body), current_client())
-    g.epsilon_charged = answer.epsilon_charged  # for the request log line (api.logs)
+    setattr(g, f"{answer.charged.unit}_charged", answer.charged)  # for the request log line (api.logs)
     if request.args.get("format") == "geojson" and kind != "patterns":
         return geojson_response(answer)
     return csv_response(answer) if wants_csv() else answer_document(answer)
@@ -163,6 +201,24 @@ def patterns(body: dict[str, Any]) -> Any:
     return run_query("patterns", body)
 
 
+@queries_blp.route("/relative-change", methods=["POST"])
+@queries_blp.arguments(schemas.RelativeChangeQuerySchema)
+@queries_blp.response(200, schemas.RelativeChangeSchema, description="% change of presence per zone vs a baseline")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER)
+@require("planner", "analyst", "admin")
+def relative_change(body: dict[str, Any]) -> Any:
+    """Presence per zone and counted day against the same weekdays and hours of a baseline period, in %.
+
+    Two presence answers, both charged (or reused, or derived for free with `derive`); their joint
+    cost is checked first, so a refusal charges nothing. Each zone's interval holds at `confidence`.
+    """
+    baseline_start, baseline_end = body.pop("baseline_start"), body.pop("baseline_end")
+    change = service().relative_change(query_request("presence", body), baseline_start, baseline_end,
+                                       current_client())
+    return relative_change_document(change)
+
+
 @queries_blp.route("/quote", methods=["POST"])
 @queries_blp.arguments(schemas.QuoteQuerySchema)
 @queries_blp.response(200, schemas.QuoteSchema, description="What the query would cost; nothing charged")
@@ -173,11 +229,13 @@ def quote(body: dict[str, Any]) -> Any:
     """Price a query without touching data or budget: ε, windows, error bound, reuse."""
     kind = body.pop("query")
     q = service().quote(query_request(kind, body), current_client())
+    unit = q["epsilon"].unit  # "epsilon" or "rho", by the dataset's accounting
     return {
-        "epsilon": q["epsilon"], "epsilon_charged": q["epsilon_charged"],
+        "accounting": q["accounting"], unit: q["epsilon"], f"{unit}_charged": q["epsilon_charged"],
         "epsilon_derived_from_max_error": q["epsilon_derived"], "error_bound_95": q["error_bound_95"],
         "confidence": q["confidence"], "windows": window_charges(q["windows"], q["epsilon_charged"]),
         "reused": q["reused"], "privacy_unit": q["privacy_unit"],
+        **({"derived_from": q["derived_from"]} if q.get("derived_from") else {}),
         "mechanism": {"name": q["mechanism"], "noise_scale": q["noise_scale"],
                       "sensitivity": q["sensitivity"]},
     }
@@ -198,9 +256,12 @@ def budget(args: dict[str, Any]) -> Any:
     return {
         "dataset": args["dataset"], "client": client.name,
         "privacy_unit": service().dataset(args["dataset"]).metadata.privacy_unit,
+        "accounting": service().dataset(args["dataset"]).metadata.accounting,
         "windows": [{"window": w.window, "start": w.start, "end": w.end, "cap": w.budget.client_cap,
                      "spent": w.budget.client_spent, "global_cap": w.budget.global_cap,
-                     "global_spent": w.budget.global_spent, "remaining": w.budget.remaining} for w in status],
+                     "global_spent": w.budget.global_spent, "remaining": w.budget.remaining,
+                     **({"spent_approx_dp": w.spent_approx_dp} if w.spent_approx_dp is not None else {})}
+                    for w in status],
     }
 
 
@@ -212,6 +273,20 @@ def budget(args: dict[str, Any]) -> Any:
 def datasets() -> Any:
     """Datasets with their time span, windows, bounds and zonings (all public)."""
     return current_app.extensions["dpflows"].catalog.datasets()
+
+
+@account_blp.route("/datasets/<string:dataset>/bounding-report", methods=["GET"])
+@account_blp.response(200, schemas.BoundingReportSchema)
+@_document_errors(account_blp, 401, 403, 404, 409, 503)
+@account_blp.doc(security=BEARER)
+@require("admin", "planner")
+def bounding_report(dataset: str) -> Any:
+    """How much contribution bounding drops and a suggested bound, from the dataset's noisy bounding report.
+
+    The report was released once at ingestion; its ε is charged against the global cap in every
+    window before it (or any answer) is served, so reading it costs nothing (409 until it can be charged).
+    """
+    return service().bounding_report(dataset, current_client())
 
 
 @account_blp.route("/datasets/<string:dataset>/zonings/<string:zoning>", methods=["GET"])
@@ -280,7 +355,8 @@ def revoke_key(key_id: int) -> Any:
 @require("admin")
 def set_cap(body: dict[str, Any]) -> Any:
     """Set a client's cap (client_id) or the global cap (no client_id), per window or for every window."""
-    service().set_cap(body["dataset"], Epsilon.parse(body["epsilon"]), client_id=body.get("client_id"),
+    cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
+    service().set_cap(body["dataset"], cap, client_id=body.get("client_id"),
                       window=body.get("window"), by=current_client())
     return body
 

@@ -310,7 +310,7 @@ def dpflows_attack(store: AggregateStore, target: Target, dataset: str, epsilon:
     q2 = {(r["origin"], r["destination"]): r["count"] for r in answers[1].values}
     difference = (q1[(a, b)] - q2[(a, b)]) - target.others_slice
     strongest = (q1[(a, b)] - target.others_q1) + (q2[(c, b)] - target.others_q2)
-    spent = sum(x.epsilon_charged.nanos for x in answers)
+    spent = sum(x.charged.nanos for x in answers)
     return difference, strongest, spent
 
 

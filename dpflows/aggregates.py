@@ -34,12 +34,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from dpflows.budget import ACCOUNTINGS, PURE_DP, ZCDP
 from dpflows.cells import CELL_ZONING, CellCatalog, Zoning, check_name, load_zoning, save_zoning
 from dpflows.contribution_report import BoundingReport, ReportCharge
 from dpflows.errors import DataUnavailable, InvalidData, NotFound
 
 FORMAT_VERSION = 1
 MEASURES = ("trips", "presence")
+#: zCDP datasets show ρ as (ε, δ) at this δ unless ingestion sets another.
+DEFAULT_DELTA = 1e-8
 
 TRIPS_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String, "count": pl.Int64}
 PRESENCE_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64}
@@ -57,6 +60,13 @@ class DatasetMetadata:
     bound_trips: int
     bound_presence: int
     trip_rule: dict[str, Any] = field(default_factory=dict)
+    #: pure_dp (discrete Laplace, ε) or zcdp (discrete Gaussian, ρ); see dpflows.mechanisms.
+    accounting: str = PURE_DP
+    #: zcdp only: the most one person adds to one trips row (day, hour, origin, dest), enforced
+    #: at ingestion; presence rows are distinct person-hours, so 1 by construction.
+    key_cap_trips: int = 1
+    #: zcdp only: the δ at which ρ is shown as (ε, δ); for display, never for accounting.
+    delta: float = DEFAULT_DELTA
 
     def __post_init__(self) -> None:
         check_name(self.name, field="dataset")
@@ -67,9 +77,25 @@ class DatasetMetadata:
         for measure, bound in (("trips", self.bound_trips), ("presence", self.bound_presence)):
             if bound < 1:
                 raise InvalidData(f"bound for {measure}={bound} must be at least 1")
+        if self.accounting not in ACCOUNTINGS:
+            raise InvalidData(f"accounting={self.accounting!r} must be one of {list(ACCOUNTINGS)}")
+        if self.key_cap_trips < 1:
+            raise InvalidData(f"key_cap_trips={self.key_cap_trips} must be at least 1")
+        if not 0 < self.delta < 1:
+            raise InvalidData(f"delta={self.delta} must be in (0, 1), such as 1e-8")
 
     def bound(self, measure: str) -> int:
         return self.bound_trips if measure == "trips" else self.bound_presence
+
+    def key_cap(self, measure: str) -> int:
+        """The most one person adds to one aggregate row of `measure` in a window (zCDP's per-key cap)."""
+        return self.key_cap_trips if measure == "trips" else 1
+
+    def accounting_json(self) -> dict[str, Any]:
+        if self.accounting != ZCDP:
+            return {"measure": self.accounting}
+        return {"measure": self.accounting, "key_caps": {"trips": self.key_cap_trips, "presence": 1},
+                "delta": self.delta}
 
     @property
     def privacy_unit(self) -> str:
@@ -96,12 +122,14 @@ class DatasetMetadata:
             "window_days": self.window_days,
             "bounds": {"trips": self.bound_trips, "presence": self.bound_presence},
             "trip_rule": self.trip_rule,
+            "accounting": self.accounting_json(),
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DatasetMetadata:
         if doc.get("format_version") != FORMAT_VERSION:
             raise InvalidData(f"metadata format_version={doc.get('format_version')!r}; expected {FORMAT_VERSION}")
+        accounting = doc.get("accounting") or {}  # absent in datasets written before zCDP: pure DP
         return cls(
             name=doc["name"],
             first_day=dt.date.fromisoformat(doc["first_day"]),
@@ -110,6 +138,9 @@ class DatasetMetadata:
             bound_trips=int(doc["bounds"]["trips"]),
             bound_presence=int(doc["bounds"]["presence"]),
             trip_rule=dict(doc.get("trip_rule", {})),
+            accounting=str(accounting.get("measure", PURE_DP)),
+            key_cap_trips=int(accounting.get("key_caps", {}).get("trips", 1)),
+            delta=float(accounting.get("delta", DEFAULT_DELTA)),
         )
 
 
@@ -170,7 +201,7 @@ def report_charges(doc: dict[str, Any], version: str) -> list[ReportCharge]:
     charges = [ReportCharge.from_json(c) for c in doc.get("earlier_reports", [])]
     if "bounding_report" in doc:
         report = BoundingReport.from_json(doc["bounding_report"])
-        charges.append(ReportCharge(version, report.epsilon, report.windows))
+        charges.append(ReportCharge(version, report.epsilon, report.windows, report.scale, report.sensitivity))
     unique: dict[str, ReportCharge] = {}
     for charge in charges:
         unique.setdefault(charge.ingestion, charge)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from dpflows.errors import DpflowsError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dpflows.service import Service
 
 
@@ -39,8 +41,18 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trips-table", action="store_true", help="the input is a ready-made trips table")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
+    p.add_argument("--accounting", choices=["pure_dp", "zcdp"], default="pure_dp",
+                   help="pure_dp: discrete Laplace, budgets in epsilon; zcdp: discrete Gaussian, budgets in rho")
+    p.add_argument("--key-cap-trips", type=int, default=1,
+                   help="zcdp: most trips one person adds to one (day, hour, origin, dest) row")
+    p.add_argument("--delta", type=float, default=1e-8,
+                   help="zcdp: the delta at which rho is shown as (epsilon, delta)")
     p.add_argument("--engine", choices=["polars", "spark"], default="polars",
                    help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
+    p.add_argument("--report-epsilon", default="0.05",
+                   help="epsilon of the bounding report (share dropped by L, quantiles, suggested L), charged "
+                        "once in every window against the global cap before the dataset is served; 0: none "
+                        "(default 0.05)")
     p.add_argument("--buckets", type=int, default=None, metavar="N",
                    help="polars: split persons into N hash buckets ingested one at a time, to bound memory "
                    "(default: from the input size, one per 8 million events); the output does not depend on N")
@@ -48,7 +60,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
     p.add_argument("--home", default="./var/demo", help="where the demo's data and ledger live")
-    p.add_argument("--persons", type=int, default=20000, help="city size (default 20,000: a few seconds)")
+    p.add_argument("--persons", type=int, default=20000, help="city size (default 20,000: about 20 s to prepare, once)")
     p.add_argument("--bind", default="127.0.0.1:8000")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-serve", action="store_true", help="prepare only, do not start gunicorn")
@@ -80,6 +92,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
     name = args.name or Path(args.out).name
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
+    accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
     if args.trips_table and args.engine == "spark":
         raise InvalidData("--trips-table is ingested with --engine polars (a trips table is already small)",
                           field="engine")
@@ -87,21 +100,41 @@ def _run_ingest(args: argparse.Namespace) -> int:
         raise InvalidData("--buckets applies to events ingested with --engine polars; drop it here", field="buckets")
     if args.trips_table:
         out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
-                                 bound_trips=args.bound_trips, first_day=args.first_day, zonings=zonings)
+                                 bound_trips=args.bound_trips, first_day=args.first_day, zonings=zonings,
+                                 report_epsilon=args.report_epsilon, **accounting)
     elif args.engine == "spark":
         from dpflows.ingest.spark import ingest_events_spark
 
         out = ingest_events_spark(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                                   bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                                  first_day=args.first_day, zonings=zonings)
+                                  first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
+                                  **accounting)
     else:
         out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                             trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                            first_day=args.first_day, zonings=zonings, buckets=args.buckets)
+                            first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
+                            buckets=args.buckets, **accounting)
     print(f"dataset {name!r} written to {out}")
+    _print_bounding_report(Path(out))
     return 0
+
+
+def _print_bounding_report(out: Path) -> None:
+    """The noisy report's summary, for the operator who ran ingestion (charged before the service serves it)."""
+    from dpflows.aggregates import load_dataset
+    from dpflows.cells import CELL_ZONING
+    from dpflows.contribution_report import format_report, report_document
+
+    data = load_dataset(out)
+    if data.bounding_report is None:
+        return
+    zones = [z.zone_count for name, z in data.zonings.items() if name != CELL_ZONING]
+    meta = data.metadata
+    doc = report_document(data.bounding_report, {"trips": meta.bound_trips, "presence": meta.bound_presence},
+                          max(zones, default=None))
+    print(format_report(doc))
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -160,7 +193,9 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = admin_sub.add_parser("set-cap", help="set a client's cap or the global cap, per window or for all")
     storage(p)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--epsilon", required=True, help="the cap, e.g. 1.0")
+    measure = p.add_mutually_exclusive_group(required=True)
+    measure.add_argument("--epsilon", help="the cap on a pure-DP dataset, e.g. 1.0")
+    measure.add_argument("--rho", help="the cap on a zCDP dataset, e.g. 0.5")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--client", help="client name")
     who.add_argument("--global", dest="global_cap", action="store_true", help="the cap across all clients")
@@ -240,15 +275,15 @@ def _run_list_clients(args: argparse.Namespace) -> int:
 
 
 def _run_set_cap(args: argparse.Namespace) -> int:
-    from dpflows.budget import Epsilon
+    from dpflows.budget import Epsilon, PrivacyLoss, Rho
 
     service = open_service(args)
     client_id = None if args.global_cap else service.ledger.client_by_name(args.client).id
-    cap = Epsilon.parse(args.epsilon)
+    cap: PrivacyLoss = Epsilon.parse(args.epsilon) if args.epsilon is not None else Rho.parse(args.rho)
     service.set_cap(args.dataset, cap, client_id=client_id, window=args.window)
     who = "global cap" if client_id is None else f"cap of {args.client}"
     where = "every window" if args.window is None else f"window {args.window}"
-    print(f"{who} on {args.dataset}, {where}: {cap}")
+    print(f"{who} on {args.dataset}, {where}: {cap.unit} {cap}")
     return 0
 
 

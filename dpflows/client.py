@@ -159,12 +159,12 @@ class WindowCharge:
     window: int
     start: dt.date
     end: dt.date  # exclusive
-    epsilon_charged: float | None
+    epsilon_charged: float | None  # ρ on datasets accounted in zCDP (the answer's `accounting` says)
     budget_remaining: float
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> WindowCharge:
-        charged = doc.get("epsilon_charged")
+        charged = doc.get("epsilon_charged", doc.get("rho_charged"))
         return cls(int(doc["window"]), _date(doc["start"]), _date(doc["end"]),
                    None if charged is None else float(charged),
                    float(doc.get("budget_remaining", doc.get("remaining", 0.0))))
@@ -174,7 +174,7 @@ class WindowCharge:
 class Mechanism:
     name: str
     noise_scale: float
-    sensitivity: int | None
+    sensitivity: float | None  # ℓ1 (an integer, discrete Laplace) or ℓ2 (discrete Gaussian)
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class QueryAnswer:
     answer_id: str
     query: dict[str, Any]
     values: pl.DataFrame  # key columns, count, error_bound_95, lower, upper
-    epsilon_charged: float
+    epsilon_charged: float | None  # None on datasets accounted in zCDP: see rho_charged
     windows: list[WindowCharge]
     budget_remaining: float
     privacy_unit: str
@@ -196,6 +196,14 @@ class QueryAnswer:
     postprocessing: list[Any]
     raw: dict[str, Any] = field(repr=False)
     _zoning_loader: Callable[[], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+    accounting: str = "pure_dp"  # or "zcdp": charges and budgets are then ρ
+    rho_charged: float | None = None
+    approx_dp: dict[str, float] | None = None  # zCDP: this release's ρ as (ε, δ), for display
+    #: with consistent=True or clamp_negative=True: the unbiased noisy values (sum these)
+    raw_values: list[int] | None = None
+    totals: dict[str, Any] | None = None  # consistent=True: totals of `values`, which agree
+    raw_totals: dict[str, Any] | None = None  # consistent=True: totals of raw_values, with their bounds
+    derived_from: str | None = None  # derive=True: the released answer this one sums, at no cost
 
     def to_pandas(self) -> Any:
         """The values as a pandas DataFrame (needs pandas and pyarrow installed)."""
@@ -216,13 +224,31 @@ class QueryAnswer:
 
 @dataclass(frozen=True)
 class Quote:
-    """What a query would cost, without spending: ε, accuracy, windows, and whether it is free."""
+    """What a query would cost, without spending: ε (ρ on zCDP datasets), accuracy, windows, and whether it is free."""
 
-    epsilon: float
+    epsilon: float  # ρ when raw["accounting"] == "zcdp"
     epsilon_charged: float  # 0 when an identical answer exists and would be reused
     error_bound_95: float
     reused: bool
     windows: list[WindowCharge]
+    raw: dict[str, Any] = field(repr=False)
+
+
+_ZONE_CHANGE_SCHEMA = {"zone": pl.String, "current_per_day": pl.Float64, "baseline_per_day": pl.Float64,
+                       "change_pct": pl.Float64, "change_pct_low": pl.Float64, "change_pct_high": pl.Float64,
+                       "current_error_bound": pl.Float64, "baseline_error_bound": pl.Float64}
+
+
+@dataclass(frozen=True)
+class RelativeChangeAnswer:
+    """Per-zone % change with its interval, what the pair cost per window, and both answers."""
+
+    zones: pl.DataFrame  # zone, current_per_day, baseline_per_day, change_pct, change_pct_low/high, bounds
+    confidence: float  # of each zone's interval (not simultaneous over zones)
+    windows: list[WindowCharge]
+    budget_remaining: float
+    current: QueryAnswer
+    baseline: QueryAnswer
     raw: dict[str, Any] = field(repr=False)
 
 
@@ -340,16 +366,21 @@ def _iso(value: dt.date | str) -> str:
     return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
-def values_frame(kind: str, values: list[Mapping[str, Any]], error_bound_95: float) -> pl.DataFrame:
-    """Released values as a frame with each value's ± interval (lower clipped at 0)."""
+def values_frame(kind: str, values: list[Mapping[str, Any]], error_bound_95: float,
+                 value_error_bounds: list[float] | None = None) -> pl.DataFrame:
+    """Released values as a frame with each value's ± interval (lower clipped at 0).
+
+    Derived answers state a bound per value (`value_error_bounds`); others one for all.
+    """
     keys = KEY_FIELDS[kind]
     schema = {k: _KEY_DTYPES[k] for k in keys} | {"count": pl.Int64}
     frame = pl.DataFrame([{k: row[k] for k in schema} for row in values], schema=schema, orient="row")
-    bound = float(error_bound_95)
+    bound = (pl.Series("error_bound_95", [float(b) for b in value_error_bounds], dtype=pl.Float64)
+             if value_error_bounds is not None else pl.lit(float(error_bound_95), dtype=pl.Float64))
+    frame = frame.with_columns(bound.alias("error_bound_95"))
     return frame.with_columns(
-        pl.lit(bound, dtype=pl.Float64).alias("error_bound_95"),
-        (pl.col("count") - bound).clip(lower_bound=0.0).alias("lower"),
-        (pl.col("count") + bound).alias("upper"),
+        (pl.col("count") - pl.col("error_bound_95")).clip(lower_bound=0.0).alias("lower"),
+        (pl.col("count") + pl.col("error_bound_95")).alias("upper"),
     )
 
 
@@ -421,14 +452,15 @@ class DpflowsClient:
     def _query_body(dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                     hours: tuple[int, int] | list[int] | None, weekdays: list[int] | tuple[int, ...] | None,
                     epsilon: float | str | None, max_error: float | None, confidence: float | None,
-                    clamp_negative: bool | None, **extra: Any) -> dict[str, Any]:
-        if (epsilon is None) == (max_error is None):
-            raise ValueError("pass exactly one of epsilon or max_error")
+                    clamp_negative: bool | None, rho: float | str | None = None, consistent: bool | None = None,
+                    derive: bool | None = None, **extra: Any) -> dict[str, Any]:
+        if sum(x is not None for x in (epsilon, rho, max_error)) != 1:
+            raise ValueError("pass exactly one of epsilon (pure-DP datasets), rho (zCDP datasets) or max_error")
         body: dict[str, Any] = {"dataset": dataset, "zoning": zoning, "start": _iso(start), "end": _iso(end)}
         optional = {"hours": None if hours is None else list(hours),
                     "weekdays": None if weekdays is None else list(weekdays),
-                    "epsilon": epsilon, "max_error": max_error, "confidence": confidence,
-                    "clamp_negative": clamp_negative, **extra}
+                    "epsilon": epsilon, "rho": rho, "max_error": max_error, "confidence": confidence,
+                    "clamp_negative": clamp_negative, "consistent": consistent, "derive": derive, **extra}
         body.update({k: v for k, v in optional.items() if v is not None})
         return body
 
@@ -440,49 +472,80 @@ class DpflowsClient:
     def flows(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
               hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
               epsilon: float | str | None = None, max_error: float | None = None,
-              confidence: float | None = None, clamp_negative: bool | None = None) -> QueryAnswer:
+              confidence: float | None = None, clamp_negative: bool | None = None,
+              rho: float | str | None = None, consistent: bool | None = None,
+              derive: bool | None = None) -> QueryAnswer:
         """Origin-destination trip counts between every pair of zones (spends budget)."""
         return self._answer("flows", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative))
+            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
+            consistent=consistent, derive=derive))
 
     def presence(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                  hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
                  epsilon: float | str | None = None, max_error: float | None = None,
-                 confidence: float | None = None, clamp_negative: bool | None = None) -> QueryAnswer:
+                 confidence: float | None = None, clamp_negative: bool | None = None,
+                 rho: float | str | None = None, consistent: bool | None = None,
+                 derive: bool | None = None) -> QueryAnswer:
         """Person-hours present per zone and hour of day (spends budget)."""
         return self._answer("presence", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative))
+            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
+            consistent=consistent, derive=derive))
 
     def patterns(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                  measure: str = "trips", zone: str | None = None,
                  hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
                  epsilon: float | str | None = None, max_error: float | None = None,
-                 confidence: float | None = None, clamp_negative: bool | None = None) -> QueryAnswer:
+                 confidence: float | None = None, clamp_negative: bool | None = None,
+                 rho: float | str | None = None, consistent: bool | None = None,
+                 derive: bool | None = None) -> QueryAnswer:
         """Trips or presence per weekday and hour, for one zone or the whole area (spends budget)."""
         return self._answer("patterns", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative,
-            measure=measure, zone=zone))
+            max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
+            consistent=consistent, derive=derive, measure=measure, zone=zone))
 
     def quote(self, query: str, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
               hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
               epsilon: float | str | None = None, max_error: float | None = None,
-              confidence: float | None = None, measure: str | None = None, zone: str | None = None) -> Quote:
+              confidence: float | None = None, measure: str | None = None, zone: str | None = None,
+              rho: float | str | None = None, derive: bool | None = None) -> Quote:
         """What a query would cost and how accurate it would be; charges nothing."""
         if query not in QUERY_KINDS:
             raise ValueError(f"query={query!r} must be one of {QUERY_KINDS}")
         body = self._query_body(dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
-                                max_error=max_error, confidence=confidence, clamp_negative=None,
-                                measure=measure, zone=zone, query=query)
+                                max_error=max_error, confidence=confidence, clamp_negative=None, rho=rho,
+                                derive=derive, measure=measure, zone=zone, query=query)
         doc = self.request("POST", "/v1/quote", body=body)
+        unit = "rho" if doc.get("accounting") == "zcdp" else "epsilon"
         return Quote(
-            epsilon=float(doc["epsilon"]),
-            epsilon_charged=float(doc.get("epsilon_charged", doc["epsilon"])),
+            epsilon=float(doc[unit]),
+            epsilon_charged=float(doc.get(f"{unit}_charged", doc[unit])),
             error_bound_95=float(doc["error_bound_95"]),
             reused=bool(doc.get("reused", False)),
             windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
+            raw=doc,
+        )
+
+    def relative_change(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
+                        baseline_start: dt.date | str, baseline_end: dt.date | str,
+                        hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
+                        epsilon: float | str | None = None, max_error: float | None = None,
+                        confidence: float | None = None, rho: float | str | None = None,
+                        derive: bool | None = None) -> RelativeChangeAnswer:
+        """% change of presence per zone against the same weekdays and hours of a baseline (spends budget)."""
+        body = self._query_body(dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
+                                max_error=max_error, confidence=confidence, clamp_negative=None, rho=rho,
+                                derive=derive, baseline_start=_iso(baseline_start), baseline_end=_iso(baseline_end))
+        doc = self.request("POST", "/v1/relative-change", body=body)
+        return RelativeChangeAnswer(
+            zones=pl.DataFrame(doc["zones"], schema=_ZONE_CHANGE_SCHEMA, orient="row"),
+            confidence=float(doc["confidence"]),
+            windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
+            budget_remaining=float(doc["budget_remaining"]),
+            current=parse_answer("presence", doc["current"]),
+            baseline=parse_answer("presence", doc["baseline"]),
             raw=doc,
         )
 
@@ -495,6 +558,10 @@ class DpflowsClient:
         """The datasets this service holds, with time span, windows, bounds and zonings."""
         doc = self.request("GET", "/v1/datasets")
         return [DatasetInfo.from_json(d) for d in (doc["datasets"] if isinstance(doc, dict) else doc)]
+
+    def bounding_report(self, dataset: str) -> dict[str, Any]:
+        """Share of records dropped by bounding, quantiles and a suggested bound (admin, planner); free to read."""
+        return self.request("GET", f"/v1/datasets/{_seg(dataset)}/bounding-report")
 
     def zoning(self, dataset: str, zoning: str) -> dict[str, Any]:
         """A public zoning: zones, cells per zone, and geometry/centroids/cells for maps."""
@@ -531,10 +598,13 @@ class DpflowsClient:
         """Revoke one key at once; the client's other keys keep working."""
         return KeyInfo.from_json(self.request("DELETE", self.ADMIN_PATHS["key"].format(key_id=int(key_id))))
 
-    def set_cap(self, dataset: str, epsilon: float | str, *, client_id: int | None = None,
-                window: int | None = None) -> dict[str, Any]:
-        """Cap a client's ε per window (client_id) or the global cap (client_id None); all windows if None."""
-        body: dict[str, Any] = {"dataset": dataset, "epsilon": float(epsilon)}
+    def set_cap(self, dataset: str, epsilon: float | str | None = None, *, client_id: int | None = None,
+                window: int | None = None, rho: float | str | None = None) -> dict[str, Any]:
+        """Cap a client's ε (or ρ, zCDP datasets) per window (client_id) or the global cap; all windows if None."""
+        if (epsilon is None) == (rho is None):
+            raise ValueError("pass exactly one of epsilon (pure-DP datasets) or rho (zCDP datasets)")
+        body: dict[str, Any] = ({"dataset": dataset, "epsilon": float(epsilon)} if epsilon is not None
+                                else {"dataset": dataset, "rho": float(rho)})  # type: ignore[arg-type]
         if client_id is not None:
             body["client_id"] = int(client_id)
         if window is not None:
@@ -580,17 +650,24 @@ def parse_answer(kind: str, doc: Mapping[str, Any], *,
         kind=kind,
         answer_id=str(doc["answer_id"]),
         query=dict(doc.get("query") or {}),
-        values=values_frame(kind, list(doc["values"]), bound),
-        epsilon_charged=float(doc["epsilon_charged"]),
+        values=values_frame(kind, list(doc["values"]), bound, doc.get("value_error_bounds")),
+        epsilon_charged=None if doc.get("epsilon_charged") is None else float(doc["epsilon_charged"]),
         windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
         budget_remaining=float(doc["budget_remaining"]),
         privacy_unit=str(doc.get("privacy_unit", "")),
         mechanism=Mechanism(str(mech.get("name", "")), float(mech.get("noise_scale", "nan")),
-                            None if mech.get("sensitivity") is None else int(mech["sensitivity"])),
+                            None if mech.get("sensitivity") is None else float(mech["sensitivity"])),
         error_bound_95=bound,
         confidence=float(doc.get("confidence", 0.95)),
         reused=bool(doc.get("reused", False)),
         postprocessing=list(doc.get("postprocessing") or []),
         raw=dict(doc),
         _zoning_loader=zoning_loader,
+        accounting=str(doc.get("accounting", "pure_dp")),
+        rho_charged=None if doc.get("rho_charged") is None else float(doc["rho_charged"]),
+        approx_dp=None if doc.get("approx_dp") is None else dict(doc["approx_dp"]),
+        raw_values=None if doc.get("raw_values") is None else [int(v) for v in doc["raw_values"]],
+        totals=doc.get("totals"),
+        raw_totals=doc.get("raw_totals"),
+        derived_from=doc.get("derived_from"),
     )

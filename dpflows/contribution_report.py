@@ -8,26 +8,32 @@ Everything below is post-processing of that release and costs nothing more:
 
 - the estimated share of records dropped at the dataset's bound and at candidate bounds;
 - quantiles (50/90/95/99%) of the number of records per person-window;
-- a suggested bound for a stated typical query (see `suggest`).
+- a suggested bound for a stated typical query (see below).
 
-Bins are public and fixed: one per value 1..10, then bins ending at 12, 15, 20, 25, 30, 40,
-50, 60, 80, 100, ten per decade up to 1,000, then 2,000, 5,000, 10,000, 20,000, 50,000,
-100,000, and an open last bin above 100,000. Every bin's upper end is a candidate bound, so
-the share dropped at a candidate needs no guess about where records fall inside a bin except
-for the bins above it. The histogram pools all windows: one privacy unit (a person-window)
-falls in exactly one bin of each measure's histogram, whichever window it belongs to.
+Bins are public and fixed: one per value 1..30 (where most bounds are chosen: a bin of one
+value needs no guess about where its records lie), then bins ending at 40, 50, 60, 80, 100,
+120, 150, 200, 250, 300, 400, 500, 600, 800, 1,000, 2,000, 5,000, 10,000, 20,000, 50,000,
+100,000, and an open last bin above 100,000. Every bin's upper end is a candidate bound.
+Wider bins in the tail hold more of a thin heavy tail each, which the noise then hides less.
+The histogram pools all windows: one privacy unit (a person-window) falls in exactly one bin
+of each measure's histogram, whichever window it belongs to.
 
-Reading the noisy histogram (the *denoised* histogram, post-processing):
+Reading the noisy histogram (post-processing):
 
-1. negative noisy bins are read as 0;
-2. a truly empty bin reads at least the *detection threshold* τ with probability at most
-   5% / (number of bins), so that all empty bins stay below it with probability ≥ 95%; the
-   distribution is taken to end at the last bin reading ≥ τ, and bins beyond it are read as
-   0. Without this, noise in empty bins of 50,000 records would swamp every estimate.
-   The price: fewer than about τ person-windows (pooled over windows) beyond the last
-   detected bin are invisible, so the share dropped is then an underestimate. The report
-   states τ; a larger report ε or a larger population lowers it relative to the counts.
-3. records inside a bin are taken as spread uniformly over its integers (the open last bin
+1. *Where the distribution ends.* A truly empty bin far in the tail, read with its noise,
+   would stand for thousands of phantom records at 50,000 records each and swamp every
+   estimate. So the tail is cut after the last *detected* bin: a run of k adjacent bins
+   (k = 1..4) is detected when all its bins reach t_k, the thresholds chosen so that with
+   probability ≥ 95% no run of empty bins is detected (independent noise, union bound); the
+   support ends at the first bin of the last detected run, which therefore lies, with that
+   probability, within the true support. Runs find a tail spread over neighbouring bins at
+   about t_1/k person-windows per bin instead of t_1. The price: a thinner tail (pooled over
+   windows) is invisible, and the share dropped is then too low. The report states t_k; a
+   larger report ε or a larger population makes them small relative to the counts.
+2. Within the support, every sum (person-windows, records, records kept at L, the cumulative
+   counts quantiles are read from) uses the noisy bins as released, negative ones included,
+   which keeps it unbiased (reading negatives as 0 would add about scale/2 per empty bin).
+3. Records inside a bin are taken as spread uniformly over its integers (the open last bin
    as all at its lower end: a lower bound).
 
 The suggested bound minimises, over the candidate bounds L, an upper bound on the mean
@@ -53,22 +59,33 @@ from typing import Any
 
 import numpy as np
 
-from dpflows.budget import Epsilon
+from dpflows.budget import ZCDP, Epsilon, PrivacyLoss, Rho
 from dpflows.errors import InvalidData
-from dpflows.mechanisms import DEFAULT_CONFIDENCE, DISCRETE_LAPLACE, NoisyRelease, error_bound, sum_error_bound
+from dpflows.mechanisms import (
+    DEFAULT_CONFIDENCE,
+    DISCRETE_LAPLACE,
+    NoisyRelease,
+    error_bound,
+    pure_dp_as_rho,
+    scale_for_epsilon,
+    sum_error_bound,
+)
 
 REPORT_FORMAT = 1
 #: Upper ends of the bins (inclusive); the last bin, (BIN_UPPER[-1], ∞), is open.
 BIN_UPPER: tuple[int, ...] = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-    12, 15, 20, 25, 30, 40, 50, 60, 80, 100,
+    *range(1, 31),
+    40, 50, 60, 80, 100,
     120, 150, 200, 250, 300, 400, 500, 600, 800, 1000,
     2000, 5000, 10_000, 20_000, 50_000, 100_000,
 )
 BIN_COUNT = len(BIN_UPPER) + 1
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
-#: All empty bins read below the detection threshold with at least this probability.
+#: No run of empty bins is taken for data with at least this probability.
 DETECTION_CONFIDENCE = 0.95
+#: Runs of 1 to this many adjacent bins are tested: a tail spread over neighbouring bins is
+#: found at a lower count per bin than one bin alone would need.
+RUN_LENGTHS = 4
 #: The typical query a suggestion is made for, unless told otherwise: one window at this ε ...
 TYPICAL_EPSILON = 1.0
 #: ... over a zoning of this many zones when the dataset has none besides cells.
@@ -104,8 +121,10 @@ class BoundingReport:
             raise InvalidData(f"bounding report release has {release.values.size} values; "
                               f"expected {BIN_COUNT} per measure for {list(measures)}")
         parts = np.split(np.asarray(release.values, dtype=np.int64), len(measures))
+        if not isinstance(release.epsilon, Epsilon):
+            raise InvalidData("a bounding report is a pure-DP (discrete Laplace) release")
         return cls(measures, dict(zip(measures, parts, strict=True)), release.epsilon, release.scale,
-                   release.sensitivity, release.mechanism, windows)
+                   int(release.sensitivity), release.mechanism, windows)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,19 +162,37 @@ class BoundingReport:
         """95% absolute error of each noisy bin (OpenDP's accuracy helper)."""
         return error_bound(self.scale, DEFAULT_CONFIDENCE)
 
-    def detection_threshold(self) -> float:
-        """τ: an empty bin reads ≥ τ with probability ≤ 5%/bins (all bins of all measures)."""
-        bins = BIN_COUNT * len(self.measures)
-        # error_bound gives t with P(|Z| >= t) = alpha; one side has half of it.
-        return error_bound(self.scale, 1.0 - 2.0 * (1.0 - DETECTION_CONFIDENCE) / bins)
+    def detection_thresholds(self) -> list[float]:
+        """t_k for k = 1..RUN_LENGTHS: k adjacent empty bins all read ≥ t_k with small probability.
 
-    def denoised(self, measure: str) -> np.ndarray:
-        """Negative bins read as 0, and bins beyond the last one reaching τ read as 0 (module docstring)."""
-        counts = np.clip(self.noisy[measure], 0, None).astype(np.float64)
-        detected = np.flatnonzero(counts >= self.detection_threshold())
-        end = int(detected[-1]) + 1 if detected.size else 0
-        counts[end:] = 0.0
-        return counts
+        Noise is independent across bins, so P(k given empty bins all read ≥ t) = P(Z ≥ t)^k. Each
+        run length gets a quarter of 1 − DETECTION_CONFIDENCE, split over all runs of that length
+        in all measures (a union bound): with probability ≥ 95% no run of empty bins is detected.
+        """
+        alpha = 1.0 - DETECTION_CONFIDENCE
+        out = []
+        for k in range(1, RUN_LENGTHS + 1):
+            runs = len(self.measures) * (BIN_COUNT - k + 1)
+            p = (alpha / RUN_LENGTHS / runs) ** (1.0 / k)  # one-sided tail per bin
+            out.append(error_bound(self.scale, 1.0 - 2.0 * p))  # P(|Z| >= t) = 2 P(Z >= t)
+        return out
+
+    def support_end(self, measure: str) -> int:
+        """Bins read as data: up to the last bin starting a detected run (module docstring, step 2)."""
+        values = self.noisy[measure]
+        end = 0
+        for k, threshold in enumerate(self.detection_thresholds(), start=1):
+            above = values >= threshold
+            for first in range(BIN_COUNT - k + 1):
+                if above[first:first + k].all():
+                    end = max(end, first + 1)
+        return end
+
+    def within_support(self, measure: str) -> np.ndarray:
+        """The noisy bins up to the support end, as released (unbiased sums); 0 beyond it."""
+        values = self.noisy[measure].astype(np.float64)
+        values[self.support_end(measure):] = 0.0
+        return values
 
 
 def _kept_per_unit(bound: int) -> np.ndarray:
@@ -210,7 +247,7 @@ class Quantile:
     q: float
     lower: int  # the quantile lies in [lower, upper] records per person-window
     upper: int | None  # None: above the last finite bin
-    rank_error_95: float  # ± on the share of person-windows at or below `upper` (approximate)
+    rank_error_95: float  # 95% bound on the error of the share of person-windows at or below `upper`
 
 
 @dataclass(frozen=True)
@@ -229,14 +266,14 @@ class MeasureSummary:
 
 def summarize(report: BoundingReport, measure: str, bound: int, typical: TypicalQuery) -> MeasureSummary:
     """Share dropped at `bound` and at each candidate, quantiles, and the suggested bound."""
-    h = report.denoised(measure)
-    units = float(h.sum())
-    total = float(h @ np.where(np.isinf(_UPPER), _LOWER, (_LOWER + _UPPER) / 2.0))
+    h = report.within_support(measure)
+    units = max(float(h.sum()), 0.0)
+    total = max(float(h @ np.where(np.isinf(_UPPER), _LOWER, (_LOWER + _UPPER) / 2.0)), 0.0)
 
     def at(candidate: int) -> Candidate:
         kept = float(h @ _kept_per_unit(candidate))
-        over = float(h @ _share_over(candidate))
-        dropped = max(total - kept, 0.0)
+        over = min(max(float(h @ _share_over(candidate)), 0.0), units)
+        dropped = min(max(total - kept, 0.0), total)
         mae = dropped / report.windows / typical.keys + mean_absolute_noise(candidate / typical.epsilon)
         return Candidate(candidate, dropped / total if total else 0.0, over / units if units else 0.0, mae)
 
@@ -249,45 +286,128 @@ def summarize(report: BoundingReport, measure: str, bound: int, typical: Typical
     best = min(candidates, key=lambda c: (c.mae_bound, c.bound))
     current = at(bound)
     return MeasureSummary(measure, bound, units, current.share_dropped, current.share_over,
-                          _quantiles(report, h), best.bound, typical, candidates,
+                          _quantiles(report, measure), best.bound, typical, candidates,
                           [int(v) for v in report.noisy[measure]])
 
 
-def _quantiles(report: BoundingReport, h: np.ndarray) -> list[Quantile]:
+def _quantiles(report: BoundingReport, measure: str) -> list[Quantile]:
+    """The first bin where the noisy cumulative share reaches q, and a 95% bound on that share's error.
+
+    The share at or below bin j is (1 − s)·A − s·B over the true count, A and B the sums of the
+    noises in bins up to j and after it (within the support), s the share: a sum of the support's
+    independent noises with weights at most max(s, 1 − s). By the contraction principle for
+    symmetric variables (Ledoux and Talagrand 1991, Thm 4.4), its tail is at most twice that of
+    the plain sum, so sum_error_bound at 97.5%, times max(s, 1 − s), bounds it at 95%.
+    """
+    h = report.within_support(measure)
     units = float(h.sum())
     if units <= 0:
         return []
     cum = np.cumsum(h)
+    plain = sum_error_bound(report.scale, max(report.support_end(measure), 1), 1.0 - (1.0 - DEFAULT_CONFIDENCE) / 2)
     out = []
     for q in QUANTILES:
-        j = int(np.searchsorted(cum, q * units - 1e-9))
-        j = min(j, BIN_COUNT - 1)
-        # The share at or below bin j sums j+1 independent noises (before clamping).
-        rank_error = sum_error_bound(report.scale, j + 1) / units
+        reached = np.flatnonzero(cum >= q * units - 1e-9)
+        j = int(reached[0]) if reached.size else BIN_COUNT - 1
+        share = float(cum[j]) / units
         upper = None if math.isinf(_UPPER[j]) else int(_UPPER[j])
-        out.append(Quantile(q, int(_LOWER[j]), upper, rank_error))
+        out.append(Quantile(q, int(_LOWER[j]), upper, max(share, 1.0 - share) * plain / units))
     return out
 
 
 @dataclass(frozen=True)
 class ReportCharge:
-    """A bounding report an ingestion must have paid for: its ingestion digest, ε and windows."""
+    """A bounding report an ingestion must have paid for: its ingestion digest, release and windows."""
 
     ingestion: str
     epsilon: Epsilon
     windows: int
+    scale: float
+    sensitivity: int
 
     @property
     def query_key(self) -> str:
         """The ledger key of its charge: one charge per ingestion, whichever worker or host makes it."""
         return hashlib.sha256(f"bounding_report|{self.ingestion}".encode()).hexdigest()
 
+    def loss(self, accounting: str) -> PrivacyLoss:
+        """What it costs in the dataset's ledger: its ε, or under zCDP the ρ OpenDP converts it to."""
+        if accounting == ZCDP:
+            return Rho.from_privacy_map(pure_dp_as_rho(self.sensitivity, self.scale))
+        return self.epsilon
+
     def to_json(self) -> dict[str, Any]:
-        return {"ingestion": self.ingestion, "epsilon_nanos": self.epsilon.nanos, "windows": self.windows}
+        return {"ingestion": self.ingestion, "epsilon_nanos": self.epsilon.nanos, "windows": self.windows,
+                "noise_scale": self.scale, "sensitivity": self.sensitivity}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ReportCharge:
-        charge = cls(str(doc["ingestion"]), Epsilon(int(doc["epsilon_nanos"])), int(doc["windows"]))
+        epsilon = Epsilon(int(doc["epsilon_nanos"]))
+        if "noise_scale" in doc:
+            scale, sensitivity = float(doc["noise_scale"]), int(doc["sensitivity"])
+        else:  # carried by an early version: a measurement with the same ε stands in for it
+            scale, sensitivity = scale_for_epsilon(1, epsilon), 1
+        charge = cls(str(doc["ingestion"]), epsilon, int(doc["windows"]), scale, sensitivity)
         if not charge.ingestion or charge.windows < 1:
             raise InvalidData("earlier bounding report entry is malformed")
         return charge
+
+
+NOTES = (
+    "Estimated from one noisy histogram of records per person-window, pooled over all windows; everything "
+    "here is post-processing of that release and costs nothing more.",
+    "Bins beyond the last detected one read as 0 (a run of k adjacent bins is detected when all reach "
+    "detection_thresholds[k-1]): a thinner tail is invisible, and share_dropped is then an underestimate.",
+    "Sums and cumulative shares use the noisy bins as released, negative ones included (unbiased).",
+    "Records are taken as spread uniformly inside each bin (the open last bin: all at its lower end).",
+    "suggested_bound minimises an upper bound on the mean absolute error per value of the typical query "
+    "(records dropped per value + mean absolute noise at scale bound/epsilon); see dpflows.contribution_report.",
+)
+
+
+def report_document(report: BoundingReport, bounds: dict[str, int], zones: int | None) -> dict[str, Any]:
+    """The whole report as plain values, for the API and the command line."""
+    measures = []
+    for measure in report.measures:
+        s = summarize(report, measure, bounds[measure], typical_query(measure, zones))
+        measures.append({
+            "measure": measure, "bound": s.bound, "person_windows": s.person_windows,
+            "share_dropped": s.share_dropped, "share_over_bound": s.share_over,
+            "suggested_bound": s.suggested_bound,
+            "typical_query": {"keys": s.typical.keys, "epsilon": s.typical.epsilon,
+                              "description": s.typical.description},
+            "quantiles": [vars(q) for q in s.quantiles],
+            "candidates": [vars(c) for c in s.candidates],
+            "histogram": [{"lower": lo, "upper": hi, "noisy_count": n}
+                          for (lo, hi), n in zip(bin_ranges(), s.noisy_counts, strict=True)],
+        })
+    return {
+        "epsilon": report.epsilon, "windows": report.windows,
+        "mechanism": {"name": report.mechanism, "noise_scale": report.scale, "sensitivity": report.sensitivity},
+        "error_bound_95": report.error_bound_95(), "confidence": DEFAULT_CONFIDENCE,
+        "detection_thresholds": report.detection_thresholds(), "measures": measures, "notes": list(NOTES),
+    }
+
+
+def format_report(doc: dict[str, Any]) -> str:
+    """A few lines for `dpflows ingest`: share dropped, quantiles and suggestion per measure."""
+    lines = [f"bounding report (noisy; epsilon={doc['epsilon']} in every window, charged to the global cap "
+             "before the service serves this dataset):"]
+    for m in doc["measures"]:
+        quantiles = ", ".join(f"{q['q']:.0%} {_range(q['lower'], q['upper'])}" for q in m["quantiles"])
+        lines.append(
+            f"  {m['measure']:<8} L={m['bound']}: ~{m['share_dropped']:.1%} of records dropped, "
+            f"{m['share_over_bound']:.1%} of person-windows above L; records per person-window: {quantiles}; "
+            f"suggested L={m['suggested_bound']} (for {m['typical_query']['description']} at "
+            f"epsilon={m['typical_query']['epsilon']:g})")
+    t = doc["detection_thresholds"]
+    lines.append(f"  each bin ±{doc['error_bound_95']:.0f} person-windows (95%); a tail is seen only from "
+                 f"{t[0]:.0f} person-windows in one bin, or {t[1]:.0f} in each of two adjacent bins (pooled over "
+                 "windows): less than that is invisible and the share dropped then too low")
+    return "\n".join(lines)
+
+
+def _range(lower: int, upper: int | None) -> str:
+    if upper is None:
+        return f">{lower - 1}"
+    return str(upper) if lower == upper else f"{lower}-{upper}"

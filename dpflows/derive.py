@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from dpflows.aggregates import Dataset
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import DpflowsError
 from dpflows.ledger import StoredAnswer
-from dpflows.mechanisms import DISCRETE_LAPLACE, sum_error_bound
+from dpflows.mechanisms import DISCRETE_GAUSSIAN, DISCRETE_LAPLACE, sum_error_bound
 from dpflows.queries import QuerySpec
 
 
@@ -128,7 +128,7 @@ def _filters_allow(spec: QuerySpec, q: dict[str, Any]) -> bool:
 def derive_from(spec: QuerySpec, data: Dataset, source: StoredAnswer, confidence: float) -> Derivation | None:
     """The answer to `spec` as exact sums of `source`'s released values, or None if not derivable."""
     p = source.payload
-    if p.get("mechanism") != DISCRETE_LAPLACE or p.get("data_version") != data.version:
+    if p.get("mechanism") not in (DISCRETE_LAPLACE, DISCRETE_GAUSSIAN) or p.get("data_version") != data.version:
         return None
     q = p.get("query") or {}
     if not _filters_allow(spec, q):
@@ -156,15 +156,16 @@ def derive_from(spec: QuerySpec, data: Dataset, source: StoredAnswer, confidence
         "query": spec.canonical(),
         "derived_from": source.answer_id,
     }
-    return Derivation(source, payload, sum_error_bound(scale, int(terms.max()), confidence))
+    return Derivation(source, payload, sum_error_bound(scale, int(terms.max()), confidence, str(p["mechanism"])))
 
 
-def best_derivation(spec: QuerySpec, data: Dataset, candidates: list[StoredAnswer], *, max_epsilon: Epsilon,
+def best_derivation(spec: QuerySpec, data: Dataset, candidates: list[StoredAnswer], *, max_loss: PrivacyLoss,
                     confidence: float, max_error: float | None) -> Derivation | None:
     """The most accurate derivation among released answers that the requester's policy allows."""
     best: Derivation | None = None
     for source in candidates:
-        if Epsilon(int(source.payload.get("epsilon_nanos", 0))) > max_epsilon:
+        loss = release_loss(source.payload)
+        if type(loss) is not type(max_loss) or loss > max_loss:
             continue
         found = derive_from(spec, data, source, confidence)
         if found is None or (max_error is not None and found.max_error_bound > max_error):
@@ -172,3 +173,10 @@ def best_derivation(spec: QuerySpec, data: Dataset, candidates: list[StoredAnswe
         if best is None or found.max_error_bound < best.max_error_bound:
             best = found
     return best
+
+
+def release_loss(payload: dict[str, Any]) -> PrivacyLoss:
+    """The ε or ρ a stored answer was released at (payloads name the measure in the key)."""
+    if "rho_nanos" in payload:
+        return Rho(int(payload["rho_nanos"]))
+    return Epsilon(int(payload["epsilon_nanos"]))

@@ -243,8 +243,9 @@ def service_answer_geojson(answer: Answer, zoning: Mapping[str, Any], **options:
     meta = {
         "answer_id": answer.answer_id,
         "query": answer.spec.canonical(),
-        "epsilon_charged": answer.epsilon_charged.to_json(),
+        f"{answer.charged.unit}_charged": answer.charged.to_json(),
         "budget_remaining": answer.budget_remaining.to_json(),
+        "accounting": answer.accounting,
         "privacy_unit": answer.privacy_unit,
         "error_bound_95": answer.error_bound_95,
         "confidence": answer.confidence,

@@ -4,9 +4,15 @@ Why OpenDP only: floating-point noise samplers are attackable (Mironov 2012); Op
 discrete Laplace samples exactly on integers, and its privacy maps round conservatively.
 Every OpenDP error becomes a `MechanismError` with a client-safe message.
 
-Mechanism (design §3): the discrete Laplace on the whole integer vector of an answer's keys,
-with ℓ1 sensitivity L (the dataset's contribution bound) and scale chosen so that the
-measurement's own privacy map satisfies ``map(L) <= ε`` exactly (compared as rationals).
+Mechanisms (design §3):
+
+- pure ε-DP (default): the discrete Laplace on the whole integer vector of an answer's keys,
+  with ℓ1 sensitivity L (the dataset's contribution bound) and scale chosen so that the
+  measurement's own privacy map satisfies ``map(L) <= ε`` exactly (compared as rationals);
+- zCDP (datasets ingested with ``accounting=zcdp``): the discrete Gaussian on the same vector,
+  with the ℓ2 sensitivity that the per-key contribution cap gives (`l2_sensitivity`), and scale
+  chosen so that OpenDP's map gives ``map(Δ2) <= ρ``. ρ composes by addition in the ledger;
+  `rho_to_approx_dp` shows the (ε, δ) a total ρ implies, through OpenDP's own conversion.
 """
 
 from __future__ import annotations
@@ -18,14 +24,20 @@ from functools import lru_cache
 
 import numpy as np
 import opendp.prelude as dp
-from opendp.accuracy import accuracy_to_discrete_laplacian_scale, discrete_laplacian_scale_to_accuracy
+from opendp.accuracy import (
+    accuracy_to_discrete_gaussian_scale,
+    accuracy_to_discrete_laplacian_scale,
+    discrete_gaussian_scale_to_accuracy,
+    discrete_laplacian_scale_to_accuracy,
+)
 
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import InvalidInput
 
 dp.enable_features("contrib")
 
 DISCRETE_LAPLACE = "discrete_laplace"
+DISCRETE_GAUSSIAN = "discrete_gaussian"
 #: 95% coverage: the error bound is the tolerance t with P(|noise| >= t) = 1 - confidence.
 DEFAULT_CONFIDENCE = 0.95
 
@@ -103,8 +115,11 @@ def _tail_beyond(scale: float, t: int) -> float:
 MAX_CONVOLUTION_POINTS = 1 << 22
 
 
-def sum_error_bound(scale: float, terms: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
-    """A bound t with P(|S| > t) ≤ 1 − confidence for S a sum of `terms` independent discrete Laplace(scale).
+def sum_error_bound(scale: float, terms: int, confidence: float = DEFAULT_CONFIDENCE,
+                    mechanism: str = DISCRETE_LAPLACE) -> float:
+    """A bound t with P(|S| > t) ≤ 1 − confidence for S a sum of `terms` independent noises at `scale`.
+
+    Discrete Gaussian noise: see `gaussian_sum_error_bound`. Discrete Laplace noise, as follows.
 
     The error of an answer derived by summing k released values (each with its own independent
     noise) is such a sum. One term: OpenDP's own accuracy figure, as for every answer. Several:
@@ -114,6 +129,8 @@ def sum_error_bound(scale: float, terms: int, confidence: float = DEFAULT_CONFID
     ``M(λ) = (1 − a)² / ((1 − a e^λ)(1 − a e^−λ))``, which is valid for every λ and so
     conservative on any grid of λ.
     """
+    if mechanism == DISCRETE_GAUSSIAN:
+        return gaussian_sum_error_bound(scale, terms, confidence)
     _check_confidence(confidence)
     if terms < 1:
         raise MechanismError(f"terms={terms} must be at least 1")
@@ -202,8 +219,8 @@ class NoisyRelease:
     values: np.ndarray
     mechanism: str
     scale: float
-    sensitivity: int
-    epsilon: Epsilon  # what OpenDP's privacy map says, rounded up; <= the requested ε
+    sensitivity: float  # ℓ1 (an integer) for the Laplace, ℓ2 for the Gaussian
+    epsilon: PrivacyLoss  # ε or ρ as the privacy map says, rounded up; <= what was asked
     error_bound_95: float
 
 
@@ -229,6 +246,152 @@ def release_counts(true_counts: np.ndarray, sensitivity: int, epsilon: Epsilon) 
     )
 
 
+# -- zCDP: the discrete Gaussian ------------------------------------------------------------------
+
+
+def l2_sensitivity(l1_bound: int, key_cap: int) -> float:
+    """The ℓ2 sensitivity of a count vector when one unit adds ≤ `l1_bound` in all and ≤ `key_cap` per key.
+
+    max Σ v_k² subject to Σ v_k ≤ L and 0 ≤ v_k ≤ c is q·c² + r² with L = q·c + r (put c in as
+    many keys as possible: the sum of squares is convex). The exact integer is then rounded *up*
+    to a float, so the sensitivity handed to OpenDP is never below the truth.
+    """
+    if l1_bound < 1 or key_cap < 1:
+        raise MechanismError(f"bounds l1={l1_bound}, per-key={key_cap} must be positive integers")
+    cap = min(key_cap, l1_bound)
+    q, r = divmod(l1_bound, cap)
+    squared = q * cap * cap + r * r
+    value = math.sqrt(squared)
+    while Fraction(value) ** 2 < squared:
+        value = math.nextafter(value, math.inf)
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _gaussian(scale: float) -> dp.Measurement:
+    try:
+        return dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="f64"), scale=scale)
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"noise scale {scale!r} is not usable: {exc.message}") from exc
+
+
+def rho_loss(l2: float, scale: float) -> Fraction:
+    """ρ of the discrete Gaussian at this scale for neighbours at ℓ2 distance `l2`, per OpenDP."""
+    try:
+        return Fraction(_gaussian(scale).map(l2))
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"privacy map failed for l2 sensitivity {l2}: {exc.message}") from exc
+
+
+def scale_for_rho(l2: float, rho: Rho) -> float:
+    """The smallest float scale whose OpenDP privacy map gives at most ρ for ℓ2 sensitivity `l2`."""
+    if not l2 > 0:
+        raise MechanismError(f"l2 sensitivity {l2} must be positive")
+    if rho.nanos <= 0:
+        raise InvalidInput("rho=0 releases nothing useful; send a positive rho", field="rho")
+    target = rho.as_fraction()
+    scale = l2 / math.sqrt(2.0 * float(target))  # ρ = Δ2² / (2σ²)
+    for _ in range(64):
+        if rho_loss(l2, scale) <= target:
+            return scale
+        scale = math.nextafter(scale, math.inf)
+    raise MechanismError(f"no noise scale meets rho={rho} for l2 sensitivity {l2}")
+
+
+def gaussian_error_bound(scale: float, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """Per-value absolute error tolerance of the discrete Gaussian at `confidence`, per OpenDP."""
+    _check_confidence(confidence)
+    try:
+        return float(discrete_gaussian_scale_to_accuracy(scale=scale, alpha=1.0 - confidence))
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"accuracy for scale {scale!r} is not computable: {exc.message}") from exc
+
+
+def gaussian_sum_error_bound(scale: float, terms: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """A bound on the sum of `terms` independent discrete Gaussians(scale) at `confidence`.
+
+    The discrete Gaussian with scale σ is σ²-subgaussian (Canonne, Kamath and Steinke 2020,
+    Prop. 5), so a sum of k is kσ²-subgaussian and P(|S| ≥ t) ≤ 2·exp(−t²/(2kσ²)): the bound is
+    σ·sqrt(2k·ln(2/α)), rounded up to an integer. One term: OpenDP's own figure.
+    """
+    _check_confidence(confidence)
+    if terms < 1:
+        raise MechanismError(f"terms={terms} must be at least 1")
+    if terms == 1:
+        return gaussian_error_bound(scale, confidence)
+    return float(math.ceil(scale * math.sqrt(2.0 * terms * math.log(2.0 / (1.0 - confidence)))))
+
+
+def rho_for_error(l2: float, max_error: float, confidence: float = DEFAULT_CONFIDENCE) -> Rho:
+    """Accuracy-first under zCDP: the smallest ρ (nano-units) whose noise meets `max_error`."""
+    _check_confidence(confidence)
+    if not (isinstance(max_error, int | float) and math.isfinite(max_error) and max_error > 0):
+        raise InvalidInput(
+            f"max_error={max_error!r} must be a finite positive number of counts, such as 10",
+            field="max_error",
+        )
+    try:
+        scale = float(accuracy_to_discrete_gaussian_scale(accuracy=float(max_error), alpha=1.0 - confidence))
+    except dp.OpenDPException as exc:
+        raise InvalidInput(
+            f"max_error={max_error} at confidence={confidence} is not reachable: {exc.message}",
+            field="max_error",
+        ) from exc
+    return Rho.from_privacy_map(rho_loss(l2, scale))
+
+
+@lru_cache(maxsize=1024)
+def _approx_dp_of_rho(rho_nanos: int, delta: float) -> float:
+    # A scalar Gaussian at scale 1 has ρ = d²/2; its map at d = sqrt(2ρ), rounded up, is ≥ ρ,
+    # and OpenDP's zCDP → (ε, δ) conversion of that measurement is the figure we show.
+    rho = Fraction(rho_nanos, 1_000_000_000)
+    d_in = math.sqrt(2.0 * float(rho))
+    while Fraction(d_in) ** 2 < 2 * rho:
+        d_in = math.nextafter(d_in, math.inf)
+    try:
+        meas = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0)
+        return float(dp.c.make_zCDP_to_approxDP(meas).map(d_in).epsilon(delta))
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"rho={rho_nanos / 1e9:g} cannot be converted at delta={delta}: {exc.message}") from exc
+
+
+def rho_to_approx_dp(rho: PrivacyLoss, delta: float) -> float:
+    """The ε such that a total ρ-zCDP is (ε, δ)-DP, by OpenDP's conversion; for display, never accounting."""
+    if not 0 < delta < 1:
+        raise InvalidInput(f"delta={delta!r} must be in (0, 1), such as 1e-8", field="delta")
+    if rho.nanos == 0:
+        return 0.0
+    return _approx_dp_of_rho(rho.nanos, delta)
+
+
+def release_counts_gaussian(true_counts: np.ndarray, l2: float, rho: Rho) -> NoisyRelease:
+    """Add discrete Gaussian noise to every key's count, zeros included (rule 5)."""
+    scale = scale_for_rho(l2, rho)
+    loss = Rho.from_privacy_map(rho_loss(l2, scale))
+    if loss > rho:  # cannot happen after scale_for_rho; a guard
+        raise MechanismError(f"privacy map gives {loss} above the requested rho={rho}")
+    data = [int(v) for v in np.asarray(true_counts, dtype=np.int64)]
+    try:
+        noisy = _gaussian(scale)(data)
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"noise could not be drawn: {exc.variant}") from exc
+    return NoisyRelease(
+        values=np.asarray(noisy, dtype=np.int64),
+        mechanism=DISCRETE_GAUSSIAN,
+        scale=scale,
+        sensitivity=l2,
+        epsilon=rho,
+        error_bound_95=gaussian_error_bound(scale),
+    )
+
+
+def noise_error_bound(mechanism: str, scale: float, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """The per-value error bound of either mechanism at `confidence`."""
+    if mechanism == DISCRETE_GAUSSIAN:
+        return gaussian_error_bound(scale, confidence)
+    return error_bound(scale, confidence)
+
+
 def release_contribution_histograms(histograms: list[np.ndarray], epsilon: Epsilon) -> NoisyRelease:
     """The bounding report's one release: discrete Laplace on the measures' histograms, concatenated.
 
@@ -242,3 +405,12 @@ def release_contribution_histograms(histograms: list[np.ndarray], epsilon: Epsil
         raise MechanismError("no histogram to release")
     return release_counts(np.concatenate([np.asarray(h, dtype=np.int64) for h in histograms]), len(histograms),
                           epsilon)
+
+
+def pure_dp_as_rho(sensitivity: int, scale: float) -> Fraction:
+    """ρ of a discrete Laplace release at `scale`, for a zCDP ledger: OpenDP's pure-DP → zCDP
+    conversion of that very measurement (ε-DP is ε²/2-zCDP; Bun and Steinke 2016, Prop. 1.4)."""
+    try:
+        return Fraction(dp.c.make_pureDP_to_zCDP(_laplace(scale)).map(sensitivity))
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"zCDP conversion failed for sensitivity {sensitivity}: {exc.message}") from exc

@@ -252,3 +252,36 @@ def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
         sensitivity=data.metadata.bound(spec.counted_measure),
         windows=windows,
     )
+
+
+def key_contribution_cap(spec: QuerySpec, data: Dataset) -> int:
+    """The most one person-window can add to one released key of `spec` (zCDP's per-key cap).
+
+    Ingestion caps each person at C per aggregate row of a measure (`DatasetMetadata.key_cap`:
+    trips rows (day, hour, origin, dest), presence rows (day, hour, cell), where C = 1), so a key
+    that sums R rows of one window gets at most C·R from one person, and never more than L.
+    R counts public facts only: the query's days in one window (per weekday for patterns), the
+    hours a key spans, and the cells a key's zones hold.
+    """
+    meta = data.metadata
+    measure = spec.counted_measure
+    bound = meta.bound(measure)
+    zoning = data.zoning(spec.zoning)
+    first, stop = _check_span(spec, data)
+    per_window: dict[tuple[int, int], int] = {}
+    for d in range(first, stop):
+        weekday = (meta.first_day + dt.timedelta(days=d)).weekday()
+        if weekday in spec.weekdays:
+            slot = (d // meta.window_days, weekday if spec.kind == "patterns" else 0)
+            per_window[slot] = per_window.get(slot, 0) + 1
+    days = max(per_window.values(), default=0)
+    largest_zone = int(zoning.cells_per_zone().max())
+    n_cells = len(data.catalog)
+    if spec.kind == "flows":
+        rows = days * len(spec.hours) * largest_zone * largest_zone
+    elif spec.kind == "presence":
+        rows = days * largest_zone
+    else:
+        cells = int(zoning.cells_per_zone()[zoning.zone_index(spec.zone)]) if spec.zone is not None else n_cells
+        rows = days * cells * (n_cells if measure == "trips" else 1)
+    return max(1, min(bound, meta.key_cap(measure) * rows))

@@ -74,8 +74,8 @@ def relative_change_from(current: Answer, baseline: Answer, confidence: float = 
     rows: list[dict[str, Any]] = []
     for zone, (c_sum, c_k) in cur.items():
         b_sum, b_k = base[zone]
-        e_c = sum_error_bound(current.noise_scale, c_k, each)
-        e_b = sum_error_bound(baseline.noise_scale, b_k, each)
+        e_c = sum_error_bound(current.noise_scale, c_k, each, current.mechanism)
+        e_b = sum_error_bound(baseline.noise_scale, b_k, each, baseline.mechanism)
         c_rate, b_rate = c_sum / d_c, b_sum / d_b
         low_b, high_b = (b_sum - e_b) / d_b, (b_sum + e_b) / d_b
         low_c, high_c = max(c_sum - e_c, 0.0) / d_c, (c_sum + e_c) / d_c

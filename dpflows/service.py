@@ -24,45 +24,70 @@ from typing import Any
 import numpy as np
 
 from dpflows.aggregates import AggregateStore, Dataset
-from dpflows.budget import Epsilon
+from dpflows.budget import MAX_EPSILON_NANOS, PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho, loss_type
 from dpflows.cells import CELL_ZONING, Zoning, parse_zoning_csv
-from dpflows.derive import Derivation, best_derivation
+from dpflows.contribution_report import ReportCharge, report_document
+from dpflows.derive import Derivation, best_derivation, release_loss
 from dpflows.errors import (
     AuthenticationFailed,
     BudgetExceeded,
+    Conflict,
     DataUnavailable,
     DpflowsError,
     InvalidInput,
+    NotFound,
     PolicyViolation,
 )
 from dpflows.ledger import AuditEntry, Client, Ledger, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import (
     DEFAULT_CONFIDENCE,
+    DISCRETE_GAUSSIAN,
     DISCRETE_LAPLACE,
+    NoisyRelease,
     epsilon_for_error,
-    error_bound,
+    l2_sensitivity,
+    noise_error_bound,
     release_counts,
+    release_counts_gaussian,
+    rho_for_error,
+    rho_to_approx_dp,
     scale_for_epsilon,
+    scale_for_rho,
     sum_error_bound,
 )
 from dpflows.postprocess import make_consistent, table_totals
-from dpflows.queries import QuerySpec, prepare, touched_windows
+from dpflows.queries import QuerySpec, key_contribution_cap, prepare, touched_windows
 from dpflows.relative import RelativeChange, baseline_spec, per_window_need, relative_change_from
 
 log = logging.getLogger("dpflows.service")
 
 KEY_PREFIX = "dpf_"
+#: The reserved principal that pays for bounding reports (no key, no allowance of its own).
+SYSTEM_CLIENT = "system:ingest"
+REPORT_ACTION = "ingest.bounding_report"
 
 
 @dataclass(frozen=True)
 class Policy:
-    """Per-role rules (design §5). Analysts: zone-to-zone flows on coarse zonings, a lower ε cap."""
+    """Per-role rules (design §5). Analysts: zone-to-zone flows on coarse zonings, a lower cap per query.
+
+    Per-query caps on zCDP datasets default to ε²/2 of the ε caps: an ε-DP release is
+    (ε²/2)-zCDP (Bun and Steinke 2016), so one query may cost as much either way.
+    """
 
     planner_max_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("1"))
     analyst_max_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("0.25"))
+    planner_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.5"))
+    analyst_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.03125"))
 
     def max_epsilon(self, role: str) -> Epsilon:
         return self.analyst_max_epsilon if role == "analyst" else self.planner_max_epsilon
+
+    def max_loss(self, role: str, accounting: str) -> PrivacyLoss:
+        """The per-query cap for this role, in the dataset's measure."""
+        if accounting == ZCDP:
+            return self.analyst_max_rho if role == "analyst" else self.planner_max_rho
+        return self.max_epsilon(role)
 
     def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning) -> None:
         """Raise PolicyViolation naming the rule a query breaks for this client's role."""
@@ -79,29 +104,30 @@ class Policy:
                     field="zoning",
                 )
 
-    def check_epsilon(self, client: Client, epsilon: Epsilon, *, derived_from: float | None) -> None:
-        cap = self.max_epsilon(client.role)
-        if epsilon > cap:
+    def check_loss(self, client: Client, loss: PrivacyLoss, accounting: str, *, derived_from: float | None) -> None:
+        cap = self.max_loss(client.role, accounting)
+        if loss > cap:
             if derived_from is not None:
                 raise PolicyViolation(
-                    f"max_error={derived_from:g} needs epsilon={epsilon}, above the per-query cap of {cap} for "
+                    f"max_error={derived_from:g} needs {loss.unit}={loss}, above the per-query cap of {cap} for "
                     f"role {client.role}; ask for a larger max_error",
                     field="max_error",
                 )
             raise PolicyViolation(
-                f"epsilon={epsilon} exceeds the per-query cap of {cap} for role {client.role}; "
-                "send a smaller epsilon",
-                field="epsilon",
+                f"{loss.unit}={loss} exceeds the per-query cap of {cap} for role {client.role}; "
+                f"send a smaller {loss.unit}",
+                field=loss.unit,
             )
 
 
 @dataclass(frozen=True)
 class QueryRequest:
-    """A query spec and how to pay for it: an ε, or a target error at a confidence."""
+    """A query spec and how to pay for it: an ε (pure-DP datasets), a ρ (zCDP datasets), or a target error."""
 
     spec: QuerySpec
     epsilon: Epsilon | None = None
     max_error: float | None = None
+    rho: Rho | None = None
     confidence: float = DEFAULT_CONFIDENCE
     clamp_negative: bool = False
     #: Post-process to non-negative integers whose totals add up (dpflows.postprocess); free.
@@ -112,9 +138,10 @@ class QueryRequest:
     derive: bool = False
 
     def __post_init__(self) -> None:
-        if (self.epsilon is None) == (self.max_error is None):
+        if sum(x is not None for x in (self.epsilon, self.rho, self.max_error)) != 1:
             raise InvalidInput(
-                "send exactly one of epsilon or max_error (95% absolute error per value)", field="epsilon"
+                "send exactly one of epsilon (pure-DP datasets), rho (zCDP datasets) or max_error "
+                "(95% absolute error per value)", field="epsilon"
             )
 
 
@@ -124,6 +151,8 @@ class WindowStatus:
     start: dt.date
     end: dt.date
     budget: WindowBudget
+    #: zCDP datasets: this client's spent ρ shown as (ε, δ) (OpenDP's conversion), for display.
+    spent_approx_dp: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,14 +163,14 @@ class Answer:
     spec: QuerySpec
     key_fields: tuple[str, ...]
     values: list[dict[str, Any]]
-    epsilon_charged: Epsilon  # in each window below; zero when reused
-    epsilon_of_release: Epsilon  # the ε the stored answer was released at
-    epsilon_derived: bool  # ε was derived from max_error
+    charged: PrivacyLoss  # ε or ρ (by the dataset's accounting) in each window below; zero when reused
+    loss_of_release: PrivacyLoss  # the ε or ρ the stored answer was released at
+    loss_from_max_error: bool  # the loss was derived from max_error
     windows: list[WindowStatus]
     privacy_unit: str
     mechanism: str
     noise_scale: float
-    sensitivity: int
+    sensitivity: float  # ℓ1 (Laplace) or ℓ2 (Gaussian)
     error_bound_95: float
     confidence: float
     reused: bool
@@ -161,11 +190,16 @@ class Answer:
     value_error_bounds: list[float] | None = None
     #: How many independent noise draws each value sums (derived answers; 1 otherwise).
     value_terms: list[int] | None = None
+    accounting: str = PURE_DP
+    #: zCDP datasets: the δ at which ε is shown, and the ε this release's ρ implies at it.
+    delta: float | None = None
+    approx_epsilon: float | None = None
 
     @property
-    def budget_remaining(self) -> Epsilon:
+    def budget_remaining(self) -> PrivacyLoss:
         """The least this client can still spend in any window this answer touched."""
-        return min((w.budget.remaining for w in self.windows), default=Epsilon.zero())
+        unit = loss_type(self.accounting)
+        return unit(min((w.budget.remaining.nanos for w in self.windows), default=0))
 
 
 def hash_key(api_key: str) -> str:
@@ -180,6 +214,7 @@ class Service:
         self.store = store
         self.ledger = ledger
         self.policy = policy or Policy()
+        self._reports_paid: set[str] = set()  # report-charge keys known to be in the ledger
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -207,22 +242,50 @@ class Service:
     def dataset(self, name: str) -> Dataset:
         return self.store.get(name)
 
-    def _price(self, client: Client, request: QueryRequest, data: Dataset) -> Epsilon:
-        sensitivity = data.metadata.bound(request.spec.counted_measure)
-        if request.epsilon is not None:
-            if request.epsilon.nanos == 0:
-                raise InvalidInput("epsilon=0 releases nothing useful; send a positive epsilon", field="epsilon")
-            epsilon = request.epsilon
+    def _l2(self, spec: QuerySpec, data: Dataset) -> float:
+        """ℓ2 sensitivity of this query on a zCDP dataset: the bound L and the per-key cap."""
+        return l2_sensitivity(data.metadata.bound(spec.counted_measure), key_contribution_cap(spec, data))
+
+    def _price(self, client: Client, request: QueryRequest, data: Dataset) -> PrivacyLoss:
+        """The ε (pure-DP dataset) or ρ (zCDP dataset) this query costs, checked against the role's cap."""
+        meta = data.metadata
+        accounting = meta.accounting
+        wanted = "rho" if accounting == ZCDP else "epsilon"
+        sent = request.epsilon if accounting == ZCDP else request.rho
+        if sent is not None:
+            raise InvalidInput(
+                f"dataset {meta.name!r} is accounted in {'zCDP' if accounting == ZCDP else 'pure DP'}: send "
+                f"{wanted} or max_error, not {sent.unit}", field=sent.unit,
+            )
+        loss: PrivacyLoss
+        given = request.rho if accounting == ZCDP else request.epsilon
+        if given is not None:
+            if given.nanos == 0:
+                raise InvalidInput(f"{wanted}=0 releases nothing useful; send a positive {wanted}", field=wanted)
+            loss = given
+        elif accounting == ZCDP:
+            assert request.max_error is not None
+            loss = rho_for_error(self._l2(request.spec, data), request.max_error, request.confidence)
         else:
             assert request.max_error is not None
-            epsilon = epsilon_for_error(sensitivity, request.max_error, request.confidence)
-        self.policy.check_epsilon(client, epsilon, derived_from=request.max_error)
-        return epsilon
+            loss = epsilon_for_error(meta.bound(request.spec.counted_measure), request.max_error, request.confidence)
+        self.policy.check_loss(client, loss, accounting, derived_from=request.max_error)
+        return loss
 
-    def _query_key(self, spec: QuerySpec, data: Dataset, epsilon: Epsilon) -> str:
-        """Reuse key: the normalized query, the dataset's ingestion, the mechanism and ε."""
-        text = f"{spec.key()}|{data.version}|{DISCRETE_LAPLACE}|{epsilon.nanos}"
+    @staticmethod
+    def _mechanism(data: Dataset) -> str:
+        return DISCRETE_GAUSSIAN if data.metadata.accounting == ZCDP else DISCRETE_LAPLACE
+
+    def _query_key(self, spec: QuerySpec, data: Dataset, loss: PrivacyLoss) -> str:
+        """Reuse key: the normalized query, the dataset's ingestion, the mechanism and its ε or ρ."""
+        text = f"{spec.key()}|{data.version}|{self._mechanism(data)}|{loss.nanos}"
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def _release(self, spec: QuerySpec, data: Dataset, true_counts: np.ndarray, loss: PrivacyLoss) -> NoisyRelease:
+        if isinstance(loss, Rho):
+            return release_counts_gaussian(true_counts, self._l2(spec, data), loss)
+        assert isinstance(loss, Epsilon)
+        return release_counts(true_counts, data.metadata.bound(spec.counted_measure), loss)
 
     def answer(self, request: QueryRequest, client: Client) -> Answer:
         """Authorize, price, reuse or release, charge atomically, and describe the answer."""
@@ -230,9 +293,10 @@ class Service:
         audit_query = spec.canonical()
         try:
             data = self.store.get(spec.dataset)
+            self.charge_bounding_report(data)
             self.policy.authorize(client, spec, data.zoning(spec.zoning))
             epsilon = self._price(client, request, data)
-            audit_query["epsilon"] = epsilon.to_json()
+            audit_query[epsilon.unit] = epsilon.to_json()
             query_key = self._query_key(spec, data, epsilon)
             stored = self.ledger.find_answer(spec.dataset, query_key)
             if stored is not None:
@@ -249,14 +313,14 @@ class Service:
                     return self._describe(derivation.source, spec, client, data, request, reused=False,
                                           derivation=derivation)
             prepared = prepare(spec, data)
-            noisy = release_counts(prepared.true_counts, prepared.sensitivity, epsilon)
+            noisy = self._release(spec, data, prepared.true_counts, epsilon)
             answer_id = uuid.uuid4().hex
             payload = {
                 "values": [int(v) for v in noisy.values],
                 "key_fields": list(prepared.domain.fields),
                 "keys": {f: prepared.domain.columns[f] for f in prepared.domain.fields},
                 "windows": list(prepared.windows),
-                "epsilon_nanos": epsilon.nanos,
+                f"{epsilon.unit}_nanos": epsilon.nanos,  # epsilon_nanos or rho_nanos
                 "epsilon_derived": request.max_error is not None,
                 "mechanism": noisy.mechanism,
                 "scale": noisy.scale,
@@ -289,15 +353,17 @@ class Service:
         budgets = self.ledger.window_budgets(meta.name, client.id, windows)
         return [
             WindowStatus(b.window, meta.window_start(b.window),
-                         min(meta.window_start(b.window + 1), meta.end_day), b)
+                         min(meta.window_start(b.window + 1), meta.end_day), b,
+                         {"epsilon": rho_to_approx_dp(b.client_spent, meta.delta), "delta": meta.delta}
+                         if meta.accounting == ZCDP else None)
             for b in budgets
         ]
 
     def _derivation(self, spec: QuerySpec, data: Dataset, client: Client, request: QueryRequest) -> Derivation | None:
         """The most accurate free derivation of `spec` from this dataset's released answers."""
         return best_derivation(spec, data, self.ledger.list_answers(spec.dataset, spec.kind),
-                               max_epsilon=self.policy.max_epsilon(client.role), confidence=request.confidence,
-                               max_error=request.max_error)
+                               max_loss=self.policy.max_loss(client.role, data.metadata.accounting),
+                               confidence=request.confidence, max_error=request.max_error)
 
     def _describe(self, stored: StoredAnswer, spec: QuerySpec, client: Client, data: Dataset,
                   request: QueryRequest, *, reused: bool, derivation: Derivation | None = None) -> Answer:
@@ -309,15 +375,17 @@ class Service:
         fields = tuple(p["key_fields"])
         scale = float(p["scale"])
         terms = [int(k) for k in p.get("terms") or []]
-        bound = error_bound(scale, request.confidence)
+        mechanism = str(p["mechanism"])
+        bound = noise_error_bound(mechanism, scale, request.confidence)
         value_bounds: list[float] | None = None
         if derivation is not None:
-            by_terms = {k: sum_error_bound(scale, k, request.confidence) for k in set(terms)}
+            by_terms = {k: sum_error_bound(scale, k, request.confidence, mechanism) for k in set(terms)}
             value_bounds = [by_terms[k] for k in terms]
             bound = max(value_bounds)
             post.append(f"derived: each value is the exact sum of released values of answer "
                         f"{derivation.source.answer_id} (from {min(terms)} to {max(terms)} values each); "
-                        "no budget charged; error bounds are those of sums of independent discrete Laplace noises")
+                        "no budget charged; error bounds are those of sums of independent "
+                        f"{mechanism.replace('_', ' ')} noises")
         totals = raw_totals = None
         if request.consistent:
             table = make_consistent(fields, keys, raw)
@@ -325,7 +393,7 @@ class Service:
             totals = table_totals(fields, keys, values)
             raw_totals = table_totals(fields, keys, raw)
             raw_totals["error_bound_95"] = self._total_bounds(fields, keys, terms or [1] * len(raw), scale,
-                                                               request.confidence)
+                                                               request.confidence, mechanism)
             post.append("consistent: non-negative integers whose row, column and grand totals agree exactly; "
                         "totals are the sums of the raw noisy values (unbiased) wherever those are >= 0; cells are "
                         "the least-squares fit under those totals, rounded up or down (see dpflows.postprocess); "
@@ -337,20 +405,21 @@ class Service:
         names = (*fields, "count")
         columns = [keys[f] for f in fields]
         rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, values.tolist(), strict=True)]
-        epsilon = Epsilon(int(p["epsilon_nanos"]))
+        epsilon = release_loss(p)
+        accounting = data.metadata.accounting
         return Answer(
             answer_id=stored.answer_id if derivation is None else derivation.answer_id,
             spec=spec,
             key_fields=fields,
             values=rows,
-            epsilon_charged=Epsilon.zero() if reused or derivation is not None else epsilon,
-            epsilon_of_release=epsilon,
-            epsilon_derived=bool(p.get("epsilon_derived")),
+            charged=type(epsilon).zero() if reused or derivation is not None else epsilon,
+            loss_of_release=epsilon,
+            loss_from_max_error=bool(p.get("epsilon_derived")),
             windows=self._window_status(data, client, list(p["windows"])),
             privacy_unit=data.metadata.privacy_unit,
             mechanism=p["mechanism"],
             noise_scale=scale,
-            sensitivity=int(p["sensitivity"]),
+            sensitivity=float(p["sensitivity"]) if mechanism == DISCRETE_GAUSSIAN else int(p["sensitivity"]),
             error_bound_95=bound,
             confidence=request.confidence,
             reused=reused,
@@ -362,63 +431,66 @@ class Service:
             derived_from=None if derivation is None else derivation.source.answer_id,
             value_error_bounds=value_bounds,
             value_terms=terms or None,
+            accounting=accounting,
+            delta=data.metadata.delta if accounting == ZCDP else None,
+            approx_epsilon=(rho_to_approx_dp(epsilon, data.metadata.delta) if accounting == ZCDP else None),
         )
 
     @staticmethod
     def _total_bounds(fields: tuple[str, ...], keys: dict[str, list[Any]], terms: list[int], scale: float,
-                      confidence: float) -> dict[str, Any]:
+                      confidence: float, mechanism: str) -> dict[str, Any]:
         """Bounds of raw totals: a total over values summing k noises in all has sum_error_bound(k)."""
         k = table_totals(fields, keys, np.asarray(terms, dtype=np.int64))
         cache: dict[int, float] = {}
 
         def bound(n: int) -> float:
             if n not in cache:
-                cache[n] = sum_error_bound(scale, n, confidence)
+                cache[n] = sum_error_bound(scale, n, confidence, mechanism)
             return cache[n]
 
         return {name: ({label: bound(n) for label, n in part.items()} if isinstance(part, dict) else bound(part))
                 for name, part in k.items()}
 
     def quote(self, request: QueryRequest, client: Client) -> dict[str, Any]:
-        """What a query would cost and how accurate it would be, without touching data or budget."""
+        """What a query would cost and how accurate it would be, without touching data or budget.
+
+        Keys "epsilon" and "epsilon_charged" hold the dataset's measure: ε, or ρ on zCDP datasets.
+        """
         spec = request.spec
         data = self.store.get(spec.dataset)
         self.policy.authorize(client, spec, data.zoning(spec.zoning))
         epsilon = self._price(client, request, data)
         windows = list(touched_windows(spec, data))
-        sensitivity = data.metadata.bound(spec.counted_measure)
-        scale = scale_for_epsilon(sensitivity, epsilon)
+        mechanism = self._mechanism(data)
+        sensitivity: float
+        if isinstance(epsilon, Rho):
+            sensitivity = self._l2(spec, data)
+            scale = scale_for_rho(sensitivity, epsilon)
+        else:
+            sensitivity = data.metadata.bound(spec.counted_measure)
+            scale = scale_for_epsilon(int(sensitivity), Epsilon(epsilon.nanos))
         stored = self.ledger.find_answer(spec.dataset, self._query_key(spec, data, epsilon))
         derivation = None
         if stored is None and request.derive:
             derivation = self._derivation(spec, data, client, request)
-        if derivation is not None:
-            return {
-                "epsilon": epsilon,
-                "epsilon_derived": request.max_error is not None,
-                "error_bound_95": derivation.max_error_bound,
-                "confidence": request.confidence,
-                "windows": self._window_status(data, client, windows),
-                "reused": False,
-                "derived_from": derivation.source.answer_id,
-                "epsilon_charged": Epsilon.zero(),
-                "privacy_unit": data.metadata.privacy_unit,
-                "mechanism": DISCRETE_LAPLACE,
-                "noise_scale": float(derivation.payload["scale"]),
-            }
-        return {
+        common = {
             "epsilon": epsilon,
             "epsilon_derived": request.max_error is not None,
-            "error_bound_95": error_bound(scale, request.confidence),
             "confidence": request.confidence,
             "windows": self._window_status(data, client, windows),
-            "reused": stored is not None,
-            "epsilon_charged": Epsilon.zero() if stored is not None else epsilon,
             "privacy_unit": data.metadata.privacy_unit,
-            "mechanism": DISCRETE_LAPLACE,
-            "noise_scale": scale,
-            "sensitivity": sensitivity,
+            "mechanism": mechanism,
+            "accounting": data.metadata.accounting,
         }
+        if derivation is not None:
+            return {**common, "error_bound_95": derivation.max_error_bound, "reused": False,
+                    "derived_from": derivation.source.answer_id, "epsilon_charged": type(epsilon).zero(),
+                    "noise_scale": float(derivation.payload["scale"]),
+                    "sensitivity": derivation.payload["sensitivity"]}
+        return {**common, "error_bound_95": noise_error_bound(mechanism, scale, request.confidence),
+                "reused": stored is not None,
+                "epsilon_charged": type(epsilon).zero() if stored is not None else epsilon,
+                "noise_scale": scale, "sensitivity": sensitivity}
 
     def relative_change(self, request: QueryRequest, baseline_start: dt.date, baseline_end: dt.date,
                         client: Client) -> RelativeChange:
@@ -429,14 +501,16 @@ class Service:
         charges nothing. (Between that check and the second charge another client can still
         spend; the first answer then stays released and is reused for free next time.)
         """
+        self.charge_bounding_report(self.store.get(request.spec.dataset))  # before the combined need is checked
         base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
         # Quotes authorize and price both, and know which would be reused or derived for free.
         quotes = [self.quote(req, client) for req in (request, base_request)]
         need = per_window_need(quotes)
+        unit = type(quotes[0]["epsilon"])
         for status in quotes[0]["windows"] + quotes[1]["windows"]:
             if need.get(status.window, 0) > status.budget.remaining.nanos:
                 exc = BudgetExceeded(
-                    f"the current and baseline answers need epsilon={Epsilon(need[status.window])} in window "
+                    f"the current and baseline answers need {unit.unit}={unit(need[status.window])} in window "
                     f"{status.window}, above the remaining {status.budget.remaining}; ask for less",
                     field="epsilon", details={"window": status.window},
                 )
@@ -462,6 +536,87 @@ class Service:
         data = self.store.get(dataset)
         return self._window_status(data, client, list(range(data.metadata.window_count)))
 
+    # -- bounding report (dpflows.contribution_report, dpflows.ingest.report) --------------------
+
+    def charge_bounding_report(self, data: Dataset) -> None:
+        """Charge, once, every bounding report an ingestion owes, before anything of it is served.
+
+        Ingestion released the report (noisy) at its ε in every window; here that ε (on a zCDP
+        dataset, the ρ OpenDP converts the release to: ε²/2) is charged against the dataset's
+        global cap through `commit_release`, by the reserved principal
+        SYSTEM_CLIENT, keyed by the ingestion's digest: one charge per ingestion, whichever
+        worker or host comes first. Until it succeeds (no global cap yet, or too little left)
+        the dataset serves nothing: no answer, no report.
+        """
+        for charge in data.report_charges:
+            if charge.query_key in self._reports_paid:
+                continue
+            if self.ledger.find_answer(data.metadata.name, charge.query_key) is None:
+                self._commit_report_charge(data.metadata.name, charge, charge.loss(data.metadata.accounting))
+            self._reports_paid.add(charge.query_key)
+
+    def _commit_report_charge(self, dataset: str, charge: ReportCharge, loss: PrivacyLoss) -> None:
+        """`loss`: the report's ε, or on a zCDP dataset the ρ OpenDP converts that release to."""
+        system = self._system_client()
+        # No allowance of its own: the global cap, shared with every client, is its only limit.
+        self.ledger.set_cap(dataset, type(loss)(MAX_EPSILON_NANOS), client_id=system.id, window=None)
+        answer_id = uuid.uuid4().hex
+        query = {"kind": "bounding_report", "ingestion": charge.ingestion, "epsilon": charge.epsilon.to_json(),
+                 loss.unit: loss.to_json()}
+        try:
+            self.ledger.commit_release(ReleaseRequest(
+                client_id=system.id, dataset=dataset, query_key=charge.query_key,
+                windows=tuple(range(charge.windows)), epsilon=loss, answer_id=answer_id,
+                payload={"query": query, "loss_nanos": loss.nanos, "unit": loss.unit},
+                audit=AuditEntry(action=REPORT_ACTION, outcome="released", client_id=system.id, dataset=dataset,
+                                 query=query, epsilon=loss, answer_id=answer_id),
+            ))
+        except BudgetExceeded as exc:
+            self._audit_failure(REPORT_ACTION, exc, system, dataset, query)
+            raise BudgetExceeded(
+                f"dataset {dataset!r} serves nothing until its bounding report ({loss.unit}={loss} in every "
+                f"window) is charged to the global cap, and that failed: {exc.message.split('; ')[0]}; "
+                "ask an admin to set or raise the global cap (dpflows admin set-cap --global)",
+                field="dataset", details=exc.details,
+            ) from exc
+
+    def _system_client(self) -> Client:
+        try:
+            client = self.ledger.client_by_name(SYSTEM_CLIENT)
+        except NotFound:
+            try:
+                client = self.ledger.create_client(SYSTEM_CLIENT, "admin")
+            except Conflict:  # another worker or host created it meanwhile
+                client = self.ledger.client_by_name(SYSTEM_CLIENT)
+        if self.ledger.list_keys(client.id):
+            raise Conflict(f"client {SYSTEM_CLIENT!r} is reserved for bounding-report charges but has API keys; "
+                           "revoke them and rename that client", field="name")
+        return client
+
+    def bounding_report(self, dataset: str, client: Client) -> dict[str, Any]:
+        """How much bounding drops, read from the dataset's noisy bounding report once it is paid for."""
+        audit_query: dict[str, Any] = {"kind": "bounding_report"}
+        try:
+            data = self.store.get(dataset)
+            report = data.bounding_report
+            if report is None:
+                raise NotFound(f"dataset {dataset!r} has no bounding report; re-ingest it with "
+                               "--report-epsilon 0.05 (the default) to make one", field="dataset")
+            self.charge_bounding_report(data)
+        except DpflowsError as exc:
+            self._audit_failure("query.bounding_report", exc, client, dataset, audit_query)
+            raise
+        # Reading a paid release again is free, as a reused answer is.
+        self.ledger.append_audit(AuditEntry(action="query.bounding_report", outcome="reused", client_id=client.id,
+                                            dataset=dataset, query=audit_query))
+        zones = [data.zoning(z).zone_count for z in _zoning_names(data) if z != CELL_ZONING]
+        meta = data.metadata
+        doc = report_document(report, {"trips": meta.bound_trips, "presence": meta.bound_presence},
+                              max(zones, default=None))
+        charged = data.report_charges[-1].loss(meta.accounting)  # this ingestion's own report is the last
+        return {"dataset": dataset, "privacy_unit": meta.privacy_unit, "charged": charged,
+                "charged_unit": charged.unit, **doc}
+
     # -- admin ------------------------------------------------------------------------------
 
     def _audit_admin(self, admin: Client | None, action: str, **details: Any) -> None:
@@ -471,6 +626,9 @@ class Service:
 
     def create_client(self, name: str, role: str, *, by: Client | None = None) -> tuple[Client, str]:
         """Register a client and issue its first key (returned once, never stored)."""
+        if name.startswith("system:"):
+            raise InvalidInput(f"name={name!r} is reserved (names starting with 'system:' are dpflows' own); "
+                               "choose another name", field="name")
         client = self.ledger.create_client(name, role)
         key = self.issue_key(client.id)
         self._audit_admin(by, "admin.create_client", client=name, role=role)
@@ -485,10 +643,20 @@ class Service:
         self.ledger.revoke_key(key_id)
         self._audit_admin(by, "admin.revoke_key", key_id=key_id)
 
-    def set_cap(self, dataset: str, cap: Epsilon, *, client_id: int | None, window: int | None,
+    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
                 by: Client | None = None) -> None:
-        """A per-client cap (client_id) or the global cap (None), for one window or every window."""
+        """A per-client cap (client_id) or the global cap (None), for one window or every window.
+
+        The cap is in the dataset's measure: ε for pure-DP datasets, ρ for zCDP ones; the other
+        is refused, so an ε can never be read as a ρ.
+        """
         data = self.store.get(dataset)
+        unit = loss_type(data.metadata.accounting)
+        if type(cap) is not unit:
+            raise InvalidInput(
+                f"dataset {dataset!r} is accounted in {unit.unit}; set its caps as {unit.unit}, not {cap.unit}",
+                field=cap.unit,
+            )
         if window is not None and not 0 <= window < data.metadata.window_count:
             raise InvalidInput(
                 f"window={window} is not a window of dataset {dataset!r}; use 0..{data.metadata.window_count - 1} "
@@ -497,7 +665,7 @@ class Service:
             )
         self.ledger.set_cap(dataset, cap, client_id=client_id, window=window)
         self._audit_admin(by, "admin.set_cap", dataset=dataset, client_id=client_id, window=window,
-                          cap=cap.to_json())
+                          cap=cap.to_json(), unit=cap.unit)
 
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
                    min_cells_per_zone: int = 1, geometry: dict[str, Any] | None = None,
@@ -544,6 +712,7 @@ class Catalog:
                 "name": name, "first_day": meta.first_day, "end_day": meta.end_day,
                 "window_days": meta.window_days, "windows": meta.window_count,
                 "bounds": {"trips": meta.bound_trips, "presence": meta.bound_presence},
+                "accounting": meta.accounting_json(),
                 "privacy_unit": meta.privacy_unit,
                 "zonings": [{"name": z.name, "zones": z.zone_count, "coarse": z.coarse} for z in zonings],
             })

@@ -22,7 +22,8 @@ DAYS = 28
 N_CELLS = 40
 
 
-def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5, bound_presence: int = 20) -> Path:
+def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5, bound_presence: int = 20,
+                        accounting: str = "pure_dp") -> Path:
     """40 cells, 28 days, sparse trips with a morning peak; zonings 'districts' (8×5) and coarse 'sectors' (2×20)."""
     rng = np.random.default_rng(20240304)  # synthetic test data, not noise
     cell_ids = [f"c{i:03d}" for i in range(N_CELLS)]
@@ -56,7 +57,7 @@ def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5
         .group_by("day", "hour", "cell").agg(pl.col("count").sum())
     )
     meta = DatasetMetadata(name, FIRST_DAY, FIRST_DAY + dt.timedelta(days=DAYS), 7, bound_trips, bound_presence,
-                           {"kind": "synthetic-test"})
+                           {"kind": "synthetic-test"}, accounting)
     out = write_aggregates(root / "datasets" / name, meta, cells, trips, presence)
     store = AggregateStore(root)
     service = Service(store, SqliteLedger(root / "bootstrap-ledger.db"))
@@ -74,6 +75,20 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only data root with dataset 'small'; tests must not add zonings to it."""
     root = tmp_path_factory.mktemp("data")
     build_small_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def report_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only data root with dataset 'city': a small demo city (2 windows) ingested with a
+    bounding report at ε = 0.1 and the zoning 'districts'; copy it before re-ingesting."""
+    from dpflows.demo import generate_city
+    from dpflows.ingest.pipeline import ZoningSpec, ingest_events
+
+    root = tmp_path_factory.mktemp("report-data")
+    files = generate_city(root / "raw", persons=600, seed=3, days=14)
+    ingest_events(files.events, files.cells, root / "datasets" / "city", name="city", seed=7, report_epsilon="0.1",
+                  zonings=[ZoningSpec("districts", files.districts)])
     return root
 
 

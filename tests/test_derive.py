@@ -47,8 +47,8 @@ def sums(answer, key_map) -> dict[tuple, int]:
 def test_sectors_flows_derived_from_districts_cost_nothing(service: Service, planner) -> None:
     fine = ask(service, planner, spec(hours=[7, 10]))
     coarse = ask(service, planner, spec(zoning="sectors", hours=[7, 10]), derive=True)
-    assert coarse.derived_from == fine.answer_id and coarse.epsilon_charged == Epsilon.zero()
-    assert coarse.epsilon_of_release == Epsilon.parse("0.25") and not coarse.reused
+    assert coarse.derived_from == fine.answer_id and coarse.charged == Epsilon.zero()
+    assert coarse.loss_of_release == Epsilon.parse("0.25") and not coarse.reused
     quote = service.quote(QueryRequest(spec(zoning="sectors", hours=[7, 10]), epsilon=Epsilon.parse("0.25"),
                                        derive=True), planner)
     assert quote["derived_from"] == fine.answer_id and quote["epsilon_charged"] == Epsilon.zero()
@@ -71,7 +71,7 @@ def test_sectors_flows_derived_from_districts_cost_nothing(service: Service, pla
 def test_presence_derived_for_fewer_hours_and_coarser_zones(service: Service, planner) -> None:
     fine = ask(service, planner, spec("presence"))
     coarse = ask(service, planner, spec("presence", zoning="sectors", hours=[22, 2]), derive=True)
-    assert coarse.derived_from == fine.answer_id and coarse.epsilon_charged == Epsilon.zero()
+    assert coarse.derived_from == fine.answer_id and coarse.charged == Epsilon.zero()
     hours = [22, 23, 0, 1]
     assert [(r["zone"], r["hour"]) for r in coarse.values] == [(z, h) for z in ("s0", "s1") for h in hours]
     expected = sums(fine, lambda r: (SECTOR_OF_DISTRICT[r["zone"]], r["hour"]) if r["hour"] in hours else None)
@@ -109,13 +109,13 @@ def test_patterns_subset_of_weekdays_and_hours(service: Service, planner) -> Non
 def test_only_exact_sums_are_derived(service: Service, planner, fine_kw, coarse_kw) -> None:
     ask(service, planner, spec(**fine_kw))
     fresh = ask(service, planner, spec(**{"zoning": "sectors", **coarse_kw}), derive=True)
-    assert fresh.derived_from is None and fresh.epsilon_charged == Epsilon.parse("0.25")
+    assert fresh.derived_from is None and fresh.charged == Epsilon.parse("0.25")
 
 
 def test_derivation_is_opt_in(service: Service, planner) -> None:
     ask(service, planner, spec())
     fresh = ask(service, planner, spec(zoning="sectors"))
-    assert fresh.derived_from is None and fresh.epsilon_charged == Epsilon.parse("0.25")
+    assert fresh.derived_from is None and fresh.charged == Epsilon.parse("0.25")
 
 
 def test_policy_and_accuracy_limit_derivation(service: Service, planner) -> None:
@@ -123,10 +123,10 @@ def test_policy_and_accuracy_limit_derivation(service: Service, planner) -> None
     service.set_cap("small", Epsilon.parse("1"), client_id=analyst.id, window=None)
     ask(service, planner, spec(), epsilon="0.3")  # above the analyst's per-query cap of 0.25
     a = ask(service, analyst, spec(zoning="sectors"), epsilon="0.1", derive=True)
-    assert a.derived_from is None and a.epsilon_charged == Epsilon.parse("0.1")
+    assert a.derived_from is None and a.charged == Epsilon.parse("0.1")
     fine = ask(service, planner, spec(hours=[7, 10]), epsilon="0.25")
     b = ask(service, analyst, spec(zoning="sectors", hours=[7, 10]), epsilon="0.1", derive=True)
-    assert b.derived_from == fine.answer_id and b.epsilon_charged == Epsilon.zero()
+    assert b.derived_from == fine.answer_id and b.charged == Epsilon.zero()
     # By accuracy: a derived answer qualifies only if its bound meets max_error.
     loose = service.answer(QueryRequest(spec(zoning="sectors", hours=[1, 3]), max_error=1e6, derive=True), planner)
     assert loose.derived_from is None  # nothing released for these hours yet
@@ -134,7 +134,7 @@ def test_policy_and_accuracy_limit_derivation(service: Service, planner) -> None
     bound = sum_error_bound(20.0, 16)
     tight = service.answer(QueryRequest(spec(zoning="sectors", hours=[1, 3]), max_error=bound - 1, derive=True),
                            planner)
-    assert tight.derived_from is None and tight.epsilon_charged > Epsilon.zero()
+    assert tight.derived_from is None and tight.charged > Epsilon.zero()
 
 
 def test_sum_bound_is_openDP_for_one_term_and_chernoff_is_conservative() -> None:

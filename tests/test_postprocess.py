@@ -116,7 +116,7 @@ def test_reused_answer_made_consistent_costs_nothing_and_is_stable(service: Serv
     first = ask(service, planner, spec)
     again = ask(service, planner, spec, consistent=True)
     third = ask(service, planner, spec, consistent=True)
-    assert again.reused and again.epsilon_charged == Epsilon.zero() and again.answer_id == first.answer_id
+    assert again.reused and again.charged == Epsilon.zero() and again.answer_id == first.answer_id
     assert again.values == third.values and again.raw_values == [v["count"] for v in first.values]
     assert service.ledger.total_charged("small", 0, planner.id) == Epsilon.parse("0.25")
 

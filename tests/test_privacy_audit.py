@@ -173,7 +173,7 @@ def test_audit_epsilon_lower_bound_stays_below_claim(
             service.set_cap(name, Epsilon.parse("10"), client_id=client.id, window=None)
             service.set_cap(name, Epsilon.parse("10"), client_id=None, window=None)
             answer = service.answer(QueryRequest(spec=flows_spec(name), epsilon=epsilon), client)
-            assert not answer.reused and answer.epsilon_charged == epsilon
+            assert not answer.reused and answer.charged == epsilon
             assert answer.noise_scale == scale and answer.sensitivity == bound
             assert answer.mechanism == "discrete_laplace"
             row = answer.values[key]

@@ -29,7 +29,7 @@ def test_relative_change_charges_both_answers_once(service: Service, planner) ->
     req = QueryRequest(spec, epsilon=Epsilon.parse("0.25"))
     rc = service.relative_change(req, D0, D0 + WEEK, planner)
     assert rc.current_days == 10 and rc.baseline_days == 5 and rc.confidence == 0.95
-    assert rc.current.epsilon_charged == rc.baseline.epsilon_charged == Epsilon.parse("0.25")
+    assert rc.current.charged == rc.baseline.charged == Epsilon.parse("0.25")
     assert [w.window for w in rc.current.windows] == [1, 2] and [w.window for w in rc.baseline.windows] == [0]
     assert len(rc.zones) == 8
     for row in rc.zones:
@@ -58,7 +58,7 @@ def test_refused_when_the_pair_does_not_fit_and_nothing_is_charged(service: Serv
     service.answer(QueryRequest(presence(D0, D0 + dt.timedelta(days=3)), epsilon=Epsilon.parse("0.4")), planner)
     rc = service.relative_change(QueryRequest(spec, epsilon=Epsilon.parse("0.4")), D0, D0 + dt.timedelta(days=3),
                                  planner)
-    assert rc.baseline.reused and rc.current.epsilon_charged == Epsilon.parse("0.4")
+    assert rc.baseline.reused and rc.current.charged == Epsilon.parse("0.4")
     assert service.ledger.total_charged("small", 0) == Epsilon.parse("0.8")
 
 

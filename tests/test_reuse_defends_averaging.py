@@ -38,10 +38,10 @@ def _counts(answer: Answer) -> np.ndarray:
 def test_fifty_identical_queries_return_one_stored_answer(service: Service, planner) -> None:
     answers = [service.answer(_flows(hours=[7, 10], weekdays=[0, 1, 2, 3, 4]), planner) for _ in range(50)]
     first = answers[0]
-    assert not first.reused and first.epsilon_charged == EPSILON
+    assert not first.reused and first.charged == EPSILON
     for later in answers[1:]:
         assert later.reused
-        assert later.epsilon_charged == Epsilon.zero()
+        assert later.charged == Epsilon.zero()
         assert later.answer_id == first.answer_id
         assert later.values == first.values
     stacked = np.stack([_counts(a) for a in answers])
@@ -86,7 +86,7 @@ def test_no_op_variants_normalize_to_the_same_stored_answer(
         assert request.spec.key() == original.spec.key(), variant
         again = service.answer(request, planner)
         assert again.reused, variant
-        assert again.epsilon_charged == Epsilon.zero()
+        assert again.charged == Epsilon.zero()
         assert again.answer_id == original.answer_id
         np.testing.assert_array_equal(_counts(again), _counts(original))
     assert service.ledger.total_charged("small", 0, planner.id) == EPSILON

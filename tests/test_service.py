@@ -27,7 +27,7 @@ def ask(service: Service, client, spec, epsilon: str | None = "0.25", **kw):
 
 def test_answer_states_cost_budget_unit_and_error(service: Service, planner) -> None:
     a = ask(service, planner, flows())
-    assert a.epsilon_charged == Epsilon.parse("0.25") and not a.reused
+    assert a.charged == Epsilon.parse("0.25") and not a.reused
     assert a.budget_remaining == Epsilon.parse("0.75")
     assert a.privacy_unit == "person-window (7 days)"
     assert a.mechanism == "discrete_laplace" and a.sensitivity == 5 and a.noise_scale == 20.0
@@ -45,7 +45,7 @@ def test_spanning_two_windows_charges_each(service: Service, planner) -> None:
 def test_identical_query_is_reused_for_free(service: Service, planner) -> None:
     a = ask(service, planner, flows(weekdays=[0, 1]))
     b = ask(service, planner, flows(weekdays=[1, 0]))
-    assert b.reused and b.epsilon_charged == Epsilon.zero() and b.values == a.values
+    assert b.reused and b.charged == Epsilon.zero() and b.values == a.values
     assert b.answer_id == a.answer_id
     assert service.ledger.total_charged("small", 0, planner.id) == Epsilon.parse("0.25")
 
@@ -62,8 +62,8 @@ def test_cap_exactly_reachable_then_refused_without_charge(service: Service, pla
 
 def test_max_error_derives_epsilon_and_meets_the_target(service: Service, planner) -> None:
     a = service.answer(QueryRequest(flows(), max_error=150.0), planner)
-    assert a.epsilon_derived and a.error_bound_95 <= 150.0
-    assert Epsilon.zero() < a.epsilon_charged <= Epsilon.parse("1")
+    assert a.loss_from_max_error and a.error_bound_95 <= 150.0
+    assert Epsilon.zero() < a.charged <= Epsilon.parse("1")
 
 
 def test_roles_and_per_query_caps(service: Service, planner) -> None:
@@ -140,6 +140,6 @@ def test_quote_matches_the_charge(service: Service, planner) -> None:
     quote = service.quote(req, planner)
     assert service.ledger.total_charged("small", 0) == Epsilon.zero()
     a = service.answer(req, planner)
-    assert quote["epsilon"] == a.epsilon_charged and [w.window for w in quote["windows"]] == [0, 1]
+    assert quote["epsilon"] == a.charged and [w.window for w in quote["windows"]] == [0, 1]
     assert quote["error_bound_95"] == a.error_bound_95
     assert service.quote(req, planner)["reused"] is True

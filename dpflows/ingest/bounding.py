@@ -37,3 +37,16 @@ def bound_per_person_window(records: pl.LazyFrame, bound: int, *, seed: int,
     )
     # (person, window) -> at most `bound` records
     return ranked.filter(pl.col("_rank") <= bound).drop("_rank")
+
+
+def cap_per_person_key(records: pl.LazyFrame, cap: int, *, keys: list[str], person: str = "person") -> pl.LazyFrame:
+    """Keep at most `cap` records of each person per aggregate row (`keys`): zCDP's per-key cap.
+
+    Applied before the per-window bound, it makes C the most one person adds to one row, which
+    with L gives the ℓ2 sensitivity of the Gaussian (mechanisms.l2_sensitivity). Records of one
+    person with equal keys count identically, so which of them are kept does not matter.
+    """
+    if cap < 1:
+        raise ValueError(f"cap={cap} must be at least 1")
+    # (person, *keys) -> at most `cap` records
+    return records.filter(pl.int_range(pl.len()).over([person, *keys]) < cap)

@@ -30,12 +30,12 @@ from pathlib import Path
 import polars as pl
 from polars.io.partition import FileProviderArgs
 
-from dpflows.aggregates import DatasetMetadata, write_aggregates
-from dpflows.budget import Epsilon
+from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
+from dpflows.budget import PURE_DP, ZCDP, Epsilon
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
-from dpflows.ingest.bounding import bound_per_person_window, new_seed
+from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key, new_seed
 from dpflows.ingest.report import (
     DEFAULT_REPORT_EPSILON,
     ContributionHistograms,
@@ -279,12 +279,15 @@ def ingest_events(
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
     buckets: int | None = None, progress: Progress | None = None,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
+    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """Raw network events → bounded presence and trip counts, written as a dataset directory.
 
     `buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
     changes the output. With report_epsilon > 0 (default 0.05) the dataset also gets a bounding
     report (dpflows.ingest.report), charged at that ε in every window before the dataset is served.
+    With ``accounting="zcdp"`` each person also adds at most `key_cap_trips` to any one trips
+    row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on.
     """
     progress = progress or Progress()
     path = Path(events_path)
@@ -313,14 +316,16 @@ def ingest_events(
     min_dwell = dt.timedelta(minutes=min_dwell_minutes)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
         start, end = _span(split.events, path, first_day)
-        meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule)
+        meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
+                               key_cap_trips, delta)
+        key_cap = meta.key_cap_trips if accounting == ZCDP else None
         trips: list[pl.LazyFrame] = []
         presence: list[pl.LazyFrame] = []
         for number, part in enumerate(split.parts, start=1):
             label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
             # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
             counts = _bucket_counts(part.collect(engine="streaming").lazy(), start, window_days, bound_trips,
-                                    bound_presence, trip_rule, min_dwell, seed, histograms, progress, label)
+                                    bound_presence, trip_rule, min_dwell, key_cap, seed, histograms, progress, label)
             trips.append(split.keep(counts.trips, f"trips-{number}"))
             presence.append(split.keep(counts.presence, f"presence-{number}"))
         progress.phase("summing over buckets, writing aggregates")
@@ -344,41 +349,41 @@ def _sum_counts(parts: list[pl.LazyFrame], keys: list[str]) -> pl.LazyFrame:
 
 
 def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound_trips: int, bound_presence: int,
-                   trip_rule: str, min_dwell: dt.timedelta, seed: int, histograms: ContributionHistograms,
-                   progress: Progress, label: str) -> _Counts:
+                   trip_rule: str, min_dwell: dt.timedelta, key_cap: int | None, seed: int,
+                   histograms: ContributionHistograms, progress: Progress, label: str) -> _Counts:
     """One bucket's events → its bounded counts: a person-window lies wholly in one bucket, so bounds hold.
 
     The exact contribution histograms of the bucket's person-windows are added to `histograms`.
     """
     progress.phase(f"{label}deriving presence, bounding per person-window")
-    # (person, window, day, hour, cell), distinct; held once when the histogram pass reads it too
+    # (person, window, day, hour, cell), distinct
     pres = _with_window(derive.presence(events), start, window_days)
-    if histograms.enabled:
-        pres = pres.collect(engine="streaming").lazy()
     histograms.add("presence", pres)  # exact, before bounding; released with noise only
     # (person, window) -> at most L_presence distinct (day, hour, cell)
     pres = bound_per_person_window(pres, bound_presence, seed=seed)
-    # (day, hour, cell) -> count
-    pres_counts = pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count")).collect(
-        engine="streaming")
+    # (day, hour, cell) -> count; collected with the histogram, so the records are derived once
+    pres_counts = histograms.collect_with(pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count")))
     progress.phase(f"{label}deriving trips, bounding per person-window")
-    # (person, timestamp, origin, dest); held once when the histogram pass reads it too (one sort, not two)
+    # (person, timestamp, origin, dest)
     trip_rows = derive.trips(events, rule=trip_rule, min_dwell=min_dwell)
-    if histograms.enabled:
-        trip_rows = trip_rows.collect(engine="streaming").lazy()
     # (day, hour, origin, dest) -> count of trips kept, at most L_trips per (person, window)
-    trip_counts = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A,
-                                       histograms=histograms).collect(engine="streaming")
+    trip_counts = histograms.collect_with(_bounded_trip_counts(trip_rows, start, window_days, bound_trips,
+                                                               seed=seed ^ 0x5A5A5A5A, key_cap=key_cap,
+                                                               histograms=histograms))
     return _Counts(trip_counts, pres_counts)
 
 
 def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
-                         seed: int, histograms: ContributionHistograms | None = None) -> pl.LazyFrame:
+                         seed: int, key_cap: int | None = None,
+                         histograms: ContributionHistograms | None = None) -> pl.LazyFrame:
     rows = trip_rows.with_columns(pl.col("timestamp").dt.date().alias("day"),
                                   pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"))
+    if key_cap is not None:
+        # (person, day, hour, origin, dest) -> at most key_cap trips (zCDP's per-key cap)
+        rows = cap_per_person_key(rows, key_cap, keys=["day", "hour", "origin", "dest"])
     rows = _with_window(rows, start, window_days)
     if histograms is not None:
-        histograms.add("trips", rows)  # exact, before bounding; released with noise only
+        histograms.add("trips", rows)  # exact, before the L bound; released with noise only
     rows = bound_per_person_window(rows, bound, seed=seed)
     return rows.group_by("day", "hour", "origin", "dest").agg(pl.len().cast(pl.Int64).alias("count"))
 
@@ -392,6 +397,7 @@ def ingest_trips_table(
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
     zonings: Iterable[ZoningSpec] = (), seed: int | None = None, progress: Progress | None = None,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
+    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
@@ -418,11 +424,14 @@ def ingest_trips_table(
     trips = frame.select("person", "timestamp", "origin", "dest")
     start, end = _span(trips, path, first_day)
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
-                           {"kind": "given", "person": "column" if has_person else "each trip its own unit"})
+                           {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
+                           accounting, key_cap_trips, delta)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
-    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed, histograms=histograms)
-    counts = _cell_names(counts_lazy, lookup, ["origin", "dest"]).collect(engine="streaming")
+    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
+                                       key_cap=key_cap_trips if accounting == ZCDP else None,
+                                       histograms=histograms)
+    counts = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
     report = release_bounding_report(histograms, report_eps, meta.window_count)
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
     out = Path(out_dir)

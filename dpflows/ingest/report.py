@@ -11,6 +11,8 @@ Privacy: adding or removing one person's records in one window moves one person-
 or out of one bin of each measure's histogram, so the ℓ1 sensitivity of all the histograms
 together is the number of measures, and the release costs its ε in every window (windows
 hold disjoint person-windows: parallel composition), like a query spanning every window.
+It is a pure-DP release on every dataset; a zCDP dataset's ledger is charged the ρ that
+OpenDP converts it to (ε²/2).
 
 Accounting (see also docs/privacy.md): the release happens here, at ingestion, run by the
 operator, who holds the raw events anyway; what `dpflows ingest` prints stays inside that
@@ -25,8 +27,9 @@ same directory (`write_aggregates` carries an unpaid earlier report forward).
 
 Additivity: histograms of disjoint sets of persons add up, so an ingestion that processes
 persons in buckets calls `ContributionHistograms.add` once per bucket and measure with the
-same accumulator. A person-window must never be split across calls: its records would be
-counted as two smaller person-windows.
+same accumulator (and collects each bucket's counts with `collect_with`, so the records are
+derived once for both). A person-window must never be split across calls: its records would
+be counted as two smaller person-windows.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ MAX_REPORT_EPSILON = Epsilon.parse("1")
 
 def contribution_histogram(records: pl.LazyFrame, *, person: str = "person", window: str = "window") -> np.ndarray:
     """Exact (secret) count of person-windows per public bin of their number of records."""
+    return _to_array(_histogram_plan(records, person, window).collect(engine="streaming"))
+
+
+def _histogram_plan(records: pl.LazyFrame, person: str = "person", window: str = "window") -> pl.LazyFrame:
     # (person, window, ...) -> (person, window): n records
     per_unit = records.group_by(person, window).agg(pl.len().alias("_n"))
     # (person, window) -> bin index: how many bin upper ends lie below n
@@ -55,18 +62,33 @@ def contribution_histogram(records: pl.LazyFrame, *, person: str = "person", win
         pl.sum_horizontal([(pl.col("_n") > upper).cast(pl.Int32) for upper in BIN_UPPER]).alias("_bin")
     )
     # bin -> person-windows
-    counts = binned.group_by("_bin").agg(pl.len().alias("_units")).collect(engine="streaming")
+    return binned.group_by("_bin").agg(pl.len().alias("_units"))
+
+
+def _to_array(counts: pl.DataFrame) -> np.ndarray:
     histogram = np.zeros(BIN_COUNT, dtype=np.int64)
     histogram[counts["_bin"].to_numpy()] = counts["_units"].to_numpy()
     return histogram
 
 
 class ContributionHistograms:
-    """Exact histograms per measure, summed over `add` calls; a disabled one computes nothing."""
+    """Exact histograms per measure, summed over `add` calls; a disabled one computes nothing.
+
+    `add` only plans the count; `collect_with` runs it together with the frame ingestion
+    collects anyway (the bounded counts), so Polars derives the records once for both.
+    """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.counts: dict[str, np.ndarray] = {}
+        self._counts: dict[str, np.ndarray] = {}
+        self._pending: list[tuple[str, pl.LazyFrame]] = []
+
+    @property
+    def counts(self) -> dict[str, np.ndarray]:
+        """measure -> exact histogram (secret), after running any histogram not yet collected."""
+        if self._pending:
+            self.collect_with(pl.LazyFrame())
+        return self._counts
 
     def add(self, measure: str, records: pl.LazyFrame) -> None:
         """Count the (person, window, ...) records of one measure before they are bounded."""
@@ -74,8 +96,23 @@ class ContributionHistograms:
             return
         if measure not in MEASURES:
             raise ValueError(f"measure {measure!r} is not one of {MEASURES}")
-        histogram = contribution_histogram(records)
-        self.counts[measure] = self.counts.get(measure, np.zeros(BIN_COUNT, dtype=np.int64)) + histogram
+        self._pending.append((measure, _histogram_plan(records)))
+
+    def add_counts(self, measure: str, counts: pl.DataFrame) -> None:
+        """Add an exact histogram already counted elsewhere (the Spark engine): columns _bin, _units."""
+        if not self.enabled:
+            return
+        if measure not in MEASURES:
+            raise ValueError(f"measure {measure!r} is not one of {MEASURES}")
+        self._counts[measure] = self._counts.get(measure, np.zeros(BIN_COUNT, dtype=np.int64)) + _to_array(counts)
+
+    def collect_with(self, frame: pl.LazyFrame) -> pl.DataFrame:
+        """Collect `frame` and every histogram added since, sharing their common subplans."""
+        pending, self._pending = self._pending, []
+        results = pl.collect_all([frame, *(plan for _, plan in pending)], engine="streaming")
+        for (measure, _), counts in zip(pending, results[1:], strict=True):
+            self._counts[measure] = self._counts.get(measure, np.zeros(BIN_COUNT, dtype=np.int64)) + _to_array(counts)
+        return results[0]
 
 
 def parse_report_epsilon(value: str | float | Epsilon) -> Epsilon:

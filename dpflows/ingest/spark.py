@@ -43,8 +43,10 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from dpflows.aggregates import DatasetMetadata, write_aggregates
+from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
+from dpflows.budget import PURE_DP, ZCDP, Epsilon
 from dpflows.cells import CellCatalog
+from dpflows.contribution_report import BIN_UPPER
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
 from dpflows.ingest.bounding import new_seed
@@ -58,6 +60,12 @@ from dpflows.ingest.pipeline import (
     _cells_frame,
     _load_zonings,
     read_cells,
+)
+from dpflows.ingest.report import (
+    DEFAULT_REPORT_EPSILON,
+    ContributionHistograms,
+    parse_report_epsilon,
+    release_bounding_report,
 )
 
 if TYPE_CHECKING:
@@ -260,23 +268,53 @@ class SparkBounded:
     presence: DataFrame  # person, day, hour, cell, window
     trips: DataFrame  # person, timestamp, origin, dest, day, hour, window
     source: SparkEvents
+    #: the same records before the per-window bound, for the bounding report's histograms
+    presence_unbounded: DataFrame | None = None
+    trips_unbounded: DataFrame | None = None
 
 
 def bounded_records_spark(
     events_path: str | Path, cells_path: str | Path, *, window_days: int = DEFAULT_WINDOW_DAYS,
     bound_trips: int = DEFAULT_BOUND_TRIPS, bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay",
     min_dwell_minutes: float = 30, first_day: dt.date | None = None, seed: int, spark: SparkSession | None = None,
+    key_cap_trips: int | None = None,
 ) -> SparkBounded:
-    """Checked events → derived records → at most L per (person, window), as lazy Spark frames."""
+    """Checked events → derived records → at most L per (person, window), as lazy Spark frames.
+
+    With `key_cap_trips` (zCDP datasets), first at most that many trips per person and trips
+    row (day, hour, origin, dest), as bounding.cap_per_person_key does.
+    """
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
     source = read_events_spark(_spark(spark), events_path, cells_path, first_day)
     start = source.first_day
-    presence = bound_per_person_window_spark(presence_records(source.events, start, window_days),
-                                             bound_presence, seed=seed)
+    presence_all = presence_records(source.events, start, window_days)
+    presence = bound_per_person_window_spark(presence_all, bound_presence, seed=seed)
     trips = trip_records(source.events, start, window_days, rule=trip_rule, min_dwell_minutes=min_dwell_minutes)
+    if key_cap_trips is not None:
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        per_key = Window.partitionBy("person", "day", "hour", "origin", "dest").orderBy("timestamp")
+        # (person, day, hour, origin, dest) -> at most key_cap_trips trips
+        trips = trips.withColumn("_k", F.row_number().over(per_key)).filter(F.col("_k") <= key_cap_trips).drop("_k")
+    trips_all = trips
     trips = bound_per_person_window_spark(trips, bound_trips, seed=seed ^ TRIP_SEED_MASK)
-    return SparkBounded(presence, trips, source)
+    return SparkBounded(presence, trips, source, presence_all, trips_all)
+
+
+def contribution_counts_spark(records: DataFrame) -> pl.DataFrame:
+    """Exact (secret) person-windows per public bin of their record count, as ingest/report.py counts them."""
+    from pyspark.sql import functions as F
+
+    # (person, window, ...) -> (person, window): n records
+    per_unit = records.groupBy("person", "window").agg(F.count(F.lit(1)).alias("_n"))
+    # (person, window) -> bin index: how many bin upper ends lie below n
+    bins = F.lit(0)
+    for upper in BIN_UPPER:
+        bins = bins + (F.col("_n") > upper).cast("int")
+    # bin -> person-windows (at most BIN_COUNT rows reach the driver)
+    return _collect(per_unit.select(bins.alias("_bin")).groupBy("_bin").agg(F.count(F.lit(1)).alias("_units")))
 
 
 def _collect(frame: DataFrame) -> pl.DataFrame:
@@ -302,36 +340,51 @@ def ingest_events_spark(
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    spark: SparkSession | None = None, progress: Progress | None = None,
+    spark: SparkSession | None = None, progress: Progress | None = None, accounting: str = PURE_DP,
+    key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
+    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
 ) -> Path:
-    """Raw network events → bounded presence and trip counts with Spark; the same dataset directory."""
+    """Raw network events → bounded presence and trip counts with Spark; the same dataset directory.
+
+    The bounding report is made as by the Polars engine: exact histograms counted by Spark,
+    collected as at most a few dozen numbers, released once with OpenDP on the driver.
+    """
     progress = progress or Progress()
     seed = new_seed() if seed is None else seed
+    report_eps = parse_report_epsilon(report_epsilon)
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
     # name, window and bounds checked before Spark reads anything (dates are placeholders here)
-    DatasetMetadata(name, dt.date(2000, 1, 1), dt.date(2000, 1, 2), window_days, bound_trips, bound_presence, rule)
+    DatasetMetadata(name, dt.date(2000, 1, 1), dt.date(2000, 1, 2), window_days, bound_trips, bound_presence, rule,
+                    accounting, key_cap_trips, delta)
     progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
     bounded = bounded_records_spark(events_path, cells_path, window_days=window_days, bound_trips=bound_trips,
                                     bound_presence=bound_presence, trip_rule=trip_rule,
                                     min_dwell_minutes=min_dwell_minutes, first_day=first_day, seed=seed,
-                                    spark=spark)
+                                    spark=spark, key_cap_trips=key_cap_trips if accounting == ZCDP else None)
     source = bounded.source
     try:
         meta = DatasetMetadata(name, source.first_day, source.end_day, window_days, bound_trips, bound_presence,
-                               rule)
+                               rule, accounting, key_cap_trips, delta)
         progress.phase("deriving presence, bounding per person-window (Spark)")
         presence = _counts(bounded.presence, ["day", "hour", "cell"], ["cell"], source.lookup)
         progress.phase("deriving trips, bounding per person-window (Spark)")
         trips = _counts(bounded.trips, ["day", "hour", "origin", "dest"], ["origin", "dest"], source.lookup)
+        histograms = ContributionHistograms(enabled=report_eps.nanos > 0)
+        if histograms.enabled:
+            progress.phase("counting contributions per person-window for the bounding report (Spark)")
+            for measure, frame in (("presence", bounded.presence_unbounded), ("trips", bounded.trips_unbounded)):
+                assert frame is not None
+                histograms.add_counts(measure, contribution_counts_spark(frame))
+        report = release_bounding_report(histograms, report_eps, meta.window_count)
     finally:
         source.events.unpersist()
     progress.phase("writing aggregates")
     out = Path(out_dir)
     _load_zonings(zonings, source.catalog, out)
-    write_aggregates(out, meta, _cells_frame(source.catalog), trips, presence)
+    write_aggregates(out, meta, _cells_frame(source.catalog), trips, presence, bounding_report=report)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from dpflows.budget import Epsilon
+from dpflows.budget import PrivacyLoss
 from dpflows.errors import BudgetExceeded, Conflict, InvalidInput, NotFound
 from dpflows.ledger.base import (
     GENESIS_HASH,
@@ -144,7 +144,7 @@ class SqlLedger:
 
     # -- caps and spending ------------------------------------------------------------------
 
-    def set_cap(self, dataset: str, cap: Epsilon, *, client_id: int | None, window: int | None) -> None:
+    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None) -> None:
         if client_id is not None:
             self.get_client(client_id)
         if window is not None and window < 0:
@@ -159,21 +159,21 @@ class SqlLedger:
                 (cid, dataset, win, cap.nanos, utc_now()),
             )
 
-    def _cap(self, cur: Cursor, dataset: str, window: int, client_id: int) -> Epsilon | None:
+    def _cap(self, cur: Cursor, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
         cur.execute(
             "SELECT cap_nanos FROM caps WHERE client_id = ? AND dataset = ? AND win IN (?, ?) "
             "ORDER BY win DESC LIMIT 1",
             (client_id, dataset, window, EVERY_WINDOW),
         )
         row = cur.fetchone()
-        return None if row is None else Epsilon(int(row[0]))
+        return None if row is None else PrivacyLoss(int(row[0]))
 
-    def _spent(self, cur: Cursor, dataset: str, window: int, client_id: int) -> Epsilon:
+    def _spent(self, cur: Cursor, dataset: str, window: int, client_id: int) -> PrivacyLoss:
         cur.execute(
             "SELECT nanos FROM spend WHERE dataset = ? AND win = ? AND client_id = ?", (dataset, window, client_id)
         )
         row = cur.fetchone()
-        return Epsilon(0 if row is None else int(row[0]))
+        return PrivacyLoss(0 if row is None else int(row[0]))
 
     def _budgets(self, cur: Cursor, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
         return [
@@ -191,7 +191,7 @@ class SqlLedger:
         with self._transaction(write=False) as cur:
             return self._budgets(cur, dataset, client_id, windows)
 
-    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> Epsilon:
+    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss:
         """Sum of the append-only charge rows (not the running totals): the audit of spending."""
         with self._transaction(write=False) as cur:
             if client_id is None:
@@ -203,7 +203,7 @@ class SqlLedger:
                     "SELECT COALESCE(SUM(nanos), 0) FROM charges WHERE dataset = ? AND win = ? AND client_id = ?",
                     (dataset, window, client_id),
                 )
-            return Epsilon(int(cur.fetchone()[0]))
+            return PrivacyLoss(int(cur.fetchone()[0]))
 
     # -- releases ---------------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class SqlLedger:
             existing = self._find_answer(cur, request.dataset, request.query_key)
             if existing is not None:
                 self._append_audit(cur, _with_reuse(request.audit, existing.answer_id))
-                return ReleaseReceipt(existing, reused=True, charged=Epsilon.zero())
+                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero())
             # Check, without changing anything ...
             for budget in self._budgets(cur, request.dataset, request.client_id, list(windows)):
                 _check_budget(budget, request)
@@ -323,7 +323,7 @@ class SqlLedger:
         return [
             AuditEntry(
                 id=int(r[0]), at=r[1], client_id=None if r[2] is None else int(r[2]), action=r[3], dataset=r[4],
-                query=None if r[5] is None else json.loads(r[5]), epsilon=Epsilon(int(r[6])), outcome=r[7],
+                query=None if r[5] is None else json.loads(r[5]), epsilon=PrivacyLoss(int(r[6])), outcome=r[7],
                 answer_id=r[8], prev_hash=r[9], row_hash=r[10],
             )
             for r in rows
@@ -338,7 +338,7 @@ class SqlLedger:
 
 def _with_reuse(entry: AuditEntry, answer_id: str) -> AuditEntry:
     return AuditEntry(action=entry.action, outcome="reused", client_id=entry.client_id, dataset=entry.dataset,
-                      query=entry.query, epsilon=Epsilon.zero(), answer_id=answer_id)
+                      query=entry.query, epsilon=PrivacyLoss.zero(), answer_id=answer_id)
 
 
 def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
@@ -357,18 +357,19 @@ def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
             field="dataset",
         )
     if budget.client_spent.nanos + request.epsilon.nanos > budget.client_cap.nanos:
-        left = Epsilon(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
+        left = PrivacyLoss(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
         raise BudgetExceeded(
-            f"epsilon={request.epsilon} exceeds your remaining budget of {left} (cap {budget.client_cap}) "
-            f"on dataset {request.dataset!r} window {w}; ask for less or wait for an admin to raise the cap",
-            field="epsilon",
+            f"{request.epsilon.unit}={request.epsilon} exceeds your remaining budget of {left} "
+            f"(cap {budget.client_cap}) on dataset {request.dataset!r} window {w}; ask for less or wait for an "
+            "admin to raise the cap",
+            field=request.epsilon.unit,
             details={"window": w, "remaining": left.to_json()},
         )
     if budget.global_spent.nanos + request.epsilon.nanos > budget.global_cap.nanos:
-        left = Epsilon(max(budget.global_cap.nanos - budget.global_spent.nanos, 0))
+        left = PrivacyLoss(max(budget.global_cap.nanos - budget.global_spent.nanos, 0))
         raise BudgetExceeded(
-            f"epsilon={request.epsilon} exceeds the remaining global budget of {left} on dataset "
+            f"{request.epsilon.unit}={request.epsilon} exceeds the remaining global budget of {left} on dataset "
             f"{request.dataset!r} window {w}, shared by all clients; ask for less",
-            field="epsilon",
+            field=request.epsilon.unit,
             details={"window": w, "remaining": left.to_json()},
         )

@@ -7,8 +7,11 @@ If any cap would be exceeded nothing is written. Implementations: memory.py (tes
 benchmarks), sqlite.py (embedded default, one host), postgres.py (several hosts).
 
 Caps: per (client, dataset, window) and a global cap per (dataset, window) across all
-clients. A cap set for window None applies to every window without a cap of its own. A
-window with no cap at all has nothing to spend: ledgers fail closed.
+clients. Amounts are `PrivacyLoss` nano-units in the dataset's measure (ε for pure-DP
+datasets, ρ for zCDP ones: both compose by addition); the ledger sums and compares integers
+and never mixes datasets, so it needs no unit. The service labels what it reads.
+A cap set for window None applies to every window without a cap of its own. A window with no
+cap at all has nothing to spend: ledgers fail closed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from dpflows.budget import Epsilon
+from dpflows.budget import PrivacyLoss
 
 ROLES = ("admin", "planner", "analyst")
 GENESIS_HASH = "0" * 64
@@ -46,19 +49,19 @@ class WindowBudget:
     """One window's caps and spending for one client (and across all clients)."""
 
     window: int
-    client_cap: Epsilon | None
-    client_spent: Epsilon
-    global_cap: Epsilon | None
-    global_spent: Epsilon
+    client_cap: PrivacyLoss | None
+    client_spent: PrivacyLoss
+    global_cap: PrivacyLoss | None
+    global_spent: PrivacyLoss
 
     @property
-    def remaining(self) -> Epsilon:
+    def remaining(self) -> PrivacyLoss:
         """What this client can still spend here: the tighter of its own and the global cap."""
         if self.client_cap is None or self.global_cap is None:
-            return Epsilon.zero()
+            return PrivacyLoss.zero()
         own = max(self.client_cap.nanos - self.client_spent.nanos, 0)
         shared = max(self.global_cap.nanos - self.global_spent.nanos, 0)
-        return Epsilon(min(own, shared))
+        return PrivacyLoss(min(own, shared))
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class AuditEntry:
     client_id: int | None = None
     dataset: str | None = None
     query: dict[str, Any] | None = None
-    epsilon: Epsilon = field(default_factory=Epsilon.zero)
+    epsilon: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
     answer_id: str | None = None
     # Filled in by the ledger when the row is written:
     id: int = 0
@@ -111,7 +114,7 @@ class ReleaseRequest:
     dataset: str
     query_key: str
     windows: tuple[int, ...]
-    epsilon: Epsilon  # charged in full in every window
+    epsilon: PrivacyLoss  # charged in full in every window
     answer_id: str
     payload: dict[str, Any]
     audit: AuditEntry
@@ -121,7 +124,7 @@ class ReleaseRequest:
 class ReleaseReceipt:
     answer: StoredAnswer
     reused: bool
-    charged: Epsilon  # per window; zero when reused
+    charged: PrivacyLoss  # per window; zero when reused
 
 
 @runtime_checkable
@@ -139,9 +142,9 @@ class Ledger(Protocol):
     def revoke_key(self, key_id: int) -> ApiKeyRecord: ...
 
     # caps and spending
-    def set_cap(self, dataset: str, cap: Epsilon, *, client_id: int | None, window: int | None) -> None: ...
+    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None) -> None: ...
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]: ...
-    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> Epsilon: ...
+    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss: ...
 
     # releases
     def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None: ...

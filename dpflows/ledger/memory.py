@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from dpflows.budget import Epsilon
+from dpflows.budget import PrivacyLoss
 from dpflows.errors import Conflict, InvalidInput, NotFound
 from dpflows.ledger._sql import EVERY_WINDOW, GLOBAL, _check_budget, _with_reuse, utc_now
 from dpflows.ledger.base import (
@@ -32,7 +32,7 @@ class MemoryLedger:
         self._clients: dict[int, Client] = {}
         self._keys: dict[int, ApiKeyRecord] = {}
         self._key_hash: dict[str, int] = {}
-        self._caps: dict[tuple[int, str, int], Epsilon] = {}
+        self._caps: dict[tuple[int, str, int], PrivacyLoss] = {}
         self._spend: dict[tuple[str, int, int], int] = {}
         self._charges: list[tuple[int, str, int, int, str]] = []
         self._answers: dict[str, StoredAnswer] = {}
@@ -91,7 +91,7 @@ class MemoryLedger:
                 self._keys[key_id] = dataclasses.replace(self._keys[key_id], revoked_at=utc_now())
             return self._keys[key_id]
 
-    def set_cap(self, dataset: str, cap: Epsilon, *, client_id: int | None, window: int | None) -> None:
+    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None) -> None:
         if client_id is not None:
             self.get_client(client_id)
         if window is not None and window < 0:
@@ -100,7 +100,7 @@ class MemoryLedger:
             key = (GLOBAL if client_id is None else client_id, dataset, EVERY_WINDOW if window is None else window)
             self._caps[key] = cap
 
-    def _cap(self, dataset: str, window: int, client_id: int) -> Epsilon | None:
+    def _cap(self, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
         cap = self._caps.get((client_id, dataset, window))
         return cap if cap is not None else self._caps.get((client_id, dataset, EVERY_WINDOW))
 
@@ -108,14 +108,14 @@ class MemoryLedger:
         with self._lock:
             return [
                 WindowBudget(
-                    w, self._cap(dataset, w, client_id), Epsilon(self._spend.get((dataset, w, client_id), 0)),
-                    self._cap(dataset, w, GLOBAL), Epsilon(self._spend.get((dataset, w, GLOBAL), 0)),
+                    w, self._cap(dataset, w, client_id), PrivacyLoss(self._spend.get((dataset, w, client_id), 0)),
+                    self._cap(dataset, w, GLOBAL), PrivacyLoss(self._spend.get((dataset, w, GLOBAL), 0)),
                 )
                 for w in windows
             ]
 
-    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> Epsilon:
-        return Epsilon(sum(n for (c, d, w, n, _) in self._charges
+    def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss:
+        return PrivacyLoss(sum(n for (c, d, w, n, _) in self._charges
                            if d == dataset and w == window and (client_id is None or c == client_id)))
 
     def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None:
@@ -137,7 +137,7 @@ class MemoryLedger:
             existing = self.find_answer(request.dataset, request.query_key)
             if existing is not None:
                 self.append_audit(_with_reuse(request.audit, existing.answer_id))
-                return ReleaseReceipt(existing, reused=True, charged=Epsilon.zero())
+                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero())
             for budget in self.window_budgets(request.dataset, request.client_id, windows):
                 _check_budget(budget, request)
             for w in windows:

@@ -94,6 +94,21 @@ def test_bucketed_equals_unbucketed_exactly_with_active_bounds(city, tmp_path: P
     assert leftovers(tmp_path) == []
 
 
+def test_bucketed_equals_unbucketed_with_zcdp_per_key_cap(city, tmp_path: Path, exact_histograms: list) -> None:
+    kw = dict(name="z", bound_trips=4, bound_presence=12, seed=21, accounting="zcdp", key_cap_trips=1,
+              trip_rule="consecutive")  # handovers back and forth repeat keys within an hour
+    one = ingest_events(city.events, city.cells, tmp_path / "one", buckets=1, **kw)
+    three = ingest_events(city.events, city.cells, tmp_path / "three", buckets=3, **kw)
+    assert_same(one, three)
+    assert exact_histograms[0] == exact_histograms[1]
+    assert dataset(three)[0]["accounting"]["measure"] == "zcdp"
+    # the per-key cap is active on this city: without the L bound, capping repeats keeps fewer trips
+    unbounded = {**kw, "bound_trips": 10_000, "report_epsilon": 0}
+    capped = ingest_events(city.events, city.cells, tmp_path / "capped", buckets=3, **unbounded)
+    loose = ingest_events(city.events, city.cells, tmp_path / "loose", buckets=3, **{**unbounded, "key_cap_trips": 50})
+    assert dataset(loose)[1]["count"].sum() > dataset(capped)[1]["count"].sum()
+
+
 def test_bucketed_csv_with_string_persons_first_day_and_more_buckets_than_persons(tmp_path: Path) -> None:
     rows = []
     for p, person in enumerate(["ann", "bob", "cy"]):

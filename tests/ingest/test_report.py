@@ -44,15 +44,15 @@ def reference(units: dict[tuple[int, int], int]) -> np.ndarray:
 
 def test_bins_are_public_contiguous_and_end_open() -> None:
     ranges = bin_ranges()
-    assert ranges[0] == (1, 1) and ranges[9] == (10, 10) and ranges[10] == (11, 12) and ranges[-1] == (100_001, None)
+    assert ranges[0] == (1, 1) and ranges[29] == (30, 30) and ranges[30] == (31, 40) and ranges[-1] == (100_001, None)
     assert all(lo == prev_hi + 1 for (_, prev_hi), (lo, _) in itertools.pairwise(ranges))
 
 
 def test_histogram_is_exact_on_a_small_frame() -> None:
-    units = {(1, 0): 1, (1, 1): 2, (2, 0): 10, (3, 0): 11, (4, 0): 12, (5, 0): 13, (6, 3): 150, (7, 0): 100_001}
+    units = {(1, 0): 1, (1, 1): 2, (2, 0): 30, (3, 0): 31, (4, 0): 40, (5, 0): 41, (6, 3): 150, (7, 0): 100_001}
     h = contribution_histogram(frame(units))
     assert h.dtype == np.int64 and h.shape == (BIN_COUNT,)
-    expected = {0: 1, 1: 1, 9: 1, 10: 2, 11: 1, BIN_UPPER.index(150): 1, BIN_COUNT - 1: 1}
+    expected = {0: 1, 1: 1, 29: 1, 30: 2, 31: 1, BIN_UPPER.index(150): 1, BIN_COUNT - 1: 1}
     assert {i: int(v) for i, v in enumerate(h) if v} == expected
 
 
@@ -109,7 +109,7 @@ def test_ingestion_stores_the_release_and_nothing_exact(city, tmp_path: Path) ->
     stored = doc["bounding_report"]
     assert set(stored) == RELEASE_FIELDS  # the mechanism's output and how it was made; no exact field
     assert set(doc) - {"bounding_report"} == {"format_version", "name", "first_day", "end_day", "window_days",
-                                              "bounds", "trip_rule", "ingestion_id"}
+                                              "bounds", "trip_rule", "accounting", "ingestion_id"}
     assert stored["sensitivity"] == 2 and stored["noise_scale"] == scale_for_epsilon(2, Epsilon.parse("0.1"))
     assert stored["epsilon_nanos"] == 100_000_000 and stored["windows"] == 2
     assert {m: len(v) for m, v in stored["noisy_counts"].items()} == {"trips": BIN_COUNT, "presence": BIN_COUNT}
@@ -135,3 +135,18 @@ def test_reingestion_carries_an_earlier_report_forward(city, tmp_path: Path) -> 
     assert [c.ingestion for c in second.report_charges] == [first.version]
     third = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", name="city", seed=3))
     assert [c.ingestion for c in third.report_charges] == [first.version, third.version]
+
+
+def test_ingest_command_prints_the_report(city, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpflows.cli import main
+
+    args = ["ingest", str(city.events), "--cells", str(city.cells), "--zoning", f"districts={city.districts}"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "bounding report (noisy; epsilon=0.05 in every window" in out
+    assert "trips    L=20: ~" in out and "presence L=100: ~" in out and "suggested L=" in out
+    assert "flows between 50 zones" in out
+    assert main([*args, "--out", str(tmp_path / "b"), "--report-epsilon", "0"]) == 0
+    assert "bounding report" not in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "c"), "--report-epsilon", "2"]) == 2
+    assert "report_epsilon=2 is above 1" in capsys.readouterr().err

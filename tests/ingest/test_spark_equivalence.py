@@ -86,8 +86,7 @@ def test_inactive_bounds_give_identical_aggregates(spark, city, tmp_path: Path, 
     zonings = [ZoningSpec("districts", city.districts), ZoningSpec("sectors", city.sectors, True, 50)]
     kw: dict[str, Any] = dict(name="city", bound_trips=big, bound_presence=big, trip_rule=rule,
                               min_dwell_minutes=30, zonings=zonings)
-    # no bounding report on the Polars side: the Spark engine makes none yet, and metadata is compared whole
-    polars_out = ingest_events(city.events, city.cells, tmp_path / "polars", seed=1, report_epsilon=0, **kw)
+    polars_out = ingest_events(city.events, city.cells, tmp_path / "polars", seed=1, **kw)
     spark_out = ingest_events_spark(city.events, city.cells, tmp_path / "spark", seed=2, spark=spark, **kw)
     for name, keys in (("trips", ["day", "hour", "origin", "dest"]), ("presence", ["day", "hour", "cell"])):
         a, b = _sorted(polars_out / f"{name}.parquet", keys), _sorted(spark_out / f"{name}.parquet", keys)
@@ -98,7 +97,12 @@ def test_inactive_bounds_give_identical_aggregates(spark, city, tmp_path: Path, 
     docs = [json.loads((out / "metadata.json").read_text()) for out in (polars_out, spark_out)]
     for doc in docs:
         doc.pop("ingestion_id")
+    reports = [doc.pop("bounding_report") for doc in docs]
     assert docs[0] == docs[1]
+    # Both engines release the report the same way; the values are noise draws, so they differ.
+    for report in reports:
+        report.pop("noisy_counts")
+    assert reports[0] == reports[1]
     assert sorted(p.name for p in (spark_out / "zonings").iterdir()) == ["districts.json", "sectors.json"]
     data = load_dataset(spark_out)
     assert data.metadata.trip_rule["kind"] == rule and data.zoning("sectors").coarse
@@ -275,3 +279,19 @@ def test_cli_engine_spark_uses_the_active_session(spark, city, tmp_path: Path, c
     assert data.metadata.bound_trips == 5 and data.zoning("districts").zone_count == 50
     assert main(["ingest", str(city.events), "--cells", str(city.cells), "--out", str(tmp_path / "t"),
                  "--engine", "spark", "--trips-table"]) != 0
+
+
+def test_spark_contribution_histograms_equal_polars(spark, city) -> None:
+    """The bounding report's exact histograms: Spark counts what the Polars engine counts, bin for bin."""
+    from dpflows.ingest.report import contribution_histogram
+    from dpflows.ingest.spark import bounded_records_spark, contribution_counts_spark
+
+    presence, trips, _ = _polars_records(city)
+    bounded = bounded_records_spark(city.events, city.cells, window_days=7, seed=3, spark=spark)
+    for polars_records, spark_records in ((presence, bounded.presence_unbounded), (trips, bounded.trips_unbounded)):
+        assert spark_records is not None
+        counts = contribution_counts_spark(spark_records)
+        spark_hist = np.zeros(len(contribution_histogram(polars_records.lazy())), dtype=np.int64)
+        spark_hist[counts["_bin"].to_numpy()] = counts["_units"].to_numpy()
+        expected = contribution_histogram(polars_records.lazy())
+        assert expected.sum() > 100 and np.array_equal(spark_hist, expected)

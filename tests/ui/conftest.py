@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dpflows.aggregates import AggregateStore
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, Rho
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
 from tests.conftest import build_small_dataset
@@ -39,9 +39,11 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """gunicorn (2 workers) over dataset 'small'; planner and analyst at cap 1.0 per window, global 3.0."""
+    """gunicorn (2 workers) over dataset 'small' (planner and analyst at cap ε 1.0 per window, global 3.0)
+    and 'smallz', accounted in zCDP (planner cap ρ 0.05, global 0.5)."""
     root = tmp_path_factory.mktemp("live")
     build_small_dataset(root)
+    build_small_dataset(root, "smallz", accounting="zcdp")
     ledger_path = root / "ledger.db"
     ledger = SqliteLedger(ledger_path)
     service = Service(AggregateStore(root), ledger)
@@ -51,6 +53,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     for client in (planner, analyst):
         service.set_cap("small", Epsilon.parse("1"), client_id=client.id, window=None)
     service.set_cap("small", Epsilon.parse("3"), client_id=None, window=None)
+    service.set_cap("smallz", Rho.parse("0.05"), client_id=planner.id, window=None)
+    service.set_cap("smallz", Rho.parse("0.5"), client_id=None, window=None)
     ledger.close()
     with GunicornServer(root, f"sqlite:///{ledger_path}", workers=2) as server:
         yield LiveServer(server.url, planner_key, analyst_key, admin_key, root, ledger_path)

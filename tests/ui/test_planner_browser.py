@@ -60,7 +60,9 @@ def test_planner_flows_end_to_end(chromium_path: str, live_server: LiveServer, t
         page.wait_for_selector("#confirm:not([hidden])")
         page.click("#confirm-run")
         page.wait_for_selector("#answer:not([hidden])")
-        page.wait_for_function("Number(document.getElementById('budget-remaining').dataset.value) < 1")
+        # Locators, not wait_for_function: a string predicate is evaluated with eval, which the
+        # page's Content-Security-Policy (script-src 'self') rightly forbids.
+        page.locator("#budget-remaining:not([data-value='1'])").wait_for()
         assert budget_value(page) == 0.75
         summary = page.inner_text("#answer-summary")
         assert "spent ε 0.25" in summary and "person-window (7 days)" in summary
@@ -154,7 +156,36 @@ def test_analyst_sees_the_rules_not_the_data(chromium_path: str, live_server: Li
         page.select_option("#kind", "flows")
         page.select_option("#zoning", "districts")
         page.click("#quote-button")
-        page.wait_for_function("document.getElementById('form-error').textContent.includes('coarse')")
+        page.locator("#form-error", has_text="coarse").wait_for()
         assert page.get_attribute("#zoning", "aria-invalid") == "true"
         assert page.is_hidden("#confirm") and page.is_hidden("#answer")
         assert budget_value(page) == before
+
+
+def test_planner_spends_rho_on_a_zcdp_dataset(chromium_path: str, live_server: LiveServer, tmp_path: Path) -> None:
+    """On a dataset accounted in zCDP the page prices, confirms and reports in ρ, and shows the (ε, δ)."""
+    with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.goto(live_server.base_url + "/planner/")
+        page.fill("#api-key", live_server.planner_key)
+        page.click("#login-form button")
+        page.wait_for_selector("#budget-remaining[data-value]")
+        page.select_option("#dataset", "smallz")
+        page.locator("#price-unit", has_text="ρ").wait_for()
+        page.locator("#budget-remaining[data-value='0.05']").wait_for()
+        assert page.input_value("#epsilon") == "0.005"
+        page.select_option("#zoning", "districts")
+        page.click("#quote-button")
+        page.wait_for_selector("#confirm:not([hidden])")
+        assert page.inner_text("[data-testid=confirm-epsilon]") == "ρ 0.005"
+        assert "ρ 0.045" in page.inner_text("#confirm-text")
+        page.click("#confirm-run")
+        page.wait_for_selector("#answer:not([hidden])")
+        summary = page.inner_text("#answer-summary")
+        assert "spent ρ 0.005" in summary and "discrete_gaussian" in summary
+        assert "δ 1e-8" in page.inner_text("[data-testid=approx-dp]")
+        page.locator("#budget-remaining[data-value='0.045']").wait_for()
+        assert budget_value(page) == pytest.approx(0.045)
+        assert not problems, problems

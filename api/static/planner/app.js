@@ -75,7 +75,11 @@
     for (const c of children) if (c !== null && c !== undefined) node.append(c);
     return node;
   }
-  const fmtEps = (x) => (x === null || x === undefined || Number.isNaN(Number(x))) ? "–" : `ε ${+Number(x).toFixed(6)}`;
+  // A dataset accounted in zCDP budgets in ρ (field "rho"), any other in ε (field "epsilon").
+  const lossField = () => (((currentDataset() || {}).accounting || {}).measure === "zcdp" ? "rho" : "epsilon");
+  const lossSymbol = () => (lossField() === "rho" ? "ρ" : "ε");
+  const fmtEps = (x) => (x === null || x === undefined || Number.isNaN(Number(x))) ? "–" : `${lossSymbol()} ${+Number(x).toFixed(6)}`;
+  const chargedOf = (doc) => doc[`${doc.accounting === "zcdp" ? "rho" : "epsilon"}_charged`];
   const fmtNum = (x) => Number(x).toLocaleString("en-US", { maximumFractionDigits: 1 });
   const fmtErr = (e) => `± ${fmtNum(Math.ceil(Number(e) * 10) / 10)}`;
   const withErr = (c, e) => `${fmtNum(c)} ${fmtErr(e)}`;
@@ -91,7 +95,7 @@
     if (!err) { box.hidden = true; box.textContent = ""; return; }
     box.hidden = false;
     box.textContent = err.field ? `${err.message}` : err.message;
-    const fieldInput = { epsilon: "epsilon", max_error: "max-error", start: "start", end: "end", hours: "hour-from",
+    const fieldInput = { epsilon: "epsilon", rho: "epsilon", max_error: "max-error", start: "start", end: "end", hours: "hour-from",
       weekdays: "weekdays", zoning: "zoning", dataset: "dataset", zone: "zone", measure: "measure" }[err.field];
     if (fieldInput && $(fieldInput)) $(fieldInput).setAttribute("aria-invalid", "true");
   }
@@ -159,6 +163,12 @@
     $("dataset-info").textContent = `${dsStart(d)} to ${dsEnd(d)} (end exclusive), ${wd}${bounds}`;
     $("start").min = dsStart(d); $("start").max = dsEnd(d); $("end").min = dsStart(d); $("end").max = dsEnd(d);
     $("start").value = dsStart(d);
+    const zcdp = lossField() === "rho";
+    $("price-unit").textContent = lossSymbol();
+    $("epsilon").setAttribute("aria-label", zcdp ? "rho" : "epsilon");
+    if (zcdp && $("epsilon").value === "0.25") $("epsilon").value = "0.005";  // ρ budgets are small numbers
+    if (!zcdp && $("epsilon").value === "0.005") $("epsilon").value = "0.25";
+    $("epsilon").step = zcdp ? "0.001" : "0.01"; $("epsilon").min = zcdp ? "0.0001" : "0.001";
     $("end").value = addDays(dsStart(d), d.window_days || 7) > dsEnd(d) ? dsEnd(d) : addDays(dsStart(d), d.window_days || 7);
     await Promise.all([refreshBudget(), onZoningChange()]);
   }
@@ -191,7 +201,7 @@
     if (!(hf === 0 && ht === 24)) body.hours = [hf, ht];
     const days = [...document.querySelectorAll("[data-weekday]")].filter((c) => c.checked).map((c) => +c.value);
     if (days.length !== 7) body.weekdays = days;
-    if (document.querySelector("input[name=price]:checked").value === "epsilon") body.epsilon = Number($("epsilon").value);
+    if (document.querySelector("input[name=price]:checked").value === "epsilon") body[lossField()] = Number($("epsilon").value);
     else { body.max_error = Number($("max-error").value); body.confidence = Number($("confidence").value); }
     if ($("clamp").checked) body.clamp_negative = true;
     if (kind === "patterns") { body.measure = $("measure").value; if ($("zone").value) body.zone = $("zone").value; }
@@ -216,15 +226,15 @@
 
   function showConfirm(kind, body, q) {
     const box = $("confirm-text");
-    const charged = Number(q.epsilon_charged ?? q.epsilon);
+    const charged = Number(chargedOf(q) ?? q[lossField()]);
     const parts = [];
     if (q.reused) {
-      parts.push(el("p", { class: "free", "data-testid": "confirm-free", text: "An identical question was already answered: you get the stored answer again, free (ε 0)." }));
+      parts.push(el("p", { class: "free", "data-testid": "confirm-free", text: `An identical question was already answered: you get the stored answer again, free (${fmtEps(0)}).` }));
     } else {
       parts.push(el("p", {}, "This will cost ", el("strong", { "data-testid": "confirm-epsilon", text: fmtEps(charged) }),
         ` in each of ${q.windows.length} privacy window${q.windows.length === 1 ? "" : "s"} it touches.`));
     }
-    if (q.epsilon_derived || body.max_error !== undefined) parts.push(el("p", { class: "hint", text: `ε derived from your target error ± ${body.max_error} at ${Math.round((body.confidence || 0.95) * 100)}% confidence.` }));
+    if (q.epsilon_derived || body.max_error !== undefined) parts.push(el("p", { class: "hint", text: `${lossSymbol()} derived from your target error ± ${body.max_error} at ${Math.round((body.confidence || 0.95) * 100)}% confidence.` }));
     parts.push(el("p", {}, "Each released value will be within ", el("strong", { text: fmtErr(q.error_bound_95) }), " of the truth with 95% confidence."));
     const rows = q.windows.map((w) => {
       const before = remainingOf(w);
@@ -234,7 +244,7 @@
     });
     parts.push(el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "Window" }), el("th", { text: "Days" }), el("th", { text: "Remaining now" }), el("th", { text: "Remaining after" }))), el("tbody", {}, ...rows)));
     const short = !q.reused && q.windows.some((w) => remainingOf(w) - charged < -1e-12);
-    if (short) parts.push(el("p", { class: "error", "data-testid": "confirm-short", text: "Not enough budget left in every window this question touches: it would be refused. Ask for fewer weeks, a smaller ε or a larger target error." }));
+    if (short) parts.push(el("p", { class: "error", "data-testid": "confirm-short", text: `Not enough budget left in every window this question touches: it would be refused. Ask for fewer weeks, a smaller ${lossSymbol()} or a larger target error.` }));
     box.replaceChildren(...parts);
     $("confirm-run").disabled = short;
     $("confirm-run").textContent = q.reused ? "Show the stored answer (free)" : `Spend ${fmtEps(charged)} and run`;
@@ -483,8 +493,8 @@
   function renderSummary(kind, doc) {
     const e = doc.error_bound_95;
     const badge = doc.reused
-      ? el("span", { class: "badge reused", "data-testid": "reused", text: "reused: free (stored answer, ε 0)" })
-      : el("span", { class: "badge spent", text: `spent ${fmtEps(doc.epsilon_charged)} per window` });
+      ? el("span", { class: "badge reused", "data-testid": "reused", text: `reused: free (stored answer, ${fmtEps(0)})` })
+      : el("span", { class: "badge spent", text: `spent ${fmtEps(chargedOf(doc))} per window` });
     const wins = (doc.windows || []).map((w) => `${w.window} (${w.start} – ${w.end})`).join(", ");
     const mech = doc.mechanism || {};
     const post = (doc.postprocessing || []).map((p) => (typeof p === "string" ? p : (p.name || JSON.stringify(p)))).join("; ");
@@ -495,6 +505,7 @@
       el("span", { class: "muted", text: `windows ${wins}` }),
       el("span", { class: "muted", text: `budget left after: ${fmtEps(doc.budget_remaining)}` }),
       el("span", { class: "muted", text: `privacy unit: ${doc.privacy_unit}` }),
+      doc.approx_dp ? el("span", { class: "muted", "data-testid": "approx-dp", text: `this answer alone is (ε ${+Number(doc.approx_dp.epsilon).toFixed(3)}, δ ${doc.approx_dp.delta})-DP` }) : null,
       el("span", { class: "muted", text: `${mech.name || ""} noise, scale ${fmtNum(mech.noise_scale)}, sensitivity ${mech.sensitivity}` }),
       post ? el("span", { class: "muted", text: `post-processing: ${post}` }) : null,
       el("span", { class: "muted", text: `answer ${doc.answer_id}` }),
@@ -657,7 +668,8 @@
   }
 
   function answerMeta(doc) {
-    return { answer_id: doc.answer_id, query: doc.query, epsilon_charged: doc.epsilon_charged, reused: doc.reused,
+    return { answer_id: doc.answer_id, query: doc.query, accounting: doc.accounting, epsilon_charged: doc.epsilon_charged,
+      rho_charged: doc.rho_charged, approx_dp: doc.approx_dp, reused: doc.reused,
       privacy_unit: doc.privacy_unit, error_bound_95: doc.error_bound_95, confidence: doc.confidence,
       mechanism: doc.mechanism, postprocessing: doc.postprocessing };
   }
