@@ -47,7 +47,7 @@ DEFAULT_BOUND_TRIPS = 20
 DEFAULT_BOUND_PRESENCE = 100
 DEFAULT_WINDOW_DAYS = 7
 # Events per bucket when B is chosen from the input size: the derivation holds one bucket's
-# events and derived records, so peak memory stays near 1.3 GiB whatever the input (measured,
+# events and derived records, so peak memory stays near 1.2 GiB whatever the input (measured,
 # docs/scale.md), while inputs up to this size (the demo city: 4 M events) take one bucket and
 # no temporary files.
 BUCKET_EVENTS = 8_000_000
