@@ -1,19 +1,23 @@
-"""Ingestion at scale: Spark vs Polars on the demo city (design §7).
+"""Ingestion at scale: Spark vs Polars on the demo city (design §7), and Polars' peak memory.
 
     python benchmarks/bench_scale.py                       # 1,000,000 persons × 7 days
     python benchmarks/bench_scale.py --persons 10000 100000 --master 'local[*]'
+    python benchmarks/bench_scale.py --persons 1000000 --buckets auto 1 --polars-only   # bucketed vs not
+    python benchmarks/bench_scale.py --persons 2000000 --polars-only                   # ≈ 100 M events
 
 For each size: generate the demo city once (cached under --workdir), ingest it with Polars in
-a child process (wall time, and its peak RSS from resource.getrusage(RUSAGE_CHILDREN), read
-in a fresh wrapper process per size so sizes do not mix), then with Spark in this process
-(session start-up timed separately). Both use the default bounds, which are active, so the
-kept totals must agree exactly (Σ min(n, L) per person-window) and are printed as a check.
+a child process for each --buckets setting (wall time, and its peak RSS from
+resource.getrusage(RUSAGE_CHILDREN), read in a fresh wrapper process per run so runs do not
+mix), then with Spark in this process (session start-up timed separately). All use the default
+bounds, which are active, so the kept totals must agree exactly (Σ min(n, L) per person-window)
+and are printed as a check; the Polars outputs of different bucket counts must be identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -46,18 +50,23 @@ def _totals(out: Path) -> tuple[int, int]:
             int(pl.read_parquet(out / "presence.parquet")["count"].sum()))
 
 
-def _polars_child(events: str, cells: str, out: str) -> None:
-    """Runs in a child process: the Polars ingestion alone, its wall time on stdout."""
-    from dpflows.ingest.pipeline import Progress, ingest_events
+def _same_output(a: Path, b: Path) -> bool:
+    return all(pl.read_parquet(a / f).equals(pl.read_parquet(b / f)) for f in ("trips.parquet", "presence.parquet"))
 
+
+def _polars_child(events: str, cells: str, out: str, buckets: str) -> None:
+    """Runs in a child process: the Polars ingestion alone, its wall time and bucket count on stdout."""
+    from dpflows.ingest.pipeline import Progress, choose_buckets, ingest_events
+
+    b = choose_buckets(pl.scan_parquet(events).select(pl.len()).collect().item()) if buckets == "auto" else int(buckets)
     start = time.perf_counter()
-    ingest_events(events, cells, out, name="bench", seed=7, progress=Progress(False))
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    ingest_events(events, cells, out, name="bench", seed=7, buckets=b, progress=Progress(False))
+    print(json.dumps({"seconds": time.perf_counter() - start, "buckets": b}))
 
 
-def _polars_measure(events: str, cells: str, out: str) -> None:
-    """A fresh wrapper per size: runs the Polars child, reports its time and peak RSS (children only)."""
-    done = subprocess.run([sys.executable, __file__, "--_polars", events, cells, out],
+def _polars_measure(events: str, cells: str, out: str, buckets: str) -> None:
+    """A fresh wrapper per run: runs the Polars child, reports its time and peak RSS (children only)."""
+    done = subprocess.run([sys.executable, __file__, "--_polars", events, cells, out, buckets],
                           check=True, capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
@@ -72,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master", default="local[*]", help="Spark master for this benchmark (the library sets none)")
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--polars-only", action="store_true", help="skip Spark (e.g. a size too large for it here)")
-    parser.add_argument("--_polars", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--_measure", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--buckets", nargs="+", default=["auto"],
+                        help="Polars bucket counts to run: 'auto' (from the input size) and/or numbers; "
+                        "1 is the unbucketed path (default: auto)")
+    parser.add_argument("--_polars", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._polars:
         _polars_child(*args._polars)
@@ -87,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from dpflows.ingest.pipeline import Progress
     from dpflows.ingest.spark import ingest_events_spark
 
+    print(f"load average {os.getloadavg()[0]:.2f} (1 min) at start; {os.cpu_count()} CPUs", flush=True)
     spark = None
     rows = []
     try:
@@ -94,13 +107,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{persons:,} persons × {args.days} days", flush=True)
             city = _city(args.workdir, persons, args.days)
             events = pl.scan_parquet(city.events).select(pl.len()).collect().item()
-            out_polars = args.workdir / f"out-polars-{persons}"
-            done = subprocess.run([sys.executable, __file__, "--_measure", str(city.events), str(city.cells),
-                                   str(out_polars)], check=True, capture_output=True, text=True)
-            polars = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"  polars: {polars['seconds']:.1f} s, peak RSS {polars['peak_rss_mb']:.0f} MiB", flush=True)
+            runs = {}  # --buckets setting -> its result and output directory
+            for buckets in args.buckets:
+                out_polars = args.workdir / f"out-polars-{persons}-b{buckets}"
+                done = subprocess.run([sys.executable, __file__, "--_measure", str(city.events), str(city.cells),
+                                       str(out_polars), buckets], check=True, capture_output=True, text=True)
+                runs[buckets] = (json.loads(done.stdout.strip().splitlines()[-1]), out_polars)
+                polars = runs[buckets][0]
+                print(f"  polars, {polars['buckets']} bucket(s): {events:,} events in {polars['seconds']:.1f} s, "
+                      f"peak RSS {polars['peak_rss_mb']:,.0f} MiB ({polars['peak_rss_mb'] / 1024:.2f} GiB; "
+                      f"{polars['peak_rss_mb'] * 2**20 / events:.1f} bytes/event); load average "
+                      f"{os.getloadavg()[0]:.2f}", flush=True)
+            (polars, out_polars), *others = runs.values()
+            for other, out_other in others:
+                print(f"  {polars['buckets']} vs {other['buckets']} bucket(s): time ×"
+                      f"{polars['seconds'] / other['seconds']:.2f}, peak RSS ×"
+                      f"{polars['peak_rss_mb'] / other['peak_rss_mb']:.2f}; outputs identical: "
+                      f"{_same_output(out_polars, out_other)}", flush=True)
+            rows += [(persons, events, r["buckets"], r["seconds"], r["peak_rss_mb"]) for r, _ in runs.values()]
             if args.polars_only:
-                rows.append((persons, events, polars["seconds"], float("nan"), float("nan"), polars["peak_rss_mb"]))
                 continue
             if spark is None:
                 start = time.perf_counter()
@@ -117,17 +142,17 @@ def main(argv: list[str] | None = None) -> int:
             ingest_events_spark(city.events, city.cells, out_spark, name="bench", seed=7, spark=spark,
                                 progress=Progress(False))
             spark_seconds = time.perf_counter() - start
-            ratio = spark_seconds / polars["seconds"]
             same = _totals(out_polars) == _totals(out_spark)
-            print(f"  spark: {spark_seconds:.1f} s; spark/polars = {ratio:.2f}; kept totals equal: {same} "
-                  f"{_totals(out_spark)}", flush=True)
-            rows.append((persons, events, polars["seconds"], spark_seconds, ratio, polars["peak_rss_mb"]))
+            print(f"  spark: {spark_seconds:.1f} s; spark/polars ({polars['buckets']} bucket(s)) = "
+                  f"{spark_seconds / polars['seconds']:.2f}; kept totals equal: {same} {_totals(out_spark)}",
+                  flush=True)
+            rows.append((persons, events, "spark", spark_seconds, float("nan")))
     finally:
         if spark is not None:
             spark.stop()
-    print("\npersons      events  polars_s  spark_s  spark/polars  polars_peak_rss_MiB")
-    for persons, events, p, s, r, rss in rows:
-        print(f"{persons:>9,} {events:>11,} {p:>9.1f} {s:>8.1f} {r:>13.2f} {rss:>20.0f}")
+    print(f"\n  persons       events  buckets  seconds  peak_rss_MiB  (load average now {os.getloadavg()[0]:.2f})")
+    for persons, events, buckets, seconds, rss in rows:
+        print(f"{persons:>9,} {events:>12,} {buckets!s:>8} {seconds:>8.1f} {rss:>13,.0f}")
     return 0
 
 

@@ -53,6 +53,9 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="epsilon of the bounding report (share dropped by L, quantiles, suggested L), charged "
                         "once in every window against the global cap before the dataset is served; 0: none "
                         "(default 0.05)")
+    p.add_argument("--buckets", type=int, default=None, metavar="N",
+                   help="polars: split persons into N hash buckets ingested one at a time, to bound memory "
+                   "(default: from the input size, one per 8 million events); the output does not depend on N")
     p.set_defaults(run=_run_ingest)
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
@@ -84,16 +87,17 @@ def _run_demo_city(args: argparse.Namespace) -> int:
 def _run_ingest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from dpflows.errors import InvalidData
     from dpflows.ingest.pipeline import ZoningSpec, ingest_events, ingest_trips_table
 
     name = args.name or Path(args.out).name
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
     accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
     if args.trips_table and args.engine == "spark":
-        from dpflows.errors import InvalidData
-
         raise InvalidData("--trips-table is ingested with --engine polars (a trips table is already small)",
                           field="engine")
+    if args.buckets is not None and (args.trips_table or args.engine == "spark"):
+        raise InvalidData("--buckets applies to events ingested with --engine polars; drop it here", field="buckets")
     if args.trips_table:
         out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                                  bound_trips=args.bound_trips, first_day=args.first_day, zonings=zonings,
@@ -111,7 +115,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                             trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                             first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
-                            **accounting)
+                            buckets=args.buckets, **accounting)
     print(f"dataset {name!r} written to {out}")
     _print_bounding_report(Path(out))
     return 0

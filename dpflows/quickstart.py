@@ -11,7 +11,7 @@ import datetime as dt
 from pathlib import Path
 
 from dpflows.aggregates import AggregateStore
-from dpflows.budget import ZCDP, Epsilon, Rho
+from dpflows.budget import PURE_DP, ZCDP, Epsilon, Rho
 from dpflows.demo import generate_city
 from dpflows.ingest.pipeline import Progress, ZoningSpec, ingest_events
 from dpflows.ledger.sqlite import SqliteLedger
@@ -36,7 +36,7 @@ def prepare_demo(home: Path, *, persons: int = 2000, bind: str = "127.0.0.1:8000
         for name in missing:
             ingest_events(files.events, files.cells, data_dir / "datasets" / name, name=name,
                           progress=Progress(True), zonings=zonings,
-                          **({"accounting": ZCDP} if name == DATASET_ZCDP else {}))
+                          accounting=ZCDP if name == DATASET_ZCDP else PURE_DP)
     service = Service(AggregateStore(data_dir), SqliteLedger(home / "ledger.db"))
     if service.ledger.list_clients():
         print("dpflows: demo clients exist already; their keys were printed when they were created "

@@ -8,18 +8,27 @@
 
 Polars lazy frames throughout, so large inputs are scanned rather than loaded; the person
 column never leaves this module, and error messages name files, columns and row numbers only.
+
+Memory is bounded by person-hash buckets: after validation, one streaming pass splits the
+events by a hash of the person into B temporary Parquet files, and each bucket is derived,
+bounded and counted on its own. Every person (hence every person-window) lies in exactly one
+bucket and the bound ranks records within a person-window by a keyed hash of their content,
+so the kept records, and the counts summed over buckets, are the same for any B.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from polars.io.partition import FileProviderArgs
 
 from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
 from dpflows.budget import PURE_DP, ZCDP, Epsilon
@@ -37,6 +46,15 @@ from dpflows.ingest.report import (
 DEFAULT_BOUND_TRIPS = 20
 DEFAULT_BOUND_PRESENCE = 100
 DEFAULT_WINDOW_DAYS = 7
+# Events per bucket when B is chosen from the input size: the derivation holds one bucket's
+# events and derived records, so peak memory stays near 1.2 GiB whatever the input (measured,
+# docs/scale.md), while inputs up to this size (the demo city: 4 M events) take one bucket and
+# no temporary files.
+BUCKET_EVENTS = 8_000_000
+BUCKET_DIR_PREFIX = ".dpflows-buckets-"
+_BUCKET_SEED_MASK = 0x3C3C3C3C  # the split's hash seed, apart from the bounding seeds
+_PRESENCE_KEYS = ["day", "hour", "cell"]
+_TRIP_KEYS = ["day", "hour", "origin", "dest"]
 
 
 @dataclass(frozen=True)
@@ -190,28 +208,98 @@ def _load_zonings(zonings: Iterable[ZoningSpec], catalog: CellCatalog, out: Path
     return loaded
 
 
+def choose_buckets(events: int, per_bucket: int = BUCKET_EVENTS) -> int:
+    """B for an input of `events` rows: about `per_bucket` events each, one bucket for small inputs."""
+    return max(1, -(-events // per_bucket))
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """One bucket's bounded counts, keyed by cell index."""
+
+    trips: pl.DataFrame  # (day, hour, origin, dest) -> count
+    presence: pl.DataFrame  # (day, hour, cell) -> count
+
+
+@dataclass(frozen=True)
+class _Buckets:
+    """The checked events, split into person-hash buckets, and where bucket results wait to be summed."""
+
+    events: pl.LazyFrame  # (person, timestamp, cell), all of them
+    parts: list[pl.LazyFrame]  # the same rows, each person's in exactly one part
+    spill: Path | None  # with B > 1, per-bucket counts go to Parquet here instead of staying in memory
+
+    def keep(self, counts: pl.DataFrame, name: str) -> pl.LazyFrame:
+        """Hold one bucket's counts until the sum: on disk, so memory does not grow with B."""
+        if self.spill is None:
+            return counts.lazy()
+        path = self.spill / f"{name}.parquet"
+        counts.write_parquet(path, compression="lz4")
+        return pl.scan_parquet(path)
+
+
+@contextmanager
+def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: Path,
+                   progress: Progress) -> Iterator[_Buckets]:
+    """The events in person-hash buckets; with B > 1 as Parquet files deleted on exit, also on error.
+
+    The temporary directory is made next to the output (the dataset's disk, not a /tmp that
+    may live in memory), readable by this user only: it holds pseudonyms until ingestion ends.
+    """
+    if buckets == 1:
+        # Read once: every later pass (span, presence, trips) works on these compact columns
+        # (person, timestamp, cell index) instead of decoding the file again.
+        collected = events.collect(engine="streaming").lazy()
+        yield _Buckets(collected, [collected], None)
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=BUCKET_DIR_PREFIX, dir=work_dir) as tmp:
+        root = Path(tmp)
+        progress.phase(f"splitting events by person into {buckets} buckets")
+
+        def bucket_file(args: FileProviderArgs) -> Path:
+            return root / f"bucket-{args.partition_keys['_bucket'][0]}-{args.index_in_partition}.parquet"
+
+        # One streaming pass: (person, timestamp, cell) -> B files, each person in exactly one
+        events.with_columns((pl.col("person").hash(seed ^ _BUCKET_SEED_MASK) % buckets).alias("_bucket")).sink_parquet(
+            pl.PartitionBy(root, key="_bucket", include_key=False, file_path_provider=bucket_file),
+            compression="lz4", maintain_order=False, engine="streaming")
+        files = [sorted(root.glob(f"bucket-{k}-*.parquet")) for k in range(buckets)]
+        everything = sorted(root.glob("bucket-*.parquet"))
+        (root / "counts").mkdir()
+        yield _Buckets(pl.scan_parquet(everything) if everything else events.clear(),  # no rows: no files
+                       [pl.scan_parquet(f) for f in files if f],  # a bucket no person hashed to has no file
+                       root / "counts")
+
+
 def ingest_events(
     events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    progress: Progress | None = None, report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
+    buckets: int | None = None, progress: Progress | None = None,
+    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """Raw network events → bounded presence and trip counts, written as a dataset directory.
 
-    With report_epsilon > 0 (default 0.05) the dataset also gets a bounding report
-    (dpflows.ingest.report), charged at that ε in every window before the dataset is served.
+    `buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
+    changes the output. With report_epsilon > 0 (default 0.05) the dataset also gets a bounding
+    report (dpflows.ingest.report), charged at that ε in every window before the dataset is served.
     With ``accounting="zcdp"`` each person also adds at most `key_cap_trips` to any one trips
     row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on.
     """
     progress = progress or Progress()
     path = Path(events_path)
+    out = Path(out_dir)
     seed = new_seed() if seed is None else seed
     report_eps = parse_report_epsilon(report_epsilon)
     histograms = ContributionHistograms(enabled=report_eps.nanos > 0)
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
+    if buckets is not None and buckets < 1:
+        raise InvalidData(f"buckets={buckets} must be at least 1; omit it to choose from the input size",
+                          field="buckets")
     progress.phase(f"reading {Path(cells_path).name} and checking {path.name}")
     catalog, lookup = read_cells(cells_path)
     frame = _scan(path)
@@ -220,34 +308,69 @@ def ingest_events(
     person_nulls = _rows_where(frame, pl.col("person").is_null())
     if person_nulls:
         raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
-    # Read once: every later pass (span, presence, trips) works on these compact columns
-    # (person, timestamp, cell index) instead of decoding the file again.
-    events = _index_cells(frame, lookup, path, "cell_id", "cell").collect(engine="streaming").lazy()
-    start, end = _span(events, path, first_day)
+    indexed = _index_cells(frame, lookup, path, "cell_id", "cell")
+    buckets = buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
-    meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
-                           key_cap_trips, delta)
-    progress.phase("deriving presence, bounding per person-window")
-    pres = _with_window(derive.presence(events), start, window_days)
-    histograms.add("presence", pres)  # exact, before bounding; released below with noise only
-    pres = bound_per_person_window(pres, bound_presence, seed=seed)
-    pres_lazy = pres.group_by("day", "hour", "cell").agg(pl.len().cast(pl.Int64).alias("count"))
-    pres_counts = histograms.collect_with(_cell_names(pres_lazy, lookup, ["cell"]))  # and the histogram
-    progress.phase("deriving trips, bounding per person-window")
-    trip_rows = derive.trips(events, rule=trip_rule, min_dwell=dt.timedelta(minutes=min_dwell_minutes))
-    trip_lazy = _bounded_trip_counts(trip_rows, start, window_days, bound_trips, seed=seed ^ 0x5A5A5A5A,
-                                     key_cap=meta.key_cap_trips if accounting == ZCDP else None,
-                                     histograms=histograms)
-    trip_counts = histograms.collect_with(_cell_names(trip_lazy, lookup, ["origin", "dest"]))
+    min_dwell = dt.timedelta(minutes=min_dwell_minutes)
+    with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
+        start, end = _span(split.events, path, first_day)
+        meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
+                               key_cap_trips, delta)
+        key_cap = meta.key_cap_trips if accounting == ZCDP else None
+        trips: list[pl.LazyFrame] = []
+        presence: list[pl.LazyFrame] = []
+        for number, part in enumerate(split.parts, start=1):
+            label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
+            # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
+            counts = _bucket_counts(part.collect(engine="streaming").lazy(), start, window_days, bound_trips,
+                                    bound_presence, trip_rule, min_dwell, key_cap, seed, histograms, progress, label)
+            trips.append(split.keep(counts.trips, f"trips-{number}"))
+            presence.append(split.keep(counts.presence, f"presence-{number}"))
+        progress.phase("summing over buckets, writing aggregates")
+        # disjoint persons: counts add up key by key over buckets
+        # (day, hour, cell id) -> count and (day, hour, origin id, dest id) -> count, in key order
+        pres_counts = _cell_names(_sum_counts(presence, _PRESENCE_KEYS), lookup, ["cell"]).sort(
+            _PRESENCE_KEYS).collect(engine="streaming")
+        trip_counts = _cell_names(_sum_counts(trips, _TRIP_KEYS), lookup, ["origin", "dest"]).sort(
+            _TRIP_KEYS).collect(engine="streaming")
+    # histograms of all buckets, summed by `histograms.add` (disjoint persons), released once with noise
     report = release_bounding_report(histograms, report_eps, meta.window_count)
-    progress.phase("writing aggregates")
-    out = Path(out_dir)
     _load_zonings(zonings, catalog, out)
     write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts, bounding_report=report)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out
+
+
+def _sum_counts(parts: list[pl.LazyFrame], keys: list[str]) -> pl.LazyFrame:
+    """Counts of disjoint person sets, summed per key."""
+    return pl.concat(parts).group_by(keys).agg(pl.col("count").sum())
+
+
+def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound_trips: int, bound_presence: int,
+                   trip_rule: str, min_dwell: dt.timedelta, key_cap: int | None, seed: int,
+                   histograms: ContributionHistograms, progress: Progress, label: str) -> _Counts:
+    """One bucket's events → its bounded counts: a person-window lies wholly in one bucket, so bounds hold.
+
+    The exact contribution histograms of the bucket's person-windows are added to `histograms`.
+    """
+    progress.phase(f"{label}deriving presence, bounding per person-window")
+    # (person, window, day, hour, cell), distinct
+    pres = _with_window(derive.presence(events), start, window_days)
+    histograms.add("presence", pres)  # exact, before bounding; released with noise only
+    # (person, window) -> at most L_presence distinct (day, hour, cell)
+    pres = bound_per_person_window(pres, bound_presence, seed=seed)
+    # (day, hour, cell) -> count; collected with the histogram, so the records are derived once
+    pres_counts = histograms.collect_with(pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count")))
+    progress.phase(f"{label}deriving trips, bounding per person-window")
+    # (person, timestamp, origin, dest)
+    trip_rows = derive.trips(events, rule=trip_rule, min_dwell=min_dwell)
+    # (day, hour, origin, dest) -> count of trips kept, at most L_trips per (person, window)
+    trip_counts = histograms.collect_with(_bounded_trip_counts(trip_rows, start, window_days, bound_trips,
+                                                               seed=seed ^ 0x5A5A5A5A, key_cap=key_cap,
+                                                               histograms=histograms))
+    return _Counts(trip_counts, pres_counts)
 
 
 def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
