@@ -1,11 +1,23 @@
-"""Ingestion at scale: Spark vs Polars on the demo city (design §7), and Polars' peak memory.
+"""Beyond one host (issue 5): ledgers under contention, two API hosts on one PostgreSQL ledger,
+and ingestion at scale (Spark vs Polars on the demo city, Polars' peak memory).
+
+    python benchmarks/bench_scale.py --only ledger two-hosts          # the serving side, ~1 minute
 
     python benchmarks/bench_scale.py                       # 1,000,000 persons × 7 days
     python benchmarks/bench_scale.py --persons 10000 100000 --master 'local[*]'
     python benchmarks/bench_scale.py --persons 1000000 --buckets auto 1 --polars-only   # bucketed vs not
     python benchmarks/bench_scale.py --persons 2000000 --polars-only                   # ≈ 100 M events
 
-For each size: generate the demo city once (cached under --workdir), ingest it with Polars in
+ledger: benchmarks/bench_ledger.py's durable commit_release charges/s, SQLite and PostgreSQL,
+uncontended and with --ledger-threads (default 8) concurrent clients, each on its own connection.
+
+two-hosts: two gunicorn instances (2 workers each) on loopback share one throwaway PostgreSQL
+ledger; 16 threads alternate between them sending distinct queries worth 10× a client's cap of
+1 in one window. Printed: answers and refusals, the ledger's total against the cap (it must be
+exactly the cap), the sum of ε the answers say they charged (it must equal the total), and
+whether an answer released through one host is reused, free and identical, through the other.
+
+ingest — for each size: generate the demo city once (cached under --workdir), ingest it with Polars in
 a child process for each --buckets setting (wall time, and its peak RSS from
 resource.getrusage(RUSAGE_CHILDREN), read in a fresh wrapper process per run so runs do not
 mix), then with Spark in this process (session start-up timed separately). All use the default
@@ -19,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -73,6 +86,83 @@ def _polars_measure(events: str, cells: str, out: str, buckets: str) -> None:
     print(json.dumps(result))
 
 
+def bench_two_hosts(workdir: Path) -> None:
+    """Two gunicorn hosts on one PostgreSQL ledger, hammered for 10× the cap; prints the totals."""
+    import itertools
+    import threading
+    from fractions import Fraction
+
+    import requests
+
+    from dpflows.aggregates import AggregateStore
+    from dpflows.ledger.postgres import PostgresLedger
+    from dpflows.service import Service
+    from tests.api.conftest import FLOWS, seed_clients
+    from tests.conftest import build_small_dataset
+    from tests.pg_server import PgServer, find_bindir
+    from tests.servers import GunicornServer
+
+    bindir = find_bindir()
+    if bindir is None:
+        print("two-hosts: PostgreSQL binaries not found (run scripts/bootstrap.sh as root); skipped", flush=True)
+        return
+    root = workdir / "two-hosts"
+    if root.exists():
+        shutil.rmtree(root)
+    build_small_dataset(root)
+    server = PgServer(bindir, durable=True).start()
+    try:
+        url = server.create_database()
+        setup = Service(AggregateStore(root), PostgresLedger(url))
+        keys = seed_clients(setup)  # planner cap 1 per window, global 3
+        setup.ledger.close()
+        env = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000"}
+        with GunicornServer(root, url, workers=2, extra_env=env) as a, \
+                GunicornServer(root, url, workers=2, extra_env=env) as b:
+            hosts = [a.url, b.url]
+            week3 = {**FLOWS, "start": "2024-03-18", "end": "2024-03-25"}
+            first = requests.post(a.url + "/v1/flows", json=week3, headers=keys.h("planner"), timeout=30).json()
+            again = requests.post(b.url + "/v1/flows", json=week3, headers=keys.h("planner"), timeout=30).json()
+            reused = again["reused"] and again["answer_id"] == first["answer_id"] and again["values"] == first["values"]
+            statuses: list[int] = []
+            charged: list[Fraction] = []
+            lock = threading.Lock()
+            combos = list(itertools.product(range(24), range(7)))
+            threads_n, per_thread = 16, 10  # 160 distinct queries at ε 0.0625 = 10 ε against a cap of 1
+
+            def worker(t: int) -> None:
+                session = requests.Session()
+                for i in range(per_thread):
+                    h, d = combos[t * per_thread + i]
+                    body = {**FLOWS, "start": "2024-03-11", "end": "2024-03-18", "hours": [h, h + 1],
+                            "weekdays": [d], "epsilon": 0.0625}
+                    r = session.post(hosts[(t + i) % 2] + "/v1/flows", json=body, headers=keys.h("planner"),
+                                     timeout=60)
+                    with lock:
+                        statuses.append(r.status_code)
+                        if r.status_code == 200:
+                            charged.append(Fraction(str(r.json()["epsilon_charged"])))
+
+            start = time.perf_counter()
+            pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            seconds = time.perf_counter() - start
+        ledger = PostgresLedger(url)
+        total = ledger.total_charged("small", 1, keys.planner_id).as_fraction()
+        ledger.close()
+    finally:
+        server.stop()
+    print(f"two-hosts: {len(statuses)} requests in {seconds:.1f} s over 2 hosts × 2 workers: "
+          f"{statuses.count(200)} answered, {statuses.count(409)} refused (budget), "
+          f"{len(statuses) - statuses.count(200) - statuses.count(409)} other", flush=True)
+    print(f"two-hosts: ledger total in window 1 = {float(total):g} against a cap of 1 "
+          f"(exactly the cap: {total == 1}); sum of epsilon_charged over answers = {float(sum(charged)):g} "
+          f"(equal: {sum(charged) == total}); reuse across hosts: {reused}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--persons", type=int, nargs="+", default=[1_000_000])
@@ -84,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buckets", nargs="+", default=["auto"],
                         help="Polars bucket counts to run: 'auto' (from the input size) and/or numbers; "
                         "1 is the unbucketed path (default: auto)")
+    parser.add_argument("--only", nargs="+", choices=["ledger", "two-hosts", "ingest"],
+                        default=["ledger", "two-hosts", "ingest"], help="parts to run (default: all)")
+    parser.add_argument("--ledger-seconds", type=float, default=3.0, help="measured seconds per ledger phase")
+    parser.add_argument("--ledger-threads", type=int, default=8)
     parser.add_argument("--_polars", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -94,12 +188,23 @@ def main(argv: list[str] | None = None) -> int:
         _polars_measure(*args._measure)
         return 0
 
+    print(f"load average {os.getloadavg()[0]:.2f} (1 min) at start; {os.cpu_count()} CPUs", flush=True)
+    if "ledger" in args.only:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_ledger
+
+        bench_ledger.main(["--seconds", str(args.ledger_seconds), "--threads", str(args.ledger_threads)])
+    if "two-hosts" in args.only:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        bench_two_hosts(args.workdir)
+    if "ingest" not in args.only:
+        return 0
+
     from pyspark.sql import SparkSession
 
     from dpflows.ingest.pipeline import Progress
     from dpflows.ingest.spark import ingest_events_spark
 
-    print(f"load average {os.getloadavg()[0]:.2f} (1 min) at start; {os.cpu_count()} CPUs", flush=True)
     spark = None
     rows = []
     try:
