@@ -23,6 +23,14 @@ from dpflows.relative import RelativeChange
 from dpflows.service import Answer, QueryRequest, Service, WindowStatus
 
 BEARER = [{"bearerAuth": []}]
+#: ?format= on the query endpoints: documented here, read by wants_csv and run_query.
+FORMAT_PARAMETER = {
+    "name": "format", "in": "query", "required": False,
+    "schema": {"type": "string", "enum": ["json", "csv", "geojson"]},
+    "description": "json (default); csv (key columns, count, error_bound_95; the metadata in X-Dpflows-* "
+                   "headers; also with Accept: text/csv); geojson (flows and presence only: lines between zone "
+                   "centroids, or zones)",
+}
 ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids it",
           422: "invalid input", 429: "rate limited", 503: "ledger or data unavailable"}
 
@@ -172,7 +180,7 @@ def run_query(kind: str, body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.FlowsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Origin-destination counts between zones")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER)
+@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
 @require("planner", "analyst", "admin")
 def flows(body: dict[str, Any]) -> Any:
     """Trips from each zone to each zone, every pair released (zeros noised too)."""
@@ -183,7 +191,7 @@ def flows(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.PresenceQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Person-hours per zone and hour of day")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER)
+@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
 @require("planner", "analyst", "admin")
 def presence(body: dict[str, Any]) -> Any:
     """Presence (distinct person-cell-hours) per zone and hour of day."""
@@ -194,7 +202,7 @@ def presence(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.PatternsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Weekday × hour profile")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER)
+@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
 @require("planner", "analyst", "admin")
 def patterns(body: dict[str, Any]) -> Any:
     """Hour-of-day × weekday profile of trips (departures) or presence, for one zone or the whole area."""
