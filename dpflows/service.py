@@ -402,9 +402,7 @@ class Service:
         elif request.clamp_negative:
             values = np.maximum(raw, 0)
             post.append("clamp_negative: negative noisy counts set to 0 (biases sums upward)")
-        names = (*fields, "count")
-        columns = [keys[f] for f in fields]
-        rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, values.tolist(), strict=True)]
+        rows = _value_rows(fields, [keys[f] for f in fields], values.tolist())
         epsilon = release_loss(p)
         accounting = data.metadata.accounting
         return Answer(
@@ -687,6 +685,16 @@ class Service:
         data.add_zoning(zoning)
         self._audit_admin(by, "admin.add_zoning", dataset=dataset, zoning=name, coarse=coarse)
         return zoning
+
+
+def _value_rows(fields: tuple[str, ...], columns: list[list[Any]], counts: list[int]) -> list[dict[str, Any]]:
+    """One {key fields..., count} object per key; the two-field case (every query kind) is a dict
+    literal, about 4× faster than dict(zip()) on 10,000-key answers (benchmarks/bench_api.py)."""
+    if len(fields) == 2:
+        first, second = fields
+        return [{first: a, second: b, "count": c} for a, b, c in zip(columns[0], columns[1], counts, strict=True)]
+    names = (*fields, "count")
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, counts, strict=True)]
 
 
 def _zone_centroids(data: Dataset, zoning: Zoning) -> list[tuple[float, float]]:
