@@ -450,12 +450,16 @@ class Service:
                 for name, part in k.items()}
 
     def quote(self, request: QueryRequest, client: Client) -> dict[str, Any]:
-        """What a query would cost and how accurate it would be, without touching data or budget.
+        """What a query would cost and how accurate it would be, without touching data or this client's budget.
 
         Keys "epsilon" and "epsilon_charged" hold the dataset's measure: ε, or ρ on zCDP datasets.
+        A dataset's pending bounding report is charged first (to the system principal, against
+        the global cap), exactly as the query would: so the windows' remaining figures are those
+        the query will meet, and a quote is refused (409) whenever the query would be.
         """
         spec = request.spec
         data = self.store.get(spec.dataset)
+        self.charge_bounding_report(data)
         self.policy.authorize(client, spec, data.zoning(spec.zoning))
         epsilon = self._price(client, request, data)
         windows = list(touched_windows(spec, data))

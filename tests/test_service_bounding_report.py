@@ -76,6 +76,8 @@ def test_nothing_is_served_until_the_report_can_be_charged(report_root: Path, tm
         service.bounding_report("city", admin)
     with pytest.raises(BudgetExceeded, match="bounding report"):
         service.answer(flows_request(), planner)
+    with pytest.raises(BudgetExceeded, match="bounding report"):  # a quote never promises what is refused
+        service.quote(flows_request(), planner)
     service.set_cap("city", Epsilon.parse("0.09"), client_id=None, window=1)  # too little left in window 1
     service.set_cap("city", Epsilon.parse("3"), client_id=None, window=0)
     with pytest.raises(BudgetExceeded, match=r"remaining global budget of 0\.09 on dataset 'city' window 1"):
@@ -137,3 +139,18 @@ def test_on_a_zcdp_dataset_the_report_costs_the_rho_of_its_release(report_root: 
     rho = Rho.from_privacy_map(pure_dp_as_rho(report.sensitivity, report.scale))  # OpenDP: ε-DP is ε²/2-zCDP
     assert rho == Rho.parse("0.005") and doc["charged"] == rho
     assert all(service.ledger.total_charged("z", w) == rho for w in WINDOWS)
+
+
+def test_a_quote_pays_the_report_first_so_its_figures_are_those_the_query_meets(report_root: Path,
+                                                                                 tmp_path: Path) -> None:
+    service = service_over(report_root, tmp_path / "l.db")
+    planner, _ = service.create_client("p", "planner")
+    service.set_cap("city", Epsilon.parse("1"), client_id=planner.id, window=None)
+    service.set_cap("city", Epsilon.parse("0.35"), client_id=None, window=None)
+    quote = service.quote(flows_request(), planner)
+    [window] = quote["windows"]
+    assert window.budget.global_spent == REPORT_EPS  # the report, not the client, paid it
+    assert window.budget.remaining == Epsilon.parse("0.25") and quote["epsilon_charged"] == Epsilon.parse("0.25")
+    assert service.ledger.total_charged("city", 0, planner.id) == Epsilon.zero()
+    answer = service.answer(flows_request(), planner)
+    assert answer.charged == quote["epsilon_charged"] and answer.budget_remaining == Epsilon.zero()
