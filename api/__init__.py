@@ -3,7 +3,9 @@
 Configuration (keys of `config`, else environment variables of the same name):
 DPFLOWS_DATA_DIR (aggregate store root, default ./var/data), DPFLOWS_LEDGER_URL (default
 sqlite:///./var/ledger.db), DPFLOWS_PLANNER_MAX_EPSILON (1), DPFLOWS_ANALYST_MAX_EPSILON (0.25),
-DPFLOWS_RATE_LIMIT (requests per second per key and worker, 50), DPFLOWS_RATE_BURST (100).
+DPFLOWS_RATE_LIMIT (requests per second per key and worker, 50), DPFLOWS_RATE_BURST (100),
+DPFLOWS_MIN_EPSILON (0.0001) and DPFLOWS_MIN_RHO (0.000001): the smallest loss one query may charge,
+DPFLOWS_DERIVE_CANDIDATES (16): stored answers a derive=true query ranks (dpflows.service.Policy).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from api.auth import RateLimiter
 from api.errors import ErrorSchema, register_error_handlers
 from api.logs import init_request_logging
 from dpflows.aggregates import AggregateStore
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, Rho
 from dpflows.ledger import open_ledger
 from dpflows.service import Catalog, Policy, Service
 
@@ -34,6 +36,9 @@ DEFAULTS = {
     "DPFLOWS_ANALYST_MAX_EPSILON": "0.25",
     "DPFLOWS_RATE_LIMIT": "50",
     "DPFLOWS_RATE_BURST": "100",
+    "DPFLOWS_MIN_EPSILON": "0.0001",
+    "DPFLOWS_MIN_RHO": "0.000001",
+    "DPFLOWS_DERIVE_CANDIDATES": "16",
 }
 
 
@@ -88,7 +93,10 @@ class DpflowsExtension:
         cfg = app.config
         store = AggregateStore(cfg["DPFLOWS_DATA_DIR"])
         policy = Policy(planner_max_epsilon=Epsilon.parse(cfg["DPFLOWS_PLANNER_MAX_EPSILON"]),
-                        analyst_max_epsilon=Epsilon.parse(cfg["DPFLOWS_ANALYST_MAX_EPSILON"]))
+                        analyst_max_epsilon=Epsilon.parse(cfg["DPFLOWS_ANALYST_MAX_EPSILON"]),
+                        min_epsilon=Epsilon.parse(cfg["DPFLOWS_MIN_EPSILON"]),
+                        min_rho=Rho.parse(cfg["DPFLOWS_MIN_RHO"]),
+                        derive_candidates=int(cfg["DPFLOWS_DERIVE_CANDIDATES"]))
         ext = cls(Service(store, open_ledger(cfg["DPFLOWS_LEDGER_URL"]), policy), Catalog(store),
                   RateLimiter(float(cfg["DPFLOWS_RATE_LIMIT"]), int(cfg["DPFLOWS_RATE_BURST"])))
         app.extensions["dpflows"] = ext

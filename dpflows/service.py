@@ -79,6 +79,23 @@ class Policy:
     analyst_max_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("0.25"))
     planner_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.5"))
     analyst_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.03125"))
+    #: The smallest loss one query may charge, for every role (issue 18). Every stored answer
+    #: then costs its client something: with the demo's planner caps (ε 2, ρ 0.02 per window)
+    #: at most 20,000 answers per window. Nothing useful is lost: at ε = 1e-4 the discrete
+    #: Laplace's 95% error is 3.0e4·L counts per value (6e5 at L = 20), at ρ = 1e-6 the discrete
+    #: Gaussian's is 1,386·Δ2; both floors sit at least 100× below the per-query loss of spreading a
+    #: week's ε = 1 (ρ 0.0172 at δ = 1e-8) over 100 queries (100× and 172×). A max_error the floor already
+    #: meets is refused with the floor's error (mechanisms.epsilon_for_error, rho_for_error).
+    min_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("0.0001"))
+    min_rho: Rho = field(default_factory=lambda: Rho.parse("0.000001"))
+    #: How many stored answers a derive=true query or quote ranks (the best of each zoning that
+    #: can be summed into the asked one, chosen in the ledger by their shape): only the chosen
+    #: answer's payload is read (dpflows.derive).
+    derive_candidates: int = 16
+
+    def min_loss(self, accounting: str) -> PrivacyLoss:
+        """The floor of one query's loss, in the dataset's measure."""
+        return self.min_rho if accounting == ZCDP else self.min_epsilon
 
     def max_epsilon(self, role: str) -> Epsilon:
         return self.analyst_max_epsilon if role == "analyst" else self.planner_max_epsilon
@@ -105,6 +122,13 @@ class Policy:
                 )
 
     def check_loss(self, client: Client, loss: PrivacyLoss, accounting: str, *, derived_from: float | None) -> None:
+        floor = self.min_loss(accounting)
+        if loss < floor:
+            raise InvalidInput(
+                f"{loss.unit}={loss} is below the smallest {loss.unit} this service charges ({floor}); "
+                f"ask for at least {floor}",
+                field=loss.unit,
+            )
         cap = self.max_loss(client.role, accounting)
         if loss > cap:
             if derived_from is not None:
@@ -265,10 +289,12 @@ class Service:
             loss = given
         elif accounting == ZCDP:
             assert request.max_error is not None
-            loss = rho_for_error(self._l2(request.spec, data), request.max_error, request.confidence)
+            loss = rho_for_error(self._l2(request.spec, data), request.max_error, request.confidence,
+                                 floor=self.policy.min_rho)
         else:
             assert request.max_error is not None
-            loss = epsilon_for_error(meta.bound(request.spec.counted_measure), request.max_error, request.confidence)
+            loss = epsilon_for_error(meta.bound(request.spec.counted_measure), request.max_error, request.confidence,
+                                     floor=self.policy.min_epsilon)
         self.policy.check_loss(client, loss, accounting, derived_from=request.max_error)
         return loss
 

@@ -126,8 +126,8 @@ def test_the_cap_is_exactly_reachable_and_never_exceeded_over_http(server) -> No
     assert [r.json()["budget_remaining"] for r in remaining] == [0.75, 0.5, 0.25, 0]
     r = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [5, 6], "epsilon": 0.25})
     assert r.status_code == 409 and r.json()["error"]["code"] == "budget_exceeded"
-    r = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [5, 6], "epsilon": 0.000000001})
-    assert r.status_code == 409  # not even one nano-ε past the cap
+    r = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [5, 6], "epsilon": 0.0001})
+    assert r.status_code == 409  # not even the smallest ε the service charges past the cap
     again = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [0, 1], "epsilon": 0.25})
     assert again.status_code == 200 and again.json()["reused"] is True  # released answers stay free
     ledger = SqliteLedger(ledger_path)
