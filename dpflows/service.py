@@ -27,7 +27,7 @@ from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.budget import MAX_EPSILON_NANOS, PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho, loss_type
 from dpflows.cells import CELL_ZONING, Zoning, parse_zoning_csv
 from dpflows.contribution_report import ReportCharge, report_document
-from dpflows.derive import Derivation, best_derivation, release_loss
+from dpflows.derive import Derivation, best_derivation, release_loss, shape_filter
 from dpflows.errors import (
     AuthenticationFailed,
     BudgetExceeded,
@@ -386,10 +386,17 @@ class Service:
         ]
 
     def _derivation(self, spec: QuerySpec, data: Dataset, client: Client, request: QueryRequest) -> Derivation | None:
-        """The most accurate free derivation of `spec` from this dataset's released answers."""
-        return best_derivation(spec, data, self.ledger.list_answers(spec.dataset, spec.kind),
-                               max_loss=self.policy.max_loss(client.role, data.metadata.accounting),
-                               confidence=request.confidence, max_error=request.max_error)
+        """The most accurate free derivation of `spec` from this dataset's released answers.
+
+        Candidates are chosen by shape in the ledger (at most Policy.derive_candidates); only the
+        chosen one's payload is read (dpflows.derive).
+        """
+        where, terms = shape_filter(spec, data, _zoning_names(data),
+                                    max_loss=self.policy.max_loss(client.role, data.metadata.accounting),
+                                    limit=self.policy.derive_candidates)
+        shapes = self.ledger.find_answer_shapes(spec.dataset, where)
+        return best_derivation(spec, data, shapes, terms, self.ledger.get_answer, confidence=request.confidence,
+                               max_error=request.max_error)
 
     def _describe(self, stored: StoredAnswer, spec: QuerySpec, client: Client, data: Dataset,
                   request: QueryRequest, *, reused: bool, derivation: Derivation | None = None) -> Answer:

@@ -14,13 +14,17 @@ from dpflows.ledger._sql import EVERY_WINDOW, GLOBAL, _check_budget, _with_reuse
 from dpflows.ledger.base import (
     GENESIS_HASH,
     ROLES,
+    AnswerShape,
     ApiKeyRecord,
     AuditEntry,
     Client,
     ReleaseReceipt,
     ReleaseRequest,
+    ShapeFilter,
     StoredAnswer,
     WindowBudget,
+    rank_shapes,
+    shape_of,
 )
 
 
@@ -37,6 +41,7 @@ class MemoryLedger:
         self._charges: list[tuple[int, str, int, int, str]] = []
         self._answers: dict[str, StoredAnswer] = {}
         self._answer_by_key: dict[tuple[str, str], str] = {}
+        self._shapes: dict[str, AnswerShape] = {}
         self._audit: list[AuditEntry] = []
 
     def create_client(self, name: str, role: str) -> Client:
@@ -131,6 +136,11 @@ class MemoryLedger:
         answers.sort(key=lambda a: (a.created_at, a.answer_id))
         return [a for a in answers if kind is None or (a.payload.get("query") or {}).get("kind") == kind]
 
+    def find_answer_shapes(self, dataset: str, where: ShapeFilter) -> list[AnswerShape]:
+        with self._lock:
+            shapes = [s for s in self._shapes.values() if s.dataset == dataset and where.admits(s)]
+        return rank_shapes(shapes, where)
+
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
         windows = sorted(set(request.windows))
         with self._lock:
@@ -149,6 +159,9 @@ class MemoryLedger:
                                   request.payload, utc_now())
             self._answers[answer.answer_id] = answer
             self._answer_by_key[(request.dataset, request.query_key)] = answer.answer_id
+            shape = shape_of(answer)
+            if shape is not None:
+                self._shapes[answer.answer_id] = shape
             self.append_audit(request.audit)
             return ReleaseReceipt(answer, reused=False, charged=request.epsilon)
 
