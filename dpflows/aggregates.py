@@ -158,8 +158,6 @@ class DatasetMetadata:
 
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
-#: versions kept besides the current one: a worker still loading the previous one can finish
-KEEP_PREVIOUS_VERSIONS = 1
 AGGREGATE_FILES = ("cells.parquet", "trips.parquet", "presence.parquet")
 
 
@@ -239,19 +237,27 @@ def write_aggregates(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    previous = version_dir(out).name
     pointer = out / f".{CURRENT_FILE}.{ingestion_id}"
-    pointer.write_text(final.name + "\n")
-    pointer.replace(out / CURRENT_FILE)  # the switch: loaders see the old version or this one
-    _remove_old_versions(versions, keep=final.name)
+    try:
+        pointer.write_text(final.name + "\n")
+        pointer.replace(out / CURRENT_FILE)  # the switch: loaders see the old version or this one
+    except BaseException:
+        pointer.unlink(missing_ok=True)
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    _remove_old_versions(versions, keep={final.name, previous})
     return out
 
 
-def _remove_old_versions(versions: Path, keep: str) -> None:
-    """Delete versions older than the kept ones (aggregates only; the ledger keeps every charge)."""
-    others = sorted((p for p in versions.iterdir() if p.name != keep and p.name.startswith("v-")),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in others[KEEP_PREVIOUS_VERSIONS:]:
-        shutil.rmtree(old, ignore_errors=True)
+def _remove_old_versions(versions: Path, keep: set[str]) -> None:
+    """Delete every version but the new and the previous one (aggregates only; the ledger keeps every charge).
+
+    The previous one stays so that a worker that read the old pointer an instant ago can finish loading it.
+    """
+    for old in versions.iterdir():
+        if old.name.startswith("v-") and old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _file_digest(raw: bytes) -> str:
