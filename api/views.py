@@ -19,8 +19,8 @@ from api.errors import ErrorSchema
 from dpflows import geo
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
-from dpflows.relative import RelativeChange
 from dpflows.service import Answer, QueryRequest, Service, WindowStatus
+from dpflows.service.relative_change import RelativeChange
 
 BEARER = [{"bearerAuth": []}]
 #: ?format= on the query endpoints: documented here, read by wants_csv and run_query.
@@ -237,15 +237,14 @@ def quote(body: dict[str, Any]) -> Any:
     """Price a query without touching data or budget: ε, windows, error bound, reuse."""
     kind = body.pop("query")
     q = service().quote(query_request(kind, body), current_client())
-    unit = q["epsilon"].unit  # "epsilon" or "rho", by the dataset's accounting
+    unit = q.loss.unit  # "epsilon" or "rho", by the dataset's accounting
     return {
-        "accounting": q["accounting"], unit: q["epsilon"], f"{unit}_charged": q["epsilon_charged"],
-        "epsilon_derived_from_max_error": q["epsilon_derived"], "error_bound_95": q["error_bound_95"],
-        "confidence": q["confidence"], "windows": window_charges(q["windows"], q["epsilon_charged"]),
-        "reused": q["reused"], "privacy_unit": q["privacy_unit"],
-        **({"derived_from": q["derived_from"]} if q.get("derived_from") else {}),
-        "mechanism": {"name": q["mechanism"], "noise_scale": q["noise_scale"],
-                      "sensitivity": q["sensitivity"]},
+        "accounting": q.accounting, unit: q.loss, f"{unit}_charged": q.charged,
+        "epsilon_derived_from_max_error": q.loss_from_max_error, "error_bound_95": q.error_bound_95,
+        "confidence": q.confidence, "windows": window_charges(q.windows, q.charged),
+        "reused": q.reused, "privacy_unit": q.privacy_unit,
+        **({"derived_from": q.derived_from} if q.derived_from else {}),
+        "mechanism": {"name": q.mechanism, "noise_scale": q.noise_scale, "sensitivity": q.sensitivity},
     }
 
 
