@@ -3,12 +3,15 @@
 Configuration (keys of `config`, else environment variables of the same name):
 DPFLOWS_DATA_DIR (aggregate store root, default ./var/data), DPFLOWS_LEDGER_URL (default
 sqlite:///./var/ledger.db), DPFLOWS_PLANNER_MAX_EPSILON (1), DPFLOWS_ANALYST_MAX_EPSILON (0.25),
-DPFLOWS_RATE_LIMIT (requests per second per key and worker, 50), DPFLOWS_RATE_BURST (100).
+DPFLOWS_RATE_LIMIT (requests per second per key, shared by all workers of a host, 50),
+DPFLOWS_RATE_BURST (100), DPFLOWS_AUTH_FAILURE_LIMIT (failed authentications per second per
+client address, 1), DPFLOWS_AUTH_FAILURE_BURST (20), DPFLOWS_TRUSTED_PROXIES (peers whose
+X-Real-IP / X-Forwarded-For name the client address: 127.0.0.1,::1,unix), DPFLOWS_RATE_LIMIT_DB
+(the limiter's SQLite file; default beside a SQLite ledger). See api/ratelimit.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +20,10 @@ import orjson
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
-from werkzeug.exceptions import BadRequest
 
-from api.auth import RateLimiter
 from api.errors import ErrorSchema, register_error_handlers
 from api.logs import init_request_logging
+from api.ratelimit import Bucket, RateLimits, SharedBuckets, default_path
 from dpflows.aggregates import AggregateStore
 from dpflows.budget import Epsilon
 from dpflows.ledger import open_ledger
@@ -34,6 +36,10 @@ DEFAULTS = {
     "DPFLOWS_ANALYST_MAX_EPSILON": "0.25",
     "DPFLOWS_RATE_LIMIT": "50",
     "DPFLOWS_RATE_BURST": "100",
+    "DPFLOWS_AUTH_FAILURE_LIMIT": "1",
+    "DPFLOWS_AUTH_FAILURE_BURST": "20",
+    "DPFLOWS_TRUSTED_PROXIES": "127.0.0.1,::1,unix",
+    "DPFLOWS_RATE_LIMIT_DB": "",
 }
 
 
@@ -55,20 +61,6 @@ class OrjsonProvider(DefaultJSONProvider):
         return self._app.response_class(self._encode(obj, orjson.OPT_APPEND_NEWLINE), mimetype=self.mimetype)
 
 
-def reject_deep_json() -> None:
-    """webargs parses bodies with json.loads, which raises RecursionError (a 500) on very deep
-    nesting; parse once here so such a body is a 400 like any other malformed JSON."""
-    from flask import request
-
-    if request.is_json and request.content_length:
-        try:
-            json.loads(request.get_data(cache=True))
-        except RecursionError:
-            raise BadRequest("JSON nested too deeply") from None
-        except ValueError:
-            pass  # webargs reports ordinary malformed JSON itself
-
-
 class DpflowsApi(Api):
     """flask-smorest's Api, documenting dpflows' one error shape as the default error."""
 
@@ -81,7 +73,7 @@ class DpflowsExtension:
 
     service: Service
     catalog: Catalog
-    rate_limiter: RateLimiter
+    rate_limits: RateLimits
 
     @classmethod
     def init_app(cls, app: Flask) -> DpflowsExtension:
@@ -89,8 +81,13 @@ class DpflowsExtension:
         store = AggregateStore(cfg["DPFLOWS_DATA_DIR"])
         policy = Policy(planner_max_epsilon=Epsilon.parse(cfg["DPFLOWS_PLANNER_MAX_EPSILON"]),
                         analyst_max_epsilon=Epsilon.parse(cfg["DPFLOWS_ANALYST_MAX_EPSILON"]))
-        ext = cls(Service(store, open_ledger(cfg["DPFLOWS_LEDGER_URL"]), policy), Catalog(store),
-                  RateLimiter(float(cfg["DPFLOWS_RATE_LIMIT"]), int(cfg["DPFLOWS_RATE_BURST"])))
+        limits = RateLimits(
+            SharedBuckets(cfg["DPFLOWS_RATE_LIMIT_DB"] or default_path(cfg["DPFLOWS_LEDGER_URL"],
+                                                                       cfg["DPFLOWS_DATA_DIR"])),
+            per_key=Bucket(float(cfg["DPFLOWS_RATE_LIMIT"]), float(cfg["DPFLOWS_RATE_BURST"])),
+            auth_failures=Bucket(float(cfg["DPFLOWS_AUTH_FAILURE_LIMIT"]), float(cfg["DPFLOWS_AUTH_FAILURE_BURST"])),
+            trusted_proxies=cfg["DPFLOWS_TRUSTED_PROXIES"])
+        ext = cls(Service(store, open_ledger(cfg["DPFLOWS_LEDGER_URL"]), policy), Catalog(store), limits)
         app.extensions["dpflows"] = ext
         return ext
 
@@ -98,7 +95,6 @@ class DpflowsExtension:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
-    app.before_request(reject_deep_json)
     for key, default in DEFAULTS.items():
         app.config[key] = os.environ.get(key, default)
     app.config.update(
