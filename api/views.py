@@ -134,6 +134,18 @@ def wants_csv() -> bool:
     return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
 
 
+#: A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula gets a leading apostrophe (shown as text);
+    numbers stay numbers, negative ones included."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_response(answer: Answer) -> Response:
     out = io.StringIO()
     raw = answer.raw_values
@@ -142,7 +154,7 @@ def csv_response(answer: Answer) -> Response:
     writer.writeheader()
     bounds = answer.value_error_bounds or [answer.error_bound_95] * len(answer.values)
     for i, row in enumerate(answer.values):
-        writer.writerow({**row, "error_bound_95": f"{bounds[i]:.3f}",
+        writer.writerow({**{name: csv_cell(value) for name, value in row.items()}, "error_bound_95": f"{bounds[i]:.3f}",
                          **({"raw_count": raw[i]} if raw is not None else {})})
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers.update({
