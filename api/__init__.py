@@ -26,6 +26,7 @@ from api.logs import init_request_logging
 from api.ratelimit import Bucket, RateLimits, SharedBuckets, default_path
 from dpflows.aggregates import AggregateStore
 from dpflows.budget import Epsilon
+from dpflows.errors import InvalidInput
 from dpflows.ledger import open_ledger
 from dpflows.service import Catalog, Policy, Service
 
@@ -78,6 +79,10 @@ class DpflowsExtension:
     @classmethod
     def init_app(cls, app: Flask) -> DpflowsExtension:
         cfg = app.config
+        if str(cfg["DPFLOWS_LEDGER_URL"]).strip() == "memory://":
+            # One ledger per worker, empty after every restart: budgets would not hold.
+            raise InvalidInput("DPFLOWS_LEDGER_URL=memory:// keeps no budget across workers or restarts; the service "
+                               "needs a durable ledger: sqlite:///PATH or postgresql://...", field="ledger_url")
         store = AggregateStore(cfg["DPFLOWS_DATA_DIR"])
         policy = Policy(planner_max_epsilon=Epsilon.parse(cfg["DPFLOWS_PLANNER_MAX_EPSILON"]),
                         analyst_max_epsilon=Epsilon.parse(cfg["DPFLOWS_ANALYST_MAX_EPSILON"]))

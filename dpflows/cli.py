@@ -31,13 +31,17 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    "[person,] timestamp, origin, dest)")
     p.add_argument("--cells", required=True, help="cell catalog CSV or Parquet: cell_id, lat, lon")
     p.add_argument("--out", required=True, help="dataset directory to write, e.g. var/data/datasets/NAME")
-    p.add_argument("--name", default=None, help="dataset name (default: the --out folder's name)")
+    p.add_argument("--name", default=None, help="dataset name: must be the --out folder's name (the default)")
     p.add_argument("--window-days", type=int, default=7)
     p.add_argument("--bound-trips", type=int, default=20, help="L_trips per person-window (the sensitivity)")
     p.add_argument("--bound-presence", type=int, default=100, help="L_presence per person-window")
     p.add_argument("--trip-rule", choices=["stay", "consecutive"], default="stay")
     p.add_argument("--min-dwell-minutes", type=float, default=30)
-    p.add_argument("--first-day", type=_date, default=None, help="align windows to this day (default: first event)")
+    p.add_argument("--first-day", type=_date, required=True,
+                   help="first day the dataset holds (ISO); windows are aligned to it, for the dataset's life")
+    p.add_argument("--end-day", type=_date, required=True,
+                   help="the day after the last day the dataset holds (exclusive, ISO); declared and published, "
+                        "never measured from the events")
     p.add_argument("--trips-table", action="store_true", help="the input is a ready-made trips table")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
@@ -91,6 +95,10 @@ def _run_ingest(args: argparse.Namespace) -> int:
     from dpflows.ingest.pipeline import ZoningSpec, ingest_events, ingest_trips_table
 
     name = args.name or Path(args.out).name
+    if name != Path(args.out).name:
+        raise InvalidData(f"--name {name!r} differs from the --out folder {Path(args.out).name!r}; a dataset is served "
+                          "under its folder's name, so drop --name or write to a folder of that name", field="name")
+    span = {"first_day": args.first_day, "end_day": args.end_day}
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
     accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
     if args.trips_table and args.engine == "spark":
@@ -100,7 +108,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         raise InvalidData("--buckets applies to events ingested with --engine polars; drop it here", field="buckets")
     if args.trips_table:
         out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
-                                 bound_trips=args.bound_trips, first_day=args.first_day, zonings=zonings,
+                                 bound_trips=args.bound_trips, **span, zonings=zonings,
                                  report_epsilon=args.report_epsilon, **accounting)
     elif args.engine == "spark":
         from dpflows.ingest.spark import ingest_events_spark
@@ -108,13 +116,13 @@ def _run_ingest(args: argparse.Namespace) -> int:
         out = ingest_events_spark(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                                   bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                                  first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
+                                  **span, zonings=zonings, report_epsilon=args.report_epsilon,
                                   **accounting)
     else:
         out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                             trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                            first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
+                            **span, zonings=zonings, report_epsilon=args.report_epsilon,
                             buckets=args.buckets, **accounting)
     print(f"dataset {name!r} written to {out}")
     _print_bounding_report(Path(out))

@@ -40,8 +40,8 @@ def write_private(path: Path, text: str) -> None:
 def prepare_demo(home: Path, *, persons: int = 2000, bind: str = "127.0.0.1:8000") -> Service:
     """Generate and ingest the demo city if needed, seed clients and caps, print keys once."""
     data_dir = home / "data"
-    missing = [name for name in (DATASET, DATASET_ZCDP)
-               if not (data_dir / "datasets" / name / "metadata.json").exists()]
+    served = AggregateStore(data_dir).names()
+    missing = [name for name in (DATASET, DATASET_ZCDP) if name not in served]
     if missing:
         print(f"dpflows: generating a demo city of {persons} persons over 4 weeks in {home}")
         files = generate_city(home / "raw", persons=persons, seed=1, days=28, start=START)
@@ -49,7 +49,7 @@ def prepare_demo(home: Path, *, persons: int = 2000, bind: str = "127.0.0.1:8000
                    ZoningSpec("sectors", files.sectors, coarse=True, min_cells_per_zone=50)]
         for name in missing:
             ingest_events(files.events, files.cells, data_dir / "datasets" / name, name=name,
-                          progress=Progress(True), zonings=zonings,
+                          **files.span, progress=Progress(True), zonings=zonings,
                           accounting=ZCDP if name == DATASET_ZCDP else PURE_DP)
     service = Service(AggregateStore(data_dir), SqliteLedger(home / "ledger.db"))
     if service.ledger.list_clients():

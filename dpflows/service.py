@@ -38,7 +38,8 @@ from dpflows.errors import (
     NotFound,
     PolicyViolation,
 )
-from dpflows.ledger import AuditEntry, Client, Ledger, ReleaseRequest, StoredAnswer, WindowBudget
+from dpflows.ledger import AuditEntry, Client, DatasetGrid, Ledger, ReleaseRequest, StoredAnswer, WindowBudget
+from dpflows.ledger._sql import check_grid_matches
 from dpflows.mechanisms import (
     DEFAULT_CONFIDENCE,
     DISCRETE_GAUSSIAN,
@@ -207,6 +208,12 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+def dataset_grid(data: Dataset) -> DatasetGrid:
+    """What the ledger records of a dataset so that its window indices keep their meaning."""
+    meta = data.metadata
+    return DatasetGrid(meta.name, meta.first_day.isoformat(), meta.window_days, loss_type(meta.accounting).unit)
+
+
 class Service:
     """The library's front door: the API calls these methods and nothing below them."""
 
@@ -215,6 +222,7 @@ class Service:
         self.ledger = ledger
         self.policy = policy or Policy()
         self._reports_paid: set[str] = set()  # report-charge keys known to be in the ledger
+        self._grids_checked: set[str] = set()  # dataset versions whose grid matches the ledger's record
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -240,7 +248,19 @@ class Service:
     # -- queries ----------------------------------------------------------------------------
 
     def dataset(self, name: str) -> Dataset:
-        return self.store.get(name)
+        """A loaded dataset whose window grid and measure agree with what the ledger recorded for it.
+
+        Spending is kept per window index: a dataset re-ingested on another grid or in another
+        measure would read old spending against other weeks or another unit, so it is refused
+        here (reads) and again inside every charge's transaction (`ReleaseRequest.grid`).
+        """
+        data = self.store.get(name)
+        if data.version not in self._grids_checked:
+            recorded = self.ledger.dataset_grid(name)
+            if recorded is not None:
+                check_grid_matches(recorded, dataset_grid(data))
+                self._grids_checked.add(data.version)
+        return data
 
     def _l2(self, spec: QuerySpec, data: Dataset) -> float:
         """ℓ2 sensitivity of this query on a zCDP dataset: the bound L and the per-key cap."""
@@ -292,7 +312,7 @@ class Service:
         spec = request.spec
         audit_query = spec.canonical()
         try:
-            data = self.store.get(spec.dataset)
+            data = self.dataset(spec.dataset)
             self.charge_bounding_report(data)
             self.policy.authorize(client, spec, data.zoning(spec.zoning))
             epsilon = self._price(client, request, data)
@@ -330,7 +350,7 @@ class Service:
             }
             receipt = self.ledger.commit_release(ReleaseRequest(
                 client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=prepared.windows,
-                epsilon=epsilon, answer_id=answer_id, payload=payload,
+                epsilon=epsilon, answer_id=answer_id, payload=payload, grid=dataset_grid(data),
                 audit=AuditEntry(action=f"query.{spec.kind}", outcome="released", client_id=client.id,
                                  dataset=spec.dataset, query=audit_query, epsilon=epsilon, answer_id=answer_id),
             ))
@@ -458,7 +478,7 @@ class Service:
         the query will meet, and a quote is refused (409) whenever the query would be.
         """
         spec = request.spec
-        data = self.store.get(spec.dataset)
+        data = self.dataset(spec.dataset)
         self.charge_bounding_report(data)
         self.policy.authorize(client, spec, data.zoning(spec.zoning))
         epsilon = self._price(client, request, data)
@@ -503,7 +523,7 @@ class Service:
         charges nothing. (Between that check and the second charge another client can still
         spend; the first answer then stays released and is reused for free next time.)
         """
-        self.charge_bounding_report(self.store.get(request.spec.dataset))  # before the combined need is checked
+        self.charge_bounding_report(self.dataset(request.spec.dataset))  # before the combined need is checked
         base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
         # Quotes authorize and price both, and know which would be reused or derived for free.
         quotes = [self.quote(req, client) for req in (request, base_request)]
@@ -535,7 +555,7 @@ class Service:
         return {"ledger": "ok", "datasets": len(self.store.names())}
 
     def budget_status(self, client: Client, dataset: str) -> list[WindowStatus]:
-        data = self.store.get(dataset)
+        data = self.dataset(dataset)
         return self._window_status(data, client, list(range(data.metadata.window_count)))
 
     # -- bounding report (dpflows.contribution_report, dpflows.ingest.report) --------------------
@@ -554,21 +574,23 @@ class Service:
             if charge.query_key in self._reports_paid:
                 continue
             if self.ledger.find_answer(data.metadata.name, charge.query_key) is None:
-                self._commit_report_charge(data.metadata.name, charge, charge.loss(data.metadata.accounting))
+                self._commit_report_charge(data.metadata.name, charge, charge.loss(data.metadata.accounting),
+                                           dataset_grid(data))
             self._reports_paid.add(charge.query_key)
 
-    def _commit_report_charge(self, dataset: str, charge: ReportCharge, loss: PrivacyLoss) -> None:
+    def _commit_report_charge(self, dataset: str, charge: ReportCharge, loss: PrivacyLoss,
+                              grid: DatasetGrid) -> None:
         """`loss`: the report's ε, or on a zCDP dataset the ρ OpenDP converts that release to."""
         system = self._system_client()
         # No allowance of its own: the global cap, shared with every client, is its only limit.
-        self.ledger.set_cap(dataset, type(loss)(MAX_EPSILON_NANOS), client_id=system.id, window=None)
+        self.ledger.set_cap(dataset, type(loss)(MAX_EPSILON_NANOS), client_id=system.id, window=None, grid=grid)
         answer_id = uuid.uuid4().hex
         query = {"kind": "bounding_report", "ingestion": charge.ingestion, "epsilon": charge.epsilon.to_json(),
                  loss.unit: loss.to_json()}
         try:
             self.ledger.commit_release(ReleaseRequest(
                 client_id=system.id, dataset=dataset, query_key=charge.query_key,
-                windows=tuple(range(charge.windows)), epsilon=loss, answer_id=answer_id,
+                windows=tuple(range(charge.windows)), epsilon=loss, answer_id=answer_id, grid=grid,
                 payload={"query": query, "loss_nanos": loss.nanos, "unit": loss.unit},
                 audit=AuditEntry(action=REPORT_ACTION, outcome="released", client_id=system.id, dataset=dataset,
                                  query=query, epsilon=loss, answer_id=answer_id),
@@ -599,7 +621,7 @@ class Service:
         """How much bounding drops, read from the dataset's noisy bounding report once it is paid for."""
         audit_query: dict[str, Any] = {"kind": "bounding_report"}
         try:
-            data = self.store.get(dataset)
+            data = self.dataset(dataset)
             report = data.bounding_report
             if report is None:
                 raise NotFound(f"dataset {dataset!r} has no bounding report; re-ingest it with "
@@ -652,7 +674,7 @@ class Service:
         The cap is in the dataset's measure: ε for pure-DP datasets, ρ for zCDP ones; the other
         is refused, so an ε can never be read as a ρ.
         """
-        data = self.store.get(dataset)
+        data = self.dataset(dataset)
         unit = loss_type(data.metadata.accounting)
         if type(cap) is not unit:
             raise InvalidInput(
@@ -665,7 +687,7 @@ class Service:
                 "or omit it for every window",
                 field="window",
             )
-        self.ledger.set_cap(dataset, cap, client_id=client_id, window=window)
+        self.ledger.set_cap(dataset, cap, client_id=client_id, window=window, grid=dataset_grid(data))
         self._audit_admin(by, "admin.set_cap", dataset=dataset, client_id=client_id, window=window,
                           cap=cap.to_json(), unit=cap.unit)
 
@@ -675,7 +697,7 @@ class Service:
         """Load a public zoning (cell_id,zone_id CSV); a name is never reused for different zones."""
         from dpflows.errors import Conflict
 
-        data = self.store.get(dataset)
+        data = self.dataset(dataset)
         if name in data.zonings or (data.path / "zonings" / f"{name}.json").exists():
             raise Conflict(
                 f"name={name!r} is already a zoning of dataset {dataset!r}; stored answers refer to it, "

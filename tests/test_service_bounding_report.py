@@ -20,6 +20,7 @@ from dpflows.service import REPORT_ACTION, SYSTEM_CLIENT, QueryRequest, Service
 
 REPORT_EPS = Epsilon.parse("0.1")
 WINDOWS = [0, 1]
+FIRST_DAY, END_DAY = dt.date(2024, 3, 4), dt.date(2024, 3, 18)  # the report_root city: 14 days
 
 
 def service_over(root: Path, ledger_path: Path) -> Service:
@@ -106,6 +107,7 @@ def test_an_unpaid_earlier_report_is_charged_with_the_reingestion(report_root: P
     shutil.copytree(report_root, root)
     raw = root / "raw"
     ingest_events(raw / "events.parquet", raw / "cells.csv", root / "datasets" / "city", name="city", seed=8,
+                  first_day=FIRST_DAY, end_day=END_DAY,
                   bound_trips=10, report_epsilon=0)  # L chosen from the first report, which was never served
     service = service_over(root, tmp_path / "l.db")
     admin, _ = service.create_client("admin", "admin")
@@ -129,6 +131,7 @@ def test_system_names_are_reserved(report_root: Path, tmp_path: Path) -> None:
 def test_on_a_zcdp_dataset_the_report_costs_the_rho_of_its_release(report_root: Path, tmp_path: Path) -> None:
     raw = report_root / "raw"
     ingest_events(raw / "events.parquet", raw / "cells.csv", tmp_path / "datasets" / "z", name="z", seed=8,
+                  first_day=FIRST_DAY, end_day=END_DAY,
                   accounting="zcdp", report_epsilon="0.1")
     service = service_over(tmp_path, tmp_path / "l.db")
     admin, _ = service.create_client("admin", "admin")
