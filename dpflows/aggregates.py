@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dpflows.budget import ACCOUNTINGS, PURE_DP, ZCDP
+from dpflows.budget import ACCOUNTINGS, PURE_DP
 from dpflows.cells import CELL_ZONING, CellCatalog, Zoning, check_name, load_zoning, save_zoning
 from dpflows.contribution_report import BoundingReport, ReportCharge
 from dpflows.errors import DataUnavailable, InvalidData, InvalidInput, NotFound
@@ -104,10 +104,9 @@ class DatasetMetadata:
         return self.key_cap_trips if measure == "trips" else 1
 
     def accounting_json(self) -> dict[str, Any]:
-        if self.accounting != ZCDP:
-            return {"measure": self.accounting}
-        return {"measure": self.accounting, "key_caps": {"trips": self.key_cap_trips, "presence": 1},
-                "delta": self.delta}
+        from dpflows.accounting import accounting
+
+        return accounting(self.accounting).metadata_json(self)
 
     @property
     def privacy_unit(self) -> str:

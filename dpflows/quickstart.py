@@ -49,7 +49,7 @@ def prepare_demo(home: Path, *, persons: int = 2000, bind: str = "127.0.0.1:8000
                    ZoningSpec("sectors", files.sectors, coarse=True, min_cells_per_zone=50)]
         for name in missing:
             ingest_events(files.events, files.cells, data_dir / "datasets" / name, name=name,
-                          **files.span, progress=Progress(True), zonings=zonings,
+                          first_day=files.first_day, end_day=files.end_day, progress=Progress(True), zonings=zonings,
                           accounting=ZCDP if name == DATASET_ZCDP else PURE_DP)
     service = Service(AggregateStore(data_dir), SqliteLedger(home / "ledger.db"))
     if service.ledger.list_clients():

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from dpflows.aggregates import AggregateStore, Dataset
-from dpflows.budget import MAX_EPSILON_NANOS, PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho, loss_type
+from dpflows.accounting import Accounting, RoleCaps, accounting
+from dpflows.aggregates import AggregateStore, Dataset, DatasetMetadata
+from dpflows.budget import MAX_EPSILON_NANOS, PURE_DP, Epsilon, PrivacyLoss, Rho
 from dpflows.cells import CELL_ZONING, Zoning, parse_zoning_csv
 from dpflows.contribution_report import ReportCharge, report_document
 from dpflows.derive import Derivation, best_derivation, release_loss
@@ -42,22 +43,12 @@ from dpflows.ledger import AuditEntry, Client, DatasetGrid, Ledger, ReleaseReque
 from dpflows.ledger._sql import check_grid_matches
 from dpflows.mechanisms import (
     DEFAULT_CONFIDENCE,
-    DISCRETE_GAUSSIAN,
-    DISCRETE_LAPLACE,
+    NoiseMechanism,
     NoisyRelease,
-    epsilon_for_error,
-    l2_sensitivity,
-    noise_error_bound,
-    release_counts,
-    release_counts_gaussian,
-    rho_for_error,
-    rho_to_approx_dp,
-    scale_for_epsilon,
-    scale_for_rho,
-    sum_error_bound,
+    mechanism_named,
 )
 from dpflows.postprocess import make_consistent, table_totals
-from dpflows.queries import QuerySpec, key_contribution_cap, prepare, touched_windows
+from dpflows.queries import QuerySpec, prepare, touched_windows
 from dpflows.relative import RelativeChange, baseline_spec, per_window_need, relative_change_from
 
 log = logging.getLogger("dpflows.service")
@@ -84,11 +75,15 @@ class Policy:
     def max_epsilon(self, role: str) -> Epsilon:
         return self.analyst_max_epsilon if role == "analyst" else self.planner_max_epsilon
 
-    def max_loss(self, role: str, accounting: str) -> PrivacyLoss:
+    def caps(self, unit: str) -> RoleCaps:
+        """The per-query caps of every role in one measure ("epsilon" or "rho")."""
+        by_unit = {"epsilon": RoleCaps(self.planner_max_epsilon, self.analyst_max_epsilon),
+                   "rho": RoleCaps(self.planner_max_rho, self.analyst_max_rho)}
+        return by_unit[unit]
+
+    def max_loss(self, role: str, accounting_name: str) -> PrivacyLoss:
         """The per-query cap for this role, in the dataset's measure."""
-        if accounting == ZCDP:
-            return self.analyst_max_rho if role == "analyst" else self.planner_max_rho
-        return self.max_epsilon(role)
+        return self.caps(accounting(accounting_name).unit).for_role(role)
 
     def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning) -> None:
         """Raise PolicyViolation naming the rule a query breaks for this client's role."""
@@ -105,8 +100,9 @@ class Policy:
                     field="zoning",
                 )
 
-    def check_loss(self, client: Client, loss: PrivacyLoss, accounting: str, *, derived_from: float | None) -> None:
-        cap = self.max_loss(client.role, accounting)
+    def check_loss(self, client: Client, loss: PrivacyLoss, accounting_name: str, *,
+                   derived_from: float | None) -> None:
+        cap = self.max_loss(client.role, accounting_name)
         if loss > cap:
             if derived_from is not None:
                 raise PolicyViolation(
@@ -199,7 +195,7 @@ class Answer:
     @property
     def budget_remaining(self) -> PrivacyLoss:
         """The least this client can still spend in any window this answer touched."""
-        unit = loss_type(self.accounting)
+        unit = accounting(self.accounting).loss_type
         return unit(min((w.budget.remaining.nanos for w in self.windows), default=0))
 
 
@@ -211,7 +207,7 @@ def hash_key(api_key: str) -> str:
 def dataset_grid(data: Dataset) -> DatasetGrid:
     """What the ledger records of a dataset so that its window indices keep their meaning."""
     meta = data.metadata
-    return DatasetGrid(meta.name, meta.first_day.isoformat(), meta.window_days, loss_type(meta.accounting).unit)
+    return DatasetGrid(meta.name, meta.first_day.isoformat(), meta.window_days, accounting(meta.accounting).unit)
 
 
 class Service:
@@ -262,50 +258,26 @@ class Service:
                 self._grids_checked.add(data.version)
         return data
 
-    def _l2(self, spec: QuerySpec, data: Dataset) -> float:
-        """ℓ2 sensitivity of this query on a zCDP dataset: the bound L and the per-key cap."""
-        return l2_sensitivity(data.metadata.bound(spec.counted_measure), key_contribution_cap(spec, data))
-
     def _price(self, client: Client, request: QueryRequest, data: Dataset) -> PrivacyLoss:
         """The ε (pure-DP dataset) or ρ (zCDP dataset) this query costs, checked against the role's cap."""
         meta = data.metadata
-        accounting = meta.accounting
-        wanted = "rho" if accounting == ZCDP else "epsilon"
-        sent = request.epsilon if accounting == ZCDP else request.rho
-        if sent is not None:
-            raise InvalidInput(
-                f"dataset {meta.name!r} is accounted in {'zCDP' if accounting == ZCDP else 'pure DP'}: send "
-                f"{wanted} or max_error, not {sent.unit}", field=sent.unit,
-            )
-        loss: PrivacyLoss
-        given = request.rho if accounting == ZCDP else request.epsilon
-        if given is not None:
-            if given.nanos == 0:
-                raise InvalidInput(f"{wanted}=0 releases nothing useful; send a positive {wanted}", field=wanted)
-            loss = given
-        elif accounting == ZCDP:
+        acc = accounting(meta.accounting)
+        loss = acc.loss_of(epsilon=request.epsilon, rho=request.rho, dataset=meta.name)
+        if loss is None:
             assert request.max_error is not None
-            loss = rho_for_error(self._l2(request.spec, data), request.max_error, request.confidence)
-        else:
-            assert request.max_error is not None
-            loss = epsilon_for_error(meta.bound(request.spec.counted_measure), request.max_error, request.confidence)
-        self.policy.check_loss(client, loss, accounting, derived_from=request.max_error)
+            loss = acc.loss_for_error(acc.sensitivity(request.spec, data), request.max_error, request.confidence)
+        self.policy.check_loss(client, loss, acc.name, derived_from=request.max_error)
         return loss
-
-    @staticmethod
-    def _mechanism(data: Dataset) -> str:
-        return DISCRETE_GAUSSIAN if data.metadata.accounting == ZCDP else DISCRETE_LAPLACE
 
     def _query_key(self, spec: QuerySpec, data: Dataset, loss: PrivacyLoss) -> str:
         """Reuse key: the normalized query, the dataset's ingestion, the mechanism and its ε or ρ."""
-        text = f"{spec.key()}|{data.version}|{self._mechanism(data)}|{loss.nanos}"
+        mechanism = accounting(data.metadata.accounting).mechanism.name
+        text = f"{spec.key()}|{data.version}|{mechanism}|{loss.nanos}"
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _release(self, spec: QuerySpec, data: Dataset, true_counts: np.ndarray, loss: PrivacyLoss) -> NoisyRelease:
-        if isinstance(loss, Rho):
-            return release_counts_gaussian(true_counts, self._l2(spec, data), loss)
-        assert isinstance(loss, Epsilon)
-        return release_counts(true_counts, data.metadata.bound(spec.counted_measure), loss)
+        acc = accounting(data.metadata.accounting)
+        return acc.release(true_counts, acc.sensitivity(spec, data), loss)
 
     def answer(self, request: QueryRequest, client: Client) -> Answer:
         """Authorize, price, reuse or release, charge atomically, and describe the answer."""
@@ -370,12 +342,11 @@ class Service:
 
     def _window_status(self, data: Dataset, client: Client, windows: list[int]) -> list[WindowStatus]:
         meta = data.metadata
+        acc = accounting(meta.accounting)
         budgets = self.ledger.window_budgets(meta.name, client.id, windows)
         return [
             WindowStatus(b.window, meta.window_start(b.window),
-                         min(meta.window_start(b.window + 1), meta.end_day), b,
-                         {"epsilon": rho_to_approx_dp(b.client_spent, meta.delta), "delta": meta.delta}
-                         if meta.accounting == ZCDP else None)
+                         min(meta.window_start(b.window + 1), meta.end_day), b, _approx_dp(acc, b.client_spent, meta))
             for b in budgets
         ]
 
@@ -395,17 +366,17 @@ class Service:
         fields = tuple(p["key_fields"])
         scale = float(p["scale"])
         terms = [int(k) for k in p.get("terms") or []]
-        mechanism = str(p["mechanism"])
-        bound = noise_error_bound(mechanism, scale, request.confidence)
+        mechanism = mechanism_named(str(p["mechanism"]))
+        bound = mechanism.error_bound(scale, request.confidence)
         value_bounds: list[float] | None = None
         if derivation is not None:
-            by_terms = {k: sum_error_bound(scale, k, request.confidence, mechanism) for k in set(terms)}
+            by_terms = {k: mechanism.sum_error_bound(scale, k, request.confidence) for k in set(terms)}
             value_bounds = [by_terms[k] for k in terms]
             bound = max(value_bounds)
             post.append(f"derived: each value is the exact sum of released values of answer "
                         f"{derivation.source.answer_id} (from {min(terms)} to {max(terms)} values each); "
                         "no budget charged; error bounds are those of sums of independent "
-                        f"{mechanism.replace('_', ' ')} noises")
+                        f"{mechanism.name.replace('_', ' ')} noises")
         totals = raw_totals = None
         if request.consistent:
             table = make_consistent(fields, keys, raw)
@@ -424,7 +395,8 @@ class Service:
             post.append("clamp_negative: negative noisy counts set to 0 (biases sums upward)")
         rows = _value_rows(fields, [keys[f] for f in fields], values.tolist())
         epsilon = release_loss(p)
-        accounting = data.metadata.accounting
+        meta = data.metadata
+        approx = _approx_dp(accounting(meta.accounting), epsilon, meta)
         return Answer(
             answer_id=stored.answer_id if derivation is None else derivation.answer_id,
             spec=spec,
@@ -437,7 +409,7 @@ class Service:
             privacy_unit=data.metadata.privacy_unit,
             mechanism=p["mechanism"],
             noise_scale=scale,
-            sensitivity=float(p["sensitivity"]) if mechanism == DISCRETE_GAUSSIAN else int(p["sensitivity"]),
+            sensitivity=mechanism.parse_sensitivity(p["sensitivity"]),
             error_bound_95=bound,
             confidence=request.confidence,
             reused=reused,
@@ -449,21 +421,21 @@ class Service:
             derived_from=None if derivation is None else derivation.source.answer_id,
             value_error_bounds=value_bounds,
             value_terms=terms or None,
-            accounting=accounting,
-            delta=data.metadata.delta if accounting == ZCDP else None,
-            approx_epsilon=(rho_to_approx_dp(epsilon, data.metadata.delta) if accounting == ZCDP else None),
+            accounting=meta.accounting,
+            delta=None if approx is None else approx["delta"],
+            approx_epsilon=None if approx is None else approx["epsilon"],
         )
 
     @staticmethod
     def _total_bounds(fields: tuple[str, ...], keys: dict[str, list[Any]], terms: list[int], scale: float,
-                      confidence: float, mechanism: str) -> dict[str, Any]:
+                      confidence: float, mechanism: NoiseMechanism) -> dict[str, Any]:
         """Bounds of raw totals: a total over values summing k noises in all has sum_error_bound(k)."""
         k = table_totals(fields, keys, np.asarray(terms, dtype=np.int64))
         cache: dict[int, float] = {}
 
         def bound(n: int) -> float:
             if n not in cache:
-                cache[n] = sum_error_bound(scale, n, confidence, mechanism)
+                cache[n] = mechanism.sum_error_bound(scale, n, confidence)
             return cache[n]
 
         return {name: ({label: bound(n) for label, n in part.items()} if isinstance(part, dict) else bound(part))
@@ -483,14 +455,10 @@ class Service:
         self.policy.authorize(client, spec, data.zoning(spec.zoning))
         epsilon = self._price(client, request, data)
         windows = list(touched_windows(spec, data))
-        mechanism = self._mechanism(data)
-        sensitivity: float
-        if isinstance(epsilon, Rho):
-            sensitivity = self._l2(spec, data)
-            scale = scale_for_rho(sensitivity, epsilon)
-        else:
-            sensitivity = data.metadata.bound(spec.counted_measure)
-            scale = scale_for_epsilon(int(sensitivity), Epsilon(epsilon.nanos))
+        acc = accounting(data.metadata.accounting)
+        mechanism = acc.mechanism.name
+        sensitivity = acc.sensitivity(spec, data)
+        scale = acc.scale(sensitivity, epsilon)
         stored = self.ledger.find_answer(spec.dataset, self._query_key(spec, data, epsilon))
         derivation = None
         if stored is None and request.derive:
@@ -509,7 +477,7 @@ class Service:
                     "derived_from": derivation.source.answer_id, "epsilon_charged": type(epsilon).zero(),
                     "noise_scale": float(derivation.payload["scale"]),
                     "sensitivity": derivation.payload["sensitivity"]}
-        return {**common, "error_bound_95": noise_error_bound(mechanism, scale, request.confidence),
+        return {**common, "error_bound_95": acc.mechanism.error_bound(scale, request.confidence),
                 "reused": stored is not None,
                 "epsilon_charged": type(epsilon).zero() if stored is not None else epsilon,
                 "noise_scale": scale, "sensitivity": sensitivity}
@@ -574,7 +542,8 @@ class Service:
             if charge.query_key in self._reports_paid:
                 continue
             if self.ledger.find_answer(data.metadata.name, charge.query_key) is None:
-                self._commit_report_charge(data.metadata.name, charge, charge.loss(data.metadata.accounting),
+                self._commit_report_charge(data.metadata.name, charge,
+                                           accounting(data.metadata.accounting).report_loss(charge),
                                            dataset_grid(data))
             self._reports_paid.add(charge.query_key)
 
@@ -637,7 +606,8 @@ class Service:
         meta = data.metadata
         doc = report_document(report, {"trips": meta.bound_trips, "presence": meta.bound_presence},
                               max(zones, default=None))
-        charged = data.report_charges[-1].loss(meta.accounting)  # this ingestion's own report is the last
+        # this ingestion's own report is the last
+        charged = accounting(meta.accounting).report_loss(data.report_charges[-1])
         return {"dataset": dataset, "privacy_unit": meta.privacy_unit, "charged": charged,
                 "charged_unit": charged.unit, **doc}
 
@@ -675,7 +645,7 @@ class Service:
         is refused, so an ε can never be read as a ρ.
         """
         data = self.dataset(dataset)
-        unit = loss_type(data.metadata.accounting)
+        unit = accounting(data.metadata.accounting).loss_type
         if type(cap) is not unit:
             raise InvalidInput(
                 f"dataset {dataset!r} is accounted in {unit.unit}; set its caps as {unit.unit}, not {cap.unit}",
@@ -728,6 +698,12 @@ def _zone_centroids(data: Dataset, zoning: Zoning) -> list[tuple[float, float]]:
     lat = np.bincount(zoning.zone_of_cell, weights=data.catalog.lat, minlength=zoning.zone_count)
     lon = np.bincount(zoning.zone_of_cell, weights=data.catalog.lon, minlength=zoning.zone_count)
     return [(float(a / n), float(o / n)) if n else (0.0, 0.0) for a, o, n in zip(lat, lon, counts, strict=True)]
+
+
+def _approx_dp(acc: Accounting, loss: PrivacyLoss, meta: DatasetMetadata) -> dict[str, float] | None:
+    """The (ε, δ) a loss implies, for display, where the accounting is not already in ε."""
+    epsilon = acc.approx_dp(loss, meta.delta)
+    return None if epsilon is None else {"epsilon": epsilon, "delta": meta.delta}
 
 
 class Catalog:

@@ -30,8 +30,9 @@ from pathlib import Path
 import polars as pl
 from polars.io.partition import FileProviderArgs
 
+from dpflows.accounting import accounting as accounting_of
 from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
-from dpflows.budget import PURE_DP, ZCDP, Epsilon
+from dpflows.budget import PURE_DP, Epsilon
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
@@ -342,7 +343,7 @@ def ingest_events(
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
         meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
                                key_cap_trips, delta)
-        key_cap = meta.key_cap_trips if accounting == ZCDP else None
+        key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
         trips: list[pl.LazyFrame] = []
         presence: list[pl.LazyFrame] = []
         for number, part in enumerate(split.parts, start=1):
@@ -466,7 +467,7 @@ def ingest_trips_table(
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
-                                       key_cap=key_cap_trips if accounting == ZCDP else None,
+                                       key_cap=accounting_of(meta.accounting).key_cap_trips(meta),
                                        histograms=histograms)
     counts = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
     report = release_bounding_report(histograms, report_eps, meta.window_count)

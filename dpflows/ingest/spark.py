@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from dpflows.accounting import accounting as accounting_of
 from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
-from dpflows.budget import PURE_DP, ZCDP, Epsilon
+from dpflows.budget import PURE_DP, Epsilon
 from dpflows.cells import CellCatalog
 from dpflows.contribution_report import BIN_UPPER
 from dpflows.errors import InvalidData
@@ -365,15 +366,16 @@ def ingest_events_spark(
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
-    # name, window and bounds checked before Spark reads anything (dates are placeholders here)
-    DatasetMetadata(name, dt.date(2000, 1, 1), dt.date(2000, 1, 2), window_days, bound_trips, bound_presence, rule,
-                    accounting, key_cap_trips, delta)
+    # name, span, window and bounds checked before Spark reads anything
+    checked = DatasetMetadata(name, first_day, end_day, window_days, bound_trips, bound_presence, rule,
+                              accounting, key_cap_trips, delta)
     progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
     bounded = bounded_records_spark(events_path, cells_path, window_days=window_days, bound_trips=bound_trips,
                                     bound_presence=bound_presence, trip_rule=trip_rule,
                                     min_dwell_minutes=min_dwell_minutes, first_day=first_day, end_day=end_day,
                                     seed=seed,
-                                    spark=spark, key_cap_trips=key_cap_trips if accounting == ZCDP else None)
+                                    spark=spark,
+                                    key_cap_trips=accounting_of(accounting).key_cap_trips(checked))
     source = bounded.source
     try:
         meta = DatasetMetadata(name, source.first_day, source.end_day, window_days, bound_trips, bound_presence,
