@@ -69,14 +69,17 @@ def default_path(ledger_url: str, data_dir: str) -> str:
     parts = urlsplit(ledger_url)  # the password never goes into a file name, not even hashed
     where = f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path}|{Path(data_dir).resolve()}"
     digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-    return str(Path(tempfile.gettempdir()) / f"dpflows-{os.getuid()}" / f"ratelimit-{digest}.db")
+    directory = Path(tempfile.gettempdir()) / f"dpflows-{os.getuid()}"
+    _private_dir(directory)
+    return str(directory / f"ratelimit-{digest}.db")
 
 
 def _private_dir(path: Path) -> None:
-    """Create the limiter's directory 0700, and refuse one that another user could write to."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    """Create a directory in the shared temp dir 0700, and refuse one another user could write to
+    (they could swap the file and lift the limits)."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise RuntimeError(f"rate-limit directory {path} is not private to this user; remove it or set "
                            "DPFLOWS_RATE_LIMIT_DB to a path in a directory only the service can write")
 
@@ -94,10 +97,10 @@ class SharedBuckets:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # opened lazily, once per process (after fork)
             if self.path != ":memory:":
-                _private_dir(Path(self.path).parent)
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # a new file is the owner's only
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
             if self.path != ":memory:":
-                os.chmod(self.path, 0o600)
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=OFF")
             conn.execute("CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, "
@@ -180,7 +183,7 @@ class RateLimits:
     def _take(self, key: str, bucket: Bucket, what: str, *, peek: bool = False) -> None:
         try:
             wait = self.buckets.take(key, bucket, peek=peek)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             log.error("rate limiter unavailable (%s); request let through", type(exc).__name__)
             return
         if wait is not None:

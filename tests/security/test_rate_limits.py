@@ -152,3 +152,18 @@ def test_authentication_comes_before_body_validation(deployment) -> None:
     assert r.status == 401, r.body
     r = call(nginx.port, "/v1/flows", source="127.0.0.6", key=keys.analyst, body=bad_body)
     assert r.status == 422 and r.json()["error"]["code"] == "invalid_input"  # with a good key: the body's fault
+
+
+def test_client_address_trusts_forwarding_headers_only_from_trusted_proxies(tmp_path: Path) -> None:
+    from api.ratelimit import Bucket, RateLimits, SharedBuckets
+
+    limits = RateLimits(SharedBuckets(str(tmp_path / "rl.db")), Bucket(1, 1), Bucket(1, 1), "127.0.0.1,10.0.0.0/8,unix")
+    assert limits.client_address("127.0.0.1", "203.0.113.9", None) == "203.0.113.9"
+    assert limits.client_address("10.1.2.3", None, "198.51.100.1, 203.0.113.9") == "203.0.113.9"  # the proxy's entry
+    assert limits.client_address("", "2001:db8::1", None) == "2001:db8::1"  # from a unix socket
+    assert limits.client_address("127.0.0.1", "not-an-address", None) == "127.0.0.1"
+    assert limits.client_address("127.0.0.1", None, None) == "127.0.0.1"
+    assert limits.client_address("192.0.2.5", "203.0.113.9", "203.0.113.9") == "192.0.2.5"  # not a trusted peer
+    nobody = RateLimits(SharedBuckets(str(tmp_path / "rl.db")), Bucket(1, 1), Bucket(1, 1), "")
+    assert nobody.client_address("127.0.0.1", "203.0.113.9", None) == "127.0.0.1"
+    assert nobody.client_address("", "203.0.113.9", None) == "unix"
