@@ -1,12 +1,12 @@
 """The HTTP skin over dpflows: `create_app(config)` builds the Flask app.
 
 Configuration: the settings of dpflows.settings (``DPFLOWS_*`` keys of `config`, else
-environment variables of the same name, else defaults), read and validated once here.
+environment variables of the same name, else defaults), read and validated once here; the rate
+limits are api/ratelimit.py's.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +14,10 @@ import orjson
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
-from werkzeug.exceptions import BadRequest
 
-from api.auth import RateLimiter
 from api.errors import ErrorSchema, register_error_handlers
 from api.logs import init_request_logging
+from api.ratelimit import Bucket, RateLimits, SharedBuckets, default_path
 from dpflows.aggregates import AggregateStore
 from dpflows.errors import InvalidInput
 from dpflows.ledger import open_ledger
@@ -44,20 +43,6 @@ class OrjsonProvider(DefaultJSONProvider):
         return self._app.response_class(self._encode(obj, orjson.OPT_APPEND_NEWLINE), mimetype=self.mimetype)
 
 
-def reject_deep_json() -> None:
-    """webargs parses bodies with json.loads, which raises RecursionError (a 500) on very deep
-    nesting; parse once here so such a body is a 400 like any other malformed JSON."""
-    from flask import request
-
-    if request.is_json and request.content_length:
-        try:
-            json.loads(request.get_data(cache=True))
-        except RecursionError:
-            raise BadRequest("JSON nested too deeply") from None
-        except ValueError:
-            pass  # webargs reports ordinary malformed JSON itself
-
-
 class DpflowsApi(Api):
     """flask-smorest's Api, documenting dpflows' one error shape as the default error."""
 
@@ -70,7 +55,7 @@ class DpflowsExtension:
 
     service: Service
     catalog: Catalog
-    rate_limiter: RateLimiter
+    rate_limits: RateLimits
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> DpflowsExtension:
@@ -82,8 +67,12 @@ class DpflowsExtension:
         policy = Policy(planner_max_epsilon=settings.planner_max_epsilon,
                         analyst_max_epsilon=settings.analyst_max_epsilon,
                         planner_max_rho=settings.planner_max_rho, analyst_max_rho=settings.analyst_max_rho)
-        ext = cls(Service(store, open_ledger(settings.ledger_url), policy), Catalog(store),
-                  RateLimiter(settings.rate_limit, settings.rate_burst))
+        limits = RateLimits(
+            SharedBuckets(settings.rate_limit_db or default_path(settings.ledger_url, settings.data_dir)),
+            per_key=Bucket(settings.rate_limit, float(settings.rate_burst)),
+            auth_failures=Bucket(settings.auth_failure_limit, float(settings.auth_failure_burst)),
+            trusted_proxies=settings.trusted_proxies)
+        ext = cls(Service(store, open_ledger(settings.ledger_url), policy), Catalog(store), limits)
         app.extensions["dpflows"] = ext
         return ext
 
@@ -91,7 +80,6 @@ class DpflowsExtension:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
-    app.before_request(reject_deep_json)
     settings = load_settings({k: v for k, v in (config or {}).items() if k.startswith("DPFLOWS_")})
     app.config.update(settings.as_config())
     app.config.update(

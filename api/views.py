@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from flask import Response, current_app, g, request
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint as SmorestBlueprint
+from webargs.flaskparser import FlaskParser, abort
 
 from api import schemas
 from api.auth import current_client, require
@@ -32,7 +33,23 @@ FORMAT_PARAMETER = {
                    "centroids, or zones)",
 }
 ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids it",
-          422: "invalid input", 429: "rate limited", 503: "ledger or data unavailable"}
+          422: "invalid input", 503: "ledger or data unavailable",
+          429: "rate limited (per key, or failed authentications per client address); see Retry-After"}
+
+class BodyParser(FlaskParser):
+    """webargs' parser, but a body nested too deeply for json.loads (RecursionError, else a 500) is a
+    400 like any other malformed JSON. Parsed only when the view's arguments are, after `require`."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError:
+            abort(400, messages={"json": ["JSON nested too deeply"]})
+
+
+class Blueprint(SmorestBlueprint):
+    ARGUMENTS_PARSER = BodyParser()
+
 
 queries_blp = Blueprint("queries", __name__, url_prefix="/v1", description="Differentially private queries")
 account_blp = Blueprint("account", __name__, url_prefix="/v1", description="Budgets, datasets and zonings")
@@ -117,6 +134,18 @@ def wants_csv() -> bool:
     return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
 
 
+#: A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula gets a leading apostrophe (shown as text);
+    numbers stay numbers, negative ones included."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_response(answer: Answer) -> Response:
     out = io.StringIO()
     raw = answer.raw_values
@@ -125,7 +154,7 @@ def csv_response(answer: Answer) -> Response:
     writer.writeheader()
     bounds = answer.value_error_bounds or [answer.error_bound_95] * len(answer.values)
     for i, row in enumerate(answer.values):
-        writer.writerow({**row, "error_bound_95": f"{bounds[i]:.3f}",
+        writer.writerow({**{name: csv_cell(value) for name, value in row.items()}, "error_bound_95": f"{bounds[i]:.3f}",
                          **({"raw_count": raw[i]} if raw is not None else {})})
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers.update({
@@ -177,44 +206,44 @@ def run_query(kind: str, body: dict[str, Any]) -> Any:
 # -- queries ------------------------------------------------------------------------------------
 
 @queries_blp.route("/flows", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.FlowsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Origin-destination counts between zones")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
 def flows(body: dict[str, Any]) -> Any:
     """Trips from each zone to each zone, every pair released (zeros noised too)."""
     return run_query("flows", body)
 
 
 @queries_blp.route("/presence", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.PresenceQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Person-hours per zone and hour of day")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
 def presence(body: dict[str, Any]) -> Any:
     """Presence (distinct person-cell-hours) per zone and hour of day."""
     return run_query("presence", body)
 
 
 @queries_blp.route("/patterns", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.PatternsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Weekday × hour profile")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
 def patterns(body: dict[str, Any]) -> Any:
     """Hour-of-day × weekday profile of trips (departures) or presence, for one zone or the whole area."""
     return run_query("patterns", body)
 
 
 @queries_blp.route("/relative-change", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.RelativeChangeQuerySchema)
 @queries_blp.response(200, schemas.RelativeChangeSchema, description="% change of presence per zone vs a baseline")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
-@require("planner", "analyst", "admin")
 def relative_change(body: dict[str, Any]) -> Any:
     """Presence per zone and counted day against the same weekdays and hours of a baseline period, in %.
 
@@ -228,11 +257,11 @@ def relative_change(body: dict[str, Any]) -> Any:
 
 
 @queries_blp.route("/quote", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.QuoteQuerySchema)
 @queries_blp.response(200, schemas.QuoteSchema, description="What the query would cost; nothing charged")
 @_document_errors(queries_blp, 401, 403, 404, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
-@require("planner", "analyst", "admin")
 def quote(body: dict[str, Any]) -> Any:
     """Price a query without touching data or budget: ε, windows, error bound, reuse."""
     kind = body.pop("query")
@@ -251,11 +280,11 @@ def quote(body: dict[str, Any]) -> Any:
 # -- account: budget, datasets, zonings ------------------------------------------------------------
 
 @account_blp.route("/budget", methods=["GET"])
+@require()
 @account_blp.arguments(schemas.BudgetQuerySchema, location="query")
 @account_blp.response(200, schemas.BudgetSchema)
-@_document_errors(account_blp, 401, 404, 422, 503)
+@_document_errors(account_blp, 401, 404, 422, 429, 503)
 @account_blp.doc(security=BEARER)
-@require()
 def budget(args: dict[str, Any]) -> Any:
     """Your caps, spending and remaining budget in every window of a dataset."""
     client = current_client()
@@ -273,20 +302,20 @@ def budget(args: dict[str, Any]) -> Any:
 
 
 @account_blp.route("/datasets", methods=["GET"])
-@account_blp.response(200, schemas.DatasetSchema(many=True))
-@_document_errors(account_blp, 401, 503)
-@account_blp.doc(security=BEARER)
 @require()
+@account_blp.response(200, schemas.DatasetSchema(many=True))
+@_document_errors(account_blp, 401, 429, 503)
+@account_blp.doc(security=BEARER)
 def datasets() -> Any:
     """Datasets with their time span, windows, bounds and zonings (all public)."""
     return current_app.extensions["dpflows"].catalog.datasets()
 
 
 @account_blp.route("/datasets/<string:dataset>/bounding-report", methods=["GET"])
-@account_blp.response(200, schemas.BoundingReportSchema)
-@_document_errors(account_blp, 401, 403, 404, 409, 503)
-@account_blp.doc(security=BEARER)
 @require("admin", "planner")
+@account_blp.response(200, schemas.BoundingReportSchema)
+@_document_errors(account_blp, 401, 403, 404, 409, 429, 503)
+@account_blp.doc(security=BEARER)
 def bounding_report(dataset: str) -> Any:
     """How much contribution bounding drops and a suggested bound, from the dataset's noisy bounding report.
 
@@ -297,10 +326,10 @@ def bounding_report(dataset: str) -> Any:
 
 
 @account_blp.route("/datasets/<string:dataset>/zonings/<string:zoning>", methods=["GET"])
-@account_blp.response(200, schemas.ZoningSchema)
-@_document_errors(account_blp, 401, 404, 503)
-@account_blp.doc(security=BEARER)
 @require()
+@account_blp.response(200, schemas.ZoningSchema)
+@_document_errors(account_blp, 401, 404, 429, 503)
+@account_blp.doc(security=BEARER)
 def zoning(dataset: str, zoning: str) -> Any:
     """A zoning's zones (cells per zone, centroid), the public cell catalog, and geometry if loaded."""
     return current_app.extensions["dpflows"].catalog.zoning(dataset, zoning)
@@ -309,11 +338,11 @@ def zoning(dataset: str, zoning: str) -> Any:
 # -- admin ------------------------------------------------------------------------------------------
 
 @admin_blp.route("/clients", methods=["POST"])
+@require("admin")
 @admin_blp.arguments(schemas.NewClientSchema)
 @admin_blp.response(201, schemas.IssuedKeySchema)
-@_document_errors(admin_blp, 401, 403, 409, 422, 503)
+@_document_errors(admin_blp, 401, 403, 409, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def create_client(body: dict[str, Any]) -> Any:
     """Register a client; its API key is in this response only."""
     client, key = service().create_client(body["name"], body["role"], by=current_client())
@@ -321,10 +350,10 @@ def create_client(body: dict[str, Any]) -> Any:
 
 
 @admin_blp.route("/clients", methods=["GET"])
-@admin_blp.response(200, schemas.ClientWithKeysSchema(many=True))
-@_document_errors(admin_blp, 401, 403, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(200, schemas.ClientWithKeysSchema(many=True))
+@_document_errors(admin_blp, 401, 403, 429, 503)
+@admin_blp.doc(security=BEARER)
 def list_clients() -> Any:
     """Clients with their keys (prefixes only, never the keys)."""
     ledger = service().ledger
@@ -332,10 +361,10 @@ def list_clients() -> Any:
 
 
 @admin_blp.route("/clients/<int(max=9223372036854775807):client_id>/keys", methods=["POST"])
-@admin_blp.response(201, schemas.IssuedKeySchema)
-@_document_errors(admin_blp, 401, 403, 404, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(201, schemas.IssuedKeySchema)
+@_document_errors(admin_blp, 401, 403, 404, 429, 503)
+@admin_blp.doc(security=BEARER)
 def issue_key(client_id: int) -> Any:
     """Issue another key for a client (e.g. to rotate); shown once."""
     key = service().rotate_key(client_id, by=current_client())
@@ -343,10 +372,10 @@ def issue_key(client_id: int) -> Any:
 
 
 @admin_blp.route("/keys/<int(max=9223372036854775807):key_id>", methods=["DELETE"])
-@admin_blp.response(200, schemas.KeySchema)
-@_document_errors(admin_blp, 401, 403, 404, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(200, schemas.KeySchema)
+@_document_errors(admin_blp, 401, 403, 404, 429, 503)
+@admin_blp.doc(security=BEARER)
 def revoke_key(key_id: int) -> Any:
     """Revoke a key at once; requests with it get 401 from now on."""
     service().revoke_key(key_id, by=current_client())
@@ -355,11 +384,11 @@ def revoke_key(key_id: int) -> Any:
 
 
 @admin_blp.route("/caps", methods=["PUT"])
+@require("admin")
 @admin_blp.arguments(schemas.CapSchema)
 @admin_blp.response(200, schemas.CapSchema)
-@_document_errors(admin_blp, 401, 403, 404, 422, 503)
+@_document_errors(admin_blp, 401, 403, 404, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def set_cap(body: dict[str, Any]) -> Any:
     """Set a client's cap (client_id) or the global cap (no client_id), per window or for every window."""
     cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
@@ -369,11 +398,11 @@ def set_cap(body: dict[str, Any]) -> Any:
 
 
 @admin_blp.route("/datasets/<string:dataset>/zonings", methods=["POST"])
+@require("admin")
 @admin_blp.arguments(schemas.ZoningUploadSchema)
 @admin_blp.response(201, schemas.ZoningSummarySchema)
-@_document_errors(admin_blp, 401, 403, 404, 409, 422, 503)
+@_document_errors(admin_blp, 401, 403, 404, 409, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def add_zoning(body: dict[str, Any], dataset: str) -> Any:
     """Load a public zoning from `cell_id,zone_id` CSV; coarse zonings are checked for zone size."""
     z = service().add_zoning(dataset, body["name"], body["csv"], coarse=body["coarse"],
@@ -383,11 +412,11 @@ def add_zoning(body: dict[str, Any], dataset: str) -> Any:
 
 
 @admin_blp.route("/audit", methods=["GET"])
+@require("admin")
 @admin_blp.arguments(schemas.AuditQuerySchema, location="query")
 @admin_blp.response(200, schemas.AuditPageSchema)
-@_document_errors(admin_blp, 401, 403, 422, 503)
+@_document_errors(admin_blp, 401, 403, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def audit(args: dict[str, Any]) -> Any:
     """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome."""
     rows = service().ledger.read_audit(after_id=args["after_id"], limit=args["limit"])

@@ -256,6 +256,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _run_create_client(args: argparse.Namespace) -> int:
+    from dpflows.cells import label_problem
+    from dpflows.errors import InvalidInput
+
+    problem = label_problem(args.name)
+    if problem is not None:  # the HTTP API refuses the same names (api/schemas.py NewClientSchema)
+        raise InvalidInput(f"--name {args.name!r} {problem}", field="name")
     client, key = open_service(args).create_client(args.name, args.role)
     print(f"client {client.name} (id {client.id}, role {client.role}) created.")
     print(f"API key (shown once, store it now): {key}")

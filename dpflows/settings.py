@@ -73,8 +73,16 @@ SETTINGS: tuple[Setting, ...] = (
             "epsilon^2/2 of the planner's epsilon cap, what an epsilon-DP release costs in rho)"),
     Setting("DPFLOWS_ANALYST_MAX_RHO", "", "per-query rho cap of role analyst on zCDP datasets (default: "
             "epsilon^2/2 of the analyst's epsilon cap)"),
-    Setting("DPFLOWS_RATE_LIMIT", "50", "requests per second per API key and worker", _positive_float),
+    Setting("DPFLOWS_RATE_LIMIT", "50", "requests per second per API key, shared by all workers of a host",
+            _positive_float),
     Setting("DPFLOWS_RATE_BURST", "100", "burst of requests allowed above the rate", _positive_int),
+    Setting("DPFLOWS_AUTH_FAILURE_LIMIT", "1", "failed authentications per second per client address",
+            _positive_float),
+    Setting("DPFLOWS_AUTH_FAILURE_BURST", "20", "burst of failed authentications per client address", _positive_int),
+    Setting("DPFLOWS_TRUSTED_PROXIES", "127.0.0.1,::1,unix",
+            "peers (nginx) whose X-Real-IP / X-Forwarded-For name the client address"),
+    Setting("DPFLOWS_RATE_LIMIT_DB", "", "the rate limiter's SQLite file (default: beside a SQLite ledger, else a "
+            "private temporary directory); see api/ratelimit.py"),
     Setting("DPFLOWS_BIND", "127.0.0.1:8000", "address gunicorn listens on (dpflows serve --bind)"),
     Setting("DPFLOWS_WORKERS", _default_workers, "gunicorn worker processes (default 2 x cores + 1, at most 9)",
             _positive_int),
