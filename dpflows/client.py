@@ -104,31 +104,23 @@ class ConnectionFailedError(UnavailableError):
     """No HTTP answer at all: connection refused, DNS failure or timeout."""
 
 
-ERRORS_BY_CODE: dict[str, type[DpflowsClientError]] = {
-    "invalid_input": InvalidInputError,
-    "domain_too_large": InvalidInputError,
-    "invalid_data": InvalidInputError,
-    "mechanism_error": InvalidInputError,
-    "bad_request": InvalidInputError,  # malformed JSON
-    "payload_too_large": InvalidInputError,
-    "unsupported_media_type": InvalidInputError,
-    "unauthenticated": AuthenticationError,
-    "forbidden": ForbiddenError,
-    "not_found": NotFoundError,
-    "budget_exceeded": BudgetExceededError,
-    "conflict": ConflictError,
-    "rate_limited": RateLimitedError,
-    "unavailable": UnavailableError,
-    "data_unavailable": UnavailableError,
+#: The service's error families (``GET /v1/errors``: each code's family) -> this client's classes.
+ERRORS_BY_FAMILY: dict[str, type[DpflowsClientError]] = {
+    "InvalidInput": InvalidInputError, "AuthenticationFailed": AuthenticationError,
+    "PolicyViolation": ForbiddenError, "NotFound": NotFoundError, "BudgetExceeded": BudgetExceededError,
+    "Conflict": ConflictError, "RateLimited": RateLimitedError, "Unavailable": UnavailableError,
 }
+#: HTTP's own meaning of a status, for answers without a dpflows error body (a proxy's, say).
 ERRORS_BY_STATUS: dict[int, type[DpflowsClientError]] = {
     400: InvalidInputError, 401: AuthenticationError, 403: ForbiddenError, 404: NotFoundError,
     409: ConflictError, 422: InvalidInputError, 429: RateLimitedError, 503: UnavailableError,
 }
 
 
-def error_from_response(status: int, body: Any, headers: Any = None) -> DpflowsClientError:
-    """The typed exception for an error answer: by the API's code, else by HTTP status.
+def error_from_response(status: int, body: Any, headers: Any = None,
+                        families: Mapping[str, str] | None = None) -> DpflowsClientError:
+    """The typed exception for an error answer: by the family the service's error table gives its
+    code (`families`: code -> family, from ``GET /v1/errors``), else by HTTP status.
 
     ``headers`` is anything with ``.get(name, default)`` (a dict or an ``email.message.Message``).
     """
@@ -136,7 +128,8 @@ def error_from_response(status: int, body: Any, headers: Any = None) -> DpflowsC
     if isinstance(err, dict):
         code = str(err.get("code", "error"))
         message = str(err.get("message", "")) or f"HTTP {status}"
-        cls = ERRORS_BY_CODE.get(code) or ERRORS_BY_STATUS.get(status, DpflowsClientError)
+        family = (families or {}).get(code)
+        cls = ERRORS_BY_FAMILY.get(family or "") or ERRORS_BY_STATUS.get(status, DpflowsClientError)
         exc = cls(message, code=code, status=status, field=err.get("field"), details=err.get("details"))
     else:
         cls = ERRORS_BY_STATUS.get(status, DpflowsClientError)
@@ -406,6 +399,7 @@ class DpflowsClient:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.timeout = timeout
+        self._families: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"DpflowsClient({self.base_url!r}, api_key=<hidden>)"
@@ -435,7 +429,7 @@ class DpflowsClient:
                 doc = json.loads(raw) if raw else None
             except ValueError:
                 doc = None
-            raise error_from_response(exc.code, doc, exc.headers) from None
+            raise error_from_response(exc.code, doc, exc.headers, self.error_families()) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConnectionFailedError(f"cannot reach {self.base_url}: {reason}", code="connection_failed") from exc
@@ -445,6 +439,19 @@ class DpflowsClient:
             return json.loads(raw)
         except ValueError as exc:
             raise DpflowsClientError(f"{method} {path} answered non-JSON", code="bad_response", status=status) from exc
+
+    def error_families(self) -> dict[str, str]:
+        """code -> family from the service's own error table, fetched once (empty if it cannot be read)."""
+        if self._families is None:
+            try:
+                url = self.base_url + "/v1/errors"
+                req = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 (http(s) checked)
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                    table = json.loads(resp.read())["errors"]
+                self._families = {str(row["code"]): str(row["family"]) for row in table}
+            except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError, KeyError, TypeError):
+                return {}  # an older service, or none: statuses still give the class
+        return self._families
 
     # -- queries ------------------------------------------------------------------------------
 

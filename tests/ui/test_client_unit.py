@@ -116,7 +116,10 @@ def test_empty_values_keep_their_schema() -> None:
     (418, "brand_new_code", dc.DpflowsClientError),
 ])
 def test_every_error_code_has_its_exception(server, status: int, code: str, exc: type) -> None:
+    from api.errors import error_table
+
     url, canned = server
+    canned.routes[("GET", "/v1/errors")] = (200, {"errors": error_table()}, {})  # the service's own table
     canned.routes[("POST", "/v1/quote")] = (status, {"error": {"code": code, "message": "m", "field": "epsilon"}},
                                             {"Retry-After": "3"})
     client = dc.DpflowsClient(url, "k")
