@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dpflows.budget import Epsilon
-from dpflows.derive import derive_from
+from dpflows.derived_answers import derive_from
 from dpflows.ledger import StoredAnswer
 from dpflows.mechanisms import (
     _chernoff_bound,

@@ -2,7 +2,7 @@
 
 authorize and validate → price (ε or ρ, or derived from a target error) → reuse a stored
 answer if the identical query was released → if the client opted in (``derive=True``), sum a
-finer released answer at no cost (dpflows.derive) → compute the noisy answer in memory → one
+finer released answer at no cost (dpflows.derived_answers) → compute the noisy answer in memory → one
 ledger transaction: check every cap, charge every window, store the answer and audit, and
 read back this client's budgets → describe. Any failure before the commit releases nothing and
 charges nothing; every outcome, failures included, is audited without values. A fresh answer
@@ -18,7 +18,7 @@ import numpy as np
 
 from dpflows.accounting import accounting
 from dpflows.aggregates import Dataset
-from dpflows.derive import Derivation, best_derivation
+from dpflows.derived_answers import Derivation, best_derivation
 from dpflows.errors import DpflowsError
 from dpflows.ledger import AuditEntry, Client, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import NoiseMechanism, mechanism_named
