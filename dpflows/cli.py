@@ -13,7 +13,8 @@ from dpflows.errors import DpflowsError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from dpflows.service import Service
+    from dpflows.service import Policy, Service
+    from dpflows.settings import load_settings
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -218,7 +219,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--csv", required=True, help="path of the CSV file")
     p.add_argument("--coarse", action="store_true", help="mark coarse (analysts may query it)")
-    p.add_argument("--min-cells", type=int, default=1, help="with --coarse: least cells per zone")
+    p.add_argument("--min-cells", type=int, default=None,
+                   help="with --coarse: least cells per zone (default and minimum: DPFLOWS_MIN_CELLS_PER_COARSE_ZONE)")
     p.add_argument("--geojson", default=None, help="optional GeoJSON file of the zones, for maps")
     p.set_defaults(run=_run_add_zoning)
 
@@ -237,7 +239,7 @@ def open_service(args: argparse.Namespace) -> Service:
     from dpflows.ledger import open_ledger
     from dpflows.service import Service
 
-    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url))
+    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url), Policy.from_settings(load_settings()))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
