@@ -13,8 +13,7 @@ from dpflows.errors import DpflowsError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from dpflows.service import Policy, Service
-    from dpflows.settings import load_settings
+    from dpflows.service import Service
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -237,7 +236,8 @@ def open_service(args: argparse.Namespace) -> Service:
     """The Service over the store and ledger named on the command line (or by environment)."""
     from dpflows.aggregates import AggregateStore
     from dpflows.ledger import open_ledger
-    from dpflows.service import Service
+    from dpflows.service import Policy, Service
+    from dpflows.settings import load_settings
 
     return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url), Policy.from_settings(load_settings()))
 
