@@ -38,6 +38,16 @@ class CityFiles:
     first_day: dt.date
     days: int
 
+    @property
+    def end_day(self) -> dt.date:
+        """The day after the last generated day: with first_day, the span an ingestion declares."""
+        return self.first_day + dt.timedelta(days=self.days)
+
+    @property
+    def span(self) -> dict[str, dt.date]:
+        """Keyword arguments declaring the generated days to an ingestion."""
+        return {"first_day": self.first_day, "end_day": self.end_day}
+
 
 def _cells(rng: np.random.Generator) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rows, cols = np.divmod(np.arange(GRID * GRID), GRID)

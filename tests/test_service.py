@@ -22,6 +22,8 @@ def flows(zoning: str = "districts", days: int = 7, **kw):
 
 def ask(service: Service, client, spec, epsilon: str | None = "0.25", **kw):
     eps = None if epsilon is None else Epsilon.parse(epsilon)
+    if client.role == "analyst":
+        kw.setdefault("case_ref", "case-0001")
     return service.answer(QueryRequest(spec, epsilon=eps, **kw), client)
 
 
@@ -140,6 +142,6 @@ def test_quote_matches_the_charge(service: Service, planner) -> None:
     quote = service.quote(req, planner)
     assert service.ledger.total_charged("small", 0) == Epsilon.zero()
     a = service.answer(req, planner)
-    assert quote["epsilon"] == a.charged and [w.window for w in quote["windows"]] == [0, 1]
-    assert quote["error_bound_95"] == a.error_bound_95
-    assert service.quote(req, planner)["reused"] is True
+    assert quote.loss == a.charged and [w.window for w in quote.windows] == [0, 1]
+    assert quote.error_bound_95 == a.error_bound_95
+    assert service.quote(req, planner).reused is True

@@ -96,9 +96,15 @@ MIGRATIONS: list[tuple[int, list[str | Callable[[psycopg.Connection[Any]], objec
             for table in ("audit", "charges")
         ),
     ]),
+    # 2: each dataset's window grid and measure, recorded on first cap or charge (issue 12)
+    (2, [
+        """CREATE TABLE IF NOT EXISTS datasets (
+            dataset TEXT PRIMARY KEY, first_day TEXT NOT NULL, window_days BIGINT NOT NULL,
+            measure TEXT NOT NULL, registered_at TEXT NOT NULL)""",
+    ]),
     # Issue 18: what each answer asked, without its values (the index of free derivations),
     # filled for answers stored before this step from their payloads.
-    (2, [
+    (3, [
         """CREATE TABLE IF NOT EXISTS answer_shapes (
             answer_id TEXT PRIMARY KEY REFERENCES answers(answer_id), dataset TEXT NOT NULL,
             kind TEXT NOT NULL, data_version TEXT NOT NULL, mechanism TEXT NOT NULL,

@@ -26,6 +26,9 @@ from dpflows.ledger._sql import Cursor, SqlLedger, backfill_answer_shapes
 SCHEMA_VERSION = 1
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset TEXT PRIMARY KEY, first_day TEXT NOT NULL, window_days INTEGER NOT NULL,
+    measure TEXT NOT NULL, registered_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
     created_at TEXT NOT NULL);
@@ -90,18 +93,27 @@ class SqliteLedger(SqlLedger):
     def migrate(self) -> int:
         """Bring the data to SCHEMA_VERSION; idempotent, and safe when several workers open at once.
 
-        Returns the number of steps applied (0 when current). The version is read again under the
-        write lock, so one process migrates and the others find it done.
+        Returns the number of steps applied (0 when current). A current ledger costs one read; else
+        the version is read again under the write lock, so one process migrates and the others find
+        it done. Runs on the connection directly (not `_transaction`): subclasses are not set up yet.
         """
-        with self._transaction(write=True) as cur:
-            cur.execute("PRAGMA user_version")
-            current = int(cur.fetchone()[0])
-            if current >= SCHEMA_VERSION:
+        try:
+            conn = self._connection()
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
                 return 0
-            if current < 1:
-                backfill_answer_shapes(cur)
-            cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-        return SCHEMA_VERSION - current
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if current < 1:
+                    backfill_answer_shapes(conn.cursor())
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the ledger schema could not be upgraded ({type(exc).__name__})") from exc
+        return max(SCHEMA_VERSION - current, 0)
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -206,9 +206,9 @@ def test_postgres_migration_indexes_answers_stored_before(postgres_ledger_factor
 
     ledger = postgres_ledger_factory()
     ids = _fill(ledger)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the schema as of version 1
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the schema as of version 2
         conn.execute("DROP TABLE answer_shapes")
-        conn.execute("DELETE FROM dpflows_schema WHERE version >= 2")
+        conn.execute("DELETE FROM dpflows_schema WHERE version >= 3")
     assert ledger.migrate() == 1
     assert ledger.migrate() == 0
     found = ledger.find_answer_shapes(DS, where(per_zoning=1000, limit=1000))

@@ -70,7 +70,7 @@ def post(client: FlaskClient, keys: Keys, role: str, path: str, body: dict[str, 
     return cpu(lambda: client.post(path, json=body, headers=keys.h(role)))
 
 
-ZCDP_SECTORS = {"dataset": "demo-zcdp", "zoning": "sectors", **WEEK}
+ZCDP_SECTORS = {"dataset": "demo-zcdp", "zoning": "sectors", **WEEK, "case_ref": "c-18"}
 
 
 @pytest.mark.parametrize("max_error", [1e6, 1e8, 1e14, 1e300], ids="{:g}".format)

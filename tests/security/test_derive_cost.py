@@ -23,15 +23,16 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from dpflows.budget import Epsilon
-from dpflows.derive import shape_filter
+from dpflows.derived_answers import shape_filter
 from dpflows.queries import make_spec
-from dpflows.service import QueryRequest, _zoning_names
+from dpflows.service import QueryRequest
+from dpflows.service.reports import zoning_names
 from tests.api.conftest import Keys, seed_clients
 from tests.conftest import FIRST_DAY, build_small_dataset
 
 WEEK = {"start": "2024-03-04", "end": "2024-03-11"}
 PEAK = {"dataset": "demo", **WEEK, "hours": [7, 10]}
-ANALYST_QUOTE = {**PEAK, "query": "flows", "zoning": "sectors", "epsilon": 0.1, "derive": True}
+ANALYST_QUOTE = {**PEAK, "query": "flows", "zoning": "sectors", "epsilon": 0.02, "derive": True, "case_ref": "c-18"}
 STORED = 150  # cell-level flows (1,600 keys each) that match the analyst's question, plus presence below
 
 
@@ -70,7 +71,7 @@ def test_a_free_derived_quote_stays_flat_however_many_answers_are_stored(app: Fl
         return res.get_json()
 
     empty, cpu_empty = best_cpu(quote)
-    assert empty["epsilon_charged"] == 0.1 and "derived_from" not in empty
+    assert empty["epsilon_charged"] == 0.02 and "derived_from" not in empty
     source = client.post("/v1/flows", json={**PEAK, "zoning": "districts", "epsilon": 0.25}, headers=keys.h("planner"))
     assert source.status_code == 200
     one, cpu_one = best_cpu(quote)
@@ -101,10 +102,10 @@ def test_a_free_derived_quote_stays_flat_however_many_answers_are_stored(app: Fl
     spec = make_spec("flows", dataset="demo", zoning="sectors", start=FIRST_DAY, end=FIRST_DAY + dt.timedelta(days=7),
                      hours=[7, 10])
     analyst = service.authenticate(keys.analyst)
-    where, terms = shape_filter(spec, data, _zoning_names(data), max_loss=service.policy.max_loss("analyst", "pure_dp"),
+    where, terms = shape_filter(spec, data, zoning_names(data), max_loss=service.policy.max_loss("analyst", "pure_dp"),
                                 limit=service.policy.derive_candidates)
     shapes = service.ledger.find_answer_shapes("demo", where)
     assert sorted(s.zoning for s in shapes) == ["cell", "districts"] and set(terms) >= {"cell", "districts"}
     assert len(shapes) <= service.policy.derive_candidates == 16
-    request = QueryRequest(spec, epsilon=Epsilon.parse("0.1"), derive=True)
-    assert service.quote(request, analyst)["derived_from"] == one["derived_from"]
+    request = QueryRequest(spec, epsilon=Epsilon.parse("0.02"), derive=True, case_ref="c-18")
+    assert service.quote(request, analyst).derived_from == one["derived_from"]

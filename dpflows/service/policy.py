@@ -1,0 +1,116 @@
+"""Who may ask what (design §5): role rules and per-query caps, in each accounting's measure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dpflows.accounting import RoleCaps, accounting
+from dpflows.budget import Epsilon, PrivacyLoss, Rho
+from dpflows.cells import CELL_ZONING, Zoning
+from dpflows.errors import InvalidInput, PolicyViolation
+from dpflows.ledger import Client
+from dpflows.queries import QuerySpec
+from dpflows.settings import Settings
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-role rules (design §5). Analysts: zone-to-zone flows on coarse zonings, a lower cap per query.
+
+    Per-query caps on zCDP datasets default to ε²/2 of the ε caps: an ε-DP release is
+    (ε²/2)-zCDP (Bun and Steinke 2016), so one query may cost as much either way.
+    """
+
+    planner_max_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("1"))
+    analyst_max_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("0.25"))
+    planner_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.5"))
+    analyst_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.03125"))
+    #: "coarse" is checked, not trusted: a zoning analysts may query has at least this many cells in every zone
+    min_cells_coarse: int = 10
+    #: The smallest loss one query may charge, for every role (issue 18). Every stored answer
+    #: then costs its client something: with the demo's planner caps (ε 2, ρ 0.02 per window)
+    #: at most 20,000 answers per window. Nothing useful is lost: at ε = 1e-4 the discrete
+    #: Laplace's 95% error is 3.0e4·L counts per value (6e5 at L = 20), at ρ = 1e-6 the discrete
+    #: Gaussian's is 1,386·Δ2; both floors sit at least 100× below the per-query loss of spreading
+    #: a week's ε = 1 (ρ 0.0172 at δ = 1e-8) over 100 queries (100× and 172×). A max_error the
+    #: floor already meets is refused with the floor's error (mechanisms.epsilon_for_error,
+    #: rho_for_error).
+    min_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("0.0001"))
+    min_rho: Rho = field(default_factory=lambda: Rho.parse("0.000001"))
+    #: How many stored answers a derive=true query or quote ranks (the best of each zoning that
+    #: can be summed into the asked one, chosen in the ledger by their shape): only the chosen
+    #: answer's payload is read (dpflows.derived_answers).
+    derive_candidates: int = 16
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """The policy the server's settings declare (dpflows.settings): what the app and the CLI both use."""
+        return cls(planner_max_epsilon=settings.planner_max_epsilon, analyst_max_epsilon=settings.analyst_max_epsilon,
+                   planner_max_rho=settings.planner_max_rho, analyst_max_rho=settings.analyst_max_rho,
+                   min_cells_coarse=settings.min_cells_per_coarse_zone, min_epsilon=settings.min_epsilon,
+                   min_rho=settings.min_rho, derive_candidates=settings.derive_candidates)
+
+    def min_loss(self, unit: str) -> PrivacyLoss:
+        """The floor of one query's loss in one measure ("epsilon" or "rho")."""
+        return self.min_rho if unit == "rho" else self.min_epsilon
+
+    def max_epsilon(self, role: str) -> Epsilon:
+        return self.analyst_max_epsilon if role == "analyst" else self.planner_max_epsilon
+
+    def caps(self, unit: str) -> RoleCaps:
+        """The per-query caps of every role in one measure ("epsilon" or "rho")."""
+        by_unit = {"epsilon": RoleCaps(self.planner_max_epsilon, self.analyst_max_epsilon),
+                   "rho": RoleCaps(self.planner_max_rho, self.analyst_max_rho)}
+        return by_unit[unit]
+
+    def max_loss(self, role: str, accounting_name: str) -> PrivacyLoss:
+        """The per-query cap for this role, in the dataset's measure."""
+        return self.caps(accounting(accounting_name).unit).for_role(role)
+
+    def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning, case_ref: str | None = None) -> None:
+        """Raise PolicyViolation naming the rule a query breaks for this client's role."""
+        if client.role in ("admin", "oversight"):
+            raise PolicyViolation(f"role {client.role} queries no data; use a planner or analyst key", field="role")
+        if client.role == "analyst":
+            if spec.kind != "flows":
+                raise PolicyViolation(
+                    f"role analyst may query flows only, not {spec.kind}; ask a planner", field="kind"
+                )
+            if spec.zoning == CELL_ZONING or not zoning.coarse:
+                raise PolicyViolation(
+                    f"role analyst may query coarse zonings only; zoning={spec.zoning!r} is not coarse",
+                    field="zoning",
+                )
+            smallest = int(zoning.cells_per_zone().min())
+            if smallest < self.min_cells_coarse:
+                raise PolicyViolation(
+                    f"zoning={spec.zoning!r} is marked coarse but has a zone of {smallest} cell(s); role analyst may "
+                    f"query only zonings whose every zone holds at least {self.min_cells_coarse} cells",
+                    field="zoning",
+                )
+            if not case_ref:
+                raise PolicyViolation("role analyst must send case_ref, the case this query serves; it is audited "
+                                      "and readable by the oversight body only", field="case_ref")
+
+    def check_loss(self, client: Client, loss: PrivacyLoss, accounting_name: str, *,
+                   derived_from: float | None) -> None:
+        floor = self.min_loss(accounting(accounting_name).unit)
+        if loss < floor:
+            raise InvalidInput(
+                f"{loss.unit}={loss} is below the smallest {loss.unit} this service charges ({floor}); "
+                f"ask for at least {floor}",
+                field=loss.unit,
+            )
+        cap = self.max_loss(client.role, accounting_name)
+        if loss > cap:
+            if derived_from is not None:
+                raise PolicyViolation(
+                    f"max_error={derived_from:g} needs {loss.unit}={loss}, above the per-query cap of {cap} for "
+                    f"role {client.role}; ask for a larger max_error",
+                    field="max_error",
+                )
+            raise PolicyViolation(
+                f"{loss.unit}={loss} exceeds the per-query cap of {cap} for role {client.role}; "
+                f"send a smaller {loss.unit}",
+                field=loss.unit,
+            )
