@@ -221,3 +221,29 @@ def test_a_quote_refuses_what_the_query_would(data_root: Path, tmp_path: Path) -
         assert r.status_code == 409 and "remaining budget of 0.25" in r.get_json()["error"]["message"], r.get_json()
     assert http.post("/v1/quote", json={**over, "epsilon": 0.25, "query": "flows"},
                      headers=keys.h("planner")).status_code == 200
+
+
+def test_a_ledger_restored_from_an_older_backup_is_refused_at_start(data_root: Path, tmp_path: Path) -> None:
+    """Issue 18: restoring yesterday's ledger file silently reset every budget spent since."""
+    from api import create_app
+    from dpflows.errors import Unavailable
+    from tests.api.conftest import seed_clients
+
+    ledger = tmp_path / "ledger.db"
+    config = {"DPFLOWS_DATA_DIR": str(data_root), "DPFLOWS_LEDGER_URL": f"sqlite:///{ledger}"}
+    app = create_app(config)
+    keys = seed_clients(app.extensions["dpflows"].service)
+    app.extensions["dpflows"].service.ledger.close()
+    backup = tmp_path / "backup.db"
+    shutil.copy(ledger, backup)  # the nightly backup, taken before the spending below
+    app = create_app(config)
+    http = app.test_client()
+    week = {"dataset": "small", "start": "2024-03-04", "end": "2024-03-11", "zoning": "districts"}
+    assert http.post("/v1/flows", json={**week, "epsilon": 1}, headers=keys.h("planner")).status_code == 200
+    app.extensions["dpflows"].service.ledger.close()
+    create_app(config).extensions["dpflows"].service.ledger.close()  # a restart raises the mark to what it holds
+    for suffix in ("-wal", "-shm"):
+        Path(str(ledger) + suffix).unlink(missing_ok=True)
+    shutil.copy(backup, ledger)  # the restore
+    with pytest.raises(Unavailable, match="restored from an older backup"):
+        create_app(config)
