@@ -81,6 +81,8 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_int),
     Setting("DPFLOWS_MIN_CELLS_PER_COARSE_ZONE", "10", "a zoning analysts may query (coarse) must hold at least "
             "this many cells in every zone; checked at upload and at query time", _positive_int),
+    Setting("DPFLOWS_HIGH_WATER_FILE", "", "where the spend high-water mark is kept, apart from the ledger (default: "
+            "beside a SQLite ledger file, else in the data root); a ledger holding fewer charges than it is refused"),
     Setting("DPFLOWS_RATE_LIMIT", "50", "requests per second per API key, shared by all workers of a host",
             _positive_float),
     Setting("DPFLOWS_RATE_BURST", "100", "burst of requests allowed above the rate", _positive_int),

@@ -229,6 +229,13 @@ class SqlLedger:
         with self._transaction(write=False) as cur:
             return self._budgets(cur, dataset, client_id, windows)
 
+    def high_water(self) -> tuple[int, int]:
+        """(charge rows, audit rows): both only ever grow, so a ledger holding fewer was restored from the past."""
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT (SELECT COUNT(*) FROM charges), (SELECT COUNT(*) FROM audit)")
+            charges, audit = cur.fetchone()
+        return int(charges), int(audit)
+
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss:
         """Sum of the append-only charge rows (not the running totals): the audit of spending."""
         with self._transaction(write=False) as cur:

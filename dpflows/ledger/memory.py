@@ -140,6 +140,9 @@ class MemoryLedger:
                 for w in windows
             ]
 
+    def high_water(self) -> tuple[int, int]:
+        return len(self._charges), len(self._audit)
+
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss:
         return PrivacyLoss(sum(n for (c, d, w, n, _) in self._charges
                            if d == dataset and w == window and (client_id is None or c == client_id)))

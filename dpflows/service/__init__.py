@@ -24,6 +24,7 @@ from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning
 from dpflows.ledger import AuditEntry, Client, Ledger
+from dpflows.ledger.high_water import HighWaterMark
 from dpflows.service import admin, answering, quoting, relative_change, reports
 from dpflows.service.admin import KEY_PREFIX, hash_key
 from dpflows.service.catalog import Catalog
@@ -37,8 +38,9 @@ from dpflows.service.reports import REPORT_ACTION, SYSTEM_CLIENT
 class Service:
     """The library's front door: the API calls these methods and nothing below them."""
 
-    def __init__(self, store: AggregateStore, ledger: Ledger, policy: Policy | None = None) -> None:
-        self.context = ServiceContext(store, ledger, policy or Policy())
+    def __init__(self, store: AggregateStore, ledger: Ledger, policy: Policy | None = None,
+                 high_water: HighWaterMark | None = None) -> None:
+        self.context = ServiceContext(store, ledger, policy or Policy(), high_water)
 
     @property
     def store(self) -> AggregateStore:

@@ -90,6 +90,8 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         raise
     if receipt.reused:  # an identical query committed meanwhile by another worker or host
         release = StoredRelease.from_payload(receipt.answer.payload)
+    elif ctx.high_water is not None:
+        ctx.high_water.note()
     return describe(ctx, receipt.answer, release, spec, client, data, request, list(receipt.budgets),
                     reused=receipt.reused)
 
