@@ -54,8 +54,8 @@ def keys(app: Flask) -> Keys:
     service = app.extensions["dpflows"].service
     keys = seed_clients(service, "demo")
     service.set_cap("demo-zcdp", Rho.parse("0.02"), client_id=keys.planner_id, window=None)
-    service.set_cap("demo-zcdp", Rho.parse("0.005"), client_id=keys.analyst_id, window=None)
-    service.set_cap("demo-zcdp", Rho.parse("0.05"), client_id=None, window=None)
+    service.set_cap("demo-zcdp", Rho.parse("0.03125"), client_id=keys.analyst_id, window=None)  # = per-query cap
+    service.set_cap("demo-zcdp", Rho.parse("0.1"), client_id=None, window=None)
     return keys
 
 
