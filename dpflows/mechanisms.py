@@ -20,7 +20,7 @@ form; a float bisection of at most ~1,100 O(1) steps). The discrete Gaussian's a
 form proved below (`gaussian_error_bound`), never less than OpenDP's own figure, whose helper
 sums the pmf term by term (time ∝ scale, and ∝ max_error × 64 for the inverse: 6 s at
 max_error 1e6, unbounded at 1e14). Sums of noises use a convolution over a window whose size a
-Chernoff bound fixes (∝ √k·scale, capped), else that Chernoff bound. Below a floor on the loss
+Chernoff bound fixes (∝ √k·scale, capped at ~17 ms), else that Chernoff bound. Below a floor on the loss
 (`dpflows.service.Policy.min_epsilon`, `min_rho`) nothing is priced at all.
 """
 
@@ -114,8 +114,11 @@ def discrete_laplace_pmf(scale: float, support: int) -> np.ndarray:
     return (1.0 - a) / (1.0 + a) * np.exp(-x / scale)
 
 
-#: Largest FFT length of the windowed convolution (about 0.1 s of CPU); longer sums use Chernoff.
-MAX_CONVOLUTION_POINTS = 1 << 20
+#: Largest FFT length of the windowed convolution: at most ~17 ms of CPU per (scale, k), measured
+#: at k = 16 (scale·√k up to ~13,000); beyond it the noise is so wide (95% error above ~36,000) that
+#: the Chernoff bound, about 40% looser, is used instead. A request computes one such bound per
+#: distinct number of summed values, which the public zonings fix (not the client's numbers).
+MAX_CONVOLUTION_POINTS = 1 << 18
 
 
 @lru_cache(maxsize=4096)

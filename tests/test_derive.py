@@ -190,7 +190,7 @@ def test_sum_bounds_take_bounded_time_at_any_scale_and_length() -> None:
         assert time.process_time() - start < 0.5
         a = math.exp(-1 / scale)
         sd = math.sqrt(terms * 2 * a) / -math.expm1(-1 / scale)
-        # Chernoff beyond the window (scale·√k above ~6e4): about 2.7 sd, against 1.96 for a normal
+        # Chernoff beyond the window (scale·√k above ~1.3e4): about 2.7 sd, against 1.96 for a normal
         assert 1.9 * sd <= bound <= 4 * sd
 
 
