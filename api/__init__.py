@@ -3,7 +3,9 @@
 Configuration (keys of `config`, else environment variables of the same name):
 DPFLOWS_DATA_DIR (aggregate store root, default ./var/data), DPFLOWS_LEDGER_URL (default
 sqlite:///./var/ledger.db), DPFLOWS_PLANNER_MAX_EPSILON (1), DPFLOWS_ANALYST_MAX_EPSILON (0.25),
-DPFLOWS_RATE_LIMIT (requests per second per key and worker, 50), DPFLOWS_RATE_BURST (100).
+DPFLOWS_RATE_LIMIT (requests per second per key and worker, 50), DPFLOWS_RATE_BURST (100),
+DPFLOWS_MAX_UPLOAD_BYTES (largest body of an admin zoning upload, which may carry GeoJSON polygons:
+32 MiB; every other request is limited to 1 MiB).
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ DEFAULTS = {
     "DPFLOWS_ANALYST_MAX_EPSILON": "0.25",
     "DPFLOWS_RATE_LIMIT": "50",
     "DPFLOWS_RATE_BURST": "100",
+    "DPFLOWS_MAX_UPLOAD_BYTES": str(32 * 1024 * 1024),
 }
+#: Endpoints whose bodies may exceed MAX_CONTENT_LENGTH, up to DPFLOWS_MAX_UPLOAD_BYTES.
+UPLOAD_ENDPOINTS = frozenset({"admin.add_zoning"})
 
 
 class OrjsonProvider(DefaultJSONProvider):
@@ -53,6 +58,25 @@ class OrjsonProvider(DefaultJSONProvider):
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
         return self._app.response_class(self._encode(obj, orjson.OPT_APPEND_NEWLINE), mimetype=self.mimetype)
+
+
+def allow_uploads() -> None:
+    """Zoning uploads carry polygons (census tracts run to megabytes): a larger body limit for those
+    admin endpoints, set before anything reads the body, and only for a valid admin key, so that
+    nobody else can make a worker parse a large body (the view authenticates again, as always)."""
+    from flask import current_app, request
+
+    from api.auth import bearer_key
+    from dpflows.errors import DpflowsError
+
+    if request.endpoint not in UPLOAD_ENDPOINTS:
+        return
+    try:
+        client = current_app.extensions["dpflows"].service.authenticate(bearer_key())
+    except DpflowsError:
+        return  # refused by the view's own check, with the body at the ordinary limit
+    if client.role == "admin":
+        request.max_content_length = int(current_app.config["DPFLOWS_MAX_UPLOAD_BYTES"])
 
 
 def reject_deep_json() -> None:
@@ -98,6 +122,7 @@ class DpflowsExtension:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
+    app.before_request(allow_uploads)
     app.before_request(reject_deep_json)
     for key, default in DEFAULTS.items():
         app.config[key] = os.environ.get(key, default)

@@ -16,7 +16,7 @@ from flask_smorest import Blueprint
 from api import schemas
 from api.auth import current_client, require
 from api.errors import ErrorSchema
-from dpflows import geo
+from dpflows import geo, zoning_sources
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
 from dpflows.relative import RelativeChange
@@ -32,6 +32,7 @@ FORMAT_PARAMETER = {
                    "centroids, or zones)",
 }
 ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids it",
+          413: "body larger than the limit (DPFLOWS_MAX_UPLOAD_BYTES for zoning uploads, else 1 MiB)",
           422: "invalid input", 429: "rate limited", 503: "ledger or data unavailable"}
 
 queries_blp = Blueprint("queries", __name__, url_prefix="/v1", description="Differentially private queries")
@@ -371,16 +372,18 @@ def set_cap(body: dict[str, Any]) -> Any:
 
 @admin_blp.route("/datasets/<string:dataset>/zonings", methods=["POST"])
 @admin_blp.arguments(schemas.ZoningUploadSchema)
-@admin_blp.response(201, schemas.ZoningSummarySchema)
-@_document_errors(admin_blp, 401, 403, 404, 409, 422, 503)
+@admin_blp.response(201, schemas.ZoningAddedSchema)
+@_document_errors(admin_blp, 401, 403, 404, 409, 413, 422, 503)
 @admin_blp.doc(security=BEARER)
 @require("admin")
 def add_zoning(body: dict[str, Any], dataset: str) -> Any:
-    """Load a public zoning from `cell_id,zone_id` CSV; coarse zonings are checked for zone size."""
-    z = service().add_zoning(dataset, body["name"], body["csv"], coarse=body["coarse"],
-                             min_cells_per_zone=body["min_cells_per_zone"], geometry=body["geojson"],
-                             by=current_client())
-    return {"name": z.name, "zones": z.zone_count, "coarse": z.coarse}
+    """Load a public zoning from `cell_id,zone_id` CSV, from GeoJSON polygons (`geojson` + `id_field`: each
+    cell to the polygon covering it, else to the nearest, reported) or as a square grid (`grid_km`); coarse
+    zonings are checked for zone size."""
+    return zoning_sources.add_zoning(
+        service(), dataset, body["name"], csv=body["csv"], geojson=body["geojson"], id_field=body["id_field"],
+        grid_km=body["grid_km"], coarse=body["coarse"], min_cells_per_zone=body["min_cells_per_zone"],
+        by=current_client())
 
 
 @admin_blp.route("/audit", methods=["GET"])

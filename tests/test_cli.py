@@ -55,6 +55,43 @@ def test_admin_commands(data_root: Path, tmp_path: Path) -> None:
     ledger.close()
 
 
+def test_add_zoning_from_polygons_and_grid(data_root: Path, tmp_path: Path) -> None:
+    """--from-geojson assigns cells from polygons and names the cells it sent to the nearest one;
+    --grid makes squares; bad input exits 2 naming the file, the field and the fix."""
+    from tests.test_zoning_sources import WARDS
+
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)
+    wards = tmp_path / "wards.geojson"
+    wards.write_text(json.dumps(WARDS))
+    out = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "wards", "--from-geojson", str(wards),
+                  "--id-field", "WARD", root=root)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "zoning wards: 2 zones from geojson"
+    assert lines[1].startswith("11 cells lie outside every polygon and went to the nearest one (farthest 1.7")
+    assert "c007->east (0.426 km)" in lines[1] and "c036->west (0.426 km)" in lines[1]
+    assert lines[2] == "1 polygons hold no cell and are not zones: far"
+    stored = json.loads((root / "datasets" / "small" / "zonings" / "wards.json").read_text())
+    assert stored["zones"]["c000"] == "west" and stored["geometry"]["features"][0]["properties"] == {"zone_id": "west"}
+
+    out = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "grid1", "--grid", "1", root=root)
+    assert out.returncode == 0 and out.stdout == "zoning grid1: 30 zones from grid\n", out.stderr
+
+    bad = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "w2", "--from-geojson", str(wards), root=root)
+    assert bad.returncode == 2 and "--from-geojson wards.geojson needs --id-field" in bad.stderr
+    bad = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "w2", "--from-geojson", str(wards),
+                  "--id-field", "GEOID", root=root)
+    assert bad.returncode == 2 and "wards.geojson: 3 of 3 features have no value for id field 'GEOID'" in bad.stderr
+    wards.write_text("{not json")
+    bad = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "w2", "--from-geojson", str(wards),
+                  "--id-field", "WARD", root=root)
+    assert bad.returncode == 2 and "wards.geojson: not valid JSON (line 1, column 2" in bad.stderr
+    bad = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "w2", "--csv", "x.csv", "--grid", "1", root=root)
+    assert bad.returncode == 2 and "not allowed with argument" in bad.stderr
+    assert not (root / "datasets" / "small" / "zonings" / "w2.json").exists()
+
+
 @pytest.mark.slow
 def test_serve_execs_gunicorn_that_answers(data_root: Path, tmp_path: Path) -> None:
     """`dpflows serve` replaces itself with gunicorn on api.wsgi; a key made by the CLI works over HTTP."""
