@@ -18,8 +18,15 @@ if TYPE_CHECKING:
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     """demo-city, ingest and demo (dpflows.demo, dpflows.ingest)."""
-    p = sub.add_parser("demo-city", help="generate a synthetic city: events, cells and two zonings")
+    p = sub.add_parser("demo-city", help="generate a synthetic city: events, cells and zonings",
+                       description="Without --cells: the demo city, a 20 x 20 grid of cells with zonings districts "
+                                   "and sectors. With --cells N: a real-scale city of N cells (dense core, "
+                                   "sub-centres, sparse periphery) with a k-means zoning of --zones zones (CSV and "
+                                   "GeoJSON polygons) and sectors; written in chunks of persons, so memory does not "
+                                   "grow with --persons.")
     p.add_argument("--persons", type=int, default=2000)
+    p.add_argument("--cells", type=int, default=None, help="a real-scale city of this many cells, e.g. 5000")
+    p.add_argument("--zones", type=int, default=1000, help="with --cells: zones of the k-means zoning zones<N>")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--days", type=int, default=28)
     p.add_argument("--start", type=_date, default=None, help="first day, ISO (default 2024-03-04, a Monday)")
@@ -76,11 +83,26 @@ def _date(text: str) -> dt.date:
 
 
 def _run_demo_city(args: argparse.Namespace) -> int:
-    from dpflows.demo import generate_city
+    from dpflows.demo import generate_city, generate_scaled_city
+    from dpflows.errors import InvalidInput
 
-    files = generate_city(args.out, persons=args.persons, seed=args.seed, days=args.days,
-                          start=args.start or dt.date(2024, 3, 4))
-    print(f"events: {files.events}\ncells: {files.cells}\nzonings: {files.districts}, {files.sectors} (coarse, 50)")
+    start = args.start or dt.date(2024, 3, 4)
+    if args.cells is None:
+        files = generate_city(args.out, persons=args.persons, seed=args.seed, days=args.days, start=start)
+        print(f"events: {files.events}\ncells: {files.cells}\nzonings: {files.districts}, {files.sectors} "
+              "(coarse, 50)")
+        return 0
+    if args.cells < 10 or args.zones < 1 or args.persons < 1 or args.days < 1:
+        raise InvalidInput("--cells must be at least 10, and --zones, --persons and --days at least 1", field="cells")
+    scaled = generate_scaled_city(args.out, cells=args.cells, persons=args.persons, zones=args.zones,
+                                  seed=args.seed, days=args.days, start=start)
+    zoning_args = " ".join(f"--zoning {name}={path}" + (f":coarse:{scaled.coarse[name]}" if name in scaled.coarse
+                                                          else "") for name, path in scaled.zonings.items())
+    print(f"events: {scaled.events}\ncells: {scaled.cells} ({args.cells} cells)")
+    for name, path in scaled.zonings.items():
+        polygons = scaled.polygons.get(name)
+        print(f"zoning {name}: {path}" + (f" (polygons: {polygons})" if polygons else ""))
+    print(f"ingest: dpflows ingest {scaled.events} --cells {scaled.cells} --out DATA_DIR/datasets/NAME {zoning_args}")
     return 0
 
 
