@@ -6,12 +6,14 @@ No view catches exceptions: `api.errors` maps the one exception tree in one plac
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from typing import Any
 
 from flask import Response, current_app, g, request
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint as SmorestBlueprint
+from webargs.flaskparser import FlaskParser, abort
 
 from api import schemas
 from api.auth import current_client, require
@@ -19,8 +21,8 @@ from api.errors import ErrorSchema
 from dpflows import geo, zoning_sources
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
-from dpflows.relative import RelativeChange
 from dpflows.service import Answer, QueryRequest, Service, WindowStatus
+from dpflows.service.relative_change import RelativeChange
 
 BEARER = [{"bearerAuth": []}]
 #: ?format= on the query endpoints: documented here, read by wants_csv and run_query.
@@ -32,13 +34,56 @@ FORMAT_PARAMETER = {
                    "centroids, or zones)",
 }
 ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids it",
-          413: "body larger than the limit (DPFLOWS_MAX_UPLOAD_BYTES for zoning uploads, else 1 MiB)",
-          422: "invalid input", 429: "rate limited", 503: "ledger or data unavailable"}
+          413: "body too large (1 MiB; zoning uploads by an admin: DPFLOWS_MAX_UPLOAD_BYTES)",
+          422: "invalid input", 503: "ledger or data unavailable",
+          429: "rate limited (per key, or failed authentications per client address); see Retry-After"}
+
+class BodyParser(FlaskParser):
+    """webargs' parser, but a body nested too deeply for json.loads (RecursionError, else a 500) is a
+    400 like any other malformed JSON. Parsed only when the view's arguments are, after `require`."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError:
+            abort(400, messages={"json": ["JSON nested too deeply"]})
+
+
+class Blueprint(SmorestBlueprint):
+    ARGUMENTS_PARSER = BodyParser()
+
 
 queries_blp = Blueprint("queries", __name__, url_prefix="/v1", description="Differentially private queries")
 account_blp = Blueprint("account", __name__, url_prefix="/v1", description="Budgets, datasets and zonings")
 admin_blp = Blueprint("admin", __name__, url_prefix="/v1/admin", description="Admin: clients, keys, caps, audit")
 health_blp = Blueprint("health", __name__, description="Liveness and readiness")
+
+
+def upload_limit(view: Any) -> Any:
+    """A body of up to DPFLOWS_MAX_UPLOAD_BYTES (polygon files run to megabytes) instead of 1 MiB.
+    Placed after `require`, so only an authenticated caller of the right role gets it, and before
+    the arguments, which read the body."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request.max_content_length = int(current_app.config["DPFLOWS_MAX_UPLOAD_BYTES"])
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+@admin_blp.after_request
+def _drain_refused_upload(response: Response) -> Response:
+    """A refused zoning upload (401, 403, 429: answered before its body was read) has its body read
+    and dropped, so that gunicorn does not close a socket with unread data in it: nginx, which lets
+    bodies of up to 32 MiB through to this route, would turn the reset into a 502. Never more than
+    DPFLOWS_MAX_UPLOAD_BYTES is read."""
+    if (request.endpoint == "admin.add_zoning" and response.status_code in (401, 403, 429)
+            and 0 < (request.content_length or 0) <= int(current_app.config["DPFLOWS_MAX_UPLOAD_BYTES"])):
+        stream = request.environ.get("wsgi.input")
+        while stream is not None and stream.read(1 << 16):
+            pass
+    return response
 
 
 def service() -> Service:
@@ -118,6 +163,18 @@ def wants_csv() -> bool:
     return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
 
 
+#: A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula gets a leading apostrophe (shown as text);
+    numbers stay numbers, negative ones included."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_response(answer: Answer) -> Response:
     out = io.StringIO()
     raw = answer.raw_values
@@ -126,7 +183,7 @@ def csv_response(answer: Answer) -> Response:
     writer.writeheader()
     bounds = answer.value_error_bounds or [answer.error_bound_95] * len(answer.values)
     for i, row in enumerate(answer.values):
-        writer.writerow({**row, "error_bound_95": f"{bounds[i]:.3f}",
+        writer.writerow({**{name: csv_cell(value) for name, value in row.items()}, "error_bound_95": f"{bounds[i]:.3f}",
                          **({"raw_count": raw[i]} if raw is not None else {})})
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers.update({
@@ -178,44 +235,44 @@ def run_query(kind: str, body: dict[str, Any]) -> Any:
 # -- queries ------------------------------------------------------------------------------------
 
 @queries_blp.route("/flows", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.FlowsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Origin-destination counts between zones")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
 def flows(body: dict[str, Any]) -> Any:
     """Trips from each zone to each zone, every pair released (zeros noised too)."""
     return run_query("flows", body)
 
 
 @queries_blp.route("/presence", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.PresenceQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Person-hours per zone and hour of day")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
 def presence(body: dict[str, Any]) -> Any:
     """Presence (distinct person-cell-hours) per zone and hour of day."""
     return run_query("presence", body)
 
 
 @queries_blp.route("/patterns", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.PatternsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Weekday × hour profile")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
 def patterns(body: dict[str, Any]) -> Any:
     """Hour-of-day × weekday profile of trips (departures) or presence, for one zone or the whole area."""
     return run_query("patterns", body)
 
 
 @queries_blp.route("/relative-change", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.RelativeChangeQuerySchema)
 @queries_blp.response(200, schemas.RelativeChangeSchema, description="% change of presence per zone vs a baseline")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
-@require("planner", "analyst", "admin")
 def relative_change(body: dict[str, Any]) -> Any:
     """Presence per zone and counted day against the same weekdays and hours of a baseline period, in %.
 
@@ -229,35 +286,34 @@ def relative_change(body: dict[str, Any]) -> Any:
 
 
 @queries_blp.route("/quote", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.QuoteQuerySchema)
 @queries_blp.response(200, schemas.QuoteSchema, description="What the query would cost; nothing charged")
 @_document_errors(queries_blp, 401, 403, 404, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
-@require("planner", "analyst", "admin")
 def quote(body: dict[str, Any]) -> Any:
     """Price a query without touching data or budget: ε, windows, error bound, reuse."""
     kind = body.pop("query")
     q = service().quote(query_request(kind, body), current_client())
-    unit = q["epsilon"].unit  # "epsilon" or "rho", by the dataset's accounting
+    unit = q.loss.unit  # "epsilon" or "rho", by the dataset's accounting
     return {
-        "accounting": q["accounting"], unit: q["epsilon"], f"{unit}_charged": q["epsilon_charged"],
-        "epsilon_derived_from_max_error": q["epsilon_derived"], "error_bound_95": q["error_bound_95"],
-        "confidence": q["confidence"], "windows": window_charges(q["windows"], q["epsilon_charged"]),
-        "reused": q["reused"], "privacy_unit": q["privacy_unit"],
-        **({"derived_from": q["derived_from"]} if q.get("derived_from") else {}),
-        "mechanism": {"name": q["mechanism"], "noise_scale": q["noise_scale"],
-                      "sensitivity": q["sensitivity"]},
+        "accounting": q.accounting, unit: q.loss, f"{unit}_charged": q.charged,
+        "epsilon_derived_from_max_error": q.loss_from_max_error, "error_bound_95": q.error_bound_95,
+        "confidence": q.confidence, "windows": window_charges(q.windows, q.charged),
+        "reused": q.reused, "privacy_unit": q.privacy_unit,
+        **({"derived_from": q.derived_from} if q.derived_from else {}),
+        "mechanism": {"name": q.mechanism, "noise_scale": q.noise_scale, "sensitivity": q.sensitivity},
     }
 
 
 # -- account: budget, datasets, zonings ------------------------------------------------------------
 
 @account_blp.route("/budget", methods=["GET"])
+@require()
 @account_blp.arguments(schemas.BudgetQuerySchema, location="query")
 @account_blp.response(200, schemas.BudgetSchema)
-@_document_errors(account_blp, 401, 404, 422, 503)
+@_document_errors(account_blp, 401, 404, 422, 429, 503)
 @account_blp.doc(security=BEARER)
-@require()
 def budget(args: dict[str, Any]) -> Any:
     """Your caps, spending and remaining budget in every window of a dataset."""
     client = current_client()
@@ -275,20 +331,20 @@ def budget(args: dict[str, Any]) -> Any:
 
 
 @account_blp.route("/datasets", methods=["GET"])
-@account_blp.response(200, schemas.DatasetSchema(many=True))
-@_document_errors(account_blp, 401, 503)
-@account_blp.doc(security=BEARER)
 @require()
+@account_blp.response(200, schemas.DatasetSchema(many=True))
+@_document_errors(account_blp, 401, 429, 503)
+@account_blp.doc(security=BEARER)
 def datasets() -> Any:
     """Datasets with their time span, windows, bounds and zonings (all public)."""
     return current_app.extensions["dpflows"].catalog.datasets()
 
 
 @account_blp.route("/datasets/<string:dataset>/bounding-report", methods=["GET"])
-@account_blp.response(200, schemas.BoundingReportSchema)
-@_document_errors(account_blp, 401, 403, 404, 409, 503)
-@account_blp.doc(security=BEARER)
 @require("admin", "planner")
+@account_blp.response(200, schemas.BoundingReportSchema)
+@_document_errors(account_blp, 401, 403, 404, 409, 429, 503)
+@account_blp.doc(security=BEARER)
 def bounding_report(dataset: str) -> Any:
     """How much contribution bounding drops and a suggested bound, from the dataset's noisy bounding report.
 
@@ -299,10 +355,10 @@ def bounding_report(dataset: str) -> Any:
 
 
 @account_blp.route("/datasets/<string:dataset>/zonings/<string:zoning>", methods=["GET"])
-@account_blp.response(200, schemas.ZoningSchema)
-@_document_errors(account_blp, 401, 404, 503)
-@account_blp.doc(security=BEARER)
 @require()
+@account_blp.response(200, schemas.ZoningSchema)
+@_document_errors(account_blp, 401, 404, 429, 503)
+@account_blp.doc(security=BEARER)
 def zoning(dataset: str, zoning: str) -> Any:
     """A zoning's zones (cells per zone, centroid), the public cell catalog, and geometry if loaded."""
     return current_app.extensions["dpflows"].catalog.zoning(dataset, zoning)
@@ -311,11 +367,11 @@ def zoning(dataset: str, zoning: str) -> Any:
 # -- admin ------------------------------------------------------------------------------------------
 
 @admin_blp.route("/clients", methods=["POST"])
+@require("admin")
 @admin_blp.arguments(schemas.NewClientSchema)
 @admin_blp.response(201, schemas.IssuedKeySchema)
-@_document_errors(admin_blp, 401, 403, 409, 422, 503)
+@_document_errors(admin_blp, 401, 403, 409, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def create_client(body: dict[str, Any]) -> Any:
     """Register a client; its API key is in this response only."""
     client, key = service().create_client(body["name"], body["role"], by=current_client())
@@ -323,10 +379,10 @@ def create_client(body: dict[str, Any]) -> Any:
 
 
 @admin_blp.route("/clients", methods=["GET"])
-@admin_blp.response(200, schemas.ClientWithKeysSchema(many=True))
-@_document_errors(admin_blp, 401, 403, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(200, schemas.ClientWithKeysSchema(many=True))
+@_document_errors(admin_blp, 401, 403, 429, 503)
+@admin_blp.doc(security=BEARER)
 def list_clients() -> Any:
     """Clients with their keys (prefixes only, never the keys)."""
     ledger = service().ledger
@@ -334,10 +390,10 @@ def list_clients() -> Any:
 
 
 @admin_blp.route("/clients/<int(max=9223372036854775807):client_id>/keys", methods=["POST"])
-@admin_blp.response(201, schemas.IssuedKeySchema)
-@_document_errors(admin_blp, 401, 403, 404, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(201, schemas.IssuedKeySchema)
+@_document_errors(admin_blp, 401, 403, 404, 429, 503)
+@admin_blp.doc(security=BEARER)
 def issue_key(client_id: int) -> Any:
     """Issue another key for a client (e.g. to rotate); shown once."""
     key = service().rotate_key(client_id, by=current_client())
@@ -345,10 +401,10 @@ def issue_key(client_id: int) -> Any:
 
 
 @admin_blp.route("/keys/<int(max=9223372036854775807):key_id>", methods=["DELETE"])
-@admin_blp.response(200, schemas.KeySchema)
-@_document_errors(admin_blp, 401, 403, 404, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(200, schemas.KeySchema)
+@_document_errors(admin_blp, 401, 403, 404, 429, 503)
+@admin_blp.doc(security=BEARER)
 def revoke_key(key_id: int) -> Any:
     """Revoke a key at once; requests with it get 401 from now on."""
     service().revoke_key(key_id, by=current_client())
@@ -357,11 +413,11 @@ def revoke_key(key_id: int) -> Any:
 
 
 @admin_blp.route("/caps", methods=["PUT"])
+@require("admin")
 @admin_blp.arguments(schemas.CapSchema)
 @admin_blp.response(200, schemas.CapSchema)
-@_document_errors(admin_blp, 401, 403, 404, 422, 503)
+@_document_errors(admin_blp, 401, 403, 404, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def set_cap(body: dict[str, Any]) -> Any:
     """Set a client's cap (client_id) or the global cap (no client_id), per window or for every window."""
     cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
@@ -371,11 +427,12 @@ def set_cap(body: dict[str, Any]) -> Any:
 
 
 @admin_blp.route("/datasets/<string:dataset>/zonings", methods=["POST"])
+@require("admin")
+@upload_limit
 @admin_blp.arguments(schemas.ZoningUploadSchema)
 @admin_blp.response(201, schemas.ZoningAddedSchema)
-@_document_errors(admin_blp, 401, 403, 404, 409, 413, 422, 503)
+@_document_errors(admin_blp, 401, 403, 404, 409, 413, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def add_zoning(body: dict[str, Any], dataset: str) -> Any:
     """Load a public zoning from `cell_id,zone_id` CSV, from GeoJSON polygons (`geojson` + `id_field`: each
     cell to the polygon covering it, else to the nearest, reported) or as a square grid (`grid_km`); coarse
@@ -387,11 +444,11 @@ def add_zoning(body: dict[str, Any], dataset: str) -> Any:
 
 
 @admin_blp.route("/audit", methods=["GET"])
+@require("admin")
 @admin_blp.arguments(schemas.AuditQuerySchema, location="query")
 @admin_blp.response(200, schemas.AuditPageSchema)
-@_document_errors(admin_blp, 401, 403, 422, 503)
+@_document_errors(admin_blp, 401, 403, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def audit(args: dict[str, Any]) -> Any:
     """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome."""
     rows = service().ledger.read_audit(after_id=args["after_id"], limit=args["limit"])

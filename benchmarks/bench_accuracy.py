@@ -81,7 +81,7 @@ def main() -> None:
         truth: dict[int, np.ndarray] = {}
         kept_all: dict[int, float] = {}
         for bound in [UNBOUNDED, *bounds]:
-            out = ingest_events(city.events, city.cells, root / f"L{bound}", name="acc", bound_trips=bound,
+            out = ingest_events(city.events, city.cells, root / f"L{bound}", **city.span, name="acc", bound_trips=bound,
                                 zonings=zonings, seed=42, window_days=args.window_days, report_epsilon=0)
             data = load_dataset(out)
             truth[bound] = prepare(spec, data).true_counts.astype(np.float64)

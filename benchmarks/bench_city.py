@@ -19,6 +19,7 @@ Printed: wall time, peak RSS, events, file sizes, load average (the machine is s
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import resource
@@ -88,7 +89,9 @@ def main() -> None:
         coarse = pl.read_csv(zonings["sectors"]).group_by("zone_id").len()["len"].min()
         out = data / "datasets" / "city"
         ing = measure([*dpflows, "ingest", str(city / "events.parquet"), "--cells", str(city / "cells.csv"),
-                       "--out", str(out), "--zoning", f"{zname}={zonings[zname]}",
+                       "--out", str(out), "--first-day", "2024-03-04",
+                       "--end-day", str(dt.date(2024, 3, 4) + dt.timedelta(days=args.days)),
+                       "--zoning", f"{zname}={zonings[zname]}",
                        "--zoning", f"sectors={zonings['sectors']}:coarse:{coarse}"])
         agg_mb = sum(p.stat().st_size for p in out.glob("*.parquet")) / 2**20
         print(f"ingest: {ing['seconds']:.1f} s, peak RSS {ing['peak_rss_mb']:.0f} MiB, "

@@ -24,10 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 INGEST = """
-import sys, time, json
+import sys, time, json, datetime as dt
 from dpflows.ingest.pipeline import ingest_events
 t = time.perf_counter()
-ingest_events(sys.argv[1], sys.argv[2], sys.argv[3], name="bench")
+ingest_events(sys.argv[1], sys.argv[2], sys.argv[3], name="bench", first_day=dt.date.fromisoformat(sys.argv[4]),
+              end_day=dt.date.fromisoformat(sys.argv[5]))
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
@@ -73,7 +74,8 @@ def main() -> None:
             city = generate_city(Path(tmp) / "city", persons=persons, days=args.days)
             gen_s = time.perf_counter() - t
             events = pl.scan_parquet(city.events).select(pl.len()).collect().item()
-            ingest_s, ingest_rss = run_child(INGEST, str(city.events), str(city.cells), str(Path(tmp) / "ds"))
+            ingest_s, ingest_rss = run_child(INGEST, str(city.events), str(city.cells), str(Path(tmp) / "ds"),
+                                              str(city.first_day), str(city.end_day))
             base_s, base_rss = run_child(BASELINE, str(city.events))
             print(f"{persons:>9,} {events:>12,} {ingest_s:>9.1f} {events / ingest_s:>11,.0f} {ingest_rss:>8.2f} "
                   f"{base_s:>10.1f} {events / base_s:>11,.0f} {base_rss:>8.2f} {base_s / ingest_s:>5.2f}x"

@@ -28,6 +28,7 @@ and are printed as a check; the Polars outputs of different bucket counts must b
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import resource
@@ -41,6 +42,8 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from dpflows.aggregates import version_dir  # noqa: E402
 
 
 def _city(workdir: Path, persons: int, days: int):
@@ -59,12 +62,12 @@ def _city(workdir: Path, persons: int, days: int):
 
 
 def _totals(out: Path) -> tuple[int, int]:
-    return (int(pl.read_parquet(out / "trips.parquet")["count"].sum()),
-            int(pl.read_parquet(out / "presence.parquet")["count"].sum()))
+    return (int(pl.read_parquet(version_dir(out) / "trips.parquet")["count"].sum()),
+            int(pl.read_parquet(version_dir(out) / "presence.parquet")["count"].sum()))
 
 
 def _same_output(a: Path, b: Path) -> bool:
-    return all(pl.read_parquet(a / f).equals(pl.read_parquet(b / f)) for f in ("trips.parquet", "presence.parquet"))
+    return all(pl.read_parquet(version_dir(a) / f).equals(pl.read_parquet(version_dir(b) / f)) for f in ("trips.parquet", "presence.parquet"))
 
 
 def _polars_child(events: str, cells: str, out: str, buckets: str) -> None:
@@ -73,7 +76,9 @@ def _polars_child(events: str, cells: str, out: str, buckets: str) -> None:
 
     b = choose_buckets(pl.scan_parquet(events).select(pl.len()).collect().item()) if buckets == "auto" else int(buckets)
     start = time.perf_counter()
-    ingest_events(events, cells, out, name="bench", seed=7, buckets=b, progress=Progress(False))
+    # the generated cities start on 2024-03-04 (generate_city's default); the span covers any length used here
+    ingest_events(events, cells, out, name="bench", seed=7, buckets=b, progress=Progress(False),
+                  first_day=dt.date(2024, 3, 4), end_day=dt.date(2024, 3, 4) + dt.timedelta(days=366))
     print(json.dumps({"seconds": time.perf_counter() - start, "buckets": b}))
 
 
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  spark session start-up: {time.perf_counter() - start:.1f} s (not counted)", flush=True)
             out_spark = args.workdir / f"out-spark-{persons}"
             start = time.perf_counter()
-            ingest_events_spark(city.events, city.cells, out_spark, name="bench", seed=7, spark=spark,
+            ingest_events_spark(city.events, city.cells, out_spark, **city.span, name="bench", seed=7, spark=spark,
                                 progress=Progress(False))
             spark_seconds = time.perf_counter() - start
             same = _totals(out_polars) == _totals(out_spark)

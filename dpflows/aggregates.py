@@ -1,16 +1,26 @@
 """The aggregate store: bounded counts as Parquet plus a metadata file, loaded once per process.
 
 This is the contract between ingestion (which writes) and the query path (which reads). Raw
-events never reach this module. A dataset directory holds::
+events never reach this module. A dataset directory ``<root>/datasets/<name>/`` holds::
 
-    metadata.json      format_version, name, first_day, end_day (exclusive), window_days,
-                       bounds {"trips": L_trips, "presence": L_presence}, trip_rule,
-                       optionally bounding_report (noisy; dpflows.contribution_report) and
-                       earlier_reports (reports of earlier ingestions here, to be paid for)
-    cells.parquet      cell_id: str, lat: f64, lon: f64          (public catalog)
-    trips.parquet      day: date, hour: i8, origin: str, dest: str, count: i64
-    presence.parquet   day: date, hour: i8, cell: str, count: i64
-    zonings/NAME.json  public zonings of this dataset's cells (see cells.py)
+    CURRENT            the name of the version being served; replaced atomically (os.replace)
+    versions/V/        one immutable ingestion, written whole before CURRENT names it:
+      metadata.json      format_version, name, first_day, end_day (exclusive, both declared by
+                         the admin, never measured from events), window_days, bounds
+                         {"trips": L_trips, "presence": L_presence}, trip_rule, accounting,
+                         files {file: sha256} (checked by the loader), optionally
+                         bounding_report (noisy) and earlier_reports (to be paid for)
+      cells.parquet      cell_id: str, lat: f64, lon: f64          (public catalog)
+      trips.parquet      day: date, hour: i8, origin: str, dest: str, count: i64
+      presence.parquet   day: date, hour: i8, cell: str, count: i64
+    zonings/NAME.json  public zonings of this dataset's cells (see cells.py), shared by versions
+
+A re-ingestion writes a new version and then swaps CURRENT, so a loader sees the old version or
+the new one, never the new counts under the old bounds; the file hashes in the metadata make a
+mixed read fail loudly instead. A dataset keeps its window grid (first day, window length) and
+its accounting for life: the ledger's spending is per window index, which only the same grid
+keeps meaning the same person-window (`check_same_grid`). Datasets written before versions
+(files directly in the dataset directory) are still read, without hashes.
 
 Counts are *after* per person-window bounding; the bounds are the ℓ1 sensitivities the
 noise is calibrated to. No source row counts are stored: they would be exact counts.
@@ -24,7 +34,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import shutil
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -34,10 +46,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dpflows.budget import ACCOUNTINGS, PURE_DP, ZCDP
+from dpflows.budget import ACCOUNTINGS, PURE_DP
 from dpflows.cells import CELL_ZONING, CellCatalog, Zoning, check_name, load_zoning, save_zoning
 from dpflows.contribution_report import BoundingReport, ReportCharge
-from dpflows.errors import DataUnavailable, InvalidData, NotFound
+from dpflows.errors import DataUnavailable, InvalidData, InvalidInput, NotFound
 
 FORMAT_VERSION = 1
 MEASURES = ("trips", "presence")
@@ -92,10 +104,9 @@ class DatasetMetadata:
         return self.key_cap_trips if measure == "trips" else 1
 
     def accounting_json(self) -> dict[str, Any]:
-        if self.accounting != ZCDP:
-            return {"measure": self.accounting}
-        return {"measure": self.accounting, "key_caps": {"trips": self.key_cap_trips, "presence": 1},
-                "delta": self.delta}
+        from dpflows.accounting import accounting
+
+        return accounting(self.accounting).metadata_json(self)
 
     @property
     def privacy_unit(self) -> str:
@@ -144,6 +155,42 @@ class DatasetMetadata:
         )
 
 
+CURRENT_FILE = "CURRENT"
+VERSIONS_DIR = "versions"
+AGGREGATE_FILES = ("cells.parquet", "trips.parquet", "presence.parquet")
+
+
+def version_dir(dataset_dir: str | Path) -> Path:
+    """The directory of the version a dataset directory serves now (itself for the old layout)."""
+    root = Path(dataset_dir)
+    pointer = root / CURRENT_FILE
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        return root
+    if not name or "/" in name or name.startswith("."):
+        raise DataUnavailable(f"dataset {root.name!r} has a malformed {CURRENT_FILE} pointer; re-run ingestion")
+    return root / VERSIONS_DIR / name
+
+
+def check_same_grid(earlier: DatasetMetadata, new: DatasetMetadata) -> None:
+    """A dataset's windows and measure of loss are fixed for life: spending is kept per window index.
+
+    Re-ingesting with another first day or window length would make window k another week, and
+    another accounting would read ε spent as ρ; both would let a person-window be spent twice.
+    """
+    for label, old, now, flag in (("first day", earlier.first_day, new.first_day, "--first-day"),
+                                  ("window length in days", earlier.window_days, new.window_days, "--window-days"),
+                                  ("accounting", earlier.accounting, new.accounting, "--accounting")):
+        if old != now:
+            raise InvalidData(
+                f"dataset {new.name!r} was ingested with {label} {old} and this ingestion asks for {now}; a "
+                f"dataset keeps its window grid and accounting for life (its spent budget is per window): use "
+                f"{flag} {old}, or ingest into a new dataset name",
+                field=flag.lstrip("-").replace("-", "_"),
+            )
+
+
 def write_aggregates(
     out_dir: str | Path,
     metadata: DatasetMetadata,
@@ -153,42 +200,83 @@ def write_aggregates(
     *,
     bounding_report: BoundingReport | None = None,
 ) -> Path:
-    """Write a dataset directory; the one writer ingestion (Polars or Spark output) goes through.
+    """Write a new version of a dataset and switch to it atomically; the one writer ingestion uses.
 
     A bounding report is stored only as released (noisy). Reports of earlier ingestions into
     this directory are carried forward in ``earlier_reports``, so that the service charges
     them too if they were never paid: a bound chosen from one is published with this one.
+    Nothing the served version reads is touched until the final rename of CURRENT.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    earlier = _earlier_reports(out / "metadata.json")
-    cells.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).write_parquet(out / "cells.parquet")
-    for name, frame, schema in (("trips", trips, TRIPS_SCHEMA), ("presence", presence, PRESENCE_SCHEMA)):
-        lazy = frame.lazy().select([pl.col(c).cast(t) for c, t in schema.items()])
-        lazy.sink_parquet(out / f"{name}.parquet")
-    doc = metadata.to_json()
-    # A fresh id per ingestion, so answers stored for an earlier ingestion are never reused.
-    doc["ingestion_id"] = uuid.uuid4().hex
-    if bounding_report is not None:
-        doc["bounding_report"] = bounding_report.to_json()
-    if earlier:
-        doc["earlier_reports"] = [c.to_json() for c in earlier]
-    tmp = out / "metadata.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(out / "metadata.json")  # metadata last: a dataset without it is incomplete
+    earlier_meta, earlier = _earlier_ingestion(out)
+    if earlier_meta is not None:
+        check_same_grid(earlier_meta, metadata)
+    ingestion_id = uuid.uuid4().hex
+    versions = out / VERSIONS_DIR
+    versions.mkdir(exist_ok=True)
+    tmp = versions / f".tmp-{ingestion_id}"
+    tmp.mkdir(mode=0o700)
+    try:
+        cells.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).write_parquet(tmp / "cells.parquet")
+        for name, frame, schema in (("trips", trips, TRIPS_SCHEMA), ("presence", presence, PRESENCE_SCHEMA)):
+            lazy = frame.lazy().select([pl.col(c).cast(t) for c, t in schema.items()])
+            lazy.sink_parquet(tmp / f"{name}.parquet")
+        doc = metadata.to_json()
+        # A fresh id per ingestion, so answers stored for an earlier ingestion are never reused.
+        doc["ingestion_id"] = ingestion_id
+        doc["files"] = {f: _file_digest((tmp / f).read_bytes()) for f in AGGREGATE_FILES}
+        if bounding_report is not None:
+            doc["bounding_report"] = bounding_report.to_json()
+        if earlier:
+            doc["earlier_reports"] = [c.to_json() for c in earlier]
+        (tmp / "metadata.json").write_text(json.dumps(doc, indent=2))
+        final = versions / f"v-{ingestion_id}"
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    previous = version_dir(out).name
+    pointer = out / f".{CURRENT_FILE}.{ingestion_id}"
+    try:
+        pointer.write_text(final.name + "\n")
+        pointer.replace(out / CURRENT_FILE)  # the switch: loaders see the old version or this one
+    except BaseException:
+        pointer.unlink(missing_ok=True)
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    _remove_old_versions(versions, keep={final.name, previous})
     return out
 
 
-def _earlier_reports(meta_path: Path) -> list[ReportCharge]:
-    """The report charges an existing dataset directory owes (its own report and those it carried)."""
+def _remove_old_versions(versions: Path, keep: set[str]) -> None:
+    """Delete every version but the new and the previous one (aggregates only; the ledger keeps every charge).
+
+    The previous one stays so that a worker that read the old pointer an instant ago can finish loading it.
+    """
+    for old in versions.iterdir():
+        if old.name.startswith("v-") and old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _file_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _earlier_ingestion(out: Path) -> tuple[DatasetMetadata | None, list[ReportCharge]]:
+    """The metadata of the version served now, if any, and the report charges it owes."""
+    try:
+        meta_path = version_dir(out) / "metadata.json"
+    except DataUnavailable:
+        return None, []
     if not meta_path.exists():
-        return []
+        return None, []
     try:
         raw = meta_path.read_bytes()
-        charges = report_charges(json.loads(raw), _version(raw))
-    except (ValueError, KeyError, TypeError, InvalidData):
-        return []  # an unreadable earlier ingestion was never served, so its report was never used
-    return charges
+        doc = json.loads(raw)
+        return DatasetMetadata.from_json(doc), report_charges(doc, _version(raw))
+    except (ValueError, KeyError, TypeError, InvalidData, InvalidInput):
+        return None, []  # an unreadable earlier ingestion was never served, so its report was never used
 
 
 def _version(raw: bytes) -> str:
@@ -236,6 +324,8 @@ class Dataset:
     bounding_report: BoundingReport | None = None
     #: reports (this one's and earlier ones') to be charged before anything of it is served
     report_charges: tuple[ReportCharge, ...] = ()
+    #: the version directory the counts were read from (`path` itself for the old layout)
+    version_path: Path | None = None
 
     def zoning(self, name: str) -> Zoning:
         """A zoning by name; one added by another worker or host is picked up from disk."""
@@ -259,29 +349,40 @@ class Dataset:
         self.zonings[zoning.name] = zoning
 
 
-def _read_parquet(path: Path, schema: dict[str, Any]) -> pl.DataFrame:
+def _read_parquet(path: Path, schema: dict[str, Any], digest: str | None = None) -> pl.DataFrame:
+    """One aggregate file, checked against the digest its metadata recorded (when it has one)."""
+    dataset = _dataset_name_of(path)
     if not path.exists():
+        raise DataUnavailable(f"aggregate file {path.name} is missing from dataset {dataset!r}; re-run ingestion")
+    raw = path.read_bytes()
+    if digest is not None and _file_digest(raw) != digest:
         raise DataUnavailable(
-            f"aggregate file {path.name} is missing from dataset {path.parent.name!r}; re-run ingestion"
+            f"aggregate file {path.name} of dataset {dataset!r} does not belong to its metadata.json (content "
+            "hash differs); re-run ingestion"
         )
     try:
-        frame = pl.read_parquet(path)
+        frame = pl.read_parquet(io.BytesIO(raw))
     except Exception as exc:  # polars raises several types for a corrupt file
         raise DataUnavailable(
-            f"aggregate file {path.name} of dataset {path.parent.name!r} cannot be read; re-run ingestion"
+            f"aggregate file {path.name} of dataset {dataset!r} cannot be read; re-run ingestion"
         ) from exc
     missing = [c for c in schema if c not in frame.columns]
     if missing:
         raise DataUnavailable(
-            f"aggregate file {path.name} of dataset {path.parent.name!r} lacks columns {missing}; re-run ingestion"
+            f"aggregate file {path.name} of dataset {dataset!r} lacks columns {missing}; re-run ingestion"
         )
     try:
         return frame.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
     except Exception as exc:
         raise DataUnavailable(
-            f"aggregate file {path.name} of dataset {path.parent.name!r} has columns of the wrong type; "
-            "re-run ingestion"
+            f"aggregate file {path.name} of dataset {dataset!r} has columns of the wrong type; re-run ingestion"
         ) from exc
+
+
+def _dataset_name_of(path: Path) -> str:
+    """The dataset a file belongs to, for messages: the folder above versions/ when versioned."""
+    parent = path.parent
+    return parent.parent.parent.name if parent.parent.name == VERSIONS_DIR else parent.name
 
 
 def _measure_arrays(
@@ -319,7 +420,8 @@ def _measure_arrays(
 def load_dataset(path: str | Path) -> Dataset:
     """Load and check one dataset directory; a bad file fails here, never mid-query."""
     root = Path(path)
-    meta_path = root / "metadata.json"
+    vdir = version_dir(root)
+    meta_path = vdir / "metadata.json"
     if not meta_path.exists():
         raise DataUnavailable(f"dataset {root.name!r} has no metadata.json; it is missing or ingestion did not finish")
     raw = meta_path.read_bytes()
@@ -329,13 +431,17 @@ def load_dataset(path: str | Path) -> Dataset:
         metadata = DatasetMetadata.from_json(doc)
         report = BoundingReport.from_json(doc["bounding_report"]) if "bounding_report" in doc else None
         charges = tuple(report_charges(doc, version))
-    except (ValueError, KeyError, TypeError, InvalidData) as exc:
+        digests = {str(k): str(v) for k, v in doc["files"].items()} if "files" in doc else {}
+    except (ValueError, KeyError, TypeError, AttributeError, InvalidData) as exc:
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} is corrupt; re-run ingestion") from exc
-    cells = _read_parquet(root / "cells.parquet", CELLS_SCHEMA)
+    if vdir != root and set(digests) != set(AGGREGATE_FILES):
+        raise DataUnavailable(f"metadata.json of dataset {root.name!r} lacks its file hashes; re-run ingestion")
+    cells = _read_parquet(vdir / "cells.parquet", CELLS_SCHEMA, digests.get("cells.parquet"))
     catalog = CellCatalog.from_columns(cells["cell_id"].to_list(), cells["lat"].to_list(), cells["lon"].to_list())
-    trips_frame = _read_parquet(root / "trips.parquet", TRIPS_SCHEMA)
+    trips_frame = _read_parquet(vdir / "trips.parquet", TRIPS_SCHEMA, digests.get("trips.parquet"))
     trips = _measure_arrays(trips_frame, metadata, catalog, ["origin", "dest"])
-    presence = _measure_arrays(_read_parquet(root / "presence.parquet", PRESENCE_SCHEMA), metadata, catalog, ["cell"])
+    presence = _measure_arrays(_read_parquet(vdir / "presence.parquet", PRESENCE_SCHEMA,
+                                             digests.get("presence.parquet")), metadata, catalog, ["cell"])
     zonings = {CELL_ZONING: Zoning.identity(catalog)}
     zdir = root / "zonings"
     if zdir.is_dir():
@@ -345,11 +451,15 @@ def load_dataset(path: str | Path) -> Dataset:
             except (ValueError, KeyError, TypeError, InvalidData) as exc:
                 raise DataUnavailable(f"zoning file {zpath.name} of dataset {root.name!r} is corrupt") from exc
             zonings[zoning.name] = zoning
-    return Dataset(root, metadata, catalog, trips, presence, zonings, version, report, charges)
+    return Dataset(root, metadata, catalog, trips, presence, zonings, version, report, charges, vdir)
 
 
 class AggregateStore:
-    """Datasets under one root, each loaded once per process and then shared read-only."""
+    """Datasets under one root, each loaded once per version and process, then shared read-only.
+
+    `get` reads the dataset's CURRENT pointer (a few bytes) on every call, so a re-ingestion is
+    served by running workers without a restart, and a version is loaded whole before use.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -363,20 +473,29 @@ class AggregateStore:
         base = self.root / "datasets"
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if (p / "metadata.json").exists())
+        return sorted(p.name for p in base.iterdir()
+                      if (p / CURRENT_FILE).exists() or (p / "metadata.json").exists())
 
     def get(self, name: str) -> Dataset:
+        path = self.dataset_dir(name)
         with self._lock:
-            if name in self._loaded:
-                return self._loaded[name]
-            path = self.dataset_dir(name)
             if not path.exists():
                 raise NotFound(f"dataset={name!r} does not exist; use one of {self.names()}", field="dataset")
+            current = version_dir(path)
+            loaded = self._loaded.get(name)
+            if loaded is not None and loaded.version_path == current:
+                return loaded
             dataset = load_dataset(path)
+            if dataset.metadata.name != name:
+                # Budgets, reports and reuse are all keyed by the name: one dataset, one name.
+                raise DataUnavailable(
+                    f"dataset folder {name!r} holds metadata named {dataset.metadata.name!r}; a dataset's name "
+                    f"must be its folder's: re-ingest it with --name {name}"
+                )
             self._loaded[name] = dataset
             return dataset
 
     def forget(self, name: str) -> None:
-        """Drop a cached dataset so the next get() reloads it (after re-ingestion)."""
+        """Drop a cached dataset so the next get() reloads it."""
         with self._lock:
             self._loaded.pop(name, None)

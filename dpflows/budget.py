@@ -175,12 +175,3 @@ class Rho(PrivacyLoss):
     """
 
     unit = "rho"
-
-
-def loss_type(accounting: str) -> type[PrivacyLoss]:
-    """The loss class a dataset's accounting charges in."""
-    if accounting == PURE_DP:
-        return Epsilon
-    if accounting == ZCDP:
-        return Rho
-    raise InvalidInput(f"accounting={accounting!r} must be one of {list(ACCOUNTINGS)}", field="accounting")

@@ -38,13 +38,17 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    "[person,] timestamp, origin, dest)")
     p.add_argument("--cells", required=True, help="cell catalog CSV or Parquet: cell_id, lat, lon")
     p.add_argument("--out", required=True, help="dataset directory to write, e.g. var/data/datasets/NAME")
-    p.add_argument("--name", default=None, help="dataset name (default: the --out folder's name)")
+    p.add_argument("--name", default=None, help="dataset name: must be the --out folder's name (the default)")
     p.add_argument("--window-days", type=int, default=7)
     p.add_argument("--bound-trips", type=int, default=20, help="L_trips per person-window (the sensitivity)")
     p.add_argument("--bound-presence", type=int, default=100, help="L_presence per person-window")
     p.add_argument("--trip-rule", choices=["stay", "consecutive"], default="stay")
     p.add_argument("--min-dwell-minutes", type=float, default=30)
-    p.add_argument("--first-day", type=_date, default=None, help="align windows to this day (default: first event)")
+    p.add_argument("--first-day", type=_date, required=True,
+                   help="first day the dataset holds (ISO); windows are aligned to it, for the dataset's life")
+    p.add_argument("--end-day", type=_date, required=True,
+                   help="the day after the last day the dataset holds (exclusive, ISO); declared and published, "
+                        "never measured from the events")
     p.add_argument("--trips-table", action="store_true", help="the input is a ready-made trips table")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
@@ -102,7 +106,8 @@ def _run_demo_city(args: argparse.Namespace) -> int:
     for name, path in scaled.zonings.items():
         polygons = scaled.polygons.get(name)
         print(f"zoning {name}: {path}" + (f" (polygons: {polygons})" if polygons else ""))
-    print(f"ingest: dpflows ingest {scaled.events} --cells {scaled.cells} --out DATA_DIR/datasets/NAME {zoning_args}")
+    print(f"ingest: dpflows ingest {scaled.events} --cells {scaled.cells} --out DATA_DIR/datasets/NAME "
+          f"--first-day {scaled.first_day} --end-day {scaled.end_day} {zoning_args}")
     return 0
 
 
@@ -113,6 +118,10 @@ def _run_ingest(args: argparse.Namespace) -> int:
     from dpflows.ingest.pipeline import ZoningSpec, ingest_events, ingest_trips_table
 
     name = args.name or Path(args.out).name
+    if name != Path(args.out).name:
+        raise InvalidData(f"--name {name!r} differs from the --out folder {Path(args.out).name!r}; a dataset is served "
+                          "under its folder's name, so drop --name or write to a folder of that name", field="name")
+    span = {"first_day": args.first_day, "end_day": args.end_day}
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
     accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
     if args.trips_table and args.engine == "spark":
@@ -122,7 +131,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         raise InvalidData("--buckets applies to events ingested with --engine polars; drop it here", field="buckets")
     if args.trips_table:
         out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
-                                 bound_trips=args.bound_trips, first_day=args.first_day, zonings=zonings,
+                                 bound_trips=args.bound_trips, **span, zonings=zonings,
                                  report_epsilon=args.report_epsilon, **accounting)
     elif args.engine == "spark":
         from dpflows.ingest.spark import ingest_events_spark
@@ -130,13 +139,13 @@ def _run_ingest(args: argparse.Namespace) -> int:
         out = ingest_events_spark(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                                   bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                                  first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
+                                  **span, zonings=zonings, report_epsilon=args.report_epsilon,
                                   **accounting)
     else:
         out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                             trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                            first_day=args.first_day, zonings=zonings, report_epsilon=args.report_epsilon,
+                            **span, zonings=zonings, report_epsilon=args.report_epsilon,
                             buckets=args.buckets, **accounting)
     print(f"dataset {name!r} written to {out}")
     _print_bounding_report(Path(out))
@@ -175,17 +184,19 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     """serve and admin (dpflows.service; `serve` runs gunicorn on api.wsgi by name, never importing api)."""
-    import os
+    from dpflows.settings import load_settings
+
+    settings = load_settings()
 
     def storage(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", default=os.environ.get("DPFLOWS_DATA_DIR", "./var/data"),
+        p.add_argument("--data-dir", default=settings.data_dir,
                        help="aggregate store root (default: $DPFLOWS_DATA_DIR or ./var/data)")
-        p.add_argument("--ledger-url", default=os.environ.get("DPFLOWS_LEDGER_URL", "sqlite:///./var/ledger.db"),
+        p.add_argument("--ledger-url", default=settings.ledger_url,
                        help="sqlite:///PATH or postgresql://... (default: $DPFLOWS_LEDGER_URL or sqlite:///./var/ledger.db)")
 
     serve = sub.add_parser("serve", help="serve the HTTP API with gunicorn")
     storage(serve)
-    serve.add_argument("--bind", default=os.environ.get("DPFLOWS_BIND", "127.0.0.1:8000"))
+    serve.add_argument("--bind", default=settings.bind)
     serve.add_argument("--workers", type=int, default=None, help="default: from the CPU count")
     serve.set_defaults(run=_run_serve)
 
@@ -278,6 +289,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _run_create_client(args: argparse.Namespace) -> int:
+    from dpflows.cells import label_problem
+    from dpflows.errors import InvalidInput
+
+    problem = label_problem(args.name)
+    if problem is not None:  # the HTTP API refuses the same names (api/schemas.py NewClientSchema)
+        raise InvalidInput(f"--name {args.name!r} {problem}", field="name")
     client, key = open_service(args).create_client(args.name, args.role)
     print(f"client {client.name} (id {client.id}, role {client.role}) created.")
     print(f"API key (shown once, store it now): {key}")
@@ -450,8 +467,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_migrate_command(sub: argparse._SubParsersAction) -> None:
-    """migrate: create or upgrade the ledger schema before hosts start (dpflows.ledger)."""
-    import os
+    """migrate: create or upgrade the ledger schema before hosts start (dpflows.ledger); settings."""
+    from dpflows.settings import environment_value
 
     parser = sub.add_parser(
         "migrate",
@@ -461,11 +478,23 @@ def _add_migrate_command(sub: argparse._SubParsersAction) -> None:
         "--ledger-url when the URL holds a password: arguments are visible to every user in `ps`.",
     )
     parser.add_argument(
-        "--ledger-url", default=os.environ.get("DPFLOWS_LEDGER_URL"),
-        required="DPFLOWS_LEDGER_URL" not in os.environ,
+        "--ledger-url", default=environment_value("DPFLOWS_LEDGER_URL"),
+        required=environment_value("DPFLOWS_LEDGER_URL") is None,
         help="sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (default: $DPFLOWS_LEDGER_URL)",
     )
     parser.set_defaults(run=_run_migrate)
+
+    settings = sub.add_parser("settings", help="list every DPFLOWS_* setting with the value in force, its default "
+                              "and what it is for")
+    settings.set_defaults(run=_run_settings)
+
+
+def _run_settings(args: argparse.Namespace) -> int:
+    from dpflows.settings import describe, load_settings
+
+    for row in describe(load_settings()):
+        print(f"{row['name']}={row['value']}\n    {row['help']} (default: {row['default'] or 'none'})")
+    return 0
 
 
 def _run_migrate(args: argparse.Namespace) -> int:

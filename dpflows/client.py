@@ -459,7 +459,10 @@ class DpflowsClient:
         body: dict[str, Any] = {"dataset": dataset, "zoning": zoning, "start": _iso(start), "end": _iso(end)}
         optional = {"hours": None if hours is None else list(hours),
                     "weekdays": None if weekdays is None else list(weekdays),
-                    "epsilon": epsilon, "rho": rho, "max_error": max_error, "confidence": confidence,
+                    # ε and ρ given as text ("0.5") go out as JSON numbers: the API refuses strings
+                    "epsilon": None if epsilon is None else float(epsilon),
+                    "rho": None if rho is None else float(rho),
+                    "max_error": max_error, "confidence": confidence,
                     "clamp_negative": clamp_negative, "consistent": consistent, "derive": derive, **extra}
         body.update({k: v for k, v in optional.items() if v is not None})
         return body

@@ -59,14 +59,13 @@ from typing import Any
 
 import numpy as np
 
-from dpflows.budget import ZCDP, Epsilon, PrivacyLoss, Rho
+from dpflows.budget import Epsilon
 from dpflows.errors import InvalidData
 from dpflows.mechanisms import (
     DEFAULT_CONFIDENCE,
     DISCRETE_LAPLACE,
     NoisyRelease,
     error_bound,
-    pure_dp_as_rho,
     scale_for_epsilon,
     sum_error_bound,
 )
@@ -329,12 +328,6 @@ class ReportCharge:
     def query_key(self) -> str:
         """The ledger key of its charge: one charge per ingestion, whichever worker or host makes it."""
         return hashlib.sha256(f"bounding_report|{self.ingestion}".encode()).hexdigest()
-
-    def loss(self, accounting: str) -> PrivacyLoss:
-        """What it costs in the dataset's ledger: its ε, or under zCDP the ρ OpenDP converts it to."""
-        if accounting == ZCDP:
-            return Rho.from_privacy_map(pure_dp_as_rho(self.sensitivity, self.scale))
-        return self.epsilon
 
     def to_json(self) -> dict[str, Any]:
         return {"ingestion": self.ingestion, "epsilon_nanos": self.epsilon.nanos, "windows": self.windows,

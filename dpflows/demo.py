@@ -51,6 +51,16 @@ class CityFiles:
     first_day: dt.date
     days: int
 
+    @property
+    def end_day(self) -> dt.date:
+        """The day after the last generated day: with first_day, the span an ingestion declares."""
+        return self.first_day + dt.timedelta(days=self.days)
+
+    @property
+    def span(self) -> dict[str, dt.date]:
+        """Keyword arguments declaring the generated days to an ingestion."""
+        return {"first_day": self.first_day, "end_day": self.end_day}
+
 
 def _cells(rng: np.random.Generator) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
@@ -421,6 +431,16 @@ class ScaledCityFiles:
     coarse: dict[str, int]
     first_day: dt.date
     days: int
+
+    @property
+    def end_day(self) -> dt.date:
+        """The day after the last generated day: with first_day, the span an ingestion declares."""
+        return self.first_day + dt.timedelta(days=self.days)
+
+    @property
+    def span(self) -> dict[str, dt.date]:
+        """Keyword arguments declaring the generated days to an ingestion."""
+        return {"first_day": self.first_day, "end_day": self.end_day}
 
 
 def generate_scaled_city(out_dir: str | Path, *, cells: int = 5000, persons: int = 500_000, zones: int = 1000,

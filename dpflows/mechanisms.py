@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any, Protocol
 
 import numpy as np
 import opendp.prelude as dp
@@ -414,3 +415,81 @@ def pure_dp_as_rho(sensitivity: int, scale: float) -> Fraction:
         return Fraction(dp.c.make_pureDP_to_zCDP(_laplace(scale)).map(sensitivity))
     except dp.OpenDPException as exc:
         raise MechanismError(f"zCDP conversion failed for sensitivity {sensitivity}: {exc.message}") from exc
+
+
+# -- one protocol, one implementation per noise family --------------------------------------------
+
+
+class NoiseMechanism(Protocol):
+    """A noise family as the accountings use it (dpflows.accounting): calibrate, release, bound."""
+
+    name: str
+
+    def scale(self, sensitivity: float, loss: PrivacyLoss) -> float: ...
+    def release(self, true_counts: np.ndarray, sensitivity: float, loss: PrivacyLoss) -> NoisyRelease: ...
+    def error_bound(self, scale: float, confidence: float = DEFAULT_CONFIDENCE) -> float: ...
+    def sum_error_bound(self, scale: float, terms: int, confidence: float = DEFAULT_CONFIDENCE) -> float: ...
+    def loss_for_error(self, sensitivity: float, max_error: float,
+                       confidence: float = DEFAULT_CONFIDENCE) -> PrivacyLoss: ...
+    def parse_sensitivity(self, stored: Any) -> float: ...
+
+
+class DiscreteLaplace:
+    """Pure ε-DP: ℓ1 sensitivity L (an integer), scale with OpenDP's map(L) ≤ ε."""
+
+    name = DISCRETE_LAPLACE
+
+    def scale(self, sensitivity: float, loss: PrivacyLoss) -> float:
+        return scale_for_epsilon(int(sensitivity), Epsilon(loss.nanos))
+
+    def release(self, true_counts: np.ndarray, sensitivity: float, loss: PrivacyLoss) -> NoisyRelease:
+        return release_counts(true_counts, int(sensitivity), Epsilon(loss.nanos))
+
+    def error_bound(self, scale: float, confidence: float = DEFAULT_CONFIDENCE) -> float:
+        return error_bound(scale, confidence)
+
+    def sum_error_bound(self, scale: float, terms: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+        return sum_error_bound(scale, terms, confidence, DISCRETE_LAPLACE)
+
+    def loss_for_error(self, sensitivity: float, max_error: float,
+                       confidence: float = DEFAULT_CONFIDENCE) -> PrivacyLoss:
+        return epsilon_for_error(int(sensitivity), max_error, confidence)
+
+    def parse_sensitivity(self, stored: Any) -> float:
+        return int(stored)
+
+
+class DiscreteGaussian:
+    """ρ-zCDP: ℓ2 sensitivity (a float rounded up), scale with OpenDP's map(Δ2) ≤ ρ."""
+
+    name = DISCRETE_GAUSSIAN
+
+    def scale(self, sensitivity: float, loss: PrivacyLoss) -> float:
+        return scale_for_rho(float(sensitivity), Rho(loss.nanos))
+
+    def release(self, true_counts: np.ndarray, sensitivity: float, loss: PrivacyLoss) -> NoisyRelease:
+        return release_counts_gaussian(true_counts, float(sensitivity), Rho(loss.nanos))
+
+    def error_bound(self, scale: float, confidence: float = DEFAULT_CONFIDENCE) -> float:
+        return gaussian_error_bound(scale, confidence)
+
+    def sum_error_bound(self, scale: float, terms: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+        return gaussian_sum_error_bound(scale, terms, confidence)
+
+    def loss_for_error(self, sensitivity: float, max_error: float,
+                       confidence: float = DEFAULT_CONFIDENCE) -> PrivacyLoss:
+        return rho_for_error(float(sensitivity), max_error, confidence)
+
+    def parse_sensitivity(self, stored: Any) -> float:
+        return float(stored)
+
+
+MECHANISMS: dict[str, NoiseMechanism] = {m.name: m for m in (DiscreteLaplace(), DiscreteGaussian())}
+
+
+def mechanism_named(name: str) -> NoiseMechanism:
+    """The noise family a stored answer names."""
+    try:
+        return MECHANISMS[name]
+    except KeyError:
+        raise MechanismError(f"mechanism={name!r} is not one of {list(MECHANISMS)}") from None

@@ -330,7 +330,7 @@ def add_zoning(service: Service, dataset: str, name: str, *, csv: str | None = N
         z = service.add_zoning(dataset, name, csv, coarse=coarse, min_cells_per_zone=min_cells_per_zone,
                                geometry=geojson, by=by)
         return ZoningAdded(z.name, z.zone_count, z.coarse, "csv")
-    catalog = service.store.get(dataset).catalog
+    catalog = service.dataset(dataset).catalog
     if grid_km is not None:
         if geojson is not None or id_field is not None:
             raise InvalidInput("grid_km makes its own squares: drop geojson and id_field", field="grid_km")

@@ -87,7 +87,7 @@ def report_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("report-data")
     files = generate_city(root / "raw", persons=600, seed=3, days=14)
-    ingest_events(files.events, files.cells, root / "datasets" / "city", name="city", seed=7, report_epsilon="0.1",
+    ingest_events(files.events, files.cells, root / "datasets" / "city", **files.span, name="city", seed=7, report_epsilon="0.1",
                   zonings=[ZoningSpec("districts", files.districts)])
     return root
 

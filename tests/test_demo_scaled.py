@@ -115,7 +115,7 @@ def test_the_kmeans_zoning_and_its_polygons(city) -> None:
 def test_it_ingests_with_its_zonings(city, tmp_path: Path) -> None:
     name = f"zones{ZONES}"
     out = ingest_events(city.events, city.cells, tmp_path / "datasets" / "scaled", name="scaled",
-                        progress=Progress(False), report_epsilon="0",
+                        progress=Progress(False), report_epsilon="0", **city.span,
                         zonings=[ZoningSpec(name, city.zonings[name]),
                                  ZoningSpec("sectors", city.zonings["sectors"], coarse=True,
                                             min_cells_per_zone=city.coarse["sectors"])])

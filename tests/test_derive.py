@@ -51,8 +51,8 @@ def test_sectors_flows_derived_from_districts_cost_nothing(service: Service, pla
     assert coarse.loss_of_release == Epsilon.parse("0.25") and not coarse.reused
     quote = service.quote(QueryRequest(spec(zoning="sectors", hours=[7, 10]), epsilon=Epsilon.parse("0.25"),
                                        derive=True), planner)
-    assert quote["derived_from"] == fine.answer_id and quote["epsilon_charged"] == Epsilon.zero()
-    assert quote["error_bound_95"] == coarse.error_bound_95
+    assert quote.derived_from == fine.answer_id and quote.charged == Epsilon.zero()
+    assert quote.error_bound_95 == coarse.error_bound_95
     assert service.ledger.total_charged("small", 0, planner.id) == Epsilon.parse("0.25")
     expected = sums(fine, lambda r: (SECTOR_OF_DISTRICT[r["origin"]], SECTOR_OF_DISTRICT[r["destination"]]))
     assert {(r["origin"], r["destination"]): r["count"] for r in coarse.values} == expected

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from dpflows import queries
-from dpflows.aggregates import AggregateStore
+from dpflows.aggregates import AggregateStore, version_dir
 from dpflows.errors import DomainTooLarge, InvalidInput, NotFound
 from dpflows.queries import hour_range, make_spec, prepare
 
@@ -25,7 +25,7 @@ def test_flows_release_every_zone_pair_and_match_a_direct_count(store: Aggregate
     p = prepare(s, store.get("small"))
     assert len(p.domain) == 8 * 8 and len(p.true_counts) == 64
     zone = {f"c{i:03d}": f"d{i // 5}" for i in range(40)}
-    trips = pl.read_parquet(data_root / "datasets/small/trips.parquet").filter(
+    trips = pl.read_parquet(version_dir(data_root / "datasets/small") / "trips.parquet").filter(
         (pl.col("day") >= D0) & (pl.col("day") < D0 + dt.timedelta(days=7))
         & pl.col("hour").is_between(7, 9) & (pl.col("day").dt.weekday() <= 5)
     )

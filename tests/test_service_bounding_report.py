@@ -20,6 +20,7 @@ from dpflows.service import REPORT_ACTION, SYSTEM_CLIENT, QueryRequest, Service
 
 REPORT_EPS = Epsilon.parse("0.1")
 WINDOWS = [0, 1]
+FIRST_DAY, END_DAY = dt.date(2024, 3, 4), dt.date(2024, 3, 18)  # the report_root city: 14 days
 
 
 def service_over(root: Path, ledger_path: Path) -> Service:
@@ -106,6 +107,7 @@ def test_an_unpaid_earlier_report_is_charged_with_the_reingestion(report_root: P
     shutil.copytree(report_root, root)
     raw = root / "raw"
     ingest_events(raw / "events.parquet", raw / "cells.csv", root / "datasets" / "city", name="city", seed=8,
+                  first_day=FIRST_DAY, end_day=END_DAY,
                   bound_trips=10, report_epsilon=0)  # L chosen from the first report, which was never served
     service = service_over(root, tmp_path / "l.db")
     admin, _ = service.create_client("admin", "admin")
@@ -129,6 +131,7 @@ def test_system_names_are_reserved(report_root: Path, tmp_path: Path) -> None:
 def test_on_a_zcdp_dataset_the_report_costs_the_rho_of_its_release(report_root: Path, tmp_path: Path) -> None:
     raw = report_root / "raw"
     ingest_events(raw / "events.parquet", raw / "cells.csv", tmp_path / "datasets" / "z", name="z", seed=8,
+                  first_day=FIRST_DAY, end_day=END_DAY,
                   accounting="zcdp", report_epsilon="0.1")
     service = service_over(tmp_path, tmp_path / "l.db")
     admin, _ = service.create_client("admin", "admin")
@@ -148,9 +151,9 @@ def test_a_quote_pays_the_report_first_so_its_figures_are_those_the_query_meets(
     service.set_cap("city", Epsilon.parse("1"), client_id=planner.id, window=None)
     service.set_cap("city", Epsilon.parse("0.35"), client_id=None, window=None)
     quote = service.quote(flows_request(), planner)
-    [window] = quote["windows"]
+    [window] = quote.windows
     assert window.budget.global_spent == REPORT_EPS  # the report, not the client, paid it
-    assert window.budget.remaining == Epsilon.parse("0.25") and quote["epsilon_charged"] == Epsilon.parse("0.25")
+    assert window.budget.remaining == Epsilon.parse("0.25") and quote.charged == Epsilon.parse("0.25")
     assert service.ledger.total_charged("city", 0, planner.id) == Epsilon.zero()
     answer = service.answer(flows_request(), planner)
-    assert answer.charged == quote["epsilon_charged"] and answer.budget_remaining == Epsilon.zero()
+    assert answer.charged == quote.charged and answer.budget_remaining == Epsilon.zero()

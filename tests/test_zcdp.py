@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from api import create_app
-from dpflows.aggregates import AggregateStore, load_dataset
+from dpflows.aggregates import AggregateStore, load_dataset, version_dir
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import BudgetExceeded, InvalidInput, PolicyViolation
 from dpflows.ingest.bounding import cap_per_person_key
@@ -169,8 +169,8 @@ def test_zcdp_ingestion_caps_each_person_per_trips_row(tmp_path: Path) -> None:
     counts = {}
     for accounting in ("pure_dp", "zcdp"):
         out = ingest_events(events, cells, tmp_path / accounting, name=accounting, trip_rule="consecutive",
-                            seed=1, accounting=accounting, key_cap_trips=1)
-        trips = pl.read_parquet(out / "trips.parquet")
+                            seed=1, first_day=dt.date(2024, 3, 4), end_day=dt.date(2024, 3, 5), accounting=accounting, key_cap_trips=1)
+        trips = pl.read_parquet(version_dir(out) / "trips.parquet")
         counts[accounting] = int(trips.filter((pl.col("origin") == "A") & (pl.col("dest") == "B"))["count"].sum())
         meta = load_dataset(out).metadata
         assert meta.accounting == accounting
@@ -269,11 +269,11 @@ def test_measures_are_refused_on_the_wrong_dataset(zservice: Service, zplanner) 
 def test_max_error_derives_rho_and_the_quote_equals_the_charge(zservice: Service, zplanner) -> None:
     request = QueryRequest(_presence("districts", days=2), max_error=80.0)
     quote = zservice.quote(request, zplanner)
-    assert isinstance(quote["epsilon"], Rho) and quote["accounting"] == "zcdp"
-    assert quote["error_bound_95"] <= 80.0
+    assert isinstance(quote.loss, Rho) and quote.accounting == "zcdp"
+    assert quote.error_bound_95 <= 80.0
     answer = zservice.answer(request, zplanner)
-    assert answer.charged == quote["epsilon"] and answer.loss_from_max_error
-    assert answer.error_bound_95 == quote["error_bound_95"]
+    assert answer.charged == quote.loss and answer.loss_from_max_error
+    assert answer.error_bound_95 == quote.error_bound_95
 
 
 def test_budget_status_shows_rho_and_its_approx_dp(zservice: Service, zplanner) -> None:

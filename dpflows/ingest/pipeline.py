@@ -30,8 +30,9 @@ from pathlib import Path
 import polars as pl
 from polars.io.partition import FileProviderArgs
 
+from dpflows.accounting import accounting as accounting_of
 from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
-from dpflows.budget import PURE_DP, ZCDP, Epsilon
+from dpflows.budget import PURE_DP, Epsilon
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
@@ -172,15 +173,35 @@ def _index_cells(frame: pl.LazyFrame, lookup: pl.DataFrame, path: Path, column: 
     return joined.drop(column).rename({"_cell": alias})
 
 
-def _span(frame: pl.LazyFrame, path: Path, first_day: dt.date | None) -> tuple[dt.date, dt.date]:
-    span = frame.select(pl.col("timestamp").min().alias("lo"), pl.col("timestamp").max().alias("hi")).collect()
-    lo, hi = span["lo"][0], span["hi"][0]
-    if lo is None:
+def check_declared_span(first_day: dt.date | None, end_day: dt.date | None) -> tuple[dt.date, dt.date]:
+    """A dataset's days are declared by the admin, never measured from the secret events.
+
+    The span is published (dataset listings, window ends, refusals outside it); measured from the
+    data, one person alone on a day would move it.
+    """
+    if first_day is None or end_day is None:
+        raise InvalidData("declare the days the dataset holds: --first-day and --end-day (exclusive) are required; "
+                          "they fix the window grid and are published, so they never come from the events",
+                          field="first_day" if first_day is None else "end_day")
+    if end_day <= first_day:
+        raise InvalidData(f"--end-day {end_day} must be after --first-day {first_day} (it is exclusive)",
+                          field="end_day")
+    return first_day, end_day
+
+
+def _check_within_span(frame: pl.LazyFrame, path: Path, first_day: dt.date, end_day: dt.date) -> None:
+    """Every event lies in the declared days; which rows do not is told, not the days they fall on."""
+    if frame.select(pl.len()).collect().item() == 0:
         raise InvalidData(f"{path.name}: no rows; nothing to ingest", field="path")
-    start = first_day or lo.date()
-    if lo.date() < start:
-        raise InvalidData(f"{path.name}: events start on {lo.date()}, before --first-day {start}", field="timestamp")
-    return start, hi.date() + dt.timedelta(days=1)
+    day = pl.col("timestamp").dt.date()
+    early = _rows_where(frame, day < pl.lit(first_day))
+    if early:
+        raise InvalidData(f"{path.name}: rows {early} fall before --first-day {first_day}; declare an earlier "
+                          "--first-day or remove them", field="timestamp")
+    late = _rows_where(frame, day >= pl.lit(end_day))
+    if late:
+        raise InvalidData(f"{path.name}: rows {late} fall on or after --end-day {end_day} (exclusive); declare a later "
+                          "--end-day or remove them", field="timestamp")
 
 
 def _with_window(frame: pl.LazyFrame, first_day: dt.date, window_days: int) -> pl.LazyFrame:
@@ -276,8 +297,8 @@ def ingest_events(
     events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
-    first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    buckets: int | None = None, progress: Progress | None = None,
+    first_day: dt.date | None = None, end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (),
+    seed: int | None = None, buckets: int | None = None, progress: Progress | None = None,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
@@ -290,6 +311,7 @@ def ingest_events(
     row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on.
     """
     progress = progress or Progress()
+    start, end = check_declared_span(first_day, end_day)
     path = Path(events_path)
     out = Path(out_dir)
     seed = new_seed() if seed is None else seed
@@ -305,9 +327,13 @@ def ingest_events(
     frame = _scan(path)
     _require_columns(frame, path, ["person", "timestamp", "cell_id"])
     frame = _timestamps(frame.select("person", "timestamp", "cell_id"), path, "timestamp")
-    person_nulls = _rows_where(frame, pl.col("person").is_null())
+    empty_person = pl.col("person").is_null()
+    if frame.collect_schema()["person"] == pl.String:
+        empty_person = empty_person | (pl.col("person").str.strip_chars() == "")
+    person_nulls = _rows_where(frame, empty_person)
     if person_nulls:
         raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
+    _check_within_span(frame, path, start, end)
     indexed = _index_cells(frame, lookup, path, "cell_id", "cell")
     buckets = buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
     rule: dict[str, object] = {"kind": trip_rule}
@@ -315,10 +341,9 @@ def ingest_events(
         rule["min_dwell_minutes"] = min_dwell_minutes
     min_dwell = dt.timedelta(minutes=min_dwell_minutes)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
-        start, end = _span(split.events, path, first_day)
         meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
                                key_cap_trips, delta)
-        key_cap = meta.key_cap_trips if accounting == ZCDP else None
+        key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
         trips: list[pl.LazyFrame] = []
         presence: list[pl.LazyFrame] = []
         for number, part in enumerate(split.parts, start=1):
@@ -395,7 +420,8 @@ def _cells_frame(catalog: CellCatalog) -> pl.DataFrame:
 def ingest_trips_table(
     trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
-    zonings: Iterable[ZoningSpec] = (), seed: int | None = None, progress: Progress | None = None,
+    end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
+    progress: Progress | None = None,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
@@ -406,6 +432,7 @@ def ingest_trips_table(
     bounding report is made (every unit has one trip: nothing to learn, nothing to spend).
     """
     progress = progress or Progress()
+    start, end = check_declared_span(first_day, end_day)
     seed = new_seed() if seed is None else seed
     report_eps = parse_report_epsilon(report_epsilon)
     if isinstance(trips_path, pl.DataFrame):
@@ -419,17 +446,28 @@ def ingest_trips_table(
     catalog, lookup = read_cells(cells_path)
     frame = _index_cells(frame, lookup, path, "origin", "origin")
     frame = _index_cells(frame, lookup, path, "dest", "dest")
-    if not has_person:
+    if has_person:
+        # an empty id would make every such trip one person's: bounded together, beyond L
+        if frame.collect_schema()["person"] == pl.String:
+            frame = frame.with_columns(pl.col("person").str.strip_chars())
+            empty = _rows_where(frame, pl.col("person").is_null() | (pl.col("person") == ""))
+        else:
+            empty = _rows_where(frame, pl.col("person").is_null())
+        if empty:
+            raise InvalidData(f"{path.name}: column 'person' is empty in rows {empty}; every trip needs its "
+                              "person's pseudonym, or drop the column to make each trip its own unit",
+                              field="person")
+    else:
         frame = frame.with_row_index("person")
     trips = frame.select("person", "timestamp", "origin", "dest")
-    start, end = _span(trips, path, first_day)
+    _check_within_span(trips, path, start, end)
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
                            accounting, key_cap_trips, delta)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
-                                       key_cap=key_cap_trips if accounting == ZCDP else None,
+                                       key_cap=accounting_of(meta.accounting).key_cap_trips(meta),
                                        histograms=histograms)
     counts = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
     report = release_bounding_report(histograms, report_eps, meta.window_count)

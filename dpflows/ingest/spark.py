@@ -13,7 +13,7 @@ What matches the Polars path (`pipeline.ingest_events`) exactly:
   as Polars does, whatever the Spark session time zone);
 - trips by the stay rule or the consecutive rule, with events of a (person, day) ordered by
   (timestamp, cell) (the cell index breaks ties, as in derive.py);
-- windows ``(day - first_day) // window_days``, first_day defaulting to the first event's day;
+- windows ``(day - first_day) // window_days``, first_day and end_day declared (never measured);
 - the bound: each (person, window)'s records ranked by a keyed 64-bit hash of the record's
   content with a secret seed, the `bound` smallest kept; trips use ``seed ^ 0x5A5A5A5A``;
 - the dataset directory: metadata, cells, trips, presence and zonings, through
@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from dpflows.accounting import accounting as accounting_of
 from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
-from dpflows.budget import PURE_DP, ZCDP, Epsilon
+from dpflows.budget import PURE_DP, Epsilon
 from dpflows.cells import CellCatalog
 from dpflows.contribution_report import BIN_UPPER
 from dpflows.errors import InvalidData
@@ -59,6 +60,7 @@ from dpflows.ingest.pipeline import (
     _cell_names,
     _cells_frame,
     _load_zonings,
+    check_declared_span,
     read_cells,
 )
 from dpflows.ingest.report import (
@@ -139,11 +141,12 @@ class SparkEvents:
 
 
 def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: str | Path,
-                      first_day: dt.date | None = None) -> SparkEvents:
+                      first_day: dt.date | None = None, end_day: dt.date | None = None) -> SparkEvents:
     """Read and check the events in one Spark pass; errors name file, column, counts, never a person."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    start, end = check_declared_span(first_day, end_day)
     path = str(events_path)
     name = _name(path)
     catalog, lookup = read_cells(cells_path)
@@ -161,9 +164,11 @@ def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: 
         F.count(F.lit(1)).alias("rows"),
         F.sum(F.when(~F.col("_ts_empty") & F.col("timestamp").isNull(), 1).otherwise(0)).alias("bad_ts"),
         F.sum(F.when(F.col("_ts_empty"), 1).otherwise(0)).alias("empty_ts"),
-        F.sum(F.when(F.col("person").isNull(), 1).otherwise(0)).alias("empty_person"),
+        F.sum(F.when(F.col("person").isNull() | (F.trim(F.col("person").cast("string")) == ""), 1)
+              .otherwise(0)).alias("empty_person"),
         F.sum(F.when(F.col("_cell").isNull(), 1).otherwise(0)).alias("unknown_cells"),
-        F.min("timestamp").alias("lo"), F.max("timestamp").alias("hi"),
+        F.sum(F.when(F.to_date("timestamp") < F.lit(start), 1).otherwise(0)).alias("early"),
+        F.sum(F.when(F.to_date("timestamp") >= F.lit(end), 1).otherwise(0)).alias("late"),
     ).collect()[0]
     if checks["bad_ts"]:
         raise InvalidData(f"{name}: column 'timestamp' has unparseable timestamps in {checks['bad_ts']} row(s); "
@@ -182,13 +187,15 @@ def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: 
         )
     if not checks["rows"]:
         raise InvalidData(f"{name}: no rows; nothing to ingest", field="path")
-    lo, hi = checks["lo"], checks["hi"]
-    start = first_day or lo.date()
-    if lo.date() < start:
-        raise InvalidData(f"{name}: events start on {lo.date()}, before --first-day {start}", field="timestamp")
+    if checks["early"]:
+        raise InvalidData(f"{name}: {checks['early']} row(s) fall before --first-day {start}; declare an earlier "
+                          "--first-day or remove them", field="timestamp")
+    if checks["late"]:
+        raise InvalidData(f"{name}: {checks['late']} row(s) fall on or after --end-day {end} (exclusive); declare a "
+                          "later --end-day or remove them", field="timestamp")
     events = (frame.select("person", "timestamp", F.col("_cell").alias("cell"))
               .persist(StorageLevel.MEMORY_AND_DISK))
-    return SparkEvents(events, catalog, lookup, start, hi.date() + dt.timedelta(days=1))
+    return SparkEvents(events, catalog, lookup, start, end)
 
 
 def _with_window(frame: DataFrame, first_day: dt.date, window_days: int) -> DataFrame:
@@ -276,7 +283,8 @@ class SparkBounded:
 def bounded_records_spark(
     events_path: str | Path, cells_path: str | Path, *, window_days: int = DEFAULT_WINDOW_DAYS,
     bound_trips: int = DEFAULT_BOUND_TRIPS, bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay",
-    min_dwell_minutes: float = 30, first_day: dt.date | None = None, seed: int, spark: SparkSession | None = None,
+    min_dwell_minutes: float = 30, first_day: dt.date | None = None, end_day: dt.date | None = None, seed: int,
+    spark: SparkSession | None = None,
     key_cap_trips: int | None = None,
 ) -> SparkBounded:
     """Checked events → derived records → at most L per (person, window), as lazy Spark frames.
@@ -286,7 +294,7 @@ def bounded_records_spark(
     """
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
-    source = read_events_spark(_spark(spark), events_path, cells_path, first_day)
+    source = read_events_spark(_spark(spark), events_path, cells_path, first_day, end_day)
     start = source.first_day
     presence_all = presence_records(source.events, start, window_days)
     presence = bound_per_person_window_spark(presence_all, bound_presence, seed=seed)
@@ -339,9 +347,9 @@ def ingest_events_spark(
     events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
-    first_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    spark: SparkSession | None = None, progress: Progress | None = None, accounting: str = PURE_DP,
-    key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
+    first_day: dt.date | None = None, end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (),
+    seed: int | None = None, spark: SparkSession | None = None, progress: Progress | None = None,
+    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
 ) -> Path:
     """Raw network events → bounded presence and trip counts with Spark; the same dataset directory.
@@ -350,6 +358,7 @@ def ingest_events_spark(
     collected as at most a few dozen numbers, released once with OpenDP on the driver.
     """
     progress = progress or Progress()
+    first_day, end_day = check_declared_span(first_day, end_day)
     seed = new_seed() if seed is None else seed
     report_eps = parse_report_epsilon(report_epsilon)
     if trip_rule not in derive.TRIP_RULES:
@@ -357,14 +366,16 @@ def ingest_events_spark(
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
-    # name, window and bounds checked before Spark reads anything (dates are placeholders here)
-    DatasetMetadata(name, dt.date(2000, 1, 1), dt.date(2000, 1, 2), window_days, bound_trips, bound_presence, rule,
-                    accounting, key_cap_trips, delta)
+    # name, span, window and bounds checked before Spark reads anything
+    checked = DatasetMetadata(name, first_day, end_day, window_days, bound_trips, bound_presence, rule,
+                              accounting, key_cap_trips, delta)
     progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
     bounded = bounded_records_spark(events_path, cells_path, window_days=window_days, bound_trips=bound_trips,
                                     bound_presence=bound_presence, trip_rule=trip_rule,
-                                    min_dwell_minutes=min_dwell_minutes, first_day=first_day, seed=seed,
-                                    spark=spark, key_cap_trips=key_cap_trips if accounting == ZCDP else None)
+                                    min_dwell_minutes=min_dwell_minutes, first_day=first_day, end_day=end_day,
+                                    seed=seed,
+                                    spark=spark,
+                                    key_cap_trips=accounting_of(accounting).key_cap_trips(checked))
     source = bounded.source
     try:
         meta = DatasetMetadata(name, source.first_day, source.end_day, window_days, bound_trips, bound_presence,

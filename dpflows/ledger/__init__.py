@@ -8,6 +8,7 @@ from dpflows.ledger.base import (
     ApiKeyRecord,
     AuditEntry,
     Client,
+    DatasetGrid,
     Ledger,
     ReleaseReceipt,
     ReleaseRequest,
@@ -38,6 +39,6 @@ def open_ledger(url: str) -> Ledger:
 
 
 __all__ = [
-    "ROLES", "ApiKeyRecord", "AuditEntry", "Client", "Ledger", "ReleaseReceipt", "ReleaseRequest",
+    "ROLES", "ApiKeyRecord", "AuditEntry", "Client", "DatasetGrid", "Ledger", "ReleaseReceipt", "ReleaseRequest",
     "StoredAnswer", "WindowBudget", "open_ledger",
 ]

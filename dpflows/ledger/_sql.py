@@ -5,7 +5,8 @@ make the spend rows of the windows a release touches exclusive for the rest of t
 transaction (SQLite: `BEGIN IMMEDIATE` already holds the write lock; PostgreSQL: `SELECT ...
 FOR UPDATE` in a fixed order). Statements use `?` placeholders; subclasses translate.
 
-Tables: clients, api_keys, caps (client_id 0 = global, win -1 = every window), spend (running
+Tables: datasets (each dataset's window grid and measure, recorded once, see base.DatasetGrid),
+clients, api_keys, caps (client_id 0 = global, win -1 = every window), spend (running
 totals per dataset, window, client; client_id 0 = all clients), charges (append-only),
 answers (unique per dataset and query key), audit (append-only, hash-chained).
 """
@@ -28,6 +29,7 @@ from dpflows.ledger.base import (
     ApiKeyRecord,
     AuditEntry,
     Client,
+    DatasetGrid,
     ReleaseReceipt,
     ReleaseRequest,
     StoredAnswer,
@@ -144,9 +146,37 @@ class SqlLedger:
             raise NotFound(f"key id={key_id} does not exist", field="key_id")
         return ApiKeyRecord(int(row[0]), int(row[1]), row[2], row[3], row[4])
 
+    # -- datasets ---------------------------------------------------------------------------
+
+    def _grid(self, cur: Cursor, dataset: str) -> DatasetGrid | None:
+        cur.execute("SELECT dataset, first_day, window_days, measure FROM datasets WHERE dataset = ?", (dataset,))
+        row = cur.fetchone()
+        return None if row is None else DatasetGrid(row[0], row[1], int(row[2]), row[3])
+
+    def _check_grid(self, cur: Cursor, grid: DatasetGrid) -> DatasetGrid:
+        """Record the grid on first use; refuse any other grid or measure for the same dataset."""
+        cur.execute(
+            "INSERT INTO datasets (dataset, first_day, window_days, measure, registered_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (dataset) DO NOTHING",
+            (grid.dataset, grid.first_day, grid.window_days, grid.measure, utc_now()),
+        )
+        recorded = self._grid(cur, grid.dataset)
+        assert recorded is not None  # inserted above or already there
+        check_grid_matches(recorded, grid)
+        return recorded
+
+    def register_dataset(self, grid: DatasetGrid) -> DatasetGrid:
+        with self._transaction(write=True) as cur:
+            return self._check_grid(cur, grid)
+
+    def dataset_grid(self, dataset: str) -> DatasetGrid | None:
+        with self._transaction(write=False) as cur:
+            return self._grid(cur, dataset)
+
     # -- caps and spending ------------------------------------------------------------------
 
-    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None) -> None:
+    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+                grid: DatasetGrid | None = None) -> None:
         if client_id is not None:
             self.get_client(client_id)
         if window is not None and window < 0:
@@ -154,6 +184,7 @@ class SqlLedger:
         cid = GLOBAL if client_id is None else client_id
         win = EVERY_WINDOW if window is None else window
         with self._transaction(write=True) as cur:
+            check_cap_unit(self._check_grid(cur, grid) if grid is not None else self._grid(cur, dataset), cap)
             cur.execute(
                 "INSERT INTO caps (client_id, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (client_id, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
@@ -255,12 +286,16 @@ class SqlLedger:
         """Check every cap, then charge, store and audit in one transaction; or do nothing."""
         windows = tuple(sorted(set(request.windows)))
         with self._transaction(write=True) as cur:
+            if request.grid is not None:
+                self._check_grid(cur, request.grid)
             self._lock_spend_rows(cur, request.dataset, windows, request.client_id)
             # An identical query released meanwhile (another worker or host) wins: reuse it.
             existing = self._find_answer(cur, request.dataset, request.query_key)
             if existing is not None:
                 self._append_audit(cur, _with_reuse(request.audit, existing.answer_id))
-                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero())
+                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero(),
+                                      budgets=tuple(self._budgets(cur, request.dataset, request.client_id,
+                                                                  list(windows))))
             # Check, without changing anything ...
             for budget in self._budgets(cur, request.dataset, request.client_id, list(windows)):
                 _check_budget(budget, request)
@@ -286,7 +321,8 @@ class SqlLedger:
             self._append_audit(cur, request.audit)
             answer = StoredAnswer(request.answer_id, request.dataset, request.query_key, request.client_id,
                                   request.payload, at)
-            return ReleaseReceipt(answer, reused=False, charged=request.epsilon)
+            budgets = self._budgets(cur, request.dataset, request.client_id, list(windows))
+            return ReleaseReceipt(answer, reused=False, charged=request.epsilon, budgets=tuple(budgets))
 
     # -- audit ------------------------------------------------------------------------------
 
@@ -313,6 +349,14 @@ class SqlLedger:
         with self._transaction(write=True) as cur:
             return self._append_audit(cur, entry)
 
+    def audit_reuse(self, entry: AuditEntry, windows: tuple[int, ...]) -> list[WindowBudget]:
+        """Audit a free (reused or derived) answer and read the client's budgets: one transaction."""
+        if entry.dataset is None or entry.client_id is None:
+            raise InvalidInput("a reuse audit row names its dataset and client", field="dataset")
+        with self._transaction(write=True) as cur:
+            self._append_audit(cur, entry)
+            return self._budgets(cur, entry.dataset, entry.client_id, sorted(set(windows)))
+
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
         if not 1 <= limit <= 1000:
             raise InvalidInput(f"limit={limit} must be between 1 and 1000", field="limit")
@@ -337,6 +381,28 @@ class SqlLedger:
         while rows := self.read_audit(after_id=after, limit=batch):
             yield from rows
             after = rows[-1].id
+
+
+def check_grid_matches(recorded: DatasetGrid, grid: DatasetGrid) -> None:
+    """Window k of a dataset is one calendar span in one measure for life: anything else is refused."""
+    if recorded != grid:
+        raise Conflict(
+            f"dataset {grid.dataset!r} has budgets recorded for {recorded.describe()}, but its data now has "
+            f"{grid.describe()}; spent budget would be read against other weeks or another unit. Re-ingest with "
+            f"--first-day {recorded.first_day} --window-days {recorded.window_days} and its first accounting, "
+            "or ingest this data under a new dataset name",
+            field="dataset",
+        )
+
+
+def check_cap_unit(recorded: DatasetGrid | None, cap: PrivacyLoss) -> None:
+    """A cap is set in its dataset's measure: an ε cap never becomes a ρ cap, nor the reverse."""
+    if recorded is not None and type(cap) is not PrivacyLoss and cap.unit != recorded.measure:
+        raise InvalidInput(
+            f"{cap.unit}={cap} cannot cap dataset {recorded.dataset!r}, whose budgets are in {recorded.measure}; "
+            f"send the cap as {recorded.measure}",
+            field=cap.unit,
+        )
 
 
 def _with_reuse(entry: AuditEntry, answer_id: str) -> AuditEntry:

@@ -8,8 +8,11 @@ benchmarks), sqlite.py (embedded default, one host), postgres.py (several hosts)
 
 Caps: per (client, dataset, window) and a global cap per (dataset, window) across all
 clients. Amounts are `PrivacyLoss` nano-units in the dataset's measure (ε for pure-DP
-datasets, ρ for zCDP ones: both compose by addition); the ledger sums and compares integers
-and never mixes datasets, so it needs no unit. The service labels what it reads.
+datasets, ρ for zCDP ones: both compose by addition). Spending is kept per window *index*, so
+the ledger also records each dataset's grid (first day, window length) and measure when it is
+first capped or charged (`DatasetGrid`), and refuses, in the same transaction as any charge or
+cap, a dataset that comes back with another grid or measure: window k, and the unit of every
+figure, then keep meaning one person-week in one measure for the dataset's life.
 A cap set for window None applies to every window without a cap of its own. A window with no
 cap at all has nothing to spend: ledgers fail closed.
 """
@@ -62,6 +65,19 @@ class WindowBudget:
         own = max(self.client_cap.nanos - self.client_spent.nanos, 0)
         shared = max(self.global_cap.nanos - self.global_spent.nanos, 0)
         return PrivacyLoss(min(own, shared))
+
+
+@dataclass(frozen=True)
+class DatasetGrid:
+    """What a dataset's window indices and amounts mean: fixed for the dataset's life."""
+
+    dataset: str
+    first_day: str  # ISO date: window k covers [first_day + k·window_days, + window_days)
+    window_days: int
+    measure: str  # the unit of its caps and spending: "epsilon" or "rho"
+
+    def describe(self) -> str:
+        return f"windows of {self.window_days} days from {self.first_day}, budgets in {self.measure}"
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,8 @@ class ReleaseRequest:
     answer_id: str
     payload: dict[str, Any]
     audit: AuditEntry
+    #: the dataset's grid, checked against the ledger's record in the release's transaction
+    grid: DatasetGrid | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,8 @@ class ReleaseReceipt:
     answer: StoredAnswer
     reused: bool
     charged: PrivacyLoss  # per window; zero when reused
+    #: the paying client's budgets in the release's windows, read in the same transaction after the charge
+    budgets: tuple[WindowBudget, ...] = ()
 
 
 @runtime_checkable
@@ -141,8 +161,11 @@ class Ledger(Protocol):
     def list_keys(self, client_id: int) -> list[ApiKeyRecord]: ...
     def revoke_key(self, key_id: int) -> ApiKeyRecord: ...
 
-    # caps and spending
-    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None) -> None: ...
+    # datasets, caps and spending
+    def register_dataset(self, grid: DatasetGrid) -> DatasetGrid: ...
+    def dataset_grid(self, dataset: str) -> DatasetGrid | None: ...
+    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+                grid: DatasetGrid | None = None) -> None: ...
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]: ...
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss: ...
 
@@ -154,6 +177,7 @@ class Ledger(Protocol):
 
     # audit
     def append_audit(self, entry: AuditEntry) -> AuditEntry: ...
+    def audit_reuse(self, entry: AuditEntry, windows: tuple[int, ...]) -> list[WindowBudget]: ...
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]: ...
 
     def close(self) -> None: ...

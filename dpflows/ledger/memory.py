@@ -10,13 +10,22 @@ import threading
 
 from dpflows.budget import PrivacyLoss
 from dpflows.errors import Conflict, InvalidInput, NotFound
-from dpflows.ledger._sql import EVERY_WINDOW, GLOBAL, _check_budget, _with_reuse, utc_now
+from dpflows.ledger._sql import (
+    EVERY_WINDOW,
+    GLOBAL,
+    _check_budget,
+    _with_reuse,
+    check_cap_unit,
+    check_grid_matches,
+    utc_now,
+)
 from dpflows.ledger.base import (
     GENESIS_HASH,
     ROLES,
     ApiKeyRecord,
     AuditEntry,
     Client,
+    DatasetGrid,
     ReleaseReceipt,
     ReleaseRequest,
     StoredAnswer,
@@ -38,6 +47,7 @@ class MemoryLedger:
         self._answers: dict[str, StoredAnswer] = {}
         self._answer_by_key: dict[tuple[str, str], str] = {}
         self._audit: list[AuditEntry] = []
+        self._grids: dict[str, DatasetGrid] = {}
 
     def create_client(self, name: str, role: str) -> Client:
         if role not in ROLES:
@@ -91,12 +101,23 @@ class MemoryLedger:
                 self._keys[key_id] = dataclasses.replace(self._keys[key_id], revoked_at=utc_now())
             return self._keys[key_id]
 
-    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None) -> None:
+    def register_dataset(self, grid: DatasetGrid) -> DatasetGrid:
+        with self._lock:
+            recorded = self._grids.setdefault(grid.dataset, grid)
+            check_grid_matches(recorded, grid)
+            return recorded
+
+    def dataset_grid(self, dataset: str) -> DatasetGrid | None:
+        return self._grids.get(dataset)
+
+    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+                grid: DatasetGrid | None = None) -> None:
         if client_id is not None:
             self.get_client(client_id)
         if window is not None and window < 0:
             raise InvalidInput(f"window={window} must be 0 or more (or omitted for every window)", field="window")
         with self._lock:
+            check_cap_unit(self.register_dataset(grid) if grid is not None else self._grids.get(dataset), cap)
             key = (GLOBAL if client_id is None else client_id, dataset, EVERY_WINDOW if window is None else window)
             self._caps[key] = cap
 
@@ -134,10 +155,13 @@ class MemoryLedger:
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
         windows = sorted(set(request.windows))
         with self._lock:
+            if request.grid is not None:
+                self.register_dataset(request.grid)
             existing = self.find_answer(request.dataset, request.query_key)
             if existing is not None:
                 self.append_audit(_with_reuse(request.audit, existing.answer_id))
-                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero())
+                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero(),
+                                      budgets=tuple(self.window_budgets(request.dataset, request.client_id, windows)))
             for budget in self.window_budgets(request.dataset, request.client_id, windows):
                 _check_budget(budget, request)
             for w in windows:
@@ -150,7 +174,8 @@ class MemoryLedger:
             self._answers[answer.answer_id] = answer
             self._answer_by_key[(request.dataset, request.query_key)] = answer.answer_id
             self.append_audit(request.audit)
-            return ReleaseReceipt(answer, reused=False, charged=request.epsilon)
+            return ReleaseReceipt(answer, reused=False, charged=request.epsilon,
+                                  budgets=tuple(self.window_budgets(request.dataset, request.client_id, windows)))
 
     def append_audit(self, entry: AuditEntry) -> AuditEntry:
         with self._lock:
@@ -160,6 +185,13 @@ class MemoryLedger:
                                       row_hash=entry.chain_hash(prev, at))
             self._audit.append(row)
             return row
+
+    def audit_reuse(self, entry: AuditEntry, windows: tuple[int, ...]) -> list[WindowBudget]:
+        if entry.dataset is None or entry.client_id is None:
+            raise InvalidInput("a reuse audit row names its dataset and client", field="dataset")
+        with self._lock:
+            self.append_audit(entry)
+            return self.window_budgets(entry.dataset, entry.client_id, sorted(set(windows)))
 
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
         if not 1 <= limit <= 1000:

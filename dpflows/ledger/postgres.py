@@ -96,6 +96,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             for table in ("audit", "charges")
         ),
     ]),
+    # 2: each dataset's window grid and measure, recorded on first cap or charge (issue 12)
+    (2, [
+        """CREATE TABLE IF NOT EXISTS datasets (
+            dataset TEXT PRIMARY KEY, first_day TEXT NOT NULL, window_days BIGINT NOT NULL,
+            measure TEXT NOT NULL, registered_at TEXT NOT NULL)""",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -19,6 +19,9 @@ from dpflows.errors import Unavailable
 from dpflows.ledger._sql import Cursor, SqlLedger
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset TEXT PRIMARY KEY, first_day TEXT NOT NULL, window_days INTEGER NOT NULL,
+    measure TEXT NOT NULL, registered_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
     created_at TEXT NOT NULL);

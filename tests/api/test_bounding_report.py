@@ -11,7 +11,7 @@ import requests
 from flask.testing import FlaskClient
 
 from api import create_app
-from dpflows.aggregates import AggregateStore
+from dpflows.aggregates import AggregateStore, version_dir
 from dpflows.budget import Epsilon
 from dpflows.client import DpflowsClient
 from dpflows.ledger.sqlite import SqliteLedger
@@ -44,7 +44,7 @@ def test_admin_and_planner_read_the_stored_release_after_its_charge(city, report
     scale = scale_for_epsilon(2, Epsilon.parse("0.1"))  # 2/0.1, stepped up until OpenDP's map is within ε
     assert doc["mechanism"] == {"name": "discrete_laplace", "noise_scale": scale, "sensitivity": 2}
     assert doc["error_bound_95"] > 0 and len(doc["detection_thresholds"]) == 4
-    stored = json.loads((report_root / "datasets" / "city" / "metadata.json").read_text())["bounding_report"]
+    stored = json.loads((version_dir(report_root / "datasets" / "city") / "metadata.json").read_text())["bounding_report"]
     for m in doc["measures"]:  # the values served are the stored noisy release, bin for bin
         assert [b["noisy_count"] for b in m["histogram"]] == stored["noisy_counts"][m["measure"]]
         assert m["bound"] == {"trips": 20, "presence": 100}[m["measure"]]

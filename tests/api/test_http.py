@@ -206,7 +206,8 @@ def test_admin_loads_a_zoning_from_polygons_or_as_a_grid(data_root: Path, tmp_pa
 
     root = tmp_path / "root"
     shutil.copytree(data_root, root)
-    app = create_app({"DPFLOWS_DATA_DIR": str(root), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/l.db"})
+    app = create_app({"DPFLOWS_DATA_DIR": str(root), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/l.db",
+                      "DPFLOWS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)})
     keys = seed_clients(app.extensions["dpflows"].service)
     c = app.test_client()
     url = "/v1/admin/datasets/small/zonings"
@@ -237,12 +238,18 @@ def test_admin_loads_a_zoning_from_polygons_or_as_a_grid(data_root: Path, tmp_pa
     assert r.status_code == 422
     assert c.post(url, json={"name": "w2", "grid_km": 1}, headers=keys.h("planner")).status_code == 403
 
-    # polygon files run to megabytes: admins may send up to DPFLOWS_MAX_UPLOAD_BYTES, others 1 MiB
-    big = {**WARDS, "features": [*WARDS["features"], {"type": "Feature", "properties": {"WARD": "pad", "pad": "x" * 1_500_000},
-                                                      "geometry": WARDS["features"][2]["geometry"]}]}
-    r = c.post(url, json={"name": "bigwards", "geojson": big, "id_field": "WARD"}, headers=keys.h("planner"))
+    # polygon files run to megabytes: an admin may send up to DPFLOWS_MAX_UPLOAD_BYTES here (2 MiB in
+    # this app), every other body stays at 1 MiB; a non-admin is refused before its body is read
+    def padded(size: int) -> dict:
+        pad = {"type": "Feature", "properties": {"WARD": "pad", "pad": "x" * size},
+               "geometry": WARDS["features"][2]["geometry"]}
+        return {"name": "bigwards", "geojson": {**WARDS, "features": [*WARDS["features"], pad]}, "id_field": "WARD"}
+
+    assert c.post(url, json=padded(1_500_000), headers=keys.h("planner")).status_code == 403
+    assert c.post("/v1/flows", json={**FLOWS, "pad": "x" * 1_500_000}, headers=keys.h("planner")).status_code == 413
+    r = c.post(url, json=padded(2_500_000), headers=keys.h("admin"))
     assert r.status_code == 413
-    r = c.post(url, json={"name": "bigwards", "geojson": big, "id_field": "WARD"}, headers=keys.h("admin"))
+    r = c.post(url, json=padded(1_500_000), headers=keys.h("admin"))
     assert r.status_code == 201 and r.json["empty_polygons"] == ["far", "pad"]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from dpflows.aggregates import AggregateStore
+from dpflows.aggregates import AggregateStore, version_dir
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
 from tests.api.conftest import FLOWS, Keys, seed_clients
@@ -185,7 +185,7 @@ def test_missing_or_corrupt_aggregates_are_a_clear_503_on_first_use(data_root: P
     ledger_path = tmp_path / "ledger.db"
     keys = seeded_ledger(root, ledger_path)
     action, name = damage.split(" ")
-    target = root / "datasets" / "small" / name
+    target = version_dir(root / "datasets" / "small") / name
     if action == "truncate":
         target.write_bytes(target.read_bytes()[:200])
     elif action == "delete":

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 
-from dpflows.aggregates import AggregateStore
+from dpflows.aggregates import AggregateStore, version_dir
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.queries import make_spec, prepare
 from dpflows.service import Service, hash_key
@@ -44,7 +44,7 @@ MASKS = [
     re.compile(r"\[\d+\]"), re.compile(r"pid:? \d+"), re.compile(r"127\.0\.0\.1:\d+"),  # gunicorn pids, bind
     re.compile(r"\d+\.\d+"),  # decimals: durations, ε, error bounds (counts are integers)
 ]
-SAFE_JSON_FIELDS = ("ts", "ms", "status", "client_id", "request_id")  # structurally numbers/ids, not data
+SAFE_JSON_FIELDS = ("ts", "ms", "status", "client_id", "request_id", "pid")  # structurally numbers/ids, not data
 
 
 def number_pattern(n: int) -> re.Pattern[str]:
@@ -100,9 +100,9 @@ def test_logs_error_bodies_and_audit_hold_no_count_and_no_key(data_root: Path, t
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
     shutil.copytree(root / "datasets" / "small", root / "datasets" / "broken")
-    meta = json.loads((root / "datasets" / "broken" / "metadata.json").read_text())
-    (root / "datasets" / "broken" / "metadata.json").write_text(json.dumps({**meta, "name": "broken"}))
-    trips = root / "datasets" / "broken" / "trips.parquet"
+    meta = json.loads((version_dir(root / "datasets" / "broken") / "metadata.json").read_text())
+    (version_dir(root / "datasets" / "broken") / "metadata.json").write_text(json.dumps({**meta, "name": "broken"}))
+    trips = version_dir(root / "datasets" / "broken") / "trips.parquet"
     trips.write_bytes(trips.read_bytes()[:300])
     ledger_path = tmp_path / "ledger.db"
     setup = Service(AggregateStore(root), SqliteLedger(ledger_path))

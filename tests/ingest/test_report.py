@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpflows.aggregates import load_dataset
+from dpflows.aggregates import load_dataset, version_dir
 from dpflows.budget import Epsilon
 from dpflows.contribution_report import BIN_COUNT, BIN_UPPER, BoundingReport, bin_ranges
 from dpflows.demo import generate_city
@@ -104,12 +104,12 @@ def city(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ingestion_stores_the_release_and_nothing_exact(city, tmp_path: Path) -> None:
-    out = ingest_events(city.events, city.cells, tmp_path / "ds", name="city", seed=11, report_epsilon="0.1")
-    doc = json.loads((out / "metadata.json").read_text())
+    out = ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=11, report_epsilon="0.1")
+    doc = json.loads((version_dir(out) / "metadata.json").read_text())
     stored = doc["bounding_report"]
     assert set(stored) == RELEASE_FIELDS  # the mechanism's output and how it was made; no exact field
     assert set(doc) - {"bounding_report"} == {"format_version", "name", "first_day", "end_day", "window_days",
-                                              "bounds", "trip_rule", "accounting", "ingestion_id"}
+                                              "bounds", "trip_rule", "accounting", "ingestion_id", "files"}
     assert stored["sensitivity"] == 2 and stored["noise_scale"] == scale_for_epsilon(2, Epsilon.parse("0.1"))
     assert stored["epsilon_nanos"] == 100_000_000 and stored["windows"] == 2
     assert {m: len(v) for m, v in stored["noisy_counts"].items()} == {"trips": BIN_COUNT, "presence": BIN_COUNT}
@@ -120,27 +120,28 @@ def test_ingestion_stores_the_release_and_nothing_exact(city, tmp_path: Path) ->
 
 
 def test_no_report_when_asked_or_without_persons(city, tmp_path: Path) -> None:
-    out = ingest_events(city.events, city.cells, tmp_path / "ds", name="city", seed=11, report_epsilon=0)
-    assert "bounding_report" not in json.loads((out / "metadata.json").read_text())
+    out = ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=11, report_epsilon=0)
+    assert "bounding_report" not in json.loads((version_dir(out) / "metadata.json").read_text())
     assert load_dataset(out).bounding_report is None and load_dataset(out).report_charges == ()
     trips = pl.DataFrame({"timestamp": ["2024-03-04 08:00:00"], "origin": ["C0101"], "dest": ["C0102"]})
-    out = ingest_trips_table(trips, city.cells, tmp_path / "tt", name="tt", seed=1)
+    out = ingest_trips_table(trips, city.cells, tmp_path / "tt", **city.span, name="tt", seed=1)
     assert load_dataset(out).bounding_report is None
 
 
 def test_reingestion_carries_an_earlier_report_forward(city, tmp_path: Path) -> None:
-    first = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", name="city", seed=1))
-    second = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", name="city", seed=2,
+    first = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=1))
+    second = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=2,
                                         bound_trips=10, report_epsilon=0))
     assert [c.ingestion for c in second.report_charges] == [first.version]
-    third = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", name="city", seed=3))
+    third = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=3))
     assert [c.ingestion for c in third.report_charges] == [first.version, third.version]
 
 
 def test_ingest_command_prints_the_report(city, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from dpflows.cli import main
 
-    args = ["ingest", str(city.events), "--cells", str(city.cells), "--zoning", f"districts={city.districts}"]
+    args = ["ingest", str(city.events), "--cells", str(city.cells), "--zoning", f"districts={city.districts}",
+            "--first-day", str(city.first_day), "--end-day", str(city.end_day)]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "bounding report (noisy; epsilon=0.05 in every window" in out

@@ -1,0 +1,174 @@
+"""Accountings: one object per measure of privacy loss, owning everything that differs between them.
+
+A dataset is accounted in one measure for life (design §4, issue 12): pure ε-DP with the
+discrete Laplace, or ρ-zCDP with the discrete Gaussian. Everything that depends on which (the
+loss type and its unit, the noise mechanism and how its sensitivity is computed, how a target
+error is priced, how a loss is shown, the per-role caps, what a pure-DP bounding report costs
+here) is a method of an `Accounting`; code elsewhere asks the dataset's accounting and never
+branches on its name. Adding a measure (approximate (ε, δ)) is one subclass here and its
+mechanism in dpflows.mechanisms.
+
+    Accounting
+    ├── PureDP              pure_dp  Epsilon  discrete Laplace   ℓ1 = L
+    └── ZeroConcentrated    zcdp     Rho      discrete Gaussian  ℓ2 from L and the per-key cap
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from dpflows.budget import ACCOUNTINGS, PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho
+from dpflows.errors import InvalidInput
+from dpflows.mechanisms import DISCRETE_GAUSSIAN, DISCRETE_LAPLACE, DiscreteGaussian, DiscreteLaplace, NoiseMechanism
+
+if TYPE_CHECKING:
+    from dpflows.aggregates import Dataset, DatasetMetadata
+    from dpflows.contribution_report import ReportCharge
+    from dpflows.queries import QuerySpec
+
+
+@dataclass(frozen=True)
+class RoleCaps:
+    """The most one query may cost, per role, in one measure."""
+
+    planner: PrivacyLoss
+    analyst: PrivacyLoss
+
+    def for_role(self, role: str) -> PrivacyLoss:
+        return self.analyst if role == "analyst" else self.planner
+
+
+class Accounting:
+    """What a dataset's measure of loss decides; see the module docstring."""
+
+    #: the value stored in dataset metadata (``accounting.measure``)
+    name: ClassVar[str]
+    #: how messages name it
+    label: ClassVar[str]
+    loss_type: ClassVar[type[PrivacyLoss]]
+    mechanism: ClassVar[NoiseMechanism]
+
+    @property
+    def unit(self) -> str:
+        """The request and answer field of this measure: "epsilon" or "rho"."""
+        return self.loss_type.unit
+
+    def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
+        """The sensitivity this accounting's mechanism is calibrated to for `spec` on `data`."""
+        raise NotImplementedError
+
+    def loss_for_error(self, sensitivity: float, max_error: float, confidence: float) -> PrivacyLoss:
+        return self.mechanism.loss_for_error(sensitivity, max_error, confidence)
+
+    def scale(self, sensitivity: float, loss: PrivacyLoss) -> float:
+        return self.mechanism.scale(sensitivity, loss)
+
+    def release(self, true_counts: np.ndarray, sensitivity: float, loss: PrivacyLoss) -> Any:
+        return self.mechanism.release(true_counts, sensitivity, loss)
+
+    def parse_sensitivity(self, stored: Any) -> float:
+        """A stored answer's sensitivity as it was calibrated (an integer L, or an ℓ2 float)."""
+        return self.mechanism.parse_sensitivity(stored)
+
+    def approx_dp(self, loss: PrivacyLoss, delta: float) -> float | None:
+        """The ε that `loss` implies at `delta`, for display; None where the loss already is an ε."""
+        return None
+
+    def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
+        """What a pure-DP bounding report costs in this measure."""
+        raise NotImplementedError
+
+    def loss_of(self, *, epsilon: PrivacyLoss | None, rho: PrivacyLoss | None,
+                dataset: str) -> PrivacyLoss | None:
+        """The loss a request sends in this measure; one sent in another measure is refused with the fix."""
+        sent = {"epsilon": epsilon, "rho": rho}
+        for unit, value in sent.items():
+            if value is not None and unit != self.unit:
+                raise InvalidInput(
+                    f"dataset {dataset!r} is accounted in {self.label}: send {self.unit} or max_error, not {unit}",
+                    field=unit,
+                )
+        given = sent[self.unit]
+        if given is not None and given.nanos == 0:
+            raise InvalidInput(f"{self.unit}=0 releases nothing useful; send a positive {self.unit}",
+                               field=self.unit)
+        return given
+
+    def key_cap_trips(self, meta: DatasetMetadata) -> int | None:
+        """The per-key cap ingestion enforces on trips rows (None: no such cap in this measure)."""
+        return None
+
+    def metadata_json(self, meta: DatasetMetadata) -> dict[str, Any]:
+        return {"measure": self.name}
+
+
+class PureDP(Accounting):
+    name = PURE_DP
+    label = "pure DP"
+    loss_type = Epsilon
+    mechanism = DiscreteLaplace()
+
+    def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
+        return data.metadata.bound(spec.counted_measure)
+
+    def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
+        return charge.epsilon
+
+
+class ZeroConcentrated(Accounting):
+    name = ZCDP
+    label = "zCDP"
+    loss_type = Rho
+    mechanism = DiscreteGaussian()
+
+    def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
+        from dpflows.mechanisms import l2_sensitivity
+        from dpflows.queries import key_contribution_cap
+
+        return l2_sensitivity(data.metadata.bound(spec.counted_measure), key_contribution_cap(spec, data))
+
+    def approx_dp(self, loss: PrivacyLoss, delta: float) -> float | None:
+        from dpflows.mechanisms import rho_to_approx_dp
+
+        return rho_to_approx_dp(loss, delta)
+
+    def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
+        from dpflows.mechanisms import pure_dp_as_rho
+
+        return Rho.from_privacy_map(pure_dp_as_rho(charge.sensitivity, charge.scale))
+
+    def key_cap_trips(self, meta: DatasetMetadata) -> int | None:
+        return meta.key_cap_trips
+
+    def metadata_json(self, meta: DatasetMetadata) -> dict[str, Any]:
+        return {"measure": self.name, "key_caps": {"trips": meta.key_cap_trips, "presence": 1}, "delta": meta.delta}
+
+
+_BY_NAME: dict[str, Accounting] = {a.name: a for a in (PureDP(), ZeroConcentrated())}
+assert tuple(_BY_NAME) == ACCOUNTINGS
+_BY_MECHANISM: dict[str, Accounting] = {a.mechanism.name: a for a in _BY_NAME.values()}
+assert set(_BY_MECHANISM) == {DISCRETE_LAPLACE, DISCRETE_GAUSSIAN}
+
+
+def accounting(name: str) -> Accounting:
+    """The accounting a dataset declares (``pure_dp`` or ``zcdp``)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise InvalidInput(f"accounting={name!r} must be one of {list(_BY_NAME)}", field="accounting") from None
+
+
+def accounting_of_mechanism(mechanism: str) -> Accounting:
+    """The accounting whose mechanism released a stored answer."""
+    return _BY_MECHANISM[mechanism]
+
+
+def accounting_of_unit(unit: str) -> Accounting:
+    """The accounting whose loss is named `unit` ("epsilon" or "rho")."""
+    for acc in _BY_NAME.values():
+        if acc.unit == unit:
+            return acc
+    raise InvalidInput(f"unit={unit!r} must be one of {[a.unit for a in _BY_NAME.values()]}", field="unit")
