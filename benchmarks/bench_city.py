@@ -93,7 +93,7 @@ def main() -> None:
                        "--end-day", str(dt.date(2024, 3, 4) + dt.timedelta(days=args.days)),
                        "--zoning", f"{zname}={zonings[zname]}",
                        "--zoning", f"sectors={zonings['sectors']}:coarse:{coarse}"])
-        agg_mb = sum(p.stat().st_size for p in out.glob("*.parquet")) / 2**20
+        agg_mb = sum(p.stat().st_size for p in out.rglob("*.parquet")) / 2**20
         print(f"ingest: {ing['seconds']:.1f} s, peak RSS {ing['peak_rss_mb']:.0f} MiB, "
               f"{meta.num_rows / ing['seconds'] / 1e6:.2f} M events/s; aggregates {agg_mb:,.1f} MiB", flush=True)
 
