@@ -64,9 +64,7 @@ class DpflowsExtension:
             raise InvalidInput("DPFLOWS_LEDGER_URL=memory:// keeps no budget across workers or restarts; the service "
                                "needs a durable ledger: sqlite:///PATH or postgresql://...", field="ledger_url")
         store = AggregateStore(settings.data_dir)
-        policy = Policy(planner_max_epsilon=settings.planner_max_epsilon,
-                        analyst_max_epsilon=settings.analyst_max_epsilon,
-                        planner_max_rho=settings.planner_max_rho, analyst_max_rho=settings.analyst_max_rho)
+        policy = Policy.from_settings(settings)
         limits = RateLimits(
             SharedBuckets(settings.rate_limit_db or default_path(settings.ledger_url, settings.data_dir)),
             per_key=Bucket(settings.rate_limit, float(settings.rate_burst)),

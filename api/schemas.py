@@ -414,7 +414,9 @@ class ZoningUploadSchema(ma.Schema):
     name = name_field()
     csv = fields.String(load_default=None, metadata={"description": "cell_id,zone_id rows with a header"})
     coarse = fields.Boolean(load_default=False)
-    min_cells_per_zone = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    min_cells_per_zone = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
+        "description": "coarse zonings: the fewest cells any zone may hold (default and minimum: the server's "
+                       "DPFLOWS_MIN_CELLS_PER_COARSE_ZONE, 10)"})
     geojson = fields.Dict(load_default=None, allow_none=True, metadata={
         "description": "a GeoJSON FeatureCollection of Polygon/MultiPolygon zones in WGS 84. Without csv, each "
                        "cell goes to the polygon covering it, else to the nearest (reported); with csv, the "

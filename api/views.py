@@ -5,34 +5,22 @@ No view catches exceptions: `api.errors` maps the one exception tree in one plac
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
-import json
 from typing import Any
 
 from flask import Response, current_app, g, request
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser, abort
 
-from api import schemas
+from api import renderers, schemas
 from api.auth import current_client, require
-from api.errors import ErrorSchema
-from dpflows import geo, zoning_sources
+from api.errors import ErrorSchema, ErrorTableSchema, error_table
+from dpflows import zoning_sources
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
-from dpflows.service import Answer, QueryRequest, Service, WindowStatus
-from dpflows.service.relative_change import RelativeChange
+from dpflows.service import QueryRequest, Service
 
 BEARER = [{"bearerAuth": []}]
-#: ?format= on the query endpoints: documented here, read by wants_csv and run_query.
-FORMAT_PARAMETER = {
-    "name": "format", "in": "query", "required": False,
-    "schema": {"type": "string", "enum": ["json", "csv", "geojson"]},
-    "description": "json (default); csv (key columns, count, error_bound_95; the metadata in X-Dpflows-* "
-                   "headers; also with Accept: text/csv); geojson (flows and presence only: lines between zone "
-                   "centroids, or zones)",
-}
 ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids it",
           413: "body too large (1 MiB; zoning uploads by an admin: DPFLOWS_MAX_UPLOAD_BYTES)",
           422: "invalid input", 503: "ledger or data unavailable",
@@ -86,6 +74,12 @@ def _drain_refused_upload(response: Response) -> Response:
     return response
 
 
+def run_query(kind: str, body: dict[str, Any]) -> Any:
+    answer = service().answer(query_request(kind, body), current_client())
+    setattr(g, f"{answer.charged.unit}_charged", answer.charged)  # for the request log line (api.logs)
+    return renderers.render_answer(answer, kind)
+
+
 def service() -> Service:
     return current_app.extensions["dpflows"].service  # type: ignore[no-any-return]
 
@@ -96,105 +90,6 @@ def _document_errors(blp: Blueprint, *codes: int) -> Any:
             view = blp.alt_response(code, schema=ErrorSchema, description=ERRORS.get(code, ""))(view)
         return view
     return decorate
-
-
-# -- presentation of dpflows values -------------------------------------------------------------
-
-def window_charges(windows: list[WindowStatus], charged: PrivacyLoss) -> list[dict[str, Any]]:
-    """Per window: the charge under its measure's name (epsilon_charged or rho_charged)."""
-    return [{"window": w.window, "start": w.start, "end": w.end, f"{charged.unit}_charged": charged,
-             "budget_remaining": w.budget.remaining} for w in windows]
-
-
-def answer_document(answer: Answer) -> dict[str, Any]:
-    unit = answer.loss_of_release.unit  # "epsilon" or "rho"
-    return {
-        "answer_id": answer.answer_id,
-        "query": answer.spec.canonical(),
-        "values": answer.values,
-        "accounting": answer.accounting,
-        f"{unit}_charged": answer.charged,
-        unit: answer.loss_of_release,
-        **({"approx_dp": {"epsilon": answer.approx_epsilon, "delta": answer.delta}}
-           if answer.approx_epsilon is not None else {}),
-        "epsilon_derived_from_max_error": answer.loss_from_max_error,
-        "windows": window_charges(answer.windows, answer.charged),
-        "budget_remaining": answer.budget_remaining,
-        "privacy_unit": answer.privacy_unit,
-        "mechanism": {"name": answer.mechanism, "noise_scale": answer.noise_scale,
-                      "sensitivity": answer.sensitivity},
-        "error_bound_95": answer.error_bound_95,
-        "confidence": answer.confidence,
-        "reused": answer.reused,
-        "postprocessing": answer.postprocessing,
-        "released_at": answer.released_at,
-        **{name: value for name, value in (
-            ("raw_values", answer.raw_values), ("totals", answer.totals), ("raw_totals", answer.raw_totals),
-            ("derived_from", answer.derived_from), ("value_error_bounds", answer.value_error_bounds),
-            ("value_terms", answer.value_terms)) if value is not None},
-    }
-
-
-def relative_change_document(change: RelativeChange) -> dict[str, Any]:
-    """The pair's per-zone changes, what the pair cost per window, and both answers in full."""
-    answers = (change.current, change.baseline)
-    unit = change.current.charged.unit
-    per_window: dict[int, dict[str, Any]] = {}
-    for answer in answers:  # the baseline's window statuses are the later ones: they win
-        for w in answer.windows:
-            entry = per_window.setdefault(w.window, {"window": w.window, "start": w.start, "end": w.end,
-                                                     f"{unit}_charged": type(answer.charged).zero()})
-            entry[f"{unit}_charged"] = entry[f"{unit}_charged"] + answer.charged
-            entry["budget_remaining"] = w.budget.remaining
-    windows = [per_window[w] for w in sorted(per_window)]
-    return {
-        "zones": change.zones, "confidence": change.confidence, "current_days": change.current_days,
-        "baseline_days": change.baseline_days, "method": change.method, "accounting": change.current.accounting,
-        "windows": windows, "budget_remaining": min(w["budget_remaining"] for w in windows),
-        "privacy_unit": change.current.privacy_unit,
-        "current": answer_document(change.current), "baseline": answer_document(change.baseline),
-    }
-
-
-def wants_csv() -> bool:
-    if request.args.get("format") == "csv":
-        return True
-    best = request.accept_mimetypes.best_match(["application/json", "text/csv"], default="application/json")
-    return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
-
-
-#: A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value: Any) -> Any:
-    """Text that a spreadsheet would run as a formula gets a leading apostrophe (shown as text);
-    numbers stay numbers, negative ones included."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def csv_response(answer: Answer) -> Response:
-    out = io.StringIO()
-    raw = answer.raw_values
-    writer = csv.DictWriter(out, fieldnames=[*answer.key_fields, "count", "error_bound_95",
-                                             *(["raw_count"] if raw is not None else [])])
-    writer.writeheader()
-    bounds = answer.value_error_bounds or [answer.error_bound_95] * len(answer.values)
-    for i, row in enumerate(answer.values):
-        writer.writerow({**{name: csv_cell(value) for name, value in row.items()}, "error_bound_95": f"{bounds[i]:.3f}",
-                         **({"raw_count": raw[i]} if raw is not None else {})})
-    response = Response(out.getvalue(), mimetype="text/csv")
-    response.headers.update({
-        "X-Dpflows-Answer-Id": answer.answer_id,
-        f"X-Dpflows-{answer.charged.unit.capitalize()}-Charged": str(answer.charged),
-        "X-Dpflows-Budget-Remaining": str(answer.budget_remaining),
-        "X-Dpflows-Error-Bound-95": f"{answer.error_bound_95:.6f}",
-        "X-Dpflows-Privacy-Unit": answer.privacy_unit,
-        "X-Dpflows-Reused": "true" if answer.reused else "false",
-    })
-    return response
 
 
 def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
@@ -217,21 +112,6 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
     )
 
 
-def geojson_response(answer: Answer) -> Response:
-    """?format=geojson: flows as lines between zone centroids, presence as zones (dpflows.geo)."""
-    zoning = current_app.extensions["dpflows"].catalog.zoning(answer.spec.dataset, answer.spec.zoning)
-    doc = geo.service_answer_geojson(answer, zoning)
-    return Response(json.dumps(doc), mimetype="application/geo+json")
-
-
-def run_query(kind: str, body: dict[str, Any]) -> Any:
-    answer = service().answer(query_request(kind, body), current_client())
-    setattr(g, f"{answer.charged.unit}_charged", answer.charged)  # for the request log line (api.logs)
-    if request.args.get("format") == "geojson" and kind != "patterns":
-        return geojson_response(answer)
-    return csv_response(answer) if wants_csv() else answer_document(answer)
-
-
 # -- queries ------------------------------------------------------------------------------------
 
 @queries_blp.route("/flows", methods=["POST"])
@@ -239,7 +119,7 @@ def run_query(kind: str, body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.FlowsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Origin-destination counts between zones")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
 def flows(body: dict[str, Any]) -> Any:
     """Trips from each zone to each zone, every pair released (zeros noised too)."""
     return run_query("flows", body)
@@ -250,7 +130,7 @@ def flows(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.PresenceQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Person-hours per zone and hour of day")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
 def presence(body: dict[str, Any]) -> Any:
     """Presence (distinct person-cell-hours) per zone and hour of day."""
     return run_query("presence", body)
@@ -261,7 +141,7 @@ def presence(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.PatternsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Weekday × hour profile")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
 def patterns(body: dict[str, Any]) -> Any:
     """Hour-of-day × weekday profile of trips (departures) or presence, for one zone or the whole area."""
     return run_query("patterns", body)
@@ -282,7 +162,7 @@ def relative_change(body: dict[str, Any]) -> Any:
     baseline_start, baseline_end = body.pop("baseline_start"), body.pop("baseline_end")
     change = service().relative_change(query_request("presence", body), baseline_start, baseline_end,
                                        current_client())
-    return relative_change_document(change)
+    return renderers.relative_change_document(change)
 
 
 @queries_blp.route("/quote", methods=["POST"])
@@ -299,7 +179,7 @@ def quote(body: dict[str, Any]) -> Any:
     return {
         "accounting": q.accounting, unit: q.loss, f"{unit}_charged": q.charged,
         "epsilon_derived_from_max_error": q.loss_from_max_error, "error_bound_95": q.error_bound_95,
-        "confidence": q.confidence, "windows": window_charges(q.windows, q.charged),
+        "confidence": q.confidence, "windows": renderers.window_charges(q.windows, q.charged),
         "reused": q.reused, "privacy_unit": q.privacy_unit,
         **({"derived_from": q.derived_from} if q.derived_from else {}),
         "mechanism": {"name": q.mechanism, "noise_scale": q.noise_scale, "sensitivity": q.sensitivity},
@@ -462,6 +342,13 @@ def audit(args: dict[str, Any]) -> Any:
 def healthz() -> Any:
     """The process is up."""
     return {"status": "ok", "checks": {}}
+
+
+@account_blp.route("/errors", methods=["GET"])
+@account_blp.response(200, ErrorTableSchema)
+def errors() -> Any:
+    """Every error code with its HTTP status and family: clients and the page map errors from this table."""
+    return {"errors": error_table()}
 
 
 @health_blp.route("/readyz", methods=["GET"])

@@ -251,7 +251,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--grid", type=float, metavar="KM", help="side of the grid's squares in kilometres")
     p.add_argument("--id-field", help="with --from-geojson: the feature property holding each zone's id")
     p.add_argument("--coarse", action="store_true", help="mark coarse (analysts may query it)")
-    p.add_argument("--min-cells", type=int, default=1, help="with --coarse: least cells per zone")
+    p.add_argument("--min-cells", type=int, default=None,
+                   help="with --coarse: least cells per zone (default and minimum: DPFLOWS_MIN_CELLS_PER_COARSE_ZONE)")
     p.add_argument("--geojson", default=None, help="with --csv: optional GeoJSON file of the zones, for maps")
     p.set_defaults(run=_run_add_zoning)
 
@@ -268,9 +269,10 @@ def open_service(args: argparse.Namespace) -> Service:
     """The Service over the store and ledger named on the command line (or by environment)."""
     from dpflows.aggregates import AggregateStore
     from dpflows.ledger import open_ledger
-    from dpflows.service import Service
+    from dpflows.service import Policy, Service
+    from dpflows.settings import load_settings
 
-    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url))
+    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url), Policy.from_settings(load_settings()))
 
 
 def _run_serve(args: argparse.Namespace) -> int:

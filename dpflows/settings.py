@@ -73,6 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
             "epsilon^2/2 of the planner's epsilon cap, what an epsilon-DP release costs in rho)"),
     Setting("DPFLOWS_ANALYST_MAX_RHO", "", "per-query rho cap of role analyst on zCDP datasets (default: "
             "epsilon^2/2 of the analyst's epsilon cap)"),
+    Setting("DPFLOWS_MIN_CELLS_PER_COARSE_ZONE", "10", "a zoning analysts may query (coarse) must hold at least "
+            "this many cells in every zone; checked at upload and at query time", _positive_int),
     Setting("DPFLOWS_RATE_LIMIT", "50", "requests per second per API key, shared by all workers of a host",
             _positive_float),
     Setting("DPFLOWS_RATE_BURST", "100", "burst of requests allowed above the rate", _positive_int),

@@ -311,13 +311,14 @@ def grid_zoning(catalog: CellCatalog, km: float) -> BuiltZoning:
 
 def add_zoning(service: Service, dataset: str, name: str, *, csv: str | None = None,
                geojson: dict[str, Any] | None = None, id_field: str | None = None, grid_km: float | None = None,
-               coarse: bool = False, min_cells_per_zone: int = 1, source: str | None = None,
+               coarse: bool = False, min_cells_per_zone: int | None = None, source: str | None = None,
                by: Client | None = None) -> ZoningAdded:
     """Load a zoning from CSV, from polygons (``geojson`` + ``id_field``) or as a grid (``grid_km``).
 
     With ``csv``, ``geojson`` is optional and only drawn on maps (as before). The zoning is then
-    checked and stored by ``Service.add_zoning`` (every cell in one zone, coarse zones big enough,
-    names never reused); ``source`` names the file in error messages.
+    checked and stored by ``Service.add_zoning`` (every cell in one zone, coarse zones big enough:
+    ``min_cells_per_zone``, by default and at least the server's minimum; names never reused);
+    ``source`` names the file in error messages.
     """
     if (csv is not None and grid_km is not None) or (csv is None and grid_km is None and geojson is None):
         raise InvalidInput("send exactly one of csv (cell_id,zone_id rows), geojson with id_field (polygons), "

@@ -134,8 +134,10 @@ def test_holes_shared_edges_and_coarse(service: Service) -> None:
     with pytest.raises(InvalidData, match="marked coarse but 1 zones hold fewer than 10 cells") as exc:
         add_zoning(service, "small", "holes", geojson=doc, id_field="WARD", coarse=True, min_cells_per_zone=10)
     assert exc.value.field == "coarse"
-    added = add_zoning(service, "small", "holes", geojson=doc, id_field="WARD", coarse=True, min_cells_per_zone=1)
-    assert added.coarse and added.zones == 3
+    with pytest.raises(InvalidInput, match="below the server's minimum of 10 cells per zone") as exc:
+        add_zoning(service, "small", "holes", geojson=doc, id_field="WARD", coarse=True, min_cells_per_zone=1)
+    added = add_zoning(service, "small", "holes", geojson=doc, id_field="WARD")
+    assert not added.coarse and added.zones == 3
 
 
 def test_grid_zones_hold_their_cells_and_only_nonempty_squares(service: Service) -> None:
@@ -155,8 +157,11 @@ def test_grid_zones_hold_their_cells_and_only_nonempty_squares(service: Service)
     assert np.ptp(x) == pytest.approx(1.0, abs=1e-4) and np.ptp(y) == pytest.approx(1.0, abs=1e-4)
     assert shapely.is_ccw(squares["G0001_0001"].exterior)  # RFC 7946: exterior rings counter-clockwise
     assert set(grid_zoning(catalog, 50).mapping.values()) == {"G0000_0000"}
-    added = add_zoning(service, "small", "grid2", grid_km=2.0, coarse=True, min_cells_per_zone=2)
-    assert added.method == "grid" and added.coarse and added.zones == 9  # 3 × 3 squares of 2 km
+    added = add_zoning(service, "small", "grid2", grid_km=2.0)
+    assert added.method == "grid" and not added.coarse and added.zones == 9  # 3 × 3 squares of 2 km
+    # 5 km: columns 0-5 and 6-7 of the one row of squares, 30 and 10 cells: coarse at the server's minimum (10)
+    added = add_zoning(service, "small", "grid5", grid_km=5.0, coarse=True)
+    assert added.coarse and added.zones == 2
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(InvalidInput, match="must be a positive number of kilometres") as exc:
             grid_zoning(catalog, bad)

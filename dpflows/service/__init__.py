@@ -99,7 +99,7 @@ class Service:
         admin.set_cap(self.context, dataset, cap, client_id=client_id, window=window, by=by)
 
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
-                   min_cells_per_zone: int = 1, geometry: dict[str, Any] | None = None,
+                   min_cells_per_zone: int | None = None, geometry: dict[str, Any] | None = None,
                    by: Client | None = None) -> Zoning:
         return admin.add_zoning(self.context, dataset, name, csv_text, coarse=coarse,
                                 min_cells_per_zone=min_cells_per_zone, geometry=geometry, by=by)

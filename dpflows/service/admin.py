@@ -11,12 +11,14 @@ from typing import Any
 from dpflows.accounting import accounting
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning, parse_zoning_csv
-from dpflows.errors import AuthenticationFailed, Conflict, DataUnavailable, InvalidInput
+from dpflows.errors import AuthenticationFailed, Conflict, DataUnavailable, InvalidInput, PolicyViolation
 from dpflows.ledger import Client
 from dpflows.service.context import ServiceContext, dataset_grid
 from dpflows.service.records import WindowStatus
 
 KEY_PREFIX = "dpf_"
+#: Names of dpflows' own principals (the bounding-report payer); no client may take one, none gets a key.
+SYSTEM_PREFIX = "system:"
 
 
 def hash_key(api_key: str) -> str:
@@ -39,7 +41,10 @@ def authenticate(ctx: ServiceContext, api_key: str | None) -> Client:
 
 
 def issue_key(ctx: ServiceContext, client_id: int) -> str:
-    """A new random key for a client: shown once, stored only as its hash."""
+    """A new random key for a client: shown once, stored only as its hash. System principals get none."""
+    if ctx.ledger.get_client(client_id).name.startswith(SYSTEM_PREFIX):
+        raise PolicyViolation(f"client id={client_id} is a system principal of dpflows; it never gets an API key",
+                              field="client_id")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     ctx.ledger.add_key(client_id, hash_key(key), key[: len(KEY_PREFIX) + 6])
     return key
@@ -47,7 +52,7 @@ def issue_key(ctx: ServiceContext, client_id: int) -> str:
 
 def create_client(ctx: ServiceContext, name: str, role: str, *, by: Client | None = None) -> tuple[Client, str]:
     """Register a client and issue its first key (returned once, never stored)."""
-    if name.startswith("system:"):
+    if name.startswith(SYSTEM_PREFIX):
         raise InvalidInput(f"name={name!r} is reserved (names starting with 'system:' are dpflows' own); "
                            "choose another name", field="name")
     client = ctx.ledger.create_client(name, role)
@@ -93,10 +98,19 @@ def set_cap(ctx: ServiceContext, dataset: str, cap: PrivacyLoss, *, client_id: i
 
 
 def add_zoning(ctx: ServiceContext, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
-               min_cells_per_zone: int = 1, geometry: dict[str, Any] | None = None,
+               min_cells_per_zone: int | None = None, geometry: dict[str, Any] | None = None,
                by: Client | None = None) -> Zoning:
     """Load a public zoning (cell_id,zone_id CSV); a name is never reused for different zones."""
     data = ctx.dataset(dataset)
+    if min_cells_per_zone is None:
+        min_cells_per_zone = ctx.policy.min_cells_coarse if coarse else 1
+    if coarse and min_cells_per_zone < ctx.policy.min_cells_coarse:
+        raise InvalidInput(
+            f"min_cells_per_zone={min_cells_per_zone} is below the server's minimum of {ctx.policy.min_cells_coarse} "
+            f"cells per zone for a coarse zoning; send min_cells_per_zone >= {ctx.policy.min_cells_coarse}, or "
+            "load it as not coarse (analysts cannot query it then)",
+            field="min_cells_per_zone",
+        )
     if name in data.zonings or (data.path / "zonings" / f"{name}.json").exists():
         raise Conflict(
             f"name={name!r} is already a zoning of dataset {dataset!r}; stored answers refer to it, "

@@ -2,7 +2,7 @@
 
 authorize and validate → price (ε or ρ, or derived from a target error) → reuse a stored
 answer if the identical query was released → if the client opted in (``derive=True``), sum a
-finer released answer at no cost (dpflows.derive) → compute the noisy answer in memory → one
+finer released answer at no cost (dpflows.derived_answers) → compute the noisy answer in memory → one
 ledger transaction: check every cap, charge every window, store the answer and audit, and
 read back this client's budgets → describe. Any failure before the commit releases nothing and
 charges nothing; every outcome, failures included, is audited without values. A fresh answer
@@ -18,7 +18,8 @@ import numpy as np
 
 from dpflows.accounting import accounting
 from dpflows.aggregates import Dataset
-from dpflows.derive import Derivation, best_derivation
+from dpflows.budget import PrivacyLoss
+from dpflows.derived_answers import Derivation, best_derivation
 from dpflows.errors import DpflowsError
 from dpflows.ledger import AuditEntry, Client, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import NoiseMechanism, mechanism_named
@@ -50,7 +51,7 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
                                                         answer_id=stored.answer_id), tuple(release.windows))
             return describe(ctx, stored, release, spec, client, data, request, budgets, reused=True)
         if request.derive:
-            derivation = find_derivation(ctx, spec, data, client, request)
+            derivation = find_derivation(ctx, spec, data, client, request, loss)
             if derivation is not None:
                 release = StoredRelease.from_payload(derivation.payload)
                 budgets = ctx.ledger.audit_reuse(AuditEntry(action=action, outcome="derived", client_id=client.id,
@@ -92,11 +93,17 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
 
 
 def find_derivation(ctx: ServiceContext, spec: QuerySpec, data: Dataset, client: Client,
-                    request: QueryRequest) -> Derivation | None:
-    """The most accurate free derivation of `spec` from this dataset's released answers."""
+                    request: QueryRequest, loss: PrivacyLoss) -> Derivation | None:
+    """The most accurate free derivation of `spec` from this dataset's released answers, if it is
+    at least as accurate as what was asked: the requested max_error, or else the error bound a
+    fresh release at the requested ε or ρ would have. A derived answer never trades the accuracy
+    the client paid for (and asked for) for a free one far noisier."""
+    acc = accounting(data.metadata.accounting)
+    fresh_bound = acc.mechanism.error_bound(acc.scale(acc.sensitivity(spec, data), loss), request.confidence)
+    wanted = fresh_bound if request.max_error is None else min(request.max_error, fresh_bound)
     return best_derivation(spec, data, ctx.ledger.list_answers(spec.dataset, spec.kind),
                            max_loss=ctx.policy.max_loss(client.role, data.metadata.accounting),
-                           confidence=request.confidence, max_error=request.max_error)
+                           confidence=request.confidence, max_error=wanted)
 
 
 def describe(ctx: ServiceContext, stored: StoredAnswer, release: StoredRelease, spec: QuerySpec, client: Client,

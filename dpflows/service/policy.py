@@ -10,6 +10,7 @@ from dpflows.cells import CELL_ZONING, Zoning
 from dpflows.errors import PolicyViolation
 from dpflows.ledger import Client
 from dpflows.queries import QuerySpec
+from dpflows.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,15 @@ class Policy:
     analyst_max_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("0.25"))
     planner_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.5"))
     analyst_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.03125"))
+    #: "coarse" is checked, not trusted: a zoning analysts may query has at least this many cells in every zone
+    min_cells_coarse: int = 10
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """The policy the server's settings declare (dpflows.settings): what the app and the CLI both use."""
+        return cls(planner_max_epsilon=settings.planner_max_epsilon, analyst_max_epsilon=settings.analyst_max_epsilon,
+                   planner_max_rho=settings.planner_max_rho, analyst_max_rho=settings.analyst_max_rho,
+                   min_cells_coarse=settings.min_cells_per_coarse_zone)
 
     def max_epsilon(self, role: str) -> Epsilon:
         return self.analyst_max_epsilon if role == "analyst" else self.planner_max_epsilon
@@ -50,6 +60,13 @@ class Policy:
             if spec.zoning == CELL_ZONING or not zoning.coarse:
                 raise PolicyViolation(
                     f"role analyst may query coarse zonings only; zoning={spec.zoning!r} is not coarse",
+                    field="zoning",
+                )
+            smallest = int(zoning.cells_per_zone().min())
+            if smallest < self.min_cells_coarse:
+                raise PolicyViolation(
+                    f"zoning={spec.zoning!r} is marked coarse but has a zone of {smallest} cell(s); role analyst may "
+                    f"query only zonings whose every zone holds at least {self.min_cells_coarse} cells",
                     field="zoning",
                 )
 

@@ -26,7 +26,7 @@ class QueryRequest:
     clamp_negative: bool = False
     #: Post-process to non-negative integers whose totals add up (dpflows.postprocess); free.
     consistent: bool = False
-    #: Opt in to a free answer summed from a finer released answer (dpflows.derive). Off by
+    #: Opt in to a free answer summed from a finer released answer (dpflows.derived_answers). Off by
     #: default: a derived value sums several noisy values, so its error can be far larger than a
     #: fresh release at the requested ε, and its error bound differs per value.
     derive: bool = False
@@ -78,7 +78,7 @@ class Answer:
     #: With consistent=True: the same totals summed from the raw values (unbiased), with the
     #: 95% bound of each kind of total (a sum of k independent noises, mechanisms.sum_error_bound).
     raw_totals: dict[str, Any] | None = None
-    #: The id of the released answer this one was summed from at no cost (dpflows.derive).
+    #: The id of the released answer this one was summed from at no cost (dpflows.derived_answers).
     derived_from: str | None = None
     #: Per-value error bounds when they differ between values (derived answers).
     value_error_bounds: list[float] | None = None

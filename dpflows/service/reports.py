@@ -74,9 +74,10 @@ def system_client(ctx: ServiceContext) -> Client:
             client = ctx.ledger.create_client(SYSTEM_CLIENT, "admin")
         except Conflict:  # another worker or host created it meanwhile
             client = ctx.ledger.client_by_name(SYSTEM_CLIENT)
-    if ctx.ledger.list_keys(client.id):
-        raise Conflict(f"client {SYSTEM_CLIENT!r} is reserved for bounding-report charges but has API keys; "
-                       "revoke them and rename that client", field="name")
+    active = [k.id for k in ctx.ledger.list_keys(client.id) if k.revoked_at is None]
+    if active:  # only a ledger from before system principals were refused keys can hold one
+        raise Conflict(f"client {SYSTEM_CLIENT!r} is reserved for bounding-report charges but holds API key(s) "
+                       f"{active}; revoke them: dpflows admin revoke-key --key-id {active[0]}", field="name")
     return client
 
 

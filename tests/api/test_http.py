@@ -221,9 +221,8 @@ def test_admin_loads_a_zoning_from_polygons_or_as_a_grid(data_root: Path, tmp_pa
     assert c.post("/v1/flows", json={**FLOWS, "zoning": "wards", "epsilon": 0.1},
                   headers=keys.h("planner")).status_code == 200
 
-    r = c.post(url, json={"name": "grid", "grid_km": 2, "coarse": True, "min_cells_per_zone": 2},
-               headers=keys.h("admin"))
-    assert r.status_code == 201 and r.json == {"name": "grid", "zones": 9, "coarse": True, "method": "grid",
+    r = c.post(url, json={"name": "grid", "grid_km": 5, "coarse": True}, headers=keys.h("admin"))
+    assert r.status_code == 201 and r.json == {"name": "grid", "zones": 2, "coarse": True, "method": "grid",
                                                "assigned_to_nearest": [], "empty_polygons": []}
     # the analyst may query the coarse grid; its zones are the squares holding cells
     assert c.post("/v1/flows", json={**FLOWS, "zoning": "grid"}, headers=keys.h("analyst")).status_code == 200
