@@ -127,3 +127,25 @@ def test_serve_execs_gunicorn_that_answers(data_root: Path, tmp_path: Path) -> N
             proc.wait(timeout=10)
         log.close()
     assert key not in (tmp_path / "serve.log").read_text()  # the key never reaches the logs
+
+
+def test_demo_city_at_real_scale_prints_how_to_ingest_it(tmp_path: Path) -> None:
+    """`dpflows demo-city --cells N` writes the real-scale city and the `dpflows ingest` line that loads it;
+    that line, run as printed, ingests it."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dpflows.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                              check=False, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+    out = run("demo-city", "--cells", "120", "--persons", "200", "--zones", "30", "--days", "7",
+              "--out", str(tmp_path / "city"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1] == f"cells: {tmp_path / 'city' / 'cells.csv'} (120 cells)"
+    assert lines[2].startswith("zoning zones30: ") and lines[2].endswith("zones30.geojson)")
+    ingest = lines[-1].removeprefix("ingest: dpflows ").replace("DATA_DIR", str(tmp_path / "data")).split()
+    assert "--first-day" in ingest and "2024-03-11" in ingest and any(":coarse:" in a for a in ingest)
+    done = run(*ingest, "--report-epsilon", "0")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(next((tmp_path / "data" / "datasets" / "NAME").rglob("zonings/zones30.json")).read_text())
+    bad = run("demo-city", "--cells", "5", "--out", str(tmp_path / "tiny"))
+    assert bad.returncode == 2 and "--cells must be at least 10" in bad.stderr
