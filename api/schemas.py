@@ -109,6 +109,8 @@ class QueryBodySchema(ma.Schema):
     derive = fields.Boolean(load_default=False, metadata={
         "description": "allow a free answer summed exactly from a finer answer already released on this dataset "
                        "(derived_from names it; per-value error bounds are those of sums of noises)"})
+    case_ref = label_field(128, metadata={"description": "required for role analyst: the case this query serves; "
+                                                         "recorded in the audit log, readable by role oversight only"})
 
     @ma.validates_schema
     def _one_price(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -371,7 +373,7 @@ class ClientSchema(ma.Schema):
 
 class NewClientSchema(ma.Schema):
     name = label_field(128, required=True)
-    role = fields.String(required=True, validate=validate.OneOf(["admin", "planner", "analyst"]))
+    role = fields.String(required=True, validate=validate.OneOf(["admin", "planner", "analyst", "oversight"]))
 
 
 class IssuedKeySchema(ma.Schema):

@@ -109,6 +109,7 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
         clamp_negative=body["clamp_negative"],
         consistent=body["consistent"],
         derive=body["derive"],
+        case_ref=body.get("case_ref"),
     )
 
 
@@ -324,14 +325,18 @@ def add_zoning(body: dict[str, Any], dataset: str) -> Any:
 
 
 @admin_blp.route("/audit", methods=["GET"])
-@require("admin")
+@require("admin", "oversight")
 @admin_blp.arguments(schemas.AuditQuerySchema, location="query")
 @admin_blp.response(200, schemas.AuditPageSchema)
 @_document_errors(admin_blp, 401, 403, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
 def audit(args: dict[str, Any]) -> Any:
-    """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome."""
-    rows = service().ledger.read_audit(after_id=args["after_id"], limit=args["limit"])
+    """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome.
+
+    What police analysts asked and why (query and case reference) is shown to role oversight only;
+    admins get those rows with `query` null.
+    """
+    rows = service().read_audit(current_client(), after_id=args["after_id"], limit=args["limit"])
     return {"entries": rows, "next_after_id": rows[-1].id if len(rows) == args["limit"] else None}
 
 

@@ -206,7 +206,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = admin_sub.add_parser("create-client", help="register a client and print its API key once")
     storage(p)
     p.add_argument("--name", required=True)
-    p.add_argument("--role", required=True, choices=["planner", "analyst", "admin"])
+    p.add_argument("--role", required=True, choices=["planner", "analyst", "admin", "oversight"])
     p.set_defaults(run=_run_create_client)
 
     p = admin_sub.add_parser("issue-key", help="issue another key for a client (rotation); printed once")

@@ -22,6 +22,8 @@ def flows(zoning: str = "districts", days: int = 7, **kw):
 
 def ask(service: Service, client, spec, epsilon: str | None = "0.25", **kw):
     eps = None if epsilon is None else Epsilon.parse(epsilon)
+    if client.role == "analyst":
+        kw.setdefault("case_ref", "case-0001")
     return service.answer(QueryRequest(spec, epsilon=eps, **kw), client)
 
 

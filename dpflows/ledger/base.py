@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dpflows.budget import PrivacyLoss
 
-ROLES = ("admin", "planner", "analyst")
+ROLES = ("admin", "planner", "analyst", "oversight")
 GENESIS_HASH = "0" * 64
 
 

@@ -36,10 +36,12 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
     spec = request.spec
     action = f"query.{spec.kind}"
     audit_query = spec.canonical()
+    if request.case_ref is not None:
+        audit_query["case_ref"] = request.case_ref
     try:
         data = ctx.dataset(spec.dataset)
         charge_bounding_report(ctx, data)
-        ctx.policy.authorize(client, spec, data.zoning(spec.zoning))
+        ctx.policy.authorize(client, spec, data.zoning(spec.zoning), request.case_ref)
         loss = ctx.price(client, request, data)
         audit_query[loss.unit] = loss.to_json()
         query_key = ctx.query_key(spec, data, loss)

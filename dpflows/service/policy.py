@@ -48,10 +48,10 @@ class Policy:
         """The per-query cap for this role, in the dataset's measure."""
         return self.caps(accounting(accounting_name).unit).for_role(role)
 
-    def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning) -> None:
+    def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning, case_ref: str | None = None) -> None:
         """Raise PolicyViolation naming the rule a query breaks for this client's role."""
-        if client.role == "admin":
-            raise PolicyViolation("role admin queries no data; use a planner or analyst key", field="role")
+        if client.role in ("admin", "oversight"):
+            raise PolicyViolation(f"role {client.role} queries no data; use a planner or analyst key", field="role")
         if client.role == "analyst":
             if spec.kind != "flows":
                 raise PolicyViolation(
@@ -69,6 +69,9 @@ class Policy:
                     f"query only zonings whose every zone holds at least {self.min_cells_coarse} cells",
                     field="zoning",
                 )
+            if not case_ref:
+                raise PolicyViolation("role analyst must send case_ref, the case this query serves; it is audited "
+                                      "and readable by the oversight body only", field="case_ref")
 
     def check_loss(self, client: Client, loss: PrivacyLoss, accounting_name: str, *,
                    derived_from: float | None) -> None:

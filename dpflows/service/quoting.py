@@ -21,7 +21,7 @@ def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
     spec = request.spec
     data = ctx.dataset(spec.dataset)
     charge_bounding_report(ctx, data)
-    ctx.policy.authorize(client, spec, data.zoning(spec.zoning))
+    ctx.policy.authorize(client, spec, data.zoning(spec.zoning), request.case_ref)
     loss = ctx.price(client, request, data)
     windows = ctx.window_status(data, client, list(touched_windows(spec, data)))
     acc = accounting(data.metadata.accounting)

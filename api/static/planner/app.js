@@ -96,7 +96,7 @@
     box.hidden = false;
     box.textContent = err.field ? `${err.message}` : err.message;
     const fieldInput = { epsilon: "epsilon", rho: "epsilon", max_error: "max-error", start: "start", end: "end", hours: "hour-from",
-      weekdays: "weekdays", zoning: "zoning", dataset: "dataset", zone: "zone", measure: "measure" }[err.field];
+      weekdays: "weekdays", zoning: "zoning", dataset: "dataset", zone: "zone", measure: "measure", case_ref: "case-ref" }[err.field];
     if (fieldInput && $(fieldInput)) $(fieldInput).setAttribute("aria-invalid", "true");
   }
 
@@ -204,6 +204,7 @@
     if (document.querySelector("input[name=price]:checked").value === "epsilon") body[lossField()] = Number($("epsilon").value);
     else { body.max_error = Number($("max-error").value); body.confidence = Number($("confidence").value); }
     if ($("clamp").checked) body.clamp_negative = true;
+    if ($("case-ref").value.trim()) body.case_ref = $("case-ref").value.trim();
     if (kind === "patterns") { body.measure = $("measure").value; if ($("zone").value) body.zone = $("zone").value; }
     return { kind, body };
   }
