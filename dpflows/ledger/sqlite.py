@@ -67,7 +67,10 @@ class SqliteLedger(SqlLedger):
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Budgets, key hashes and what every client asked: readable by the service's user alone.
+            # SQLite gives its -wal and -shm files the database file's permissions.
+            Path(self.path).touch(mode=0o600, exist_ok=True)
         try:
             conn = self._connection()
             conn.executescript(SCHEMA)
