@@ -283,6 +283,26 @@ class DpflowsClient:
             body["geojson"] = dict(geometry)
         return dict(self.request("POST", self.ADMIN_PATHS["zonings"].format(dataset=_seg(dataset)), body=body))
 
+    def add_zoning_from_polygons(self, dataset: str, name: str, geojson: Mapping[str, Any], id_field: str, *,
+                                 coarse: bool = False, min_cells_per_zone: int | None = None) -> dict[str, Any]:
+        """Load a zoning from GeoJSON polygons: each cell to the polygon covering it, else the nearest.
+
+        The answer lists the cells sent to the nearest polygon (``assigned_to_nearest``, with the
+        distance) and the polygons holding no cell (``empty_polygons``, not zones).
+        """
+        body: dict[str, Any] = {"name": name, "geojson": dict(geojson), "id_field": id_field, "coarse": coarse}
+        if min_cells_per_zone is not None:
+            body["min_cells_per_zone"] = min_cells_per_zone
+        return dict(self.request("POST", self.ADMIN_PATHS["zonings"].format(dataset=_seg(dataset)), body=body))
+
+    def add_grid_zoning(self, dataset: str, name: str, km: float, *, coarse: bool = False,
+                        min_cells_per_zone: int | None = None) -> dict[str, Any]:
+        """Load a square grid of side ``km`` over the cell catalog's extent (zones: squares holding a cell)."""
+        body: dict[str, Any] = {"name": name, "grid_km": km, "coarse": coarse}
+        if min_cells_per_zone is not None:
+            body["min_cells_per_zone"] = min_cells_per_zone
+        return dict(self.request("POST", self.ADMIN_PATHS["zonings"].format(dataset=_seg(dataset)), body=body))
+
     def audit(self, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Audit rows after ``after_id``, oldest first (who asked what, when, at what ε, outcome; never values)."""
         doc = self.request("GET", self.ADMIN_PATHS["audit"], params={"after_id": after_id, "limit": limit})
