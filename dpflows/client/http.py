@@ -275,10 +275,12 @@ class DpflowsClient:
         return dict(self.request("PUT", self.ADMIN_PATHS["caps"], body=body) or {})
 
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
-                   min_cells_per_zone: int = 1, geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Load a public zoning from `cell_id,zone_id` CSV text (and optional GeoJSON polygons)."""
-        body: dict[str, Any] = {"name": name, "csv": csv_text, "coarse": coarse,
-                                "min_cells_per_zone": min_cells_per_zone}
+                   min_cells_per_zone: int | None = None, geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Load a public zoning from `cell_id,zone_id` CSV text (and optional GeoJSON polygons); a coarse
+        zoning's minimum defaults to the server's."""
+        body: dict[str, Any] = {"name": name, "csv": csv_text, "coarse": coarse}
+        if min_cells_per_zone is not None:
+            body["min_cells_per_zone"] = min_cells_per_zone
         if geometry is not None:
             body["geojson"] = dict(geometry)
         return dict(self.request("POST", self.ADMIN_PATHS["zonings"].format(dataset=_seg(dataset)), body=body))
