@@ -93,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
             "peers (nginx) whose X-Real-IP / X-Forwarded-For name the client address"),
     Setting("DPFLOWS_RATE_LIMIT_DB", "", "the rate limiter's SQLite file (default: beside a SQLite ledger, else a "
             "private temporary directory); see api/ratelimit.py"),
+    Setting("DPFLOWS_MAX_UPLOAD_BYTES", str(32 * 1024 * 1024),
+            "largest body of an admin's zoning upload, which may carry GeoJSON polygons (every other request: "
+            "1 MiB; behind nginx, deploy/nginx.conf allows as much for that route)", _positive_int),
     Setting("DPFLOWS_BIND", "127.0.0.1:8000", "address gunicorn listens on (dpflows serve --bind)"),
     Setting("DPFLOWS_WORKERS", _default_workers, "gunicorn worker processes (default 2 x cores + 1, at most 9)",
             _positive_int),
