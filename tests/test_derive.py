@@ -128,6 +128,9 @@ def test_derivation_is_opt_in(service: Service, planner) -> None:
 def test_policy_and_accuracy_limit_derivation(service: Service, planner) -> None:
     analyst, _ = service.create_client("police-1", "analyst")
     service.set_cap("small", Epsilon.parse("1"), client_id=analyst.id, window=None)
+    # one sharing group: the analyst derives from the planner's answers (issue 17)
+    planner = service.set_group(planner.id, "city")
+    analyst = service.set_group(analyst.id, "city")
     ask(service, planner, spec(), epsilon="0.3")  # above the analyst's per-query cap of 0.25
     a = ask(service, analyst, spec(zoning="sectors"), epsilon="0.1", derive=True)
     assert a.derived_from is None and a.charged == Epsilon.parse("0.1")

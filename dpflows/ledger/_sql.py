@@ -8,14 +8,16 @@ FOR UPDATE` in a fixed order). Statements use `?` placeholders; subclasses trans
 Tables: datasets (each dataset's window grid and measure, recorded once, see base.DatasetGrid),
 clients, api_keys, caps (client_id 0 = global, win -1 = every window), spend (running
 totals per dataset, window, client; client_id 0 = all clients), charges (append-only),
-answers (unique per dataset and query key), answer_shapes (what each answer asked, without its
-values: the index of free derivations, one row written with the answer), audit (append-only,
-hash-chained).
+answers (unique per dataset and query key; the key includes the releasing client's sharing group),
+answer_shapes (what each answer asked, without its values, and the group it was released in: the
+index of free derivations, one row written with the answer), audit (append-only, hash-chained),
+client_groups (the sharing group of each client put in one; a client without a row is alone).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -38,11 +40,14 @@ from dpflows.ledger.base import (
     ShapeFilter,
     StoredAnswer,
     WindowBudget,
+    check_group_name,
     shape_of,
 )
 
 GLOBAL = 0  # client_id of the global cap and of the all-clients spend row
 EVERY_WINDOW = -1
+_CLIENT_SELECT = ("SELECT c.id, c.name, c.role, c.created_at, g.group_name FROM clients c "
+                  "LEFT JOIN client_groups g ON g.client_id = c.id")
 
 
 def utc_now() -> str:
@@ -89,11 +94,29 @@ class SqlLedger:
         return Client(int(client_id), name, role, at)
 
     def _client_from_row(self, row: Any) -> Client:
-        return Client(int(row[0]), row[1], row[2], row[3])
+        return Client(int(row[0]), row[1], row[2], row[3], row[4])
+
+    def set_group(self, client_id: int, group: str | None) -> Client:
+        """Put a client in a sharing group, or (None) back alone; its past answers stay in the group they
+        were released in."""
+        if group is not None:
+            check_group_name(group)
+        self.get_client(client_id)
+        with self._transaction(write=True) as cur:
+            if group is None:
+                cur.execute("DELETE FROM client_groups WHERE client_id = ?", (client_id,))
+            else:
+                cur.execute(
+                    "INSERT INTO client_groups (client_id, group_name, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (client_id) DO UPDATE SET group_name = excluded.group_name, "
+                    "updated_at = excluded.updated_at",
+                    (client_id, group, utc_now()),
+                )
+        return self.get_client(client_id)
 
     def get_client(self, client_id: int) -> Client:
         with self._transaction(write=False) as cur:
-            cur.execute("SELECT id, name, role, created_at FROM clients WHERE id = ?", (client_id,))
+            cur.execute(f"{_CLIENT_SELECT} WHERE c.id = ?", (client_id,))  # noqa: S608 -- a constant
             row = cur.fetchone()
         if row is None:
             raise NotFound(f"client id={client_id} does not exist", field="client_id")
@@ -101,7 +124,7 @@ class SqlLedger:
 
     def client_by_name(self, name: str) -> Client:
         with self._transaction(write=False) as cur:
-            cur.execute("SELECT id, name, role, created_at FROM clients WHERE name = ?", (name,))
+            cur.execute(f"{_CLIENT_SELECT} WHERE c.name = ?", (name,))  # noqa: S608 -- a constant
             row = cur.fetchone()
         if row is None:
             raise NotFound(f"client name={name!r} does not exist", field="name")
@@ -109,7 +132,7 @@ class SqlLedger:
 
     def list_clients(self) -> list[Client]:
         with self._transaction(write=False) as cur:
-            cur.execute("SELECT id, name, role, created_at FROM clients ORDER BY id")
+            cur.execute(f"{_CLIENT_SELECT} ORDER BY c.id")  # noqa: S608 -- a constant
             return [self._client_from_row(r) for r in cur.fetchall()]
 
     def add_key(self, client_id: int, key_hash: str, prefix: str) -> ApiKeyRecord:
@@ -127,7 +150,8 @@ class SqlLedger:
     def client_for_key_hash(self, key_hash: str) -> Client | None:
         with self._transaction(write=False) as cur:
             cur.execute(
-                "SELECT c.id, c.name, c.role, c.created_at FROM api_keys k JOIN clients c ON c.id = k.client_id "
+                "SELECT c.id, c.name, c.role, c.created_at, g.group_name FROM api_keys k "
+                "JOIN clients c ON c.id = k.client_id LEFT JOIN client_groups g ON g.client_id = c.id "
                 "WHERE k.key_hash = ? AND k.revoked_at IS NULL",
                 (key_hash,),
             )
@@ -316,6 +340,7 @@ class SqlLedger:
         if where.pattern is not None:
             pattern = " AND measure = ? AND zone_id = ?"
             params += list(where.pattern)
+        params.append(where.group)
         params += [where.per_zoning, where.limit]
         with self._transaction(write=False) as cur:
             cur.execute(
@@ -324,7 +349,7 @@ class SqlLedger:
                 "ORDER BY noise_scale, created_at, answer_id) AS pos FROM answer_shapes "
                 "WHERE dataset = ? AND kind = ? AND data_version = ? AND start_day = ? AND end_day = ? AND unit = ? "
                 f"AND loss_nanos <= ? AND zoning IN ({zonings}) AND mechanism IN ({mechanisms}) "
-                f"AND {hours} AND {weekdays}{pattern}"
+                f"AND {hours} AND {weekdays}{pattern} AND share_group = ?"
                 ") ranked WHERE pos <= ? ORDER BY noise_scale, created_at, answer_id LIMIT ?",
                 tuple(params),
             )
@@ -369,7 +394,7 @@ class SqlLedger:
             self._append_audit(cur, request.audit)
             answer = StoredAnswer(request.answer_id, request.dataset, request.query_key, request.client_id,
                                   request.payload, at)
-            _insert_shape(cur, answer)
+            _insert_shape(cur, answer, request.share_group)
             budgets = self._budgets(cur, request.dataset, request.client_id, list(windows))
             return ReleaseReceipt(answer, reused=False, charged=request.epsilon, budgets=tuple(budgets))
 
@@ -455,28 +480,60 @@ def check_cap_unit(recorded: DatasetGrid | None, cap: PrivacyLoss) -> None:
 
 
 _SHAPE_COLUMNS = ("answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, hours_mask, "
-                  "weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at")
+                  "weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at, share_group")
 
 
 def _shape_from_row(row: Any) -> AnswerShape:
     return AnswerShape(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]), int(row[9]),
-                       row[10], row[11], row[12], int(row[13]), float(row[14]), row[15])
+                       row[10], row[11], row[12], int(row[13]), float(row[14]), row[15], row[16])
 
 
-def _insert_shape(cur: Cursor, answer: StoredAnswer) -> bool:
-    """Index what `answer` asked (answer_shapes); False for answers without a shape."""
+def _insert_shape(cur: Cursor, answer: StoredAnswer, share_group: str | None) -> bool:
+    """Index what `answer` asked (answer_shapes), in the sharing group it was released in; False for
+    answers without a shape. share_group None: a migration step older than groups (the column is
+    filled by `rekey_answers`, a later step)."""
     shape = shape_of(answer)
     if shape is None:
         return False
+    group_column, group_value = ("", ()) if share_group is None else (", share_group", (share_group,))
     cur.execute(
         "INSERT INTO answer_shapes (answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, "
-        "hours_mask, weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"hours_mask, weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at{group_column}) "
+        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{', ?' * len(group_value)})",
         (shape.answer_id, shape.dataset, shape.kind, shape.data_version, shape.mechanism, shape.start, shape.end,
          shape.zoning, shape.hours_mask, shape.weekdays_mask, shape.measure, shape.zone, shape.unit,
-         shape.loss_nanos, shape.scale, shape.created_at),
+         shape.loss_nanos, shape.scale, shape.created_at, *group_value),
     )
     return True
+
+
+def group_query_key(query_key: str, share_group: str) -> str:
+    """The reuse key of a query within one sharing group: an answer is found again only by its group.
+
+    A function of the group-free key so that a migration can re-key stored answers (`rekey_answers`)."""
+    return hashlib.sha256(f"{query_key}|{share_group}".encode()).hexdigest()
+
+
+def rekey_answers(cur: Cursor, batch: int = 500) -> int:
+    """Migration (issue 17): before sharing groups every answer was reused by everyone. Each stored answer
+    is moved into the group of the client who released it, then alone (`client:<id>`): its reuse key
+    becomes `group_query_key(key, group)` and its shape row names the group. Answers of dpflows' own
+    principals (`system:`, the bounding-report charges, keyed by ingestion) keep their keys. Returns
+    answers re-keyed."""
+    done, after = 0, ""
+    while True:
+        cur.execute("SELECT a.answer_id, a.query_key, a.client_id FROM answers a JOIN clients c ON c.id = a.client_id "
+                    "WHERE a.answer_id > ? AND c.name NOT LIKE 'system:%' ORDER BY a.answer_id LIMIT ?",
+                    (after, batch))
+        rows = cur.fetchall()
+        if not rows:
+            return done
+        for answer_id, key, client_id in rows:
+            group = f"client:{int(client_id)}"
+            cur.execute("UPDATE answers SET query_key = ? WHERE answer_id = ?", (group_query_key(key, group), answer_id))
+            cur.execute("UPDATE answer_shapes SET share_group = ? WHERE answer_id = ?", (group, answer_id))
+            done += 1
+        after = rows[-1][0]
 
 
 def backfill_answer_shapes(cur: Cursor, batch: int = 500) -> int:
@@ -495,7 +552,7 @@ def backfill_answer_shapes(cur: Cursor, batch: int = 500) -> int:
             return added
         for row in rows:
             added += _insert_shape(cur, StoredAnswer(row[0], row[1], row[2], int(row[3]), orjson.loads(row[4]),
-                                                     row[5]))
+                                                     row[5]), None)
         after = rows[-1][0]
 
 

@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from dpflows.budget import PrivacyLoss
+from dpflows.errors import InvalidInput
 
 ROLES = ("admin", "planner", "analyst", "oversight")
 GENESIS_HASH = "0" * 64
+
+
+GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,26 @@ class Client:
     name: str
     role: str
     created_at: str
+    #: the sharing group an admin put this client in; None: the client is alone (issue 17)
+    group: str | None = None
+
+    @property
+    def share_group(self) -> str:
+        """The group whose stored answers this client reuses and derives from: its group, or itself alone.
+
+        A colon never appears in a group name, so `client:<id>` can never be an admin's group."""
+        return self.group if self.group is not None else f"client:{self.id}"
+
+
+def check_group_name(group: str) -> str:
+    """A sharing group's name: 1-64 letters, digits, '_', '.', '-' (never 'client:<id>', a client alone)."""
+    if not isinstance(group, str) or GROUP_NAME.fullmatch(group) is None:
+        raise InvalidInput(
+            f"group={group!r} is not a group name; use 1-64 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit",
+            field="group",
+        )
+    return group
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,8 @@ class AnswerShape:
     loss_nanos: int
     scale: float
     created_at: str
+    #: the sharing group the answer was released in: only that group derives from it (issue 17)
+    share_group: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +173,8 @@ class ShapeFilter:
     pattern: tuple[str, str] | None = None  # (measure, zone) for patterns
     per_zoning: int = 1
     limit: int = 16
+    #: only answers released in this sharing group (Client.share_group) are candidates
+    group: str = ""
 
     def admits(self, shape: AnswerShape) -> bool:
         """The filter in Python: the reference the SQL ledgers implement (and the memory ledger uses)."""
@@ -160,6 +189,7 @@ class ShapeFilter:
             and covers(shape.hours_mask, self.hours_mask, self.hours_exact)
             and covers(shape.weekdays_mask, self.weekdays_mask, self.weekdays_exact)
             and (self.pattern is None or (shape.measure, shape.zone) == self.pattern)
+            and shape.share_group == self.group
         )
 
 
@@ -252,6 +282,8 @@ class ReleaseRequest:
     audit: AuditEntry
     #: the dataset's grid, checked against the ledger's record in the release's transaction
     grid: DatasetGrid | None = None
+    #: the paying client's sharing group (Client.share_group): the only group that derives from the answer
+    share_group: str = ""
 
 
 @dataclass(frozen=True)
@@ -272,6 +304,7 @@ class Ledger(Protocol):
     def get_client(self, client_id: int) -> Client: ...
     def client_by_name(self, name: str) -> Client: ...
     def list_clients(self) -> list[Client]: ...
+    def set_group(self, client_id: int, group: str | None) -> Client: ...
     def add_key(self, client_id: int, key_hash: str, prefix: str) -> ApiKeyRecord: ...
     def client_for_key_hash(self, key_hash: str) -> Client | None: ...
     def list_keys(self, client_id: int) -> list[ApiKeyRecord]: ...

@@ -32,6 +32,7 @@ from dpflows.ledger.base import (
     ShapeFilter,
     StoredAnswer,
     WindowBudget,
+    check_group_name,
     rank_shapes,
     shape_of,
 )
@@ -53,6 +54,7 @@ class MemoryLedger:
         self._shapes: dict[str, AnswerShape] = {}
         self._audit: list[AuditEntry] = []
         self._grids: dict[str, DatasetGrid] = {}
+        self._groups: dict[int, str] = {}
 
     def create_client(self, name: str, role: str) -> Client:
         if role not in ROLES:
@@ -66,20 +68,34 @@ class MemoryLedger:
             self._clients[client.id] = client
             return client
 
+    def _grouped(self, client: Client) -> Client:
+        return dataclasses.replace(client, group=self._groups.get(client.id))
+
     def get_client(self, client_id: int) -> Client:
         try:
-            return self._clients[client_id]
+            return self._grouped(self._clients[client_id])
         except KeyError:
             raise NotFound(f"client id={client_id} does not exist", field="client_id") from None
 
     def client_by_name(self, name: str) -> Client:
         for client in self._clients.values():
             if client.name == name:
-                return client
+                return self._grouped(client)
         raise NotFound(f"client name={name!r} does not exist", field="name")
 
     def list_clients(self) -> list[Client]:
-        return sorted(self._clients.values(), key=lambda c: c.id)
+        return [self._grouped(c) for c in sorted(self._clients.values(), key=lambda c: c.id)]
+
+    def set_group(self, client_id: int, group: str | None) -> Client:
+        if group is not None:
+            check_group_name(group)
+        self.get_client(client_id)
+        with self._lock:
+            if group is None:
+                self._groups.pop(client_id, None)
+            else:
+                self._groups[client_id] = group
+        return self.get_client(client_id)
 
     def add_key(self, client_id: int, key_hash: str, prefix: str) -> ApiKeyRecord:
         self.get_client(client_id)
@@ -93,7 +109,7 @@ class MemoryLedger:
         key_id = self._key_hash.get(key_hash)
         if key_id is None or self._keys[key_id].revoked_at is not None:
             return None
-        return self._clients[self._keys[key_id].client_id]
+        return self._grouped(self._clients[self._keys[key_id].client_id])
 
     def list_keys(self, client_id: int) -> list[ApiKeyRecord]:
         return [k for k in self._keys.values() if k.client_id == client_id]
@@ -188,7 +204,7 @@ class MemoryLedger:
             self._answer_by_key[(request.dataset, request.query_key)] = answer.answer_id
             shape = shape_of(answer)
             if shape is not None:
-                self._shapes[answer.answer_id] = shape
+                self._shapes[answer.answer_id] = dataclasses.replace(shape, share_group=request.share_group)
             self.append_audit(request.audit)
             return ReleaseReceipt(answer, reused=False, charged=request.epsilon,
                                   budgets=tuple(self.window_budgets(request.dataset, request.client_id, windows)))

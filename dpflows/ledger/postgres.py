@@ -36,7 +36,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from dpflows.errors import Unavailable
-from dpflows.ledger._sql import GLOBAL, Cursor, SqlLedger, backfill_answer_shapes
+from dpflows.ledger._sql import GLOBAL, Cursor, SqlLedger, backfill_answer_shapes, rekey_answers
 from dpflows.ledger.base import ReleaseReceipt, ReleaseRequest
 
 # Advisory lock keys (bigint): "dpflows" in ASCII, shifted, plus a small tag. Advisory locks are
@@ -115,6 +115,15 @@ MIGRATIONS: list[tuple[int, list[str | Callable[[psycopg.Connection[Any]], objec
         """CREATE INDEX IF NOT EXISTS answer_shapes_by_query
             ON answer_shapes (dataset, kind, data_version, start_day, end_day, zoning, noise_scale)""",
         lambda conn: backfill_answer_shapes(_PgCursor(conn.cursor())),
+    ]),
+    # Issue 17: sharing groups. Each client's group (none: alone); every answer stored before this
+    # step moves into the group of the client who released it (its reuse key and its shape row).
+    (4, [
+        """CREATE TABLE IF NOT EXISTS client_groups (
+            client_id BIGINT PRIMARY KEY REFERENCES clients(id), group_name TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        "ALTER TABLE answer_shapes ADD COLUMN IF NOT EXISTS share_group TEXT NOT NULL DEFAULT ''",
+        lambda conn: rekey_answers(_PgCursor(conn.cursor())),
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

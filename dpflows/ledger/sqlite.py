@@ -9,7 +9,9 @@ returns, so no answer leaves the process before its charge is on disk.
 Schema versions live in `PRAGMA user_version` (0: before issue 18). Tables are created with IF
 NOT EXISTS on every open; a step that must transform data runs once, under the write lock, when
 a ledger below SCHEMA_VERSION is opened (by `dpflows migrate`, or by the first worker to start):
-1 indexes the shape of every answer stored before answer_shapes existed.
+1 indexes the shape of every answer stored before answer_shapes existed; 2 (issue 17) moves every
+stored answer into the sharing group of the client who released it (`rekey_answers`). Columns added
+after a table was first created are added at open (`_add_columns`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dpflows.errors import Unavailable
-from dpflows.ledger._sql import Cursor, SqlLedger, backfill_answer_shapes
+from dpflows.ledger._sql import Cursor, SqlLedger, backfill_answer_shapes, rekey_answers
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -56,9 +58,11 @@ CREATE TABLE IF NOT EXISTS answer_shapes (
     data_version TEXT NOT NULL, mechanism TEXT NOT NULL, start_day TEXT NOT NULL, end_day TEXT NOT NULL,
     zoning TEXT NOT NULL, hours_mask INTEGER NOT NULL, weekdays_mask INTEGER NOT NULL, measure TEXT NOT NULL,
     zone_id TEXT NOT NULL, unit TEXT NOT NULL, loss_nanos INTEGER NOT NULL, noise_scale REAL NOT NULL,
-    created_at TEXT NOT NULL);
+    created_at TEXT NOT NULL, share_group TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS answer_shapes_by_query
     ON answer_shapes (dataset, kind, data_version, start_day, end_day, zoning, noise_scale);
+CREATE TABLE IF NOT EXISTS client_groups (
+    client_id INTEGER PRIMARY KEY REFERENCES clients(id), group_name TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, client_id INTEGER, action TEXT NOT NULL,
     dataset TEXT, query TEXT, epsilon_nanos INTEGER NOT NULL, outcome TEXT NOT NULL, answer_id TEXT,
@@ -72,6 +76,11 @@ CREATE TRIGGER IF NOT EXISTS charges_no_update BEFORE UPDATE ON charges
 CREATE TRIGGER IF NOT EXISTS charges_no_delete BEFORE DELETE ON charges
     BEGIN SELECT RAISE(ABORT, 'charges are append-only'); END;
 """
+
+#: (table, column, definition) added to tables created before the column existed
+ADDED_COLUMNS = (
+    ("answer_shapes", "share_group", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 class SqliteLedger(SqlLedger):
@@ -89,9 +98,22 @@ class SqliteLedger(SqlLedger):
         try:
             conn = self._connection()
             conn.executescript(SCHEMA)
+            self._add_columns(conn)
         except sqlite3.Error as exc:
             raise Unavailable(f"the ledger database cannot be opened or created ({type(exc).__name__})") from exc
         self.migration_steps_applied = self.migrate()
+
+    @staticmethod
+    def _add_columns(conn: sqlite3.Connection) -> None:
+        """ALTER TABLE ... ADD COLUMN for columns newer than an existing table; a no-op when present."""
+        for table, column, definition in ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                try:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                except sqlite3.OperationalError as exc:  # another worker added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def migrate(self) -> int:
         """Bring the data to SCHEMA_VERSION; idempotent, and safe when several workers open at once.
@@ -109,6 +131,8 @@ class SqliteLedger(SqlLedger):
                 current = int(conn.execute("PRAGMA user_version").fetchone()[0])
                 if current < 1:
                     backfill_answer_shapes(conn.cursor())
+                if current < 2:
+                    rekey_answers(conn.cursor())
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
                 conn.commit()
             except BaseException:

@@ -99,6 +99,9 @@ class Service:
     def revoke_key(self, key_id: int, *, by: Client | None = None) -> None:
         admin.revoke_key(self.context, key_id, by=by)
 
+    def set_group(self, client_id: int, group: str | None, *, by: Client | None = None) -> Client:
+        return admin.set_group(self.context, client_id, group, by=by)
+
     def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
                 by: Client | None = None) -> None:
         admin.set_cap(self.context, dataset, cap, client_id=client_id, window=window, by=by)

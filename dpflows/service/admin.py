@@ -73,6 +73,18 @@ def revoke_key(ctx: ServiceContext, key_id: int, *, by: Client | None = None) ->
     ctx.audit_admin(by, "admin.revoke_key", key_id=key_id)
 
 
+def set_group(ctx: ServiceContext, client_id: int, group: str | None, *, by: Client | None = None) -> Client:
+    """Put a client in a sharing group (None: alone again). Clients of one group reuse and derive from each
+    other's stored answers; no other client sees them (issue 17). Answers released before a move stay in the
+    group they were released in. dpflows' own principals belong to no group."""
+    if ctx.ledger.get_client(client_id).name.startswith(SYSTEM_PREFIX):
+        raise PolicyViolation(f"client id={client_id} is a system principal of dpflows; it belongs to no group",
+                              field="client_id")
+    client = ctx.ledger.set_group(client_id, group)
+    ctx.audit_admin(by, "admin.set_group", client_id=client_id, group=group)
+    return client
+
+
 def set_cap(ctx: ServiceContext, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
             by: Client | None = None) -> None:
     """A per-client cap (client_id) or the global cap (None), for one window or every window.

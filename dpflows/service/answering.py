@@ -11,6 +11,7 @@ costs one read (the stored-answer lookup) and one transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -44,7 +45,7 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         ctx.policy.authorize(client, spec, data.zoning(spec.zoning), request.case_ref)
         loss = ctx.price(client, request, data)
         audit_query[loss.unit] = loss.to_json()
-        query_key = ctx.query_key(spec, data, loss)
+        query_key = ctx.query_key(spec, data, loss, client)
         stored = ctx.ledger.find_answer(spec.dataset, query_key)
         if stored is not None:
             release = StoredRelease.from_payload(stored.payload)
@@ -82,6 +83,7 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         receipt = ctx.ledger.commit_release(ReleaseRequest(
             client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=prepared.windows,
             epsilon=loss, answer_id=answer_id, payload=release.to_payload(), grid=dataset_grid(data),
+            share_group=client.share_group,
             audit=AuditEntry(action=action, outcome="released", client_id=client.id,
                              dataset=spec.dataset, query=audit_query, epsilon=loss, answer_id=answer_id),
         ))
@@ -105,10 +107,12 @@ def find_derivation(ctx: ServiceContext, spec: QuerySpec, data: Dataset, client:
     acc = accounting(data.metadata.accounting)
     fresh_bound = acc.mechanism.error_bound(acc.scale(acc.sensitivity(spec, data), loss), request.confidence)
     wanted = fresh_bound if request.max_error is None else min(request.max_error, fresh_bound)
-    # Candidates by shape, in the ledger (at most Policy.derive_candidates); one payload is read.
+    # Candidates by shape, in the ledger (at most Policy.derive_candidates), released in this client's
+    # sharing group only; one payload is read.
     where, terms = shape_filter(spec, data, zoning_names(data),
                                 max_loss=ctx.policy.max_loss(client.role, data.metadata.accounting),
                                 limit=ctx.policy.derive_candidates)
+    where = dataclasses.replace(where, group=client.share_group)
     return best_derivation(spec, data, ctx.ledger.find_answer_shapes(spec.dataset, where), terms,
                            ctx.ledger.get_answer, confidence=request.confidence, max_error=wanted)
 

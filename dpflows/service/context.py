@@ -15,7 +15,7 @@ from dpflows.aggregates import AggregateStore, Dataset, DatasetMetadata
 from dpflows.budget import PrivacyLoss
 from dpflows.errors import DpflowsError
 from dpflows.ledger import AuditEntry, Client, DatasetGrid, Ledger, WindowBudget
-from dpflows.ledger._sql import check_grid_matches
+from dpflows.ledger._sql import check_grid_matches, group_query_key
 from dpflows.ledger.high_water import HighWaterMark
 from dpflows.queries import QuerySpec
 from dpflows.service.policy import Policy
@@ -76,11 +76,12 @@ class ServiceContext:
         return loss
 
     @staticmethod
-    def query_key(spec: QuerySpec, data: Dataset, loss: PrivacyLoss) -> str:
-        """Reuse key: the normalized query, the dataset's ingestion, the mechanism and its ε or ρ."""
+    def query_key(spec: QuerySpec, data: Dataset, loss: PrivacyLoss, client: Client) -> str:
+        """Reuse key: the normalized query, the dataset's ingestion, the mechanism and its ε or ρ, within
+        the client's sharing group: another group's answer to the same query is never found (issue 17)."""
         mechanism = accounting(data.metadata.accounting).mechanism.name
         text = f"{spec.key()}|{data.version}|{mechanism}|{loss.nanos}"
-        return hashlib.sha256(text.encode()).hexdigest()
+        return group_query_key(hashlib.sha256(text.encode()).hexdigest(), client.share_group)
 
     def window_status(self, data: Dataset, client: Client, windows: list[int],
                       budgets: list[WindowBudget] | None = None) -> list[WindowStatus]:

@@ -26,6 +26,8 @@ def server(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     ledger_path = tmp / "ledger.db"
     setup = Service(AggregateStore(data_root), SqliteLedger(ledger_path))
     keys = seed_clients(setup)
+    for client_id in (keys.planner_id, keys.analyst_id):  # one sharing group: they reuse each other's answers
+        setup.set_group(client_id, "city")
     setup.ledger.close()
     # 160+ requests of one key in a burst: above the default per-key limit (100), shared by the workers
     unlimited = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000"}

@@ -179,7 +179,8 @@ def _fill(ledger: Ledger) -> list[str]:
 
 def test_sqlite_migration_indexes_answers_stored_before(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A ledger of main before issue 18 (no answer_shapes, user_version 0) is indexed once, in
-    batches, by `dpflows migrate` or the first open."""
+    batches, by `dpflows migrate` or the first open (then step 2 moves each answer into its
+    releasing client's sharing group, issue 17)."""
     path = tmp_path / "old.db"
     ledger = SqliteLedger(path)
     ids = _fill(ledger)
@@ -190,12 +191,13 @@ def test_sqlite_migration_indexes_answers_stored_before(tmp_path: Path, capsys: 
     assert main(["migrate", "--ledger-url", f"sqlite:///{path}"]) == 0
     assert main(["migrate", "--ledger-url", f"sqlite:///{path}"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "dpflows: sqlite ledger schema is up to date (1 migration step(s) applied now)",
+        "dpflows: sqlite ledger schema is up to date (2 migration step(s) applied now)",
         "dpflows: sqlite ledger schema is up to date (0 migration step(s) applied now)",
     ]
     ledger = SqliteLedger(path)
     assert ledger.migration_steps_applied == 0
-    found = ledger.find_answer_shapes(DS, where(per_zoning=1000, limit=1000))
+    group = f"client:{ledger.client_by_name('old').id}"
+    found = ledger.find_answer_shapes(DS, where(per_zoning=1000, limit=1000, group=group))
     assert [s.answer_id for s in found] == ids  # by scale: the order they were stored in
     ledger.close()
 
@@ -209,7 +211,8 @@ def test_postgres_migration_indexes_answers_stored_before(postgres_ledger_factor
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # the schema as of version 2
         conn.execute("DROP TABLE answer_shapes")
         conn.execute("DELETE FROM dpflows_schema WHERE version >= 3")
-    assert ledger.migrate() == 1
+    assert ledger.migrate() == 2  # 3 (the index) and 4 (sharing groups, issue 17)
     assert ledger.migrate() == 0
-    found = ledger.find_answer_shapes(DS, where(per_zoning=1000, limit=1000))
+    group = f"client:{ledger.client_by_name('old').id}"
+    found = ledger.find_answer_shapes(DS, where(per_zoning=1000, limit=1000, group=group))
     assert [s.answer_id for s in found] == ids
