@@ -16,6 +16,7 @@ from marshmallow import fields, validate
 
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import NAME_PATTERN, label_problem
+from dpflows.ledger.base import GROUP_NAME
 
 # Ids are SQL BIGINTs: a larger integer cannot name anything, and SQLite raises OverflowError on it.
 ID_MAX = 2**63 - 1
@@ -252,9 +253,13 @@ class WindowBudgetSchema(ma.Schema):
     end = fields.Date()
     cap = EpsilonField(allow_none=True, metadata={"description": "your cap; null means none set (nothing to spend)"})
     spent = EpsilonField()
-    global_cap = EpsilonField(allow_none=True)
-    global_spent = EpsilonField()
-    remaining = EpsilonField()
+    group = fields.String(allow_none=True, metadata={"description": "your sharing group; null: you are alone"})
+    group_cap = EpsilonField(allow_none=True, metadata={
+        "description": "your group's allocation of this window; null: none (you spend from the budget shared by "
+                       "clients without an allocation, which is not shown)"})
+    group_spent = EpsilonField(allow_none=True, metadata={"description": "what your group spent of its allocation"})
+    remaining = EpsilonField(metadata={"description": "the smaller of what remains of your cap and of your group's "
+                                                      "allocation; other groups' spending is never shown"})
     spent_approx_dp = fields.Nested(ApproxDpSchema, metadata={"description": "zCDP: your spent ρ as (ε, δ)"})
 
 
@@ -369,6 +374,13 @@ class ClientSchema(ma.Schema):
     name = fields.String()
     role = fields.String()
     created_at = fields.String()
+    group = fields.String(allow_none=True, metadata={"description": "sharing group; null: alone"})
+
+
+class GroupSchema(ma.Schema):
+    client_id = fields.Integer(required=True, validate=validate.Range(min=1, max=ID_MAX))
+    group = fields.String(required=True, allow_none=True, validate=WholeMatch(GROUP_NAME), metadata={
+        "description": "the sharing group (1-64 letters, digits, '_', '.', '-'); null puts the client alone again"})
 
 
 class NewClientSchema(ma.Schema):
@@ -399,7 +411,9 @@ class CapSchema(ma.Schema):
                      metadata={"description": "the cap on a pure-DP dataset"})
     rho = Number(allow_nan=False, validate=validate.Range(min=0), metadata={"description": "the cap on a zCDP dataset"})
     client_id = fields.Integer(validate=validate.Range(max=ID_MAX),
-                               metadata={"description": "omit for the global cap across all clients"})
+                               metadata={"description": "omit (and omit group) for the global cap across all clients"})
+    group = fields.String(validate=WholeMatch(GROUP_NAME), metadata={
+        "description": "a sharing group's allocation of the global cap (allocations never sum above it)"})
     window = fields.Integer(validate=validate.Range(min=0), metadata={"description": "omit for every window"})
 
     @ma.validates_schema
@@ -407,6 +421,9 @@ class CapSchema(ma.Schema):
         if ("epsilon" in data) == ("rho" in data):
             raise ma.ValidationError("send exactly one of epsilon (pure-DP datasets) or rho (zCDP datasets)",
                                      field_name="epsilon")
+        if "client_id" in data and "group" in data:
+            raise ma.ValidationError("send client_id (a client's cap) or group (a group's allocation), not both",
+                                     field_name="group")
 
 
 class ZoningUploadSchema(ma.Schema):

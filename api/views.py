@@ -203,9 +203,11 @@ def budget(args: dict[str, Any]) -> Any:
         "dataset": args["dataset"], "client": client.name,
         "privacy_unit": service().dataset(args["dataset"]).metadata.privacy_unit,
         "accounting": service().dataset(args["dataset"]).metadata.accounting,
+        # Never the global cap, the pool or their spending: other groups' queries would show (issue 17).
         "windows": [{"window": w.window, "start": w.start, "end": w.end, "cap": w.budget.client_cap,
-                     "spent": w.budget.client_spent, "global_cap": w.budget.global_cap,
-                     "global_spent": w.budget.global_spent, "remaining": w.budget.remaining,
+                     "spent": w.budget.client_spent, "group": w.budget.group, "group_cap": w.budget.group_cap,
+                     "group_spent": None if w.budget.group_cap is None else w.budget.group_spent,
+                     "remaining": w.budget.remaining,
                      **({"spent_approx_dp": w.spent_approx_dp} if w.spent_approx_dp is not None else {})}
                     for w in status],
     }
@@ -300,11 +302,24 @@ def revoke_key(key_id: int) -> Any:
 @_document_errors(admin_blp, 401, 403, 404, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
 def set_cap(body: dict[str, Any]) -> Any:
-    """Set a client's cap (client_id) or the global cap (no client_id), per window or for every window."""
+    """Set a client's cap (client_id), a sharing group's allocation (group) or the global cap (neither), per
+    window or for every window. Allocations never sum above the global cap: 422 if they would."""
     cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
     service().set_cap(body["dataset"], cap, client_id=body.get("client_id"),
-                      window=body.get("window"), by=current_client())
+                      window=body.get("window"), by=current_client(), group=body.get("group"))
     return body
+
+
+@admin_blp.route("/groups", methods=["POST"])
+@require("admin")
+@admin_blp.arguments(schemas.GroupSchema)
+@admin_blp.response(200, schemas.ClientSchema)
+@_document_errors(admin_blp, 401, 403, 404, 422, 429, 503)
+@admin_blp.doc(security=BEARER)
+def set_group(body: dict[str, Any]) -> Any:
+    """Put a client in a sharing group (null: alone again). A group's clients reuse and derive from each
+    other's answers; nobody else sees them. A group is created by putting its first client in it."""
+    return service().set_group(body["client_id"], body["group"], by=current_client())
 
 
 @admin_blp.route("/datasets/<string:dataset>/zonings", methods=["POST"])

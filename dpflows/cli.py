@@ -232,8 +232,19 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--client", help="client name")
     who.add_argument("--global", dest="global_cap", action="store_true", help="the cap across all clients")
+    who.add_argument("--group", help="a sharing group's allocation of the global cap (allocations never sum "
+                                     "above it)")
     p.add_argument("--window", type=int, default=None, help="one window (default: every window)")
     p.set_defaults(run=_run_set_cap)
+
+    p = admin_sub.add_parser("set-group", help="put a client in a sharing group (its members reuse each other's "
+                                               "answers), or --alone")
+    storage(p)
+    p.add_argument("--client", required=True, help="client name")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--group", help="the group's name (1-64 letters, digits, '_', '.', '-')")
+    where.add_argument("--alone", action="store_true", help="take the client out of its group")
+    p.set_defaults(run=_run_set_group)
 
     p = admin_sub.add_parser(
         "add-zoning", help="load a public zoning: a cell_id,zone_id CSV, GeoJSON polygons, or a square grid",
@@ -329,12 +340,20 @@ def _run_set_cap(args: argparse.Namespace) -> int:
     from dpflows.budget import Epsilon, PrivacyLoss, Rho
 
     service = open_service(args)
-    client_id = None if args.global_cap else service.ledger.client_by_name(args.client).id
+    client_id = None if args.global_cap or args.group else service.ledger.client_by_name(args.client).id
     cap: PrivacyLoss = Epsilon.parse(args.epsilon) if args.epsilon is not None else Rho.parse(args.rho)
-    service.set_cap(args.dataset, cap, client_id=client_id, window=args.window)
-    who = "global cap" if client_id is None else f"cap of {args.client}"
+    service.set_cap(args.dataset, cap, client_id=client_id, window=args.window, group=args.group)
+    who = (f"allocation of group {args.group}" if args.group else "global cap" if client_id is None
+           else f"cap of {args.client}")
     where = "every window" if args.window is None else f"window {args.window}"
     print(f"{who} on {args.dataset}, {where}: {cap.unit} {cap}")
+    return 0
+
+
+def _run_set_group(args: argparse.Namespace) -> int:
+    service = open_service(args)
+    client = service.set_group(service.ledger.client_by_name(args.client).id, None if args.alone else args.group)
+    print(f"{client.name}: " + (f"in group {client.group}" if client.group else "alone"))
     return 0
 
 

@@ -81,7 +81,7 @@ def test_nothing_is_served_until_the_report_can_be_charged(report_root: Path, tm
         service.quote(flows_request(), planner)
     service.set_cap("city", Epsilon.parse("0.09"), client_id=None, window=1)  # too little left in window 1
     service.set_cap("city", Epsilon.parse("3"), client_id=None, window=0)
-    with pytest.raises(BudgetExceeded, match=r"remaining global budget of 0\.09 on dataset 'city' window 1"):
+    with pytest.raises(BudgetExceeded, match=r"what remains of the global budget on dataset 'city' window 1"):
         service.answer(flows_request(), planner)
     assert all(service.ledger.total_charged("city", w) == Epsilon.zero() for w in WINDOWS)
     outcomes = [(r.action, r.outcome) for r in service.ledger.read_audit(limit=100) if r.action != "admin.set_cap"]
@@ -153,7 +153,11 @@ def test_a_quote_pays_the_report_first_so_its_figures_are_those_the_query_meets(
     quote = service.quote(flows_request(), planner)
     [window] = quote.windows
     assert window.budget.global_spent == REPORT_EPS  # the report, not the client, paid it
-    assert window.budget.remaining == Epsilon.parse("0.25") and quote.charged == Epsilon.parse("0.25")
+    # what the client sees is its own cap (issue 17: the global remainder is other clients' spending)
+    assert window.budget.remaining == Epsilon.parse("1") and quote.charged == Epsilon.parse("0.25")
     assert service.ledger.total_charged("city", 0, planner.id) == Epsilon.zero()
     answer = service.answer(flows_request(), planner)
-    assert answer.charged == quote.charged and answer.budget_remaining == Epsilon.zero()
+    assert answer.charged == quote.charged and answer.budget_remaining == Epsilon.parse("0.75")
+    with pytest.raises(BudgetExceeded, match="global budget") as info:  # the global cap is met: no figure
+        service.answer(flows_request("0.2"), planner)
+    assert info.value.details == {"window": 0}

@@ -42,6 +42,7 @@ class DpflowsClient:
         "client_keys": "/v1/admin/clients/{client_id}/keys",
         "key": "/v1/admin/keys/{key_id}",
         "caps": "/v1/admin/caps",
+        "groups": "/v1/admin/groups",
         "zonings": "/v1/admin/datasets/{dataset}/zonings",
         "audit": "/v1/admin/audit",
     }
@@ -262,17 +263,25 @@ class DpflowsClient:
         return KeyInfo.from_json(self.request("DELETE", self.ADMIN_PATHS["key"].format(key_id=int(key_id))))
 
     def set_cap(self, dataset: str, epsilon: float | str | None = None, *, client_id: int | None = None,
-                window: int | None = None, rho: float | str | None = None) -> dict[str, Any]:
-        """Cap a client's ε (or ρ, zCDP datasets) per window (client_id) or the global cap; all windows if None."""
+                window: int | None = None, rho: float | str | None = None, group: str | None = None) -> dict[str, Any]:
+        """Cap a client's ε (or ρ, zCDP datasets) per window (client_id), a sharing group's allocation (group)
+        or the global cap (neither); all windows if window is None."""
         if (epsilon is None) == (rho is None):
             raise ValueError("pass exactly one of epsilon (pure-DP datasets) or rho (zCDP datasets)")
         body: dict[str, Any] = ({"dataset": dataset, "epsilon": float(epsilon)} if epsilon is not None
                                 else {"dataset": dataset, "rho": float(rho)})  # type: ignore[arg-type]
         if client_id is not None:
             body["client_id"] = int(client_id)
+        if group is not None:
+            body["group"] = group
         if window is not None:
             body["window"] = int(window)
         return dict(self.request("PUT", self.ADMIN_PATHS["caps"], body=body) or {})
+
+    def set_group(self, client_id: int, group: str | None) -> dict[str, Any]:
+        """Put a client in a sharing group (None: alone again); returns the client."""
+        return dict(self.request("POST", self.ADMIN_PATHS["groups"],
+                                 body={"client_id": int(client_id), "group": group}) or {})
 
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
                    min_cells_per_zone: int | None = None, geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -128,9 +128,10 @@ class BudgetWindow:
     end: dt.date  # exclusive
     cap: float | None  # None: no cap set, nothing to spend
     spent: float
-    global_cap: float | None
-    global_spent: float
-    budget_remaining: float  # the tighter of the client's and the global cap
+    group: str | None  # the client's sharing group; None: alone
+    group_cap: float | None  # the group's allocation; None: none (the unallocated pool, not shown)
+    group_spent: float | None
+    budget_remaining: float  # the tighter of the client's cap and its group's allocation
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> BudgetWindow:
@@ -138,7 +139,7 @@ class BudgetWindow:
             return None if doc.get(key) is None else float(doc[key])
 
         return cls(int(doc["window"]), _date(doc["start"]), _date(doc["end"]), opt("cap"),
-                   float(doc.get("spent") or 0.0), opt("global_cap"), float(doc.get("global_spent") or 0.0),
+                   float(doc.get("spent") or 0.0), doc.get("group"), opt("group_cap"), opt("group_spent"),
                    float(doc.get("remaining", doc.get("budget_remaining", 0.0))))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dpflows.errors import InvalidInput
 from dpflows.ledger.base import (
     ROLES,
+    Allocation,
     ApiKeyRecord,
     AuditEntry,
     Client,
@@ -39,6 +40,6 @@ def open_ledger(url: str) -> Ledger:
 
 
 __all__ = [
-    "ROLES", "ApiKeyRecord", "AuditEntry", "Client", "DatasetGrid", "Ledger", "ReleaseReceipt", "ReleaseRequest",
-    "StoredAnswer", "WindowBudget", "open_ledger",
+    "ROLES", "Allocation", "ApiKeyRecord", "AuditEntry", "Client", "DatasetGrid", "Ledger", "ReleaseReceipt",
+    "ReleaseRequest", "StoredAnswer", "WindowBudget", "open_ledger",
 ]

@@ -30,6 +30,7 @@ from dpflows.errors import BudgetExceeded, Conflict, InvalidInput, NotFound
 from dpflows.ledger.base import (
     GENESIS_HASH,
     ROLES,
+    Allocation,
     AnswerShape,
     ApiKeyRecord,
     AuditEntry,
@@ -40,7 +41,9 @@ from dpflows.ledger.base import (
     ShapeFilter,
     StoredAnswer,
     WindowBudget,
+    check_allocations,
     check_group_name,
+    effective_allocations,
     shape_of,
 )
 
@@ -68,8 +71,18 @@ class SqlLedger:
     def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
         raise NotImplementedError
 
-    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int) -> None:
+    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int,
+                         holders: dict[int, str]) -> None:
         raise NotImplementedError
+
+    def _allocation_holders(self, cur: Cursor, dataset: str, windows: tuple[int, ...],
+                            client_id: int) -> dict[int, str]:
+        """Per window, the group_spend row a charge by this client adds to: its group's (if allocated there) or ''."""
+        group = self._client_group(cur, client_id)
+        if group is None:
+            return dict.fromkeys(windows, "")
+        return {w: group if group in effective_allocations(self._allocation_rows(cur, dataset, w), w) else ""
+                for w in windows}
 
     def _is_unique_violation(self, exc: Exception) -> bool:
         raise NotImplementedError
@@ -103,6 +116,7 @@ class SqlLedger:
             check_group_name(group)
         self.get_client(client_id)
         with self._transaction(write=True) as cur:
+            self._lock_allocations(cur, exclusive=True)  # a charge reads the group once, under the shared lock
             if group is None:
                 cur.execute("DELETE FROM client_groups WHERE client_id = ?", (client_id,))
             else:
@@ -116,7 +130,7 @@ class SqlLedger:
 
     def get_client(self, client_id: int) -> Client:
         with self._transaction(write=False) as cur:
-            cur.execute(f"{_CLIENT_SELECT} WHERE c.id = ?", (client_id,))  # noqa: S608 -- a constant
+            cur.execute(f"{_CLIENT_SELECT} WHERE c.id = ?", (client_id,))
             row = cur.fetchone()
         if row is None:
             raise NotFound(f"client id={client_id} does not exist", field="client_id")
@@ -124,7 +138,7 @@ class SqlLedger:
 
     def client_by_name(self, name: str) -> Client:
         with self._transaction(write=False) as cur:
-            cur.execute(f"{_CLIENT_SELECT} WHERE c.name = ?", (name,))  # noqa: S608 -- a constant
+            cur.execute(f"{_CLIENT_SELECT} WHERE c.name = ?", (name,))
             row = cur.fetchone()
         if row is None:
             raise NotFound(f"client name={name!r} does not exist", field="name")
@@ -132,7 +146,7 @@ class SqlLedger:
 
     def list_clients(self) -> list[Client]:
         with self._transaction(write=False) as cur:
-            cur.execute(f"{_CLIENT_SELECT} ORDER BY c.id")  # noqa: S608 -- a constant
+            cur.execute(f"{_CLIENT_SELECT} ORDER BY c.id")
             return [self._client_from_row(r) for r in cur.fetchall()]
 
     def add_key(self, client_id: int, key_hash: str, prefix: str) -> ApiKeyRecord:
@@ -205,7 +219,16 @@ class SqlLedger:
     # -- caps and spending ------------------------------------------------------------------
 
     def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-                grid: DatasetGrid | None = None) -> None:
+                grid: DatasetGrid | None = None, group: str | None = None) -> None:
+        """A client's cap (client_id), a sharing group's allocation (group) or the global cap (neither).
+
+        Allocations and the global cap are checked together, in the same transaction as the change:
+        the allocations of any window never sum above its global cap (`check_allocations`)."""
+        if client_id is not None and group is not None:
+            raise InvalidInput("send client_id (a client's cap) or group (a group's allocation), not both",
+                               field="group")
+        if group is not None:
+            check_group_name(group)
         if client_id is not None:
             self.get_client(client_id)
         if window is not None and window < 0:
@@ -214,12 +237,56 @@ class SqlLedger:
         win = EVERY_WINDOW if window is None else window
         with self._transaction(write=True) as cur:
             check_cap_unit(self._check_grid(cur, grid) if grid is not None else self._grid(cur, dataset), cap)
-            cur.execute(
-                "INSERT INTO caps (client_id, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (client_id, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
-                "updated_at = excluded.updated_at",
-                (cid, dataset, win, cap.nanos, utc_now()),
-            )
+            if client_id is None:
+                self._lock_allocations(cur, exclusive=True)
+            if group is not None:
+                cur.execute(
+                    "INSERT INTO group_caps (group_name, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (group_name, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
+                    "updated_at = excluded.updated_at",
+                    (group, dataset, win, cap.nanos, utc_now()),
+                )
+            else:
+                cur.execute(
+                    "INSERT INTO caps (client_id, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (client_id, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
+                    "updated_at = excluded.updated_at",
+                    (cid, dataset, win, cap.nanos, utc_now()),
+                )
+            if client_id is None:
+                cur.execute("SELECT win, cap_nanos FROM caps WHERE client_id = ? AND dataset = ?", (GLOBAL, dataset))
+                global_caps = {int(w): int(n) for w, n in cur.fetchall()}
+                check_allocations(dataset, global_caps, self._allocation_rows(cur, dataset, None))
+
+    def _allocation_rows(self, cur: Cursor, dataset: str, window: int | None) -> list[tuple[str, int, int]]:
+        """(group, win, nanos) of the dataset's allocations: all, or those that can apply to `window`."""
+        if window is None:
+            cur.execute("SELECT group_name, win, cap_nanos FROM group_caps WHERE dataset = ?", (dataset,))
+        else:
+            cur.execute("SELECT group_name, win, cap_nanos FROM group_caps WHERE dataset = ? AND win IN (?, ?)",
+                        (dataset, window, EVERY_WINDOW))
+        return [(r[0], int(r[1]), int(r[2])) for r in cur.fetchall()]
+
+    def list_allocations(self, dataset: str) -> list[Allocation]:
+        """Every group allocation set on a dataset (admins' view), by group then window."""
+        with self._transaction(write=False) as cur:
+            rows = self._allocation_rows(cur, dataset, None)
+        return [Allocation(g, None if w == EVERY_WINDOW else w, PrivacyLoss(n)) for g, w, n in sorted(rows)]
+
+    def _lock_allocations(self, cur: Cursor, *, exclusive: bool) -> None:
+        """Hold the dataset's allocations still for the transaction: exclusive to change them, shared to
+        charge. SQLite's write lock already does; PostgreSQL takes an advisory lock."""
+
+    def _client_group(self, cur: Cursor, client_id: int) -> str | None:
+        cur.execute("SELECT group_name FROM client_groups WHERE client_id = ?", (client_id,))
+        row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def _group_spent(self, cur: Cursor, dataset: str, window: int, holder: str) -> PrivacyLoss:
+        cur.execute("SELECT nanos FROM group_spend WHERE dataset = ? AND win = ? AND group_name = ?",
+                    (dataset, window, holder))
+        row = cur.fetchone()
+        return PrivacyLoss(0 if row is None else int(row[0]))
 
     def _cap(self, cur: Cursor, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
         cur.execute(
@@ -238,16 +305,28 @@ class SqlLedger:
         return PrivacyLoss(0 if row is None else int(row[0]))
 
     def _budgets(self, cur: Cursor, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
-        return [
-            WindowBudget(
+        group = self._client_group(cur, client_id)
+        out = []
+        for w in windows:
+            global_cap = self._cap(cur, dataset, w, GLOBAL)
+            allocations = effective_allocations(self._allocation_rows(cur, dataset, w), w)
+            group_cap = None if group is None or group not in allocations else PrivacyLoss(allocations[group])
+            group_spent = (self._group_spent(cur, dataset, w, group) if group is not None and group_cap is not None
+                           else PrivacyLoss.zero())
+            unallocated = None if global_cap is None else max(global_cap.nanos - sum(allocations.values()), 0)
+            out.append(WindowBudget(
                 window=w,
                 client_cap=self._cap(cur, dataset, w, client_id),
                 client_spent=self._spent(cur, dataset, w, client_id),
-                global_cap=self._cap(cur, dataset, w, GLOBAL),
+                global_cap=global_cap,
                 global_spent=self._spent(cur, dataset, w, GLOBAL),
-            )
-            for w in windows
-        ]
+                group=group,
+                group_cap=group_cap,
+                group_spent=group_spent,
+                pool_cap=None if unallocated is None else PrivacyLoss(unallocated),
+                pool_spent=self._group_spent(cur, dataset, w, ""),
+            ))
+        return out
 
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
         with self._transaction(write=False) as cur:
@@ -361,7 +440,9 @@ class SqlLedger:
         with self._transaction(write=True) as cur:
             if request.grid is not None:
                 self._check_grid(cur, request.grid)
-            self._lock_spend_rows(cur, request.dataset, windows, request.client_id)
+            self._lock_allocations(cur, exclusive=False)
+            holders = self._allocation_holders(cur, request.dataset, windows, request.client_id)
+            self._lock_spend_rows(cur, request.dataset, windows, request.client_id, holders)
             # An identical query released meanwhile (another worker or host) wins: reuse it.
             existing = self._find_answer(cur, request.dataset, request.query_key)
             if existing is not None:
@@ -370,10 +451,17 @@ class SqlLedger:
                                       budgets=tuple(self._budgets(cur, request.dataset, request.client_id,
                                                                   list(windows))))
             # Check, without changing anything ...
-            for budget in self._budgets(cur, request.dataset, request.client_id, list(windows)):
+            budgets = self._budgets(cur, request.dataset, request.client_id, list(windows))
+            for budget in budgets:
                 _check_budget(budget, request)
             # ... then commit: charge rows, running totals, the answer, the audit row.
             at = utc_now()
+            for budget in budgets:
+                cur.execute(
+                    "INSERT INTO group_spend (dataset, win, group_name, nanos) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (dataset, win, group_name) DO UPDATE SET nanos = group_spend.nanos + excluded.nanos",
+                    (request.dataset, budget.window, budget.allocation_holder, request.epsilon.nanos),
+                )
             for w in windows:
                 cur.execute(
                     "INSERT INTO charges (client_id, dataset, win, nanos, answer_id, at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -497,7 +585,7 @@ def _insert_shape(cur: Cursor, answer: StoredAnswer, share_group: str | None) ->
         return False
     group_column, group_value = ("", ()) if share_group is None else (", share_group", (share_group,))
     cur.execute(
-        "INSERT INTO answer_shapes (answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, "
+        "INSERT INTO answer_shapes (answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, "  # noqa: S608 -- a constant column name and placeholders only
         f"hours_mask, weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at{group_column}) "
         f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{', ?' * len(group_value)})",
         (shape.answer_id, shape.dataset, shape.kind, shape.data_version, shape.mechanism, shape.start, shape.end,
@@ -530,7 +618,8 @@ def rekey_answers(cur: Cursor, batch: int = 500) -> int:
             return done
         for answer_id, key, client_id in rows:
             group = f"client:{int(client_id)}"
-            cur.execute("UPDATE answers SET query_key = ? WHERE answer_id = ?", (group_query_key(key, group), answer_id))
+            cur.execute("UPDATE answers SET query_key = ? WHERE answer_id = ?",
+                        (group_query_key(key, group), answer_id))
             cur.execute("UPDATE answer_shapes SET share_group = ? WHERE answer_id = ?", (group, answer_id))
             done += 1
         after = rows[-1][0]
@@ -562,7 +651,12 @@ def _with_reuse(entry: AuditEntry, answer_id: str) -> AuditEntry:
 
 
 def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
-    """Raise BudgetExceeded naming the window and the cap; exact integer comparison."""
+    """Raise BudgetExceeded naming the window and the cap; exact integer comparison.
+
+    Order: the client's own cap, then its group's allocation (both the client's to know, with
+    figures), then the global cap and, for a client without an allocation, the unallocated pool:
+    those hold other groups' spending, so their refusals say what happened and what to do but give
+    no figure (issue 17)."""
     w = budget.window
     if budget.client_cap is None:
         raise BudgetExceeded(
@@ -576,7 +670,8 @@ def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
             "(dpflows admin set-cap --global)",
             field="dataset",
         )
-    if budget.client_spent.nanos + request.epsilon.nanos > budget.client_cap.nanos:
+    x = request.epsilon.nanos
+    if budget.client_spent.nanos + x > budget.client_cap.nanos:
         left = PrivacyLoss(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
         raise BudgetExceeded(
             f"{request.epsilon.unit}={request.epsilon} exceeds your remaining budget of {left} "
@@ -585,11 +680,28 @@ def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
             field=request.epsilon.unit,
             details={"window": w, "remaining": left.to_json()},
         )
-    if budget.global_spent.nanos + request.epsilon.nanos > budget.global_cap.nanos:
-        left = PrivacyLoss(max(budget.global_cap.nanos - budget.global_spent.nanos, 0))
+    if budget.group_cap is not None:
+        if budget.group_spent.nanos + x > budget.group_cap.nanos:
+            left = PrivacyLoss(max(budget.group_cap.nanos - budget.group_spent.nanos, 0))
+            raise BudgetExceeded(
+                f"{request.epsilon.unit}={request.epsilon} exceeds the remaining allocation of {left} of your group "
+                f"{budget.group!r} (allocation {budget.group_cap}) on dataset {request.dataset!r} window {w}; ask "
+                "for less or ask an admin to raise the allocation",
+                field=request.epsilon.unit,
+                details={"window": w, "remaining": left.to_json()},
+            )
+    if budget.global_spent.nanos + x > budget.global_cap.nanos:
         raise BudgetExceeded(
-            f"{request.epsilon.unit}={request.epsilon} exceeds the remaining global budget of {left} on dataset "
-            f"{request.dataset!r} window {w}, shared by all clients; ask for less",
+            f"{request.epsilon.unit}={request.epsilon} does not fit in what remains of the global budget on "
+            f"dataset {request.dataset!r} window {w}, shared by all clients; ask for less",
             field=request.epsilon.unit,
-            details={"window": w, "remaining": left.to_json()},
+            details={"window": w},
+        )
+    if budget.group_cap is None and budget.pool_cap is not None and budget.pool_spent.nanos + x > budget.pool_cap.nanos:
+        raise BudgetExceeded(
+            f"{request.epsilon.unit}={request.epsilon} does not fit in what remains of the budget shared by "
+            f"clients without a group allocation on dataset {request.dataset!r} window {w}; ask for less, or ask "
+            "an admin for a group allocation (dpflows admin set-cap --group)",
+            field=request.epsilon.unit,
+            details={"window": w},
         )

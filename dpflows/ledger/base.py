@@ -32,7 +32,7 @@ ROLES = ("admin", "planner", "analyst", "oversight")
 GENESIS_HASH = "0" * 64
 
 
-GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -74,22 +74,82 @@ class ApiKeyRecord:
 
 @dataclass(frozen=True)
 class WindowBudget:
-    """One window's caps and spending for one client (and across all clients)."""
+    """One window's caps and spending for one client, its group's allocation, and the shared caps.
+
+    A client is charged against its own cap and, if its sharing group has an allocation in this
+    window, against that allocation; a client whose group has none (by default every client, alone)
+    spends from the *unallocated pool*: the global cap less every allocation. The global cap stays
+    as the backstop. Only `client_*` and `group_*` are the client's to see (`remaining`); the pool
+    and the global figures are other groups' spending and never leave the service (issue 17).
+    """
 
     window: int
     client_cap: PrivacyLoss | None
     client_spent: PrivacyLoss
     global_cap: PrivacyLoss | None
     global_spent: PrivacyLoss
+    #: the client's sharing group (None: alone)
+    group: str | None = None
+    #: its group's allocation in this window (None: none, the client spends from the pool)
+    group_cap: PrivacyLoss | None = None
+    group_spent: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
+    #: the unallocated pool: the global cap less all allocations (None without a global cap)
+    pool_cap: PrivacyLoss | None = None
+    pool_spent: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
+
+    @property
+    def allocation_holder(self) -> str:
+        """The group_spend row a charge here adds to: the group's allocation, or '' for the pool."""
+        return self.group if self.group is not None and self.group_cap is not None else ""
 
     @property
     def remaining(self) -> PrivacyLoss:
-        """What this client can still spend here: the tighter of its own and the global cap."""
+        """What this client may still spend here as far as it can know: its own cap and its group's allocation."""
         if self.client_cap is None or self.global_cap is None:
             return PrivacyLoss.zero()
-        own = max(self.client_cap.nanos - self.client_spent.nanos, 0)
-        shared = max(self.global_cap.nanos - self.global_spent.nanos, 0)
-        return PrivacyLoss(min(own, shared))
+        left = max(self.client_cap.nanos - self.client_spent.nanos, 0)
+        if self.group_cap is not None:
+            left = min(left, max(self.group_cap.nanos - self.group_spent.nanos, 0))
+        return PrivacyLoss(left)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A sharing group's share of a dataset's global cap, in one window (None: every window without its own)."""
+
+    group: str
+    window: int | None
+    cap: PrivacyLoss
+
+
+def effective_allocations(rows: list[tuple[str, int, int]], window: int) -> dict[str, int]:
+    """Each group's allocation in `window` from (group, win, nanos) rows: its own window's, else its
+    every-window (-1) row."""
+    out: dict[str, int] = {}
+    for group, win, nanos in sorted(rows, key=lambda r: r[1]):  # -1 first, the window's own row wins
+        if win in (window, -1):
+            out[group] = int(nanos)
+    return out
+
+
+def check_allocations(dataset: str, global_caps: dict[int, int], rows: list[tuple[str, int, int]]) -> None:
+    """Refuse a configuration whose allocations sum above the global cap in any window.
+
+    `global_caps`: win -> nanos (-1: every window); `rows`: (group, win, nanos) of every allocation
+    of the dataset. Windows without a global cap have nothing to spend and are not checked: setting
+    their global cap later is."""
+    for window in sorted({-1, *global_caps, *(r[1] for r in rows)}):
+        cap = global_caps.get(window, global_caps.get(-1))
+        if cap is None:
+            continue
+        total = sum(effective_allocations(rows, window).values())
+        if total > cap:
+            where = "every window" if window == -1 else f"window {window}"
+            raise InvalidInput(
+                f"the group allocations on dataset {dataset!r} would sum to {PrivacyLoss(total)} in {where}, above "
+                f"its global cap of {PrivacyLoss(cap)}; lower an allocation first or raise the global cap",
+                field="group",
+            )
 
 
 @dataclass(frozen=True)
@@ -314,7 +374,8 @@ class Ledger(Protocol):
     def register_dataset(self, grid: DatasetGrid) -> DatasetGrid: ...
     def dataset_grid(self, dataset: str) -> DatasetGrid | None: ...
     def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-                grid: DatasetGrid | None = None) -> None: ...
+                grid: DatasetGrid | None = None, group: str | None = None) -> None: ...
+    def list_allocations(self, dataset: str) -> list[Allocation]: ...
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]: ...
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss: ...
     def high_water(self) -> tuple[int, int]: ...

@@ -22,6 +22,7 @@ from dpflows.ledger._sql import (
 from dpflows.ledger.base import (
     GENESIS_HASH,
     ROLES,
+    Allocation,
     AnswerShape,
     ApiKeyRecord,
     AuditEntry,
@@ -32,7 +33,9 @@ from dpflows.ledger.base import (
     ShapeFilter,
     StoredAnswer,
     WindowBudget,
+    check_allocations,
     check_group_name,
+    effective_allocations,
     rank_shapes,
     shape_of,
 )
@@ -55,6 +58,8 @@ class MemoryLedger:
         self._audit: list[AuditEntry] = []
         self._grids: dict[str, DatasetGrid] = {}
         self._groups: dict[int, str] = {}
+        self._allocations: dict[tuple[str, str, int], int] = {}  # (group, dataset, win) -> nanos
+        self._group_spend: dict[tuple[str, int, str], int] = {}  # (dataset, win, group or '') -> nanos
 
     def create_client(self, name: str, role: str) -> Client:
         if role not in ROLES:
@@ -132,15 +137,36 @@ class MemoryLedger:
         return self._grids.get(dataset)
 
     def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-                grid: DatasetGrid | None = None) -> None:
+                grid: DatasetGrid | None = None, group: str | None = None) -> None:
+        if client_id is not None and group is not None:
+            raise InvalidInput("send client_id (a client's cap) or group (a group's allocation), not both",
+                               field="group")
+        if group is not None:
+            check_group_name(group)
         if client_id is not None:
             self.get_client(client_id)
         if window is not None and window < 0:
             raise InvalidInput(f"window={window} must be 0 or more (or omitted for every window)", field="window")
+        win = EVERY_WINDOW if window is None else window
         with self._lock:
             check_cap_unit(self.register_dataset(grid) if grid is not None else self._grids.get(dataset), cap)
-            key = (GLOBAL if client_id is None else client_id, dataset, EVERY_WINDOW if window is None else window)
-            self._caps[key] = cap
+            caps, allocations = dict(self._caps), dict(self._allocations)
+            if group is not None:
+                allocations[(group, dataset, win)] = cap.nanos
+            else:
+                caps[(GLOBAL if client_id is None else client_id, dataset, win)] = cap
+            if client_id is None:
+                global_caps = {w: c.nanos for (cid, d, w), c in caps.items() if cid == GLOBAL and d == dataset}
+                check_allocations(dataset, global_caps, self._allocation_rows(dataset, allocations))
+            self._caps, self._allocations = caps, allocations
+
+    @staticmethod
+    def _allocation_rows(dataset: str, allocations: dict[tuple[str, str, int], int]) -> list[tuple[str, int, int]]:
+        return [(g, w, n) for (g, d, w), n in allocations.items() if d == dataset]
+
+    def list_allocations(self, dataset: str) -> list[Allocation]:
+        rows = sorted(self._allocation_rows(dataset, self._allocations))
+        return [Allocation(g, None if w == EVERY_WINDOW else w, PrivacyLoss(n)) for g, w, n in rows]
 
     def _cap(self, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
         cap = self._caps.get((client_id, dataset, window))
@@ -148,13 +174,23 @@ class MemoryLedger:
 
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
         with self._lock:
-            return [
-                WindowBudget(
+            group = self._groups.get(client_id)
+            out = []
+            for w in windows:
+                global_cap = self._cap(dataset, w, GLOBAL)
+                allocations = effective_allocations(self._allocation_rows(dataset, self._allocations), w)
+                group_cap = None if group is None or group not in allocations else PrivacyLoss(allocations[group])
+                out.append(WindowBudget(
                     w, self._cap(dataset, w, client_id), PrivacyLoss(self._spend.get((dataset, w, client_id), 0)),
-                    self._cap(dataset, w, GLOBAL), PrivacyLoss(self._spend.get((dataset, w, GLOBAL), 0)),
-                )
-                for w in windows
-            ]
+                    global_cap, PrivacyLoss(self._spend.get((dataset, w, GLOBAL), 0)),
+                    group=group, group_cap=group_cap,
+                    group_spent=PrivacyLoss(self._group_spend.get((dataset, w, group), 0)
+                                            if group is not None and group_cap is not None else 0),
+                    pool_cap=(None if global_cap is None
+                              else PrivacyLoss(max(global_cap.nanos - sum(allocations.values()), 0))),
+                    pool_spent=PrivacyLoss(self._group_spend.get((dataset, w, ""), 0)),
+                ))
+            return out
 
     def high_water(self) -> tuple[int, int]:
         return len(self._charges), len(self._audit)
@@ -191,8 +227,12 @@ class MemoryLedger:
                 self.append_audit(_with_reuse(request.audit, existing.answer_id))
                 return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero(),
                                       budgets=tuple(self.window_budgets(request.dataset, request.client_id, windows)))
-            for budget in self.window_budgets(request.dataset, request.client_id, windows):
+            budgets = self.window_budgets(request.dataset, request.client_id, windows)
+            for budget in budgets:
                 _check_budget(budget, request)
+            for budget in budgets:
+                key3 = (request.dataset, budget.window, budget.allocation_holder)
+                self._group_spend[key3] = self._group_spend.get(key3, 0) + request.epsilon.nanos
             for w in windows:
                 self._charges.append((request.client_id, request.dataset, w, request.epsilon.nanos, request.answer_id))
                 for cid in (request.client_id, GLOBAL):

@@ -10,6 +10,11 @@ that make a charge safe when many hosts spend on the same windows at once:
   touched, so every transaction takes its row locks in one total order and two releases can
   never deadlock. Two releases on a common window serialize on its all-clients row; the second
   one runs its cap check only after the first has committed or rolled back.
+* **Allocations held still.** Changing a group allocation, a global cap or a group membership takes
+  an exclusive advisory lock; every charge takes it shared before its first spend row, so the
+  allocations a charge checks are those in force when it commits. The group_spend row (the
+  group's allocation, or '' for the unallocated pool) is locked between the client's row and the
+  all-clients row of each window.
 * **Answer reuse under races.** Transactions run at READ COMMITTED, so once the second of two
   identical queries gets the all-clients row of their (shared) windows, its next statement sees
   the first one's stored answer and returns it at zero cost. Should two releases with one query
@@ -17,7 +22,7 @@ that make a charge safe when many hosts spend on the same windows at once:
   refuses the second insert and the release is retried once, which then reuses the answer.
 * **One audit tail.** Every audit append (inside a release or alone) first takes a
   transaction-scoped advisory lock, so the hash chain has one tail and ids grow in commit order.
-  Lock order is always spend rows, then the audit lock, never the reverse.
+  Lock order is always the allocations lock, spend rows, then the audit lock, never the reverse.
 
 `audit` and `charges` are append-only: triggers refuse UPDATE, DELETE and TRUNCATE.
 Requires PostgreSQL 14 or later (`CREATE OR REPLACE TRIGGER`).
@@ -44,6 +49,7 @@ from dpflows.ledger.base import ReleaseReceipt, ReleaseRequest
 _LOCK_BASE = int.from_bytes(b"dpflows", "big") << 8
 MIGRATE_LOCK = _LOCK_BASE | 1
 AUDIT_TAIL_LOCK = _LOCK_BASE | 2
+ALLOCATIONS_LOCK = _LOCK_BASE | 3
 
 MIN_SERVER_VERSION = 140000
 
@@ -123,6 +129,15 @@ MIGRATIONS: list[tuple[int, list[str | Callable[[psycopg.Connection[Any]], objec
             client_id BIGINT PRIMARY KEY REFERENCES clients(id), group_name TEXT NOT NULL,
             updated_at TEXT NOT NULL)""",
         "ALTER TABLE answer_shapes ADD COLUMN IF NOT EXISTS share_group TEXT NOT NULL DEFAULT ''",
+        # each group's share of a dataset's global cap, and the running spend of each allocation
+        # (group_name '': the unallocated pool)
+        """CREATE TABLE IF NOT EXISTS group_caps (
+            group_name TEXT NOT NULL, dataset TEXT NOT NULL, win BIGINT NOT NULL,
+            cap_nanos BIGINT NOT NULL CHECK (cap_nanos >= 0), updated_at TEXT NOT NULL,
+            PRIMARY KEY (group_name, dataset, win))""",
+        """CREATE TABLE IF NOT EXISTS group_spend (
+            dataset TEXT NOT NULL, win BIGINT NOT NULL, group_name TEXT NOT NULL,
+            nanos BIGINT NOT NULL CHECK (nanos >= 0), PRIMARY KEY (dataset, win, group_name))""",
         lambda conn: rekey_answers(_PgCursor(conn.cursor())),
     ]),
 ]
@@ -290,10 +305,23 @@ class PostgresLedger(SqlLedger):
                 ) from exc
             raise _unavailable("the ledger is unavailable", exc) from exc
 
-    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int) -> None:
-        """Create if missing, then lock, each spend row in one global order: (window, client row, global row)."""
+    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int,
+                         holders: dict[int, str]) -> None:
+        """Create if missing, then lock, each spend row in one global order: (window; client row, then the
+        group_spend row of the group's allocation or of the unallocated pool, then the global row)."""
         for window in sorted(windows):
-            for cid in (client_id, GLOBAL) if client_id != GLOBAL else (GLOBAL,):
+            cids = (client_id, GLOBAL) if client_id != GLOBAL else (GLOBAL,)
+            for cid in cids:
+                if cid == GLOBAL:
+                    cur.execute(
+                        "INSERT INTO group_spend (dataset, win, group_name, nanos) VALUES (?, ?, ?, 0) "
+                        "ON CONFLICT (dataset, win, group_name) DO NOTHING",
+                        (dataset, window, holders.get(window, "")),
+                    )
+                    cur.execute(
+                        "SELECT nanos FROM group_spend WHERE dataset = ? AND win = ? AND group_name = ? FOR UPDATE",
+                        (dataset, window, holders.get(window, "")),
+                    )
                 cur.execute(
                     "INSERT INTO spend (dataset, win, client_id, nanos) VALUES (?, ?, ?, 0) "
                     "ON CONFLICT (dataset, win, client_id) DO NOTHING",
@@ -303,6 +331,12 @@ class PostgresLedger(SqlLedger):
                     "SELECT nanos FROM spend WHERE dataset = ? AND win = ? AND client_id = ? FOR UPDATE",
                     (dataset, window, cid),
                 )  # not fetched: the lock is taken when the server runs it, before what follows
+
+    def _lock_allocations(self, cur: Cursor, *, exclusive: bool) -> None:
+        """Allocations, the global caps and group memberships change under an exclusive advisory lock;
+        every charge holds it shared for its transaction (taken before any spend row, so no cycle)."""
+        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        cur.execute(f"SELECT {lock}(?)", (ALLOCATIONS_LOCK,))
 
     def _lock_audit_tail(self, cur: Cursor) -> None:
         """One tail for the hash chain: appends serialize on a transaction-scoped advisory lock."""

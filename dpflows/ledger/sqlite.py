@@ -63,6 +63,13 @@ CREATE INDEX IF NOT EXISTS answer_shapes_by_query
     ON answer_shapes (dataset, kind, data_version, start_day, end_day, zoning, noise_scale);
 CREATE TABLE IF NOT EXISTS client_groups (
     client_id INTEGER PRIMARY KEY REFERENCES clients(id), group_name TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS group_caps (
+    group_name TEXT NOT NULL, dataset TEXT NOT NULL, win INTEGER NOT NULL,
+    cap_nanos INTEGER NOT NULL CHECK (cap_nanos >= 0), updated_at TEXT NOT NULL,
+    PRIMARY KEY (group_name, dataset, win));
+CREATE TABLE IF NOT EXISTS group_spend (
+    dataset TEXT NOT NULL, win INTEGER NOT NULL, group_name TEXT NOT NULL,
+    nanos INTEGER NOT NULL CHECK (nanos >= 0), PRIMARY KEY (dataset, win, group_name));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, client_id INTEGER, action TEXT NOT NULL,
     dataset TEXT, query TEXT, epsilon_nanos INTEGER NOT NULL, outcome TEXT NOT NULL, answer_id TEXT,
@@ -184,7 +191,8 @@ class SqliteLedger(SqlLedger):
                 f"the ledger could not commit ({type(exc).__name__}); nothing was charged or released, retry later"
             ) from exc
 
-    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int) -> None:
+    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int,
+                         holders: dict[int, str]) -> None:
         """BEGIN IMMEDIATE already holds the database's only write lock."""
 
     def _is_unique_violation(self, exc: Exception) -> bool:

@@ -103,8 +103,8 @@ class Service:
         return admin.set_group(self.context, client_id, group, by=by)
 
     def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-                by: Client | None = None) -> None:
-        admin.set_cap(self.context, dataset, cap, client_id=client_id, window=window, by=by)
+                by: Client | None = None, group: str | None = None) -> None:
+        admin.set_cap(self.context, dataset, cap, client_id=client_id, window=window, by=by, group=group)
 
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
                    min_cells_per_zone: int | None = None, geometry: dict[str, Any] | None = None,

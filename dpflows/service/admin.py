@@ -86,8 +86,9 @@ def set_group(ctx: ServiceContext, client_id: int, group: str | None, *, by: Cli
 
 
 def set_cap(ctx: ServiceContext, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-            by: Client | None = None) -> None:
-    """A per-client cap (client_id) or the global cap (None), for one window or every window.
+            by: Client | None = None, group: str | None = None) -> None:
+    """A per-client cap (client_id), a sharing group's allocation (group) or the global cap (neither), for
+    one window or every window. Allocations never sum above the global cap (the ledger refuses).
 
     The cap is in the dataset's measure: ε for pure-DP datasets, ρ for zCDP ones; the other
     is refused, so an ε can never be read as a ρ.
@@ -105,9 +106,9 @@ def set_cap(ctx: ServiceContext, dataset: str, cap: PrivacyLoss, *, client_id: i
             "or omit it for every window",
             field="window",
         )
-    ctx.ledger.set_cap(dataset, cap, client_id=client_id, window=window, grid=dataset_grid(data))
+    ctx.ledger.set_cap(dataset, cap, client_id=client_id, window=window, grid=dataset_grid(data), group=group)
     ctx.audit_admin(by, "admin.set_cap", dataset=dataset, client_id=client_id, window=window,
-                    cap=cap.to_json(), unit=cap.unit)
+                    cap=cap.to_json(), unit=cap.unit, **({"group": group} if group is not None else {}))
 
 
 def add_zoning(ctx: ServiceContext, dataset: str, name: str, csv_text: str, *, coarse: bool = False,

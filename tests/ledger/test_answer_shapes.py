@@ -216,3 +216,61 @@ def test_postgres_migration_indexes_answers_stored_before(postgres_ledger_factor
     group = f"client:{ledger.client_by_name('old').id}"
     found = ledger.find_answer_shapes(DS, where(per_zoning=1000, limit=1000, group=group))
     assert [s.answer_id for s in found] == ids
+
+
+# -- migration: answers stored before sharing groups (issue 17) -------------------------------------
+
+
+def _fill_shared(ledger: Ledger) -> dict[str, tuple[str, int]]:
+    """Answers as main stored them before groups: one query key for everyone. Returns key -> (answer, client)."""
+    out = {}
+    for name in ("alice", "system:ingest"):
+        client = ledger.create_client(name, "planner")
+        ledger.set_cap(DS, Epsilon.parse("1"), client_id=client.id, window=None)
+        ledger.set_cap(DS, Epsilon.parse("2"), client_id=None, window=None)
+        body = payload() if name == "alice" else {"query": {"kind": "bounding_report"}, "loss_nanos": 1}
+        receipt = ledger.commit_release(release(client.id, body))
+        out[receipt.answer.query_key] = (receipt.answer.answer_id, client.id)
+    return out
+
+
+def _check_rekeyed(ledger: Ledger, stored: dict[str, tuple[str, int]]) -> None:
+    from dpflows.ledger._sql import group_query_key
+
+    (alice_key, (alice_answer, alice_id)), (system_key, (system_answer, _)) = stored.items()
+    group = f"client:{alice_id}"
+    assert ledger.find_answer(DS, alice_key) is None  # no longer reusable by anyone outside alice's group
+    assert ledger.find_answer(DS, group_query_key(alice_key, group)).answer_id == alice_answer
+    assert ledger.find_answer(DS, system_key).answer_id == system_answer  # report charges keep their key
+    assert [s.answer_id for s in ledger.find_answer_shapes(DS, where(group=group))] == [alice_answer]
+    assert ledger.find_answer_shapes(DS, where()) == []
+
+
+def test_sqlite_migration_moves_answers_into_their_clients_groups(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    ledger = SqliteLedger(path)
+    stored = _fill_shared(ledger)
+    ledger.close()
+    conn = sqlite3.connect(path)
+    conn.executescript("UPDATE answer_shapes SET share_group = ''; PRAGMA user_version = 1;")
+    conn.close()
+    ledger = SqliteLedger(path)
+    assert ledger.migration_steps_applied == 1
+    _check_rekeyed(ledger, stored)
+    ledger.close()
+
+
+@pytest.mark.postgres
+def test_postgres_migration_moves_answers_into_their_clients_groups(postgres_ledger_factory,
+                                                                     postgres_url: str) -> None:
+    import psycopg
+
+    ledger = postgres_ledger_factory()
+    stored = _fill_shared(ledger)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the schema as of version 3
+        conn.execute("DROP TABLE client_groups, group_caps, group_spend")
+        conn.execute("ALTER TABLE answer_shapes DROP COLUMN share_group")
+        conn.execute("DELETE FROM dpflows_schema WHERE version >= 4")
+    assert ledger.migrate() == 1
+    assert ledger.migrate() == 0
+    _check_rekeyed(ledger, stored)

@@ -206,3 +206,125 @@ def test_a_reuse_is_audited_with_the_budgets_in_one_call(funded: tuple[Ledger, i
     assert len(rows) == before + 1 and rows[-1].outcome == "reused" and rows[-1].epsilon == Epsilon.zero()
     with pytest.raises(InvalidInput):
         ledger.audit_reuse(AuditEntry(action="query.flows", outcome="reused"), (0,))
+
+
+# -- sharing groups and allocations (issue 17) ------------------------------------------------------
+
+
+def test_groups_are_on_the_client_record(any_ledger: Ledger) -> None:
+    a = any_ledger.create_client("a", "planner")
+    any_ledger.add_key(a.id, "h" * 64, "dpf_xx")
+    assert a.group is None and a.share_group == f"client:{a.id}"
+    assert any_ledger.set_group(a.id, "city-planning").group == "city-planning"
+    assert any_ledger.get_client(a.id).share_group == "city-planning"
+    assert any_ledger.client_for_key_hash("h" * 64).group == "city-planning"  # what authentication returns
+    assert [c.group for c in any_ledger.list_clients()] == ["city-planning"]
+    for bad in ("", "client:1", "a b", "x" * 65, "-lead"):
+        with pytest.raises(InvalidInput):
+            any_ledger.set_group(a.id, bad)
+    assert any_ledger.set_group(a.id, None).share_group == f"client:{a.id}"
+    with pytest.raises(NotFound):
+        any_ledger.set_group(999, "g")
+
+
+def _allocated(ledger: Ledger) -> dict[str, int]:
+    """Global cap 1; group A 0.4, group B 0.4; the pool (clients without an allocation) 0.2."""
+    ids = {}
+    for name, group in (("a1", "A"), ("a2", "A"), ("b1", "B"), ("c", None)):
+        client = ledger.create_client(name, "planner")
+        ledger.set_cap(DS, eps("1"), client_id=client.id, window=None)
+        if group is not None:
+            ledger.set_group(client.id, group)
+        ids[name] = client.id
+    ledger.set_cap(DS, eps("1"), client_id=None, window=None)
+    ledger.set_cap(DS, eps("0.4"), client_id=None, window=None, group="A")
+    ledger.set_cap(DS, eps("0.4"), client_id=None, window=None, group="B")
+    return ids
+
+
+def test_allocations_never_sum_above_the_global_cap(any_ledger: Ledger) -> None:
+    _allocated(any_ledger)
+    before = any_ledger.list_allocations(DS)
+    with pytest.raises(InvalidInput, match=r"sum to 1\.000000001 in every window"):
+        any_ledger.set_cap(DS, eps("0.200000001"), client_id=None, window=None, group="C")
+    with pytest.raises(InvalidInput, match="window 3"):  # a window's own allocation counts in that window
+        any_ledger.set_cap(DS, eps("0.600000001"), client_id=None, window=3, group="A")
+    any_ledger.set_cap(DS, eps("0.2"), client_id=None, window=None, group="C")  # exactly the global cap
+    with pytest.raises(InvalidInput, match="global cap"):  # nor can the global cap drop below them
+        any_ledger.set_cap(DS, eps("0.999999999"), client_id=None, window=None)
+    with pytest.raises(InvalidInput, match="window 2"):
+        any_ledger.set_cap(DS, eps("0.5"), client_id=None, window=2)
+    assert [(a.group, a.window, a.cap) for a in any_ledger.list_allocations(DS)] == [
+        (a.group, a.window, a.cap) for a in before] + [("C", None, eps("0.2"))]
+    any_ledger.set_cap(DS, eps("0.1"), client_id=None, window=None, group="C")  # lowering is always allowed
+    any_ledger.set_cap(DS, eps("0.9"), client_id=None, window=2)
+    with pytest.raises(InvalidInput, match="not both"):
+        any_ledger.set_cap(DS, eps("0.1"), client_id=1, window=None, group="A")
+
+
+def test_a_client_spends_its_cap_and_its_groups_allocation(any_ledger: Ledger) -> None:
+    ids = _allocated(any_ledger)
+    any_ledger.commit_release(release(ids["a1"], "0.3"))
+    [budget] = any_ledger.window_budgets(DS, ids["a2"], [0])
+    assert (budget.group, budget.group_cap, budget.group_spent) == ("A", eps("0.4"), eps("0.3"))
+    assert budget.remaining == eps("0.1")  # the group's allocation, not the global cap
+    with pytest.raises(BudgetExceeded, match=r"allocation of 0\.1 of your group 'A'") as info:
+        any_ledger.commit_release(release(ids["a2"], "0.100000001"))
+    assert info.value.details == {"window": 0, "remaining": 0.1}
+    any_ledger.commit_release(release(ids["a2"], "0.1"))  # exactly the allocation
+    # B's allocation and the pool are untouched by A's spending
+    assert any_ledger.window_budgets(DS, ids["b1"], [0])[0].remaining == eps("0.4")
+    any_ledger.commit_release(release(ids["b1"], "0.4"))
+    # c (alone, no allocation) spends from the pool, 1 - 0.4 - 0.4; it sees only its own cap
+    [c] = any_ledger.window_budgets(DS, ids["c"], [0])
+    assert (c.group, c.group_cap, c.remaining) == (None, None, eps("1"))
+    any_ledger.commit_release(release(ids["c"], "0.2"))
+    with pytest.raises(BudgetExceeded) as info:
+        any_ledger.commit_release(release(ids["c"], "0.000000001"))
+    # refused by the global cap (the backstop, exhausted here): no figure of other groups' spending
+    assert "global budget" in info.value.message and info.value.details == {"window": 0}
+    assert "0.2" not in info.value.message and "0.8" not in info.value.message
+    assert any_ledger.total_charged(DS, 0) == eps("1")
+
+
+def test_the_pool_refuses_without_a_figure(any_ledger: Ledger) -> None:
+    ids = _allocated(any_ledger)
+    any_ledger.commit_release(release(ids["c"], "0.15"))
+    with pytest.raises(BudgetExceeded, match="without a group allocation") as info:
+        any_ledger.commit_release(release(ids["c"], "0.06"))
+    assert info.value.details == {"window": 0} and "0.05" not in info.value.message
+    any_ledger.commit_release(release(ids["c"], "0.05"))
+
+
+def test_concurrent_spenders_across_groups_never_exceed_allocations(durable_ledger_factory) -> None:
+    """12 threads, each its own connection, 3 per client, ask for 25 × 0.05 each across two windows:
+    group A (two clients) gets exactly its 0.4, B its 0.4, the client alone the pool's 0.2."""
+    setup = durable_ledger_factory()
+    ids = _allocated(setup)
+    granted: dict[str, int] = dict.fromkeys(ids, 0)
+    lock = threading.Lock()
+
+    def spend(name: str) -> None:
+        ledger = durable_ledger_factory()
+        try:
+            for _ in range(25):
+                try:
+                    ledger.commit_release(release(ids[name], "0.05", windows=(0, 1)))
+                except BudgetExceeded:
+                    continue
+                with lock:
+                    granted[name] += 1
+        finally:
+            ledger.close()
+
+    threads = [threading.Thread(target=spend, args=(name,)) for name in ids for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert granted["a1"] + granted["a2"] == 8 and granted["b1"] == 8 and granted["c"] == 4
+    for w in (0, 1):
+        assert setup.total_charged(DS, w) == eps("1")
+        assert setup.total_charged(DS, w, ids["a1"]) + setup.total_charged(DS, w, ids["a2"]) == eps("0.4")
+        assert setup.window_budgets(DS, ids["a1"], [w])[0].group_spent == eps("0.4")
+    setup.close()

@@ -130,3 +130,99 @@ def test_police_questions_are_read_by_oversight_only(served) -> None:
         assert requests.get(srv.url + "/v1/admin/audit", headers={"Authorization": f"Bearer {role_key}"},
                             timeout=30).status_code == 403
     assert post(srv, oversight_key, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 0.1}).status_code == 403
+
+
+# -- items 1 and 2: sharing groups and their allocations -------------------------------------------
+
+
+def admin_call(srv: GunicornServer, keys: Keys, method: str, path: str, body: dict[str, Any]) -> requests.Response:
+    return requests.request(method, srv.url + path, json=body, headers={"Authorization": f"Bearer {keys.admin}"},
+                            timeout=30)
+
+
+def test_queries_are_invisible_across_groups_and_shared_within_one(served) -> None:
+    """Before: reuse was global and /v1/quote reported `reused` for free, so a planner found the analyst's exact
+    query (week 3, hours 22-02, ε 0.1) in free quotes, then fetched it with its answer_id and released_at.
+    Now an answer is reused, derived from and reported as reused only within the releasing client's group."""
+    srv, keys, _ = served
+    secret = {**WEEK, "zoning": "sectors", "hours": [22, 2], "epsilon": 0.1}
+    asked = post(srv, keys.analyst, "/v1/flows", {**secret, "case_ref": "OP-1"}).json()
+    assert asked["reused"] is False
+    # The planner's search: every 4-hour span of the week at that ε, quoted for free; none is "reused".
+    starts = [h for h in range(24) if (h + 4) % 24]  # an end hour of 0 is written 24
+    quotes = {h: post(srv, keys.planner, "/v1/quote", {**secret, "hours": [h, (h + 4) % 24], "query": "flows"})
+              for h in starts}
+    assert all(q.status_code == 200 for q in quotes.values())
+    assert [h for h, q in quotes.items() if q.json()["reused"]] == []  # before: [22]
+    fetched = post(srv, keys.planner, "/v1/flows", secret).json()  # the exact query: a fresh release, charged
+    assert fetched["reused"] is False and fetched["epsilon_charged"] == 0.1
+    assert fetched["answer_id"] != asked["answer_id"] and fetched["released_at"] != asked["released_at"]
+    assert fetched["values"] != asked["values"] or fetched["raw_values"] != asked.get("raw_values")
+    # Nor is a foreign answer summed into a free one: the planner's districts never feed the analyst's sectors.
+    fine = post(srv, keys.planner, "/v1/flows", {**WEEK, "zoning": "districts", "hours": [7, 10], "epsilon": 0.25})
+    derived = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "hours": [7, 10], "epsilon": 0.02,
+                                                     "derive": True, "case_ref": "OP-1"}).json()
+    assert derived.get("derived_from") is None and derived["epsilon_charged"] == 0.02
+    assert fine.json()["answer_id"] not in json.dumps(derived)
+    # Within one group (an admin's choice), reuse and derivation are shared, with their ids.
+    for client_id in (keys.planner_id, keys.analyst_id):
+        r = admin_call(srv, keys, "POST", "/v1/admin/groups", {"client_id": client_id, "group": "joint-unit"})
+        assert r.status_code == 200 and r.json()["group"] == "joint-unit"
+    shared = {**WEEK, "zoning": "sectors", "hours": [6, 9], "epsilon": 0.1}
+    first = post(srv, keys.analyst, "/v1/flows", {**shared, "case_ref": "OP-2"}).json()
+    assert post(srv, keys.planner, "/v1/quote", {**shared, "query": "flows"}).json()["reused"] is True
+    again = post(srv, keys.planner, "/v1/flows", shared).json()
+    assert again["reused"] is True and again["answer_id"] == first["answer_id"] and again["epsilon_charged"] == 0
+    fine2 = post(srv, keys.planner, "/v1/flows", {**WEEK, "zoning": "districts", "hours": [16, 19], "epsilon": 0.25})
+    within = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "hours": [16, 19], "epsilon": 0.02,
+                                                    "derive": True, "case_ref": "OP-2"}).json()
+    assert within["derived_from"] == fine2.json()["answer_id"] and within["epsilon_charged"] == 0
+    # Answers released before the move stay in the group they were released in (each client alone then):
+    # neither the analyst's nor the planner's own earlier release of `secret` is found from the new group.
+    assert post(srv, keys.planner, "/v1/quote", {**secret, "query": "flows"}).json()["reused"] is False
+
+
+def test_spending_is_invisible_across_groups(served) -> None:
+    """Before: /v1/budget returned global_spent, every budget_remaining was the smaller of the client's and the
+    global remainder, and a refusal by the global cap said what remained globally: bisecting with free quotes
+    showed when the police spent. Now a client sees its own cap and its group's allocation only."""
+    srv, keys, _ = served
+    assert admin_call(srv, keys, "PUT", "/v1/admin/caps", {"dataset": "small", "epsilon": 1.2}).status_code == 200
+
+    def budget(key: str) -> list[dict[str, Any]]:
+        r = requests.get(srv.url + "/v1/budget?dataset=small", headers={"Authorization": f"Bearer {key}"},
+                         timeout=30)
+        assert r.status_code == 200
+        return r.json()["windows"]
+
+    police = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 0.25, "case_ref": "c"})
+    assert police.status_code == 200
+    post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "hours": [1, 5], "epsilon": 0.25,
+                                          "case_ref": "c"})
+    [week] = [w for w in budget(keys.planner) if w["window"] == 0]
+    assert set(week) >= {"cap", "spent", "remaining", "group", "group_cap"}
+    assert "global_spent" not in week and "global_cap" not in week
+    assert week["remaining"] == 1.0  # before: min(1, 1.2 - 0.5) = 0.7 showed the police's 0.5
+    quote = post(srv, keys.planner, "/v1/quote", {**WEEK, "zoning": "districts", "epsilon": 0.8, "query": "flows"})
+    assert quote.status_code == 200 and quote.json()["windows"][0]["budget_remaining"] == 1.0
+    refused = post(srv, keys.planner, "/v1/flows", {**WEEK, "zoning": "districts", "epsilon": 0.8})
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert "global budget" in error["message"] and "0.7" not in json.dumps(error)  # before: "... of 0.7"
+    assert "remaining" not in error.get("details", {})
+    # With allocations, the other group's spending cannot even refuse: each group has its own share.
+    for client_id, group in ((keys.planner_id, "planning"), (keys.analyst_id, "police")):
+        assert admin_call(srv, keys, "POST", "/v1/admin/groups",
+                          {"client_id": client_id, "group": group}).status_code == 200
+    assert admin_call(srv, keys, "PUT", "/v1/admin/caps", {"dataset": "small", "epsilon": 3}).status_code == 200
+    for group, eps in (("planning", 1.0), ("police", 1.0)):
+        r = admin_call(srv, keys, "PUT", "/v1/admin/caps", {"dataset": "small", "epsilon": eps, "group": group})
+        assert r.status_code == 200
+    over = admin_call(srv, keys, "PUT", "/v1/admin/caps", {"dataset": "small", "epsilon": 1.000000001,
+                                                           "group": "oversight"})
+    assert over.status_code == 422 and "above its global cap" in over.json()["error"]["message"]
+    assert admin_call(srv, keys, "PUT", "/v1/admin/caps", {"dataset": "small", "epsilon": 1.9}).status_code == 422
+    [week] = [w for w in budget(keys.planner) if w["window"] == 0]
+    assert (week["group"], week["group_cap"], week["group_spent"], week["remaining"]) == ("planning", 1.0, 0, 1.0)
+    [police_week] = [w for w in budget(keys.analyst) if w["window"] == 0]
+    assert police_week["group"] == "police" and police_week["group_spent"] == 0  # spent before its allocation
