@@ -55,6 +55,26 @@ def test_admin_commands(data_root: Path, tmp_path: Path) -> None:
     ledger.close()
 
 
+def test_groups_and_allocations(data_root: Path, tmp_path: Path) -> None:
+    """`set-group` and `set-cap --group` (issue 17); an allocation above the global cap exits 2, naming it."""
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)
+    assert dpflows("admin", "create-client", "--name", "ana", "--role", "analyst", root=root).returncode == 0
+    out = dpflows("admin", "set-group", "--client", "ana", "--group", "police", root=root)
+    assert out.returncode == 0 and out.stdout.strip() == "ana: in group police", out.stderr
+    assert dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "2", "--global", root=root).returncode == 0
+    out = dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "1.5", "--group", "police", root=root)
+    assert out.returncode == 0 and "allocation of group police on small, every window: epsilon 1.5" in out.stdout
+    over = dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "0.6", "--group", "planning", root=root)
+    assert over.returncode == 2 and "above its global cap of 2" in over.stderr
+    ledger = SqliteLedger(root / "l.db")
+    ana = ledger.client_by_name("ana")
+    [budget] = ledger.window_budgets("small", ana.id, [0])
+    assert (ana.group, budget.group_cap) == ("police", Epsilon.parse("1.5"))
+    ledger.close()
+    assert dpflows("admin", "set-group", "--client", "ana", "--alone", root=root).stdout.strip() == "ana: alone"
+
+
 def test_add_zoning_from_polygons_and_grid(data_root: Path, tmp_path: Path) -> None:
     """--from-geojson assigns cells from polygons and names the cells it sent to the nearest one;
     --grid makes squares; bad input exits 2 naming the file, the field and the fix."""

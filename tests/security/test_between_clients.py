@@ -200,16 +200,17 @@ def test_spending_is_invisible_across_groups(served) -> None:
     post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "hours": [1, 5], "epsilon": 0.25,
                                           "case_ref": "c"})
     [week] = [w for w in budget(keys.planner) if w["window"] == 0]
-    assert set(week) >= {"cap", "spent", "remaining", "group", "group_cap"}
-    assert "global_spent" not in week and "global_cap" not in week
-    assert week["remaining"] == 1.0  # before: min(1, 1.2 - 0.5) = 0.7 showed the police's 0.5
-    quote = post(srv, keys.planner, "/v1/quote", {**WEEK, "zoning": "districts", "epsilon": 0.8, "query": "flows"})
-    assert quote.status_code == 200 and quote.json()["windows"][0]["budget_remaining"] == 1.0
     refused = post(srv, keys.planner, "/v1/flows", {**WEEK, "zoning": "districts", "epsilon": 0.8})
+    quote = post(srv, keys.planner, "/v1/quote", {**WEEK, "zoning": "districts", "epsilon": 0.8, "query": "flows"})
+    seen = {"budget": week, "refusal": refused.json(), "quote": quote.json()}
+    assert "global_spent" not in week and "global_cap" not in week, seen
+    assert week["remaining"] == 1.0, seen  # before: min(1, 1.2 - 0.5) = 0.7 showed the police's 0.5
     assert refused.status_code == 409
     error = refused.json()["error"]
-    assert "global budget" in error["message"] and "0.7" not in json.dumps(error)  # before: "... of 0.7"
+    assert "global budget" in error["message"] and "0.7" not in json.dumps(error), seen  # before: "... of 0.7"
     assert "remaining" not in error.get("details", {})
+    assert quote.status_code == 200 and quote.json()["windows"][0]["budget_remaining"] == 1.0
+    assert set(week) >= {"cap", "spent", "remaining", "group", "group_cap"}
     # With allocations, the other group's spending cannot even refuse: each group has its own share.
     for client_id, group in ((keys.planner_id, "planning"), (keys.analyst_id, "police")):
         assert admin_call(srv, keys, "POST", "/v1/admin/groups",

@@ -11,6 +11,7 @@ In-process through the Flask test client over a real SQLite ledger; CPU is `time
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -64,6 +65,8 @@ def test_a_free_derived_quote_stays_flat_however_many_answers_are_stored(app: Fl
     client: FlaskClient = app.test_client()
     service = app.extensions["dpflows"].service
     keys: Keys = seed_clients(service, "demo")
+    for client_id in (keys.planner_id, keys.analyst_id):  # one sharing group: the analyst derives from the planner
+        service.set_group(client_id, "city")
 
     def quote() -> dict[str, Any]:
         res = client.post("/v1/quote", json=ANALYST_QUOTE, headers=keys.h("analyst"))
@@ -104,7 +107,7 @@ def test_a_free_derived_quote_stays_flat_however_many_answers_are_stored(app: Fl
     analyst = service.authenticate(keys.analyst)
     where, terms = shape_filter(spec, data, zoning_names(data), max_loss=service.policy.max_loss("analyst", "pure_dp"),
                                 limit=service.policy.derive_candidates)
-    shapes = service.ledger.find_answer_shapes("demo", where)
+    shapes = service.ledger.find_answer_shapes("demo", dataclasses.replace(where, group=analyst.share_group))
     assert sorted(s.zoning for s in shapes) == ["cell", "districts"] and set(terms) >= {"cell", "districts"}
     assert len(shapes) <= service.policy.derive_candidates == 16
     request = QueryRequest(spec, epsilon=Epsilon.parse("0.02"), derive=True, case_ref="c-18")
