@@ -7,6 +7,7 @@ exactly one pick, and that a place exists exactly when the rule says it does.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -21,8 +22,20 @@ def _argmax(counts: dict[Any, int]) -> set[Any]:
     return {k for k, v in counts.items() if v == top}
 
 
+def assert_not_by_order(picks: list[tuple[int, set[int]]]) -> None:
+    """Tied picks go to the smallest tied cell as often as a uniform choice would (5 sd), not always or never."""
+    tied = [(pick, best) for pick, best in picks if len(best) > 1]
+    smallest = sum(pick == min(best) for pick, best in tied)
+    expected = sum(1 / len(best) for _, best in tied)
+    sd = math.sqrt(sum((1 / len(best)) * (1 - 1 / len(best)) for _, best in tied))
+    assert abs(smallest - expected) < 5 * sd + 1, (smallest, expected, sd)
+
+
 def check_hour_cells(events: pl.DataFrame, hour_cells: pl.DataFrame) -> int:
-    """Each (person, day, hour) with events has one cell, one of those with most events; returns how many were tied."""
+    """Each (person, day, hour) with events has one cell, one of those with most events; returns how many were tied.
+
+    With ties, also checks that they are not broken by order (`assert_not_by_order`).
+    """
     per_hour: dict[tuple[Any, Any, int], Counter[int]] = defaultdict(Counter)
     for person, ts, cell in events.select("person", "timestamp", "cell").iter_rows():
         per_hour[(person, ts.date(), ts.hour)][int(cell)] += 1
@@ -32,12 +45,13 @@ def check_hour_cells(events: pl.DataFrame, hour_cells: pl.DataFrame) -> int:
         assert key not in picked, "two cells for one person-hour"
         picked[key] = int(cell)
     assert picked.keys() == per_hour.keys()
-    ties = 0
+    picks = []
     for key, counts in per_hour.items():
         best = _argmax(counts)
         assert picked[key] in best
-        ties += len(best) > 1
-    return ties
+        picks.append((picked[key], best))
+    assert_not_by_order(picks)
+    return sum(len(best) > 1 for _, best in picks)
 
 
 def _per_window(rows: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, int], Any]:
@@ -65,10 +79,13 @@ def check_places(hour_cells: pl.DataFrame, homes: pl.DataFrame, works: pl.DataFr
     work = _per_window(works.select("person", "window", "cell").iter_rows())
     assert home.keys() == night.keys(), "a home exactly for person-windows with night hours"
     seen = Counter[str]()
+    picks = []
     for key, counts in night.items():
         best = _argmax(counts)
         assert home[key] in best
         seen["home tied"] += len(best) > 1
+        picks.append((home[key], best))
+    assert_not_by_order(picks)
     for key, counts in hours.items():
         eligible = {c: n for c, n in counts.items() if len(days[key][c]) >= rule.min_work_days}
         if not eligible:
