@@ -35,7 +35,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="dataset name: must be the --out folder's name (the default)")
     p.add_argument("--window-days", type=int, default=7)
     p.add_argument("--bound-trips", type=int, default=20, help="L_trips per person-window (the sensitivity)")
-    p.add_argument("--bound-presence", type=int, default=100, help="L_presence per person-window")
+    p.add_argument("--bound-presence", type=int, default=60,
+                   help="L_presence: most presence-hours (one place each) kept per person-window (default 60)")
     p.add_argument("--trip-rule", choices=["stay", "consecutive"], default="stay")
     p.add_argument("--min-dwell-minutes", type=float, default=30)
     p.add_argument("--first-day", type=_date, required=True,

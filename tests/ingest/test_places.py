@@ -329,3 +329,13 @@ def test_old_datasets_without_places_still_load(report_root: Path, tmp_path: Pat
     assert data.metadata.presence_rule == "cells_per_person_hour" and not data.metadata.one_place_per_hour
     assert data.presence.count.sum() > 0
     assert np.array_equal(data.presence.count, load_dataset(report_root / "datasets" / "city").presence.count)
+
+
+def test_cli_defaults_are_the_library_defaults() -> None:
+    from dpflows.cli import build_parser
+    from dpflows.ingest.pipeline import DEFAULT_BOUND_PRESENCE, DEFAULT_BOUND_TRIPS
+
+    args = build_parser().parse_args(["ingest", "e.parquet", "--cells", "c.csv", "--out", "o", "--first-day",
+                                      "2024-03-04", "--end-day", "2024-03-11"])
+    assert (args.bound_trips, args.bound_presence) == (DEFAULT_BOUND_TRIPS, DEFAULT_BOUND_PRESENCE) == (20, 60)
+    assert (args.home_hours, args.work_hours, args.min_work_days) == (None, None, None)  # DEFAULT_PLACES, fitted

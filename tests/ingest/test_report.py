@@ -146,7 +146,7 @@ def test_ingest_command_prints_the_report(city, tmp_path: Path, capsys: pytest.C
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "bounding report (noisy; epsilon=0.05 in every window" in out
-    assert "trips    L=20: ~" in out and "presence L=100: ~" in out and "suggested L=" in out
+    assert "trips    L=20: ~" in out and "presence L=60: ~" in out and "suggested L=" in out
     assert "flows between 50 zones" in out
     assert main([*args, "--out", str(tmp_path / "b"), "--report-epsilon", "0"]) == 0
     assert "bounding report" not in capsys.readouterr().out
