@@ -1,15 +1,12 @@
 """The HTTP skin over dpflows: `create_app(config)` builds the Flask app.
 
-Configuration (keys of `config`, else environment variables of the same name):
-DPFLOWS_DATA_DIR (aggregate store root, default ./var/data), DPFLOWS_LEDGER_URL (default
-sqlite:///./var/ledger.db), DPFLOWS_PLANNER_MAX_EPSILON (1), DPFLOWS_ANALYST_MAX_EPSILON (0.25),
-DPFLOWS_RATE_LIMIT (requests per second per key and worker, 50), DPFLOWS_RATE_BURST (100).
+Configuration: the settings of dpflows.settings (``DPFLOWS_*`` keys of `config`, else
+environment variables of the same name, else defaults), read and validated once here; the rate
+limits are api/ratelimit.py's.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,25 +14,15 @@ import orjson
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
-from werkzeug.exceptions import BadRequest
 
-from api.auth import RateLimiter
 from api.errors import ErrorSchema, register_error_handlers
 from api.logs import init_request_logging
+from api.ratelimit import Bucket, RateLimits, SharedBuckets, default_path
 from dpflows.aggregates import AggregateStore
-from dpflows.budget import Epsilon
 from dpflows.errors import InvalidInput
 from dpflows.ledger import open_ledger
 from dpflows.service import Catalog, Policy, Service
-
-DEFAULTS = {
-    "DPFLOWS_DATA_DIR": "./var/data",
-    "DPFLOWS_LEDGER_URL": "sqlite:///./var/ledger.db",
-    "DPFLOWS_PLANNER_MAX_EPSILON": "1",
-    "DPFLOWS_ANALYST_MAX_EPSILON": "0.25",
-    "DPFLOWS_RATE_LIMIT": "50",
-    "DPFLOWS_RATE_BURST": "100",
-}
+from dpflows.settings import Settings, load_settings
 
 
 class OrjsonProvider(DefaultJSONProvider):
@@ -56,20 +43,6 @@ class OrjsonProvider(DefaultJSONProvider):
         return self._app.response_class(self._encode(obj, orjson.OPT_APPEND_NEWLINE), mimetype=self.mimetype)
 
 
-def reject_deep_json() -> None:
-    """webargs parses bodies with json.loads, which raises RecursionError (a 500) on very deep
-    nesting; parse once here so such a body is a 400 like any other malformed JSON."""
-    from flask import request
-
-    if request.is_json and request.content_length:
-        try:
-            json.loads(request.get_data(cache=True))
-        except RecursionError:
-            raise BadRequest("JSON nested too deeply") from None
-        except ValueError:
-            pass  # webargs reports ordinary malformed JSON itself
-
-
 class DpflowsApi(Api):
     """flask-smorest's Api, documenting dpflows' one error shape as the default error."""
 
@@ -82,20 +55,22 @@ class DpflowsExtension:
 
     service: Service
     catalog: Catalog
-    rate_limiter: RateLimiter
+    rate_limits: RateLimits
 
     @classmethod
-    def init_app(cls, app: Flask) -> DpflowsExtension:
-        cfg = app.config
-        if str(cfg["DPFLOWS_LEDGER_URL"]).strip() == "memory://":
+    def init_app(cls, app: Flask, settings: Settings) -> DpflowsExtension:
+        if str(settings.ledger_url).strip() == "memory://":
             # One ledger per worker, empty after every restart: budgets would not hold.
             raise InvalidInput("DPFLOWS_LEDGER_URL=memory:// keeps no budget across workers or restarts; the service "
                                "needs a durable ledger: sqlite:///PATH or postgresql://...", field="ledger_url")
-        store = AggregateStore(cfg["DPFLOWS_DATA_DIR"])
-        policy = Policy(planner_max_epsilon=Epsilon.parse(cfg["DPFLOWS_PLANNER_MAX_EPSILON"]),
-                        analyst_max_epsilon=Epsilon.parse(cfg["DPFLOWS_ANALYST_MAX_EPSILON"]))
-        ext = cls(Service(store, open_ledger(cfg["DPFLOWS_LEDGER_URL"]), policy), Catalog(store),
-                  RateLimiter(float(cfg["DPFLOWS_RATE_LIMIT"]), int(cfg["DPFLOWS_RATE_BURST"])))
+        store = AggregateStore(settings.data_dir)
+        policy = Policy.from_settings(settings)
+        limits = RateLimits(
+            SharedBuckets(settings.rate_limit_db or default_path(settings.ledger_url, settings.data_dir)),
+            per_key=Bucket(settings.rate_limit, float(settings.rate_burst)),
+            auth_failures=Bucket(settings.auth_failure_limit, float(settings.auth_failure_burst)),
+            trusted_proxies=settings.trusted_proxies)
+        ext = cls(Service(store, open_ledger(settings.ledger_url), policy), Catalog(store), limits)
         app.extensions["dpflows"] = ext
         return ext
 
@@ -103,9 +78,8 @@ class DpflowsExtension:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
-    app.before_request(reject_deep_json)
-    for key, default in DEFAULTS.items():
-        app.config[key] = os.environ.get(key, default)
+    settings = load_settings({k: v for k, v in (config or {}).items() if k.startswith("DPFLOWS_")})
+    app.config.update(settings.as_config())
     app.config.update(
         API_TITLE="dpflows",
         API_VERSION="1",
@@ -122,9 +96,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
         },
     )
-    app.config.update(config or {})
+    app.config.update({k: v for k, v in (config or {}).items() if not k.startswith("DPFLOWS_")})
     init_request_logging(app)
-    DpflowsExtension.init_app(app)
+    DpflowsExtension.init_app(app, settings)
     api = DpflowsApi(app)
     from api.views import account_blp, admin_blp, health_blp, queries_blp
 

@@ -1,52 +1,24 @@
-"""Bearer-key authentication, role checks and a per-key rate limit, as view decorators.
+"""Bearer-key authentication, rate limits and role checks, as one view decorator.
 
 The key check itself lives in `dpflows.service.Service.authenticate` (hash lookup, constant-
-time comparison). Here we only read the header, ask the service, and enforce roles.
+time comparison). Here we only read the header, ask the service, and enforce the limits of
+`api.ratelimit` and the roles. `require` sits above `@blp.arguments` on every view, so a
+request is authenticated (and counted) before its body is parsed or validated: a bad key with
+a bad body gets 401, and an address out of failed authentications gets 429 either way.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
-from dpflows.errors import PolicyViolation, RateLimited
+from dpflows.errors import AuthenticationFailed, PolicyViolation
 from dpflows.ledger import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class RateLimiter:
-    """Token bucket per client: `rate` requests per second, bursts up to `burst`.
-
-    Per process: with W gunicorn workers a client can reach W × rate in total. That bounds
-    abuse of CPU, not privacy: the ledger bounds privacy loss whatever the request rate.
-    """
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._buckets: dict[int, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, client_id: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(client_id, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens < 1.0:
-                retry = max(1, int((1.0 - tokens) / self.rate + 0.999))
-                self._buckets[client_id] = (tokens, now)
-                raise RateLimited(
-                    f"too many requests for this key: the limit is {self.rate:g} per second with bursts of "
-                    f"{self.burst}; retry after {retry} s",
-                    details={"retry_after": retry},
-                )
-            self._buckets[client_id] = (tokens - 1.0, now)
 
 
 def bearer_key() -> str | None:
@@ -60,21 +32,30 @@ def current_client() -> Client:
 
 
 def require(*roles: str) -> Callable[[F], F]:
-    """Authenticate the caller, check its role and its rate limit, then run the view."""
+    """Authenticate the caller (failures counted per client address), take its key's rate-limit
+    token, check its role, then run the view (and only then, the schema of its arguments)."""
 
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ext = current_app.extensions["dpflows"]
-            client = ext.service.authenticate(bearer_key())
+            limits = ext.rate_limits
+            address = limits.client_address(request.remote_addr, request.headers.get("X-Real-IP"),
+                                             request.headers.get("X-Forwarded-For"))
+            limits.check_address(address)
+            try:
+                client = ext.service.authenticate(bearer_key())
+            except AuthenticationFailed:
+                limits.failed_authentication(address)
+                raise
             g.client = client
+            limits.take(client.id)
             if roles and client.role not in roles:
                 raise PolicyViolation(
                     f"role {client.role} may not call {request.method} {request.path}; it needs role "
                     f"{' or '.join(roles)}",
                     field="role",
                 )
-            ext.rate_limiter.take(client.id)
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

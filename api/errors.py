@@ -18,30 +18,71 @@ import marshmallow as ma
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from dpflows.errors import DpflowsError
+from dpflows.errors import (
+    AuthenticationFailed,
+    BudgetExceeded,
+    Conflict,
+    DpflowsError,
+    InvalidInput,
+    NotFound,
+    PolicyViolation,
+    RateLimited,
+    Unavailable,
+)
 
 log = logging.getLogger("dpflows.api")
 
-STATUS_BY_CODE = {
-    "invalid_input": 422,
-    "domain_too_large": 422,
-    "invalid_data": 422,
-    "mechanism_error": 422,
-    "not_found": 404,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "budget_exceeded": 409,
-    "conflict": 409,
-    "rate_limited": 429,
-    "unavailable": 503,
-    "data_unavailable": 503,
+#: The one table from error classes to HTTP statuses; a subclass takes its nearest ancestor's.
+STATUS_BY_CLASS: dict[type[DpflowsError], int] = {
+    InvalidInput: 422,
+    NotFound: 404,
+    AuthenticationFailed: 401,
+    PolicyViolation: 403,
+    BudgetExceeded: 409,
+    Conflict: 409,
+    RateLimited: 429,
+    Unavailable: 503,
 }
+
+
+def status_of(cls: type[DpflowsError]) -> int:
+    return next((STATUS_BY_CLASS[c] for c in cls.__mro__ if c in STATUS_BY_CLASS), 422)
+
+
+def family_of(cls: type[DpflowsError]) -> str:
+    """The error family a client maps to its own exception class: the class right under DpflowsError."""
+    return next(c.__name__ for c in cls.__mro__ if DpflowsError in c.__bases__)
+
+
+def _subclasses(cls: type[DpflowsError]) -> list[type[DpflowsError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_subclasses(sub))
+    return found
+
+
+def error_table() -> list[dict[str, Any]]:
+    """Every error code the service sends, its HTTP status and family: `GET /v1/errors`, for clients and the page."""
+    rows: dict[str, dict[str, Any]] = {}
+    for cls in _subclasses(DpflowsError):
+        rows.setdefault(cls.code, {"code": cls.code, "status": status_of(cls), "family": family_of(cls),
+                                   "description": (cls.__doc__ or "").strip().split("\n")[0]})
+    for status, code in HTTP_CODES.items():
+        rows.setdefault(code, {"code": code, "status": status, "family": _FAMILY_BY_STATUS.get(status, "Error"),
+                               "description": f"HTTP {status}"})
+    return sorted(rows.values(), key=lambda r: (r["status"], r["code"]))
 
 HTTP_CODES = {
     400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
     422: "invalid_input", 429: "rate_limited", 500: "internal_error", 503: "unavailable",
 }
+
+
+_FAMILY_BY_STATUS = {400: "InvalidInput", 413: "InvalidInput", 415: "InvalidInput", 422: "InvalidInput",
+                     401: "AuthenticationFailed", 403: "PolicyViolation", 404: "NotFound", 409: "Conflict",
+                     429: "RateLimited", 503: "Unavailable"}
 
 
 INTERNAL_MESSAGE = (
@@ -59,6 +100,18 @@ class ErrorBodySchema(ma.Schema):
 
 class ErrorSchema(ma.Schema):
     error = ma.fields.Nested(ErrorBodySchema, required=True)
+
+
+class ErrorCodeSchema(ma.Schema):
+    code = ma.fields.String(required=True)
+    status = ma.fields.Integer(required=True, metadata={"description": "the HTTP status sent with this code"})
+    family = ma.fields.String(required=True, metadata={"description": "the kind of error: clients map families "
+                                                                      "to their exception classes"})
+    description = ma.fields.String(required=True)
+
+
+class ErrorTableSchema(ma.Schema):
+    errors = ma.fields.List(ma.fields.Nested(ErrorCodeSchema), required=True)
 
 
 def error_response(status: int, code: str, message: str, *, field: str | None = None,
@@ -79,7 +132,7 @@ def error_response(status: int, code: str, message: str, *, field: str | None = 
 
 
 def handle_dpflows_error(exc: DpflowsError) -> Response:
-    status = STATUS_BY_CODE.get(exc.code, 422)
+    status = status_of(type(exc))
     headers = {}
     if status == 429 and isinstance(exc.details, dict) and "retry_after" in exc.details:
         headers["Retry-After"] = str(exc.details["retry_after"])

@@ -1,6 +1,6 @@
 """Structured request logs: one JSON line per request, never a value, key or person id.
 
-Logged: request id, client id (a number), method, route pattern, status, error code, ε
+Logged: request id, worker pid, client id (a number), method, route pattern, status, error code, ε
 charged (queries only), duration. Not logged: bodies, query strings, headers, answer values, exception texts.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -53,6 +54,7 @@ def init_request_logging(app: Flask) -> None:
         client = getattr(g, "client", None)
         fields = {
             "request_id": getattr(g, "request_id", None),
+            "pid": os.getpid(),  # which gunicorn worker answered
             "client_id": None if client is None else client.id,
             "method": request.method,
             "route": request.url_rule.rule if request.url_rule else None,

@@ -7,12 +7,15 @@ Unknown fields are rejected (marshmallow's RAISE), so a typo never silently chan
 
 from __future__ import annotations
 
+import numbers
+import re
 from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
 
 from dpflows.budget import PrivacyLoss
+from dpflows.cells import NAME_PATTERN, label_problem
 
 # Ids are SQL BIGINTs: a larger integer cannot name anything, and SQLite raises OverflowError on it.
 ID_MAX = 2**63 - 1
@@ -35,15 +38,55 @@ class PassThroughList(fields.List):
         return value
 
 
-def _positive_number(description: str) -> fields.Float:
-    return fields.Float(allow_nan=False, validate=validate.Range(min=0, min_inclusive=False),
-                        metadata={"description": description})
+class Number(fields.Float):
+    """A JSON number and nothing else: marshmallow's Float also takes the string "1" (and charged it
+    as ε = 1), though the OpenAPI document says number. Refusing strings keeps one meaning per value."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow merges this class attribute up the MRO
+        "not_a_number": "send a JSON number, not a string or another type (e.g. 0.5, not \"0.5\")"}
+
+    def _validated(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise self.make_error("not_a_number")
+        return super()._validated(value)
+
+
+class WholeMatch(validate.Regexp):
+    """A pattern the whole value must match: marshmallow's Regexp uses re.match, whose `$` also matches
+    before a trailing newline ("demo\n"). OpenAPI shows the same pattern."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ma.ValidationError(self._format_error(value))
+        return value
+
+
+def _label(value: str) -> None:
+    problem = label_problem(value)
+    if problem is not None:
+        raise ma.ValidationError(problem)
+
+
+def name_field(**metadata: Any) -> fields.String:
+    """A dataset or zoning name: it becomes a file name (dpflows.cells.check_name)."""
+    return fields.String(required=True, validate=WholeMatch(
+        re.compile(NAME_PATTERN), error="use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"),
+        metadata=metadata)
+
+
+def label_field(max_length: int, **kwargs: Any) -> fields.String:
+    """A zone id or client name: printable, no control characters, no surrounding whitespace."""
+    return fields.String(validate=[validate.Length(1, max_length), _label], **kwargs)
+
+
+def _positive_number(description: str) -> Number:
+    return Number(allow_nan=False, validate=validate.Range(min=0, min_inclusive=False),
+                  metadata={"description": description})
 
 
 class QueryBodySchema(ma.Schema):
-    dataset = fields.String(required=True, validate=validate.Length(1, 64), metadata={"example": "demo"})
-    zoning = fields.String(required=True, validate=validate.Length(1, 64),
-                           metadata={"description": "a zoning of the dataset, or 'cell'", "example": "districts"})
+    dataset = name_field(example="demo")
+    zoning = name_field(description="a zoning of the dataset, or 'cell'", example="districts")
     start = fields.Date(required=True, metadata={"description": "first day (ISO date)", "example": "2024-03-04"})
     end = fields.Date(required=True, metadata={"description": "day after the last (exclusive)",
                                                "example": "2024-03-11"})
@@ -55,8 +98,8 @@ class QueryBodySchema(ma.Schema):
     epsilon = _positive_number("pure-DP datasets: the ε to spend in each window the query touches")
     rho = _positive_number("zCDP datasets (accounting zcdp): the ρ to spend in each window the query touches")
     max_error = _positive_number("instead of epsilon or rho: the 95% absolute error per value wanted")
-    confidence = fields.Float(load_default=0.95, allow_nan=False, validate=validate.Range(0.5, 1, max_inclusive=False),
-                              metadata={"description": "confidence of error bounds (default 0.95)"})
+    confidence = Number(load_default=0.95, allow_nan=False, validate=validate.Range(0.5, 1, max_inclusive=False),
+                        metadata={"description": "confidence of error bounds (default 0.95)"})
     clamp_negative = fields.Boolean(load_default=False,
                                     metadata={"description": "post-process negative noisy counts to 0"})
     consistent = fields.Boolean(load_default=False, metadata={
@@ -85,8 +128,7 @@ class PresenceQuerySchema(QueryBodySchema):
 class PatternsQuerySchema(QueryBodySchema):
     measure = fields.String(load_default="trips", validate=validate.OneOf(["trips", "presence"]),
                             metadata={"description": "trips (departures) or presence"})
-    zone = fields.String(validate=validate.Length(1, 128),
-                         metadata={"description": "one zone of the zoning; omit for the whole area"})
+    zone = label_field(128, metadata={"description": "one zone of the zoning; omit for the whole area"})
 
 
 class QuoteQuerySchema(PatternsQuerySchema):
@@ -199,7 +241,7 @@ class QuoteSchema(ma.Schema):
 
 
 class BudgetQuerySchema(ma.Schema):
-    dataset = fields.String(required=True, validate=validate.Length(1, 64))
+    dataset = name_field()
 
 
 class WindowBudgetSchema(ma.Schema):
@@ -328,7 +370,7 @@ class ClientSchema(ma.Schema):
 
 
 class NewClientSchema(ma.Schema):
-    name = fields.String(required=True, validate=validate.Length(1, 128))
+    name = label_field(128, required=True)
     role = fields.String(required=True, validate=validate.OneOf(["admin", "planner", "analyst"]))
 
 
@@ -350,11 +392,10 @@ class ClientWithKeysSchema(ClientSchema):
 
 
 class CapSchema(ma.Schema):
-    dataset = fields.String(required=True, validate=validate.Length(1, 64))
-    epsilon = fields.Float(allow_nan=False, validate=validate.Range(min=0),
-                           metadata={"description": "the cap on a pure-DP dataset"})
-    rho = fields.Float(allow_nan=False, validate=validate.Range(min=0),
-                       metadata={"description": "the cap on a zCDP dataset"})
+    dataset = name_field()
+    epsilon = Number(allow_nan=False, validate=validate.Range(min=0),
+                     metadata={"description": "the cap on a pure-DP dataset"})
+    rho = Number(allow_nan=False, validate=validate.Range(min=0), metadata={"description": "the cap on a zCDP dataset"})
     client_id = fields.Integer(validate=validate.Range(max=ID_MAX),
                                metadata={"description": "omit for the global cap across all clients"})
     window = fields.Integer(validate=validate.Range(min=0), metadata={"description": "omit for every window"})
@@ -367,10 +408,12 @@ class CapSchema(ma.Schema):
 
 
 class ZoningUploadSchema(ma.Schema):
-    name = fields.String(required=True, validate=validate.Length(1, 64))
+    name = name_field()
     csv = fields.String(required=True, metadata={"description": "cell_id,zone_id rows with a header"})
     coarse = fields.Boolean(load_default=False)
-    min_cells_per_zone = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    min_cells_per_zone = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
+        "description": "coarse zonings: the fewest cells any zone may hold (default and minimum: the server's "
+                       "DPFLOWS_MIN_CELLS_PER_COARSE_ZONE, 10)"})
     geojson = fields.Dict(load_default=None, allow_none=True)
 
 

@@ -5,39 +5,49 @@ No view catches exceptions: `api.errors` maps the one exception tree in one plac
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from typing import Any
 
-from flask import Response, current_app, g, request
-from flask_smorest import Blueprint
+from flask import current_app, g
+from flask_smorest import Blueprint as SmorestBlueprint
+from webargs.flaskparser import FlaskParser, abort
 
-from api import schemas
+from api import renderers, schemas
 from api.auth import current_client, require
-from api.errors import ErrorSchema
-from dpflows import geo
+from api.errors import ErrorSchema, ErrorTableSchema, error_table
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
-from dpflows.relative import RelativeChange
-from dpflows.service import Answer, QueryRequest, Service, WindowStatus
+from dpflows.service import QueryRequest, Service
 
 BEARER = [{"bearerAuth": []}]
-#: ?format= on the query endpoints: documented here, read by wants_csv and run_query.
-FORMAT_PARAMETER = {
-    "name": "format", "in": "query", "required": False,
-    "schema": {"type": "string", "enum": ["json", "csv", "geojson"]},
-    "description": "json (default); csv (key columns, count, error_bound_95; the metadata in X-Dpflows-* "
-                   "headers; also with Accept: text/csv); geojson (flows and presence only: lines between zone "
-                   "centroids, or zones)",
-}
 ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids it",
-          422: "invalid input", 429: "rate limited", 503: "ledger or data unavailable"}
+          422: "invalid input", 503: "ledger or data unavailable",
+          429: "rate limited (per key, or failed authentications per client address); see Retry-After"}
+
+class BodyParser(FlaskParser):
+    """webargs' parser, but a body nested too deeply for json.loads (RecursionError, else a 500) is a
+    400 like any other malformed JSON. Parsed only when the view's arguments are, after `require`."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError:
+            abort(400, messages={"json": ["JSON nested too deeply"]})
+
+
+class Blueprint(SmorestBlueprint):
+    ARGUMENTS_PARSER = BodyParser()
+
 
 queries_blp = Blueprint("queries", __name__, url_prefix="/v1", description="Differentially private queries")
 account_blp = Blueprint("account", __name__, url_prefix="/v1", description="Budgets, datasets and zonings")
 admin_blp = Blueprint("admin", __name__, url_prefix="/v1/admin", description="Admin: clients, keys, caps, audit")
 health_blp = Blueprint("health", __name__, description="Liveness and readiness")
+
+
+def run_query(kind: str, body: dict[str, Any]) -> Any:
+    answer = service().answer(query_request(kind, body), current_client())
+    setattr(g, f"{answer.charged.unit}_charged", answer.charged)  # for the request log line (api.logs)
+    return renderers.render_answer(answer, kind)
 
 
 def service() -> Service:
@@ -50,93 +60,6 @@ def _document_errors(blp: Blueprint, *codes: int) -> Any:
             view = blp.alt_response(code, schema=ErrorSchema, description=ERRORS.get(code, ""))(view)
         return view
     return decorate
-
-
-# -- presentation of dpflows values -------------------------------------------------------------
-
-def window_charges(windows: list[WindowStatus], charged: PrivacyLoss) -> list[dict[str, Any]]:
-    """Per window: the charge under its measure's name (epsilon_charged or rho_charged)."""
-    return [{"window": w.window, "start": w.start, "end": w.end, f"{charged.unit}_charged": charged,
-             "budget_remaining": w.budget.remaining} for w in windows]
-
-
-def answer_document(answer: Answer) -> dict[str, Any]:
-    unit = answer.loss_of_release.unit  # "epsilon" or "rho"
-    return {
-        "answer_id": answer.answer_id,
-        "query": answer.spec.canonical(),
-        "values": answer.values,
-        "accounting": answer.accounting,
-        f"{unit}_charged": answer.charged,
-        unit: answer.loss_of_release,
-        **({"approx_dp": {"epsilon": answer.approx_epsilon, "delta": answer.delta}}
-           if answer.approx_epsilon is not None else {}),
-        "epsilon_derived_from_max_error": answer.loss_from_max_error,
-        "windows": window_charges(answer.windows, answer.charged),
-        "budget_remaining": answer.budget_remaining,
-        "privacy_unit": answer.privacy_unit,
-        "mechanism": {"name": answer.mechanism, "noise_scale": answer.noise_scale,
-                      "sensitivity": answer.sensitivity},
-        "error_bound_95": answer.error_bound_95,
-        "confidence": answer.confidence,
-        "reused": answer.reused,
-        "postprocessing": answer.postprocessing,
-        "released_at": answer.released_at,
-        **{name: value for name, value in (
-            ("raw_values", answer.raw_values), ("totals", answer.totals), ("raw_totals", answer.raw_totals),
-            ("derived_from", answer.derived_from), ("value_error_bounds", answer.value_error_bounds),
-            ("value_terms", answer.value_terms)) if value is not None},
-    }
-
-
-def relative_change_document(change: RelativeChange) -> dict[str, Any]:
-    """The pair's per-zone changes, what the pair cost per window, and both answers in full."""
-    answers = (change.current, change.baseline)
-    unit = change.current.charged.unit
-    per_window: dict[int, dict[str, Any]] = {}
-    for answer in answers:  # the baseline's window statuses are the later ones: they win
-        for w in answer.windows:
-            entry = per_window.setdefault(w.window, {"window": w.window, "start": w.start, "end": w.end,
-                                                     f"{unit}_charged": type(answer.charged).zero()})
-            entry[f"{unit}_charged"] = entry[f"{unit}_charged"] + answer.charged
-            entry["budget_remaining"] = w.budget.remaining
-    windows = [per_window[w] for w in sorted(per_window)]
-    return {
-        "zones": change.zones, "confidence": change.confidence, "current_days": change.current_days,
-        "baseline_days": change.baseline_days, "method": change.method, "accounting": change.current.accounting,
-        "windows": windows, "budget_remaining": min(w["budget_remaining"] for w in windows),
-        "privacy_unit": change.current.privacy_unit,
-        "current": answer_document(change.current), "baseline": answer_document(change.baseline),
-    }
-
-
-def wants_csv() -> bool:
-    if request.args.get("format") == "csv":
-        return True
-    best = request.accept_mimetypes.best_match(["application/json", "text/csv"], default="application/json")
-    return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
-
-
-def csv_response(answer: Answer) -> Response:
-    out = io.StringIO()
-    raw = answer.raw_values
-    writer = csv.DictWriter(out, fieldnames=[*answer.key_fields, "count", "error_bound_95",
-                                             *(["raw_count"] if raw is not None else [])])
-    writer.writeheader()
-    bounds = answer.value_error_bounds or [answer.error_bound_95] * len(answer.values)
-    for i, row in enumerate(answer.values):
-        writer.writerow({**row, "error_bound_95": f"{bounds[i]:.3f}",
-                         **({"raw_count": raw[i]} if raw is not None else {})})
-    response = Response(out.getvalue(), mimetype="text/csv")
-    response.headers.update({
-        "X-Dpflows-Answer-Id": answer.answer_id,
-        f"X-Dpflows-{answer.charged.unit.capitalize()}-Charged": str(answer.charged),
-        "X-Dpflows-Budget-Remaining": str(answer.budget_remaining),
-        "X-Dpflows-Error-Bound-95": f"{answer.error_bound_95:.6f}",
-        "X-Dpflows-Privacy-Unit": answer.privacy_unit,
-        "X-Dpflows-Reused": "true" if answer.reused else "false",
-    })
-    return response
 
 
 def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
@@ -159,62 +82,47 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
     )
 
 
-def geojson_response(answer: Answer) -> Response:
-    """?format=geojson: flows as lines between zone centroids, presence as zones (dpflows.geo)."""
-    zoning = current_app.extensions["dpflows"].catalog.zoning(answer.spec.dataset, answer.spec.zoning)
-    doc = geo.service_answer_geojson(answer, zoning)
-    return Response(json.dumps(doc), mimetype="application/geo+json")
-
-
-def run_query(kind: str, body: dict[str, Any]) -> Any:
-    answer = service().answer(query_request(kind, body), current_client())
-    setattr(g, f"{answer.charged.unit}_charged", answer.charged)  # for the request log line (api.logs)
-    if request.args.get("format") == "geojson" and kind != "patterns":
-        return geojson_response(answer)
-    return csv_response(answer) if wants_csv() else answer_document(answer)
-
-
 # -- queries ------------------------------------------------------------------------------------
 
 @queries_blp.route("/flows", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.FlowsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Origin-destination counts between zones")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
 def flows(body: dict[str, Any]) -> Any:
     """Trips from each zone to each zone, every pair released (zeros noised too)."""
     return run_query("flows", body)
 
 
 @queries_blp.route("/presence", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.PresenceQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Person-hours per zone and hour of day")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
 def presence(body: dict[str, Any]) -> Any:
     """Presence (distinct person-cell-hours) per zone and hour of day."""
     return run_query("presence", body)
 
 
 @queries_blp.route("/patterns", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.PatternsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Weekday × hour profile")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[FORMAT_PARAMETER])
-@require("planner", "analyst", "admin")
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
 def patterns(body: dict[str, Any]) -> Any:
     """Hour-of-day × weekday profile of trips (departures) or presence, for one zone or the whole area."""
     return run_query("patterns", body)
 
 
 @queries_blp.route("/relative-change", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.RelativeChangeQuerySchema)
 @queries_blp.response(200, schemas.RelativeChangeSchema, description="% change of presence per zone vs a baseline")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
-@require("planner", "analyst", "admin")
 def relative_change(body: dict[str, Any]) -> Any:
     """Presence per zone and counted day against the same weekdays and hours of a baseline period, in %.
 
@@ -224,39 +132,38 @@ def relative_change(body: dict[str, Any]) -> Any:
     baseline_start, baseline_end = body.pop("baseline_start"), body.pop("baseline_end")
     change = service().relative_change(query_request("presence", body), baseline_start, baseline_end,
                                        current_client())
-    return relative_change_document(change)
+    return renderers.relative_change_document(change)
 
 
 @queries_blp.route("/quote", methods=["POST"])
+@require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.QuoteQuerySchema)
 @queries_blp.response(200, schemas.QuoteSchema, description="What the query would cost; nothing charged")
 @_document_errors(queries_blp, 401, 403, 404, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
-@require("planner", "analyst", "admin")
 def quote(body: dict[str, Any]) -> Any:
     """Price a query without touching data or budget: ε, windows, error bound, reuse."""
     kind = body.pop("query")
     q = service().quote(query_request(kind, body), current_client())
-    unit = q["epsilon"].unit  # "epsilon" or "rho", by the dataset's accounting
+    unit = q.loss.unit  # "epsilon" or "rho", by the dataset's accounting
     return {
-        "accounting": q["accounting"], unit: q["epsilon"], f"{unit}_charged": q["epsilon_charged"],
-        "epsilon_derived_from_max_error": q["epsilon_derived"], "error_bound_95": q["error_bound_95"],
-        "confidence": q["confidence"], "windows": window_charges(q["windows"], q["epsilon_charged"]),
-        "reused": q["reused"], "privacy_unit": q["privacy_unit"],
-        **({"derived_from": q["derived_from"]} if q.get("derived_from") else {}),
-        "mechanism": {"name": q["mechanism"], "noise_scale": q["noise_scale"],
-                      "sensitivity": q["sensitivity"]},
+        "accounting": q.accounting, unit: q.loss, f"{unit}_charged": q.charged,
+        "epsilon_derived_from_max_error": q.loss_from_max_error, "error_bound_95": q.error_bound_95,
+        "confidence": q.confidence, "windows": renderers.window_charges(q.windows, q.charged),
+        "reused": q.reused, "privacy_unit": q.privacy_unit,
+        **({"derived_from": q.derived_from} if q.derived_from else {}),
+        "mechanism": {"name": q.mechanism, "noise_scale": q.noise_scale, "sensitivity": q.sensitivity},
     }
 
 
 # -- account: budget, datasets, zonings ------------------------------------------------------------
 
 @account_blp.route("/budget", methods=["GET"])
+@require()
 @account_blp.arguments(schemas.BudgetQuerySchema, location="query")
 @account_blp.response(200, schemas.BudgetSchema)
-@_document_errors(account_blp, 401, 404, 422, 503)
+@_document_errors(account_blp, 401, 404, 422, 429, 503)
 @account_blp.doc(security=BEARER)
-@require()
 def budget(args: dict[str, Any]) -> Any:
     """Your caps, spending and remaining budget in every window of a dataset."""
     client = current_client()
@@ -274,20 +181,20 @@ def budget(args: dict[str, Any]) -> Any:
 
 
 @account_blp.route("/datasets", methods=["GET"])
-@account_blp.response(200, schemas.DatasetSchema(many=True))
-@_document_errors(account_blp, 401, 503)
-@account_blp.doc(security=BEARER)
 @require()
+@account_blp.response(200, schemas.DatasetSchema(many=True))
+@_document_errors(account_blp, 401, 429, 503)
+@account_blp.doc(security=BEARER)
 def datasets() -> Any:
     """Datasets with their time span, windows, bounds and zonings (all public)."""
     return current_app.extensions["dpflows"].catalog.datasets()
 
 
 @account_blp.route("/datasets/<string:dataset>/bounding-report", methods=["GET"])
-@account_blp.response(200, schemas.BoundingReportSchema)
-@_document_errors(account_blp, 401, 403, 404, 409, 503)
-@account_blp.doc(security=BEARER)
 @require("admin", "planner")
+@account_blp.response(200, schemas.BoundingReportSchema)
+@_document_errors(account_blp, 401, 403, 404, 409, 429, 503)
+@account_blp.doc(security=BEARER)
 def bounding_report(dataset: str) -> Any:
     """How much contribution bounding drops and a suggested bound, from the dataset's noisy bounding report.
 
@@ -298,10 +205,10 @@ def bounding_report(dataset: str) -> Any:
 
 
 @account_blp.route("/datasets/<string:dataset>/zonings/<string:zoning>", methods=["GET"])
-@account_blp.response(200, schemas.ZoningSchema)
-@_document_errors(account_blp, 401, 404, 503)
-@account_blp.doc(security=BEARER)
 @require()
+@account_blp.response(200, schemas.ZoningSchema)
+@_document_errors(account_blp, 401, 404, 429, 503)
+@account_blp.doc(security=BEARER)
 def zoning(dataset: str, zoning: str) -> Any:
     """A zoning's zones (cells per zone, centroid), the public cell catalog, and geometry if loaded."""
     return current_app.extensions["dpflows"].catalog.zoning(dataset, zoning)
@@ -310,11 +217,11 @@ def zoning(dataset: str, zoning: str) -> Any:
 # -- admin ------------------------------------------------------------------------------------------
 
 @admin_blp.route("/clients", methods=["POST"])
+@require("admin")
 @admin_blp.arguments(schemas.NewClientSchema)
 @admin_blp.response(201, schemas.IssuedKeySchema)
-@_document_errors(admin_blp, 401, 403, 409, 422, 503)
+@_document_errors(admin_blp, 401, 403, 409, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def create_client(body: dict[str, Any]) -> Any:
     """Register a client; its API key is in this response only."""
     client, key = service().create_client(body["name"], body["role"], by=current_client())
@@ -322,10 +229,10 @@ def create_client(body: dict[str, Any]) -> Any:
 
 
 @admin_blp.route("/clients", methods=["GET"])
-@admin_blp.response(200, schemas.ClientWithKeysSchema(many=True))
-@_document_errors(admin_blp, 401, 403, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(200, schemas.ClientWithKeysSchema(many=True))
+@_document_errors(admin_blp, 401, 403, 429, 503)
+@admin_blp.doc(security=BEARER)
 def list_clients() -> Any:
     """Clients with their keys (prefixes only, never the keys)."""
     ledger = service().ledger
@@ -333,10 +240,10 @@ def list_clients() -> Any:
 
 
 @admin_blp.route("/clients/<int(max=9223372036854775807):client_id>/keys", methods=["POST"])
-@admin_blp.response(201, schemas.IssuedKeySchema)
-@_document_errors(admin_blp, 401, 403, 404, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(201, schemas.IssuedKeySchema)
+@_document_errors(admin_blp, 401, 403, 404, 429, 503)
+@admin_blp.doc(security=BEARER)
 def issue_key(client_id: int) -> Any:
     """Issue another key for a client (e.g. to rotate); shown once."""
     key = service().rotate_key(client_id, by=current_client())
@@ -344,10 +251,10 @@ def issue_key(client_id: int) -> Any:
 
 
 @admin_blp.route("/keys/<int(max=9223372036854775807):key_id>", methods=["DELETE"])
-@admin_blp.response(200, schemas.KeySchema)
-@_document_errors(admin_blp, 401, 403, 404, 503)
-@admin_blp.doc(security=BEARER)
 @require("admin")
+@admin_blp.response(200, schemas.KeySchema)
+@_document_errors(admin_blp, 401, 403, 404, 429, 503)
+@admin_blp.doc(security=BEARER)
 def revoke_key(key_id: int) -> Any:
     """Revoke a key at once; requests with it get 401 from now on."""
     service().revoke_key(key_id, by=current_client())
@@ -356,11 +263,11 @@ def revoke_key(key_id: int) -> Any:
 
 
 @admin_blp.route("/caps", methods=["PUT"])
+@require("admin")
 @admin_blp.arguments(schemas.CapSchema)
 @admin_blp.response(200, schemas.CapSchema)
-@_document_errors(admin_blp, 401, 403, 404, 422, 503)
+@_document_errors(admin_blp, 401, 403, 404, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def set_cap(body: dict[str, Any]) -> Any:
     """Set a client's cap (client_id) or the global cap (no client_id), per window or for every window."""
     cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
@@ -370,11 +277,11 @@ def set_cap(body: dict[str, Any]) -> Any:
 
 
 @admin_blp.route("/datasets/<string:dataset>/zonings", methods=["POST"])
+@require("admin")
 @admin_blp.arguments(schemas.ZoningUploadSchema)
 @admin_blp.response(201, schemas.ZoningSummarySchema)
-@_document_errors(admin_blp, 401, 403, 404, 409, 422, 503)
+@_document_errors(admin_blp, 401, 403, 404, 409, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def add_zoning(body: dict[str, Any], dataset: str) -> Any:
     """Load a public zoning from `cell_id,zone_id` CSV; coarse zonings are checked for zone size."""
     z = service().add_zoning(dataset, body["name"], body["csv"], coarse=body["coarse"],
@@ -384,11 +291,11 @@ def add_zoning(body: dict[str, Any], dataset: str) -> Any:
 
 
 @admin_blp.route("/audit", methods=["GET"])
+@require("admin")
 @admin_blp.arguments(schemas.AuditQuerySchema, location="query")
 @admin_blp.response(200, schemas.AuditPageSchema)
-@_document_errors(admin_blp, 401, 403, 422, 503)
+@_document_errors(admin_blp, 401, 403, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
-@require("admin")
 def audit(args: dict[str, Any]) -> Any:
     """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome."""
     rows = service().ledger.read_audit(after_id=args["after_id"], limit=args["limit"])
@@ -402,6 +309,13 @@ def audit(args: dict[str, Any]) -> Any:
 def healthz() -> Any:
     """The process is up."""
     return {"status": "ok", "checks": {}}
+
+
+@account_blp.route("/errors", methods=["GET"])
+@account_blp.response(200, ErrorTableSchema)
+def errors() -> Any:
+    """Every error code with its HTTP status and family: clients and the page map errors from this table."""
+    return {"errors": error_table()}
 
 
 @health_blp.route("/readyz", methods=["GET"])

@@ -38,8 +38,8 @@ from dpflows.budget import Epsilon  # noqa: E402
 from dpflows.contribution_report import BoundingReport, TypicalQuery, summarize  # noqa: E402
 from dpflows.demo import generate_city  # noqa: E402
 from dpflows.ingest import derive  # noqa: E402
+from dpflows.ingest.contribution_histograms import contribution_histogram  # noqa: E402
 from dpflows.ingest.pipeline import ZoningSpec, _index_cells, _with_window, ingest_events, read_cells  # noqa: E402
-from dpflows.ingest.report import contribution_histogram  # noqa: E402
 from dpflows.mechanisms import release_contribution_histograms, release_counts  # noqa: E402
 from dpflows.queries import make_spec, prepare  # noqa: E402
 

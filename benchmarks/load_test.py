@@ -303,7 +303,8 @@ def main() -> int:
         setup = Service(AggregateStore(root), SqliteLedger(ledger_path))
         clients = seed(setup)
         setup.ledger.close()
-        env = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000", "DPFLOWS_LOG_LEVEL": "warning"}
+        env = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000", "DPFLOWS_LOG_LEVEL": "warning",
+               "DPFLOWS_AUTH_FAILURE_LIMIT": "100000", "DPFLOWS_AUTH_FAILURE_BURST": "100000"}  # keyless 401s
         with GunicornServer(root, f"sqlite:///{ledger_path}", workers=args.workers, extra_env=env,
                             log_path=args.log) as srv:
             result = run_load(srv.url, clients, total=args.requests, threads=args.threads, seed_=args.seed)

@@ -20,7 +20,8 @@ from dpflows.errors import InvalidData, InvalidInput
 
 #: The identity zoning: every cell is its own zone. Always available, never coarse.
 CELL_ZONING = "cell"
-#: Zonings and datasets are named by admins and appear in URLs and file names.
+#: Zonings and datasets are named by admins and appear in URLs and file names. Matched whole
+#: (re.fullmatch): with re.match, `$` also matched before a trailing newline ("demo\n").
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -28,13 +29,27 @@ def check_name(value: str, *, field: str) -> str:
     """Names become file names: keep them to a safe alphabet."""
     import re
 
-    if not isinstance(value, str) or not re.match(NAME_PATTERN, value):
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
         raise InvalidInput(
             f"{field}={value!r} is not a valid name; use 1-64 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit",
             field=field,
         )
     return value
+
+
+def label_problem(value: str) -> str | None:
+    """What is wrong with a free-text label (a zone id, a client name) that logs, CSV files and
+    pages show, or None: control and format characters (newlines, escapes, bidi overrides) and
+    surrounding whitespace are refused."""
+    import unicodedata
+
+    for i, ch in enumerate(value):
+        if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp"):
+            return f"contains the control character U+{ord(ch):04X} at position {i}; remove it"
+    if value != value.strip():
+        return "starts or ends with whitespace; remove it"
+    return None
 
 
 @dataclass(frozen=True)
@@ -170,17 +185,23 @@ def parse_zoning_csv(text: str, *, source: str = "zoning CSV") -> dict[str, str]
     mapping: dict[str, str] = {}
     bad_rows: list[int] = []
     dup_rows: list[int] = []
+    control_rows: list[int] = []
     for row_number, row in enumerate(reader, start=2):
         cell = (row.get("cell_id") or "").strip()
         zone = (row.get("zone_id") or "").strip()
         if not cell or not zone:
             bad_rows.append(row_number)
+        elif label_problem(cell) or label_problem(zone):
+            control_rows.append(row_number)
         elif cell in mapping and mapping[cell] != zone:
             dup_rows.append(row_number)
         else:
             mapping[cell] = zone
     if bad_rows:
         raise InvalidData(f"{source}: empty cell_id or zone_id in rows {bad_rows[:5]}; fill both columns", field="csv")
+    if control_rows:
+        raise InvalidData(f"{source}: a cell_id or zone_id contains a control character in rows {control_rows[:5]}; "
+                          "use printable names", field="csv")
     if dup_rows:
         raise InvalidData(
             f"{source}: a cell_id is mapped to two zones in rows {dup_rows[:5]}; map each cell once", field="csv"

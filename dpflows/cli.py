@@ -193,17 +193,19 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     """serve and admin (dpflows.service; `serve` runs gunicorn on api.wsgi by name, never importing api)."""
-    import os
+    from dpflows.settings import load_settings
+
+    settings = load_settings()
 
     def storage(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", default=os.environ.get("DPFLOWS_DATA_DIR", "./var/data"),
+        p.add_argument("--data-dir", default=settings.data_dir,
                        help="aggregate store root (default: $DPFLOWS_DATA_DIR or ./var/data)")
-        p.add_argument("--ledger-url", default=os.environ.get("DPFLOWS_LEDGER_URL", "sqlite:///./var/ledger.db"),
+        p.add_argument("--ledger-url", default=settings.ledger_url,
                        help="sqlite:///PATH or postgresql://... (default: $DPFLOWS_LEDGER_URL or sqlite:///./var/ledger.db)")
 
     serve = sub.add_parser("serve", help="serve the HTTP API with gunicorn")
     storage(serve)
-    serve.add_argument("--bind", default=os.environ.get("DPFLOWS_BIND", "127.0.0.1:8000"))
+    serve.add_argument("--bind", default=settings.bind)
     serve.add_argument("--workers", type=int, default=None, help="default: from the CPU count")
     serve.set_defaults(run=_run_serve)
 
@@ -248,7 +250,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--csv", required=True, help="path of the CSV file")
     p.add_argument("--coarse", action="store_true", help="mark coarse (analysts may query it)")
-    p.add_argument("--min-cells", type=int, default=1, help="with --coarse: least cells per zone")
+    p.add_argument("--min-cells", type=int, default=None,
+                   help="with --coarse: least cells per zone (default and minimum: DPFLOWS_MIN_CELLS_PER_COARSE_ZONE)")
     p.add_argument("--geojson", default=None, help="optional GeoJSON file of the zones, for maps")
     p.set_defaults(run=_run_add_zoning)
 
@@ -265,9 +268,10 @@ def open_service(args: argparse.Namespace) -> Service:
     """The Service over the store and ledger named on the command line (or by environment)."""
     from dpflows.aggregates import AggregateStore
     from dpflows.ledger import open_ledger
-    from dpflows.service import Service
+    from dpflows.service import Policy, Service
+    from dpflows.settings import load_settings
 
-    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url))
+    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url), Policy.from_settings(load_settings()))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -286,6 +290,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _run_create_client(args: argparse.Namespace) -> int:
+    from dpflows.cells import label_problem
+    from dpflows.errors import InvalidInput
+
+    problem = label_problem(args.name)
+    if problem is not None:  # the HTTP API refuses the same names (api/schemas.py NewClientSchema)
+        raise InvalidInput(f"--name {args.name!r} {problem}", field="name")
     client, key = open_service(args).create_client(args.name, args.role)
     print(f"client {client.name} (id {client.id}, role {client.role}) created.")
     print(f"API key (shown once, store it now): {key}")
@@ -429,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_migrate_command(sub: argparse._SubParsersAction) -> None:
-    """migrate: create or upgrade the ledger schema before hosts start (dpflows.ledger)."""
-    import os
+    """migrate: create or upgrade the ledger schema before hosts start (dpflows.ledger); settings."""
+    from dpflows.settings import environment_value
 
     parser = sub.add_parser(
         "migrate",
@@ -440,11 +450,23 @@ def _add_migrate_command(sub: argparse._SubParsersAction) -> None:
         "--ledger-url when the URL holds a password: arguments are visible to every user in `ps`.",
     )
     parser.add_argument(
-        "--ledger-url", default=os.environ.get("DPFLOWS_LEDGER_URL"),
-        required="DPFLOWS_LEDGER_URL" not in os.environ,
+        "--ledger-url", default=environment_value("DPFLOWS_LEDGER_URL"),
+        required=environment_value("DPFLOWS_LEDGER_URL") is None,
         help="sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (default: $DPFLOWS_LEDGER_URL)",
     )
     parser.set_defaults(run=_run_migrate)
+
+    settings = sub.add_parser("settings", help="list every DPFLOWS_* setting with the value in force, its default "
+                              "and what it is for")
+    settings.set_defaults(run=_run_settings)
+
+
+def _run_settings(args: argparse.Namespace) -> int:
+    from dpflows.settings import describe, load_settings
+
+    for row in describe(load_settings()):
+        print(f"{row['name']}={row['value']}\n    {row['help']} (default: {row['default'] or 'none'})")
+    return 0
 
 
 def _run_migrate(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 Bounding, not noise, can dominate the error of an answer: with L too small a busy person's
 records are thinned and every count is low. To choose L without looking at raw data,
 ingestion releases once, with its own small ε, a **noisy histogram of per-person-window
-record counts** for each measure (dpflows.ingest.report makes it; this module only reads it).
+record counts** for each measure (dpflows.ingest.contribution_histograms makes it; this module only reads it).
 Everything below is post-processing of that release and costs nothing more:
 
 - the estimated share of records dropped at the dataset's bound and at candidate bounds;

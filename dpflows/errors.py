@@ -47,44 +47,66 @@ class DpflowsError(Exception):
 
 
 class InvalidInput(DpflowsError):
+    """Bad parameter or malformed query; nothing was charged."""
+
     code = "invalid_input"
 
 
 class DomainTooLarge(InvalidInput):
+    """The answer's key domain is too large to release densely."""
+
     code = "domain_too_large"
 
 
 class InvalidData(InvalidInput):
+    """Bad ingestion input (file, column, rows)."""
+
     code = "invalid_data"
 
 
 class NotFound(DpflowsError):
+    """Unknown dataset, zoning, client or answer."""
+
     code = "not_found"
 
 
 class AuthenticationFailed(DpflowsError):
+    """Missing, unknown or revoked API key."""
+
     code = "unauthenticated"
 
 
 class PolicyViolation(DpflowsError):
+    """The client's role or a per-query cap forbids the query."""
+
     code = "forbidden"
 
 
 class BudgetExceeded(DpflowsError):
+    """A budget cap would be exceeded; nothing was charged or released."""
+
     code = "budget_exceeded"
 
 
 class Conflict(DpflowsError):
+    """A name is taken, or a dataset conflicts with what the ledger recorded."""
+
     code = "conflict"
 
 
 class RateLimited(DpflowsError):
+    """Too many requests for one key or client address; retry after a while."""
+
     code = "rate_limited"
 
 
 class Unavailable(DpflowsError):
+    """The ledger or the aggregates cannot be used now; nothing was charged."""
+
     code = "unavailable"
 
 
 class DataUnavailable(Unavailable):
+    """Aggregate files are missing or corrupt."""
+
     code = "data_unavailable"

@@ -396,7 +396,7 @@ def noise_error_bound(mechanism: str, scale: float, confidence: float = DEFAULT_
 def release_contribution_histograms(histograms: list[np.ndarray], epsilon: Epsilon) -> NoisyRelease:
     """The bounding report's one release: discrete Laplace on the measures' histograms, concatenated.
 
-    Each histogram counts person-windows per bin of their number of records (dpflows.ingest.report).
+    Each histogram counts person-windows per bin of their number of records (dpflows.ingest.contribution_histograms).
     Neighbouring datasets differ by one person's records in one window (added or removed, the
     reading under which a count has sensitivity L): that moves one person-window into or out of
     one bin of each histogram, so the ℓ1 sensitivity of the concatenation is the number of

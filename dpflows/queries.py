@@ -24,9 +24,9 @@ import numpy as np
 
 from dpflows.aggregates import Dataset, MeasureArrays
 from dpflows.errors import DomainTooLarge, InvalidInput
+from dpflows.query_kinds import KEY_FIELDS, QUERY_KINDS
 
 QueryKind = Literal["flows", "presence", "patterns"]
-QUERY_KINDS: tuple[str, ...] = ("flows", "presence", "patterns")
 ALL_HOURS = tuple(range(24))
 ALL_WEEKDAYS = tuple(range(7))
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -212,7 +212,7 @@ def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
         dz = zoning.zone_of_cell[arrays.dest[mask]]
         true = np.bincount(oz * n_zones + dz, weights=counts, minlength=n_zones * n_zones)
         domain = KeyDomain(
-            ("origin", "destination"),
+            KEY_FIELDS["flows"],
             {"origin": [z for z in zones for _ in zones], "destination": zones * n_zones},
         )
     elif spec.kind == "presence":
@@ -224,7 +224,7 @@ def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
         h = hour_pos[arrays.hour[mask]]
         true = np.bincount(z * len(hours) + h, weights=counts, minlength=n_zones * len(hours))
         domain = KeyDomain(
-            ("zone", "hour"),
+            KEY_FIELDS["presence"],
             {"zone": [zz for zz in zones for _ in hours], "hour": list(hours) * n_zones},
         )
     else:
@@ -242,7 +242,7 @@ def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
         hh = hour_pos[arrays.hour[mask][in_zone]]
         true = np.bincount(wd * len(hours) + hh, weights=counts[in_zone], minlength=len(days) * len(hours))
         domain = KeyDomain(
-            ("weekday", "hour"),
+            KEY_FIELDS["patterns"],
             {"weekday": [d for d in days for _ in hours], "hour": list(hours) * len(days)},
         )
     return PreparedQuery(

@@ -1,13 +1,17 @@
 """The demo a newcomer gets from the first README command: a city, a ledger, three clients.
 
 Idempotent: the city is generated and ingested once under `home`; the clients are created
-once and their keys printed once (keys are stored only as hashes, so they cannot be shown
-again: `dpflows admin issue-key` makes a new one).
+once and their keys written once to `home/api-keys.env`, a file only its owner can read (mode
+0600; keys are stored only as hashes, so they cannot be shown again: `dpflows admin issue-key`
+makes a new one). The keys are never printed: a terminal's scrollback, a CI log or a shared
+screen would keep them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shlex
 from pathlib import Path
 
 from dpflows.aggregates import AggregateStore
@@ -21,6 +25,16 @@ DATASET = "demo"
 #: The same city accounted in zCDP (discrete Gaussian, budgets in ρ), to compare the two.
 DATASET_ZCDP = "demo-zcdp"
 START = dt.date(2024, 3, 4)
+#: Where the demo's keys go, under its home: shell assignments, `. var/demo/api-keys.env` loads them.
+KEYS_FILE = "api-keys.env"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read or write (0600), never through a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, 0o600)  # an older file keeps its mode on O_CREAT: set it
+        fh.write(text)
 
 
 def prepare_demo(home: Path, *, persons: int = 2000, bind: str = "127.0.0.1:8000") -> Service:
@@ -39,13 +53,20 @@ def prepare_demo(home: Path, *, persons: int = 2000, bind: str = "127.0.0.1:8000
                           accounting=ZCDP if name == DATASET_ZCDP else PURE_DP)
     service = Service(AggregateStore(data_dir), SqliteLedger(home / "ledger.db"))
     if service.ledger.list_clients():
-        print("dpflows: demo clients exist already; their keys were printed when they were created "
+        print(f"dpflows: demo clients exist already; their keys are in {home / KEYS_FILE} "
               f"(new key: dpflows admin issue-key --client NAME --data-dir {data_dir} "
               f"--ledger-url sqlite:///{home / 'ledger.db'})")
         return service
     _, admin_key = service.create_client("admin", "admin")
     planner, planner_key = service.create_client("city-planner", "planner")
     analyst, analyst_key = service.create_client("police-analyst", "analyst")
+    keys_path = home / KEYS_FILE
+    write_private(keys_path, f"""# dpflows demo API keys, shown nowhere else; keep this file private (mode 0600).
+# Load them into a shell with:  . {shlex.quote(str(keys_path))}
+ADMIN_KEY={admin_key}
+PLANNER_KEY={planner_key}
+ANALYST_KEY={analyst_key}
+""")
     service.set_cap(DATASET, Epsilon.parse("2"), client_id=planner.id, window=None)
     service.set_cap(DATASET, Epsilon.parse("0.5"), client_id=analyst.id, window=None)
     service.set_cap(DATASET, Epsilon.parse("4"), client_id=None, window=None)
@@ -57,13 +78,15 @@ def prepare_demo(home: Path, *, persons: int = 2000, bind: str = "127.0.0.1:8000
     body = ('{"dataset": "demo", "zoning": "districts", "start": "2024-03-04", "end": "2024-03-09", '
             '"hours": [7, 10], "epsilon": 0.5}')
     print(f"""
-dpflows demo ready. These keys are shown once; keep them.
-  admin           {admin_key}
-  city-planner    {planner_key}   (cap ε 2 per week on demo, ρ 0.02 on demo-zcdp)
-  police-analyst  {analyst_key}   (cap ε 0.5 / ρ 0.005 per week, coarse flows only)
+dpflows demo ready. Three clients were created; their keys are in {keys_path}
+(readable only by you; shown nowhere else). Load them into your shell:
+  . {shlex.quote(str(keys_path))}
+  ADMIN_KEY      admin
+  PLANNER_KEY    city-planner    (cap ε 2 per week on demo, ρ 0.02 on demo-zcdp)
+  ANALYST_KEY    police-analyst  (cap ε 0.5 / ρ 0.005 per week, coarse flows only)
 
 First query (morning-peak flows between districts, first week, ε = 0.5):
-  curl -s {url}/v1/flows -H "Authorization: Bearer {planner_key}" -H 'Content-Type: application/json' \\
+  curl -s {url}/v1/flows -H "Authorization: Bearer $PLANNER_KEY" -H 'Content-Type: application/json' \\
     -d '{body}'
 The same city accounted in zCDP: dataset "demo-zcdp", send "rho" (e.g. 0.002) instead of "epsilon".
 API docs: {url}/docs    Planner page: {url}/planner/

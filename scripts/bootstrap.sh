@@ -7,13 +7,16 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--test-deps" ]; then
   # System packages, installed only when missing (a ready machine pays nothing): PostgreSQL's
-  # server binaries (ledger contract and multi-host tests), Java (Spark ingestion tests) and
-  # Chromium (planner browser test). Only as root with apt-get; otherwise say what is missing
-  # and go on: the tests then skip naming it, or fail under CI=true.
+  # server binaries (ledger contract and multi-host tests), Java (Spark ingestion tests),
+  # Chromium (planner browser test) and nginx (the deployment in front of gunicorn, deploy/nginx.conf,
+  # tested in tests/security/test_slow_clients.py; the tests run their own nginx process, never
+  # Debian's service). Only as root with apt-get; otherwise say what is missing and go on: the
+  # tests then skip naming it, or fail under CI=true.
   apt_missing=()
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_missing+=(postgresql)
   command -v java >/dev/null 2>&1 || apt_missing+=(default-jre-headless)
   command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || apt_missing+=(nginx)
   if [ ${#apt_missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "bootstrap: installing ${apt_missing[*]} with apt-get" >&2

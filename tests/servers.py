@@ -1,8 +1,10 @@
-"""A real gunicorn serving dpflows on a free loopback port, for end-to-end tests and benchmarks."""
+"""A real gunicorn serving dpflows on a free loopback port, for end-to-end tests and benchmarks, and
+the repository's nginx config in front of it (tests/security)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,6 +77,79 @@ class GunicornServer:
             self._log.close()
 
     def __enter__(self) -> GunicornServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+def find_nginx() -> str | None:
+    """Debian's nginx binary (scripts/bootstrap.sh --test-deps installs it), or one on PATH."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+def render_nginx_conf(*, listen: str, upstream: str, state_dir: Path) -> str:
+    """deploy/nginx.conf with its three placeholders filled, as the file's header says to."""
+    text = NGINX_CONF.read_text()
+    for name, value in (("LISTEN", listen), ("UPSTREAM", upstream), ("STATE_DIR", str(state_dir))):
+        text = text.replace(f"@{name}@", value)
+    return text
+
+
+class NginxServer:
+    """The repository's deploy/nginx.conf run by a real nginx on a free loopback port, in the
+    foreground with its own state directory (no system service); always stopped by `stop()`."""
+
+    def __init__(self, binary: str, upstream: str, state_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = state_dir
+        self.conf = state_dir / "nginx.conf"
+        self.conf.write_text(render_nginx_conf(listen=f"127.0.0.1:{self.port}", upstream=upstream,
+                                               state_dir=state_dir))
+        check = subprocess.run([binary, "-t", "-q", "-e", "stderr", "-c", str(self.conf)], capture_output=True,
+                               text=True, check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx -t refused {self.conf}:\n{check.stderr}")
+        self._log = open(state_dir / "nginx.out", "wb")
+        # Foreground, and as root (only ever in tests) its workers keep root's access to the private
+        # pytest directory that holds their buffers; as any other user nginx ignores `user`.
+        directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+        self.process = subprocess.Popen([binary, "-e", "stderr", "-c", str(self.conf), "-g", directives],
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"nginx exited early:\n{(state_dir / 'nginx.out').read_text()[-3000:]}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass  # not listening yet
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("nginx did not answer /healthz through its upstream in 20 s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # fast shutdown of master and workers
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if not self._log.closed:
+            self._log.close()
+
+    def __enter__(self) -> NginxServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

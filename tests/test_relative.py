@@ -63,7 +63,7 @@ def test_refused_when_the_pair_does_not_fit_and_nothing_is_charged(service: Serv
 
 
 def test_tiny_baselines_give_open_but_valid_intervals(service: Service, planner) -> None:
-    from dpflows.relative import relative_change_from
+    from dpflows.service.relative_change import relative_change_from
 
     spec = presence(D0 + WEEK, D0 + 2 * WEEK, hours=[3, 4])
     rc = service.relative_change(QueryRequest(spec, epsilon=Epsilon.parse("0.25")), D0, D0 + WEEK, planner)

@@ -140,6 +140,6 @@ def test_quote_matches_the_charge(service: Service, planner) -> None:
     quote = service.quote(req, planner)
     assert service.ledger.total_charged("small", 0) == Epsilon.zero()
     a = service.answer(req, planner)
-    assert quote["epsilon"] == a.charged and [w.window for w in quote["windows"]] == [0, 1]
-    assert quote["error_bound_95"] == a.error_bound_95
-    assert service.quote(req, planner)["reused"] is True
+    assert quote.loss == a.charged and [w.window for w in quote.windows] == [0, 1]
+    assert quote.error_bound_95 == a.error_bound_95
+    assert service.quote(req, planner).reused is True

@@ -151,9 +151,9 @@ def test_a_quote_pays_the_report_first_so_its_figures_are_those_the_query_meets(
     service.set_cap("city", Epsilon.parse("1"), client_id=planner.id, window=None)
     service.set_cap("city", Epsilon.parse("0.35"), client_id=None, window=None)
     quote = service.quote(flows_request(), planner)
-    [window] = quote["windows"]
+    [window] = quote.windows
     assert window.budget.global_spent == REPORT_EPS  # the report, not the client, paid it
-    assert window.budget.remaining == Epsilon.parse("0.25") and quote["epsilon_charged"] == Epsilon.parse("0.25")
+    assert window.budget.remaining == Epsilon.parse("0.25") and quote.charged == Epsilon.parse("0.25")
     assert service.ledger.total_charged("city", 0, planner.id) == Epsilon.zero()
     answer = service.answer(flows_request(), planner)
-    assert answer.charged == quote["epsilon_charged"] and answer.budget_remaining == Epsilon.zero()
+    assert answer.charged == quote.charged and answer.budget_remaining == Epsilon.zero()

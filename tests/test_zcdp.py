@@ -269,11 +269,11 @@ def test_measures_are_refused_on_the_wrong_dataset(zservice: Service, zplanner) 
 def test_max_error_derives_rho_and_the_quote_equals_the_charge(zservice: Service, zplanner) -> None:
     request = QueryRequest(_presence("districts", days=2), max_error=80.0)
     quote = zservice.quote(request, zplanner)
-    assert isinstance(quote["epsilon"], Rho) and quote["accounting"] == "zcdp"
-    assert quote["error_bound_95"] <= 80.0
+    assert isinstance(quote.loss, Rho) and quote.accounting == "zcdp"
+    assert quote.error_bound_95 <= 80.0
     answer = zservice.answer(request, zplanner)
-    assert answer.charged == quote["epsilon"] and answer.loss_from_max_error
-    assert answer.error_bound_95 == quote["error_bound_95"]
+    assert answer.charged == quote.loss and answer.loss_from_max_error
+    assert answer.error_bound_95 == quote.error_bound_95
 
 
 def test_budget_status_shows_rho_and_its_approx_dp(zservice: Service, zplanner) -> None:

@@ -48,7 +48,7 @@ from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
 from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key, new_seed
-from dpflows.ingest.report import (
+from dpflows.ingest.contribution_histograms import (
     DEFAULT_REPORT_EPSILON,
     ContributionHistograms,
     parse_report_epsilon,
@@ -337,7 +337,7 @@ def ingest_events(
 
     `buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
     changes the output. With report_epsilon > 0 (default 0.05) the dataset also gets a bounding
-    report (dpflows.ingest.report), charged at that ε in every window before the dataset is served.
+    report (dpflows.ingest.contribution_histograms), charged at that ε in every window before the dataset is served.
     With ``accounting="zcdp"`` each person also adds at most `key_cap_trips` to any one trips
     row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on. `places` sets the hours
     and days from which each person-window's home and work cell are derived (default:

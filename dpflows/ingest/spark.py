@@ -58,6 +58,12 @@ from dpflows.contribution_report import BIN_UPPER
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
 from dpflows.ingest.bounding import new_seed
+from dpflows.ingest.contribution_histograms import (
+    DEFAULT_REPORT_EPSILON,
+    ContributionHistograms,
+    parse_report_epsilon,
+    release_bounding_report,
+)
 from dpflows.ingest.pipeline import (
     DEFAULT_BOUND_PRESENCE,
     DEFAULT_BOUND_TRIPS,
@@ -70,12 +76,6 @@ from dpflows.ingest.pipeline import (
     check_declared_span,
     place_rule,
     read_cells,
-)
-from dpflows.ingest.report import (
-    DEFAULT_REPORT_EPSILON,
-    ContributionHistograms,
-    parse_report_epsilon,
-    release_bounding_report,
 )
 
 if TYPE_CHECKING:
@@ -372,7 +372,7 @@ def bounded_records_spark(
 
 
 def contribution_counts_spark(records: DataFrame) -> pl.DataFrame:
-    """Exact (secret) person-windows per public bin of their record count, as ingest/report.py counts them."""
+    """Exact (secret) person-windows per public bin of their record count, as the Polars engine counts them."""
     from pyspark.sql import functions as F
 
     # (person, window, ...) -> (person, window): n records

@@ -293,7 +293,9 @@ class SqlLedger:
             existing = self._find_answer(cur, request.dataset, request.query_key)
             if existing is not None:
                 self._append_audit(cur, _with_reuse(request.audit, existing.answer_id))
-                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero())
+                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero(),
+                                      budgets=tuple(self._budgets(cur, request.dataset, request.client_id,
+                                                                  list(windows))))
             # Check, without changing anything ...
             for budget in self._budgets(cur, request.dataset, request.client_id, list(windows)):
                 _check_budget(budget, request)
@@ -319,7 +321,8 @@ class SqlLedger:
             self._append_audit(cur, request.audit)
             answer = StoredAnswer(request.answer_id, request.dataset, request.query_key, request.client_id,
                                   request.payload, at)
-            return ReleaseReceipt(answer, reused=False, charged=request.epsilon)
+            budgets = self._budgets(cur, request.dataset, request.client_id, list(windows))
+            return ReleaseReceipt(answer, reused=False, charged=request.epsilon, budgets=tuple(budgets))
 
     # -- audit ------------------------------------------------------------------------------
 
@@ -345,6 +348,14 @@ class SqlLedger:
     def append_audit(self, entry: AuditEntry) -> AuditEntry:
         with self._transaction(write=True) as cur:
             return self._append_audit(cur, entry)
+
+    def audit_reuse(self, entry: AuditEntry, windows: tuple[int, ...]) -> list[WindowBudget]:
+        """Audit a free (reused or derived) answer and read the client's budgets: one transaction."""
+        if entry.dataset is None or entry.client_id is None:
+            raise InvalidInput("a reuse audit row names its dataset and client", field="dataset")
+        with self._transaction(write=True) as cur:
+            self._append_audit(cur, entry)
+            return self._budgets(cur, entry.dataset, entry.client_id, sorted(set(windows)))
 
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
         if not 1 <= limit <= 1000:

@@ -143,6 +143,8 @@ class ReleaseReceipt:
     answer: StoredAnswer
     reused: bool
     charged: PrivacyLoss  # per window; zero when reused
+    #: the paying client's budgets in the release's windows, read in the same transaction after the charge
+    budgets: tuple[WindowBudget, ...] = ()
 
 
 @runtime_checkable
@@ -175,6 +177,7 @@ class Ledger(Protocol):
 
     # audit
     def append_audit(self, entry: AuditEntry) -> AuditEntry: ...
+    def audit_reuse(self, entry: AuditEntry, windows: tuple[int, ...]) -> list[WindowBudget]: ...
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]: ...
 
     def close(self) -> None: ...

@@ -160,7 +160,8 @@ class MemoryLedger:
             existing = self.find_answer(request.dataset, request.query_key)
             if existing is not None:
                 self.append_audit(_with_reuse(request.audit, existing.answer_id))
-                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero())
+                return ReleaseReceipt(existing, reused=True, charged=PrivacyLoss.zero(),
+                                      budgets=tuple(self.window_budgets(request.dataset, request.client_id, windows)))
             for budget in self.window_budgets(request.dataset, request.client_id, windows):
                 _check_budget(budget, request)
             for w in windows:
@@ -173,7 +174,8 @@ class MemoryLedger:
             self._answers[answer.answer_id] = answer
             self._answer_by_key[(request.dataset, request.query_key)] = answer.answer_id
             self.append_audit(request.audit)
-            return ReleaseReceipt(answer, reused=False, charged=request.epsilon)
+            return ReleaseReceipt(answer, reused=False, charged=request.epsilon,
+                                  budgets=tuple(self.window_budgets(request.dataset, request.client_id, windows)))
 
     def append_audit(self, entry: AuditEntry) -> AuditEntry:
         with self._lock:
@@ -183,6 +185,13 @@ class MemoryLedger:
                                       row_hash=entry.chain_hash(prev, at))
             self._audit.append(row)
             return row
+
+    def audit_reuse(self, entry: AuditEntry, windows: tuple[int, ...]) -> list[WindowBudget]:
+        if entry.dataset is None or entry.client_id is None:
+            raise InvalidInput("a reuse audit row names its dataset and client", field="dataset")
+        with self._lock:
+            self.append_audit(entry)
+            return self.window_budgets(entry.dataset, entry.client_id, sorted(set(windows)))
 
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
         if not 1 <= limit <= 1000:

@@ -27,7 +27,9 @@ def server(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     setup = Service(AggregateStore(data_root), SqliteLedger(ledger_path))
     keys = seed_clients(setup)
     setup.ledger.close()
-    with GunicornServer(data_root, f"sqlite:///{ledger_path}", workers=3) as srv:
+    # 160+ requests of one key in a burst: above the default per-key limit (100), shared by the workers
+    unlimited = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000"}
+    with GunicornServer(data_root, f"sqlite:///{ledger_path}", workers=3, extra_env=unlimited) as srv:
         yield srv, keys, ledger_path
 
 

@@ -58,7 +58,8 @@ def test_consistent_flows_add_up_and_keep_raw_values(client: FlaskClient, keys: 
 def test_derived_answer_is_free_and_says_where_it_came_from(client: FlaskClient, keys: Keys) -> None:
     fine = {"dataset": "small", "zoning": "districts", **WEEK2, "epsilon": 0.25}
     first = _post(client, "/v1/presence", fine, keys).get_json()
-    coarse = {"dataset": "small", "zoning": "sectors", **WEEK2, "epsilon": 0.25, "derive": True}
+    # at ε 0.05 a fresh sectors answer would be noisier than sums of four released values
+    coarse = {"dataset": "small", "zoning": "sectors", **WEEK2, "epsilon": 0.05, "derive": True}
     quote = _post(client, "/v1/quote", {**coarse, "query": "presence"}, keys).get_json()
     assert quote["epsilon_charged"] == 0
     res = _post(client, "/v1/presence", coarse, keys)
@@ -70,7 +71,7 @@ def test_derived_answer_is_free_and_says_where_it_came_from(client: FlaskClient,
     assert doc["error_bound_95"] == max(doc["value_error_bounds"]) > first["error_bound_95"]
     assert doc["budget_remaining"] == 0.75  # only the fine answer was charged
     without = _post(client, "/v1/presence", {**coarse, "derive": False}, keys).get_json()
-    assert without.get("derived_from") is None and without["epsilon_charged"] == 0.25
+    assert without.get("derived_from") is None and without["epsilon_charged"] == 0.05
 
 
 def test_relative_change_charges_both_periods_and_states_intervals(client: FlaskClient, keys: Keys) -> None:
@@ -124,7 +125,7 @@ def test_issue8_features_through_gunicorn(data_root: Path, tmp_path: Path) -> No
         assert quote["epsilon_charged"] == flows["epsilon_charged"] == 0.25
         assert all(v["count"] >= 0 for v in flows["values"])
         assert flows["totals"]["total"] == sum(v["count"] for v in flows["values"])
-        coarse = post("/v1/flows", {**fine, "zoning": "sectors", "derive": True}).json()
+        coarse = post("/v1/flows", {**fine, "zoning": "sectors", "epsilon": 0.02, "derive": True}).json()
         assert coarse["derived_from"] == flows["answer_id"] and coarse["epsilon_charged"] == 0
         change = post("/v1/relative-change", {"dataset": "small", "zoning": "sectors", "start": "2024-03-18",
                                               "end": "2024-03-25", "baseline_start": "2024-03-04",
@@ -133,7 +134,7 @@ def test_issue8_features_through_gunicorn(data_root: Path, tmp_path: Path) -> No
         assert [w["epsilon_charged"] for w in change.json()["windows"]] == [0.25, 0.25]
         # The Python client on the same server: the stored answers come back free.
         client = dc.DpflowsClient(srv.url, keys.planner, timeout=30)
-        derived = client.flows("small", "sectors", WEEK2["start"], WEEK2["end"], epsilon=0.25, derive=True)
+        derived = client.flows("small", "sectors", WEEK2["start"], WEEK2["end"], epsilon=0.02, derive=True)
         assert derived.derived_from == flows["answer_id"] and derived.epsilon_charged == 0
         assert derived.values["error_bound_95"].to_list() == coarse["value_error_bounds"]
         consistent = client.flows("small", "districts", WEEK2["start"], WEEK2["end"], epsilon=0.25, consistent=True)

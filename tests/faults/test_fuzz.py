@@ -58,7 +58,8 @@ ROLES = ("admin", "planner", "analyst")
 SCALE = int(os.environ.get("DPFLOWS_FUZZ_SCALE", "1"))
 EXAMPLES = {GenerationMode.POSITIVE: 12 * SCALE, GenerationMode.NEGATIVE: 8 * SCALE}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-UNLIMITED = {"DPFLOWS_RATE_LIMIT": "1000000000", "DPFLOWS_RATE_BURST": "1000000000"}
+UNLIMITED = {"DPFLOWS_RATE_LIMIT": "1000000000", "DPFLOWS_RATE_BURST": "1000000000",
+             "DPFLOWS_AUTH_FAILURE_LIMIT": "1000000000", "DPFLOWS_AUTH_FAILURE_BURST": "1000000000"}
 
 
 def build_wide_dataset(root: Path, name: str = "wide", n_cells: int = 400) -> None:

@@ -40,7 +40,8 @@ def test_two_thousand_mixed_requests(data_root: Path, tmp_path: Path) -> None:
     setup = Service(AggregateStore(data_root), SqliteLedger(ledger_path))
     clients = load.seed(setup)
     setup.ledger.close()
-    env = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000"}
+    env = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000",  # the mix has keyless requests too
+           "DPFLOWS_AUTH_FAILURE_LIMIT": "100000", "DPFLOWS_AUTH_FAILURE_BURST": "100000"}
     with GunicornServer(data_root, f"sqlite:///{ledger_path}", workers=3, extra_env=env) as srv:
         result = load.run_load(srv.url, clients, total=2000, threads=8, seed_=7, deadline_s=600)
         log = srv.log_text()

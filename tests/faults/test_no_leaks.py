@@ -44,7 +44,7 @@ MASKS = [
     re.compile(r"\[\d+\]"), re.compile(r"pid:? \d+"), re.compile(r"127\.0\.0\.1:\d+"),  # gunicorn pids, bind
     re.compile(r"\d+\.\d+"),  # decimals: durations, ε, error bounds (counts are integers)
 ]
-SAFE_JSON_FIELDS = ("ts", "ms", "status", "client_id", "request_id")  # structurally numbers/ids, not data
+SAFE_JSON_FIELDS = ("ts", "ms", "status", "client_id", "request_id", "pid")  # structurally numbers/ids, not data
 
 
 def number_pattern(n: int) -> re.Pattern[str]:

@@ -18,13 +18,13 @@ from dpflows.budget import Epsilon
 from dpflows.contribution_report import BIN_COUNT, BIN_UPPER, BoundingReport, bin_ranges
 from dpflows.demo import generate_city
 from dpflows.errors import InvalidInput
-from dpflows.ingest.pipeline import ingest_events, ingest_trips_table
-from dpflows.ingest.report import (
+from dpflows.ingest.contribution_histograms import (
     ContributionHistograms,
     contribution_histogram,
     parse_report_epsilon,
     release_bounding_report,
 )
+from dpflows.ingest.pipeline import ingest_events, ingest_trips_table
 from dpflows.mechanisms import privacy_loss, scale_for_epsilon
 
 RELEASE_FIELDS = {"format", "bin_upper", "measures", "noisy_counts", "mechanism", "noise_scale", "sensitivity",

@@ -305,7 +305,7 @@ def test_cli_engine_spark_uses_the_active_session(spark, city, tmp_path: Path, c
 
 def test_spark_contribution_histograms_equal_polars(spark, city) -> None:
     """The bounding report's exact histograms: Spark counts what the Polars engine counts, bin for bin."""
-    from dpflows.ingest.report import contribution_histogram
+    from dpflows.ingest.contribution_histograms import contribution_histogram
     from dpflows.ingest.spark import bounded_records_spark, contribution_counts_spark
 
     presence, trips, _ = _polars_records(city)

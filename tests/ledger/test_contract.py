@@ -183,3 +183,26 @@ def test_concurrent_spenders_never_exceed_the_cap(durable_ledger_factory) -> Non
     for w in (0, 1):
         assert setup.total_charged(DS, w) == eps("1")
     setup.close()
+
+
+def test_a_release_returns_the_budgets_it_leaves(funded: tuple[Ledger, int]) -> None:
+    """The answer needs the client's remaining budget: read in the release's own transaction."""
+    ledger, cid = funded
+    receipt = ledger.commit_release(release(cid, "0.25", windows=(1, 0), key="k"))
+    assert [b.window for b in receipt.budgets] == [0, 1]
+    assert all(b.client_spent == eps("0.25") and b.remaining == eps("0.75") for b in receipt.budgets)
+    again = ledger.commit_release(release(cid, "0.25", windows=(0, 1), key="k"))
+    assert again.reused and [b.client_spent for b in again.budgets] == [eps("0.25")] * 2
+
+
+def test_a_reuse_is_audited_with_the_budgets_in_one_call(funded: tuple[Ledger, int]) -> None:
+    ledger, cid = funded
+    ledger.commit_release(release(cid, "0.5", windows=(0,)))
+    before = len(ledger.read_audit(limit=1000))
+    entry = AuditEntry(action="query.flows", outcome="reused", client_id=cid, dataset=DS, answer_id="a")
+    [budget] = ledger.audit_reuse(entry, (0,))
+    assert budget.client_spent == eps("0.5") and budget.remaining == eps("0.5")
+    rows = ledger.read_audit(limit=1000)
+    assert len(rows) == before + 1 and rows[-1].outcome == "reused" and rows[-1].epsilon == Epsilon.zero()
+    with pytest.raises(InvalidInput):
+        ledger.audit_reuse(AuditEntry(action="query.flows", outcome="reused"), (0,))

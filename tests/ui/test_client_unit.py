@@ -116,7 +116,10 @@ def test_empty_values_keep_their_schema() -> None:
     (418, "brand_new_code", dc.DpflowsClientError),
 ])
 def test_every_error_code_has_its_exception(server, status: int, code: str, exc: type) -> None:
+    from api.errors import error_table
+
     url, canned = server
+    canned.routes[("GET", "/v1/errors")] = (200, {"errors": error_table()}, {})  # the service's own table
     canned.routes[("POST", "/v1/quote")] = (status, {"error": {"code": code, "message": "m", "field": "epsilon"}},
                                             {"Retry-After": "3"})
     client = dc.DpflowsClient(url, "k")
@@ -151,11 +154,18 @@ def test_price_must_be_exactly_one() -> None:
         dc.DpflowsClient("127.0.0.1:8000", "k")
 
 
-def test_client_module_speaks_no_flask() -> None:
+def test_client_package_speaks_no_flask_and_loads_no_opendp() -> None:
     import ast
+    import subprocess
+    import sys
     from pathlib import Path
 
-    tree = ast.parse(Path(dc.__file__).read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert not imported & {"flask", "api", "werkzeug", "requests"}
+    for module in Path(dc.__file__).parent.glob("*.py"):
+        tree = ast.parse(module.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"flask", "api", "werkzeug", "requests"}, module.name
+    # the client and the shared field list load without OpenDP (or the server's code)
+    probe = "import sys, dpflows.client; print(sorted(m for m in ('opendp', 'flask', 'api') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

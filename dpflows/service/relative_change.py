@@ -20,16 +20,20 @@ post-processing and releases nothing beyond them. Per zone z:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dpflows.errors import InvalidInput
+from dpflows.errors import BudgetExceeded, InvalidInput
+from dpflows.ledger import Client
 from dpflows.mechanisms import sum_error_bound
 from dpflows.queries import QuerySpec
-
-if TYPE_CHECKING:
-    from dpflows.service import Answer
+from dpflows.service import quoting
+from dpflows.service.answering import answer
+from dpflows.service.context import ServiceContext
+from dpflows.service.records import Answer, QueryRequest, Quote
+from dpflows.service.reports import charge_bounding_report
 
 
 @dataclass(frozen=True)
@@ -113,10 +117,40 @@ def baseline_spec(spec: QuerySpec, start: dt.date, end: dt.date) -> QuerySpec:
                      spec.zone)
 
 
-def per_window_need(quotes: list[dict[str, Any]]) -> dict[int, int]:
-    """nano-ε the quoted releases would charge per window (zero for reused or derived ones)."""
+def per_window_need(quotes: list[Quote]) -> dict[int, int]:
+    """nano-ε (or nano-ρ) the quoted releases would charge per window (zero for reused or derived ones)."""
     need: dict[int, int] = {}
     for quote in quotes:
-        for w in quote["windows"]:
-            need[w.window] = need.get(w.window, 0) + quote["epsilon_charged"].nanos
+        for w in quote.windows:
+            need[w.window] = need.get(w.window, 0) + quote.charged.nanos
     return need
+
+
+def relative_change(ctx: ServiceContext, request: QueryRequest, baseline_start: dt.date, baseline_end: dt.date,
+                    client: Client) -> RelativeChange:
+    """% change in presence per zone versus the same weekdays and hours in a baseline period.
+
+    Two presence answers, each charged, reused or derived exactly as `answer` would; their
+    combined cost is checked against every window's remaining budget first, so a refusal
+    charges nothing. (Between that check and the second charge another client can still
+    spend; the first answer then stays released and is reused for free next time.)
+    """
+    charge_bounding_report(ctx, ctx.dataset(request.spec.dataset))  # before the combined need is checked
+    base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
+    # Quotes authorize and price both, and know which would be reused or derived for free.
+    quotes = [quoting.quote(ctx, req, client) for req in (request, base_request)]
+    need = per_window_need(quotes)
+    unit = type(quotes[0].loss)
+    for status in quotes[0].windows + quotes[1].windows:
+        if need.get(status.window, 0) > status.budget.remaining.nanos:
+            exc = BudgetExceeded(
+                f"the current and baseline answers need {unit.unit}={unit(need[status.window])} in window "
+                f"{status.window}, above the remaining {status.budget.remaining}; ask for less",
+                field=unit.unit, details={"window": status.window},
+            )
+            ctx.audit_failure("query.relative_change", exc, client, request.spec.dataset,
+                              {"current": request.spec.canonical(), "baseline": base_request.spec.canonical()})
+            raise exc
+    current = answer(ctx, request, client)
+    baseline = answer(ctx, base_request, client)
+    return relative_change_from(current, baseline, request.confidence)

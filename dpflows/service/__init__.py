@@ -1,0 +1,111 @@
+"""The service: answer(query, client) and the admin tasks, over a store and a ledger.
+
+One module per use case, each a few functions over a `ServiceContext` (the store, the ledger,
+the policy and the caches they share); `Service` only wires them and is what `api/` and the
+CLI call. See docs/architecture.md for the flow of one query and the record at each boundary.
+
+    policy.py      who may ask what; per-query caps per role and measure
+    records.py     QueryRequest, Answer, Quote, WindowStatus
+    context.py     ServiceContext: dataset (grid-checked), price, reuse key, budgets, audit
+    answering.py   answer: authorize → price → reuse / derive / release → one ledger transaction
+    quoting.py     quote
+    relative_change.py   % change of presence against a baseline: two priced answers
+    reports.py     bounding reports: charged once per ingestion before anything is served
+    admin.py       keys, clients, caps, zonings, budget status, readiness
+    catalog.py     public facts about datasets and zonings
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from dpflows.aggregates import AggregateStore, Dataset
+from dpflows.budget import PrivacyLoss
+from dpflows.cells import Zoning
+from dpflows.ledger import Client, Ledger
+from dpflows.service import admin, answering, quoting, relative_change, reports
+from dpflows.service.admin import KEY_PREFIX, hash_key
+from dpflows.service.catalog import Catalog
+from dpflows.service.context import ServiceContext, dataset_grid
+from dpflows.service.policy import Policy
+from dpflows.service.records import Answer, QueryRequest, Quote, WindowStatus
+from dpflows.service.relative_change import RelativeChange
+from dpflows.service.reports import REPORT_ACTION, SYSTEM_CLIENT
+
+
+class Service:
+    """The library's front door: the API calls these methods and nothing below them."""
+
+    def __init__(self, store: AggregateStore, ledger: Ledger, policy: Policy | None = None) -> None:
+        self.context = ServiceContext(store, ledger, policy or Policy())
+
+    @property
+    def store(self) -> AggregateStore:
+        return self.context.store
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.context.ledger
+
+    @property
+    def policy(self) -> Policy:
+        return self.context.policy
+
+    # queries
+    def dataset(self, name: str) -> Dataset:
+        return self.context.dataset(name)
+
+    def answer(self, request: QueryRequest, client: Client) -> Answer:
+        return answering.answer(self.context, request, client)
+
+    def quote(self, request: QueryRequest, client: Client) -> Quote:
+        return quoting.quote(self.context, request, client)
+
+    def relative_change(self, request: QueryRequest, baseline_start: dt.date, baseline_end: dt.date,
+                        client: Client) -> RelativeChange:
+        return relative_change.relative_change(self.context, request, baseline_start, baseline_end, client)
+
+    def charge_bounding_report(self, data: Dataset) -> None:
+        reports.charge_bounding_report(self.context, data)
+
+    def bounding_report(self, dataset: str, client: Client) -> dict[str, Any]:
+        return reports.bounding_report(self.context, dataset, client)
+
+    def budget_status(self, client: Client, dataset: str) -> list[WindowStatus]:
+        return admin.budget_status(self.context, client, dataset)
+
+    def readiness(self) -> dict[str, Any]:
+        return admin.readiness(self.context)
+
+    # keys and admin tasks
+    def authenticate(self, api_key: str | None) -> Client:
+        return admin.authenticate(self.context, api_key)
+
+    def issue_key(self, client_id: int) -> str:
+        return admin.issue_key(self.context, client_id)
+
+    def create_client(self, name: str, role: str, *, by: Client | None = None) -> tuple[Client, str]:
+        return admin.create_client(self.context, name, role, by=by)
+
+    def rotate_key(self, client_id: int, *, by: Client | None = None) -> str:
+        return admin.rotate_key(self.context, client_id, by=by)
+
+    def revoke_key(self, key_id: int, *, by: Client | None = None) -> None:
+        admin.revoke_key(self.context, key_id, by=by)
+
+    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+                by: Client | None = None) -> None:
+        admin.set_cap(self.context, dataset, cap, client_id=client_id, window=window, by=by)
+
+    def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
+                   min_cells_per_zone: int | None = None, geometry: dict[str, Any] | None = None,
+                   by: Client | None = None) -> Zoning:
+        return admin.add_zoning(self.context, dataset, name, csv_text, coarse=coarse,
+                                min_cells_per_zone=min_cells_per_zone, geometry=geometry, by=by)
+
+
+__all__ = [
+    "KEY_PREFIX", "REPORT_ACTION", "SYSTEM_CLIENT", "Answer", "Catalog", "Policy", "QueryRequest", "Quote", "Service",
+    "ServiceContext", "WindowStatus", "dataset_grid", "hash_key",
+]

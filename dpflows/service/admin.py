@@ -1,0 +1,143 @@
+"""Use cases: authentication and keys, clients, caps, zonings, budget status, readiness."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from typing import Any
+
+from dpflows.accounting import accounting
+from dpflows.budget import PrivacyLoss
+from dpflows.cells import Zoning, parse_zoning_csv
+from dpflows.errors import AuthenticationFailed, Conflict, DataUnavailable, InvalidInput, PolicyViolation
+from dpflows.ledger import Client
+from dpflows.service.context import ServiceContext, dataset_grid
+from dpflows.service.records import WindowStatus
+
+KEY_PREFIX = "dpf_"
+#: Names of dpflows' own principals (the bounding-report payer); no client may take one, none gets a key.
+SYSTEM_PREFIX = "system:"
+
+
+def hash_key(api_key: str) -> str:
+    """Keys have ≥ 256 random bits, so a plain SHA-256 is a safe, fast one-way store."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def authenticate(ctx: ServiceContext, api_key: str | None) -> Client:
+    """The client holding this key; one message for missing, unknown and revoked keys."""
+    if not api_key:
+        raise AuthenticationFailed("missing API key; send 'Authorization: Bearer <key>'")
+    digest = hash_key(api_key)
+    client = ctx.ledger.client_for_key_hash(digest)
+    # The lookup is by SHA-256 digest, so its timing says nothing about how much of a key
+    # was right; compare_digest keeps the final check constant-time as well.
+    expected = digest if client is not None else "0" * 64
+    if client is None or not hmac.compare_digest(digest, expected):
+        raise AuthenticationFailed("unknown or revoked API key; ask an admin for a valid key")
+    return client
+
+
+def issue_key(ctx: ServiceContext, client_id: int) -> str:
+    """A new random key for a client: shown once, stored only as its hash. System principals get none."""
+    if ctx.ledger.get_client(client_id).name.startswith(SYSTEM_PREFIX):
+        raise PolicyViolation(f"client id={client_id} is a system principal of dpflows; it never gets an API key",
+                              field="client_id")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    ctx.ledger.add_key(client_id, hash_key(key), key[: len(KEY_PREFIX) + 6])
+    return key
+
+
+def create_client(ctx: ServiceContext, name: str, role: str, *, by: Client | None = None) -> tuple[Client, str]:
+    """Register a client and issue its first key (returned once, never stored)."""
+    if name.startswith(SYSTEM_PREFIX):
+        raise InvalidInput(f"name={name!r} is reserved (names starting with 'system:' are dpflows' own); "
+                           "choose another name", field="name")
+    client = ctx.ledger.create_client(name, role)
+    key = issue_key(ctx, client.id)
+    ctx.audit_admin(by, "admin.create_client", client=name, role=role)
+    return client, key
+
+
+def rotate_key(ctx: ServiceContext, client_id: int, *, by: Client | None = None) -> str:
+    key = issue_key(ctx, client_id)
+    ctx.audit_admin(by, "admin.issue_key", client_id=client_id)
+    return key
+
+
+def revoke_key(ctx: ServiceContext, key_id: int, *, by: Client | None = None) -> None:
+    ctx.ledger.revoke_key(key_id)
+    ctx.audit_admin(by, "admin.revoke_key", key_id=key_id)
+
+
+def set_cap(ctx: ServiceContext, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+            by: Client | None = None) -> None:
+    """A per-client cap (client_id) or the global cap (None), for one window or every window.
+
+    The cap is in the dataset's measure: ε for pure-DP datasets, ρ for zCDP ones; the other
+    is refused, so an ε can never be read as a ρ.
+    """
+    data = ctx.dataset(dataset)
+    unit = accounting(data.metadata.accounting).loss_type
+    if type(cap) is not unit:
+        raise InvalidInput(
+            f"dataset {dataset!r} is accounted in {unit.unit}; set its caps as {unit.unit}, not {cap.unit}",
+            field=cap.unit,
+        )
+    if window is not None and not 0 <= window < data.metadata.window_count:
+        raise InvalidInput(
+            f"window={window} is not a window of dataset {dataset!r}; use 0..{data.metadata.window_count - 1} "
+            "or omit it for every window",
+            field="window",
+        )
+    ctx.ledger.set_cap(dataset, cap, client_id=client_id, window=window, grid=dataset_grid(data))
+    ctx.audit_admin(by, "admin.set_cap", dataset=dataset, client_id=client_id, window=window,
+                    cap=cap.to_json(), unit=cap.unit)
+
+
+def add_zoning(ctx: ServiceContext, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
+               min_cells_per_zone: int | None = None, geometry: dict[str, Any] | None = None,
+               by: Client | None = None) -> Zoning:
+    """Load a public zoning (cell_id,zone_id CSV); a name is never reused for different zones."""
+    data = ctx.dataset(dataset)
+    if min_cells_per_zone is None:
+        min_cells_per_zone = ctx.policy.min_cells_coarse if coarse else 1
+    if coarse and min_cells_per_zone < ctx.policy.min_cells_coarse:
+        raise InvalidInput(
+            f"min_cells_per_zone={min_cells_per_zone} is below the server's minimum of {ctx.policy.min_cells_coarse} "
+            f"cells per zone for a coarse zoning; send min_cells_per_zone >= {ctx.policy.min_cells_coarse}, or "
+            "load it as not coarse (analysts cannot query it then)",
+            field="min_cells_per_zone",
+        )
+    if name in data.zonings or (data.path / "zonings" / f"{name}.json").exists():
+        raise Conflict(
+            f"name={name!r} is already a zoning of dataset {dataset!r}; stored answers refer to it, "
+            "so choose a new name",
+            field="name",
+        )
+    mapping = parse_zoning_csv(csv_text, source=f"zoning {name!r}")
+    zoning = Zoning.from_mapping(name, mapping, data.catalog, coarse=coarse,
+                                 min_cells_per_zone=min_cells_per_zone, geometry=geometry,
+                                 source=f"zoning {name!r}")
+    data.add_zoning(zoning)
+    ctx.audit_admin(by, "admin.add_zoning", dataset=dataset, zoning=name, coarse=coarse)
+    return zoning
+
+
+def budget_status(ctx: ServiceContext, client: Client, dataset: str) -> list[WindowStatus]:
+    data = ctx.dataset(dataset)
+    return ctx.window_status(data, client, list(range(data.metadata.window_count)))
+
+
+def readiness(ctx: ServiceContext) -> dict[str, Any]:
+    """For a load balancer's readiness probe: the ledger answers and the data root can be read.
+
+    Raises Unavailable (ledger) or DataUnavailable (data root); the message names no path.
+    """
+    ctx.ledger.list_clients()
+    root = ctx.store.root
+    if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
+        raise DataUnavailable("the data root is not a readable directory; check DPFLOWS_DATA_DIR")
+    return {"ledger": "ok", "datasets": len(ctx.store.names())}

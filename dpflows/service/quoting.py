@@ -1,0 +1,42 @@
+"""Use case: price a query without releasing anything.
+
+A quote pays a dataset's pending bounding report first (to the system principal, against the
+global cap), exactly as the query would: so the windows' remaining figures are those the query
+will meet, and a quote is refused whenever the query would be.
+"""
+
+from __future__ import annotations
+
+from dpflows.accounting import accounting
+from dpflows.ledger import Client
+from dpflows.queries import touched_windows
+from dpflows.service.answering import find_derivation
+from dpflows.service.context import ServiceContext
+from dpflows.service.records import QueryRequest, Quote
+from dpflows.service.reports import charge_bounding_report
+
+
+def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
+    """What a query would cost and how accurate it would be, without touching data or this client's budget."""
+    spec = request.spec
+    data = ctx.dataset(spec.dataset)
+    charge_bounding_report(ctx, data)
+    ctx.policy.authorize(client, spec, data.zoning(spec.zoning))
+    loss = ctx.price(client, request, data)
+    windows = ctx.window_status(data, client, list(touched_windows(spec, data)))
+    acc = accounting(data.metadata.accounting)
+    stored = ctx.ledger.find_answer(spec.dataset, ctx.query_key(spec, data, loss))
+    derivation = find_derivation(ctx, spec, data, client, request, loss) if stored is None and request.derive else None
+    if derivation is not None:
+        bound, scale, charged = derivation.max_error_bound, float(derivation.payload["scale"]), type(loss).zero()
+        sensitivity = acc.mechanism.parse_sensitivity(derivation.payload["sensitivity"])
+    else:
+        sensitivity = acc.sensitivity(spec, data)
+        scale = acc.scale(sensitivity, loss)
+        bound = acc.mechanism.error_bound(scale, request.confidence)
+        charged = type(loss).zero() if stored is not None else loss
+    return Quote(loss=loss, loss_from_max_error=request.max_error is not None, confidence=request.confidence,
+                 windows=windows, privacy_unit=data.metadata.privacy_unit, mechanism=acc.mechanism.name,
+                 accounting=acc.name, error_bound_95=bound, reused=stored is not None, charged=charged,
+                 noise_scale=scale, sensitivity=sensitivity,
+                 derived_from=None if derivation is None else derivation.source.answer_id)

@@ -1,0 +1,115 @@
+"""What crosses the service's boundary: a query request, a window's budget status, an answer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from dpflows.accounting import accounting
+from dpflows.budget import PURE_DP, Epsilon, PrivacyLoss, Rho
+from dpflows.errors import InvalidInput
+from dpflows.ledger import WindowBudget
+from dpflows.mechanisms import DEFAULT_CONFIDENCE
+from dpflows.queries import QuerySpec
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """A query spec and how to pay for it: an ε (pure-DP datasets), a ρ (zCDP datasets), or a target error."""
+
+    spec: QuerySpec
+    epsilon: Epsilon | None = None
+    max_error: float | None = None
+    rho: Rho | None = None
+    confidence: float = DEFAULT_CONFIDENCE
+    clamp_negative: bool = False
+    #: Post-process to non-negative integers whose totals add up (dpflows.postprocess); free.
+    consistent: bool = False
+    #: Opt in to a free answer summed from a finer released answer (dpflows.derived_answers). Off by
+    #: default: a derived value sums several noisy values, so its error can be far larger than a
+    #: fresh release at the requested ε, and its error bound differs per value.
+    derive: bool = False
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.epsilon, self.rho, self.max_error)) != 1:
+            raise InvalidInput(
+                "send exactly one of epsilon (pure-DP datasets), rho (zCDP datasets) or max_error "
+                "(95% absolute error per value)", field="epsilon"
+            )
+
+
+@dataclass(frozen=True)
+class WindowStatus:
+    window: int
+    start: dt.date
+    end: dt.date
+    budget: WindowBudget
+    #: zCDP datasets: this client's spent ρ shown as (ε, δ) (OpenDP's conversion), for display.
+    spent_approx_dp: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A released answer with everything a client needs to use it honestly (rule 6)."""
+
+    answer_id: str
+    spec: QuerySpec
+    key_fields: tuple[str, ...]
+    values: list[dict[str, Any]]
+    charged: PrivacyLoss  # ε or ρ (by the dataset's accounting) in each window below; zero when reused
+    loss_of_release: PrivacyLoss  # the ε or ρ the stored answer was released at
+    loss_from_max_error: bool  # the loss was derived from max_error
+    windows: list[WindowStatus]
+    privacy_unit: str
+    mechanism: str
+    noise_scale: float
+    sensitivity: float  # ℓ1 (Laplace) or ℓ2 (Gaussian)
+    error_bound_95: float
+    confidence: float
+    reused: bool
+    postprocessing: list[str]
+    released_at: str
+    #: The unbiased noisy values in key order, when `values` were post-processed (clamped or
+    #: made consistent): sum these, not the post-processed counts, to avoid clamping bias.
+    raw_values: list[int] | None = None
+    #: With consistent=True: row, column and grand totals of `values` (they agree exactly).
+    totals: dict[str, Any] | None = None
+    #: With consistent=True: the same totals summed from the raw values (unbiased), with the
+    #: 95% bound of each kind of total (a sum of k independent noises, mechanisms.sum_error_bound).
+    raw_totals: dict[str, Any] | None = None
+    #: The id of the released answer this one was summed from at no cost (dpflows.derived_answers).
+    derived_from: str | None = None
+    #: Per-value error bounds when they differ between values (derived answers).
+    value_error_bounds: list[float] | None = None
+    #: How many independent noise draws each value sums (derived answers; 1 otherwise).
+    value_terms: list[int] | None = None
+    accounting: str = PURE_DP
+    #: zCDP datasets: the δ at which ε is shown, and the ε this release's ρ implies at it.
+    delta: float | None = None
+    approx_epsilon: float | None = None
+
+    @property
+    def budget_remaining(self) -> PrivacyLoss:
+        """The least this client can still spend in any window this answer touched."""
+        unit = accounting(self.accounting).loss_type
+        return unit(min((w.budget.remaining.nanos for w in self.windows), default=0))
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a query would cost and how accurate it would be; nothing charged, nothing released."""
+
+    loss: PrivacyLoss  # ε or ρ, in the dataset's measure
+    loss_from_max_error: bool
+    confidence: float
+    windows: list[WindowStatus]
+    privacy_unit: str
+    mechanism: str
+    accounting: str
+    error_bound_95: float
+    reused: bool
+    charged: PrivacyLoss  # per window; zero when reused or derived
+    noise_scale: float
+    sensitivity: float
+    derived_from: str | None = None

@@ -1,0 +1,99 @@
+"""Issue 17, as a hostile client found it against a real gunicorn: each finding reproduced, now refused.
+
+Covered here: derived answers that ignored the accuracy asked (item 4), a "coarse" flag anyone
+could set (item 5), and the system principal's keys blocking ingestion for good (item 7).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from dpflows.aggregates import AggregateStore
+from dpflows.errors import PolicyViolation
+from dpflows.ledger.sqlite import SqliteLedger
+from dpflows.service import SYSTEM_CLIENT, Service
+from dpflows.service.admin import hash_key
+from tests.api.conftest import Keys
+from tests.security.conftest import seeded_ledger
+from tests.servers import GunicornServer
+
+WEEK = {"dataset": "small", "start": "2024-03-04", "end": "2024-03-11"}
+
+
+@pytest.fixture
+def served(data_root: Path, tmp_path: Path) -> Iterator[tuple[GunicornServer, Keys, Path]]:
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    ledger = tmp_path / "ledger.db"
+    keys = seeded_ledger(root, ledger)
+    with GunicornServer(root, f"sqlite:///{ledger}", workers=2) as srv:
+        yield srv, keys, root
+
+
+def post(srv: GunicornServer, key: str, path: str, body: dict[str, Any]) -> requests.Response:
+    return requests.post(srv.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+def test_a_derived_answer_never_ignores_the_accuracy_asked(served) -> None:
+    """Before: after a planner released sectors flows at ε 1e-9, the analyst asking the same at ε 0.25 with
+    derive=true got that answer (error ±6e10) for free."""
+    srv, keys, _ = served
+    sloppy = post(srv, keys.planner, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 1e-6})
+    assert sloppy.status_code == 200 and sloppy.json()["error_bound_95"] > 1e6
+    body = {**WEEK, "zoning": "sectors", "epsilon": 0.25, "derive": True}
+    quote = post(srv, keys.analyst, "/v1/quote", {**body, "query": "flows"}).json()
+    assert quote.get("derived_from") is None and quote["epsilon"] == 0.25 and quote["epsilon_charged"] == 0.25
+    answer = post(srv, keys.analyst, "/v1/flows", body).json()
+    assert answer.get("derived_from") is None and answer["epsilon_charged"] == 0.25
+    assert answer["error_bound_95"] < 100 and answer["answer_id"] != sloppy.json()["answer_id"]
+
+
+def test_coarse_is_checked_at_upload_and_at_query_time(served) -> None:
+    """Before: an admin uploaded a zoning whose zone TARGET is one cell, marked coarse, and the analyst got
+    single-cell counts."""
+    srv, keys, root = served
+    rows = "cell_id,zone_id\n" + "c000,TARGET\n" + "".join(f"c{i:03d},REST\n" for i in range(1, 40))
+    upload = requests.post(srv.url + "/v1/admin/datasets/small/zonings", timeout=30,
+                           headers={"Authorization": f"Bearer {keys.admin}"},
+                           json={"name": "trap", "csv": rows, "coarse": True, "min_cells_per_zone": 1})
+    assert upload.status_code == 422 and "below the server's minimum of 10" in upload.json()["error"]["message"]
+    # A zoning that reached the data root another way (an old upload, a file copied in) is still checked.
+    setup = Service(AggregateStore(root), SqliteLedger(root / "side.db"))
+    data = setup.dataset("small")
+    from dpflows.cells import Zoning, parse_zoning_csv
+
+    zoning = Zoning.from_mapping("trap", parse_zoning_csv(rows, source="trap"), data.catalog, coarse=True,
+                                 min_cells_per_zone=1, source="trap")
+    data.add_zoning(zoning)
+    refused = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "trap", "epsilon": 0.25})
+    assert refused.status_code == 403
+    assert "has a zone of 1 cell(s)" in refused.json()["error"]["message"]
+    ok = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 0.25})
+    assert ok.status_code == 200
+
+
+def test_the_system_principal_never_gets_a_key_and_old_revoked_keys_do_not_block(data_root: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Before: a key issued to system:ingest blocked every later ingestion for good, revoked or not, and the
+    advice named no command."""
+    ledger = SqliteLedger(tmp_path / "l.db")
+    service = Service(AggregateStore(data_root), ledger)
+    admin, _ = service.create_client("admin", "admin")
+    system = ledger.create_client(SYSTEM_CLIENT, "admin")
+    with pytest.raises(PolicyViolation, match="never gets an API key"):
+        service.rotate_key(system.id, by=admin)
+    # a key from an older release, then revoked: no longer blocks the report charge
+    old = ledger.add_key(system.id, hash_key("dpf_old"), "dpf_ol")
+    from dpflows.errors import Conflict
+    from dpflows.service.reports import system_client
+
+    with pytest.raises(Conflict, match=f"dpflows admin revoke-key --key-id {old.id}"):
+        system_client(service.context)
+    service.revoke_key(old.id, by=admin)
+    assert system_client(service.context).id == system.id

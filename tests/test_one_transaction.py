@@ -1,0 +1,53 @@
+"""A query costs the ledger one transaction and at most one read (issue 13): counted on a real SQLite ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dpflows.aggregates import AggregateStore
+from dpflows.budget import Epsilon
+from dpflows.ledger.sqlite import SqliteLedger
+from dpflows.queries import make_spec
+from dpflows.service import QueryRequest, Service
+
+WEEK = (dt.date(2024, 3, 4), dt.date(2024, 3, 11))
+
+
+class CountingLedger(SqliteLedger):
+    """The real SQLite ledger, counting the transactions it opens (read and write)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.opened: list[str] = []
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator:  # type: ignore[override]
+        self.opened.append("write" if write else "read")
+        with super()._transaction(write=write) as cur:
+            yield cur
+
+
+def test_fresh_reused_and_derived_answers_cost_one_transaction_and_one_read(data_root: Path, tmp_path: Path) -> None:
+    ledger = CountingLedger(tmp_path / "l.db")
+    service = Service(AggregateStore(data_root), ledger)
+    planner, _ = service.create_client("p", "planner")
+    service.set_cap("small", Epsilon.parse("1"), client_id=planner.id, window=None)
+    service.set_cap("small", Epsilon.parse("3"), client_id=None, window=None)
+    spec = make_spec("flows", dataset="small", zoning="districts", start=WEEK[0], end=WEEK[1], hours=[7, 10])
+    request = QueryRequest(spec, epsilon=Epsilon.parse("0.25"))
+    service.answer(request, planner)  # warms the per-process caches (grid check)
+    spec2 = make_spec("flows", dataset="small", zoning="districts", start=WEEK[0], end=WEEK[1],
+                      hours=[8, 10])
+    for req in (QueryRequest(spec2, epsilon=Epsilon.parse("0.25")), request):  # fresh, then reused
+        ledger.opened.clear()
+        service.answer(req, planner)
+        assert ledger.opened == ["read", "write"], ledger.opened
+    coarse = make_spec("flows", dataset="small", zoning="sectors", start=WEEK[0], end=WEEK[1],
+                       hours=[7, 10])
+    ledger.opened.clear()
+    derived = service.answer(QueryRequest(coarse, epsilon=Epsilon.parse("0.25"), derive=True), planner)
+    assert derived.derived_from is not None
+    assert ledger.opened == ["read", "read", "write"], ledger.opened  # lookup, candidates, audit + budgets
