@@ -64,8 +64,9 @@ DEFAULT_BOUND_PRESENCE = 60
 DEFAULT_WINDOW_DAYS = 7
 # Events per bucket when B is chosen from the input size: the derivation holds one bucket's
 # events and derived records, so peak memory stays near 1.2 GiB whatever the input (measured,
-# docs/scale.md), while inputs up to this size (the demo city: 4 M events) take one bucket and
-# no temporary files.
+# docs/scale.md; 1.4-1.5 GiB since one place per person-hour, whose choice per person-hour
+# holds the groups' indices), while inputs up to this size (the demo city: 4 M events) take one
+# bucket and no temporary files.
 BUCKET_EVENTS = 8_000_000
 BUCKET_DIR_PREFIX = ".dpflows-buckets-"
 _BUCKET_SEED_MASK = 0x3C3C3C3C  # the split's hash seed, apart from the bounding seeds
