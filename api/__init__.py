@@ -21,6 +21,8 @@ from api.ratelimit import Bucket, RateLimits, SharedBuckets, default_path
 from dpflows.aggregates import AggregateStore
 from dpflows.errors import InvalidInput
 from dpflows.ledger import open_ledger
+from dpflows.ledger.high_water import HighWaterMark
+from dpflows.ledger.high_water import default_path as default_high_water
 from dpflows.service import Catalog, Policy, Service
 from dpflows.settings import Settings, load_settings
 
@@ -70,7 +72,11 @@ class DpflowsExtension:
             per_key=Bucket(settings.rate_limit, float(settings.rate_burst)),
             auth_failures=Bucket(settings.auth_failure_limit, float(settings.auth_failure_burst)),
             trusted_proxies=settings.trusted_proxies)
-        ext = cls(Service(store, open_ledger(settings.ledger_url), policy), Catalog(store), limits)
+        ledger = open_ledger(settings.ledger_url)
+        mark = HighWaterMark(settings.high_water_file or default_high_water(settings.ledger_url, settings.data_dir),
+                             ledger)
+        mark.check()  # a ledger restored from an older backup is refused here, before any request
+        ext = cls(Service(store, ledger, policy, mark), Catalog(store), limits)
         app.extensions["dpflows"] = ext
         return ext
 

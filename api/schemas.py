@@ -109,6 +109,8 @@ class QueryBodySchema(ma.Schema):
     derive = fields.Boolean(load_default=False, metadata={
         "description": "allow a free answer summed exactly from a finer answer already released on this dataset "
                        "(derived_from names it; per-value error bounds are those of sums of noises)"})
+    case_ref = label_field(128, metadata={"description": "required for role analyst: the case this query serves; "
+                                                         "recorded in the audit log, readable by role oversight only"})
 
     @ma.validates_schema
     def _one_price(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -371,7 +373,7 @@ class ClientSchema(ma.Schema):
 
 class NewClientSchema(ma.Schema):
     name = label_field(128, required=True)
-    role = fields.String(required=True, validate=validate.OneOf(["admin", "planner", "analyst"]))
+    role = fields.String(required=True, validate=validate.OneOf(["admin", "planner", "analyst", "oversight"]))
 
 
 class IssuedKeySchema(ma.Schema):
@@ -408,13 +410,47 @@ class CapSchema(ma.Schema):
 
 
 class ZoningUploadSchema(ma.Schema):
+    """Three forms: `csv` (with `geojson` optional, for maps), `geojson` + `id_field` (cells assigned
+    from the polygons), or `grid_km` (a square grid over the cell catalog's extent)."""
+
     name = name_field()
-    csv = fields.String(required=True, metadata={"description": "cell_id,zone_id rows with a header"})
+    csv = fields.String(load_default=None, metadata={"description": "cell_id,zone_id rows with a header"})
     coarse = fields.Boolean(load_default=False)
     min_cells_per_zone = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
         "description": "coarse zonings: the fewest cells any zone may hold (default and minimum: the server's "
                        "DPFLOWS_MIN_CELLS_PER_COARSE_ZONE, 10)"})
-    geojson = fields.Dict(load_default=None, allow_none=True)
+    geojson = fields.Dict(load_default=None, allow_none=True, metadata={
+        "description": "a GeoJSON FeatureCollection of Polygon/MultiPolygon zones in WGS 84. Without csv, each "
+                       "cell goes to the polygon covering it, else to the nearest (reported); with csv, the "
+                       "polygons are only drawn on maps"})
+    id_field = label_field(128, load_default=None, metadata={
+        "description": "with geojson and no csv: the feature property holding each zone's id", "example": "GEOID"})
+    grid_km = Number(load_default=None, allow_nan=False, validate=validate.Range(min=0, min_inclusive=False),
+                     metadata={"description": "side of a square grid's squares in km; zones G{row}_{col}, only "
+                                              "squares holding a cell"})
+
+    @ma.validates_schema
+    def _one_source(self, data: dict[str, Any], **kwargs: Any) -> None:
+        given = [k for k in ("csv", "grid_km") if data.get(k) is not None]
+        if not given and data.get("geojson") is None:
+            raise ma.ValidationError("send csv (cell_id,zone_id rows), geojson with id_field (polygons), or grid_km",
+                                     field_name="csv")
+        if len(given) > 1:
+            raise ma.ValidationError("send only one of csv and grid_km", field_name="grid_km")
+
+
+class NearestCellSchema(ma.Schema):
+    cell_id = fields.String()
+    zone_id = fields.String()
+    distance_km = fields.Float(metadata={"description": "from the cell to the polygon it was assigned to"})
+
+
+class ZoningAddedSchema(ZoningSummarySchema):
+    method = fields.String(metadata={"description": "csv, geojson or grid: how cells were assigned to zones"})
+    assigned_to_nearest = fields.List(fields.Nested(NearestCellSchema), metadata={
+        "description": "cells outside every polygon, assigned to the nearest (cells are public)"})
+    empty_polygons = fields.List(fields.String(), metadata={
+        "description": "ids of polygons holding no cell: they are not zones"})
 
 
 class AuditQuerySchema(ma.Schema):

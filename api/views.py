@@ -5,21 +5,24 @@ No view catches exceptions: `api.errors` maps the one exception tree in one plac
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from flask import current_app, g
+from flask import Response, current_app, g, request
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser, abort
 
 from api import renderers, schemas
 from api.auth import current_client, require
 from api.errors import ErrorSchema, ErrorTableSchema, error_table
+from dpflows import zoning_sources
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.queries import make_spec
 from dpflows.service import QueryRequest, Service
 
 BEARER = [{"bearerAuth": []}]
 ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids it",
+          413: "body too large (1 MiB; zoning uploads by an admin: DPFLOWS_MAX_UPLOAD_BYTES)",
           422: "invalid input", 503: "ledger or data unavailable",
           429: "rate limited (per key, or failed authentications per client address); see Retry-After"}
 
@@ -42,6 +45,33 @@ queries_blp = Blueprint("queries", __name__, url_prefix="/v1", description="Diff
 account_blp = Blueprint("account", __name__, url_prefix="/v1", description="Budgets, datasets and zonings")
 admin_blp = Blueprint("admin", __name__, url_prefix="/v1/admin", description="Admin: clients, keys, caps, audit")
 health_blp = Blueprint("health", __name__, description="Liveness and readiness")
+
+
+def upload_limit(view: Any) -> Any:
+    """A body of up to DPFLOWS_MAX_UPLOAD_BYTES (polygon files run to megabytes) instead of 1 MiB.
+    Placed after `require`, so only an authenticated caller of the right role gets it, and before
+    the arguments, which read the body."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request.max_content_length = int(current_app.config["DPFLOWS_MAX_UPLOAD_BYTES"])
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+@admin_blp.after_request
+def _drain_refused_upload(response: Response) -> Response:
+    """A refused zoning upload (401, 403, 429: answered before its body was read) has its body read
+    and dropped, so that gunicorn does not close a socket with unread data in it: nginx, which lets
+    bodies of up to 32 MiB through to this route, would turn the reset into a 502. Never more than
+    DPFLOWS_MAX_UPLOAD_BYTES is read."""
+    if (request.endpoint == "admin.add_zoning" and response.status_code in (401, 403, 429)
+            and 0 < (request.content_length or 0) <= int(current_app.config["DPFLOWS_MAX_UPLOAD_BYTES"])):
+        stream = request.environ.get("wsgi.input")
+        while stream is not None and stream.read(1 << 16):
+            pass
+    return response
 
 
 def run_query(kind: str, body: dict[str, Any]) -> Any:
@@ -79,6 +109,7 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
         clamp_negative=body["clamp_negative"],
         consistent=body["consistent"],
         derive=body["derive"],
+        case_ref=body.get("case_ref"),
     )
 
 
@@ -278,27 +309,34 @@ def set_cap(body: dict[str, Any]) -> Any:
 
 @admin_blp.route("/datasets/<string:dataset>/zonings", methods=["POST"])
 @require("admin")
+@upload_limit
 @admin_blp.arguments(schemas.ZoningUploadSchema)
-@admin_blp.response(201, schemas.ZoningSummarySchema)
-@_document_errors(admin_blp, 401, 403, 404, 409, 422, 429, 503)
+@admin_blp.response(201, schemas.ZoningAddedSchema)
+@_document_errors(admin_blp, 401, 403, 404, 409, 413, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
 def add_zoning(body: dict[str, Any], dataset: str) -> Any:
-    """Load a public zoning from `cell_id,zone_id` CSV; coarse zonings are checked for zone size."""
-    z = service().add_zoning(dataset, body["name"], body["csv"], coarse=body["coarse"],
-                             min_cells_per_zone=body["min_cells_per_zone"], geometry=body["geojson"],
-                             by=current_client())
-    return {"name": z.name, "zones": z.zone_count, "coarse": z.coarse}
+    """Load a public zoning from `cell_id,zone_id` CSV, from GeoJSON polygons (`geojson` + `id_field`: each
+    cell to the polygon covering it, else to the nearest, reported) or as a square grid (`grid_km`); coarse
+    zonings are checked for zone size."""
+    return zoning_sources.add_zoning(
+        service(), dataset, body["name"], csv=body["csv"], geojson=body["geojson"], id_field=body["id_field"],
+        grid_km=body["grid_km"], coarse=body["coarse"], min_cells_per_zone=body["min_cells_per_zone"],
+        by=current_client())
 
 
 @admin_blp.route("/audit", methods=["GET"])
-@require("admin")
+@require("admin", "oversight")
 @admin_blp.arguments(schemas.AuditQuerySchema, location="query")
 @admin_blp.response(200, schemas.AuditPageSchema)
 @_document_errors(admin_blp, 401, 403, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
 def audit(args: dict[str, Any]) -> Any:
-    """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome."""
-    rows = service().ledger.read_audit(after_id=args["after_id"], limit=args["limit"])
+    """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome.
+
+    What police analysts asked and why (query and case reference) is shown to role oversight only;
+    admins get those rows with `query` null.
+    """
+    rows = service().read_audit(current_client(), after_id=args["after_id"], limit=args["limit"])
     return {"entries": rows, "next_after_id": rows[-1].id if len(rows) == args["limit"] else None}
 
 

@@ -85,7 +85,8 @@ def fresh_query(k: int, *, analyst: bool, dataset: str = "small") -> tuple[str, 
     start = FIRST_DAY + dt.timedelta(days=7 * window)
     body: dict[str, Any] = {"dataset": dataset, "start": start.isoformat(),
                             "end": (start + dt.timedelta(days=7)).isoformat(), "hours": [start_hour, stop],
-                            "weekdays": [d for d in range(7) if mask >> d & 1], "epsilon": float(FRESH_EPSILON)}
+                            "weekdays": [d for d in range(7) if mask >> d & 1], "epsilon": float(FRESH_EPSILON),
+                            "case_ref": "load-test"}  # required of analysts, harmless for planners
     if analyst or shape == 0:
         return "flows", {**body, "zoning": "sectors"}
     if shape == 1:

@@ -60,8 +60,10 @@ class Accounting:
         """The sensitivity this accounting's mechanism is calibrated to for `spec` on `data`."""
         raise NotImplementedError
 
-    def loss_for_error(self, sensitivity: float, max_error: float, confidence: float) -> PrivacyLoss:
-        return self.mechanism.loss_for_error(sensitivity, max_error, confidence)
+    def loss_for_error(self, sensitivity: float, max_error: float, confidence: float,
+                       floor: PrivacyLoss | None = None) -> PrivacyLoss:
+        """The smallest loss whose noise meets `max_error`; one the `floor` already meets is refused."""
+        return self.mechanism.loss_for_error(sensitivity, max_error, confidence, floor)
 
     def scale(self, sensitivity: float, loss: PrivacyLoss) -> float:
         return self.mechanism.scale(sensitivity, loss)

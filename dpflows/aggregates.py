@@ -341,13 +341,13 @@ def write_aggregates(
     if (residents is None or commuting is None) != (metadata.places is None):
         raise ValueError("residents and commuting are written exactly when the metadata has places")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     earlier_meta, earlier = _earlier_ingestion(out)
     if earlier_meta is not None:
         check_same_grid(earlier_meta, metadata)
     ingestion_id = uuid.uuid4().hex
     versions = out / VERSIONS_DIR
-    versions.mkdir(exist_ok=True)
+    versions.mkdir(mode=0o700, exist_ok=True)
     tmp = versions / f".tmp-{ingestion_id}"
     tmp.mkdir(mode=0o700)
     try:
@@ -368,6 +368,8 @@ def write_aggregates(
         if earlier:
             doc["earlier_reports"] = [c.to_json() for c in earlier]
         (tmp / "metadata.json").write_text(json.dumps(doc, indent=2))
+        for written in tmp.iterdir():  # the service's own user reads them; nobody else needs to
+            written.chmod(0o600)
         final = versions / f"v-{ingestion_id}"
         tmp.rename(final)
     except BaseException:

@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dpflows.errors import DpflowsError
 
@@ -19,8 +19,15 @@ if TYPE_CHECKING:
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     """demo-city, ingest and demo (dpflows.demo, dpflows.ingest)."""
-    p = sub.add_parser("demo-city", help="generate a synthetic city: events, cells and two zonings")
+    p = sub.add_parser("demo-city", help="generate a synthetic city: events, cells and zonings",
+                       description="Without --cells: the demo city, a 20 x 20 grid of cells with zonings districts "
+                                   "and sectors. With --cells N: a real-scale city of N cells (dense core, "
+                                   "sub-centres, sparse periphery) with a k-means zoning of --zones zones (CSV and "
+                                   "GeoJSON polygons) and sectors; written in chunks of persons, so memory does not "
+                                   "grow with --persons.")
     p.add_argument("--persons", type=int, default=2000)
+    p.add_argument("--cells", type=int, default=None, help="a real-scale city of this many cells, e.g. 5000")
+    p.add_argument("--zones", type=int, default=1000, help="with --cells: zones of the k-means zoning zones<N>")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--days", type=int, default=28)
     p.add_argument("--start", type=_date, default=None, help="first day, ISO (default 2024-03-04, a Monday)")
@@ -108,11 +115,27 @@ def _place_rule(args: argparse.Namespace) -> PlaceRule | None:
 
 
 def _run_demo_city(args: argparse.Namespace) -> int:
-    from dpflows.demo import generate_city
+    from dpflows.demo import generate_city, generate_scaled_city
+    from dpflows.errors import InvalidInput
 
-    files = generate_city(args.out, persons=args.persons, seed=args.seed, days=args.days,
-                          start=args.start or dt.date(2024, 3, 4))
-    print(f"events: {files.events}\ncells: {files.cells}\nzonings: {files.districts}, {files.sectors} (coarse, 50)")
+    start = args.start or dt.date(2024, 3, 4)
+    if args.cells is None:
+        files = generate_city(args.out, persons=args.persons, seed=args.seed, days=args.days, start=start)
+        print(f"events: {files.events}\ncells: {files.cells}\nzonings: {files.districts}, {files.sectors} "
+              "(coarse, 50)")
+        return 0
+    if args.cells < 10 or args.zones < 1 or args.persons < 1 or args.days < 1:
+        raise InvalidInput("--cells must be at least 10, and --zones, --persons and --days at least 1", field="cells")
+    scaled = generate_scaled_city(args.out, cells=args.cells, persons=args.persons, zones=args.zones,
+                                  seed=args.seed, days=args.days, start=start)
+    zoning_args = " ".join(f"--zoning {name}={path}" + (f":coarse:{scaled.coarse[name]}" if name in scaled.coarse
+                                                          else "") for name, path in scaled.zonings.items())
+    print(f"events: {scaled.events}\ncells: {scaled.cells} ({args.cells} cells)")
+    for name, path in scaled.zonings.items():
+        polygons = scaled.polygons.get(name)
+        print(f"zoning {name}: {path}" + (f" (polygons: {polygons})" if polygons else ""))
+    print(f"ingest: dpflows ingest {scaled.events} --cells {scaled.cells} --out DATA_DIR/datasets/NAME "
+          f"--first-day {scaled.first_day} --end-day {scaled.end_day} {zoning_args}")
     return 0
 
 
@@ -215,7 +238,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = admin_sub.add_parser("create-client", help="register a client and print its API key once")
     storage(p)
     p.add_argument("--name", required=True)
-    p.add_argument("--role", required=True, choices=["planner", "analyst", "admin"])
+    p.add_argument("--role", required=True, choices=["planner", "analyst", "admin", "oversight"])
     p.set_defaults(run=_run_create_client)
 
     p = admin_sub.add_parser("issue-key", help="issue another key for a client (rotation); printed once")
@@ -244,15 +267,25 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=None, help="one window (default: every window)")
     p.set_defaults(run=_run_set_cap)
 
-    p = admin_sub.add_parser("add-zoning", help="load a public zoning from a cell_id,zone_id CSV")
+    p = admin_sub.add_parser(
+        "add-zoning", help="load a public zoning: a cell_id,zone_id CSV, GeoJSON polygons, or a square grid",
+        description="Load a public zoning of a dataset's cells from one of three sources (dpflows.zoning_sources). "
+                    "--from-geojson assigns each cell to the polygon covering it and a cell outside every polygon "
+                    "to the nearest one, and prints those cells (cells are public). --grid makes squares over the "
+                    "cell catalog's extent; only squares holding a cell are zones.")
     storage(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--csv", required=True, help="path of the CSV file")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", help="path of a cell_id,zone_id CSV file")
+    source.add_argument("--from-geojson", metavar="POLYGONS",
+                        help="path of a GeoJSON FeatureCollection of Polygon/MultiPolygon zones (WGS 84)")
+    source.add_argument("--grid", type=float, metavar="KM", help="side of the grid's squares in kilometres")
+    p.add_argument("--id-field", help="with --from-geojson: the feature property holding each zone's id")
     p.add_argument("--coarse", action="store_true", help="mark coarse (analysts may query it)")
     p.add_argument("--min-cells", type=int, default=None,
                    help="with --coarse: least cells per zone (default and minimum: DPFLOWS_MIN_CELLS_PER_COARSE_ZONE)")
-    p.add_argument("--geojson", default=None, help="optional GeoJSON file of the zones, for maps")
+    p.add_argument("--geojson", default=None, help="with --csv: optional GeoJSON file of the zones, for maps")
     p.set_defaults(run=_run_add_zoning)
 
     p = admin_sub.add_parser("audit", help="print audit rows as JSON lines")
@@ -338,13 +371,42 @@ def _run_set_cap(args: argparse.Namespace) -> int:
 
 
 def _run_add_zoning(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    geometry = json.loads(Path(args.geojson).read_text()) if args.geojson else None
-    zoning = open_service(args).add_zoning(args.dataset, args.name, Path(args.csv).read_text(), coarse=args.coarse,
-                                           min_cells_per_zone=args.min_cells, geometry=geometry)
-    print(f"zoning {zoning.name}: {zoning.zone_count} zones{' (coarse)' if zoning.coarse else ''}")
+    from dpflows.errors import InvalidInput
+    from dpflows.zoning_sources import add_zoning, read_geojson
+
+    if args.id_field is not None and args.from_geojson is None:
+        raise InvalidInput("--id-field goes with --from-geojson; drop it", field="id_field")
+    if args.from_geojson is not None and args.id_field is None:
+        raise InvalidInput(f"--from-geojson {Path(args.from_geojson).name} needs --id-field: the feature property "
+                           "holding each zone's id (e.g. --id-field GEOID)", field="id_field")
+    if args.geojson is not None and args.csv is None:
+        raise InvalidInput("--geojson (polygons for maps) goes with --csv; --from-geojson stores its polygons "
+                           "itself and --grid its squares", field="geojson")
+    kwargs: dict[str, Any]
+    if args.csv is not None:
+        csv_path = Path(args.csv)
+        if not csv_path.is_file():
+            raise InvalidInput(f"--csv {csv_path}: file not found", field="csv")
+        kwargs = {"csv": csv_path.read_text(), "geojson": read_geojson(args.geojson) if args.geojson else None,
+                  "source": csv_path.name}
+    elif args.from_geojson is not None:
+        kwargs = {"geojson": read_geojson(args.from_geojson), "id_field": args.id_field,
+                  "source": Path(args.from_geojson).name}
+    else:
+        kwargs = {"grid_km": args.grid}
+    added = add_zoning(open_service(args), args.dataset, args.name, coarse=args.coarse,
+                       min_cells_per_zone=args.min_cells, **kwargs)
+    print(f"zoning {added.name}: {added.zones} zones{' (coarse)' if added.coarse else ''} from {added.method}")
+    if added.assigned_to_nearest:
+        far = max(c["distance_km"] for c in added.assigned_to_nearest)
+        print(f"{len(added.assigned_to_nearest)} cells lie outside every polygon and went to the nearest one "
+              f"(farthest {far:.3f} km): " + ", ".join(f"{c['cell_id']}->{c['zone_id']} ({c['distance_km']:.3f} km)"
+                                                     for c in added.assigned_to_nearest))
+    if added.empty_polygons:
+        print(f"{len(added.empty_polygons)} polygons hold no cell and are not zones: "
+              + ", ".join(added.empty_polygons))
     return 0
 
 

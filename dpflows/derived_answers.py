@@ -22,11 +22,21 @@ is given, and the answer's single ``error_bound_95`` is the largest, valid for e
 Policy: a derived answer never carries more privacy loss per query than the requester's role
 may spend (source ε ≤ the role's per-query cap), and when the client asked by accuracy
 (`max_error`), a source qualifies only if the derived bound meets it.
+
+Bounded cost (issue 18): sources are found by their *shape* (kind, data version, dates, zoning,
+hour and weekday masks, loss, scale), which the ledger indexes when it stores an answer
+(`Ledger.find_answer_shapes`), never by reading stored payloads. `shape_filter` states what
+qualifies, with the zonings that can be summed into the asked one; the ledger returns the
+smallest noise scale of each such zoning (the best source of that zoning: every source of one
+zoning sums the same number of values per key), at most `limit` in all; `best_derivation`
+ranks them by their derived error bound and reads the payload of the best only (of the next
+ones only if a payload fails the full check of `derive_from`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +46,7 @@ from dpflows.aggregates import Dataset
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import DpflowsError
 from dpflows.ledger import StoredAnswer
+from dpflows.ledger.base import AnswerShape, ShapeFilter, bit_mask
 from dpflows.mechanisms import DISCRETE_GAUSSIAN, DISCRETE_LAPLACE, sum_error_bound
 from dpflows.queries import QuerySpec
 
@@ -56,19 +67,34 @@ class Derivation:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+#: (dataset path, data version, fine, coarse) -> zone map or None; zonings never change under a name.
+_ZONE_MAPS: dict[tuple[str, str, str, str], dict[str, int] | None] = {}
+
+
 def _zone_map(data: Dataset, fine: str, coarse: str) -> dict[str, int] | None:
     """fine zone label -> coarse zone index, when every fine zone lies inside one coarse zone."""
+    key = (str(data.path), data.version, fine, coarse)
+    if key in _ZONE_MAPS:
+        return _ZONE_MAPS[key]
     try:
         f, c = data.zoning(fine), data.zoning(coarse)
     except DpflowsError:
-        return None
-    out: dict[str, int] = {}
-    for fi, label in enumerate(f.zone_ids):
-        inside = np.unique(c.zone_of_cell[f.zone_of_cell == fi])
-        if len(inside) != 1:
-            return None
-        out[str(label)] = int(inside[0])
+        return None  # not cached: the zoning may be added later
+    # distinct (fine zone, coarse zone) pairs over all cells: one per fine zone iff it refines
+    pairs = np.unique(np.stack([f.zone_of_cell, c.zone_of_cell], axis=1), axis=0)
+    out: dict[str, int] | None = None
+    if len(pairs) == len(f.zone_ids):
+        out = {str(f.zone_ids[fi]): int(ci) for fi, ci in pairs}
+    if len(_ZONE_MAPS) >= 4096:
+        _ZONE_MAPS.clear()
+    _ZONE_MAPS[key] = out
     return out
+
+
+def _max_terms(zone_map: dict[str, int], kind: str) -> int:
+    """Released values summed into one asked value, at most: flows n_o·n_d, presence n_z."""
+    most = int(np.bincount(np.fromiter(zone_map.values(), dtype=np.int64)).max())
+    return most * most if kind == "flows" else most
 
 
 def _out_index(spec: QuerySpec, data: Dataset, source_query: dict[str, Any],
@@ -159,20 +185,51 @@ def derive_from(spec: QuerySpec, data: Dataset, source: StoredAnswer, confidence
     return Derivation(source, payload, sum_error_bound(scale, int(terms.max()), confidence, str(p["mechanism"])))
 
 
-def best_derivation(spec: QuerySpec, data: Dataset, candidates: list[StoredAnswer], *, max_loss: PrivacyLoss,
-                    confidence: float, max_error: float | None) -> Derivation | None:
-    """The most accurate derivation among released answers that the requester's policy allows."""
-    best: Derivation | None = None
-    for source in candidates:
-        loss = release_loss(source.payload)
-        if type(loss) is not type(max_loss) or loss > max_loss:
+def shape_filter(spec: QuerySpec, data: Dataset, zonings: Iterable[str], *, max_loss: PrivacyLoss,
+                 limit: int) -> tuple[ShapeFilter, dict[str, int]]:
+    """What a source of `spec` must look like (`_filters_allow` and `_out_index` as a filter on shapes),
+    and per admissible zoning the most released values any asked value sums."""
+    if spec.kind == "patterns":
+        terms = {spec.zoning: 1}  # keys are selected, never summed
+    else:
+        terms = {}
+        for name in sorted({*zonings, spec.zoning}):
+            zone_map = _zone_map(data, name, spec.zoning)
+            if zone_map is not None:
+                terms[name] = _max_terms(zone_map, spec.kind)
+    hours, weekdays = bit_mask(spec.hours, 24), bit_mask(spec.weekdays, 7)
+    assert hours is not None and weekdays is not None  # a QuerySpec's hours and weekdays are valid
+    where = ShapeFilter(
+        kind=spec.kind, data_version=data.version, start=spec.start.isoformat(), end=spec.end.isoformat(),
+        zonings=tuple(terms), unit=max_loss.unit, max_loss_nanos=max_loss.nanos,
+        mechanisms=(DISCRETE_LAPLACE, DISCRETE_GAUSSIAN),
+        hours_mask=hours, hours_exact=spec.kind == "flows",  # flows do not key by hour: hours must match
+        weekdays_mask=weekdays, weekdays_exact=spec.kind != "patterns",
+        pattern=(spec.measure, spec.zone or "") if spec.kind == "patterns" else None,
+        limit=limit,
+    )
+    return where, terms
+
+
+def best_derivation(spec: QuerySpec, data: Dataset, shapes: list[AnswerShape], terms: dict[str, int],
+                    load: Callable[[str], StoredAnswer | None], *, confidence: float,
+                    max_error: float | None) -> Derivation | None:
+    """The most accurate derivation among the ledger's candidate `shapes` (already within the
+    requester's policy); only the chosen source's payload is read, through `load`."""
+    ranked = sorted(
+        ((sum_error_bound(s.scale, terms[s.zoning], confidence, s.mechanism), s.created_at, s.answer_id)
+         for s in shapes if s.zoning in terms),
+    )
+    for bound, _, answer_id in ranked:
+        if max_error is not None and bound > max_error:
+            break  # ranked by bound: none further meets it
+        source = load(answer_id)
+        if source is None:
             continue
         found = derive_from(spec, data, source, confidence)
-        if found is None or (max_error is not None and found.max_error_bound > max_error):
-            continue
-        if best is None or found.max_error_bound < best.max_error_bound:
-            best = found
-    return best
+        if found is not None and (max_error is None or found.max_error_bound <= max_error):
+            return found
+    return None
 
 
 def release_loss(payload: dict[str, Any]) -> PrivacyLoss:

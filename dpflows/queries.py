@@ -185,6 +185,18 @@ def _row_mask(spec: QuerySpec, arrays: MeasureArrays, first: int, stop: int) -> 
     return mask
 
 
+def check_answerable(spec: QuerySpec, data: Dataset) -> None:
+    """Everything `prepare` would refuse, checked from public facts only (no count is read): a quote
+    refuses what the query would."""
+    zoning = data.zoning(spec.zoning)
+    if spec.zone is not None:
+        zoning.zone_index(spec.zone)
+    sizes = {"flows": zoning.zone_count * zoning.zone_count, "presence": zoning.zone_count * len(spec.hours),
+             "patterns": len(spec.hours) * len(spec.weekdays)}
+    _check_domain_size(sizes[spec.kind], spec)
+    touched_windows(spec, data)
+
+
 def _check_domain_size(size: int, spec: QuerySpec) -> None:
     if size > MAX_DENSE_KEYS:
         raise DomainTooLarge(

@@ -73,8 +73,16 @@ SETTINGS: tuple[Setting, ...] = (
             "epsilon^2/2 of the planner's epsilon cap, what an epsilon-DP release costs in rho)"),
     Setting("DPFLOWS_ANALYST_MAX_RHO", "", "per-query rho cap of role analyst on zCDP datasets (default: "
             "epsilon^2/2 of the analyst's epsilon cap)"),
+    Setting("DPFLOWS_MIN_EPSILON", "0.0001", "the smallest epsilon one query may charge (and a max_error that it "
+            "already meets is refused): each stored answer costs at least this", Epsilon.parse),
+    Setting("DPFLOWS_MIN_RHO", "0.000001", "the smallest rho one query may charge on zCDP datasets", Rho.parse),
+    Setting("DPFLOWS_DERIVE_CANDIDATES", "16", "stored answers a derive=true query or quote ranks (the best of each "
+            "zoning that sums into the asked one, chosen by shape in the ledger); only the chosen one is read",
+            _positive_int),
     Setting("DPFLOWS_MIN_CELLS_PER_COARSE_ZONE", "10", "a zoning analysts may query (coarse) must hold at least "
             "this many cells in every zone; checked at upload and at query time", _positive_int),
+    Setting("DPFLOWS_HIGH_WATER_FILE", "", "where the spend high-water mark is kept, apart from the ledger (default: "
+            "beside a SQLite ledger file, else in the data root); a ledger holding fewer charges than it is refused"),
     Setting("DPFLOWS_RATE_LIMIT", "50", "requests per second per API key, shared by all workers of a host",
             _positive_float),
     Setting("DPFLOWS_RATE_BURST", "100", "burst of requests allowed above the rate", _positive_int),
@@ -85,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
             "peers (nginx) whose X-Real-IP / X-Forwarded-For name the client address"),
     Setting("DPFLOWS_RATE_LIMIT_DB", "", "the rate limiter's SQLite file (default: beside a SQLite ledger, else a "
             "private temporary directory); see api/ratelimit.py"),
+    Setting("DPFLOWS_MAX_UPLOAD_BYTES", str(32 * 1024 * 1024),
+            "largest body of an admin's zoning upload, which may carry GeoJSON polygons (every other request: "
+            "1 MiB; behind nginx, deploy/nginx.conf allows as much for that route)", _positive_int),
     Setting("DPFLOWS_BIND", "127.0.0.1:8000", "address gunicorn listens on (dpflows serve --bind)"),
     Setting("DPFLOWS_WORKERS", _default_workers, "gunicorn worker processes (default 2 x cores + 1, at most 9)",
             _positive_int),

@@ -55,6 +55,43 @@ def test_admin_commands(data_root: Path, tmp_path: Path) -> None:
     ledger.close()
 
 
+def test_add_zoning_from_polygons_and_grid(data_root: Path, tmp_path: Path) -> None:
+    """--from-geojson assigns cells from polygons and names the cells it sent to the nearest one;
+    --grid makes squares; bad input exits 2 naming the file, the field and the fix."""
+    from tests.test_zoning_sources import WARDS
+
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)
+    wards = tmp_path / "wards.geojson"
+    wards.write_text(json.dumps(WARDS))
+    out = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "wards", "--from-geojson", str(wards),
+                  "--id-field", "WARD", root=root)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "zoning wards: 2 zones from geojson"
+    assert lines[1].startswith("11 cells lie outside every polygon and went to the nearest one (farthest 1.7")
+    assert "c007->east (0.426 km)" in lines[1] and "c036->west (0.426 km)" in lines[1]
+    assert lines[2] == "1 polygons hold no cell and are not zones: far"
+    stored = json.loads((root / "datasets" / "small" / "zonings" / "wards.json").read_text())
+    assert stored["zones"]["c000"] == "west" and stored["geometry"]["features"][0]["properties"] == {"zone_id": "west"}
+
+    out = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "grid1", "--grid", "1", root=root)
+    assert out.returncode == 0 and out.stdout == "zoning grid1: 30 zones from grid\n", out.stderr
+
+    bad = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "w2", "--from-geojson", str(wards), root=root)
+    assert bad.returncode == 2 and "--from-geojson wards.geojson needs --id-field" in bad.stderr
+    bad = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "w2", "--from-geojson", str(wards),
+                  "--id-field", "GEOID", root=root)
+    assert bad.returncode == 2 and "wards.geojson: 3 of 3 features have no value for id field 'GEOID'" in bad.stderr
+    wards.write_text("{not json")
+    bad = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "w2", "--from-geojson", str(wards),
+                  "--id-field", "WARD", root=root)
+    assert bad.returncode == 2 and "wards.geojson: not valid JSON (line 1, column 2" in bad.stderr
+    bad = dpflows("admin", "add-zoning", "--dataset", "small", "--name", "w2", "--csv", "x.csv", "--grid", "1", root=root)
+    assert bad.returncode == 2 and "not allowed with argument" in bad.stderr
+    assert not (root / "datasets" / "small" / "zonings" / "w2.json").exists()
+
+
 @pytest.mark.slow
 def test_serve_execs_gunicorn_that_answers(data_root: Path, tmp_path: Path) -> None:
     """`dpflows serve` replaces itself with gunicorn on api.wsgi; a key made by the CLI works over HTTP."""
@@ -90,3 +127,25 @@ def test_serve_execs_gunicorn_that_answers(data_root: Path, tmp_path: Path) -> N
             proc.wait(timeout=10)
         log.close()
     assert key not in (tmp_path / "serve.log").read_text()  # the key never reaches the logs
+
+
+def test_demo_city_at_real_scale_prints_how_to_ingest_it(tmp_path: Path) -> None:
+    """`dpflows demo-city --cells N` writes the real-scale city and the `dpflows ingest` line that loads it;
+    that line, run as printed, ingests it."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dpflows.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                              check=False, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+    out = run("demo-city", "--cells", "120", "--persons", "200", "--zones", "30", "--days", "7",
+              "--out", str(tmp_path / "city"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1] == f"cells: {tmp_path / 'city' / 'cells.csv'} (120 cells)"
+    assert lines[2].startswith("zoning zones30: ") and lines[2].endswith("zones30.geojson)")
+    ingest = lines[-1].removeprefix("ingest: dpflows ").replace("DATA_DIR", str(tmp_path / "data")).split()
+    assert "--first-day" in ingest and "2024-03-11" in ingest and any(":coarse:" in a for a in ingest)
+    done = run(*ingest, "--report-epsilon", "0")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(next((tmp_path / "data" / "datasets" / "NAME").rglob("zonings/zones30.json")).read_text())
+    bad = run("demo-city", "--cells", "5", "--out", str(tmp_path / "tiny"))
+    assert bad.returncode == 2 and "--cells must be at least 10" in bad.stderr

@@ -48,6 +48,8 @@ def test_fresh_reused_and_derived_answers_cost_one_transaction_and_one_read(data
     coarse = make_spec("flows", dataset="small", zoning="sectors", start=WEEK[0], end=WEEK[1],
                        hours=[7, 10])
     ledger.opened.clear()
-    derived = service.answer(QueryRequest(coarse, epsilon=Epsilon.parse("0.25"), derive=True), planner)
+    # at ε 0.02 a fresh answer (bound ~750) is noisier than the sum of 16 released values (~223): derived
+    derived = service.answer(QueryRequest(coarse, epsilon=Epsilon.parse("0.02"), derive=True), planner)
     assert derived.derived_from is not None
-    assert ledger.opened == ["read", "read", "write"], ledger.opened  # lookup, candidates, audit + budgets
+    # lookup, candidate shapes (issue 18: ranked in SQL, no payload), the chosen payload, audit + budgets
+    assert ledger.opened == ["read", "read", "read", "write"], ledger.opened

@@ -108,5 +108,5 @@ def test_nudging_epsilon_to_dodge_reuse_runs_into_the_cap(service: Service, plan
     nudged = QueryRequest(spec=request.spec, epsilon=Epsilon.parse("0.499999999"))
     service.answer(nudged, planner)
     with pytest.raises(BudgetExceeded):
-        service.answer(QueryRequest(spec=request.spec, epsilon=Epsilon.parse("0.000000002")), planner)
+        service.answer(QueryRequest(spec=request.spec, epsilon=Epsilon.parse("0.0001")), planner)
     assert service.ledger.total_charged("small", 0, planner.id) == Epsilon.parse("0.999999999")

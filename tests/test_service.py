@@ -22,6 +22,8 @@ def flows(zoning: str = "districts", days: int = 7, **kw):
 
 def ask(service: Service, client, spec, epsilon: str | None = "0.25", **kw):
     eps = None if epsilon is None else Epsilon.parse(epsilon)
+    if client.role == "analyst":
+        kw.setdefault("case_ref", "case-0001")
     return service.answer(QueryRequest(spec, epsilon=eps, **kw), client)
 
 
@@ -54,7 +56,7 @@ def test_cap_exactly_reachable_then_refused_without_charge(service: Service, pla
     for h in range(4):
         ask(service, planner, flows(hours=[h, h + 1]))
     with pytest.raises(BudgetExceeded, match="remaining budget of 0"):
-        ask(service, planner, flows(hours=[5, 6]), epsilon="0.000000001")
+        ask(service, planner, flows(hours=[5, 6]), epsilon="0.0001")  # the smallest ε charged
     assert service.ledger.total_charged("small", 0) == Epsilon.parse("1")
     outcomes = [r.outcome for r in service.ledger.read_audit(limit=100) if r.action == "query.flows"]
     assert outcomes == ["released"] * 4 + ["budget_exceeded"]

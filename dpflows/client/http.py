@@ -275,12 +275,34 @@ class DpflowsClient:
         return dict(self.request("PUT", self.ADMIN_PATHS["caps"], body=body) or {})
 
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
-                   min_cells_per_zone: int = 1, geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Load a public zoning from `cell_id,zone_id` CSV text (and optional GeoJSON polygons)."""
-        body: dict[str, Any] = {"name": name, "csv": csv_text, "coarse": coarse,
-                                "min_cells_per_zone": min_cells_per_zone}
+                   min_cells_per_zone: int | None = None, geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Load a public zoning from `cell_id,zone_id` CSV text (and optional GeoJSON polygons); a coarse
+        zoning's minimum defaults to the server's."""
+        body: dict[str, Any] = {"name": name, "csv": csv_text, "coarse": coarse}
+        if min_cells_per_zone is not None:
+            body["min_cells_per_zone"] = min_cells_per_zone
         if geometry is not None:
             body["geojson"] = dict(geometry)
+        return dict(self.request("POST", self.ADMIN_PATHS["zonings"].format(dataset=_seg(dataset)), body=body))
+
+    def add_zoning_from_polygons(self, dataset: str, name: str, geojson: Mapping[str, Any], id_field: str, *,
+                                 coarse: bool = False, min_cells_per_zone: int | None = None) -> dict[str, Any]:
+        """Load a zoning from GeoJSON polygons: each cell to the polygon covering it, else the nearest.
+
+        The answer lists the cells sent to the nearest polygon (``assigned_to_nearest``, with the
+        distance) and the polygons holding no cell (``empty_polygons``, not zones).
+        """
+        body: dict[str, Any] = {"name": name, "geojson": dict(geojson), "id_field": id_field, "coarse": coarse}
+        if min_cells_per_zone is not None:
+            body["min_cells_per_zone"] = min_cells_per_zone
+        return dict(self.request("POST", self.ADMIN_PATHS["zonings"].format(dataset=_seg(dataset)), body=body))
+
+    def add_grid_zoning(self, dataset: str, name: str, km: float, *, coarse: bool = False,
+                        min_cells_per_zone: int | None = None) -> dict[str, Any]:
+        """Load a square grid of side ``km`` over the cell catalog's extent (zones: squares holding a cell)."""
+        body: dict[str, Any] = {"name": name, "grid_km": km, "coarse": coarse}
+        if min_cells_per_zone is not None:
+            body["min_cells_per_zone"] = min_cells_per_zone
         return dict(self.request("POST", self.ADMIN_PATHS["zonings"].format(dataset=_seg(dataset)), body=body))
 
     def audit(self, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@ FOR UPDATE` in a fixed order). Statements use `?` placeholders; subclasses trans
 Tables: datasets (each dataset's window grid and measure, recorded once, see base.DatasetGrid),
 clients, api_keys, caps (client_id 0 = global, win -1 = every window), spend (running
 totals per dataset, window, client; client_id 0 = all clients), charges (append-only),
-answers (unique per dataset and query key), audit (append-only, hash-chained).
+answers (unique per dataset and query key), answer_shapes (what each answer asked, without its
+values: the index of free derivations, one row written with the answer), audit (append-only,
+hash-chained).
 """
 
 from __future__ import annotations
@@ -26,14 +28,17 @@ from dpflows.errors import BudgetExceeded, Conflict, InvalidInput, NotFound
 from dpflows.ledger.base import (
     GENESIS_HASH,
     ROLES,
+    AnswerShape,
     ApiKeyRecord,
     AuditEntry,
     Client,
     DatasetGrid,
     ReleaseReceipt,
     ReleaseRequest,
+    ShapeFilter,
     StoredAnswer,
     WindowBudget,
+    shape_of,
 )
 
 GLOBAL = 0  # client_id of the global cap and of the all-clients spend row
@@ -224,6 +229,13 @@ class SqlLedger:
         with self._transaction(write=False) as cur:
             return self._budgets(cur, dataset, client_id, windows)
 
+    def high_water(self) -> tuple[int, int]:
+        """(charge rows, audit rows): both only ever grow, so a ledger holding fewer was restored from the past."""
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT (SELECT COUNT(*) FROM charges), (SELECT COUNT(*) FROM audit)")
+            charges, audit = cur.fetchone()
+        return int(charges), int(audit)
+
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss:
         """Sum of the append-only charge rows (not the running totals): the audit of spending."""
         with self._transaction(write=False) as cur:
@@ -282,6 +294,42 @@ class SqlLedger:
         answers = [self._answer_from_row(r) for r in rows]
         return [a for a in answers if kind is None or (a.payload.get("query") or {}).get("kind") == kind]
 
+    def find_answer_shapes(self, dataset: str, where: ShapeFilter) -> list[AnswerShape]:
+        """Shapes of the stored answers `where` admits, ranked in SQL (`ShapeFilter`); payloads untouched.
+
+        The index (dataset, kind, data_version, start_day, end_day, zoning, noise_scale) narrows
+        the rows to one question's dates; the masks are tested in SQL, and ROW_NUMBER keeps the
+        best `per_zoning` of each zoning, so at most `limit` rows leave the database however many
+        answers a client has stored.
+        """
+        if not where.zonings or not where.mechanisms or where.limit < 1 or where.per_zoning < 1:
+            return []
+        zonings = ", ".join("?" * len(where.zonings))
+        mechanisms = ", ".join("?" * len(where.mechanisms))
+        hours = "hours_mask = ?" if where.hours_exact else "(hours_mask & ?) = ?"
+        weekdays = "weekdays_mask = ?" if where.weekdays_exact else "(weekdays_mask & ?) = ?"
+        params: list[Any] = [dataset, where.kind, where.data_version, where.start, where.end, where.unit,
+                             where.max_loss_nanos, *where.zonings, *where.mechanisms]
+        params += [where.hours_mask] if where.hours_exact else [where.hours_mask, where.hours_mask]
+        params += [where.weekdays_mask] if where.weekdays_exact else [where.weekdays_mask, where.weekdays_mask]
+        pattern = ""
+        if where.pattern is not None:
+            pattern = " AND measure = ? AND zone_id = ?"
+            params += list(where.pattern)
+        params += [where.per_zoning, where.limit]
+        with self._transaction(write=False) as cur:
+            cur.execute(
+                f"SELECT {_SHAPE_COLUMNS} FROM ("  # noqa: S608 -- only placeholders are interpolated
+                f"SELECT {_SHAPE_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY zoning "
+                "ORDER BY noise_scale, created_at, answer_id) AS pos FROM answer_shapes "
+                "WHERE dataset = ? AND kind = ? AND data_version = ? AND start_day = ? AND end_day = ? AND unit = ? "
+                f"AND loss_nanos <= ? AND zoning IN ({zonings}) AND mechanism IN ({mechanisms}) "
+                f"AND {hours} AND {weekdays}{pattern}"
+                ") ranked WHERE pos <= ? ORDER BY noise_scale, created_at, answer_id LIMIT ?",
+                tuple(params),
+            )
+            return [_shape_from_row(r) for r in cur.fetchall()]
+
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
         """Check every cap, then charge, store and audit in one transaction; or do nothing."""
         windows = tuple(sorted(set(request.windows)))
@@ -321,6 +369,7 @@ class SqlLedger:
             self._append_audit(cur, request.audit)
             answer = StoredAnswer(request.answer_id, request.dataset, request.query_key, request.client_id,
                                   request.payload, at)
+            _insert_shape(cur, answer)
             budgets = self._budgets(cur, request.dataset, request.client_id, list(windows))
             return ReleaseReceipt(answer, reused=False, charged=request.epsilon, budgets=tuple(budgets))
 
@@ -403,6 +452,51 @@ def check_cap_unit(recorded: DatasetGrid | None, cap: PrivacyLoss) -> None:
             f"send the cap as {recorded.measure}",
             field=cap.unit,
         )
+
+
+_SHAPE_COLUMNS = ("answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, hours_mask, "
+                  "weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at")
+
+
+def _shape_from_row(row: Any) -> AnswerShape:
+    return AnswerShape(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]), int(row[9]),
+                       row[10], row[11], row[12], int(row[13]), float(row[14]), row[15])
+
+
+def _insert_shape(cur: Cursor, answer: StoredAnswer) -> bool:
+    """Index what `answer` asked (answer_shapes); False for answers without a shape."""
+    shape = shape_of(answer)
+    if shape is None:
+        return False
+    cur.execute(
+        "INSERT INTO answer_shapes (answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, "
+        "hours_mask, weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (shape.answer_id, shape.dataset, shape.kind, shape.data_version, shape.mechanism, shape.start, shape.end,
+         shape.zoning, shape.hours_mask, shape.weekdays_mask, shape.measure, shape.zone, shape.unit,
+         shape.loss_nanos, shape.scale, shape.created_at),
+    )
+    return True
+
+
+def backfill_answer_shapes(cur: Cursor, batch: int = 500) -> int:
+    """Migration: index answers stored before answer_shapes existed, parsing each payload once, in
+    batches (a large ledger never sits in memory at once). Returns how many rows were added."""
+    added, after = 0, ""
+    while True:
+        cur.execute(
+            "SELECT a.answer_id, a.dataset, a.query_key, a.client_id, a.payload, a.created_at FROM answers a "
+            "LEFT JOIN answer_shapes s ON s.answer_id = a.answer_id "
+            "WHERE s.answer_id IS NULL AND a.answer_id > ? ORDER BY a.answer_id LIMIT ?",
+            (after, batch),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            return added
+        for row in rows:
+            added += _insert_shape(cur, StoredAnswer(row[0], row[1], row[2], int(row[3]), orjson.loads(row[4]),
+                                                     row[5]))
+        after = rows[-1][0]
 
 
 def _with_reuse(entry: AuditEntry, answer_id: str) -> AuditEntry:

@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dpflows.budget import PrivacyLoss
 
-ROLES = ("admin", "planner", "analyst")
+ROLES = ("admin", "planner", "analyst", "oversight")
 GENESIS_HASH = "0" * 64
 
 
@@ -90,6 +90,122 @@ class StoredAnswer:
     client_id: int
     payload: dict[str, Any]
     created_at: str
+
+
+@dataclass(frozen=True)
+class AnswerShape:
+    """What a stored answer asked, without its values: the index free derivations search (issue 18).
+
+    Filled from the payload when an answer is committed (`shape_of`), and for answers stored
+    before it existed by the ledger's migration. Hours and weekdays are bit masks (bit h for hour
+    h) so that "asked at least these hours" is one integer test in SQL; measure and zone are ""
+    where a query has none.
+    """
+
+    answer_id: str
+    dataset: str
+    kind: str
+    data_version: str
+    mechanism: str
+    start: str  # ISO date
+    end: str  # ISO date, exclusive
+    zoning: str
+    hours_mask: int
+    weekdays_mask: int
+    measure: str
+    zone: str
+    unit: str  # "epsilon" or "rho": the measure loss_nanos is in
+    loss_nanos: int
+    scale: float
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ShapeFilter:
+    """Which stored answers could be summed into a query (dpflows.derive), and how many to return.
+
+    Equal: kind, data_version, start, end, unit; zoning one of `zonings`; loss at most
+    `max_loss_nanos`; mechanism one of `mechanisms`; hours and weekdays equal to the masks, or
+    (not `*_exact`) containing them; measure and zone equal to `pattern` when given. Of those,
+    the `per_zoning` smallest noise scales of each zoning, and at most `limit` in all, smallest
+    scale first (then oldest).
+    """
+
+    kind: str
+    data_version: str
+    start: str
+    end: str
+    zonings: tuple[str, ...]
+    unit: str
+    max_loss_nanos: int
+    mechanisms: tuple[str, ...]
+    hours_mask: int
+    hours_exact: bool
+    weekdays_mask: int
+    weekdays_exact: bool
+    pattern: tuple[str, str] | None = None  # (measure, zone) for patterns
+    per_zoning: int = 1
+    limit: int = 16
+
+    def admits(self, shape: AnswerShape) -> bool:
+        """The filter in Python: the reference the SQL ledgers implement (and the memory ledger uses)."""
+        def covers(mask: int, want: int, exact: bool) -> bool:
+            return mask == want if exact else mask & want == want
+
+        return (
+            (shape.kind, shape.data_version, shape.start, shape.end, shape.unit)
+            == (self.kind, self.data_version, self.start, self.end, self.unit)
+            and shape.zoning in self.zonings and shape.loss_nanos <= self.max_loss_nanos
+            and shape.mechanism in self.mechanisms
+            and covers(shape.hours_mask, self.hours_mask, self.hours_exact)
+            and covers(shape.weekdays_mask, self.weekdays_mask, self.weekdays_exact)
+            and (self.pattern is None or (shape.measure, shape.zone) == self.pattern)
+        )
+
+
+def bit_mask(values: Any, size: int) -> int | None:
+    """Bit v set for every integer v in `values` (0 <= v < size); None if any is not such an integer."""
+    mask = 0
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < size:
+            return None
+        mask |= 1 << v
+    return mask
+
+
+def shape_of(answer: StoredAnswer) -> AnswerShape | None:
+    """The shape of a released answer, from the payload the service stores; None if it has none
+    (a bounding-report charge, or a payload without a query, mechanism, scale or loss)."""
+    p = answer.payload
+    query = p.get("query")
+    if not isinstance(query, dict) or not isinstance(query.get("kind"), str):
+        return None
+    unit = "rho" if "rho_nanos" in p else "epsilon"
+    hours = bit_mask(query.get("hours", ()), 24)
+    weekdays = bit_mask(query.get("weekdays", ()), 7)
+    try:
+        if hours is None or weekdays is None:
+            return None
+        return AnswerShape(
+            answer.answer_id, answer.dataset, query["kind"], str(p["data_version"]), str(p["mechanism"]),
+            str(query["start"]), str(query["end"]), str(query["zoning"]), hours, weekdays,
+            str(query.get("measure") or ""), str(query.get("zone") or ""), unit, int(p[f"{unit}_nanos"]),
+            float(p["scale"]), answer.created_at,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def rank_shapes(shapes: list[AnswerShape], where: ShapeFilter) -> list[AnswerShape]:
+    """The `per_zoning` best (smallest scale, then oldest) of each zoning, at most `limit`, best first."""
+    order = sorted(shapes, key=lambda s: (s.scale, s.created_at, s.answer_id))
+    taken: dict[str, int] = {}
+    out: list[AnswerShape] = []
+    for shape in order:
+        if taken.get(shape.zoning, 0) < where.per_zoning:
+            taken[shape.zoning] = taken.get(shape.zoning, 0) + 1
+            out.append(shape)
+    return out[: where.limit]
 
 
 @dataclass(frozen=True)
@@ -168,11 +284,13 @@ class Ledger(Protocol):
                 grid: DatasetGrid | None = None) -> None: ...
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]: ...
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss: ...
+    def high_water(self) -> tuple[int, int]: ...
 
     # releases
     def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None: ...
     def get_answer(self, answer_id: str) -> StoredAnswer | None: ...
     def list_answers(self, dataset: str, kind: str | None = None) -> list[StoredAnswer]: ...
+    def find_answer_shapes(self, dataset: str, where: ShapeFilter) -> list[AnswerShape]: ...
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt: ...
 
     # audit

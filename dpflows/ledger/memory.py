@@ -22,14 +22,18 @@ from dpflows.ledger._sql import (
 from dpflows.ledger.base import (
     GENESIS_HASH,
     ROLES,
+    AnswerShape,
     ApiKeyRecord,
     AuditEntry,
     Client,
     DatasetGrid,
     ReleaseReceipt,
     ReleaseRequest,
+    ShapeFilter,
     StoredAnswer,
     WindowBudget,
+    rank_shapes,
+    shape_of,
 )
 
 
@@ -46,6 +50,7 @@ class MemoryLedger:
         self._charges: list[tuple[int, str, int, int, str]] = []
         self._answers: dict[str, StoredAnswer] = {}
         self._answer_by_key: dict[tuple[str, str], str] = {}
+        self._shapes: dict[str, AnswerShape] = {}
         self._audit: list[AuditEntry] = []
         self._grids: dict[str, DatasetGrid] = {}
 
@@ -135,6 +140,9 @@ class MemoryLedger:
                 for w in windows
             ]
 
+    def high_water(self) -> tuple[int, int]:
+        return len(self._charges), len(self._audit)
+
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss:
         return PrivacyLoss(sum(n for (c, d, w, n, _) in self._charges
                            if d == dataset and w == window and (client_id is None or c == client_id)))
@@ -151,6 +159,11 @@ class MemoryLedger:
             answers = [a for a in self._answers.values() if a.dataset == dataset]
         answers.sort(key=lambda a: (a.created_at, a.answer_id))
         return [a for a in answers if kind is None or (a.payload.get("query") or {}).get("kind") == kind]
+
+    def find_answer_shapes(self, dataset: str, where: ShapeFilter) -> list[AnswerShape]:
+        with self._lock:
+            shapes = [s for s in self._shapes.values() if s.dataset == dataset and where.admits(s)]
+        return rank_shapes(shapes, where)
 
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
         windows = sorted(set(request.windows))
@@ -173,6 +186,9 @@ class MemoryLedger:
                                   request.payload, utc_now())
             self._answers[answer.answer_id] = answer
             self._answer_by_key[(request.dataset, request.query_key)] = answer.answer_id
+            shape = shape_of(answer)
+            if shape is not None:
+                self._shapes[answer.answer_id] = shape
             self.append_audit(request.audit)
             return ReleaseReceipt(answer, reused=False, charged=request.epsilon,
                                   budgets=tuple(self.window_budgets(request.dataset, request.client_id, windows)))

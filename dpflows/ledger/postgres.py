@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,7 +36,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from dpflows.errors import Unavailable
-from dpflows.ledger._sql import GLOBAL, Cursor, SqlLedger
+from dpflows.ledger._sql import GLOBAL, Cursor, SqlLedger, backfill_answer_shapes
 from dpflows.ledger.base import ReleaseReceipt, ReleaseRequest
 
 # Advisory lock keys (bigint): "dpflows" in ASCII, shifted, plus a small tag. Advisory locks are
@@ -51,7 +51,7 @@ MIN_SERVER_VERSION = 140000
 # dpflows_schema. Statements also use IF NOT EXISTS / OR REPLACE so a half-applied step can be
 # rerun. Timestamps stay ISO-8601 text and payloads JSON text, exactly as in sqlite.py, so both
 # ledgers return identical records.
-MIGRATIONS: list[tuple[int, list[str]]] = [
+MIGRATIONS: list[tuple[int, list[str | Callable[[psycopg.Connection[Any]], object]]]] = [
     (1, [
         """CREATE TABLE IF NOT EXISTS clients (
             id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name TEXT NOT NULL UNIQUE,
@@ -101,6 +101,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE IF NOT EXISTS datasets (
             dataset TEXT PRIMARY KEY, first_day TEXT NOT NULL, window_days BIGINT NOT NULL,
             measure TEXT NOT NULL, registered_at TEXT NOT NULL)""",
+    ]),
+    # Issue 18: what each answer asked, without its values (the index of free derivations),
+    # filled for answers stored before this step from their payloads.
+    (3, [
+        """CREATE TABLE IF NOT EXISTS answer_shapes (
+            answer_id TEXT PRIMARY KEY REFERENCES answers(answer_id), dataset TEXT NOT NULL,
+            kind TEXT NOT NULL, data_version TEXT NOT NULL, mechanism TEXT NOT NULL,
+            start_day TEXT NOT NULL, end_day TEXT NOT NULL, zoning TEXT NOT NULL,
+            hours_mask BIGINT NOT NULL, weekdays_mask BIGINT NOT NULL, measure TEXT NOT NULL,
+            zone_id TEXT NOT NULL, unit TEXT NOT NULL, loss_nanos BIGINT NOT NULL,
+            noise_scale DOUBLE PRECISION NOT NULL, created_at TEXT NOT NULL)""",
+        """CREATE INDEX IF NOT EXISTS answer_shapes_by_query
+            ON answer_shapes (dataset, kind, data_version, start_day, end_day, zoning, noise_scale)""",
+        lambda conn: backfill_answer_shapes(_PgCursor(conn.cursor())),
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -208,7 +222,10 @@ class PostgresLedger(SqlLedger):
                         if version <= current:
                             continue
                         for statement in statements:
-                            conn.execute(statement)  # no parameters: a % in it is literal
+                            if callable(statement):  # a data step, in the same transaction
+                                statement(conn)
+                            else:
+                                conn.execute(statement)  # no parameters: a % in it is literal
                         conn.execute(
                             "INSERT INTO dpflows_schema (version, applied_at) VALUES (%s, now()::text)", (version,)
                         )

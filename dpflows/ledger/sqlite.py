@@ -5,6 +5,11 @@ WAL mode lets readers proceed while one writer holds the lock; every charge runs
 check and the charge rows are serialized across all threads, gunicorn workers and processes
 on the host that share the file. `synchronous=FULL` makes a commit durable before `COMMIT`
 returns, so no answer leaves the process before its charge is on disk.
+
+Schema versions live in `PRAGMA user_version` (0: before issue 18). Tables are created with IF
+NOT EXISTS on every open; a step that must transform data runs once, under the write lock, when
+a ledger below SCHEMA_VERSION is opened (by `dpflows migrate`, or by the first worker to start):
+1 indexes the shape of every answer stored before answer_shapes existed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dpflows.errors import Unavailable
-from dpflows.ledger._sql import Cursor, SqlLedger
+from dpflows.ledger._sql import Cursor, SqlLedger, backfill_answer_shapes
+
+SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -44,6 +51,14 @@ CREATE TABLE IF NOT EXISTS answers (
     answer_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, query_key TEXT NOT NULL,
     client_id INTEGER NOT NULL, payload TEXT NOT NULL, created_at TEXT NOT NULL,
     UNIQUE (dataset, query_key));
+CREATE TABLE IF NOT EXISTS answer_shapes (
+    answer_id TEXT PRIMARY KEY REFERENCES answers(answer_id), dataset TEXT NOT NULL, kind TEXT NOT NULL,
+    data_version TEXT NOT NULL, mechanism TEXT NOT NULL, start_day TEXT NOT NULL, end_day TEXT NOT NULL,
+    zoning TEXT NOT NULL, hours_mask INTEGER NOT NULL, weekdays_mask INTEGER NOT NULL, measure TEXT NOT NULL,
+    zone_id TEXT NOT NULL, unit TEXT NOT NULL, loss_nanos INTEGER NOT NULL, noise_scale REAL NOT NULL,
+    created_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS answer_shapes_by_query
+    ON answer_shapes (dataset, kind, data_version, start_day, end_day, zoning, noise_scale);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, client_id INTEGER, action TEXT NOT NULL,
     dataset TEXT, query TEXT, epsilon_nanos INTEGER NOT NULL, outcome TEXT NOT NULL, answer_id TEXT,
@@ -67,12 +82,41 @@ class SqliteLedger(SqlLedger):
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Budgets, key hashes and what every client asked: readable by the service's user alone.
+            # SQLite gives its -wal and -shm files the database file's permissions.
+            Path(self.path).touch(mode=0o600, exist_ok=True)
         try:
             conn = self._connection()
             conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise Unavailable(f"the ledger database cannot be opened or created ({type(exc).__name__})") from exc
+        self.migration_steps_applied = self.migrate()
+
+    def migrate(self) -> int:
+        """Bring the data to SCHEMA_VERSION; idempotent, and safe when several workers open at once.
+
+        Returns the number of steps applied (0 when current). A current ledger costs one read; else
+        the version is read again under the write lock, so one process migrates and the others find
+        it done. Runs on the connection directly (not `_transaction`): subclasses are not set up yet.
+        """
+        try:
+            conn = self._connection()
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
+                return 0
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if current < 1:
+                    backfill_answer_shapes(conn.cursor())
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the ledger schema could not be upgraded ({type(exc).__name__})") from exc
+        return max(SCHEMA_VERSION - current, 0)
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -23,7 +23,8 @@ from typing import Any
 from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning
-from dpflows.ledger import Client, Ledger
+from dpflows.ledger import AuditEntry, Client, Ledger
+from dpflows.ledger.high_water import HighWaterMark
 from dpflows.service import admin, answering, quoting, relative_change, reports
 from dpflows.service.admin import KEY_PREFIX, hash_key
 from dpflows.service.catalog import Catalog
@@ -37,8 +38,9 @@ from dpflows.service.reports import REPORT_ACTION, SYSTEM_CLIENT
 class Service:
     """The library's front door: the API calls these methods and nothing below them."""
 
-    def __init__(self, store: AggregateStore, ledger: Ledger, policy: Policy | None = None) -> None:
-        self.context = ServiceContext(store, ledger, policy or Policy())
+    def __init__(self, store: AggregateStore, ledger: Ledger, policy: Policy | None = None,
+                 high_water: HighWaterMark | None = None) -> None:
+        self.context = ServiceContext(store, ledger, policy or Policy(), high_water)
 
     @property
     def store(self) -> AggregateStore:
@@ -74,6 +76,9 @@ class Service:
 
     def budget_status(self, client: Client, dataset: str) -> list[WindowStatus]:
         return admin.budget_status(self.context, client, dataset)
+
+    def read_audit(self, reader: Client, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
+        return admin.read_audit(self.context, reader, after_id=after_id, limit=limit)
 
     def readiness(self) -> dict[str, Any]:
         return admin.readiness(self.context)

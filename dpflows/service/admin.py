@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -12,7 +13,7 @@ from dpflows.accounting import accounting
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning, parse_zoning_csv
 from dpflows.errors import AuthenticationFailed, Conflict, DataUnavailable, InvalidInput, PolicyViolation
-from dpflows.ledger import Client
+from dpflows.ledger import AuditEntry, Client
 from dpflows.service.context import ServiceContext, dataset_grid
 from dpflows.service.records import WindowStatus
 
@@ -124,6 +125,19 @@ def add_zoning(ctx: ServiceContext, dataset: str, name: str, csv_text: str, *, c
     data.add_zoning(zoning)
     ctx.audit_admin(by, "admin.add_zoning", dataset=dataset, zoning=name, coarse=coarse)
     return zoning
+
+
+def read_audit(ctx: ServiceContext, reader: Client, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
+    """Audit rows for `reader`. What a police analyst asked and why (the query and its case reference) is
+    readable by role oversight only; an admin sees who, when, what it cost and the outcome of those rows."""
+    rows = ctx.ledger.read_audit(after_id=after_id, limit=limit)
+    if reader.role == "oversight":
+        return rows
+    if reader.role != "admin":
+        raise PolicyViolation(f"role {reader.role} may not read the audit log", field="role")
+    analysts = {c.id for c in ctx.ledger.list_clients() if c.role == "analyst"}
+    return [dataclasses.replace(r, query=None) if r.client_id in analysts and r.query is not None else r
+            for r in rows]
 
 
 def budget_status(ctx: ServiceContext, client: Client, dataset: str) -> list[WindowStatus]:

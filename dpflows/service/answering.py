@@ -19,7 +19,7 @@ import numpy as np
 from dpflows.accounting import accounting
 from dpflows.aggregates import Dataset
 from dpflows.budget import PrivacyLoss
-from dpflows.derived_answers import Derivation, best_derivation
+from dpflows.derived_answers import Derivation, best_derivation, shape_filter
 from dpflows.errors import DpflowsError
 from dpflows.ledger import AuditEntry, Client, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import NoiseMechanism, mechanism_named
@@ -28,7 +28,7 @@ from dpflows.queries import QuerySpec, prepare
 from dpflows.release_record import StoredRelease
 from dpflows.service.context import ServiceContext, approx_dp, dataset_grid
 from dpflows.service.records import Answer, QueryRequest
-from dpflows.service.reports import charge_bounding_report
+from dpflows.service.reports import charge_bounding_report, zoning_names
 
 
 def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer:
@@ -36,10 +36,12 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
     spec = request.spec
     action = f"query.{spec.kind}"
     audit_query = spec.canonical()
+    if request.case_ref is not None:
+        audit_query["case_ref"] = request.case_ref
     try:
         data = ctx.dataset(spec.dataset)
         charge_bounding_report(ctx, data)
-        ctx.policy.authorize(client, spec, data.zoning(spec.zoning))
+        ctx.policy.authorize(client, spec, data.zoning(spec.zoning), request.case_ref)
         loss = ctx.price(client, request, data)
         audit_query[loss.unit] = loss.to_json()
         query_key = ctx.query_key(spec, data, loss)
@@ -88,6 +90,8 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         raise
     if receipt.reused:  # an identical query committed meanwhile by another worker or host
         release = StoredRelease.from_payload(receipt.answer.payload)
+    elif ctx.high_water is not None:
+        ctx.high_water.note()
     return describe(ctx, receipt.answer, release, spec, client, data, request, list(receipt.budgets),
                     reused=receipt.reused)
 
@@ -101,9 +105,12 @@ def find_derivation(ctx: ServiceContext, spec: QuerySpec, data: Dataset, client:
     acc = accounting(data.metadata.accounting)
     fresh_bound = acc.mechanism.error_bound(acc.scale(acc.sensitivity(spec, data), loss), request.confidence)
     wanted = fresh_bound if request.max_error is None else min(request.max_error, fresh_bound)
-    return best_derivation(spec, data, ctx.ledger.list_answers(spec.dataset, spec.kind),
-                           max_loss=ctx.policy.max_loss(client.role, data.metadata.accounting),
-                           confidence=request.confidence, max_error=wanted)
+    # Candidates by shape, in the ledger (at most Policy.derive_candidates); one payload is read.
+    where, terms = shape_filter(spec, data, zoning_names(data),
+                                max_loss=ctx.policy.max_loss(client.role, data.metadata.accounting),
+                                limit=ctx.policy.derive_candidates)
+    return best_derivation(spec, data, ctx.ledger.find_answer_shapes(spec.dataset, where), terms,
+                           ctx.ledger.get_answer, confidence=request.confidence, max_error=wanted)
 
 
 def describe(ctx: ServiceContext, stored: StoredAnswer, release: StoredRelease, spec: QuerySpec, client: Client,

@@ -16,6 +16,7 @@ from dpflows.budget import PrivacyLoss
 from dpflows.errors import DpflowsError
 from dpflows.ledger import AuditEntry, Client, DatasetGrid, Ledger, WindowBudget
 from dpflows.ledger._sql import check_grid_matches
+from dpflows.ledger.high_water import HighWaterMark
 from dpflows.queries import QuerySpec
 from dpflows.service.policy import Policy
 from dpflows.service.records import QueryRequest, WindowStatus
@@ -38,10 +39,12 @@ def approx_dp(acc: Accounting, loss: PrivacyLoss, meta: DatasetMetadata) -> dict
 class ServiceContext:
     """The store, the ledger and the policy, with the per-process caches the use cases share."""
 
-    def __init__(self, store: AggregateStore, ledger: Ledger, policy: Policy) -> None:
+    def __init__(self, store: AggregateStore, ledger: Ledger, policy: Policy,
+                 high_water: HighWaterMark | None = None) -> None:
         self.store = store
         self.ledger = ledger
         self.policy = policy
+        self.high_water = high_water
         self.reports_paid: set[str] = set()  # report-charge keys known to be in the ledger
         self.grids_checked: set[str] = set()  # dataset versions whose grid matches the ledger's record
 
@@ -67,7 +70,8 @@ class ServiceContext:
         loss = acc.loss_of(epsilon=request.epsilon, rho=request.rho, dataset=meta.name)
         if loss is None:
             assert request.max_error is not None
-            loss = acc.loss_for_error(acc.sensitivity(request.spec, data), request.max_error, request.confidence)
+            loss = acc.loss_for_error(acc.sensitivity(request.spec, data), request.max_error, request.confidence,
+                                      floor=self.policy.min_loss(acc.unit))
         self.policy.check_loss(client, loss, acc.name, derived_from=request.max_error)
         return loss
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from dpflows.accounting import RoleCaps, accounting
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.cells import CELL_ZONING, Zoning
-from dpflows.errors import PolicyViolation
+from dpflows.errors import InvalidInput, PolicyViolation
 from dpflows.ledger import Client
 from dpflows.queries import QuerySpec
 from dpflows.settings import Settings
@@ -27,13 +27,32 @@ class Policy:
     analyst_max_rho: Rho = field(default_factory=lambda: Rho.parse("0.03125"))
     #: "coarse" is checked, not trusted: a zoning analysts may query has at least this many cells in every zone
     min_cells_coarse: int = 10
+    #: The smallest loss one query may charge, for every role (issue 18). Every stored answer
+    #: then costs its client something: with the demo's planner caps (ε 2, ρ 0.02 per window)
+    #: at most 20,000 answers per window. Nothing useful is lost: at ε = 1e-4 the discrete
+    #: Laplace's 95% error is 3.0e4·L counts per value (6e5 at L = 20), at ρ = 1e-6 the discrete
+    #: Gaussian's is 1,386·Δ2; both floors sit at least 100× below the per-query loss of spreading
+    #: a week's ε = 1 (ρ 0.0172 at δ = 1e-8) over 100 queries (100× and 172×). A max_error the
+    #: floor already meets is refused with the floor's error (mechanisms.epsilon_for_error,
+    #: rho_for_error).
+    min_epsilon: Epsilon = field(default_factory=lambda: Epsilon.parse("0.0001"))
+    min_rho: Rho = field(default_factory=lambda: Rho.parse("0.000001"))
+    #: How many stored answers a derive=true query or quote ranks (the best of each zoning that
+    #: can be summed into the asked one, chosen in the ledger by their shape): only the chosen
+    #: answer's payload is read (dpflows.derived_answers).
+    derive_candidates: int = 16
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
         """The policy the server's settings declare (dpflows.settings): what the app and the CLI both use."""
         return cls(planner_max_epsilon=settings.planner_max_epsilon, analyst_max_epsilon=settings.analyst_max_epsilon,
                    planner_max_rho=settings.planner_max_rho, analyst_max_rho=settings.analyst_max_rho,
-                   min_cells_coarse=settings.min_cells_per_coarse_zone)
+                   min_cells_coarse=settings.min_cells_per_coarse_zone, min_epsilon=settings.min_epsilon,
+                   min_rho=settings.min_rho, derive_candidates=settings.derive_candidates)
+
+    def min_loss(self, unit: str) -> PrivacyLoss:
+        """The floor of one query's loss in one measure ("epsilon" or "rho")."""
+        return self.min_rho if unit == "rho" else self.min_epsilon
 
     def max_epsilon(self, role: str) -> Epsilon:
         return self.analyst_max_epsilon if role == "analyst" else self.planner_max_epsilon
@@ -48,10 +67,10 @@ class Policy:
         """The per-query cap for this role, in the dataset's measure."""
         return self.caps(accounting(accounting_name).unit).for_role(role)
 
-    def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning) -> None:
+    def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning, case_ref: str | None = None) -> None:
         """Raise PolicyViolation naming the rule a query breaks for this client's role."""
-        if client.role == "admin":
-            raise PolicyViolation("role admin queries no data; use a planner or analyst key", field="role")
+        if client.role in ("admin", "oversight"):
+            raise PolicyViolation(f"role {client.role} queries no data; use a planner or analyst key", field="role")
         if client.role == "analyst":
             if spec.kind != "flows":
                 raise PolicyViolation(
@@ -69,9 +88,19 @@ class Policy:
                     f"query only zonings whose every zone holds at least {self.min_cells_coarse} cells",
                     field="zoning",
                 )
+            if not case_ref:
+                raise PolicyViolation("role analyst must send case_ref, the case this query serves; it is audited "
+                                      "and readable by the oversight body only", field="case_ref")
 
     def check_loss(self, client: Client, loss: PrivacyLoss, accounting_name: str, *,
                    derived_from: float | None) -> None:
+        floor = self.min_loss(accounting(accounting_name).unit)
+        if loss < floor:
+            raise InvalidInput(
+                f"{loss.unit}={loss} is below the smallest {loss.unit} this service charges ({floor}); "
+                f"ask for at least {floor}",
+                field=loss.unit,
+            )
         cap = self.max_loss(client.role, accounting_name)
         if loss > cap:
             if derived_from is not None:

@@ -8,11 +8,13 @@ will meet, and a quote is refused whenever the query would be.
 from __future__ import annotations
 
 from dpflows.accounting import accounting
+from dpflows.budget import PrivacyLoss
+from dpflows.errors import BudgetExceeded
 from dpflows.ledger import Client
-from dpflows.queries import touched_windows
+from dpflows.queries import check_answerable, touched_windows
 from dpflows.service.answering import find_derivation
 from dpflows.service.context import ServiceContext
-from dpflows.service.records import QueryRequest, Quote
+from dpflows.service.records import QueryRequest, Quote, WindowStatus
 from dpflows.service.reports import charge_bounding_report
 
 
@@ -21,7 +23,8 @@ def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
     spec = request.spec
     data = ctx.dataset(spec.dataset)
     charge_bounding_report(ctx, data)
-    ctx.policy.authorize(client, spec, data.zoning(spec.zoning))
+    ctx.policy.authorize(client, spec, data.zoning(spec.zoning), request.case_ref)
+    check_answerable(spec, data)
     loss = ctx.price(client, request, data)
     windows = ctx.window_status(data, client, list(touched_windows(spec, data)))
     acc = accounting(data.metadata.accounting)
@@ -35,8 +38,23 @@ def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
         scale = acc.scale(sensitivity, loss)
         bound = acc.mechanism.error_bound(scale, request.confidence)
         charged = type(loss).zero() if stored is not None else loss
+    _refuse_over_budget(spec.dataset, charged, windows)
     return Quote(loss=loss, loss_from_max_error=request.max_error is not None, confidence=request.confidence,
                  windows=windows, privacy_unit=data.metadata.privacy_unit, mechanism=acc.mechanism.name,
                  accounting=acc.name, error_bound_95=bound, reused=stored is not None, charged=charged,
                  noise_scale=scale, sensitivity=sensitivity,
                  derived_from=None if derivation is None else derivation.source.answer_id)
+
+
+def _refuse_over_budget(dataset: str, charged: PrivacyLoss, windows: list[WindowStatus]) -> None:
+    """A quote is refused whenever the query would be: the charge must fit what this client has left."""
+    if charged.nanos == 0:
+        return
+    for w in windows:
+        if charged.nanos > w.budget.remaining.nanos:
+            left = type(charged)(w.budget.remaining.nanos)
+            raise BudgetExceeded(
+                f"{charged.unit}={charged} exceeds your remaining budget of {left} on dataset {dataset!r} window "
+                f"{w.window}; ask for less or wait for an admin to raise the cap",
+                field=charged.unit, details={"window": w.window, "remaining": left.to_json()},
+            )

@@ -30,6 +30,8 @@ class QueryRequest:
     #: default: a derived value sums several noisy values, so its error can be far larger than a
     #: fresh release at the requested ε, and its error bound differs per value.
     derive: bool = False
+    #: The case an analyst's query serves: audited, readable by role oversight only, never part of the reuse key.
+    case_ref: str | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.epsilon, self.rho, self.max_error)) != 1:

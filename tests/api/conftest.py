@@ -55,4 +55,4 @@ def keys(app: Flask) -> Keys:
 
 
 FLOWS: dict[str, Any] = {"dataset": "small", "zoning": "sectors", "start": "2024-03-04", "end": "2024-03-11",
-                         "epsilon": 0.25}
+                         "epsilon": 0.25, "case_ref": "case-0001"}  # case_ref: required of analysts, audited

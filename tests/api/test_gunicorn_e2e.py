@@ -34,6 +34,8 @@ def server(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def post(srv: GunicornServer, keys: Keys, role: str, path: str, body: dict) -> requests.Response:
+    if role == "analyst":
+        body = {"case_ref": "case-0001", **body}
     return requests.post(srv.url + path, json=body, headers=keys.h(role), timeout=30)
 
 
@@ -128,8 +130,8 @@ def test_the_cap_is_exactly_reachable_and_never_exceeded_over_http(server) -> No
     assert [r.json()["budget_remaining"] for r in remaining] == [0.75, 0.5, 0.25, 0]
     r = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [5, 6], "epsilon": 0.25})
     assert r.status_code == 409 and r.json()["error"]["code"] == "budget_exceeded"
-    r = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [5, 6], "epsilon": 0.000000001})
-    assert r.status_code == 409  # not even one nano-ε past the cap
+    r = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [5, 6], "epsilon": 0.0001})
+    assert r.status_code == 409  # not even the smallest ε the service charges past the cap
     again = post(srv, keys, "planner", "/v1/flows", {**WEEK3, "hours": [0, 1], "epsilon": 0.25})
     assert again.status_code == 200 and again.json()["reused"] is True  # released answers stay free
     ledger = SqliteLedger(ledger_path)

@@ -188,7 +188,8 @@ def test_admin_loads_a_zoning(data_root: Path, tmp_path: Path) -> None:
     csv = "cell_id,zone_id\n" + "".join(f"c{i:03d},{'north' if i < 20 else 'south'}\n" for i in range(40))
     r = c.post("/v1/admin/datasets/small/zonings", json={"name": "halves", "csv": csv, "coarse": True,
                                                         "min_cells_per_zone": 20}, headers=keys.h("admin"))
-    assert r.status_code == 201 and r.json == {"name": "halves", "zones": 2, "coarse": True}
+    assert r.status_code == 201 and r.json == {"name": "halves", "zones": 2, "coarse": True, "method": "csv",
+                                               "assigned_to_nearest": [], "empty_polygons": []}
     assert c.post("/v1/flows", json={**FLOWS, "zoning": "halves"}, headers=keys.h("analyst")).status_code == 200
     r = c.post("/v1/admin/datasets/small/zonings", json={"name": "halves", "csv": csv}, headers=keys.h("admin"))
     assert r.status_code == 409
@@ -198,6 +199,57 @@ def test_admin_loads_a_zoning(data_root: Path, tmp_path: Path) -> None:
     r = c.post("/v1/admin/datasets/small/zonings", json={"name": "tiny", "csv": csv, "coarse": True,
                                                         "min_cells_per_zone": 50}, headers=keys.h("admin"))
     assert r.status_code == 422 and error(r)["field"] == "coarse"
+
+
+def test_admin_loads_a_zoning_from_polygons_or_as_a_grid(data_root: Path, tmp_path: Path) -> None:
+    from tests.test_zoning_sources import WARDS
+
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)
+    app = create_app({"DPFLOWS_DATA_DIR": str(root), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/l.db",
+                      "DPFLOWS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)})
+    keys = seed_clients(app.extensions["dpflows"].service)
+    c = app.test_client()
+    url = "/v1/admin/datasets/small/zonings"
+    r = c.post(url, json={"name": "wards", "geojson": WARDS, "id_field": "WARD"}, headers=keys.h("admin"))
+    assert r.status_code == 201, r.json
+    assert (r.json["zones"], r.json["method"], r.json["empty_polygons"]) == (2, "geojson", ["far"])
+    nearest = {n["cell_id"]: n for n in r.json["assigned_to_nearest"]}
+    assert len(nearest) == 11 and nearest["c007"] == {"cell_id": "c007", "zone_id": "east", "distance_km": 0.426}
+    z = c.get("/v1/datasets/small/zonings/wards", headers=keys.h("planner")).json
+    assert [f["properties"]["zone_id"] for f in z["geometry"]["features"]] == ["west", "east"]
+    assert c.post("/v1/flows", json={**FLOWS, "zoning": "wards", "epsilon": 0.1},
+                  headers=keys.h("planner")).status_code == 200
+
+    r = c.post(url, json={"name": "grid", "grid_km": 5, "coarse": True}, headers=keys.h("admin"))
+    assert r.status_code == 201 and r.json == {"name": "grid", "zones": 2, "coarse": True, "method": "grid",
+                                               "assigned_to_nearest": [], "empty_polygons": []}
+    # the analyst may query the coarse grid; its zones are the squares holding cells
+    assert c.post("/v1/flows", json={**FLOWS, "zoning": "grid"}, headers=keys.h("analyst")).status_code == 200
+
+    r = c.post(url, json={"name": "w2", "geojson": WARDS}, headers=keys.h("admin"))
+    assert r.status_code == 422 and error(r)["field"] == "id_field" and "id_field is required" in error(r)["message"]
+    r = c.post(url, json={"name": "w2", "geojson": WARDS, "id_field": "GEOID"}, headers=keys.h("admin"))
+    assert r.status_code == 422 and error(r)["message"].startswith("geojson: 3 of 3 features have no value")
+    r = c.post(url, json={"name": "w2"}, headers=keys.h("admin"))
+    assert r.status_code == 422
+    r = c.post(url, json={"name": "w2", "grid_km": 0}, headers=keys.h("admin"))
+    assert r.status_code == 422
+    assert c.post(url, json={"name": "w2", "grid_km": 1}, headers=keys.h("planner")).status_code == 403
+
+    # polygon files run to megabytes: an admin may send up to DPFLOWS_MAX_UPLOAD_BYTES here (2 MiB in
+    # this app), every other body stays at 1 MiB; a non-admin is refused before its body is read
+    def padded(size: int) -> dict:
+        pad = {"type": "Feature", "properties": {"WARD": "pad", "pad": "x" * size},
+               "geometry": WARDS["features"][2]["geometry"]}
+        return {"name": "bigwards", "geojson": {**WARDS, "features": [*WARDS["features"], pad]}, "id_field": "WARD"}
+
+    assert c.post(url, json=padded(1_500_000), headers=keys.h("planner")).status_code == 403
+    assert c.post("/v1/flows", json={**FLOWS, "pad": "x" * 1_500_000}, headers=keys.h("planner")).status_code == 413
+    r = c.post(url, json=padded(2_500_000), headers=keys.h("admin"))
+    assert r.status_code == 413
+    r = c.post(url, json=padded(1_500_000), headers=keys.h("admin"))
+    assert r.status_code == 201 and r.json["empty_polygons"] == ["far", "pad"]
 
 
 def test_admin_sets_caps_and_issues_keys(client: FlaskClient, keys: Keys) -> None:

@@ -4,6 +4,8 @@ endpoint, each output format and the error shape included, validated by openapi-
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +15,19 @@ from openapi_core import Config, OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from werkzeug.test import EnvironBuilder
 
+from api import create_app
 from tests.api.conftest import FLOWS, Keys
 
 WEEK = {"dataset": "small", "start": "2024-03-04", "end": "2024-03-11"}
+
+
+@pytest.fixture
+def app(data_root: Path, tmp_path: Path) -> Flask:
+    """A copy of the data root: this test uploads a zoning, and the shared root must stay as it is."""
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    return create_app({"DPFLOWS_DATA_DIR": str(root), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/ledger.db",
+                       "TESTING": True})
 
 
 @pytest.fixture

@@ -115,7 +115,7 @@ def test_logs_error_bodies_and_audit_hold_no_count_and_no_key(data_root: Path, t
     for w, (a, b) in enumerate([(7, 10), (16, 19), (0, 24), (22, 2)]):
         start = dt.date(2024, 3, 4) + dt.timedelta(days=7 * w)
         span = {"start": start.isoformat(), "end": (start + dt.timedelta(days=7)).isoformat(), "hours": [a, b]}
-        queries += [("flows", {**FLOWS, **span, "zoning": "sectors", "epsilon": 0.05}, "analyst"),
+        queries += [("flows", {**FLOWS, **span, "zoning": "sectors", "epsilon": 0.05, "case_ref": "c-7"}, "analyst"),
                     ("flows", {**FLOWS, **span, "zoning": "districts", "epsilon": 0.05}, "planner"),
                     ("presence", {**FLOWS, **span, "zoning": "districts", "epsilon": 0.05}, "planner"),
                     ("patterns", {**FLOWS, **span, "zoning": "districts", "zone": "d1", "epsilon": 0.05}, "planner")]

@@ -6,6 +6,7 @@ could set (item 5), and the system principal's keys blocking ingestion for good 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ def served(data_root: Path, tmp_path: Path) -> Iterator[tuple[GunicornServer, Ke
     ledger = tmp_path / "ledger.db"
     keys = seeded_ledger(root, ledger)
     with GunicornServer(root, f"sqlite:///{ledger}", workers=2) as srv:
+        srv.ledger_path = ledger  # type: ignore[attr-defined]
         yield srv, keys, root
 
 
@@ -44,9 +46,10 @@ def test_a_derived_answer_never_ignores_the_accuracy_asked(served) -> None:
     """Before: after a planner released sectors flows at ε 1e-9, the analyst asking the same at ε 0.25 with
     derive=true got that answer (error ±6e10) for free."""
     srv, keys, _ = served
-    sloppy = post(srv, keys.planner, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 1e-6})
-    assert sloppy.status_code == 200 and sloppy.json()["error_bound_95"] > 1e6
-    body = {**WEEK, "zoning": "sectors", "epsilon": 0.25, "derive": True}
+    # at the smallest ε the service charges (1e-4 since issue 18, item 2)
+    sloppy = post(srv, keys.planner, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 1e-4})
+    assert sloppy.status_code == 200 and sloppy.json()["error_bound_95"] > 1e5
+    body = {**WEEK, "zoning": "sectors", "epsilon": 0.25, "derive": True, "case_ref": "case-0001"}
     quote = post(srv, keys.analyst, "/v1/quote", {**body, "query": "flows"}).json()
     assert quote.get("derived_from") is None and quote["epsilon"] == 0.25 and quote["epsilon_charged"] == 0.25
     answer = post(srv, keys.analyst, "/v1/flows", body).json()
@@ -71,10 +74,10 @@ def test_coarse_is_checked_at_upload_and_at_query_time(served) -> None:
     zoning = Zoning.from_mapping("trap", parse_zoning_csv(rows, source="trap"), data.catalog, coarse=True,
                                  min_cells_per_zone=1, source="trap")
     data.add_zoning(zoning)
-    refused = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "trap", "epsilon": 0.25})
+    refused = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "trap", "epsilon": 0.25, "case_ref": "c-1"})
     assert refused.status_code == 403
     assert "has a zone of 1 cell(s)" in refused.json()["error"]["message"]
-    ok = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 0.25})
+    ok = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 0.25, "case_ref": "c-1"})
     assert ok.status_code == 200
 
 
@@ -97,3 +100,33 @@ def test_the_system_principal_never_gets_a_key_and_old_revoked_keys_do_not_block
         system_client(service.context)
     service.revoke_key(old.id, by=admin)
     assert system_client(service.context).id == system.id
+
+
+def test_police_questions_are_read_by_oversight_only(served) -> None:
+    """Item 6: an analyst's query carries its case; admins see who, when, the cost and the outcome, not what or why."""
+    srv, keys, root = served
+    missing = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 0.1})
+    assert missing.status_code == 403 and missing.json()["error"]["field"] == "case_ref"
+    asked = post(srv, keys.analyst, "/v1/flows", {**WEEK, "zoning": "sectors", "hours": [22, 2], "epsilon": 0.1,
+                                                  "case_ref": "OP-TRIDENT-42"})
+    assert asked.status_code == 200
+    setup = Service(AggregateStore(root), SqliteLedger(srv.ledger_path))
+    _, oversight_key = setup.create_client("oversight-board", "oversight")
+
+    def audit(key: str) -> list[dict[str, Any]]:
+        r = requests.get(srv.url + "/v1/admin/audit?limit=1000", headers={"Authorization": f"Bearer {key}"},
+                         timeout=30)
+        assert r.status_code == 200, r.text
+        return [e for e in r.json()["entries"] if e["client_id"] == keys.analyst_id]
+
+    seen_by_admin = audit(keys.admin)
+    assert [e["outcome"] for e in seen_by_admin] == ["forbidden", "released"]
+    assert all(e["query"] is None for e in seen_by_admin) and seen_by_admin[1]["epsilon"] == 0.1
+    assert "OP-TRIDENT" not in json.dumps(seen_by_admin)
+    seen_by_oversight = audit(oversight_key)
+    assert seen_by_oversight[1]["query"]["case_ref"] == "OP-TRIDENT-42"
+    assert seen_by_oversight[1]["query"]["hours"] == [22, 23, 0, 1]
+    for role_key in (keys.planner, keys.analyst):
+        assert requests.get(srv.url + "/v1/admin/audit", headers={"Authorization": f"Bearer {role_key}"},
+                            timeout=30).status_code == 403
+    assert post(srv, oversight_key, "/v1/flows", {**WEEK, "zoning": "sectors", "epsilon": 0.1}).status_code == 403

@@ -171,3 +171,79 @@ def test_the_demo_writes_keys_to_a_private_file_not_stdout(tmp_path: Path) -> No
     again = subprocess.run([sys.executable, "-m", "dpflows.cli", "demo", "--no-serve", "--home", str(home)],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0 and "dpf_" not in again.stdout and str(keys_file) in again.stdout
+
+
+def test_ledger_and_aggregate_files_are_private(tmp_path: Path) -> None:
+    """Issue 18: the ledger and the aggregates are created readable by the service's user alone."""
+    import datetime as dt
+    import stat
+
+    import polars as pl
+
+    from dpflows.aggregates import DatasetMetadata, version_dir, write_aggregates
+    from dpflows.ledger.sqlite import SqliteLedger
+
+    ledger = SqliteLedger(tmp_path / "var" / "ledger.db")
+    ledger.create_client("someone", "planner")
+    ledger.close()
+    for f in (tmp_path / "var").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f.name
+    cells = pl.DataFrame({"cell_id": ["a"], "lat": [0.0], "lon": [0.0]})
+    trips = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String,
+                                 "count": pl.Int64})
+    presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
+    out = write_aggregates(tmp_path / "datasets" / "d", DatasetMetadata("d", dt.date(2024, 3, 4),
+                                                                        dt.date(2024, 3, 11), 7, 5, 5),
+                           cells, trips, presence)
+    assert stat.S_IMODE(version_dir(out).stat().st_mode) == 0o700
+    for f in version_dir(out).iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+
+
+def test_a_quote_refuses_what_the_query_would(data_root: Path, tmp_path: Path) -> None:
+    """Issue 18: a free quote was answered for an unknown zone and for more than the remaining budget."""
+    from api import create_app
+    from tests.api.conftest import seed_clients
+
+    app = create_app({"DPFLOWS_DATA_DIR": str(data_root), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/l.db"})
+    keys = seed_clients(app.extensions["dpflows"].service)
+    http = app.test_client()
+    week = {"dataset": "small", "start": "2024-03-04", "end": "2024-03-11"}
+    unknown = {**week, "query": "patterns", "zoning": "districts", "zone": "nowhere", "epsilon": 0.1}
+    for path, body in (("/v1/quote", unknown), ("/v1/patterns", {k: v for k, v in unknown.items() if k != "query"})):
+        r = http.post(path, json=body, headers=keys.h("planner"))
+        assert r.status_code == 422 and r.get_json()["error"]["field"] == "zone", (path, r.get_json())
+    assert http.post("/v1/flows", json={**week, "zoning": "districts", "epsilon": 0.75},
+                     headers=keys.h("planner")).status_code == 200
+    over = {**week, "zoning": "districts", "hours": [7, 10], "epsilon": 0.5}
+    for path, body in (("/v1/quote", {**over, "query": "flows"}), ("/v1/flows", over)):
+        r = http.post(path, json=body, headers=keys.h("planner"))
+        assert r.status_code == 409 and "remaining budget of 0.25" in r.get_json()["error"]["message"], r.get_json()
+    assert http.post("/v1/quote", json={**over, "epsilon": 0.25, "query": "flows"},
+                     headers=keys.h("planner")).status_code == 200
+
+
+def test_a_ledger_restored_from_an_older_backup_is_refused_at_start(data_root: Path, tmp_path: Path) -> None:
+    """Issue 18: restoring yesterday's ledger file silently reset every budget spent since."""
+    from api import create_app
+    from dpflows.errors import Unavailable
+    from tests.api.conftest import seed_clients
+
+    ledger = tmp_path / "ledger.db"
+    config = {"DPFLOWS_DATA_DIR": str(data_root), "DPFLOWS_LEDGER_URL": f"sqlite:///{ledger}"}
+    app = create_app(config)
+    keys = seed_clients(app.extensions["dpflows"].service)
+    app.extensions["dpflows"].service.ledger.close()
+    backup = tmp_path / "backup.db"
+    shutil.copy(ledger, backup)  # the nightly backup, taken before the spending below
+    app = create_app(config)
+    http = app.test_client()
+    week = {"dataset": "small", "start": "2024-03-04", "end": "2024-03-11", "zoning": "districts"}
+    assert http.post("/v1/flows", json={**week, "epsilon": 1}, headers=keys.h("planner")).status_code == 200
+    app.extensions["dpflows"].service.ledger.close()
+    create_app(config).extensions["dpflows"].service.ledger.close()  # a restart raises the mark to what it holds
+    for suffix in ("-wal", "-shm"):
+        Path(str(ledger) + suffix).unlink(missing_ok=True)
+    shutil.copy(backup, ledger)  # the restore
+    with pytest.raises(Unavailable, match="restored from an older backup"):
+        create_app(config)

@@ -128,6 +128,13 @@ def test_admin_endpoints(live_server: LiveServer) -> None:
     assert kinds == {"h0": "Polygon", "h1": "Point"}  # h1 has no polygon: its centroid
     with pytest.raises(dc.ConflictError):
         admin.add_zoning("small", "halves", csv_text)
+    polygons = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"WARD": "all"}, "geometry": {"type": "Polygon", "coordinates": [square]}}]}
+    added = admin.add_zoning_from_polygons("small", "one-ward", polygons, "WARD")
+    assert added["zones"] == 1 and added["method"] == "geojson"
+    assert added["assigned_to_nearest"] == [] and added["empty_polygons"] == []  # the square covers every cell
+    assert admin.add_grid_zoning("small", "grid-1km", 1.0)["zones"] == 30
+    assert newbie.zoning("small", "grid-1km")["geometry"]["features"][0]["properties"] == {"zone_id": "G0000_0000"}
     with pytest.raises(dc.ForbiddenError):
         newbie.list_clients()
     rows = admin.audit_all(page=7)

@@ -189,3 +189,37 @@ def test_planner_spends_rho_on_a_zcdp_dataset(chromium_path: str, live_server: L
         page.locator("#budget-remaining[data-value='0.045']").wait_for()
         assert budget_value(page) == pytest.approx(0.045)
         assert not problems, problems
+
+
+def test_a_polygon_zoning_is_drawn_from_its_polygons(chromium_path: str, live_server: LiveServer,
+                                                     tmp_path: Path) -> None:
+    """A zoning loaded from GeoJSON polygons (through the admin endpoint) is drawn as those polygons,
+    a MultiPolygon as one zone of several parts; a polygon holding no cell is not a zone, not drawn."""
+    import requests
+
+    from tests.test_zoning_sources import WARDS
+
+    r = requests.post(f"{live_server.base_url}/v1/admin/datasets/small/zonings", timeout=30,
+                      json={"name": "wards", "geojson": WARDS, "id_field": "WARD"},
+                      headers={"Authorization": f"Bearer {live_server.admin_key}"})
+    assert r.status_code == 201, r.text
+    with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.goto(live_server.base_url + "/planner/")
+        page.fill("#api-key", live_server.planner_key)
+        page.click("#login-form button")
+        page.wait_for_selector("#budget-remaining[data-value]")
+        page.select_option("#zoning", "wards")
+        page.locator("#base-map [data-zone='west'] path").wait_for()
+        assert page.locator("#base-map [data-zone]").count() == 2
+        # each part as given: a ring of 5 positions (M and 4 L), not the Voronoi regions of the cells
+        [west] = page.locator("#base-map [data-zone='west'] path").all()
+        east = page.locator("#base-map [data-zone='east'] path").all()
+        for part in (west, *east):
+            d = part.get_attribute("d")
+            assert d.count("M") == 1 and d.count("L") == 4, d
+        assert len(east) == 2
+        page.screenshot(path=str(REPO / "test-output" / "planner-polygons.png"), full_page=True)
+        assert not problems, problems

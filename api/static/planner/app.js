@@ -96,7 +96,7 @@
     box.hidden = false;
     box.textContent = err.field ? `${err.message}` : err.message;
     const fieldInput = { epsilon: "epsilon", rho: "epsilon", max_error: "max-error", start: "start", end: "end", hours: "hour-from",
-      weekdays: "weekdays", zoning: "zoning", dataset: "dataset", zone: "zone", measure: "measure" }[err.field];
+      weekdays: "weekdays", zoning: "zoning", dataset: "dataset", zone: "zone", measure: "measure", case_ref: "case-ref" }[err.field];
     if (fieldInput && $(fieldInput)) $(fieldInput).setAttribute("aria-invalid", "true");
   }
 
@@ -204,6 +204,7 @@
     if (document.querySelector("input[name=price]:checked").value === "epsilon") body[lossField()] = Number($("epsilon").value);
     else { body.max_error = Number($("max-error").value); body.confidence = Number($("confidence").value); }
     if ($("clamp").checked) body.clamp_negative = true;
+    if ($("case-ref").value.trim()) body.case_ref = $("case-ref").value.trim();
     if (kind === "patterns") { body.measure = $("measure").value; if ($("zone").value) body.zone = $("zone").value; }
     return { kind, body };
   }
@@ -393,16 +394,20 @@
 
   const pathOf = (pts) => pts.length ? `M${pts.map((p) => `${p[0].toFixed(1)},${p[1].toFixed(1)}`).join("L")}Z` : "";
 
-  /** Zone shapes in screen space: zone -> [svg path strings]. */
+  /** Zone shapes in screen space: zone -> [svg path strings]. A polygon (its holes as further
+   *  subpaths, filled even-odd) for each zone the geometry has; the Voronoi regions of its cells
+   *  for any zone it lacks (a CSV zoning with partial polygons, or none). */
   function zoneShapes(zoning, proj) {
     const shapes = new Map();
-    if (zoning.hasGeometry) {
-      for (const [zone, polys] of zoning.polygons) shapes.set(zone, polys.map((poly) => poly.map((ring) => pathOf(ring.map(proj.project))).join("")));
-      return shapes;
-    }
-    if (!zoning.cells.length || zoning.cells.length > MAX_VORONOI_CELLS) return shapes;
+    for (const [zone, polys] of zoning.polygons) shapes.set(zone, polys.map((poly) => poly.map((ring) => pathOf(ring.map(proj.project))).join("")));
+    if (!zoning.cells.length || zoning.cells.length > MAX_VORONOI_CELLS || zoning.zones.every((z) => shapes.has(z))) return shapes;
     const regions = cellRegions(zoning, proj);
-    zoning.cells.forEach((c, i) => { if (!shapes.has(c.zone)) shapes.set(c.zone, []); shapes.get(c.zone).push(pathOf(regions[i])); });
+    const drawn = new Set(shapes.keys());
+    zoning.cells.forEach((c, i) => {
+      if (drawn.has(c.zone)) return;
+      if (!shapes.has(c.zone)) shapes.set(c.zone, []);
+      shapes.get(c.zone).push(pathOf(regions[i]));
+    });
     return shapes;
   }
 
@@ -421,7 +426,7 @@
       for (const d of paths) zg.append(el("svg:path", { d, class: "zone", fill, stroke: fill }));
       if (titleFor) zg.append(el("svg:title", { text: titleFor(zone) }));
       g.append(zg);
-      if (zoning.hasGeometry) for (const d of paths) edges.append(el("svg:path", { d, class: "zone-edge" }));
+      if (zoning.polygons.has(zone)) for (const d of paths) edges.append(el("svg:path", { d, class: "zone-edge" }));
     }
     svg.append(g);
     if (!zoning.hasGeometry && zoning.cells.length <= MAX_VORONOI_CELLS) {
