@@ -74,6 +74,10 @@ ONE_PLACE_PER_PERSON_HOUR = "one_place_per_person_hour"
 CELLS_PER_PERSON_HOUR = "cells_per_person_hour"
 NO_PRESENCE = "none"
 PRESENCE_RULES = (ONE_PLACE_PER_PERSON_HOUR, CELLS_PER_PERSON_HOUR, NO_PRESENCE)
+#: privacy units: one person within one window (events, or trips with a person column), or one trip
+PERSON_WINDOW = "person-window"
+TRIP = "trip"
+UNITS = (PERSON_WINDOW, TRIP)
 #: zCDP datasets show ρ as (ε, δ) at this δ unless ingestion sets another.
 DEFAULT_DELTA = 1e-8
 
@@ -184,6 +188,8 @@ class DatasetMetadata:
     presence_rule: str = CELLS_PER_PERSON_HOUR
     #: how homes and work cells were derived; None: no residents or commuting in this dataset.
     places: PlaceRule | None = None
+    #: the privacy unit: one person within one window, or one trip (a trips table without persons)
+    unit: str = PERSON_WINDOW
 
     def __post_init__(self) -> None:
         check_name(self.name, field="dataset")
@@ -200,6 +206,8 @@ class DatasetMetadata:
             raise InvalidData(f"key_cap_trips={self.key_cap_trips} must be at least 1")
         if not 0 < self.delta < 1:
             raise InvalidData(f"delta={self.delta} must be in (0, 1), such as 1e-8")
+        if self.unit not in UNITS:
+            raise InvalidData(f"unit={self.unit!r} must be one of {list(UNITS)}")
         if self.presence_rule not in PRESENCE_RULES:
             raise InvalidData(f"presence_rule={self.presence_rule!r} must be one of {list(PRESENCE_RULES)}")
         if self.places is not None:
@@ -232,6 +240,9 @@ class DatasetMetadata:
 
     @property
     def privacy_unit(self) -> str:
+        """What one guarantee protects, as every answer states it: a fact of the dataset, never assumed."""
+        if self.unit == TRIP:
+            return "trip"
         days = self.window_days
         return f"person-window ({days} day{'s' if days != 1 else ''})"
 
@@ -256,6 +267,7 @@ class DatasetMetadata:
             "bounds": {"trips": self.bound_trips, "presence": self.bound_presence},
             "trip_rule": self.trip_rule,
             "presence_rule": {"kind": self.presence_rule},
+            "privacy_unit": {"kind": self.unit},
             **({"places": self.places.to_json()} if self.places is not None else {}),
             "accounting": self.accounting_json(),
         }
@@ -279,6 +291,8 @@ class DatasetMetadata:
             # absent in datasets written before one place per person-hour: every cell of an hour
             presence_rule=str(doc.get("presence_rule", {}).get("kind", CELLS_PER_PERSON_HOUR)),
             places=PlaceRule.from_json(doc["places"]) if "places" in doc else None,
+            # absent in datasets written before the unit was recorded: they were ingested per person
+            unit=str(doc.get("privacy_unit", {}).get("kind", PERSON_WINDOW)),
         )
 
 

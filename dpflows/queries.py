@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dpflows.aggregates import Dataset, MeasureArrays
+from dpflows.aggregates import NO_PRESENCE, Dataset, MeasureArrays
 from dpflows.cells import Zoning
 from dpflows.errors import DomainTooLarge, InvalidInput
 from dpflows.query_kinds import COUNTED_MEASURE, KEY_FIELDS, PLACES, QUERY_KINDS, WINDOW_KINDS
@@ -180,6 +180,9 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
     """Windows holding at least one day the query counts; each is charged the full ε."""
     first, stop = _check_span(spec, data)
     meta = data.metadata
+    if spec.counted_measure == "presence" and meta.presence_rule == NO_PRESENCE:
+        raise InvalidInput(f"dataset {meta.name!r} was ingested from a trips table: it holds no presence (no events "
+                           f"per person and hour); ask flows, inflows, outflows or patterns of trips", field="kind")
     if spec.kind in WINDOW_KINDS:
         return _whole_windows(spec, data, first, stop)
     days = [d for d in range(first, stop) if (meta.first_day + dt.timedelta(days=d)).weekday() in spec.weekdays]

@@ -39,6 +39,8 @@ from dpflows.aggregates import (
     DEFAULT_DELTA,
     NO_PRESENCE,
     ONE_PLACE_PER_PERSON_HOUR,
+    PERSON_WINDOW,
+    TRIP,
     DatasetMetadata,
     PlaceRule,
     write_aggregates,
@@ -111,6 +113,10 @@ class Progress:
     def phase(self, text: str) -> None:
         if self.enabled:
             print(f"[{time.perf_counter() - self.start:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+    def warn(self, text: str) -> None:
+        """Always shown to the operator who runs ingestion (stderr), terminal or not."""
+        print(f"dpflows ingest: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _scan(path: Path) -> pl.LazyFrame:
@@ -478,7 +484,7 @@ def _cells_frame(catalog: CellCatalog) -> pl.DataFrame:
 
 def ingest_trips_table(
     trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
-    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
+    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int | None = None, first_day: dt.date | None = None,
     end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
     progress: Progress | None = None,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
@@ -486,9 +492,11 @@ def ingest_trips_table(
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
-    Without a person column every trip is its own privacy unit (bound 1 per unit holds
-    trivially); presence is then empty, since no per-person hours can be derived, and no
-    bounding report is made (every unit has one trip: nothing to learn, nothing to spend).
+    Without a person column every trip is its own privacy unit: the dataset says so (unit
+    ``trip``, stated by every answer) and the bound defaults to 1, since each unit has exactly one
+    trip. Presence is then empty (no per-person hours can be derived) and no bounding report is
+    made (nothing to learn, nothing to spend). With a person column the unit is the
+    person-window and the bound defaults to DEFAULT_BOUND_TRIPS.
     """
     progress = progress or Progress()
     start, end = check_declared_span(first_day, end_day)
@@ -520,9 +528,14 @@ def ingest_trips_table(
         frame = frame.with_row_index("person")
     trips = frame.select("person", "timestamp", "origin", "dest")
     _check_within_span(trips, path, start, end)
+    if bound_trips is None:
+        bound_trips = DEFAULT_BOUND_TRIPS if has_person else 1
+    elif not has_person and bound_trips > 1:
+        progress.warn(f"--bound-trips {bound_trips} with one trip per unit adds {bound_trips}x the noise needed; "
+                      "each trip is its own unit here, so 1 (the default) is exact")
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
-                           accounting, key_cap_trips, delta, NO_PRESENCE)
+                           accounting, key_cap_trips, delta, NO_PRESENCE, unit=PERSON_WINDOW if has_person else TRIP)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
