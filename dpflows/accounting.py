@@ -114,7 +114,9 @@ class PureDP(Accounting):
     mechanism = DiscreteLaplace()
 
     def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
-        return data.metadata.bound(spec.counted_measure)
+        from dpflows.sensitivity import query_sensitivity
+
+        return query_sensitivity(spec, data).l1
 
     def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
         return charge.epsilon
@@ -127,10 +129,9 @@ class ZeroConcentrated(Accounting):
     mechanism = DiscreteGaussian()
 
     def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
-        from dpflows.mechanisms import l2_sensitivity
-        from dpflows.queries import key_contribution_cap
+        from dpflows.sensitivity import query_sensitivity
 
-        return l2_sensitivity(data.metadata.bound(spec.counted_measure), key_contribution_cap(spec, data))
+        return query_sensitivity(spec, data).l2
 
     def approx_dp(self, loss: PrivacyLoss, delta: float) -> float | None:
         from dpflows.mechanisms import rho_to_approx_dp

@@ -13,6 +13,7 @@ from dpflows.errors import DpflowsError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from dpflows.aggregates import PlaceRule
     from dpflows.service import Service
 
 
@@ -34,14 +35,25 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_demo_city)
 
     p = sub.add_parser("ingest", help="events (or a trips table) + cell catalog -> bounded aggregates")
-    p.add_argument("events", help="Parquet or CSV: person, timestamp, cell_id (or with --trips-table: "
-                   "[person,] timestamp, origin, dest)")
-    p.add_argument("--cells", required=True, help="cell catalog CSV or Parquet: cell_id, lat, lon")
+    p.add_argument("events", nargs="+", help="input file(s): events (Parquet or CSV: person, timestamp, cell_id); "
+                   "with --input-format trips a trips table ([person,] timestamp, origin, dest); with "
+                   "--input-format citibike the published Citi Bike trip CSVs, several days at once")
+    p.add_argument("--cells", required=True, help="cell catalog CSV or Parquet: cell_id, lat, lon (citibike: the "
+                   "published stations.csv)")
+    p.add_argument("--input-format", choices=["events", "trips", "citibike"], default=None,
+                   help="events (default), trips (a ready-made trips table) or citibike (published trip files)")
+    p.add_argument("--strict", action="store_true", help="citibike: make any dropped row an error")
+    p.add_argument("--drop-report", default=None, metavar="FILE",
+                   help="citibike: also write what was dropped and why to FILE (mode 0600); exact figures, kept "
+                        "out of the dataset and the service")
     p.add_argument("--out", required=True, help="dataset directory to write, e.g. var/data/datasets/NAME")
     p.add_argument("--name", default=None, help="dataset name: must be the --out folder's name (the default)")
     p.add_argument("--window-days", type=int, default=7)
-    p.add_argument("--bound-trips", type=int, default=20, help="L_trips per person-window (the sensitivity)")
-    p.add_argument("--bound-presence", type=int, default=100, help="L_presence per person-window")
+    p.add_argument("--bound-trips", type=int, default=None,
+                   help="L_trips per privacy unit (the sensitivity); default 20 per person-window, 1 when each trip "
+                        "is its own unit (a trips table without persons, Citi Bike)")
+    p.add_argument("--bound-presence", type=int, default=60,
+                   help="L_presence: most presence-hours (one place each) kept per person-window (default 60)")
     p.add_argument("--trip-rule", choices=["stay", "consecutive"], default="stay")
     p.add_argument("--min-dwell-minutes", type=float, default=30)
     p.add_argument("--first-day", type=_date, required=True,
@@ -49,7 +61,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--end-day", type=_date, required=True,
                    help="the day after the last day the dataset holds (exclusive, ISO); declared and published, "
                         "never measured from the events")
-    p.add_argument("--trips-table", action="store_true", help="the input is a ready-made trips table")
+    p.add_argument("--trips-table", action="store_true", help="alias of --input-format trips")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
     p.add_argument("--accounting", choices=["pure_dp", "zcdp"], default="pure_dp",
@@ -67,6 +79,14 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--buckets", type=int, default=None, metavar="N",
                    help="polars: split persons into N hash buckets ingested one at a time, to bound memory "
                    "(default: from the input size, one per 8 million events); the output does not depend on N")
+    p.add_argument("--home-hours", type=_hour_span, default=None, metavar="FROM-TO",
+                   help="night hours [FROM, TO) of local time from which each person-window's home cell is "
+                        "derived, wrapping past midnight (default 22-6)")
+    p.add_argument("--work-hours", type=_hour_span, default=None, metavar="FROM-TO",
+                   help="weekday (Mon-Fri) daytime hours [FROM, TO) from which the work cell is derived (default 9-17)")
+    p.add_argument("--min-work-days", type=int, default=None, metavar="N",
+                   help="a work cell must be seen in work hours on at least N distinct days of the window "
+                        "(default 3, fewer in windows too short for 3 weekdays)")
     p.set_defaults(run=_run_ingest)
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
@@ -84,6 +104,24 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2024-03-04") from None
+
+
+def _hour_span(text: str) -> tuple[int, int]:
+    start, sep, stop = text.partition("-")
+    if not sep or not start.strip().isdigit() or not stop.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not FROM-TO hours such as 22-6 or 9-17")
+    return int(start), int(stop)
+
+
+def _place_rule(args: argparse.Namespace) -> PlaceRule | None:
+    """The home and work rule the flags ask for; None (the default, fitted to the window) when none is given."""
+    from dataclasses import replace
+
+    from dpflows.aggregates import PlaceRule
+
+    given = {k: v for k, v in (("home_hours", args.home_hours), ("work_hours", args.work_hours),
+                               ("min_work_days", args.min_work_days)) if v is not None}
+    return replace(PlaceRule(), **given) if given else None
 
 
 def _run_demo_city(args: argparse.Namespace) -> int:
@@ -124,32 +162,82 @@ def _run_ingest(args: argparse.Namespace) -> int:
     span = {"first_day": args.first_day, "end_day": args.end_day}
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
     accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
+    if args.trips_table and args.input_format not in (None, "trips"):
+        raise InvalidData("--trips-table is an alias of --input-format trips; give one of them", field="input_format")
+    fmt = "trips" if args.trips_table else (args.input_format or "events")
+    args.trips_table = fmt in ("trips", "citibike")
+    if fmt != "citibike" and (args.strict or args.drop_report):
+        raise InvalidData("--strict and --drop-report apply to --input-format citibike", field="strict")
+    if len(args.events) > 1 and fmt != "citibike":
+        raise InvalidData(f"--input-format {fmt} reads one file; give one path (citibike reads several)",
+                          field="path")
     if args.trips_table and args.engine == "spark":
         raise InvalidData("--trips-table is ingested with --engine polars (a trips table is already small)",
                           field="engine")
     if args.buckets is not None and (args.trips_table or args.engine == "spark"):
         raise InvalidData("--buckets applies to events ingested with --engine polars; drop it here", field="buckets")
-    if args.trips_table:
-        out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
+    places = _place_rule(args)
+    if places is not None and args.trips_table:
+        raise InvalidData("--home-hours, --work-hours and --min-work-days apply to events; a trips table has no "
+                          "homes or work places: drop them here", field="home_hours")
+    if fmt == "citibike":
+        out = _ingest_citibike(args, name, span, zonings, accounting)
+    elif args.trips_table:
+        out = ingest_trips_table(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
                                  bound_trips=args.bound_trips, **span, zonings=zonings,
                                  report_epsilon=args.report_epsilon, **accounting)
     elif args.engine == "spark":
         from dpflows.ingest.spark import ingest_events_spark
 
-        out = ingest_events_spark(args.events, args.cells, args.out, name=name, window_days=args.window_days,
-                                  bound_trips=args.bound_trips, bound_presence=args.bound_presence,
+        out = ingest_events_spark(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
+                                  bound_trips=_bound_or_default(args.bound_trips), bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                                   **span, zonings=zonings, report_epsilon=args.report_epsilon,
-                                  **accounting)
+                                  places=places, **accounting)
     else:
-        out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
-                            bound_trips=args.bound_trips, bound_presence=args.bound_presence,
+        out = ingest_events(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
+                            bound_trips=_bound_or_default(args.bound_trips), bound_presence=args.bound_presence,
                             trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                             **span, zonings=zonings, report_epsilon=args.report_epsilon,
-                            buckets=args.buckets, **accounting)
+                            buckets=args.buckets, places=places, **accounting)
     print(f"dataset {name!r} written to {out}")
     _print_bounding_report(Path(out))
     return 0
+
+
+def _bound_or_default(bound: int | None) -> int:
+    from dpflows.ingest.pipeline import DEFAULT_BOUND_TRIPS
+
+    return DEFAULT_BOUND_TRIPS if bound is None else bound
+
+
+def _ingest_citibike(args: argparse.Namespace, name: str, span: dict[str, Any], zonings: list[Any],
+                     accounting: dict[str, Any]) -> Path:
+    """Published Citi Bike files → a trips-table dataset; what was dropped goes to this terminal only."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from dpflows.errors import InvalidData
+    from dpflows.ingest.citibike import read_citibike
+    from dpflows.ingest.pipeline import ingest_trips_table
+
+    trips, cells, dropped = read_citibike(args.events, args.cells)
+    for line in dropped.lines():
+        print(f"dpflows ingest: {line}", file=sys.stderr)
+    if args.drop_report:
+        fd = os.open(args.drop_report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as report:
+            report.write("\n".join(dropped.lines()) + "\n")
+    if args.strict and dropped.total_dropped:
+        raise InvalidData("--strict: rows were dropped (see the lines above); fix the input files or drop --strict",
+                          field="strict")
+    with tempfile.TemporaryDirectory(prefix="dpflows-stations-") as tmp:
+        cells_csv = Path(tmp) / "cells.csv"
+        cells.write_csv(cells_csv)
+        return ingest_trips_table(trips, cells_csv, args.out, name=name, window_days=args.window_days,
+                                  bound_trips=args.bound_trips, **span, zonings=zonings,
+                                  report_epsilon=args.report_epsilon, **accounting)
 
 
 def _print_bounding_report(out: Path) -> None:
