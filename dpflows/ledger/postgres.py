@@ -129,6 +129,9 @@ MIGRATIONS: list[tuple[int, list[str | Callable[[psycopg.Connection[Any]], objec
             client_id BIGINT PRIMARY KEY REFERENCES clients(id), group_name TEXT NOT NULL,
             updated_at TEXT NOT NULL)""",
         "ALTER TABLE answer_shapes ADD COLUMN IF NOT EXISTS share_group TEXT NOT NULL DEFAULT ''",
+        # derivation candidates are searched within one group: other groups' answers are not even scanned
+        """CREATE INDEX IF NOT EXISTS answer_shapes_by_group
+            ON answer_shapes (dataset, share_group, kind, data_version, start_day, end_day, zoning, noise_scale)""",
         # each group's share of a dataset's global cap, and the running spend of each allocation
         # (group_name '': the unallocated pool)
         """CREATE TABLE IF NOT EXISTS group_caps (

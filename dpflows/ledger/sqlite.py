@@ -90,6 +90,13 @@ ADDED_COLUMNS = (
 )
 
 
+#: statements that need the added columns
+AFTER_COLUMNS = """
+CREATE INDEX IF NOT EXISTS answer_shapes_by_group
+    ON answer_shapes (dataset, share_group, kind, data_version, start_day, end_day, zoning, noise_scale);
+"""
+
+
 class SqliteLedger(SqlLedger):
     """One SQLite file shared by every worker on a host; a connection per thread."""
 
@@ -106,6 +113,7 @@ class SqliteLedger(SqlLedger):
             conn = self._connection()
             conn.executescript(SCHEMA)
             self._add_columns(conn)
+            conn.executescript(AFTER_COLUMNS)
         except sqlite3.Error as exc:
             raise Unavailable(f"the ledger database cannot be opened or created ({type(exc).__name__})") from exc
         self.migration_steps_applied = self.migrate()
