@@ -68,6 +68,10 @@ class Cursor(Protocol):
 class SqlLedger:
     """Ledger logic in portable SQL; see the module docstring for what subclasses add."""
 
+    #: whether `_lock_spend_rows` locks rows (and so needs each window's allocation holder) or the
+    #: transaction already holds the only write lock (SQLite)
+    _locks_rows = True
+
     def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
         raise NotImplementedError
 
@@ -81,8 +85,8 @@ class SqlLedger:
         group = self._client_group(cur, client_id)
         if group is None:
             return dict.fromkeys(windows, "")
-        return {w: group if group in effective_allocations(self._allocation_rows(cur, dataset, w), w) else ""
-                for w in windows}
+        rows = self._allocation_rows(cur, dataset, None)
+        return {w: group if group in effective_allocations(rows, w) else "" for w in windows}
 
     def _is_unique_violation(self, exc: Exception) -> bool:
         raise NotImplementedError
@@ -306,10 +310,11 @@ class SqlLedger:
 
     def _budgets(self, cur: Cursor, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
         group = self._client_group(cur, client_id)
+        rows = self._allocation_rows(cur, dataset, None) if windows else []  # one read for all windows
         out = []
         for w in windows:
             global_cap = self._cap(cur, dataset, w, GLOBAL)
-            allocations = effective_allocations(self._allocation_rows(cur, dataset, w), w)
+            allocations = effective_allocations(rows, w)
             group_cap = None if group is None or group not in allocations else PrivacyLoss(allocations[group])
             group_spent = (self._group_spent(cur, dataset, w, group) if group is not None and group_cap is not None
                            else PrivacyLoss.zero())
@@ -324,7 +329,7 @@ class SqlLedger:
                 group_cap=group_cap,
                 group_spent=group_spent,
                 pool_cap=None if unallocated is None else PrivacyLoss(unallocated),
-                pool_spent=self._group_spent(cur, dataset, w, ""),
+                pool_spent=self._group_spent(cur, dataset, w, "") if group_cap is None else PrivacyLoss.zero(),
             ))
         return out
 
@@ -441,7 +446,8 @@ class SqlLedger:
             if request.grid is not None:
                 self._check_grid(cur, request.grid)
             self._lock_allocations(cur, exclusive=False)
-            holders = self._allocation_holders(cur, request.dataset, windows, request.client_id)
+            holders = (self._allocation_holders(cur, request.dataset, windows, request.client_id)
+                       if self._locks_rows else {})
             self._lock_spend_rows(cur, request.dataset, windows, request.client_id, holders)
             # An identical query released meanwhile (another worker or host) wins: reuse it.
             existing = self._find_answer(cur, request.dataset, request.query_key)

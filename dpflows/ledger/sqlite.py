@@ -100,6 +100,8 @@ CREATE INDEX IF NOT EXISTS answer_shapes_by_group
 class SqliteLedger(SqlLedger):
     """One SQLite file shared by every worker on a host; a connection per thread."""
 
+    _locks_rows = False  # BEGIN IMMEDIATE holds the database's only write lock
+
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = str(path)
         self._busy_timeout_s = busy_timeout_s
