@@ -70,6 +70,8 @@ def seed(service: Service, dataset: str = "small") -> Clients:
         keys[name], ids[name] = key, client.id
         if name != "admin":
             service.set_cap(dataset, Epsilon.parse(CAPS[name]), client_id=client.id, window=None)
+        if name in ("planner", "analyst"):  # one sharing group: "reused" asks each other's answers again
+            service.set_group(client.id, "city")
     service.set_cap(dataset, Epsilon.parse(CAPS["global"]), client_id=None, window=None)
     return Clients(keys, ids)
 

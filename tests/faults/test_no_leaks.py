@@ -107,6 +107,8 @@ def test_logs_error_bodies_and_audit_hold_no_count_and_no_key(data_root: Path, t
     ledger_path = tmp_path / "ledger.db"
     setup = Service(AggregateStore(root), SqliteLedger(ledger_path))
     keys = seed_clients(setup)
+    for client_id in (keys.planner_id, keys.analyst_id):  # one sharing group: the planner reuses the analyst's
+        setup.set_group(client_id, "city")
     setup.ledger.close()
     issued = [keys.admin, keys.planner, keys.analyst]
     tried = ["dpf_" + "x" * 43, "not-a-key", keys.planner[:-1] + ("A" if keys.planner[-1] != "A" else "B")]

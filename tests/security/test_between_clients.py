@@ -164,6 +164,11 @@ def test_queries_are_invisible_across_groups_and_shared_within_one(served) -> No
                                                      "derive": True, "case_ref": "OP-1"}).json()
     assert derived.get("derived_from") is None and derived["epsilon_charged"] == 0.02
     assert fine.json()["answer_id"] not in json.dumps(derived)
+    # Only an admin groups clients, and `client:<id>` (a client alone) is no group name anyone can join.
+    join = {"client_id": keys.planner_id, "group": f"client:{keys.analyst_id}"}
+    assert admin_call(srv, keys, "POST", "/v1/admin/groups", join).status_code == 422
+    assert requests.post(srv.url + "/v1/admin/groups", json={**join, "group": "g"}, timeout=30,
+                         headers={"Authorization": f"Bearer {keys.planner}"}).status_code == 403
     # Within one group (an admin's choice), reuse and derivation are shared, with their ids.
     for client_id in (keys.planner_id, keys.analyst_id):
         r = admin_call(srv, keys, "POST", "/v1/admin/groups", {"client_id": client_id, "group": "joint-unit"})
