@@ -420,7 +420,7 @@ def _run_list_clients(args: argparse.Namespace) -> int:
     for client in ledger.list_clients():
         keys = ", ".join(f"{k.id}:{k.prefix}…{' (revoked)' if k.revoked_at else ''}"
                          for k in ledger.list_keys(client.id))
-        print(f"{client.id}\t{client.name}\t{client.role}\tkeys: {keys or '-'}")
+        print(f"{client.id}\t{client.name}\t{client.role}\tkeys: {keys or '-'}\tgroup: {client.group or '-'}")
     return 0
 
 
