@@ -125,7 +125,8 @@ def _place_rule(args: argparse.Namespace) -> PlaceRule | None:
 
 
 def _run_demo_city(args: argparse.Namespace) -> int:
-    from dpflows.demo import generate_city, generate_scaled_city
+    from dpflows.demo import generate_city
+    from dpflows.demo_scaled import generate_scaled_city
     from dpflows.errors import InvalidInput
 
     start = args.start or dt.date(2024, 3, 4)
