@@ -145,6 +145,8 @@ class DatasetMetadata:
     places: PlaceRule | None = None
     #: the privacy unit: one person within one window, or one trip (a trips table without persons)
     unit: str = PERSON_WINDOW
+    #: days inside [first_day, end_day) the admin declares the dataset does not hold (never measured)
+    missing_days: tuple[dt.date, ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name, field="dataset")
@@ -161,6 +163,10 @@ class DatasetMetadata:
             raise InvalidData(f"key_cap_trips={self.key_cap_trips} must be at least 1")
         if not 0 < self.delta < 1:
             raise InvalidData(f"delta={self.delta} must be in (0, 1), such as 1e-8")
+        if any(not self.first_day <= d < self.end_day for d in self.missing_days):
+            raise InvalidData("missing_days must fall inside [first_day, end_day)")
+        if len(self.missing_days) >= (self.end_day - self.first_day).days:
+            raise InvalidData("a dataset must hold at least one day; check --days")
         if self.unit not in UNITS:
             raise InvalidData(f"unit={self.unit!r} must be one of {list(UNITS)}")
         if self.presence_rule not in PRESENCE_RULES:
@@ -223,6 +229,8 @@ class DatasetMetadata:
             "trip_rule": self.trip_rule,
             "presence_rule": {"kind": self.presence_rule},
             "privacy_unit": {"kind": self.unit},
+            **({"coverage": {"missing_days": [d.isoformat() for d in self.missing_days]}}
+               if self.missing_days else {}),
             **({"places": self.places.to_json()} if self.places is not None else {}),
             "accounting": self.accounting_json(),
         }
@@ -248,4 +256,9 @@ class DatasetMetadata:
             places=PlaceRule.from_json(doc["places"]) if "places" in doc else None,
             # absent in datasets written before the unit was recorded: they were ingested per person
             unit=str(doc.get("privacy_unit", {}).get("kind", PERSON_WINDOW)),
+            missing_days=tuple(dt.date.fromisoformat(d) for d in doc.get("coverage", {}).get("missing_days", [])),
         )
+
+    def holds(self, day: dt.date) -> bool:
+        """The admin declared this day part of the dataset (inside the span and not declared missing)."""
+        return self.first_day <= day < self.end_day and day not in self.missing_days

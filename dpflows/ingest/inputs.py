@@ -154,7 +154,8 @@ def check_declared_span(first_day: dt.date | None, end_day: dt.date | None) -> t
     return first_day, end_day
 
 
-def _check_within_span(frame: pl.LazyFrame, path: Path, first_day: dt.date, end_day: dt.date) -> None:
+def _check_within_span(frame: pl.LazyFrame, path: Path, first_day: dt.date, end_day: dt.date,
+                       missing_days: Iterable[dt.date] = ()) -> None:
     """Every event lies in the declared days; which rows do not is told, not the days they fall on."""
     if frame.select(pl.len()).collect().item() == 0:
         raise InvalidData(f"{path.name}: no rows; nothing to ingest", field="path")
@@ -167,6 +168,12 @@ def _check_within_span(frame: pl.LazyFrame, path: Path, first_day: dt.date, end_
     if late:
         raise InvalidData(f"{path.name}: rows {late} fall on or after --end-day {end_day} (exclusive); declare a later "
                           "--end-day or remove them", field="timestamp")
+    missing = sorted(set(missing_days))
+    if missing:
+        off = _rows_where(frame, day.is_in(missing))
+        if off:
+            raise InvalidData(f"{path.name}: rows {off} fall on days --days does not declare; add those days to "
+                              "--days or remove the rows", field="timestamp")
 
 
 def _with_window(frame: pl.LazyFrame, first_day: dt.date, window_days: int) -> pl.LazyFrame:

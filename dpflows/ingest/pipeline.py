@@ -174,6 +174,7 @@ def ingest_events(
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (),
     seed: int | None = None, buckets: int | None = None, progress: Progress | None = None,
+    missing_days: Iterable[dt.date] = (),
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
     places: PlaceRule | None = None,
@@ -212,7 +213,8 @@ def ingest_events(
     person_nulls = _rows_where(frame, empty_person)
     if person_nulls:
         raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
-    _check_within_span(frame, path, start, end)
+    missing = tuple(sorted(set(missing_days)))
+    _check_within_span(frame, path, start, end, missing)
     indexed = _index_cells(frame, lookup, path, "cell_id", "cell")
     buckets = buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
     rule: dict[str, object] = {"kind": trip_rule}
@@ -221,7 +223,7 @@ def ingest_events(
     min_dwell = dt.timedelta(minutes=min_dwell_minutes)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
         meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
-                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places)
+                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places, missing_days=missing)
         key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
         kept: dict[str, list[pl.LazyFrame]] = {"trips": [], "presence": [], "residents": [], "commuting": []}
         for number, part in enumerate(split.parts, start=1):
@@ -320,7 +322,7 @@ def ingest_trips_table(
     trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int | None = None, first_day: dt.date | None = None,
     end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, missing_days: Iterable[dt.date] = (),
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
@@ -361,7 +363,8 @@ def ingest_trips_table(
     else:
         frame = frame.with_row_index("person")
     trips = frame.select("person", "timestamp", "origin", "dest")
-    _check_within_span(trips, path, start, end)
+    missing = tuple(sorted(set(missing_days)))
+    _check_within_span(trips, path, start, end, missing)
     if bound_trips is None:
         bound_trips = DEFAULT_BOUND_TRIPS if has_person else 1
     elif not has_person and bound_trips > 1:
@@ -369,7 +372,8 @@ def ingest_trips_table(
                       "each trip is its own unit here, so 1 (the default) is exact")
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
-                           accounting, key_cap_trips, delta, NO_PRESENCE, unit=PERSON_WINDOW if has_person else TRIP)
+                           accounting, key_cap_trips, delta, NO_PRESENCE, unit=PERSON_WINDOW if has_person else TRIP,
+                           missing_days=missing)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
