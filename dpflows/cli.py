@@ -61,6 +61,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--end-day", type=_date, required=True,
                    help="the day after the last day the dataset holds (exclusive, ISO); declared and published, "
                         "never measured from the events")
+    p.add_argument("--days", default=None, metavar="LIST",
+                   help="the days inside [--first-day, --end-day) the input holds, when not all of them: ISO dates "
+                        "and inclusive ranges, comma-separated (2017-04-18,2017-05-01..2017-05-07); the others are "
+                        "declared missing, published, and count nothing")
     p.add_argument("--trips-table", action="store_true", help="alias of --input-format trips")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
@@ -125,7 +129,8 @@ def _place_rule(args: argparse.Namespace) -> PlaceRule | None:
 
 
 def _run_demo_city(args: argparse.Namespace) -> int:
-    from dpflows.demo import generate_city, generate_scaled_city
+    from dpflows.demo import generate_city
+    from dpflows.demo_scaled import generate_scaled_city
     from dpflows.errors import InvalidInput
 
     start = args.start or dt.date(2024, 3, 4)
@@ -159,7 +164,12 @@ def _run_ingest(args: argparse.Namespace) -> int:
     if name != Path(args.out).name:
         raise InvalidData(f"--name {name!r} differs from the --out folder {Path(args.out).name!r}; a dataset is served "
                           "under its folder's name, so drop --name or write to a folder of that name", field="name")
-    span = {"first_day": args.first_day, "end_day": args.end_day}
+    span: dict[str, Any] = {"first_day": args.first_day, "end_day": args.end_day}
+    if args.days is not None:
+        if args.engine == "spark":
+            raise InvalidData("--days is supported by --engine polars; ingest consecutive days with Spark",
+                              field="days")
+        span["missing_days"] = _missing_days(args.days, args.first_day, args.end_day)
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
     accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
     if args.trips_table and args.input_format not in (None, "trips"):
@@ -203,6 +213,26 @@ def _run_ingest(args: argparse.Namespace) -> int:
     print(f"dataset {name!r} written to {out}")
     _print_bounding_report(Path(out))
     return 0
+
+
+def _missing_days(text: str, first_day: dt.date, end_day: dt.date) -> list[dt.date]:
+    """--days as the days of [first_day, end_day) it does not list."""
+    from dpflows.errors import InvalidData
+
+    held: set[dt.date] = set()
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, _, hi = part.partition("..")
+        try:
+            a, b = dt.date.fromisoformat(lo), dt.date.fromisoformat(hi or lo)
+        except ValueError:
+            raise InvalidData(f"--days {part!r} is not an ISO date or an inclusive range such as "
+                              "2024-03-04..2024-03-10", field="days") from None
+        if b < a or a < first_day or b >= end_day:
+            raise InvalidData(f"--days {part!r} must lie inside [--first-day {first_day}, --end-day {end_day})",
+                              field="days")
+        held |= {a + dt.timedelta(days=k) for k in range((b - a).days + 1)}
+    return [first_day + dt.timedelta(days=k) for k in range((end_day - first_day).days)
+            if first_day + dt.timedelta(days=k) not in held]
 
 
 def _bound_or_default(bound: int | None) -> int:

@@ -192,7 +192,21 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
             f"{spec.end.isoformat()}; widen the dates or the weekdays",
             field="weekdays",
         )
+    days = [d for d in days if meta.holds(meta.first_day + dt.timedelta(days=d))]
+    if not days:  # decided from the declaration before anything is charged: no window is paid for nothing
+        raise InvalidInput(
+            f"dataset {meta.name!r} holds none of the days asked: the admin declared "
+            f"{', '.join(d.isoformat() for d in uncovered_days(spec, data))} missing; choose other dates",
+            field="start",
+        )
     return tuple(sorted({d // meta.window_days for d in days}))
+
+
+def uncovered_days(spec: QuerySpec, data: Dataset) -> list[dt.date]:
+    """Days asked (in the dates and on the weekdays) that the dataset is declared not to hold: they count nothing."""
+    meta = data.metadata
+    return [day for day in (spec.start + dt.timedelta(days=d) for d in range((spec.end - spec.start).days))
+            if day.weekday() in spec.weekdays and day in meta.missing_days]
 
 
 def _whole_windows(spec: QuerySpec, data: Dataset, first: int, stop: int) -> tuple[int, ...]:

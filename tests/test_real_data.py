@@ -77,3 +77,31 @@ def test_every_answer_states_the_trip_unit_and_presence_is_refused_before_any_ch
     with pytest.raises(NotFound, match="each trip is its own privacy unit"):
         service.bounding_report("bikes", planner)
     assert service.ledger.total_charged("bikes", 0) == Epsilon.parse("0.5")
+
+
+def test_coverage_is_declared_and_answers_say_which_days_count(tmp_path: Path) -> None:
+    """A dataset of two non-consecutive days: the empty days are declared, not measured; asking only them is
+    refused before any charge, and an answer over a range says which of its days count nothing."""
+    out = tmp_path / "datasets" / "bikes"
+    assert main(["ingest", str(DAY1), str(DAY2), "--input-format", "citibike", "--cells", str(SHARED / "stations.csv"),
+                 "--out", str(out), "--first-day", "2017-04-17", "--end-day", "2017-05-22",
+                 "--days", "2017-04-18,2017-05-21"]) == 0
+    meta = load_dataset(out).metadata
+    assert len(meta.missing_days) == 35 - 2 and meta.holds(dt.date(2017, 4, 18)) and not meta.holds(dt.date(2017, 4, 19))
+    service = Service(AggregateStore(tmp_path), SqliteLedger(tmp_path / "l.db"))
+    planner, _ = service.create_client("p", "planner")
+    service.set_cap("bikes", Epsilon.parse("1"), client_id=planner.id, window=None)
+    service.set_cap("bikes", Epsilon.parse("1"), client_id=None, window=None)
+    empty = make_spec("outflows", dataset="bikes", zoning="cell", start=dt.date(2017, 4, 24), end=dt.date(2017, 5, 1))
+    with pytest.raises(InvalidInput, match="holds none of the days asked"):
+        service.answer(QueryRequest(empty, epsilon=Epsilon.parse("0.5")), planner)
+    assert all(service.ledger.total_charged("bikes", w) == Epsilon.zero() for w in range(5))
+    week = make_spec("outflows", dataset="bikes", zoning="cell", start=dt.date(2017, 4, 17), end=dt.date(2017, 4, 24))
+    answer = service.answer(QueryRequest(week, epsilon=Epsilon.parse("0.5")), planner)
+    assert answer.uncovered_days is not None and "2017-04-19" in answer.uncovered_days
+    assert "2017-04-18" not in answer.uncovered_days and len(answer.uncovered_days) == 6
+    # a row on an undeclared day stops ingestion, naming the flag
+    assert main(["ingest", str(DAY1), "--input-format", "citibike", "--cells", str(SHARED / "stations.csv"),
+                 "--out", str(tmp_path / "y"), "--first-day", "2017-04-17", "--end-day", "2017-04-24",
+                 "--days", "2017-04-19"]) == 2
+    assert not (tmp_path / "y").exists()
