@@ -1,7 +1,9 @@
 """Issue 17, as a hostile client found it against a real gunicorn: each finding reproduced, now refused.
 
 Covered here: derived answers that ignored the accuracy asked (item 4), a "coarse" flag anyone
-could set (item 5), and the system principal's keys blocking ingestion for good (item 7).
+could set (item 5), the system principal's keys blocking ingestion for good (item 7), police
+questions read by oversight only (item 6), queries visible across clients (item 1: sharing groups)
+and spending visible across clients (item 2: group allocations, no global figures).
 """
 
 from __future__ import annotations
