@@ -71,6 +71,11 @@ class Accounting:
     def release(self, true_counts: np.ndarray, sensitivity: float, loss: PrivacyLoss) -> Any:
         return self.mechanism.release(true_counts, sensitivity, loss)
 
+    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+        """Sensitivities this dataset's queries are calibrated to that its metadata alone fixes
+        (public facts, for the noise pool's stocks; dpflows.noise_pool)."""
+        raise NotImplementedError
+
     def parse_sensitivity(self, stored: Any) -> float:
         """A stored answer's sensitivity as it was calibrated (an integer L, or an ℓ2 float)."""
         return self.mechanism.parse_sensitivity(stored)
@@ -116,6 +121,9 @@ class PureDP(Accounting):
     def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
         return data.metadata.bound(spec.counted_measure)
 
+    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+        return {meta.bound("trips"), meta.bound("presence")}
+
     def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
         return charge.epsilon
 
@@ -131,6 +139,14 @@ class ZeroConcentrated(Accounting):
         from dpflows.queries import key_contribution_cap
 
         return l2_sensitivity(data.metadata.bound(spec.counted_measure), key_contribution_cap(spec, data))
+
+    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+        # A key's cap lies between the per-row cap and L; wide answers (many days, hours and cells
+        # per key: the 10,000-key ones the pool is for) reach L, where Δ2 = L; narrow ones the row cap.
+        from dpflows.mechanisms import l2_sensitivity
+
+        return {l2_sensitivity(meta.bound(m), cap) for m in ("trips", "presence")
+                for cap in (meta.bound(m), meta.key_cap(m))}
 
     def approx_dp(self, loss: PrivacyLoss, delta: float) -> float | None:
         from dpflows.mechanisms import rho_to_approx_dp
