@@ -178,11 +178,19 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
 
 def _row_mask(spec: QuerySpec, arrays: MeasureArrays, first: int, stop: int) -> np.ndarray:
     mask = (arrays.day >= first) & (arrays.day < stop)
+    # A lookup table indexed by the small code (24 hours, 7 weekdays): one gather per row, ~10×
+    # faster than np.isin's sort-based path on a million rows (issue 16 item 2, measured).
     if spec.hours != ALL_HOURS:
-        mask &= np.isin(arrays.hour, np.asarray(spec.hours, dtype=np.int8))
+        mask &= _member_table(spec.hours, 24)[arrays.hour]
     if spec.weekdays != ALL_WEEKDAYS:
-        mask &= np.isin(arrays.weekday, np.asarray(spec.weekdays, dtype=np.int8))
+        mask &= _member_table(spec.weekdays, 7)[arrays.weekday]
     return mask
+
+
+def _member_table(members: tuple[int, ...], size: int) -> np.ndarray:
+    table = np.zeros(size, dtype=bool)
+    table[list(members)] = True
+    return table
 
 
 def check_answerable(spec: QuerySpec, data: Dataset) -> None:
