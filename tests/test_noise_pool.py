@@ -15,6 +15,7 @@ import math
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ KEY = (DISCRETE_LAPLACE, 5.0)
 class Numbered:
     """A draw source whose values are 1, 2, 3, … per stock in the order drawn: each draw is recognisable."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: int = 1) -> None:
+        self.first = first
         self.counters: dict[tuple[str, float], Iterator[int]] = {}
         self.lock = threading.Lock()
         self.drawn = 0
@@ -54,7 +56,7 @@ class Numbered:
     def __call__(self, mechanism: str, scale: float, n: int) -> np.ndarray:
         with self.lock:
             self.drawn += n
-            counter = self.counters.setdefault((mechanism, scale), itertools.count(1))
+            counter = self.counters.setdefault((mechanism, scale), itertools.count(self.first))
             return np.fromiter(itertools.islice(counter, n), dtype=np.int64, count=n)
 
 
@@ -303,26 +305,50 @@ def test_service_stocks_public_scales_only(store, ledger) -> None:
                                                                           Epsilon.parse("0.25")))}
 
 
-def test_a_refused_querys_draws_are_discarded_never_reused(store, ledger) -> None:
+def test_a_refused_querys_draws_are_discarded_never_reused(store, ledger, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Through the real service and ledger, with numbered draws so that each can be followed: a query
-    refused at commit (the global cap) takes draws 1..n and drops them; the next query at that
-    scale gets n+1..2n, exactly (first in, first out, never returned)."""
+    refused at commit (the global cap) takes draws F..F+n-1 and drops them, and none of them reaches
+    the error, a log record or the ledger's files; the next query at that scale gets F+n..F+2n-1,
+    exactly (first in, first out, never returned)."""
+    first = 987_654_321_000  # draws no count, date or id could be mistaken for
     service = Service(store, ledger, Policy(noise_presets_epsilon=(Epsilon.parse("0.25"),)))
     planner, _ = service.create_client("p", "planner")
     service.set_cap("small", Epsilon.parse("1"), client_id=planner.id, window=None)
     service.set_cap("small", Epsilon.parse("0.2"), client_id=None, window=None)
-    noise_pool.configure(Numbered(), 100_000)  # the real pool, with numbered draws
+    noise_pool.configure(Numbered(first), 100_000)  # the real pool, with numbered draws
     service.context.stock_noise(store.metadata("small"))  # as Service.start_noise_pool declares them
     pool = noise_pool.current()
     assert pool is not None and pool.wait_full(60)
     spec = make_spec("flows", dataset="small", zoning="districts", start=D0, end=D0 + dt.timedelta(days=7))
     true = prepare(spec, store.get("small")).true_counts
     n = len(true)
-    with pytest.raises(BudgetExceeded):
+    caplog.set_level("DEBUG")
+    with pytest.raises(BudgetExceeded) as refused:
         service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.25")), planner)
     assert pool.hits == 1
+    marker = str(first)[:9]
+    assert marker not in str(refused.value) and marker not in caplog.text
+    audit = service.ledger.read_audit(limit=100)
+    assert audit[-1].outcome == "budget_exceeded" and marker not in repr(audit)
+    for path in tmp_path.rglob("*"):  # the ledger's database, journal and WAL
+        if path.is_file():
+            assert marker.encode() not in path.read_bytes(), path.name
     service.set_cap("small", Epsilon.parse("1"), client_id=None, window=None)
     answer = service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.25")), planner)
     assert pool.hits == 2
     released = np.array([row["count"] for row in answer.values], dtype=np.int64)
-    assert (released - true).tolist() == list(range(n + 1, 2 * n + 1))
+    assert (released - true).tolist() == list(range(first + n, first + 2 * n))
+
+
+def test_the_pool_module_writes_nowhere() -> None:
+    """Draws live only in memory: the pool's module imports no logging, file, pickling or network
+    module and calls no print/open (a static check of dpflows/noise_pool.py's own code)."""
+    import ast
+
+    tree = ast.parse(Path(noise_pool.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
+                for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+    assert imported <= {"__future__", "os", "threading", "collections", "numpy"}, imported
+    called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert not called & {"print", "open", "repr", "format"}
