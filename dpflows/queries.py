@@ -219,12 +219,12 @@ def _check_domain_size(size: int, spec: QuerySpec) -> None:
 
 
 #: Per process: each (trips arrays, zoning)'s row -> origin·n + destination key, and the counts as
-#: floats (what np.bincount's weights become), kept for the last few pairs (4 + 8 bytes per row).
+#: floats (what np.bincount's weights become), for the last 4 pairs: 12 bytes per row, 48 MB at most for 1M rows.
 #: A fresh 10,000-key flows answer over a million rows then costs one mask and one bincount: 21 ->
 #: ~7 ms measured (issue 16 item 2). The arrays and zonings are kept in the entry, so ids stay valid.
 _FLOW_KEYS: OrderedDict[tuple[int, int], tuple[MeasureArrays, Zoning, np.ndarray, np.ndarray]] = OrderedDict()
 _FLOW_KEYS_LOCK = threading.Lock()
-_FLOW_KEYS_KEPT = 8
+_FLOW_KEYS_KEPT = 4
 
 
 def _flow_keys(arrays: MeasureArrays, zoning: Zoning) -> tuple[np.ndarray, np.ndarray]:
