@@ -44,6 +44,7 @@ def answer_document(answer: Answer) -> dict[str, Any]:
         "windows": window_charges(answer.windows, answer.charged),
         "budget_remaining": answer.budget_remaining,
         "privacy_unit": answer.privacy_unit,
+        "count_unit": answer.count_unit,
         "mechanism": {"name": answer.mechanism, "noise_scale": answer.noise_scale,
                       "sensitivity": answer.sensitivity},
         "error_bound_95": answer.error_bound_95,

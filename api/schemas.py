@@ -16,6 +16,7 @@ from marshmallow import fields, validate
 
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import NAME_PATTERN, label_problem
+from dpflows.query_kinds import QUERY_KINDS
 
 # Ids are SQL BIGINTs: a larger integer cannot name anything, and SQLite raises OverflowError on it.
 ID_MAX = 2**63 - 1
@@ -127,6 +128,27 @@ class PresenceQuerySchema(QueryBodySchema):
     pass
 
 
+class ZoneTotalsQuerySchema(QueryBodySchema):
+    """inflows / outflows: the same filters as flows, one value per zone."""
+
+
+class WindowQuerySchema(QueryBodySchema):
+    """residents / commuting: whole windows (start and end on the window grid), no hours or weekdays."""
+
+    class Meta:
+        exclude = ("hours", "weekdays")
+
+
+class ResidentsQuerySchema(WindowQuerySchema):
+    place = fields.String(required=True, validate=validate.OneOf(["home", "work"]), metadata={
+        "description": "home (modal night cell) or work (modal weekday-daytime cell on enough days); one place per "
+                       "answer: each person adds at most 1 per window"})
+
+
+class CommutingQuerySchema(WindowQuerySchema):
+    pass
+
+
 class PatternsQuerySchema(QueryBodySchema):
     measure = fields.String(load_default="trips", validate=validate.OneOf(["trips", "presence"]),
                             metadata={"description": "trips (departures) or presence"})
@@ -134,7 +156,8 @@ class PatternsQuerySchema(QueryBodySchema):
 
 
 class QuoteQuerySchema(PatternsQuerySchema):
-    query = fields.String(required=True, validate=validate.OneOf(["flows", "presence", "patterns"]))
+    query = fields.String(required=True, validate=validate.OneOf(list(QUERY_KINDS)))
+    place = fields.String(validate=validate.OneOf(["home", "work"]), metadata={"description": "residents only"})
 
 
 class WindowChargeSchema(ma.Schema):
@@ -173,6 +196,8 @@ class AnswerSchema(ma.Schema):
     budget_remaining = EpsilonField(metadata={"description": "least remaining budget (ε or ρ) over the windows "
                                                              "touched"})
     privacy_unit = fields.String()
+    count_unit = fields.String(metadata={"description": "what a count counts: trips, people (each key one day-hour, "
+                                                        "or one window of homes), person-hours"})
     mechanism = fields.Nested(MechanismSchema)
     error_bound_95 = fields.Float(metadata={"description": "absolute error per value at the stated confidence"})
     confidence = fields.Float()
@@ -239,6 +264,7 @@ class QuoteSchema(ma.Schema):
     windows = fields.List(fields.Nested(WindowChargeSchema))
     reused = fields.Boolean()
     privacy_unit = fields.String()
+    count_unit = fields.String()
     mechanism = fields.Nested(MechanismSchema)
 
 

@@ -98,6 +98,7 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
         hours=body.get("hours"), weekdays=body.get("weekdays"),
         measure=body.get("measure") if kind == "patterns" else None,
         zone=body.get("zone") if kind == "patterns" else None,
+        place=body.get("place") if kind == "residents" else None,
     )
     epsilon, rho = body.get("epsilon"), body.get("rho")
     return QueryRequest(
@@ -148,6 +149,52 @@ def patterns(body: dict[str, Any]) -> Any:
     return run_query("patterns", body)
 
 
+@queries_blp.route("/inflows", methods=["POST"])
+@require("planner", "analyst", "admin")
+@queries_blp.arguments(schemas.ZoneTotalsQuerySchema)
+@queries_blp.response(200, schemas.AnswerSchema, description="Trips arriving in each zone")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+def inflows(body: dict[str, Any]) -> Any:
+    """Trips arriving in each zone (one noisy value per zone, far more accurate than summing a column of flows);
+    a trip within one zone arrives there too."""
+    return run_query("inflows", body)
+
+
+@queries_blp.route("/outflows", methods=["POST"])
+@require("planner", "analyst", "admin")
+@queries_blp.arguments(schemas.ZoneTotalsQuerySchema)
+@queries_blp.response(200, schemas.AnswerSchema, description="Trips leaving each zone")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+def outflows(body: dict[str, Any]) -> Any:
+    """Trips leaving each zone; a trip within one zone leaves it too."""
+    return run_query("outflows", body)
+
+
+@queries_blp.route("/residents", methods=["POST"])
+@require("planner", "analyst", "admin")
+@queries_blp.arguments(schemas.ResidentsQuerySchema)
+@queries_blp.response(200, schemas.AnswerSchema, description="People whose home (or work) cell lies in each zone")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+def residents(body: dict[str, Any]) -> Any:
+    """Residents (place home) or workers (place work) per zone and window; each person counts at most once per
+    window (sensitivity 1). Whole windows only."""
+    return run_query("residents", body)
+
+
+@queries_blp.route("/commuting", methods=["POST"])
+@require("planner", "analyst", "admin")
+@queries_blp.arguments(schemas.CommutingQuerySchema)
+@queries_blp.response(200, schemas.AnswerSchema, description="Home zone → work zone counts per window")
+@_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
+@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+def commuting(body: dict[str, Any]) -> Any:
+    """People living in one zone and working in another, per window (sensitivity 1). Whole windows only."""
+    return run_query("commuting", body)
+
+
 @queries_blp.route("/relative-change", methods=["POST"])
 @require("planner", "analyst", "admin")
 @queries_blp.arguments(schemas.RelativeChangeQuerySchema)
@@ -181,7 +228,7 @@ def quote(body: dict[str, Any]) -> Any:
         "accounting": q.accounting, unit: q.loss, f"{unit}_charged": q.charged,
         "epsilon_derived_from_max_error": q.loss_from_max_error, "error_bound_95": q.error_bound_95,
         "confidence": q.confidence, "windows": renderers.window_charges(q.windows, q.charged),
-        "reused": q.reused, "privacy_unit": q.privacy_unit,
+        "reused": q.reused, "privacy_unit": q.privacy_unit, "count_unit": q.count_unit,
         **({"derived_from": q.derived_from} if q.derived_from else {}),
         "mechanism": {"name": q.mechanism, "noise_scale": q.noise_scale, "sensitivity": q.sensitivity},
     }

@@ -119,10 +119,14 @@ class PureDP(Accounting):
     mechanism = DiscreteLaplace()
 
     def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
-        return data.metadata.bound(spec.counted_measure)
+        from dpflows.sensitivity import query_sensitivity
+
+        return query_sensitivity(spec, data).l1
 
     def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
-        return {meta.bound("trips"), meta.bound("presence")}
+        # trips: L_trips; presence: min(L_presence, S), L_presence once a query covers enough
+        # day-hour slots (the wide answers the pool is for); residents and commuting: 1.
+        return {meta.bound("trips"), meta.bound("presence"), 1}
 
     def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
         return charge.epsilon
@@ -135,10 +139,9 @@ class ZeroConcentrated(Accounting):
     mechanism = DiscreteGaussian()
 
     def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
-        from dpflows.mechanisms import l2_sensitivity
-        from dpflows.queries import key_contribution_cap
+        from dpflows.sensitivity import query_sensitivity
 
-        return l2_sensitivity(data.metadata.bound(spec.counted_measure), key_contribution_cap(spec, data))
+        return query_sensitivity(spec, data).l2
 
     def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
         # A key's cap lies between the per-row cap and L; wide answers (many days, hours and cells
@@ -146,7 +149,7 @@ class ZeroConcentrated(Accounting):
         from dpflows.mechanisms import l2_sensitivity
 
         return {l2_sensitivity(meta.bound(m), cap) for m in ("trips", "presence")
-                for cap in (meta.bound(m), meta.key_cap(m))}
+                for cap in (meta.bound(m), meta.key_cap(m))} | {l2_sensitivity(1, 1)}
 
     def approx_dp(self, loss: PrivacyLoss, delta: float) -> float | None:
         from dpflows.mechanisms import rho_to_approx_dp

@@ -7,12 +7,15 @@ events never reach this module. A dataset directory ``<root>/datasets/<name>/`` 
     versions/V/        one immutable ingestion, written whole before CURRENT names it:
       metadata.json      format_version, name, first_day, end_day (exclusive, both declared by
                          the admin, never measured from events), window_days, bounds
-                         {"trips": L_trips, "presence": L_presence}, trip_rule, accounting,
-                         files {file: sha256} (checked by the loader), optionally
-                         bounding_report (noisy) and earlier_reports (to be paid for)
+                         {"trips": L_trips, "presence": L_presence}, trip_rule, presence_rule,
+                         accounting, files {file: sha256} (checked by the loader), optionally
+                         places (the home/work rule), bounding_report (noisy) and
+                         earlier_reports (to be paid for)
       cells.parquet      cell_id: str, lat: f64, lon: f64          (public catalog)
       trips.parquet      day: date, hour: i8, origin: str, dest: str, count: i64
       presence.parquet   day: date, hour: i8, cell: str, count: i64
+      residents.parquet  window: i32, place: str ("home" | "work"), cell: str, count: i64   (with places)
+      commuting.parquet  window: i32, home: str, work: str, count: i64                     (with places)
     zonings/NAME.json  public zonings of this dataset's cells (see cells.py), shared by versions
 
 A re-ingestion writes a new version and then swaps CURRENT, so a loader sees the old version or
@@ -24,6 +27,15 @@ keeps meaning the same person-window (`check_same_grid`). Datasets written befor
 
 Counts are *after* per person-window bounding; the bounds are the ℓ1 sensitivities the
 noise is calibrated to. No source row counts are stored: they would be exact counts.
+
+`presence_rule` says what a presence record is: ``one_place_per_person_hour`` (ingestion since
+issue 14: at most one record per person and (day, hour), so a query over S day-hour slots of a
+window has ℓ1 sensitivity min(L_presence, S), see dpflows.slots) or ``cells_per_person_hour``
+(datasets written before, read without the field: every cell of a person-hour, sensitivity
+L_presence). Residents and commuting count at most one home and one work cell per
+person-window (`PlaceRule`), so each person adds at most 1 per window to residents of one
+place and 1 to commuting: sensitivity 1. Datasets written before them have no `places` and no
+such files; `Dataset.residents` and `Dataset.commuting` are then None.
 
 Datasets live under ``<root>/datasets/<name>/``. The root is a local path here; any path
 Polars reads (an object-store URL with fsspec credentials) works for the Parquet files, see
@@ -39,7 +51,7 @@ import json
 import shutil
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +65,101 @@ from dpflows.errors import DataUnavailable, InvalidData, InvalidInput, NotFound
 
 FORMAT_VERSION = 1
 MEASURES = ("trips", "presence")
+#: Measures of one home and one work cell per person-window; each person adds at most 1 per window.
+PLACE_MEASURES = ("residents", "commuting")
+PLACES = ("home", "work")
+#: presence_rule values: one cell per person-hour (written by ingestion now), every cell seen in a
+#: person-hour (datasets written before issue 14), no presence at all (a trips table).
+ONE_PLACE_PER_PERSON_HOUR = "one_place_per_person_hour"
+CELLS_PER_PERSON_HOUR = "cells_per_person_hour"
+NO_PRESENCE = "none"
+PRESENCE_RULES = (ONE_PLACE_PER_PERSON_HOUR, CELLS_PER_PERSON_HOUR, NO_PRESENCE)
 #: zCDP datasets show ρ as (ε, δ) at this δ unless ingestion sets another.
 DEFAULT_DELTA = 1e-8
 
 TRIPS_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String, "count": pl.Int64}
 PRESENCE_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64}
 CELLS_SCHEMA = {"cell_id": pl.String, "lat": pl.Float64, "lon": pl.Float64}
+RESIDENTS_SCHEMA = {"window": pl.Int32, "place": pl.String, "cell": pl.String, "count": pl.Int64}
+COMMUTING_SCHEMA = {"window": pl.Int32, "home": pl.String, "work": pl.String, "count": pl.Int64}
+
+
+def _hours(span: tuple[int, int]) -> tuple[int, ...]:
+    """[from, to) hours of day, wrapping past midnight (22, 6 is 22, 23, 0, ..., 5)."""
+    start, stop = span
+    return tuple(range(start, stop)) if start < stop else tuple(range(start, 24)) + tuple(range(0, stop))
+
+
+@dataclass(frozen=True)
+class PlaceRule:
+    """How ingestion derives one home and one work cell per person-window; public, stored in metadata.
+
+    Home: the cell where the person spent most `home_hours` (night, local time) of the window.
+    Work: the cell of most `work_hours` on `work_weekdays`, among cells seen then on at least
+    `min_work_days` distinct days of the window; none if that cell is the home. Hours are
+    [from, to) and wrap past midnight; weekdays 0 = Monday. Both come from the person-window's
+    hour cells (one place per person-hour), so a night crossing a window boundary is cut at it.
+    """
+
+    home_hours: tuple[int, int] = (22, 6)
+    work_hours: tuple[int, int] = (9, 17)
+    work_weekdays: tuple[int, ...] = (0, 1, 2, 3, 4)
+    min_work_days: int = 3
+
+    def __post_init__(self) -> None:
+        for name, (start, stop) in (("home_hours", self.home_hours), ("work_hours", self.work_hours)):
+            if not (0 <= start <= 23 and 1 <= stop <= 24) or start == stop:
+                raise InvalidData(f"{name}={start}-{stop} must be FROM-TO with 0 <= FROM <= 23, 1 <= TO <= 24 and "
+                                  "FROM != TO (TO exclusive, wrapping past midnight), such as 22-6", field=name)
+        if not self.work_weekdays or any(not 0 <= d <= 6 for d in self.work_weekdays) \
+                or tuple(sorted(set(self.work_weekdays))) != self.work_weekdays:
+            raise InvalidData(f"work_weekdays={list(self.work_weekdays)} must be distinct sorted weekdays 0..6 "
+                              "(0 = Monday), such as [0, 1, 2, 3, 4]", field="work_weekdays")
+        if self.min_work_days < 1:
+            raise InvalidData(f"min_work_days={self.min_work_days} must be at least 1", field="min_work_days")
+
+    @property
+    def home_hour_set(self) -> tuple[int, ...]:
+        return _hours(self.home_hours)
+
+    @property
+    def work_hour_set(self) -> tuple[int, ...]:
+        return _hours(self.work_hours)
+
+    def _most_work_days(self, window_days: int) -> int:
+        """The most work weekdays any window of `window_days` consecutive days holds."""
+        return max(sum((start + d) % 7 in self.work_weekdays for d in range(window_days)) for start in range(7))
+
+    def fitted(self, window_days: int) -> PlaceRule:
+        """This rule with min_work_days lowered to what a window can hold (defaults for short windows)."""
+        most = self._most_work_days(window_days)
+        return self if self.min_work_days <= most else replace(self, min_work_days=max(1, most))
+
+    def check_window(self, window_days: int) -> None:
+        """Refuse a minimum of work days that no window of `window_days` days can hold."""
+        most = self._most_work_days(window_days)
+        if self.min_work_days > most:
+            raise InvalidData(f"min_work_days={self.min_work_days} can never be met: a {window_days}-day window holds "
+                              f"at most {most} of the work weekdays {list(self.work_weekdays)}; lower it",
+                              field="min_work_days")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "home": "cell of most night hours of the person-window (one place per person-hour); ties by keyed hash",
+            "work": "cell of most weekday daytime hours among cells seen then on at least min_work_days days, "
+                    "none if that is the home; ties by keyed hash",
+            "home_hours": list(self.home_hours),
+            "work_hours": list(self.work_hours),
+            "work_weekdays": list(self.work_weekdays),
+            "min_work_days": self.min_work_days,
+            "bounds": {"residents": 1, "commuting": 1},
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PlaceRule:
+        home, work = doc["home_hours"], doc["work_hours"]
+        return cls((int(home[0]), int(home[1])), (int(work[0]), int(work[1])),
+                   tuple(int(d) for d in doc["work_weekdays"]), int(doc["min_work_days"]))
 
 
 @dataclass(frozen=True)
@@ -79,6 +180,10 @@ class DatasetMetadata:
     key_cap_trips: int = 1
     #: zcdp only: the δ at which ρ is shown as (ε, δ); for display, never for accounting.
     delta: float = DEFAULT_DELTA
+    #: what a presence record is (PRESENCE_RULES); ingestion writes one place per person-hour.
+    presence_rule: str = CELLS_PER_PERSON_HOUR
+    #: how homes and work cells were derived; None: no residents or commuting in this dataset.
+    places: PlaceRule | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, field="dataset")
@@ -95,13 +200,30 @@ class DatasetMetadata:
             raise InvalidData(f"key_cap_trips={self.key_cap_trips} must be at least 1")
         if not 0 < self.delta < 1:
             raise InvalidData(f"delta={self.delta} must be in (0, 1), such as 1e-8")
+        if self.presence_rule not in PRESENCE_RULES:
+            raise InvalidData(f"presence_rule={self.presence_rule!r} must be one of {list(PRESENCE_RULES)}")
+        if self.places is not None:
+            self.places.check_window(self.window_days)
 
     def bound(self, measure: str) -> int:
+        """The most one person-window adds to all counts of `measure` (residents: of one place)."""
+        if measure in PLACE_MEASURES:
+            return 1
         return self.bound_trips if measure == "trips" else self.bound_presence
 
     def key_cap(self, measure: str) -> int:
         """The most one person adds to one aggregate row of `measure` in a window (zCDP's per-key cap)."""
         return self.key_cap_trips if measure == "trips" else 1
+
+    @property
+    def one_place_per_hour(self) -> bool:
+        """A person has at most one presence record per (day, hour): presence counts people."""
+        return self.presence_rule == ONE_PLACE_PER_PERSON_HOUR
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The aggregate files a version of this dataset holds (hashed in metadata ``files``)."""
+        return AGGREGATE_FILES + (PLACE_FILES if self.places is not None else ())
 
     def accounting_json(self) -> dict[str, Any]:
         from dpflows.accounting import accounting
@@ -133,6 +255,8 @@ class DatasetMetadata:
             "window_days": self.window_days,
             "bounds": {"trips": self.bound_trips, "presence": self.bound_presence},
             "trip_rule": self.trip_rule,
+            "presence_rule": {"kind": self.presence_rule},
+            **({"places": self.places.to_json()} if self.places is not None else {}),
             "accounting": self.accounting_json(),
         }
 
@@ -152,12 +276,16 @@ class DatasetMetadata:
             accounting=str(accounting.get("measure", PURE_DP)),
             key_cap_trips=int(accounting.get("key_caps", {}).get("trips", 1)),
             delta=float(accounting.get("delta", DEFAULT_DELTA)),
+            # absent in datasets written before one place per person-hour: every cell of an hour
+            presence_rule=str(doc.get("presence_rule", {}).get("kind", CELLS_PER_PERSON_HOUR)),
+            places=PlaceRule.from_json(doc["places"]) if "places" in doc else None,
         )
 
 
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
 AGGREGATE_FILES = ("cells.parquet", "trips.parquet", "presence.parquet")
+PLACE_FILES = ("residents.parquet", "commuting.parquet")
 
 
 def version_dir(dataset_dir: str | Path) -> Path:
@@ -199,6 +327,8 @@ def write_aggregates(
     presence: pl.DataFrame | pl.LazyFrame,
     *,
     bounding_report: BoundingReport | None = None,
+    residents: pl.DataFrame | pl.LazyFrame | None = None,
+    commuting: pl.DataFrame | pl.LazyFrame | None = None,
 ) -> Path:
     """Write a new version of a dataset and switch to it atomically; the one writer ingestion uses.
 
@@ -206,7 +336,10 @@ def write_aggregates(
     this directory are carried forward in ``earlier_reports``, so that the service charges
     them too if they were never paid: a bound chosen from one is published with this one.
     Nothing the served version reads is touched until the final rename of CURRENT.
+    `residents` and `commuting` are given exactly when the metadata has `places`.
     """
+    if (residents is None or commuting is None) != (metadata.places is None):
+        raise ValueError("residents and commuting are written exactly when the metadata has places")
     out = Path(out_dir)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     earlier_meta, earlier = _earlier_ingestion(out)
@@ -219,13 +352,17 @@ def write_aggregates(
     tmp.mkdir(mode=0o700)
     try:
         cells.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).write_parquet(tmp / "cells.parquet")
-        for name, frame, schema in (("trips", trips, TRIPS_SCHEMA), ("presence", presence, PRESENCE_SCHEMA)):
+        frames: list[tuple[str, pl.DataFrame | pl.LazyFrame, dict[str, Any]]] = [
+            ("trips", trips, TRIPS_SCHEMA), ("presence", presence, PRESENCE_SCHEMA)]
+        if residents is not None and commuting is not None:
+            frames += [("residents", residents, RESIDENTS_SCHEMA), ("commuting", commuting, COMMUTING_SCHEMA)]
+        for name, frame, schema in frames:
             lazy = frame.lazy().select([pl.col(c).cast(t) for c, t in schema.items()])
             lazy.sink_parquet(tmp / f"{name}.parquet")
         doc = metadata.to_json()
         # A fresh id per ingestion, so answers stored for an earlier ingestion are never reused.
         doc["ingestion_id"] = ingestion_id
-        doc["files"] = {f: _file_digest((tmp / f).read_bytes()) for f in AGGREGATE_FILES}
+        doc["files"] = {f: _file_digest((tmp / f).read_bytes()) for f in metadata.files}
         if bounding_report is not None:
             doc["bounding_report"] = bounding_report.to_json()
         if earlier:
@@ -310,6 +447,26 @@ class MeasureArrays:
     count: np.ndarray  # int64
 
 
+@dataclass(frozen=True)
+class ResidentArrays:
+    """Residents as parallel arrays: persons whose home (or work) cell of a window is `cell`."""
+
+    window: np.ndarray  # int32 window index
+    place: np.ndarray  # int8 index into PLACES: 0 home, 1 work
+    cell: np.ndarray  # int64 cell index
+    count: np.ndarray  # int64, each person-window at most 1 per place
+
+
+@dataclass(frozen=True)
+class CommutingArrays:
+    """Home cell → work cell per window as parallel arrays; each person-window counts at most once."""
+
+    window: np.ndarray  # int32 window index
+    home: np.ndarray  # int64 cell index
+    work: np.ndarray  # int64 cell index
+    count: np.ndarray  # int64
+
+
 @dataclass
 class Dataset:
     """A loaded dataset: metadata, public geography and bounded counts."""
@@ -328,6 +485,9 @@ class Dataset:
     report_charges: tuple[ReportCharge, ...] = ()
     #: the version directory the counts were read from (`path` itself for the old layout)
     version_path: Path | None = None
+    #: one home and one work cell per person-window, counted; None in datasets written before them
+    residents: ResidentArrays | None = None
+    commuting: CommutingArrays | None = None
 
     def zoning(self, name: str) -> Zoning:
         """A zoning by name; one added by another worker or host is picked up from disk."""
@@ -387,12 +547,10 @@ def _dataset_name_of(path: Path) -> str:
     return parent.parent.parent.name if parent.parent.name == VERSIONS_DIR else parent.name
 
 
-def _measure_arrays(
-    frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog, cell_cols: list[str]
-) -> MeasureArrays:
-    name = "trips" if len(cell_cols) == 2 else "presence"
+def _cell_indexes(frame: pl.DataFrame, catalog: CellCatalog, cell_cols: list[str], name: str,
+                  meta: DatasetMetadata) -> list[np.ndarray]:
+    """Each cell column as int64 catalog indexes; a cell missing from the catalog fails the load."""
     lookup = pl.DataFrame({"_cell": list(catalog.cell_ids), "_idx": np.arange(len(catalog), dtype=np.int64)})
-    frame = frame.filter(pl.col("count") != 0)
     indexed = []
     for col in cell_cols:
         joined = frame.select(pl.col(col).alias("_cell")).join(
@@ -401,6 +559,15 @@ def _measure_arrays(
         if joined["_idx"].null_count():
             raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} names cells missing from cells.parquet")
         indexed.append(joined["_idx"].to_numpy())
+    return indexed
+
+
+def _measure_arrays(
+    frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog, cell_cols: list[str]
+) -> MeasureArrays:
+    name = "trips" if len(cell_cols) == 2 else "presence"
+    frame = frame.filter(pl.col("count") != 0)
+    indexed = _cell_indexes(frame, catalog, cell_cols, name, meta)
     since_first = frame.select((pl.col("day") - pl.lit(meta.first_day)).dt.total_days())["day"]
     days = since_first.to_numpy().astype(np.int32)
     span = (meta.end_day - meta.first_day).days
@@ -417,6 +584,34 @@ def _measure_arrays(
         day=days, hour=hours, weekday=weekday,
         origin=indexed[0], dest=indexed[1] if len(indexed) > 1 else None, count=counts,
     )
+
+
+def _window_counts(frame: pl.DataFrame, meta: DatasetMetadata, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The window and count columns of a place measure, checked like the day and count of the others."""
+    windows = frame["window"].to_numpy().astype(np.int32)
+    counts = frame["count"].to_numpy().astype(np.int64)
+    if len(windows) and (windows.min() < 0 or windows.max() >= meta.window_count):
+        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has windows outside the metadata's time span")
+    if len(counts) and counts.min() < 0:
+        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has negative counts")
+    return windows, counts
+
+
+def _resident_arrays(frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog) -> ResidentArrays:
+    frame = frame.filter(pl.col("count") != 0)
+    if not frame["place"].is_in(list(PLACES)).all():
+        raise DataUnavailable(f"residents.parquet of dataset {meta.name!r} has places other than {list(PLACES)}")
+    windows, counts = _window_counts(frame, meta, "residents")
+    place = (frame["place"] == PLACES[1]).cast(pl.Int8).to_numpy()
+    [cell] = _cell_indexes(frame, catalog, ["cell"], "residents", meta)
+    return ResidentArrays(window=windows, place=place, cell=cell, count=counts)
+
+
+def _commuting_arrays(frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog) -> CommutingArrays:
+    frame = frame.filter(pl.col("count") != 0)
+    windows, counts = _window_counts(frame, meta, "commuting")
+    home, work = _cell_indexes(frame, catalog, ["home", "work"], "commuting", meta)
+    return CommutingArrays(window=windows, home=home, work=work, count=counts)
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -436,7 +631,7 @@ def load_dataset(path: str | Path) -> Dataset:
         digests = {str(k): str(v) for k, v in doc["files"].items()} if "files" in doc else {}
     except (ValueError, KeyError, TypeError, AttributeError, InvalidData) as exc:
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} is corrupt; re-run ingestion") from exc
-    if vdir != root and set(digests) != set(AGGREGATE_FILES):
+    if vdir != root and set(digests) != set(metadata.files):
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} lacks its file hashes; re-run ingestion")
     cells = _read_parquet(vdir / "cells.parquet", CELLS_SCHEMA, digests.get("cells.parquet"))
     catalog = CellCatalog.from_columns(cells["cell_id"].to_list(), cells["lat"].to_list(), cells["lon"].to_list())
@@ -444,6 +639,12 @@ def load_dataset(path: str | Path) -> Dataset:
     trips = _measure_arrays(trips_frame, metadata, catalog, ["origin", "dest"])
     presence = _measure_arrays(_read_parquet(vdir / "presence.parquet", PRESENCE_SCHEMA,
                                              digests.get("presence.parquet")), metadata, catalog, ["cell"])
+    residents, commuting = None, None
+    if metadata.places is not None:
+        residents = _resident_arrays(_read_parquet(vdir / "residents.parquet", RESIDENTS_SCHEMA,
+                                                   digests.get("residents.parquet")), metadata, catalog)
+        commuting = _commuting_arrays(_read_parquet(vdir / "commuting.parquet", COMMUTING_SCHEMA,
+                                                    digests.get("commuting.parquet")), metadata, catalog)
     zonings = {CELL_ZONING: Zoning.identity(catalog)}
     zdir = root / "zonings"
     if zdir.is_dir():
@@ -453,7 +654,8 @@ def load_dataset(path: str | Path) -> Dataset:
             except (ValueError, KeyError, TypeError, InvalidData) as exc:
                 raise DataUnavailable(f"zoning file {zpath.name} of dataset {root.name!r} is corrupt") from exc
             zonings[zoning.name] = zoning
-    return Dataset(root, metadata, catalog, trips, presence, zonings, version, report, charges, vdir)
+    return Dataset(root, metadata, catalog, trips, presence, zonings, version, report, charges, vdir,
+                   residents, commuting)
 
 
 class AggregateStore:

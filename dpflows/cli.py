@@ -13,6 +13,7 @@ from dpflows.errors import DpflowsError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from dpflows.aggregates import PlaceRule
     from dpflows.service import Service
 
 
@@ -41,7 +42,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="dataset name: must be the --out folder's name (the default)")
     p.add_argument("--window-days", type=int, default=7)
     p.add_argument("--bound-trips", type=int, default=20, help="L_trips per person-window (the sensitivity)")
-    p.add_argument("--bound-presence", type=int, default=100, help="L_presence per person-window")
+    p.add_argument("--bound-presence", type=int, default=60,
+                   help="L_presence: most presence-hours (one place each) kept per person-window (default 60)")
     p.add_argument("--trip-rule", choices=["stay", "consecutive"], default="stay")
     p.add_argument("--min-dwell-minutes", type=float, default=30)
     p.add_argument("--first-day", type=_date, required=True,
@@ -67,6 +69,14 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--buckets", type=int, default=None, metavar="N",
                    help="polars: split persons into N hash buckets ingested one at a time, to bound memory "
                    "(default: from the input size, one per 8 million events); the output does not depend on N")
+    p.add_argument("--home-hours", type=_hour_span, default=None, metavar="FROM-TO",
+                   help="night hours [FROM, TO) of local time from which each person-window's home cell is "
+                        "derived, wrapping past midnight (default 22-6)")
+    p.add_argument("--work-hours", type=_hour_span, default=None, metavar="FROM-TO",
+                   help="weekday (Mon-Fri) daytime hours [FROM, TO) from which the work cell is derived (default 9-17)")
+    p.add_argument("--min-work-days", type=int, default=None, metavar="N",
+                   help="a work cell must be seen in work hours on at least N distinct days of the window "
+                        "(default 3, fewer in windows too short for 3 weekdays)")
     p.set_defaults(run=_run_ingest)
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
@@ -84,6 +94,24 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2024-03-04") from None
+
+
+def _hour_span(text: str) -> tuple[int, int]:
+    start, sep, stop = text.partition("-")
+    if not sep or not start.strip().isdigit() or not stop.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not FROM-TO hours such as 22-6 or 9-17")
+    return int(start), int(stop)
+
+
+def _place_rule(args: argparse.Namespace) -> PlaceRule | None:
+    """The home and work rule the flags ask for; None (the default, fitted to the window) when none is given."""
+    from dataclasses import replace
+
+    from dpflows.aggregates import PlaceRule
+
+    given = {k: v for k, v in (("home_hours", args.home_hours), ("work_hours", args.work_hours),
+                               ("min_work_days", args.min_work_days)) if v is not None}
+    return replace(PlaceRule(), **given) if given else None
 
 
 def _run_demo_city(args: argparse.Namespace) -> int:
@@ -129,6 +157,10 @@ def _run_ingest(args: argparse.Namespace) -> int:
                           field="engine")
     if args.buckets is not None and (args.trips_table or args.engine == "spark"):
         raise InvalidData("--buckets applies to events ingested with --engine polars; drop it here", field="buckets")
+    places = _place_rule(args)
+    if places is not None and args.trips_table:
+        raise InvalidData("--home-hours, --work-hours and --min-work-days apply to events; a trips table has no "
+                          "homes or work places: drop them here", field="home_hours")
     if args.trips_table:
         out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                                  bound_trips=args.bound_trips, **span, zonings=zonings,
@@ -140,13 +172,13 @@ def _run_ingest(args: argparse.Namespace) -> int:
                                   bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                                   **span, zonings=zonings, report_epsilon=args.report_epsilon,
-                                  **accounting)
+                                  places=places, **accounting)
     else:
         out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
                             bound_trips=args.bound_trips, bound_presence=args.bound_presence,
                             trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                             **span, zonings=zonings, report_epsilon=args.report_epsilon,
-                            buckets=args.buckets, **accounting)
+                            buckets=args.buckets, places=places, **accounting)
     print(f"dataset {name!r} written to {out}")
     _print_bounding_report(Path(out))
     return 0

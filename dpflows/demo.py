@@ -50,6 +50,9 @@ class CityFiles:
     sectors: Path
     first_day: dt.date
     days: int
+    #: with ground_truth=True: each person's true home and work cell (never ingested; for measuring
+    #: how well ingestion's derived places recover them)
+    truth: Path | None = None
 
     @property
     def end_day(self) -> dt.date:
@@ -187,8 +190,12 @@ def _day_events(persons: np.ndarray, home: np.ndarray, work: np.ndarray, via: np
 
 
 def generate_city(out_dir: str | Path, *, persons: int = 2000, seed: int = 1, days: int = 28,
-                  start: dt.date = dt.date(2024, 3, 4)) -> CityFiles:
-    """Write events.parquet, cells.csv and zonings/{districts,sectors}.csv; deterministic from `seed`."""
+                  start: dt.date = dt.date(2024, 3, 4), ground_truth: bool = False) -> CityFiles:
+    """Write events.parquet, cells.csv and zonings/{districts,sectors}.csv; deterministic from `seed`.
+
+    With `ground_truth`, also truth.parquet: person, home, work (cell ids), heavy (bool), the
+    routines the events were drawn from; the events are the same either way.
+    """
     if persons < 1 or days < 1:
         raise ValueError("persons and days must be at least 1")
     out = Path(out_dir)
@@ -207,6 +214,7 @@ def generate_city(out_dir: str | Path, *, persons: int = 2000, seed: int = 1, da
     schema = pa.schema([("person", pa.int64()), ("timestamp", pa.timestamp("us")), ("cell_id", pa.string())])
     epoch = np.datetime64(start, "us")
     events_path = out / "events.parquet"
+    truth: list[pa.Table] = []
     with pq.ParquetWriter(events_path, schema, compression="zstd") as writer:
         for first in range(0, persons, CHUNK_PERSONS):
             ids_chunk = np.arange(first, min(first + CHUNK_PERSONS, persons), dtype=np.int64)
@@ -216,6 +224,9 @@ def generate_city(out_dir: str | Path, *, persons: int = 2000, seed: int = 1, da
             heavy = chunk_rng.random(ids_chunk.size) < 0.005
             via = _midpoint(home, work)
             pseudonyms = ids_chunk * 7919 + 100_003  # operator pseudonyms, not row numbers
+            if ground_truth:
+                truth.append(pa.table({"person": pa.array(pseudonyms), "home": cell_ids.take(pa.array(home)),
+                                       "work": cell_ids.take(pa.array(work)), "heavy": pa.array(heavy)}))
             for d in range(days):
                 day = start + dt.timedelta(days=d)
                 person, seconds, cell = _day_events(pseudonyms, home, work, via, heavy, day.weekday() < 5, chunk_rng,
@@ -225,8 +236,12 @@ def generate_city(out_dir: str | Path, *, persons: int = 2000, seed: int = 1, da
                     "person": pa.array(person), "timestamp": pa.array(ts.astype("datetime64[us]")),
                     "cell_id": cell_ids.take(pa.array(cell)),
                 }, schema=schema))
+    truth_path = None
+    if ground_truth:
+        truth_path = out / "truth.parquet"
+        pq.write_table(pa.concat_tables(truth), truth_path)
     return CityFiles(events_path, out / "cells.csv", out / "zonings" / "districts.csv",
-                     out / "zonings" / "sectors.csv", start, days)
+                     out / "zonings" / "sectors.csv", start, days, truth_path)
 
 
 # -- a real-scale city: thousands of cells, hundreds of thousands of persons ------------------------

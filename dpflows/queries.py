@@ -27,7 +27,7 @@ import numpy as np
 from dpflows.aggregates import Dataset, MeasureArrays
 from dpflows.cells import Zoning
 from dpflows.errors import DomainTooLarge, InvalidInput
-from dpflows.query_kinds import KEY_FIELDS, QUERY_KINDS
+from dpflows.query_kinds import COUNTED_MEASURE, KEY_FIELDS, PLACES, QUERY_KINDS, WINDOW_KINDS
 
 QueryKind = Literal["flows", "presence", "patterns"]
 ALL_HOURS = tuple(range(24))
@@ -50,11 +50,14 @@ class QuerySpec:
     weekdays: tuple[int, ...] = ALL_WEEKDAYS
     measure: str = "trips"  # patterns only: trips (departures) or presence
     zone: str | None = None  # patterns only: one zone, or None for the whole area
+    place: str | None = None  # residents only: "home" or "work"
 
     def canonical(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["start"], doc["end"] = self.start.isoformat(), self.end.isoformat()
         doc["hours"], doc["weekdays"] = list(self.hours), list(self.weekdays)
+        if self.place is None:
+            del doc["place"]  # the reuse keys and audit rows of the first kinds stay as they were
         return doc
 
     def key(self) -> str:
@@ -64,7 +67,7 @@ class QuerySpec:
 
     @property
     def counted_measure(self) -> str:
-        return {"flows": "trips", "presence": "presence"}.get(self.kind, self.measure)
+        return COUNTED_MEASURE.get(self.kind, self.measure)
 
 
 def hour_range(hours: tuple[int, int] | list[int] | None) -> tuple[int, ...]:
@@ -96,6 +99,7 @@ def make_spec(
     weekdays: list[int] | tuple[int, ...] | None = None,
     measure: str | None = None,
     zone: str | None = None,
+    place: str | None = None,
 ) -> QuerySpec:
     """Validate and normalize a query; every message names the field, the value and the fix."""
     if kind not in QUERY_KINDS:
@@ -119,12 +123,21 @@ def make_spec(
         if measure not in ("trips", "presence"):
             raise InvalidInput(f"measure={measure!r} must be 'trips' or 'presence'", field="measure")
     else:
-        if measure is not None and measure != {"flows": "trips", "presence": "presence"}[kind]:
+        if measure is not None and measure != COUNTED_MEASURE[kind]:
             raise InvalidInput(f"measure={measure!r} applies to patterns only; leave it out", field="measure")
         if zone is not None:
             raise InvalidInput(f"zone={zone!r} applies to patterns only; leave it out", field="zone")
         measure = "trips"
-    return QuerySpec(kind, dataset, zoning, start, end, hour_range(hours), days, measure, zone)
+    if kind == "residents":
+        if place not in PLACES:
+            raise InvalidInput(f"place={place!r} must be 'home' or 'work' (one place per answer: both at once would "
+                               "count a person twice)", field="place")
+    elif place is not None:
+        raise InvalidInput(f"place={place!r} applies to residents only; leave it out", field="place")
+    if kind in WINDOW_KINDS and (hours is not None or weekdays is not None):
+        raise InvalidInput(f"{kind} counts whole windows (one home and one work cell per person-window); leave out "
+                           "hours and weekdays", field="hours" if hours is not None else "weekdays")
+    return QuerySpec(kind, dataset, zoning, start, end, hour_range(hours), days, measure, zone, place)
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,8 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
     """Windows holding at least one day the query counts; each is charged the full ε."""
     first, stop = _check_span(spec, data)
     meta = data.metadata
+    if spec.kind in WINDOW_KINDS:
+        return _whole_windows(spec, data, first, stop)
     days = [d for d in range(first, stop) if (meta.first_day + dt.timedelta(days=d)).weekday() in spec.weekdays]
     if not days:
         raise InvalidInput(
@@ -177,6 +192,21 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
             field="weekdays",
         )
     return tuple(sorted({d // meta.window_days for d in days}))
+
+
+def _whole_windows(spec: QuerySpec, data: Dataset, first: int, stop: int) -> tuple[int, ...]:
+    """Residents and commuting exist per window: start and end must fall on the window grid."""
+    meta = data.metadata
+    if data.residents is None or data.commuting is None:
+        raise InvalidInput(f"dataset {meta.name!r} has no homes and work places (ingested before them, or from a "
+                           f"trips table); {spec.kind} cannot be answered on it", field="kind")
+    ends_ok = stop % meta.window_days == 0 or spec.end == meta.end_day
+    if first % meta.window_days or not ends_ok:
+        raise InvalidInput(
+            f"{spec.kind} counts whole windows of {meta.window_days} days from {meta.first_day.isoformat()}: start "
+            f"{spec.start.isoformat()} and end {spec.end.isoformat()} must fall on window starts (end may be "
+            f"{meta.end_day.isoformat()})", field="start" if first % meta.window_days else "end")
+    return tuple(range(first // meta.window_days, (stop - 1) // meta.window_days + 1))
 
 
 def _row_mask(spec: QuerySpec, arrays: MeasureArrays, first: int, stop: int) -> np.ndarray:
@@ -202,10 +232,11 @@ def check_answerable(spec: QuerySpec, data: Dataset) -> None:
     zoning = data.zoning(spec.zoning)
     if spec.zone is not None:
         zoning.zone_index(spec.zone)
-    sizes = {"flows": zoning.zone_count * zoning.zone_count, "presence": zoning.zone_count * len(spec.hours),
-             "patterns": len(spec.hours) * len(spec.weekdays)}
+    windows = touched_windows(spec, data)
+    n = zoning.zone_count
+    sizes = {"flows": n * n, "presence": n * len(spec.hours), "patterns": len(spec.hours) * len(spec.weekdays),
+             "inflows": n, "outflows": n, "residents": n * len(windows), "commuting": n * n * len(windows)}
     _check_domain_size(sizes[spec.kind], spec)
-    touched_windows(spec, data)
 
 
 def _check_domain_size(size: int, spec: QuerySpec) -> None:
@@ -250,6 +281,11 @@ def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
     """Build the public key domain and the exact count per key (never leaves the process)."""
     zoning = data.zoning(spec.zoning)
     windows = touched_windows(spec, data)
+    check_answerable(spec, data)
+    if spec.kind in WINDOW_KINDS:
+        domain, true = _per_window(spec, data, zoning, windows)
+        return PreparedQuery(spec, domain, np.rint(true).astype(np.int64), data.metadata.bound(spec.counted_measure),
+                             windows)
     first, stop = _check_span(spec, data)
     arrays = data.measure(spec.counted_measure)
     mask = _row_mask(spec, arrays, first, stop)
@@ -265,6 +301,12 @@ def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
             KEY_FIELDS["flows"],
             {"origin": [z for z in zones for _ in zones], "destination": zones * n_zones},
         )
+    elif spec.kind in ("inflows", "outflows"):
+        # a trip within one zone leaves it and arrives in it: it counts in both answers (docs/planner.md)
+        cells = arrays.dest if spec.kind == "inflows" else arrays.origin
+        assert cells is not None
+        true = np.bincount(zoning.zone_of_cell[cells[mask]], weights=arrays.count[mask], minlength=n_zones)
+        domain = KeyDomain(KEY_FIELDS[spec.kind], {"zone": zones})
     elif spec.kind == "presence":
         hours = spec.hours
         _check_domain_size(n_zones * len(hours), spec)
@@ -306,6 +348,33 @@ def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
     )
 
 
+def _per_window(spec: QuerySpec, data: Dataset, zoning: Zoning,
+                windows: tuple[int, ...]) -> tuple[KeyDomain, np.ndarray]:
+    """Residents per zone and window, or home zone → work zone per window: each person-window adds at most 1."""
+    meta = data.metadata
+    zones, n = list(zoning.zone_ids), zoning.zone_count
+    labels = [meta.window_start(w).isoformat() for w in windows]
+    pos = np.full(max(windows) + 1, -1, dtype=np.int64)
+    pos[list(windows)] = np.arange(len(windows))
+    if spec.kind == "residents":
+        arrays = data.residents
+        assert arrays is not None
+        keep = (arrays.place == PLACES.index(spec.place or "")) & np.isin(arrays.window, windows)
+        idx = zoning.zone_of_cell[arrays.cell[keep]] * len(windows) + pos[arrays.window[keep]]
+        true = np.bincount(idx, weights=arrays.count[keep], minlength=n * len(windows))
+        return KeyDomain(KEY_FIELDS["residents"], {"zone": [z for z in zones for _ in windows],
+                                                   "window": labels * n}), true
+    commute = data.commuting
+    assert commute is not None
+    keep = np.isin(commute.window, windows)
+    idx = ((zoning.zone_of_cell[commute.home[keep]] * n + zoning.zone_of_cell[commute.work[keep]]) * len(windows)
+           + pos[commute.window[keep]])
+    true = np.bincount(idx, weights=commute.count[keep], minlength=n * n * len(windows))
+    return KeyDomain(KEY_FIELDS["commuting"], {"home": [h for h in zones for _ in zones for _ in windows],
+                                               "work": [w for _ in zones for w in zones for _ in windows],
+                                               "window": labels * n * n}), true
+
+
 def key_contribution_cap(spec: QuerySpec, data: Dataset) -> int:
     """The most one person-window can add to one released key of `spec` (zCDP's per-key cap).
 
@@ -331,6 +400,8 @@ def key_contribution_cap(spec: QuerySpec, data: Dataset) -> int:
     n_cells = len(data.catalog)
     if spec.kind == "flows":
         rows = days * len(spec.hours) * largest_zone * largest_zone
+    elif spec.kind in ("inflows", "outflows"):
+        rows = days * len(spec.hours) * largest_zone * n_cells
     elif spec.kind == "presence":
         rows = days * largest_zone
     else:

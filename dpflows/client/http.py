@@ -144,6 +144,44 @@ class DpflowsClient:
             max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
             consistent=consistent, derive=derive))
 
+    def inflows(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
+                hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
+                epsilon: float | str | None = None, max_error: float | None = None, confidence: float | None = None,
+                rho: float | str | None = None, case_ref: str | None = None, **options: Any) -> QueryAnswer:
+        """Trips arriving in each zone (one noisy value per zone; spends budget)."""
+        return self._answer("inflows", self._query_body(
+            dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon, max_error=max_error,
+            confidence=confidence, clamp_negative=options.pop("clamp_negative", None), rho=rho,
+            case_ref=case_ref, **options))
+
+    def outflows(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
+                 hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
+                 epsilon: float | str | None = None, max_error: float | None = None, confidence: float | None = None,
+                 rho: float | str | None = None, case_ref: str | None = None, **options: Any) -> QueryAnswer:
+        """Trips leaving each zone (one noisy value per zone; spends budget)."""
+        return self._answer("outflows", self._query_body(
+            dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon, max_error=max_error,
+            confidence=confidence, clamp_negative=options.pop("clamp_negative", None), rho=rho,
+            case_ref=case_ref, **options))
+
+    def residents(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *, place: str,
+                  epsilon: float | str | None = None, max_error: float | None = None, confidence: float | None = None,
+                  rho: float | str | None = None, **options: Any) -> QueryAnswer:
+        """People whose home (place="home") or work cell lies in each zone, per window (whole windows)."""
+        return self._answer("residents", self._query_body(
+            dataset, zoning, start, end, hours=None, weekdays=None, epsilon=epsilon, max_error=max_error,
+            confidence=confidence, clamp_negative=options.pop("clamp_negative", None), rho=rho, place=place,
+            **options))
+
+    def commuting(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
+                  epsilon: float | str | None = None, max_error: float | None = None, confidence: float | None = None,
+                  rho: float | str | None = None, case_ref: str | None = None, **options: Any) -> QueryAnswer:
+        """Home zone → work zone counts per window (whole windows; spends budget)."""
+        return self._answer("commuting", self._query_body(
+            dataset, zoning, start, end, hours=None, weekdays=None, epsilon=epsilon, max_error=max_error,
+            confidence=confidence, clamp_negative=options.pop("clamp_negative", None), rho=rho,
+            case_ref=case_ref, **options))
+
     def presence(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                  hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
                  epsilon: float | str | None = None, max_error: float | None = None,

@@ -13,7 +13,7 @@ from dpflows import geo
 from dpflows.query_kinds import KEY_FIELDS
 
 _KEY_DTYPES = {"origin": pl.String, "destination": pl.String, "zone": pl.String, "hour": pl.Int64,
-               "weekday": pl.Int64}
+               "weekday": pl.Int64, "window": pl.String, "home": pl.String, "work": pl.String}
 
 
 # -- answers -----------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class ContributionHistograms:
     def counts(self) -> dict[str, np.ndarray]:
         """measure -> exact histogram (secret), after running any histogram not yet collected."""
         if self._pending:
-            self.collect_with(pl.LazyFrame())
+            self.collect_with()
         return self._counts
 
     def add(self, measure: str, records: pl.LazyFrame) -> None:
@@ -106,13 +106,13 @@ class ContributionHistograms:
             raise ValueError(f"measure {measure!r} is not one of {MEASURES}")
         self._counts[measure] = self._counts.get(measure, np.zeros(BIN_COUNT, dtype=np.int64)) + _to_array(counts)
 
-    def collect_with(self, frame: pl.LazyFrame) -> pl.DataFrame:
-        """Collect `frame` and every histogram added since, sharing their common subplans."""
+    def collect_with(self, *frames: pl.LazyFrame) -> list[pl.DataFrame]:
+        """Collect `frames` and every histogram added since, sharing their common subplans."""
         pending, self._pending = self._pending, []
-        results = pl.collect_all([frame, *(plan for _, plan in pending)], engine="streaming")
-        for (measure, _), counts in zip(pending, results[1:], strict=True):
+        results = pl.collect_all([*frames, *(plan for _, plan in pending)], engine="streaming")
+        for (measure, _), counts in zip(pending, results[len(frames):], strict=True):
             self._counts[measure] = self._counts.get(measure, np.zeros(BIN_COUNT, dtype=np.int64)) + _to_array(counts)
-        return results[0]
+        return results[:len(frames)]
 
 
 def parse_report_epsilon(value: str | float | Epsilon) -> Epsilon:

@@ -1,10 +1,14 @@
 """Ingestion: raw events (or a ready-made trips table) → bounded aggregates on disk.
 
     events (person, timestamp, cell_id)            secret; read here and nowhere else
-      → presence (person, day, hour, cell)  and  trips (person, time, origin, dest)   derive.py
+      → presence (person, day, hour, cell), one cell per person-hour,
+        and trips (person, time, origin, dest)                                        derive.py
       → exact histogram of records per (person, window), released once with noise     report.py
       → at most L per (person, window)                                               bounding.py
       → counts per (day, hour, cell) and (day, hour, origin, dest)                    aggregates.py
+    presence before the L bound (every hour of the person-window)
+      → at most one home and one work cell per (person, window)                       derive.py
+      → residents per (window, place, cell), commuting per (window, home, work)      aggregates.py
 
 Polars lazy frames throughout, so large inputs are scanned rather than loaded; the person
 column never leaves this module, and error messages name files, columns and row numbers only.
@@ -31,7 +35,14 @@ import polars as pl
 from polars.io.partition import FileProviderArgs
 
 from dpflows.accounting import accounting as accounting_of
-from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
+from dpflows.aggregates import (
+    DEFAULT_DELTA,
+    NO_PRESENCE,
+    ONE_PLACE_PER_PERSON_HOUR,
+    DatasetMetadata,
+    PlaceRule,
+    write_aggregates,
+)
 from dpflows.budget import PURE_DP, Epsilon
 from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
@@ -45,17 +56,27 @@ from dpflows.ingest.contribution_histograms import (
 )
 
 DEFAULT_BOUND_TRIPS = 20
-DEFAULT_BOUND_PRESENCE = 100
+# One place per person-hour caps a person-week at 168 records; on the demo city (20,000 persons,
+# 4 weeks) 60 keeps every ordinary person-week whole and thins only the heavy users (0.56% of
+# person-weeks, 0.6% of presence-hours dropped). It binds only queries covering more than 60
+# day-hour slots of a window (their sensitivity is min(L, S)); see the commit that set it.
+DEFAULT_BOUND_PRESENCE = 60
 DEFAULT_WINDOW_DAYS = 7
 # Events per bucket when B is chosen from the input size: the derivation holds one bucket's
 # events and derived records, so peak memory stays near 1.2 GiB whatever the input (measured,
-# docs/scale.md), while inputs up to this size (the demo city: 4 M events) take one bucket and
-# no temporary files.
+# docs/scale.md; 1.4-1.5 GiB since one place per person-hour, whose choice per person-hour
+# holds the groups' indices), while inputs up to this size (the demo city: 4 M events) take one
+# bucket and no temporary files.
 BUCKET_EVENTS = 8_000_000
 BUCKET_DIR_PREFIX = ".dpflows-buckets-"
 _BUCKET_SEED_MASK = 0x3C3C3C3C  # the split's hash seed, apart from the bounding seeds
 _PRESENCE_KEYS = ["day", "hour", "cell"]
 _TRIP_KEYS = ["day", "hour", "origin", "dest"]
+_RESIDENT_KEYS = ["window", "place", "cell"]
+_COMMUTING_KEYS = ["window", "home", "work"]
+#: The home and work rule's defaults (documented in docs/admin.md): nights 22:00-06:00, work
+#: 09:00-17:00 Monday to Friday on at least 3 days of the window.
+DEFAULT_PLACES = PlaceRule()
 
 
 @dataclass(frozen=True)
@@ -229,6 +250,14 @@ def _load_zonings(zonings: Iterable[ZoningSpec], catalog: CellCatalog, out: Path
     return loaded
 
 
+def place_rule(places: PlaceRule | None, window_days: int) -> PlaceRule:
+    """An ingestion's home and work rule: the one given, checked against the window, or the default fitted to it."""
+    if places is None:
+        return DEFAULT_PLACES.fitted(window_days)
+    places.check_window(window_days)
+    return places
+
+
 def choose_buckets(events: int, per_bucket: int = BUCKET_EVENTS) -> int:
     """B for an input of `events` rows: about `per_bucket` events each, one bucket for small inputs."""
     return max(1, -(-events // per_bucket))
@@ -240,6 +269,8 @@ class _Counts:
 
     trips: pl.DataFrame  # (day, hour, origin, dest) -> count
     presence: pl.DataFrame  # (day, hour, cell) -> count
+    residents: pl.DataFrame  # (window, place, cell) -> count
+    commuting: pl.DataFrame  # (window, home, work) -> count
 
 
 @dataclass(frozen=True)
@@ -301,14 +332,17 @@ def ingest_events(
     seed: int | None = None, buckets: int | None = None, progress: Progress | None = None,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
+    places: PlaceRule | None = None,
 ) -> Path:
-    """Raw network events → bounded presence and trip counts, written as a dataset directory.
+    """Raw network events → bounded presence, trip, residents and commuting counts, as a dataset directory.
 
     `buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
     changes the output. With report_epsilon > 0 (default 0.05) the dataset also gets a bounding
     report (dpflows.ingest.contribution_histograms), charged at that ε in every window before the dataset is served.
     With ``accounting="zcdp"`` each person also adds at most `key_cap_trips` to any one trips
-    row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on.
+    row, the per-key cap that the Gaussian's ℓ2 sensitivity rests on. `places` sets the hours
+    and days from which each person-window's home and work cell are derived (default:
+    `DEFAULT_PLACES`, its minimum of work days lowered for windows too short to hold it).
     """
     progress = progress or Progress()
     start, end = check_declared_span(first_day, end_day)
@@ -322,6 +356,7 @@ def ingest_events(
     if buckets is not None and buckets < 1:
         raise InvalidData(f"buckets={buckets} must be at least 1; omit it to choose from the input size",
                           field="buckets")
+    places = place_rule(places, window_days)
     progress.phase(f"reading {Path(cells_path).name} and checking {path.name}")
     catalog, lookup = read_cells(cells_path)
     frame = _scan(path)
@@ -342,28 +377,32 @@ def ingest_events(
     min_dwell = dt.timedelta(minutes=min_dwell_minutes)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
         meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
-                               key_cap_trips, delta)
+                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places)
         key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
-        trips: list[pl.LazyFrame] = []
-        presence: list[pl.LazyFrame] = []
+        kept: dict[str, list[pl.LazyFrame]] = {"trips": [], "presence": [], "residents": [], "commuting": []}
         for number, part in enumerate(split.parts, start=1):
             label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
             # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
             counts = _bucket_counts(part.collect(engine="streaming").lazy(), start, window_days, bound_trips,
-                                    bound_presence, trip_rule, min_dwell, key_cap, seed, histograms, progress, label)
-            trips.append(split.keep(counts.trips, f"trips-{number}"))
-            presence.append(split.keep(counts.presence, f"presence-{number}"))
+                                    bound_presence, trip_rule, min_dwell, key_cap, seed, histograms, progress, label,
+                                    places)
+            for measure, frames in kept.items():
+                frames.append(split.keep(getattr(counts, measure), f"{measure}-{number}"))
         progress.phase("summing over buckets, writing aggregates")
-        # disjoint persons: counts add up key by key over buckets
-        # (day, hour, cell id) -> count and (day, hour, origin id, dest id) -> count, in key order
-        pres_counts = _cell_names(_sum_counts(presence, _PRESENCE_KEYS), lookup, ["cell"]).sort(
-            _PRESENCE_KEYS).collect(engine="streaming")
-        trip_counts = _cell_names(_sum_counts(trips, _TRIP_KEYS), lookup, ["origin", "dest"]).sort(
-            _TRIP_KEYS).collect(engine="streaming")
+        # disjoint persons: counts add up key by key over buckets, then cell ids, in key order:
+        # (day, hour, cell) -> count, (day, hour, origin, dest) -> count,
+        # (window, place, cell) -> count, (window, home, work) -> count
+        pres_counts, trip_counts, residents, commuting = pl.collect_all([
+            _cell_names(_sum_counts(kept[measure], keys), lookup, cells).sort(keys)
+            for measure, keys, cells in (("presence", _PRESENCE_KEYS, ["cell"]),
+                                         ("trips", _TRIP_KEYS, ["origin", "dest"]),
+                                         ("residents", _RESIDENT_KEYS, ["cell"]),
+                                         ("commuting", _COMMUTING_KEYS, ["home", "work"]))], engine="streaming")
     # histograms of all buckets, summed by `histograms.add` (disjoint persons), released once with noise
     report = release_bounding_report(histograms, report_eps, meta.window_count)
     _load_zonings(zonings, catalog, out)
-    write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts, bounding_report=report)
+    write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts, bounding_report=report,
+                     residents=residents, commuting=commuting)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out
 
@@ -375,27 +414,47 @@ def _sum_counts(parts: list[pl.LazyFrame], keys: list[str]) -> pl.LazyFrame:
 
 def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound_trips: int, bound_presence: int,
                    trip_rule: str, min_dwell: dt.timedelta, key_cap: int | None, seed: int,
-                   histograms: ContributionHistograms, progress: Progress, label: str) -> _Counts:
+                   histograms: ContributionHistograms, progress: Progress, label: str,
+                   places: PlaceRule = DEFAULT_PLACES) -> _Counts:
     """One bucket's events → its bounded counts: a person-window lies wholly in one bucket, so bounds hold.
 
     The exact contribution histograms of the bucket's person-windows are added to `histograms`.
     """
-    progress.phase(f"{label}deriving presence, bounding per person-window")
-    # (person, window, day, hour, cell), distinct
-    pres = _with_window(derive.presence(events), start, window_days)
-    histograms.add("presence", pres)  # exact, before bounding; released with noise only
-    # (person, window) -> at most L_presence distinct (day, hour, cell)
-    pres = bound_per_person_window(pres, bound_presence, seed=seed)
-    # (day, hour, cell) -> count; collected with the histogram, so the records are derived once
-    pres_counts = histograms.collect_with(pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count")))
+    progress.phase(f"{label}deriving presence and places, bounding per person-window")
+    # (person, window, day, hour, cell): one cell per (person, day, hour); held in memory, read three times
+    hour_cells = _with_window(derive.presence(events, seed=seed), start, window_days).collect(engine="streaming").lazy()
+    histograms.add("presence", hour_cells)  # exact, before bounding; released with noise only
+    # (person, window) -> at most L_presence (day, hour, cell), at most one per (day, hour)
+    pres = bound_per_person_window(hour_cells, bound_presence, seed=seed)
+    # (day, hour, cell) -> count; collected with the histogram
+    pres_plan = pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count"))
+    # places from every hour of the person-window (not the L sample): (person, window) -> at most one home
+    home = derive.homes(hour_cells, places, seed=seed)
+    # (person, window) -> at most one work cell, never the home
+    work = derive.works(hour_cells, home, places, seed=seed)
+    pres_counts, residents, commuting = histograms.collect_with(pres_plan, *_place_counts(home, work))
     progress.phase(f"{label}deriving trips, bounding per person-window")
     # (person, timestamp, origin, dest)
     trip_rows = derive.trips(events, rule=trip_rule, min_dwell=min_dwell)
     # (day, hour, origin, dest) -> count of trips kept, at most L_trips per (person, window)
-    trip_counts = histograms.collect_with(_bounded_trip_counts(trip_rows, start, window_days, bound_trips,
-                                                               seed=seed ^ 0x5A5A5A5A, key_cap=key_cap,
-                                                               histograms=histograms))
-    return _Counts(trip_counts, pres_counts)
+    [trip_counts] = histograms.collect_with(_bounded_trip_counts(trip_rows, start, window_days, bound_trips,
+                                                                 seed=seed ^ 0x5A5A5A5A, key_cap=key_cap,
+                                                                 histograms=histograms))
+    return _Counts(trip_counts, pres_counts, residents, commuting)
+
+
+def _place_counts(home: pl.LazyFrame, work: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Homes and work cells of person-windows (at most one each) → residents and commuting counts (cell indexes)."""
+    places = pl.concat([home.with_columns(pl.lit("home").alias("place")),
+                        work.with_columns(pl.lit("work").alias("place"))])
+    # (window, place, cell) -> persons: each person-window at most 1 per place
+    residents = places.group_by(_RESIDENT_KEYS).agg(pl.len().cast(pl.Int64).alias("count"))
+    # (person, window) -> (home, work) where both exist, home != work
+    pairs = home.join(work, on=["person", "window"], how="inner", suffix="_work").select(
+        "window", pl.col("cell").alias("home"), pl.col("cell_work").alias("work"))
+    # (window, home, work) -> persons: each person-window at most 1
+    commuting = pairs.group_by(_COMMUTING_KEYS).agg(pl.len().cast(pl.Int64).alias("count"))
+    return residents, commuting
 
 
 def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: int, bound: int, *,
@@ -463,13 +522,13 @@ def ingest_trips_table(
     _check_within_span(trips, path, start, end)
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
-                           accounting, key_cap_trips, delta)
+                           accounting, key_cap_trips, delta, NO_PRESENCE)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
                                        key_cap=accounting_of(meta.accounting).key_cap_trips(meta),
                                        histograms=histograms)
-    counts = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
+    [counts] = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
     report = release_bounding_report(histograms, report_eps, meta.window_count)
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
     out = Path(out_dir)

@@ -1,16 +1,20 @@
 """Ingestion with PySpark: the Polars pipeline's semantics for inputs beyond one host (design §7).
 
     events (person, timestamp, cell_id)            secret; read by Spark, never collected
-      → presence (person, day, hour, cell)  and  trips (person, time, origin, dest)   as derive.py
+      → presence (person, day, hour, cell), one cell per person-hour,
+        and trips (person, time, origin, dest)                                     as derive.py
       → at most L per (person, window), uniform sampling by keyed hash             as bounding.py
       → counts per (day, hour, cell) and (day, hour, origin, dest)   collected (small, public
         after noise) and written by the same `write_aggregates` as the Polars path
+    presence before the L bound → one home and one work cell per (person, window)  as derive.py
+      → residents per (window, place, cell) and commuting per (window, home, work), collected
 
 What matches the Polars path (`pipeline.ingest_events`) exactly:
 
-- presence is the distinct (person, day, hour, cell); days and hours are those of the
-  timestamps as given (naive timestamps; a UTC-adjusted Parquet timestamp is read in UTC,
-  as Polars does, whatever the Spark session time zone);
+- presence is one cell per (person, day, hour), the one of most events; days and hours are
+  those of the timestamps as given (naive timestamps; a UTC-adjusted Parquet timestamp is
+  read in UTC, as Polars does, whatever the Spark session time zone);
+- homes and work cells per (person, window) from those hour cells, by the same `PlaceRule`;
 - trips by the stay rule or the consecutive rule, with events of a (person, day) ordered by
   (timestamp, cell) (the cell index breaks ties, as in derive.py);
 - windows ``(day - first_day) // window_days``, first_day and end_day declared (never measured);
@@ -23,6 +27,9 @@ Where the engines necessarily differ: the hash functions (Polars' struct hash vs
 xxhash64), so with an active bound the *same* seed keeps different records in the two
 engines; both are uniform samples of L records per person-window, i.e. equal in
 distribution, and the kept total is Σ min(n, L) in both (tests/ingest/test_spark_equivalence.py).
+Ties between cells (an hour's, a home's, a work cell's) are broken by the same hashes with the
+masks of derive.py, so where a tie exists the engines may pick different tied cells, each
+uniformly; without ties their outputs are identical.
 Error messages name files, columns, counts and example cells, but not row numbers (a Spark
 dataset has no stable row order); like the Polars path they never name a person.
 
@@ -44,7 +51,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from dpflows.accounting import accounting as accounting_of
-from dpflows.aggregates import DEFAULT_DELTA, DatasetMetadata, write_aggregates
+from dpflows.aggregates import DEFAULT_DELTA, ONE_PLACE_PER_PERSON_HOUR, DatasetMetadata, PlaceRule, write_aggregates
 from dpflows.budget import PURE_DP, Epsilon
 from dpflows.cells import CellCatalog
 from dpflows.contribution_report import BIN_UPPER
@@ -67,6 +74,7 @@ from dpflows.ingest.pipeline import (
     _cells_frame,
     _load_zonings,
     check_declared_span,
+    place_rule,
     read_cells,
 )
 
@@ -205,13 +213,55 @@ def _with_window(frame: DataFrame, first_day: dt.date, window_days: int) -> Data
     return frame.withColumn("window", F.floor(days / F.lit(window_days)).cast("int"))
 
 
-def presence_records(events: DataFrame, first_day: dt.date, window_days: int) -> DataFrame:
-    """(person, day, hour, cell, window), distinct (person, day, hour, cell): derive.presence."""
+def presence_records(events: DataFrame, first_day: dt.date, window_days: int, *, seed: int) -> DataFrame:
+    """(person, day, hour, cell, window), one cell per (person, day, hour), the one of most events: derive.presence."""
     from pyspark.sql import functions as F
 
-    rows = events.select("person", F.to_date("timestamp").alias("day"), F.hour("timestamp").alias("hour"),
-                         "cell").distinct()
-    return _with_window(rows, first_day, window_days)
+    rows = events.select("person", F.to_date("timestamp").alias("day"), F.hour("timestamp").alias("hour"), "cell")
+    # (person, day, hour, cell) -> n events
+    per_cell = rows.groupBy("person", "day", "hour", "cell").agg(F.count(F.lit(1)).alias("_n"))
+    # (person, day, hour) -> exactly one cell: most events, then smallest keyed hash
+    one = _modal_spark(per_cell, ["person", "day", "hour"], seed ^ derive.HOUR_TIE_MASK)
+    return _with_window(one, first_day, window_days)
+
+
+def _modal_spark(per_cell: DataFrame, group: list[str], seed: int) -> DataFrame:
+    """`group` + cell, with counts `_n` -> the cell of largest count per group; ties by keyed hash (derive._modal)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    tie = F.xxhash64(*group, "cell", F.lit(seed).cast("long"))
+    order = Window.partitionBy(*group).orderBy(F.desc("_n"), tie, "cell")
+    return (per_cell.withColumn("_r", F.row_number().over(order)).filter(F.col("_r") == 1)
+            .select(*group, "cell"))
+
+
+def home_records(hour_cells: DataFrame, rule: PlaceRule, *, seed: int) -> DataFrame:
+    """(person, window, cell): at most one home per person-window, its cell of most night hours: derive.homes."""
+    from pyspark.sql import functions as F
+
+    night = hour_cells.filter(F.col("hour").isin(list(rule.home_hour_set)))
+    # (person, window, cell) -> night hours there
+    per_cell = night.groupBy("person", "window", "cell").agg(F.count(F.lit(1)).alias("_n"))
+    # (person, window) -> at most one home cell
+    return _modal_spark(per_cell, ["person", "window"], seed ^ derive.HOME_TIE_MASK)
+
+
+def work_records(hour_cells: DataFrame, home: DataFrame, rule: PlaceRule, *, seed: int) -> DataFrame:
+    """(person, window, cell): at most one work cell per person-window, never its home: derive.works."""
+    from pyspark.sql import functions as F
+
+    weekday = (F.dayofweek("day") + 5) % 7  # Spark counts Sunday as 1; 0 = Monday here
+    daytime = hour_cells.filter(F.col("hour").isin(list(rule.work_hour_set))
+                                & weekday.isin(list(rule.work_weekdays)))
+    # (person, window, cell) -> daytime hours and distinct days there
+    per_cell = daytime.groupBy("person", "window", "cell").agg(F.count(F.lit(1)).alias("_n"),
+                                                               F.countDistinct("day").alias("_days"))
+    # (person, window, cell) -> only cells of enough days
+    eligible = per_cell.filter(F.col("_days") >= rule.min_work_days)
+    # (person, window) -> at most one work cell: the modal one, unless it is the home
+    return _modal_spark(eligible, ["person", "window"], seed ^ derive.WORK_TIE_MASK).join(
+        home.select("person", "window", "cell"), on=["person", "window", "cell"], how="left_anti")
 
 
 def trip_records(events: DataFrame, first_day: dt.date, window_days: int, *, rule: str = "stay",
@@ -278,6 +328,9 @@ class SparkBounded:
     #: the same records before the per-window bound, for the bounding report's histograms
     presence_unbounded: DataFrame | None = None
     trips_unbounded: DataFrame | None = None
+    #: at most one home and one work cell per (person, window): person, window, cell
+    homes: DataFrame | None = None
+    works: DataFrame | None = None
 
 
 def bounded_records_spark(
@@ -285,19 +338,26 @@ def bounded_records_spark(
     bound_trips: int = DEFAULT_BOUND_TRIPS, bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay",
     min_dwell_minutes: float = 30, first_day: dt.date | None = None, end_day: dt.date | None = None, seed: int,
     spark: SparkSession | None = None,
-    key_cap_trips: int | None = None,
+    key_cap_trips: int | None = None, places: PlaceRule | None = None,
 ) -> SparkBounded:
     """Checked events → derived records → at most L per (person, window), as lazy Spark frames.
 
     With `key_cap_trips` (zCDP datasets), first at most that many trips per person and trips
-    row (day, hour, origin, dest), as bounding.cap_per_person_key does.
+    row (day, hour, origin, dest), as bounding.cap_per_person_key does. Homes and work cells
+    are derived from the unbounded presence by `places` (default: as the Polars path's).
     """
     if trip_rule not in derive.TRIP_RULES:
         raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
+    rule = place_rule(places, window_days)
     source = read_events_spark(_spark(spark), events_path, cells_path, first_day, end_day)
     start = source.first_day
-    presence_all = presence_records(source.events, start, window_days)
+    # (person, window, day, hour, cell): one cell per (person, day, hour)
+    presence_all = presence_records(source.events, start, window_days, seed=seed)
+    # (person, window) -> at most L_presence of them
     presence = bound_per_person_window_spark(presence_all, bound_presence, seed=seed)
+    # (person, window) -> at most one home, at most one work cell (never the home), from every hour
+    homes = home_records(presence_all, rule, seed=seed)
+    works = work_records(presence_all, homes, rule, seed=seed)
     trips = trip_records(source.events, start, window_days, rule=trip_rule, min_dwell_minutes=min_dwell_minutes)
     if key_cap_trips is not None:
         from pyspark.sql import Window
@@ -308,7 +368,7 @@ def bounded_records_spark(
         trips = trips.withColumn("_k", F.row_number().over(per_key)).filter(F.col("_k") <= key_cap_trips).drop("_k")
     trips_all = trips
     trips = bound_per_person_window_spark(trips, bound_trips, seed=seed ^ TRIP_SEED_MASK)
-    return SparkBounded(presence, trips, source, presence_all, trips_all)
+    return SparkBounded(presence, trips, source, presence_all, trips_all, homes, works)
 
 
 def contribution_counts_spark(records: DataFrame) -> pl.DataFrame:
@@ -343,6 +403,21 @@ def _counts(frame: DataFrame, keys: list[str], cells: list[str], lookup: pl.Data
     return _cell_names(counts.lazy(), lookup, cells).collect()
 
 
+def _place_counts_spark(homes: DataFrame, works: DataFrame, lookup: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Homes and work cells (at most one each per person-window) → residents and commuting counts, cell ids, sorted."""
+    from pyspark.sql import functions as F
+
+    places = (homes.withColumn("place", F.lit("home"))
+              .unionByName(works.withColumn("place", F.lit("work"))))
+    # (window, place, cell) -> persons: each person-window at most 1 per place
+    residents = _counts(places, ["window", "place", "cell"], ["cell"], lookup).sort("window", "place", "cell")
+    # (person, window) -> (home, work) where both exist; (window, home, work) -> persons
+    pairs = homes.join(works.withColumnRenamed("cell", "work"), on=["person", "window"], how="inner").select(
+        "window", F.col("cell").alias("home"), "work")
+    commuting = _counts(pairs, ["window", "home", "work"], ["home", "work"], lookup).sort("window", "home", "work")
+    return residents, commuting
+
+
 def ingest_events_spark(
     events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
     window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
@@ -350,7 +425,7 @@ def ingest_events_spark(
     first_day: dt.date | None = None, end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (),
     seed: int | None = None, spark: SparkSession | None = None, progress: Progress | None = None,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
-    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
+    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON, places: PlaceRule | None = None,
 ) -> Path:
     """Raw network events → bounded presence and trip counts with Spark; the same dataset directory.
 
@@ -366,22 +441,25 @@ def ingest_events_spark(
     rule: dict[str, object] = {"kind": trip_rule}
     if trip_rule == "stay":
         rule["min_dwell_minutes"] = min_dwell_minutes
-    # name, span, window and bounds checked before Spark reads anything
+    # name, span, window, bounds and the place rule checked before Spark reads anything
+    places = place_rule(places, window_days)
     checked = DatasetMetadata(name, first_day, end_day, window_days, bound_trips, bound_presence, rule,
-                              accounting, key_cap_trips, delta)
+                              accounting, key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places)
     progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
     bounded = bounded_records_spark(events_path, cells_path, window_days=window_days, bound_trips=bound_trips,
                                     bound_presence=bound_presence, trip_rule=trip_rule,
                                     min_dwell_minutes=min_dwell_minutes, first_day=first_day, end_day=end_day,
                                     seed=seed,
                                     spark=spark,
-                                    key_cap_trips=accounting_of(accounting).key_cap_trips(checked))
+                                    key_cap_trips=accounting_of(accounting).key_cap_trips(checked), places=places)
     source = bounded.source
     try:
-        meta = DatasetMetadata(name, source.first_day, source.end_day, window_days, bound_trips, bound_presence,
-                               rule, accounting, key_cap_trips, delta)
+        meta = checked
         progress.phase("deriving presence, bounding per person-window (Spark)")
         presence = _counts(bounded.presence, ["day", "hour", "cell"], ["cell"], source.lookup)
+        progress.phase("deriving homes and work cells per person-window (Spark)")
+        assert bounded.homes is not None and bounded.works is not None
+        residents, commuting = _place_counts_spark(bounded.homes, bounded.works, source.lookup)
         progress.phase("deriving trips, bounding per person-window (Spark)")
         trips = _counts(bounded.trips, ["day", "hour", "origin", "dest"], ["origin", "dest"], source.lookup)
         histograms = ContributionHistograms(enabled=report_eps.nanos > 0)
@@ -396,6 +474,7 @@ def ingest_events_spark(
     progress.phase("writing aggregates")
     out = Path(out_dir)
     _load_zonings(zonings, source.catalog, out)
-    write_aggregates(out, meta, _cells_frame(source.catalog), trips, presence, bounding_report=report)
+    write_aggregates(out, meta, _cells_frame(source.catalog), trips, presence, bounding_report=report,
+                     residents=residents, commuting=commuting)
     progress.phase(f"done: dataset {name!r} in {out}")
     return out

@@ -20,12 +20,14 @@ from dpflows.accounting import accounting
 from dpflows.aggregates import Dataset
 from dpflows.budget import PrivacyLoss
 from dpflows.derived_answers import Derivation, best_derivation, shape_filter
-from dpflows.errors import DpflowsError
+from dpflows.errors import DpflowsError, InvalidInput
 from dpflows.ledger import AuditEntry, Client, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import NoiseMechanism, mechanism_named
 from dpflows.postprocess import make_consistent, table_totals
 from dpflows.queries import QuerySpec, prepare
+from dpflows.query_kinds import KEY_FIELDS, TABLE_KINDS
 from dpflows.release_record import StoredRelease
+from dpflows.sensitivity import query_sensitivity
 from dpflows.service.context import ServiceContext, approx_dp, dataset_grid
 from dpflows.service.records import Answer, QueryRequest
 from dpflows.service.reports import charge_bounding_report, zoning_names
@@ -42,6 +44,7 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         data = ctx.dataset(spec.dataset)
         charge_bounding_report(ctx, data)
         ctx.policy.authorize(client, spec, data.zoning(spec.zoning), request.case_ref)
+        check_postprocessing(request)
         loss = ctx.price(client, request, data)
         audit_query[loss.unit] = loss.to_json()
         query_key = ctx.query_key(spec, data, loss)
@@ -94,6 +97,13 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         ctx.high_water.note()
     return describe(ctx, receipt.answer, release, spec, client, data, request, list(receipt.budgets),
                     reused=receipt.reused)
+
+
+def check_postprocessing(request: QueryRequest) -> None:
+    """Refuse, before anything is charged, post-processing an answer's shape does not allow."""
+    if request.consistent and request.spec.kind not in TABLE_KINDS:
+        raise InvalidInput(f"consistent totals need a two-way table; {request.spec.kind} answers have one value per "
+                           f"key of {list(KEY_FIELDS[request.spec.kind])}: leave consistent out", field="consistent")
 
 
 def find_derivation(ctx: ServiceContext, spec: QuerySpec, data: Dataset, client: Client,
@@ -180,6 +190,7 @@ def describe(ctx: ServiceContext, stored: StoredAnswer, release: StoredRelease, 
         value_error_bounds=value_bounds,
         value_terms=terms or None,
         accounting=meta.accounting,
+        count_unit=query_sensitivity(spec, data).count_unit,
         delta=None if approx is None else approx["delta"],
         approx_epsilon=None if approx is None else approx["epsilon"],
     )

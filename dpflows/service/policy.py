@@ -12,6 +12,9 @@ from dpflows.ledger import Client
 from dpflows.queries import QuerySpec
 from dpflows.settings import Settings
 
+#: What police analysts may ask: aggregate flows between zones of coarse zonings, nothing about presence or homes.
+ANALYST_KINDS = ("flows", "inflows", "outflows", "commuting")
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -85,9 +88,10 @@ class Policy:
         if client.role in ("admin", "oversight"):
             raise PolicyViolation(f"role {client.role} queries no data; use a planner or analyst key", field="role")
         if client.role == "analyst":
-            if spec.kind != "flows":
+            if spec.kind not in ANALYST_KINDS:
                 raise PolicyViolation(
-                    f"role analyst may query flows only, not {spec.kind}; ask a planner", field="kind"
+                    f"role analyst may query flows only ({', '.join(ANALYST_KINDS)}), not {spec.kind}; ask a planner",
+                    field="kind",
                 )
             if spec.zoning == CELL_ZONING or not zoning.coarse:
                 raise PolicyViolation(

@@ -12,7 +12,8 @@ from dpflows.budget import PrivacyLoss
 from dpflows.errors import BudgetExceeded
 from dpflows.ledger import Client
 from dpflows.queries import check_answerable, touched_windows
-from dpflows.service.answering import find_derivation
+from dpflows.sensitivity import query_sensitivity
+from dpflows.service.answering import check_postprocessing, find_derivation
 from dpflows.service.context import ServiceContext
 from dpflows.service.records import QueryRequest, Quote, WindowStatus
 from dpflows.service.reports import charge_bounding_report
@@ -25,6 +26,7 @@ def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
     charge_bounding_report(ctx, data)
     ctx.policy.authorize(client, spec, data.zoning(spec.zoning), request.case_ref)
     check_answerable(spec, data)
+    check_postprocessing(request)
     loss = ctx.price(client, request, data)
     windows = ctx.window_status(data, client, list(touched_windows(spec, data)))
     acc = accounting(data.metadata.accounting)
@@ -43,7 +45,8 @@ def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
                  windows=windows, privacy_unit=data.metadata.privacy_unit, mechanism=acc.mechanism.name,
                  accounting=acc.name, error_bound_95=bound, reused=stored is not None, charged=charged,
                  noise_scale=scale, sensitivity=sensitivity,
-                 derived_from=None if derivation is None else derivation.source.answer_id)
+                 derived_from=None if derivation is None else derivation.source.answer_id,
+                 count_unit=query_sensitivity(spec, data).count_unit)
 
 
 def _refuse_over_budget(dataset: str, charged: PrivacyLoss, windows: list[WindowStatus]) -> None:

@@ -87,6 +87,8 @@ class Answer:
     #: How many independent noise draws each value sums (derived answers; 1 otherwise).
     value_terms: list[int] | None = None
     accounting: str = PURE_DP
+    #: What each count counts: "trips", "people" (each key one day-hour, or one window of homes), "person-hours"
+    count_unit: str = "trips"
     #: zCDP datasets: the δ at which ε is shown, and the ε this release's ρ implies at it.
     delta: float | None = None
     approx_epsilon: float | None = None
@@ -115,3 +117,4 @@ class Quote:
     noise_scale: float
     sensitivity: float
     derived_from: str | None = None
+    count_unit: str = "trips"

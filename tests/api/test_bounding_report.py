@@ -14,6 +14,7 @@ from api import create_app
 from dpflows.aggregates import AggregateStore, version_dir
 from dpflows.budget import Epsilon
 from dpflows.client import DpflowsClient
+from dpflows.ingest.pipeline import DEFAULT_BOUND_PRESENCE, DEFAULT_BOUND_TRIPS
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.mechanisms import scale_for_epsilon
 from dpflows.service import REPORT_ACTION, Service
@@ -47,7 +48,7 @@ def test_admin_and_planner_read_the_stored_release_after_its_charge(city, report
     stored = json.loads((version_dir(report_root / "datasets" / "city") / "metadata.json").read_text())["bounding_report"]
     for m in doc["measures"]:  # the values served are the stored noisy release, bin for bin
         assert [b["noisy_count"] for b in m["histogram"]] == stored["noisy_counts"][m["measure"]]
-        assert m["bound"] == {"trips": 20, "presence": 100}[m["measure"]]
+        assert m["bound"] == {"trips": DEFAULT_BOUND_TRIPS, "presence": DEFAULT_BOUND_PRESENCE}[m["measure"]]
         assert 0 <= m["share_dropped"] <= 1 and m["suggested_bound"] >= 1
         assert [q["q"] for q in m["quantiles"]] == [0.5, 0.9, 0.95, 0.99]
         assert m["typical_query"]["keys"] == 50 * 50 if m["measure"] == "trips" else 50 * 24

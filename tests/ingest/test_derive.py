@@ -45,7 +45,8 @@ def test_returning_to_the_same_cell_after_a_pass_through_is_not_a_trip() -> None
     assert trip_list(derive.trips(ev, rule="stay")) == []
 
 
-def test_presence_is_distinct_person_hour_cell() -> None:
-    ev = events([(1, 0, 1), (1, 10, 1), (1, 20, 2), (1, 70, 1), (2, 5, 1)])
-    out = derive.presence(ev).collect().sort("person", "hour", "cell")
-    assert out.select("person", "hour", "cell").rows() == [(1, 7, 1), (1, 7, 2), (1, 8, 1), (2, 7, 1)]
+def test_presence_is_one_cell_per_person_hour_the_one_with_most_events() -> None:
+    ev = events([(1, 0, 1), (1, 10, 1), (1, 20, 2), (1, 70, 1), (2, 5, 1), (2, 6, 3), (2, 7, 3)])
+    out = derive.presence(ev, seed=1).collect().sort("person", "hour", "cell")
+    # 07:00 person 1: two events in cell 1, one in cell 2 -> cell 1; person 2: cell 3 (two) over cell 1 (one)
+    assert out.select("person", "hour", "cell").rows() == [(1, 7, 1), (1, 8, 1), (2, 7, 3)]

@@ -109,7 +109,8 @@ def test_ingestion_stores_the_release_and_nothing_exact(city, tmp_path: Path) ->
     stored = doc["bounding_report"]
     assert set(stored) == RELEASE_FIELDS  # the mechanism's output and how it was made; no exact field
     assert set(doc) - {"bounding_report"} == {"format_version", "name", "first_day", "end_day", "window_days",
-                                              "bounds", "trip_rule", "accounting", "ingestion_id", "files"}
+                                              "bounds", "trip_rule", "presence_rule", "places", "accounting",
+                                              "ingestion_id", "files"}
     assert stored["sensitivity"] == 2 and stored["noise_scale"] == scale_for_epsilon(2, Epsilon.parse("0.1"))
     assert stored["epsilon_nanos"] == 100_000_000 and stored["windows"] == 2
     assert {m: len(v) for m, v in stored["noisy_counts"].items()} == {"trips": BIN_COUNT, "presence": BIN_COUNT}
@@ -145,7 +146,7 @@ def test_ingest_command_prints_the_report(city, tmp_path: Path, capsys: pytest.C
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "bounding report (noisy; epsilon=0.05 in every window" in out
-    assert "trips    L=20: ~" in out and "presence L=100: ~" in out and "suggested L=" in out
+    assert "trips    L=20: ~" in out and "presence L=60: ~" in out and "suggested L=" in out
     assert "flows between 50 zones" in out
     assert main([*args, "--out", str(tmp_path / "b"), "--report-epsilon", "0"]) == 0
     assert "bounding report" not in capsys.readouterr().out

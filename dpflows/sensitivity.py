@@ -1,0 +1,47 @@
+"""What one person-window can add to an answer, per query kind: the ℓ1 bound, the per-key cap, the unit.
+
+Every figure comes from public facts (the dataset's bounds and window grid, the zoning, the
+query's dates, hours and weekdays), never from the data:
+
+- trips (flows, in- and outflows, patterns of trips): ℓ1 = L_trips; a commuter can put all of
+  them into one key, so the per-key cap is min(L_trips, C·rows) (`queries.key_contribution_cap`);
+- presence and patterns of presence: one place per person-hour makes ℓ1 = min(L_presence, S),
+  S the day-hour slots the query covers in one window (`dpflows.slots`);
+- residents and commuting: one home and one work cell per person-window, so ℓ1 = 1.
+
+zCDP's ℓ2 follows from ℓ1 and the per-key cap (`mechanisms.l2_sensitivity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dpflows.aggregates import PLACE_MEASURES, Dataset
+from dpflows.mechanisms import l2_sensitivity
+from dpflows.queries import QuerySpec, key_contribution_cap
+from dpflows.slots import PEOPLE, query_presence_sensitivity
+
+TRIPS = "trips"
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    l1: int
+    key_cap: int
+    #: what a count counts: trips, people (each key one day-hour, or one window of homes), person-hours
+    count_unit: str
+
+    @property
+    def l2(self) -> float:
+        return l2_sensitivity(self.l1, self.key_cap)
+
+
+def query_sensitivity(spec: QuerySpec, data: Dataset) -> Sensitivity:
+    """The sensitivity the noise of `spec` on `data` is calibrated to."""
+    measure = spec.counted_measure
+    if measure == "presence":
+        presence = query_presence_sensitivity(spec, data)
+        return Sensitivity(presence.l1, presence.key_cap, presence.count_unit)
+    if measure in PLACE_MEASURES:
+        return Sensitivity(1, 1, PEOPLE)
+    return Sensitivity(data.metadata.bound_trips, key_contribution_cap(spec, data), TRIPS)
