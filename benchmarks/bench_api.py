@@ -132,7 +132,7 @@ PROFILE_PARTS = (("whole request", "flask/testing.py", "open"),
                  ("request log line", "api/logs.py", "_log"))
 
 
-def in_process(root: Path, key: str, bodies: list[dict], pool_values: int, label: str, profile_start: str) -> None:
+def in_process(root: Path, key: str, bodies: list[dict], pool_values: int, label: str, profile_start: str) -> int:
     """Fresh answers through the whole app in this process (no HTTP), and where their time goes."""
     app = create_app({"DPFLOWS_DATA_DIR": str(root), "DPFLOWS_LEDGER_URL": f"sqlite:///{root}/ledger.db",
                       "DPFLOWS_NOISE_POOL_VALUES": str(pool_values), "DPFLOWS_NOISE_POOL_EPSILONS": "0.5",
@@ -144,6 +144,9 @@ def in_process(root: Path, key: str, bodies: list[dict], pool_values: int, label
     headers = {"Authorization": f"Bearer {key}"}
     pool = noise_pool.current()
     if pool is not None:
+        share = pool.capacity // len(pool.keys())
+        bodies = bodies[:max(1, share // 10_000 - 12)]  # a full stock serves these and the 10 profiled
+        print(f"  pool: {len(pool.keys())} stocks (the dataset's public sensitivities at ε 0.5) of {share:,} values")
         pool.wait_full(600)
     lat: list[float] = []
     profile = cProfile.Profile()
@@ -154,10 +157,7 @@ def in_process(root: Path, key: str, bodies: list[dict], pool_values: int, label
         lat.append((time.perf_counter() - t0) * 1000)
         assert r.status_code == 200, r.get_data(as_text=True)
     elapsed = time.perf_counter() - start
-    hits = f"  (pool hits {pool.hits}, misses {pool.misses})" if pool is not None else ""
     report(f"in-process fresh, {label}", lat, elapsed, 0)
-    if hits:
-        print(hits)
     # Where the time goes: 10 more distinct answers, profiled (the profiler adds its own overhead).
     more = [{**body, "start": profile_start} for body in bodies[-10:]]
     for body in more:
@@ -171,6 +171,9 @@ def in_process(root: Path, key: str, bodies: list[dict], pool_values: int, label
         cum = max((v[3] for k, v in stats.items() if k[0].endswith(path) and k[2] == func), default=0.0)
         parts.append(f"{name} {cum / len(more) * 1000:.1f}")
     print("  profiled, ms per request: " + "; ".join(parts))
+    if pool is not None:
+        print(f"  pool hits {pool.hits}, misses {pool.misses} (timed and profiled)")
+    return len(bodies)
 
 
 def main() -> None:
@@ -196,10 +199,8 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {key}"}
         base = {"dataset": "bench", "zoning": "zones100", "start": "2024-03-04", "end": "2024-04-01"}
         fresh = fresh_bodies(base)
-        n_warm = max(1, min(args.fresh, args.pool_values // 2 // 10_000 - 10))  # what a warm pool serves, and 10 profiled
-        print(f"in-process: {n_warm} fresh answers each way, pool of {args.pool_values:,} values "
-              f"(2 stocks of {args.pool_values // 2:,}: the bench dataset's two bounds at ε 0.5)")
-        in_process(root, key, fresh[:n_warm], args.pool_values, "pool warm", "2024-03-10")
+        print(f"in-process: up to {args.fresh} fresh answers each way, pool of {args.pool_values:,} values")
+        n_warm = in_process(root, key, fresh[:args.fresh], args.pool_values, "pool warm", "2024-03-10")
         in_process(root, key, [{**b, "start": "2024-03-06"} for b in fresh[:n_warm]], 0, "pool disabled",
                    "2024-03-11")
         if args.in_process_only:
