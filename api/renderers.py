@@ -55,7 +55,7 @@ def answer_document(answer: Answer) -> dict[str, Any]:
         **{name: value for name, value in (
             ("raw_values", answer.raw_values), ("totals", answer.totals), ("raw_totals", answer.raw_totals),
             ("derived_from", answer.derived_from), ("value_error_bounds", answer.value_error_bounds),
-            ("value_terms", answer.value_terms)) if value is not None},
+            ("value_terms", answer.value_terms), ("uncovered_days", answer.uncovered_days)) if value is not None},
     }
 
 

@@ -198,6 +198,8 @@ class AnswerSchema(ma.Schema):
     privacy_unit = fields.String()
     count_unit = fields.String(metadata={"description": "what a count counts: trips, people (each key one day-hour, "
                                                         "or one window of homes), person-hours"})
+    uncovered_days = fields.List(fields.String(), metadata={
+        "description": "days asked that the dataset is declared not to hold: they count nothing"})
     mechanism = fields.Nested(MechanismSchema)
     error_bound_95 = fields.Float(metadata={"description": "absolute error per value at the stated confidence"})
     confidence = fields.Float()
@@ -308,6 +310,8 @@ class DatasetSchema(ma.Schema):
     accounting = fields.Dict(metadata={"description": "measure: pure_dp or zcdp; for zcdp the per-key caps and "
                                                       "the δ at which ρ is shown as (ε, δ)"})
     privacy_unit = fields.String()
+    missing_days = fields.List(fields.Date(), metadata={"description": "days inside [first_day, end_day) the "
+                                                                       "admin declared the dataset does not hold"})
     zonings = fields.List(fields.Nested(ZoningSummarySchema))
 
 

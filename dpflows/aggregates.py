@@ -44,395 +44,61 @@ the README's deployment section.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import io
 import json
-import shutil
 import threading
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from dpflows.budget import ACCOUNTINGS, PURE_DP
+from dpflows.aggregate_versions import (
+    CURRENT_FILE,
+    VERSIONS_DIR,
+    _file_digest,
+    _version,
+    check_same_grid,
+    report_charges,
+    version_dir,
+    write_aggregates,
+)
 from dpflows.cells import CELL_ZONING, CellCatalog, Zoning, check_name, load_zoning, save_zoning
 from dpflows.contribution_report import BoundingReport, ReportCharge
-from dpflows.errors import DataUnavailable, InvalidData, InvalidInput, NotFound
+from dpflows.dataset_metadata import (
+    AGGREGATE_FILES,
+    CELLS_PER_PERSON_HOUR,
+    CELLS_SCHEMA,
+    COMMUTING_SCHEMA,
+    DEFAULT_DELTA,
+    FORMAT_VERSION,
+    MEASURES,
+    NO_PRESENCE,
+    ONE_PLACE_PER_PERSON_HOUR,
+    PERSON_WINDOW,
+    PLACE_FILES,
+    PLACE_MEASURES,
+    PLACES,
+    PRESENCE_RULES,
+    PRESENCE_SCHEMA,
+    RESIDENTS_SCHEMA,
+    TRIP,
+    TRIPS_SCHEMA,
+    UNITS,
+    DatasetMetadata,
+    PlaceRule,
+)
+from dpflows.errors import DataUnavailable, InvalidData, NotFound
 
-FORMAT_VERSION = 1
-MEASURES = ("trips", "presence")
-#: Measures of one home and one work cell per person-window; each person adds at most 1 per window.
-PLACE_MEASURES = ("residents", "commuting")
-PLACES = ("home", "work")
-#: presence_rule values: one cell per person-hour (written by ingestion now), every cell seen in a
-#: person-hour (datasets written before issue 14), no presence at all (a trips table).
-ONE_PLACE_PER_PERSON_HOUR = "one_place_per_person_hour"
-CELLS_PER_PERSON_HOUR = "cells_per_person_hour"
-NO_PRESENCE = "none"
-PRESENCE_RULES = (ONE_PLACE_PER_PERSON_HOUR, CELLS_PER_PERSON_HOUR, NO_PRESENCE)
-#: zCDP datasets show ρ as (ε, δ) at this δ unless ingestion sets another.
-DEFAULT_DELTA = 1e-8
-
-TRIPS_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String, "count": pl.Int64}
-PRESENCE_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64}
-CELLS_SCHEMA = {"cell_id": pl.String, "lat": pl.Float64, "lon": pl.Float64}
-RESIDENTS_SCHEMA = {"window": pl.Int32, "place": pl.String, "cell": pl.String, "count": pl.Int64}
-COMMUTING_SCHEMA = {"window": pl.Int32, "home": pl.String, "work": pl.String, "count": pl.Int64}
-
-
-def _hours(span: tuple[int, int]) -> tuple[int, ...]:
-    """[from, to) hours of day, wrapping past midnight (22, 6 is 22, 23, 0, ..., 5)."""
-    start, stop = span
-    return tuple(range(start, stop)) if start < stop else tuple(range(start, 24)) + tuple(range(0, stop))
-
-
-@dataclass(frozen=True)
-class PlaceRule:
-    """How ingestion derives one home and one work cell per person-window; public, stored in metadata.
-
-    Home: the cell where the person spent most `home_hours` (night, local time) of the window.
-    Work: the cell of most `work_hours` on `work_weekdays`, among cells seen then on at least
-    `min_work_days` distinct days of the window; none if that cell is the home. Hours are
-    [from, to) and wrap past midnight; weekdays 0 = Monday. Both come from the person-window's
-    hour cells (one place per person-hour), so a night crossing a window boundary is cut at it.
-    """
-
-    home_hours: tuple[int, int] = (22, 6)
-    work_hours: tuple[int, int] = (9, 17)
-    work_weekdays: tuple[int, ...] = (0, 1, 2, 3, 4)
-    min_work_days: int = 3
-
-    def __post_init__(self) -> None:
-        for name, (start, stop) in (("home_hours", self.home_hours), ("work_hours", self.work_hours)):
-            if not (0 <= start <= 23 and 1 <= stop <= 24) or start == stop:
-                raise InvalidData(f"{name}={start}-{stop} must be FROM-TO with 0 <= FROM <= 23, 1 <= TO <= 24 and "
-                                  "FROM != TO (TO exclusive, wrapping past midnight), such as 22-6", field=name)
-        if not self.work_weekdays or any(not 0 <= d <= 6 for d in self.work_weekdays) \
-                or tuple(sorted(set(self.work_weekdays))) != self.work_weekdays:
-            raise InvalidData(f"work_weekdays={list(self.work_weekdays)} must be distinct sorted weekdays 0..6 "
-                              "(0 = Monday), such as [0, 1, 2, 3, 4]", field="work_weekdays")
-        if self.min_work_days < 1:
-            raise InvalidData(f"min_work_days={self.min_work_days} must be at least 1", field="min_work_days")
-
-    @property
-    def home_hour_set(self) -> tuple[int, ...]:
-        return _hours(self.home_hours)
-
-    @property
-    def work_hour_set(self) -> tuple[int, ...]:
-        return _hours(self.work_hours)
-
-    def _most_work_days(self, window_days: int) -> int:
-        """The most work weekdays any window of `window_days` consecutive days holds."""
-        return max(sum((start + d) % 7 in self.work_weekdays for d in range(window_days)) for start in range(7))
-
-    def fitted(self, window_days: int) -> PlaceRule:
-        """This rule with min_work_days lowered to what a window can hold (defaults for short windows)."""
-        most = self._most_work_days(window_days)
-        return self if self.min_work_days <= most else replace(self, min_work_days=max(1, most))
-
-    def check_window(self, window_days: int) -> None:
-        """Refuse a minimum of work days that no window of `window_days` days can hold."""
-        most = self._most_work_days(window_days)
-        if self.min_work_days > most:
-            raise InvalidData(f"min_work_days={self.min_work_days} can never be met: a {window_days}-day window holds "
-                              f"at most {most} of the work weekdays {list(self.work_weekdays)}; lower it",
-                              field="min_work_days")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "home": "cell of most night hours of the person-window (one place per person-hour); ties by keyed hash",
-            "work": "cell of most weekday daytime hours among cells seen then on at least min_work_days days, "
-                    "none if that is the home; ties by keyed hash",
-            "home_hours": list(self.home_hours),
-            "work_hours": list(self.work_hours),
-            "work_weekdays": list(self.work_weekdays),
-            "min_work_days": self.min_work_days,
-            "bounds": {"residents": 1, "commuting": 1},
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> PlaceRule:
-        home, work = doc["home_hours"], doc["work_hours"]
-        return cls((int(home[0]), int(home[1])), (int(work[0]), int(work[1])),
-                   tuple(int(d) for d in doc["work_weekdays"]), int(doc["min_work_days"]))
-
-
-@dataclass(frozen=True)
-class DatasetMetadata:
-    """Public facts about a dataset; the bounds are the sensitivity of every count."""
-
-    name: str
-    first_day: dt.date
-    end_day: dt.date  # exclusive
-    window_days: int
-    bound_trips: int
-    bound_presence: int
-    trip_rule: dict[str, Any] = field(default_factory=dict)
-    #: pure_dp (discrete Laplace, ε) or zcdp (discrete Gaussian, ρ); see dpflows.mechanisms.
-    accounting: str = PURE_DP
-    #: zcdp only: the most one person adds to one trips row (day, hour, origin, dest), enforced
-    #: at ingestion; presence rows are distinct person-hours, so 1 by construction.
-    key_cap_trips: int = 1
-    #: zcdp only: the δ at which ρ is shown as (ε, δ); for display, never for accounting.
-    delta: float = DEFAULT_DELTA
-    #: what a presence record is (PRESENCE_RULES); ingestion writes one place per person-hour.
-    presence_rule: str = CELLS_PER_PERSON_HOUR
-    #: how homes and work cells were derived; None: no residents or commuting in this dataset.
-    places: PlaceRule | None = None
-
-    def __post_init__(self) -> None:
-        check_name(self.name, field="dataset")
-        if self.window_days < 1:
-            raise InvalidData(f"window_days={self.window_days} must be at least 1")
-        if self.end_day <= self.first_day:
-            raise InvalidData(f"end_day={self.end_day} must be after first_day={self.first_day}")
-        for measure, bound in (("trips", self.bound_trips), ("presence", self.bound_presence)):
-            if bound < 1:
-                raise InvalidData(f"bound for {measure}={bound} must be at least 1")
-        if self.accounting not in ACCOUNTINGS:
-            raise InvalidData(f"accounting={self.accounting!r} must be one of {list(ACCOUNTINGS)}")
-        if self.key_cap_trips < 1:
-            raise InvalidData(f"key_cap_trips={self.key_cap_trips} must be at least 1")
-        if not 0 < self.delta < 1:
-            raise InvalidData(f"delta={self.delta} must be in (0, 1), such as 1e-8")
-        if self.presence_rule not in PRESENCE_RULES:
-            raise InvalidData(f"presence_rule={self.presence_rule!r} must be one of {list(PRESENCE_RULES)}")
-        if self.places is not None:
-            self.places.check_window(self.window_days)
-
-    def bound(self, measure: str) -> int:
-        """The most one person-window adds to all counts of `measure` (residents: of one place)."""
-        if measure in PLACE_MEASURES:
-            return 1
-        return self.bound_trips if measure == "trips" else self.bound_presence
-
-    def key_cap(self, measure: str) -> int:
-        """The most one person adds to one aggregate row of `measure` in a window (zCDP's per-key cap)."""
-        return self.key_cap_trips if measure == "trips" else 1
-
-    @property
-    def one_place_per_hour(self) -> bool:
-        """A person has at most one presence record per (day, hour): presence counts people."""
-        return self.presence_rule == ONE_PLACE_PER_PERSON_HOUR
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        """The aggregate files a version of this dataset holds (hashed in metadata ``files``)."""
-        return AGGREGATE_FILES + (PLACE_FILES if self.places is not None else ())
-
-    def accounting_json(self) -> dict[str, Any]:
-        from dpflows.accounting import accounting
-
-        return accounting(self.accounting).metadata_json(self)
-
-    @property
-    def privacy_unit(self) -> str:
-        days = self.window_days
-        return f"person-window ({days} day{'s' if days != 1 else ''})"
-
-    def window_of(self, day: dt.date) -> int:
-        """Windows are aligned to the dataset's first day: window k covers days [k·w, (k+1)·w)."""
-        return (day - self.first_day).days // self.window_days
-
-    def window_start(self, window: int) -> dt.date:
-        return self.first_day + dt.timedelta(days=window * self.window_days)
-
-    @property
-    def window_count(self) -> int:
-        return self.window_of(self.end_day - dt.timedelta(days=1)) + 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "name": self.name,
-            "first_day": self.first_day.isoformat(),
-            "end_day": self.end_day.isoformat(),
-            "window_days": self.window_days,
-            "bounds": {"trips": self.bound_trips, "presence": self.bound_presence},
-            "trip_rule": self.trip_rule,
-            "presence_rule": {"kind": self.presence_rule},
-            **({"places": self.places.to_json()} if self.places is not None else {}),
-            "accounting": self.accounting_json(),
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> DatasetMetadata:
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise InvalidData(f"metadata format_version={doc.get('format_version')!r}; expected {FORMAT_VERSION}")
-        accounting = doc.get("accounting") or {}  # absent in datasets written before zCDP: pure DP
-        return cls(
-            name=doc["name"],
-            first_day=dt.date.fromisoformat(doc["first_day"]),
-            end_day=dt.date.fromisoformat(doc["end_day"]),
-            window_days=int(doc["window_days"]),
-            bound_trips=int(doc["bounds"]["trips"]),
-            bound_presence=int(doc["bounds"]["presence"]),
-            trip_rule=dict(doc.get("trip_rule", {})),
-            accounting=str(accounting.get("measure", PURE_DP)),
-            key_cap_trips=int(accounting.get("key_caps", {}).get("trips", 1)),
-            delta=float(accounting.get("delta", DEFAULT_DELTA)),
-            # absent in datasets written before one place per person-hour: every cell of an hour
-            presence_rule=str(doc.get("presence_rule", {}).get("kind", CELLS_PER_PERSON_HOUR)),
-            places=PlaceRule.from_json(doc["places"]) if "places" in doc else None,
-        )
-
-
-CURRENT_FILE = "CURRENT"
-VERSIONS_DIR = "versions"
-AGGREGATE_FILES = ("cells.parquet", "trips.parquet", "presence.parquet")
-PLACE_FILES = ("residents.parquet", "commuting.parquet")
-
-
-def version_dir(dataset_dir: str | Path) -> Path:
-    """The directory of the version a dataset directory serves now (itself for the old layout)."""
-    root = Path(dataset_dir)
-    pointer = root / CURRENT_FILE
-    try:
-        name = pointer.read_text().strip()
-    except FileNotFoundError:
-        return root
-    if not name or "/" in name or name.startswith("."):
-        raise DataUnavailable(f"dataset {root.name!r} has a malformed {CURRENT_FILE} pointer; re-run ingestion")
-    return root / VERSIONS_DIR / name
-
-
-def check_same_grid(earlier: DatasetMetadata, new: DatasetMetadata) -> None:
-    """A dataset's windows and measure of loss are fixed for life: spending is kept per window index.
-
-    Re-ingesting with another first day or window length would make window k another week, and
-    another accounting would read ε spent as ρ; both would let a person-window be spent twice.
-    """
-    for label, old, now, flag in (("first day", earlier.first_day, new.first_day, "--first-day"),
-                                  ("window length in days", earlier.window_days, new.window_days, "--window-days"),
-                                  ("accounting", earlier.accounting, new.accounting, "--accounting")):
-        if old != now:
-            raise InvalidData(
-                f"dataset {new.name!r} was ingested with {label} {old} and this ingestion asks for {now}; a "
-                f"dataset keeps its window grid and accounting for life (its spent budget is per window): use "
-                f"{flag} {old}, or ingest into a new dataset name",
-                field=flag.lstrip("-").replace("-", "_"),
-            )
-
-
-def write_aggregates(
-    out_dir: str | Path,
-    metadata: DatasetMetadata,
-    cells: pl.DataFrame,
-    trips: pl.DataFrame | pl.LazyFrame,
-    presence: pl.DataFrame | pl.LazyFrame,
-    *,
-    bounding_report: BoundingReport | None = None,
-    residents: pl.DataFrame | pl.LazyFrame | None = None,
-    commuting: pl.DataFrame | pl.LazyFrame | None = None,
-) -> Path:
-    """Write a new version of a dataset and switch to it atomically; the one writer ingestion uses.
-
-    A bounding report is stored only as released (noisy). Reports of earlier ingestions into
-    this directory are carried forward in ``earlier_reports``, so that the service charges
-    them too if they were never paid: a bound chosen from one is published with this one.
-    Nothing the served version reads is touched until the final rename of CURRENT.
-    `residents` and `commuting` are given exactly when the metadata has `places`.
-    """
-    if (residents is None or commuting is None) != (metadata.places is None):
-        raise ValueError("residents and commuting are written exactly when the metadata has places")
-    out = Path(out_dir)
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    earlier_meta, earlier = _earlier_ingestion(out)
-    if earlier_meta is not None:
-        check_same_grid(earlier_meta, metadata)
-    ingestion_id = uuid.uuid4().hex
-    versions = out / VERSIONS_DIR
-    versions.mkdir(mode=0o700, exist_ok=True)
-    tmp = versions / f".tmp-{ingestion_id}"
-    tmp.mkdir(mode=0o700)
-    try:
-        cells.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).write_parquet(tmp / "cells.parquet")
-        frames: list[tuple[str, pl.DataFrame | pl.LazyFrame, dict[str, Any]]] = [
-            ("trips", trips, TRIPS_SCHEMA), ("presence", presence, PRESENCE_SCHEMA)]
-        if residents is not None and commuting is not None:
-            frames += [("residents", residents, RESIDENTS_SCHEMA), ("commuting", commuting, COMMUTING_SCHEMA)]
-        for name, frame, schema in frames:
-            lazy = frame.lazy().select([pl.col(c).cast(t) for c, t in schema.items()])
-            lazy.sink_parquet(tmp / f"{name}.parquet")
-        doc = metadata.to_json()
-        # A fresh id per ingestion, so answers stored for an earlier ingestion are never reused.
-        doc["ingestion_id"] = ingestion_id
-        doc["files"] = {f: _file_digest((tmp / f).read_bytes()) for f in metadata.files}
-        if bounding_report is not None:
-            doc["bounding_report"] = bounding_report.to_json()
-        if earlier:
-            doc["earlier_reports"] = [c.to_json() for c in earlier]
-        (tmp / "metadata.json").write_text(json.dumps(doc, indent=2))
-        for written in tmp.iterdir():  # the service's own user reads them; nobody else needs to
-            written.chmod(0o600)
-        final = versions / f"v-{ingestion_id}"
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    previous = version_dir(out).name
-    pointer = out / f".{CURRENT_FILE}.{ingestion_id}"
-    try:
-        pointer.write_text(final.name + "\n")
-        pointer.replace(out / CURRENT_FILE)  # the switch: loaders see the old version or this one
-    except BaseException:
-        pointer.unlink(missing_ok=True)
-        shutil.rmtree(final, ignore_errors=True)
-        raise
-    _remove_old_versions(versions, keep={final.name, previous})
-    return out
-
-
-def _remove_old_versions(versions: Path, keep: set[str]) -> None:
-    """Delete every version but the new and the previous one (aggregates only; the ledger keeps every charge).
-
-    The previous one stays so that a worker that read the old pointer an instant ago can finish loading it.
-    """
-    for old in versions.iterdir():
-        if old.name.startswith("v-") and old.name not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _file_digest(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
-
-
-def _earlier_ingestion(out: Path) -> tuple[DatasetMetadata | None, list[ReportCharge]]:
-    """The metadata of the version served now, if any, and the report charges it owes."""
-    try:
-        meta_path = version_dir(out) / "metadata.json"
-    except DataUnavailable:
-        return None, []
-    if not meta_path.exists():
-        return None, []
-    try:
-        raw = meta_path.read_bytes()
-        doc = json.loads(raw)
-        return DatasetMetadata.from_json(doc), report_charges(doc, _version(raw))
-    except (ValueError, KeyError, TypeError, InvalidData, InvalidInput):
-        return None, []  # an unreadable earlier ingestion was never served, so its report was never used
-
-
-def _version(raw: bytes) -> str:
-    """A dataset's ingestion digest: part of every answer-reuse key and report-charge key."""
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def report_charges(doc: dict[str, Any], version: str) -> list[ReportCharge]:
-    """Every bounding report this ingestion must have paid for before it is served, oldest first."""
-    charges = [ReportCharge.from_json(c) for c in doc.get("earlier_reports", [])]
-    if "bounding_report" in doc:
-        report = BoundingReport.from_json(doc["bounding_report"])
-        charges.append(ReportCharge(version, report.epsilon, report.windows, report.scale, report.sensitivity))
-    unique: dict[str, ReportCharge] = {}
-    for charge in charges:
-        unique.setdefault(charge.ingestion, charge)
-    return list(unique.values())
+__all__ = [  # the metadata and the writer are re-exported: this module is the store's one front door
+    "AGGREGATE_FILES", "CELLS_PER_PERSON_HOUR", "CELLS_SCHEMA", "COMMUTING_SCHEMA", "CURRENT_FILE", "DEFAULT_DELTA",
+    "FORMAT_VERSION", "MEASURES", "NO_PRESENCE", "ONE_PLACE_PER_PERSON_HOUR", "PERSON_WINDOW", "PLACES",
+    "PLACE_FILES", "PLACE_MEASURES", "PRESENCE_RULES", "PRESENCE_SCHEMA", "RESIDENTS_SCHEMA", "TRIP", "TRIPS_SCHEMA",
+    "UNITS", "VERSIONS_DIR", "AggregateStore", "CommutingArrays", "Dataset", "DatasetMetadata", "MeasureArrays",
+    "PlaceRule", "ResidentArrays", "check_same_grid", "load_dataset", "report_charges", "version_dir",
+    "write_aggregates",
+]
 
 
 @dataclass(frozen=True)

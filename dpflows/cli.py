@@ -35,13 +35,23 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_demo_city)
 
     p = sub.add_parser("ingest", help="events (or a trips table) + cell catalog -> bounded aggregates")
-    p.add_argument("events", help="Parquet or CSV: person, timestamp, cell_id (or with --trips-table: "
-                   "[person,] timestamp, origin, dest)")
-    p.add_argument("--cells", required=True, help="cell catalog CSV or Parquet: cell_id, lat, lon")
+    p.add_argument("events", nargs="+", help="input file(s): events (Parquet or CSV: person, timestamp, cell_id); "
+                   "with --input-format trips a trips table ([person,] timestamp, origin, dest); with "
+                   "--input-format citibike the published Citi Bike trip CSVs, several days at once")
+    p.add_argument("--cells", required=True, help="cell catalog CSV or Parquet: cell_id, lat, lon (citibike: the "
+                   "published stations.csv)")
+    p.add_argument("--input-format", choices=["events", "trips", "citibike"], default=None,
+                   help="events (default), trips (a ready-made trips table) or citibike (published trip files)")
+    p.add_argument("--strict", action="store_true", help="citibike: make any dropped row an error")
+    p.add_argument("--drop-report", default=None, metavar="FILE",
+                   help="citibike: also write what was dropped and why to FILE (mode 0600); exact figures, kept "
+                        "out of the dataset and the service")
     p.add_argument("--out", required=True, help="dataset directory to write, e.g. var/data/datasets/NAME")
     p.add_argument("--name", default=None, help="dataset name: must be the --out folder's name (the default)")
     p.add_argument("--window-days", type=int, default=7)
-    p.add_argument("--bound-trips", type=int, default=20, help="L_trips per person-window (the sensitivity)")
+    p.add_argument("--bound-trips", type=int, default=None,
+                   help="L_trips per privacy unit (the sensitivity); default 20 per person-window, 1 when each trip "
+                        "is its own unit (a trips table without persons, Citi Bike)")
     p.add_argument("--bound-presence", type=int, default=60,
                    help="L_presence: most presence-hours (one place each) kept per person-window (default 60)")
     p.add_argument("--trip-rule", choices=["stay", "consecutive"], default="stay")
@@ -51,7 +61,11 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--end-day", type=_date, required=True,
                    help="the day after the last day the dataset holds (exclusive, ISO); declared and published, "
                         "never measured from the events")
-    p.add_argument("--trips-table", action="store_true", help="the input is a ready-made trips table")
+    p.add_argument("--days", default=None, metavar="LIST",
+                   help="the days inside [--first-day, --end-day) the input holds, when not all of them: ISO dates "
+                        "and inclusive ranges, comma-separated (2017-04-18,2017-05-01..2017-05-07); the others are "
+                        "declared missing, published, and count nothing")
+    p.add_argument("--trips-table", action="store_true", help="alias of --input-format trips")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
     p.add_argument("--accounting", choices=["pure_dp", "zcdp"], default="pure_dp",
@@ -115,7 +129,8 @@ def _place_rule(args: argparse.Namespace) -> PlaceRule | None:
 
 
 def _run_demo_city(args: argparse.Namespace) -> int:
-    from dpflows.demo import generate_city, generate_scaled_city
+    from dpflows.demo import generate_city
+    from dpflows.demo_scaled import generate_scaled_city
     from dpflows.errors import InvalidInput
 
     start = args.start or dt.date(2024, 3, 4)
@@ -149,9 +164,23 @@ def _run_ingest(args: argparse.Namespace) -> int:
     if name != Path(args.out).name:
         raise InvalidData(f"--name {name!r} differs from the --out folder {Path(args.out).name!r}; a dataset is served "
                           "under its folder's name, so drop --name or write to a folder of that name", field="name")
-    span = {"first_day": args.first_day, "end_day": args.end_day}
+    span: dict[str, Any] = {"first_day": args.first_day, "end_day": args.end_day}
+    if args.days is not None:
+        if args.engine == "spark":
+            raise InvalidData("--days is supported by --engine polars; ingest consecutive days with Spark",
+                              field="days")
+        span["missing_days"] = _missing_days(args.days, args.first_day, args.end_day)
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
     accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
+    if args.trips_table and args.input_format not in (None, "trips"):
+        raise InvalidData("--trips-table is an alias of --input-format trips; give one of them", field="input_format")
+    fmt = "trips" if args.trips_table else (args.input_format or "events")
+    args.trips_table = fmt in ("trips", "citibike")
+    if fmt != "citibike" and (args.strict or args.drop_report):
+        raise InvalidData("--strict and --drop-report apply to --input-format citibike", field="strict")
+    if len(args.events) > 1 and fmt != "citibike":
+        raise InvalidData(f"--input-format {fmt} reads one file; give one path (citibike reads several)",
+                          field="path")
     if args.trips_table and args.engine == "spark":
         raise InvalidData("--trips-table is ingested with --engine polars (a trips table is already small)",
                           field="engine")
@@ -161,27 +190,84 @@ def _run_ingest(args: argparse.Namespace) -> int:
     if places is not None and args.trips_table:
         raise InvalidData("--home-hours, --work-hours and --min-work-days apply to events; a trips table has no "
                           "homes or work places: drop them here", field="home_hours")
-    if args.trips_table:
-        out = ingest_trips_table(args.events, args.cells, args.out, name=name, window_days=args.window_days,
+    if fmt == "citibike":
+        out = _ingest_citibike(args, name, span, zonings, accounting)
+    elif args.trips_table:
+        out = ingest_trips_table(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
                                  bound_trips=args.bound_trips, **span, zonings=zonings,
                                  report_epsilon=args.report_epsilon, **accounting)
     elif args.engine == "spark":
         from dpflows.ingest.spark import ingest_events_spark
 
-        out = ingest_events_spark(args.events, args.cells, args.out, name=name, window_days=args.window_days,
-                                  bound_trips=args.bound_trips, bound_presence=args.bound_presence,
+        out = ingest_events_spark(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
+                                  bound_trips=_bound_or_default(args.bound_trips), bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                                   **span, zonings=zonings, report_epsilon=args.report_epsilon,
                                   places=places, **accounting)
     else:
-        out = ingest_events(args.events, args.cells, args.out, name=name, window_days=args.window_days,
-                            bound_trips=args.bound_trips, bound_presence=args.bound_presence,
+        out = ingest_events(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
+                            bound_trips=_bound_or_default(args.bound_trips), bound_presence=args.bound_presence,
                             trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                             **span, zonings=zonings, report_epsilon=args.report_epsilon,
                             buckets=args.buckets, places=places, **accounting)
     print(f"dataset {name!r} written to {out}")
     _print_bounding_report(Path(out))
     return 0
+
+
+def _missing_days(text: str, first_day: dt.date, end_day: dt.date) -> list[dt.date]:
+    """--days as the days of [first_day, end_day) it does not list."""
+    from dpflows.errors import InvalidData
+
+    held: set[dt.date] = set()
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, _, hi = part.partition("..")
+        try:
+            a, b = dt.date.fromisoformat(lo), dt.date.fromisoformat(hi or lo)
+        except ValueError:
+            raise InvalidData(f"--days {part!r} is not an ISO date or an inclusive range such as "
+                              "2024-03-04..2024-03-10", field="days") from None
+        if b < a or a < first_day or b >= end_day:
+            raise InvalidData(f"--days {part!r} must lie inside [--first-day {first_day}, --end-day {end_day})",
+                              field="days")
+        held |= {a + dt.timedelta(days=k) for k in range((b - a).days + 1)}
+    return [first_day + dt.timedelta(days=k) for k in range((end_day - first_day).days)
+            if first_day + dt.timedelta(days=k) not in held]
+
+
+def _bound_or_default(bound: int | None) -> int:
+    from dpflows.ingest.pipeline import DEFAULT_BOUND_TRIPS
+
+    return DEFAULT_BOUND_TRIPS if bound is None else bound
+
+
+def _ingest_citibike(args: argparse.Namespace, name: str, span: dict[str, Any], zonings: list[Any],
+                     accounting: dict[str, Any]) -> Path:
+    """Published Citi Bike files → a trips-table dataset; what was dropped goes to this terminal only."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from dpflows.errors import InvalidData
+    from dpflows.ingest.citibike import read_citibike
+    from dpflows.ingest.pipeline import ingest_trips_table
+
+    trips, cells, dropped = read_citibike(args.events, args.cells)
+    for line in dropped.lines():
+        print(f"dpflows ingest: {line}", file=sys.stderr)
+    if args.drop_report:
+        fd = os.open(args.drop_report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as report:
+            report.write("\n".join(dropped.lines()) + "\n")
+    if args.strict and dropped.total_dropped:
+        raise InvalidData("--strict: rows were dropped (see the lines above); fix the input files or drop --strict",
+                          field="strict")
+    with tempfile.TemporaryDirectory(prefix="dpflows-stations-") as tmp:
+        cells_csv = Path(tmp) / "cells.csv"
+        cells.write_csv(cells_csv)
+        return ingest_trips_table(trips, cells_csv, args.out, name=name, window_days=args.window_days,
+                                  bound_trips=args.bound_trips, **span, zonings=zonings,
+                                  report_epsilon=args.report_epsilon, **accounting)
 
 
 def _print_bounding_report(out: Path) -> None:

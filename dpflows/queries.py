@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dpflows.aggregates import Dataset, MeasureArrays
+from dpflows.aggregates import NO_PRESENCE, Dataset, MeasureArrays
 from dpflows.cells import Zoning
 from dpflows.errors import DomainTooLarge, InvalidInput
 from dpflows.query_kinds import COUNTED_MEASURE, KEY_FIELDS, PLACES, QUERY_KINDS, WINDOW_KINDS
@@ -182,6 +182,9 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
     """Windows holding at least one day the query counts; each is charged the full ε."""
     first, stop = _check_span(spec, data)
     meta = data.metadata
+    if spec.counted_measure == "presence" and meta.presence_rule == NO_PRESENCE:
+        raise InvalidInput(f"dataset {meta.name!r} was ingested from a trips table: it holds no presence (no events "
+                           f"per person and hour); ask flows, inflows, outflows or patterns of trips", field="kind")
     if spec.kind in WINDOW_KINDS:
         return _whole_windows(spec, data, first, stop)
     days = [d for d in range(first, stop) if (meta.first_day + dt.timedelta(days=d)).weekday() in spec.weekdays]
@@ -191,7 +194,21 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
             f"{spec.end.isoformat()}; widen the dates or the weekdays",
             field="weekdays",
         )
+    days = [d for d in days if meta.holds(meta.first_day + dt.timedelta(days=d))]
+    if not days:  # decided from the declaration before anything is charged: no window is paid for nothing
+        raise InvalidInput(
+            f"dataset {meta.name!r} holds none of the days asked: the admin declared "
+            f"{', '.join(d.isoformat() for d in uncovered_days(spec, data))} missing; choose other dates",
+            field="start",
+        )
     return tuple(sorted({d // meta.window_days for d in days}))
+
+
+def uncovered_days(spec: QuerySpec, data: Dataset) -> list[dt.date]:
+    """Days asked (in the dates and on the weekdays) that the dataset is declared not to hold: they count nothing."""
+    meta = data.metadata
+    return [day for day in (spec.start + dt.timedelta(days=d) for d in range((spec.end - spec.start).days))
+            if day.weekday() in spec.weekdays and day in meta.missing_days]
 
 
 def _whole_windows(spec: QuerySpec, data: Dataset, first: int, stop: int) -> tuple[int, ...]:

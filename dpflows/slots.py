@@ -65,7 +65,7 @@ def counted_days(meta: DatasetMetadata, start: dt.date, end: dt.date, weekdays: 
     """The days in [start, end) on `weekdays` (0 = Monday) that a query counts."""
     wanted = set(weekdays)
     return [start + dt.timedelta(days=d) for d in range((end - start).days)
-            if (start + dt.timedelta(days=d)).weekday() in wanted]
+            if (start + dt.timedelta(days=d)).weekday() in wanted and meta.holds(start + dt.timedelta(days=d))]
 
 
 def slots_per_window(meta: DatasetMetadata, start: dt.date, end: dt.date, hours: Iterable[int],

@@ -21,7 +21,8 @@ from shapely.geometry import shape
 
 from dpflows.aggregates import load_dataset
 from dpflows.cells import CellCatalog
-from dpflows.demo import CENTRE, city_layout, generate_city, generate_scaled_city
+from dpflows.demo import CENTRE, generate_city
+from dpflows.demo_scaled import city_layout, generate_scaled_city
 from dpflows.ingest.pipeline import Progress, ZoningSpec, ingest_events
 from dpflows.zoning_sources import zoning_from_geojson
 

@@ -23,9 +23,7 @@ so the kept records, and the counts summed over buckets, are the same for any B.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,12 +37,13 @@ from dpflows.aggregates import (
     DEFAULT_DELTA,
     NO_PRESENCE,
     ONE_PLACE_PER_PERSON_HOUR,
+    PERSON_WINDOW,
+    TRIP,
     DatasetMetadata,
     PlaceRule,
     write_aggregates,
 )
 from dpflows.budget import PURE_DP, Epsilon
-from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
 from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key, new_seed
@@ -53,6 +52,22 @@ from dpflows.ingest.contribution_histograms import (
     ContributionHistograms,
     parse_report_epsilon,
     release_bounding_report,
+)
+from dpflows.ingest.inputs import (  # re-exported: callers import them from the pipeline
+    Progress,
+    ZoningSpec,
+    _cell_names,
+    _cells_frame,
+    _check_within_span,
+    _index_cells,
+    _load_zonings,
+    _require_columns,
+    _rows_where,
+    _scan,
+    _timestamps,
+    _with_window,
+    check_declared_span,
+    read_cells,
 )
 
 DEFAULT_BOUND_TRIPS = 20
@@ -77,177 +92,6 @@ _COMMUTING_KEYS = ["window", "home", "work"]
 #: The home and work rule's defaults (documented in docs/admin.md): nights 22:00-06:00, work
 #: 09:00-17:00 Monday to Friday on at least 3 days of the window.
 DEFAULT_PLACES = PlaceRule()
-
-
-@dataclass(frozen=True)
-class ZoningSpec:
-    """A zoning CSV to load with the dataset: NAME=PATH[:coarse:MIN] on the command line."""
-
-    name: str
-    path: Path
-    coarse: bool = False
-    min_cells_per_zone: int = 1
-
-    @classmethod
-    def parse(cls, text: str) -> ZoningSpec:
-        name, _, rest = text.partition("=")
-        if not name or not rest:
-            raise InvalidData(f"--zoning {text!r} must look like NAME=PATH or NAME=PATH:coarse:MIN", field="zoning")
-        parts = rest.split(":")
-        if len(parts) == 3 and parts[1] == "coarse" and parts[2].isdigit():
-            return cls(name, Path(parts[0]), True, int(parts[2]))
-        if len(parts) == 1:
-            return cls(name, Path(parts[0]))
-        raise InvalidData(f"--zoning {text!r} must look like NAME=PATH or NAME=PATH:coarse:MIN", field="zoning")
-
-
-class Progress:
-    """Phase names with elapsed time on stderr, only when it is a terminal."""
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = time.perf_counter()
-
-    def phase(self, text: str) -> None:
-        if self.enabled:
-            print(f"[{time.perf_counter() - self.start:7.1f} s] {text}", file=sys.stderr, flush=True)
-
-
-def _scan(path: Path) -> pl.LazyFrame:
-    if not path.exists():
-        raise InvalidData(f"{path.name}: file not found", field="path")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        return pl.scan_parquet(path)
-    if name.endswith((".csv", ".csv.gz")):
-        return pl.scan_csv(path, infer_schema=False)  # all strings; we parse and report ourselves
-    raise InvalidData(f"{path.name}: unknown format; use Parquet (.parquet) or CSV (.csv, .csv.gz)", field="path")
-
-
-def _require_columns(frame: pl.LazyFrame, path: Path, columns: Iterable[str]) -> None:
-    try:
-        present = set(frame.collect_schema().names())
-    except Exception as exc:  # unreadable file: polars raises several types
-        raise InvalidData(f"{path.name}: cannot be read as {path.suffix.lstrip('.') or 'data'}", field="path") from exc
-    missing = [c for c in columns if c not in present]
-    if missing:
-        raise InvalidData(f"{path.name}: missing column(s) {missing}; found {sorted(present)}", field=missing[0])
-
-
-def _rows_where(frame: pl.LazyFrame, condition: pl.Expr, limit: int = 5) -> list[int]:
-    """1-based data row numbers (header excluded) where `condition` holds, the first few only."""
-    hits = frame.with_row_index("_row", offset=1).filter(condition).select("_row").head(limit).collect()
-    return [int(r) for r in hits["_row"]]
-
-
-def _timestamps(frame: pl.LazyFrame, path: Path, column: str) -> pl.LazyFrame:
-    dtype = frame.collect_schema()[column]
-    if dtype == pl.String:
-        parsed = pl.col(column).str.strip_chars().str.to_datetime(strict=False, time_unit="us")
-        bad = _rows_where(frame, pl.col(column).is_not_null() & parsed.is_null())
-        if bad:
-            raise InvalidData(f"{path.name}: column {column!r} has unparseable timestamps in rows {bad}; "
-                              "use ISO 8601 such as 2024-03-04 08:15:00", field=column)
-        frame = frame.with_columns(parsed.alias(column))
-    elif not isinstance(dtype, pl.Datetime):
-        raise InvalidData(f"{path.name}: column {column!r} has type {dtype}; it must hold datetimes", field=column)
-    nulls = _rows_where(frame, pl.col(column).is_null())
-    if nulls:
-        raise InvalidData(f"{path.name}: column {column!r} is empty in rows {nulls}; every row needs a time",
-                          field=column)
-    return frame
-
-
-def read_cells(path: str | Path) -> tuple[CellCatalog, pl.DataFrame]:
-    """The public cell catalog (cell_id, lat, lon) and a cell_id → index lookup frame."""
-    path = Path(path)
-    frame = _scan(path)
-    _require_columns(frame, path, ["cell_id", "lat", "lon"])
-    try:
-        cells = frame.select(pl.col("cell_id").cast(pl.String), pl.col("lat").cast(pl.Float64),
-                             pl.col("lon").cast(pl.Float64)).collect()
-    except Exception as exc:
-        raise InvalidData(f"{path.name}: lat and lon must be numbers", field="lat") from exc
-    if cells.height == 0:
-        raise InvalidData(f"{path.name}: no cells; the catalog needs one row per cell", field="cell_id")
-    if cells.null_count().sum_horizontal().item():
-        raise InvalidData(f"{path.name}: empty cell_id, lat or lon values; fill every column", field="cell_id")
-    catalog = CellCatalog.from_columns(cells["cell_id"].to_list(), cells["lat"].to_list(), cells["lon"].to_list())
-    lookup = pl.DataFrame({"_cell_id": list(catalog.cell_ids), "_cell": pl.arange(0, len(catalog), eager=True)},
-                          schema={"_cell_id": pl.String, "_cell": pl.UInt32})
-    return catalog, lookup
-
-
-def _index_cells(frame: pl.LazyFrame, lookup: pl.DataFrame, path: Path, column: str, alias: str) -> pl.LazyFrame:
-    """Replace a cell_id column by its catalog index; unknown cells are an error naming them and rows."""
-    joined = frame.with_columns(pl.col(column).cast(pl.String)).join(
-        lookup.lazy(), left_on=column, right_on="_cell_id", how="left", maintain_order="left")
-    bad = joined.with_row_index("_row", offset=1).filter(pl.col("_cell").is_null()).select("_row").head(5).collect()
-    if bad.height:
-        # The values are not echoed: a value missing from the catalog may not be a cell id at
-        # all (swapped columns would put pseudonyms here), and no person id may reach a message.
-        raise InvalidData(
-            f"{path.name}: column {column!r} holds values missing from the cell catalog in rows "
-            f"{bad['_row'].to_list()}; check the column order, add the cells to the catalog or drop those rows",
-            field=column,
-        )
-    return joined.drop(column).rename({"_cell": alias})
-
-
-def check_declared_span(first_day: dt.date | None, end_day: dt.date | None) -> tuple[dt.date, dt.date]:
-    """A dataset's days are declared by the admin, never measured from the secret events.
-
-    The span is published (dataset listings, window ends, refusals outside it); measured from the
-    data, one person alone on a day would move it.
-    """
-    if first_day is None or end_day is None:
-        raise InvalidData("declare the days the dataset holds: --first-day and --end-day (exclusive) are required; "
-                          "they fix the window grid and are published, so they never come from the events",
-                          field="first_day" if first_day is None else "end_day")
-    if end_day <= first_day:
-        raise InvalidData(f"--end-day {end_day} must be after --first-day {first_day} (it is exclusive)",
-                          field="end_day")
-    return first_day, end_day
-
-
-def _check_within_span(frame: pl.LazyFrame, path: Path, first_day: dt.date, end_day: dt.date) -> None:
-    """Every event lies in the declared days; which rows do not is told, not the days they fall on."""
-    if frame.select(pl.len()).collect().item() == 0:
-        raise InvalidData(f"{path.name}: no rows; nothing to ingest", field="path")
-    day = pl.col("timestamp").dt.date()
-    early = _rows_where(frame, day < pl.lit(first_day))
-    if early:
-        raise InvalidData(f"{path.name}: rows {early} fall before --first-day {first_day}; declare an earlier "
-                          "--first-day or remove them", field="timestamp")
-    late = _rows_where(frame, day >= pl.lit(end_day))
-    if late:
-        raise InvalidData(f"{path.name}: rows {late} fall on or after --end-day {end_day} (exclusive); declare a later "
-                          "--end-day or remove them", field="timestamp")
-
-
-def _with_window(frame: pl.LazyFrame, first_day: dt.date, window_days: int) -> pl.LazyFrame:
-    days = (pl.col("day") - pl.lit(first_day)).dt.total_days()
-    return frame.with_columns((days // window_days).alias("window"))
-
-
-def _cell_names(frame: pl.LazyFrame, lookup: pl.DataFrame, columns: list[str]) -> pl.LazyFrame:
-    for col in columns:
-        names = lookup.lazy().rename({"_cell": col, "_cell_id": f"{col}_id"})
-        frame = frame.join(names, on=col, how="left").drop(col).rename({f"{col}_id": col})
-    return frame
-
-
-def _load_zonings(zonings: Iterable[ZoningSpec], catalog: CellCatalog, out: Path) -> list[str]:
-    loaded = []
-    for spec in zonings:
-        if not spec.path.exists():
-            raise InvalidData(f"zoning {spec.name!r}: file {spec.path.name} not found", field="zoning")
-        mapping = parse_zoning_csv(spec.path.read_text(), source=spec.path.name)
-        zoning = Zoning.from_mapping(spec.name, mapping, catalog, coarse=spec.coarse,
-                                     min_cells_per_zone=spec.min_cells_per_zone, source=spec.path.name)
-        save_zoning(zoning, catalog, out / "zonings" / f"{spec.name}.json")
-        loaded.append(spec.name)
-    return loaded
 
 
 def place_rule(places: PlaceRule | None, window_days: int) -> PlaceRule:
@@ -330,6 +174,7 @@ def ingest_events(
     bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
     first_day: dt.date | None = None, end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (),
     seed: int | None = None, buckets: int | None = None, progress: Progress | None = None,
+    missing_days: Iterable[dt.date] = (),
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
     places: PlaceRule | None = None,
@@ -368,7 +213,8 @@ def ingest_events(
     person_nulls = _rows_where(frame, empty_person)
     if person_nulls:
         raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
-    _check_within_span(frame, path, start, end)
+    missing = tuple(sorted(set(missing_days)))
+    _check_within_span(frame, path, start, end, missing)
     indexed = _index_cells(frame, lookup, path, "cell_id", "cell")
     buckets = buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
     rule: dict[str, object] = {"kind": trip_rule}
@@ -377,7 +223,7 @@ def ingest_events(
     min_dwell = dt.timedelta(minutes=min_dwell_minutes)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
         meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
-                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places)
+                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places, missing_days=missing)
         key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
         kept: dict[str, list[pl.LazyFrame]] = {"trips": [], "presence": [], "residents": [], "commuting": []}
         for number, part in enumerate(split.parts, start=1):
@@ -472,23 +318,21 @@ def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: i
     return rows.group_by("day", "hour", "origin", "dest").agg(pl.len().cast(pl.Int64).alias("count"))
 
 
-def _cells_frame(catalog: CellCatalog) -> pl.DataFrame:
-    return pl.DataFrame({"cell_id": list(catalog.cell_ids), "lat": catalog.lat, "lon": catalog.lon})
-
-
 def ingest_trips_table(
     trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
-    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS, first_day: dt.date | None = None,
+    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int | None = None, first_day: dt.date | None = None,
     end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, missing_days: Iterable[dt.date] = (),
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
-    Without a person column every trip is its own privacy unit (bound 1 per unit holds
-    trivially); presence is then empty, since no per-person hours can be derived, and no
-    bounding report is made (every unit has one trip: nothing to learn, nothing to spend).
+    Without a person column every trip is its own privacy unit: the dataset says so (unit
+    ``trip``, stated by every answer) and the bound defaults to 1, since each unit has exactly one
+    trip. Presence is then empty (no per-person hours can be derived) and no bounding report is
+    made (nothing to learn, nothing to spend). With a person column the unit is the
+    person-window and the bound defaults to DEFAULT_BOUND_TRIPS.
     """
     progress = progress or Progress()
     start, end = check_declared_span(first_day, end_day)
@@ -519,10 +363,17 @@ def ingest_trips_table(
     else:
         frame = frame.with_row_index("person")
     trips = frame.select("person", "timestamp", "origin", "dest")
-    _check_within_span(trips, path, start, end)
+    missing = tuple(sorted(set(missing_days)))
+    _check_within_span(trips, path, start, end, missing)
+    if bound_trips is None:
+        bound_trips = DEFAULT_BOUND_TRIPS if has_person else 1
+    elif not has_person and bound_trips > 1:
+        progress.warn(f"--bound-trips {bound_trips} with one trip per unit adds {bound_trips}x the noise needed; "
+                      "each trip is its own unit here, so 1 (the default) is exact")
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
-                           accounting, key_cap_trips, delta, NO_PRESENCE)
+                           accounting, key_cap_trips, delta, NO_PRESENCE, unit=PERSON_WINDOW if has_person else TRIP,
+                           missing_days=missing)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,

@@ -24,7 +24,7 @@ from dpflows.errors import DpflowsError, InvalidInput
 from dpflows.ledger import AuditEntry, Client, ReleaseRequest, StoredAnswer, WindowBudget
 from dpflows.mechanisms import NoiseMechanism, mechanism_named
 from dpflows.postprocess import make_consistent, table_totals
-from dpflows.queries import QuerySpec, prepare
+from dpflows.queries import QuerySpec, prepare, uncovered_days
 from dpflows.query_kinds import KEY_FIELDS, TABLE_KINDS
 from dpflows.release_record import StoredRelease
 from dpflows.sensitivity import query_sensitivity
@@ -191,6 +191,7 @@ def describe(ctx: ServiceContext, stored: StoredAnswer, release: StoredRelease, 
         value_terms=terms or None,
         accounting=meta.accounting,
         count_unit=query_sensitivity(spec, data).count_unit,
+        uncovered_days=[d.isoformat() for d in uncovered_days(spec, data)] or None,
         delta=None if approx is None else approx["delta"],
         approx_epsilon=None if approx is None else approx["epsilon"],
     )

@@ -29,6 +29,7 @@ class Catalog:
                 "bounds": {"trips": meta.bound_trips, "presence": meta.bound_presence},
                 "accounting": meta.accounting_json(),
                 "privacy_unit": meta.privacy_unit,
+                "missing_days": [d.isoformat() for d in meta.missing_days],
                 "zonings": [{"name": z.name, "zones": z.zone_count, "coarse": z.coarse} for z in zonings],
             })
         return out

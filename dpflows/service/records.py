@@ -89,6 +89,8 @@ class Answer:
     accounting: str = PURE_DP
     #: What each count counts: "trips", "people" (each key one day-hour, or one window of homes), "person-hours"
     count_unit: str = "trips"
+    #: Days asked that the dataset is declared not to hold: they count nothing (coverage is declared, not measured)
+    uncovered_days: list[str] | None = None
     #: zCDP datasets: the δ at which ε is shown, and the ε this release's ρ implies at it.
     delta: float | None = None
     approx_epsilon: float | None = None

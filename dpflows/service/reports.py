@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from dpflows.accounting import accounting
-from dpflows.aggregates import Dataset
+from dpflows.aggregates import TRIP, Dataset
 from dpflows.budget import MAX_EPSILON_NANOS, PrivacyLoss
 from dpflows.cells import CELL_ZONING
 from dpflows.contribution_report import ReportCharge, report_document
@@ -88,6 +88,9 @@ def bounding_report(ctx: ServiceContext, dataset: str, client: Client) -> dict[s
         data = ctx.dataset(dataset)
         report = data.bounding_report
         if report is None:
+            if data.metadata.unit == TRIP:
+                raise NotFound(f"dataset {dataset!r} has no bounding report: each trip is its own privacy unit, so "
+                               "there is no per-person contribution to bound (its bound is 1)", field="dataset")
             raise NotFound(f"dataset {dataset!r} has no bounding report; re-ingest it with "
                            "--report-epsilon 0.05 (the default) to make one", field="dataset")
         charge_bounding_report(ctx, data)

@@ -337,5 +337,9 @@ def test_cli_defaults_are_the_library_defaults() -> None:
 
     args = build_parser().parse_args(["ingest", "e.parquet", "--cells", "c.csv", "--out", "o", "--first-day",
                                       "2024-03-04", "--end-day", "2024-03-11"])
-    assert (args.bound_trips, args.bound_presence) == (DEFAULT_BOUND_TRIPS, DEFAULT_BOUND_PRESENCE) == (20, 60)
+    # L_trips follows the unit: the library's 20 per person-window, or 1 when each trip is its own unit
+    from dpflows.cli import _bound_or_default
+
+    assert args.bound_trips is None and _bound_or_default(args.bound_trips) == DEFAULT_BOUND_TRIPS == 20
+    assert args.bound_presence == DEFAULT_BOUND_PRESENCE == 60
     assert (args.home_hours, args.work_hours, args.min_work_days) == (None, None, None)  # DEFAULT_PLACES, fitted
