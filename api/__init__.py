@@ -77,6 +77,9 @@ class DpflowsExtension:
                              ledger)
         mark.check()  # a ledger restored from an older backup is refused here, before any request
         ext = cls(Service(store, ledger, policy, mark), Catalog(store), limits)
+        # After fork: gunicorn builds the app in each worker (preload_app = False), so each worker
+        # pre-draws its own noise (dpflows/noise_pool.py); 0 turns the pool off.
+        ext.service.start_noise_pool(settings.noise_pool_values)
         app.extensions["dpflows"] = ext
         return ext
 

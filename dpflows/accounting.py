@@ -71,6 +71,11 @@ class Accounting:
     def release(self, true_counts: np.ndarray, sensitivity: float, loss: PrivacyLoss) -> Any:
         return self.mechanism.release(true_counts, sensitivity, loss)
 
+    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+        """Sensitivities this dataset's queries are calibrated to that its metadata alone fixes
+        (public facts, for the noise pool's stocks; dpflows.noise_pool)."""
+        raise NotImplementedError
+
     def parse_sensitivity(self, stored: Any) -> float:
         """A stored answer's sensitivity as it was calibrated (an integer L, or an ℓ2 float)."""
         return self.mechanism.parse_sensitivity(stored)
@@ -118,6 +123,11 @@ class PureDP(Accounting):
 
         return query_sensitivity(spec, data).l1
 
+    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+        # trips: L_trips; presence: min(L_presence, S), L_presence once a query covers enough
+        # day-hour slots (the wide answers the pool is for); residents and commuting: 1.
+        return {meta.bound("trips"), meta.bound("presence"), 1}
+
     def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
         return charge.epsilon
 
@@ -132,6 +142,14 @@ class ZeroConcentrated(Accounting):
         from dpflows.sensitivity import query_sensitivity
 
         return query_sensitivity(spec, data).l2
+
+    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+        # A key's cap lies between the per-row cap and L; wide answers (many days, hours and cells
+        # per key: the 10,000-key ones the pool is for) reach L, where Δ2 = L; narrow ones the row cap.
+        from dpflows.mechanisms import l2_sensitivity
+
+        return {l2_sensitivity(meta.bound(m), cap) for m in ("trips", "presence")
+                for cap in (meta.bound(m), meta.key_cap(m))} | {l2_sensitivity(1, 1)}
 
     def approx_dp(self, loss: PrivacyLoss, delta: float) -> float | None:
         from dpflows.mechanisms import rho_to_approx_dp

@@ -346,6 +346,14 @@ class AggregateStore:
         return sorted(p.name for p in base.iterdir()
                       if (p / CURRENT_FILE).exists() or (p / "metadata.json").exists())
 
+    def metadata(self, name: str) -> DatasetMetadata:
+        """The current version's metadata alone (public facts), without loading the aggregates."""
+        vdir = version_dir(self.dataset_dir(name))
+        try:
+            return DatasetMetadata.from_json(json.loads((vdir / "metadata.json").read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, InvalidData) as exc:
+            raise DataUnavailable(f"metadata.json of dataset {name!r} is missing or corrupt") from exc
+
     def get(self, name: str) -> Dataset:
         path = self.dataset_dir(name)
         with self._lock:

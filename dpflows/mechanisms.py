@@ -22,6 +22,12 @@ sums the pmf term by term (time ∝ scale, and ∝ max_error × 64 for the inver
 max_error 1e6, unbounded at 1e14). Sums of noises use a convolution over a window whose size a
 Chernoff bound fixes (∝ √k·scale, capped at ~17 ms), else that Chernoff bound. Below a floor on the loss
 (`dpflows.service.Policy.min_epsilon`, `min_rho`) nothing is priced at all.
+
+Pre-drawn noise (issue 16): a release may take its noise from this process's pool
+(dpflows.noise_pool), which a background thread fills by calling the very same measurement
+(`_laplace(scale)`, `_gaussian(scale)`) on vectors of zeros; the scale, the privacy-map check
+and the loss charged are those of the fresh path, and the addition to the counts is
+overflow-checked (`add_noise`). A short stock means drawing now, as before.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from opendp.accuracy import (
     discrete_laplacian_scale_to_accuracy,
 )
 
+from dpflows import noise_pool
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import InvalidInput
 
@@ -268,6 +275,57 @@ def _check_confidence(confidence: float) -> None:
         )
 
 
+# -- the noise itself: drawn now, or pre-drawn by the same measurement (dpflows.noise_pool) ---------
+
+
+def _noised(true_counts: np.ndarray, mechanism: str, scale: float, measurement: dp.Measurement) -> np.ndarray:
+    """`measurement` applied to the counts: the pool's pre-drawn output of that very measurement on
+    zeros, added with an overflow check, when the stock holds enough; else drawn now, all of it."""
+    counts = np.asarray(true_counts, dtype=np.int64)
+    noise = noise_pool.take(mechanism, scale, len(counts))
+    if noise is not None:
+        return add_noise(counts, noise)
+    try:
+        noisy = measurement(counts.tolist())
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"noise could not be drawn: {exc.variant}") from exc
+    return np.asarray(noisy, dtype=np.int64)
+
+
+def add_noise(counts: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """counts + noise in int64, refused (never wrapped) where a sum leaves the 64-bit range."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.shape != noise.shape:
+        raise MechanismError("noise and counts differ in length")
+    out = counts + noise  # numpy wraps silently on overflow: checked below
+    # a sum overflowed iff both operands have the same sign and the result the other one
+    if bool((((counts ^ out) & (noise ^ out)) < 0).any()):
+        raise MechanismError("a noisy count does not fit in 64 bits; no answer was released")
+    return out
+
+
+def _draw_zeros(mechanism: str, scale: float, n: int) -> np.ndarray:
+    """n draws of the measurement a release at this scale uses, applied to n zeros (the pool's source)."""
+    measurement = _gaussian(scale) if mechanism == DISCRETE_GAUSSIAN else _laplace(scale)
+    return np.asarray(measurement([0] * n), dtype=np.int64)
+
+
+def configure_noise_pool(values: int) -> None:
+    """Hold at most `values` pre-drawn values in this process (0: none; every draw at request time)."""
+    noise_pool.configure(_draw_zeros, values)
+
+
+def start_noise_pool() -> noise_pool.NoisePool | None:
+    """This process's pool, started now (its thread refills the declared stocks); None if disabled."""
+    return noise_pool.current()
+
+
+def stock_noise(mechanism: str, sensitivities: set[float], losses: tuple[PrivacyLoss, ...]) -> None:
+    """Keep pre-drawn noise for these public sensitivities and preset losses of one mechanism."""
+    calibrate = mechanism_named(mechanism).scale
+    noise_pool.declare({(mechanism, calibrate(s, loss)) for s in sensitivities for loss in losses})
+
+
 @dataclass(frozen=True)
 class NoisyRelease:
     """A noisy integer vector and the facts about how it was made."""
@@ -287,13 +345,8 @@ def release_counts(true_counts: np.ndarray, sensitivity: int, epsilon: Epsilon) 
     loss = Epsilon.from_privacy_map(float(privacy_loss(sensitivity, scale)))
     if loss > epsilon:  # cannot happen after scale_for_epsilon; a guard, not a branch we expect
         raise MechanismError(f"privacy map gives {loss} above the requested epsilon={epsilon}")
-    data = [int(v) for v in np.asarray(true_counts, dtype=np.int64)]
-    try:
-        noisy = measurement(data)
-    except dp.OpenDPException as exc:
-        raise MechanismError(f"noise could not be drawn: {exc.variant}") from exc
     return NoisyRelease(
-        values=np.asarray(noisy, dtype=np.int64),
+        values=_noised(true_counts, DISCRETE_LAPLACE, scale, measurement),
         mechanism=DISCRETE_LAPLACE,
         scale=scale,
         sensitivity=sensitivity,
@@ -505,13 +558,8 @@ def release_counts_gaussian(true_counts: np.ndarray, l2: float, rho: Rho) -> Noi
     loss = Rho.from_privacy_map(rho_loss(l2, scale))
     if loss > rho:  # cannot happen after scale_for_rho; a guard
         raise MechanismError(f"privacy map gives {loss} above the requested rho={rho}")
-    data = [int(v) for v in np.asarray(true_counts, dtype=np.int64)]
-    try:
-        noisy = _gaussian(scale)(data)
-    except dp.OpenDPException as exc:
-        raise MechanismError(f"noise could not be drawn: {exc.variant}") from exc
     return NoisyRelease(
-        values=np.asarray(noisy, dtype=np.int64),
+        values=_noised(true_counts, DISCRETE_GAUSSIAN, scale, _gaussian(scale)),
         mechanism=DISCRETE_GAUSSIAN,
         scale=scale,
         sensitivity=l2,

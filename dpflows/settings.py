@@ -40,6 +40,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _loss_list(parse: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    def parse_list(text: str) -> tuple[Any, ...]:
+        return tuple(parse(part.strip()) for part in text.split(",") if part.strip())
+    return parse_list
+
+
 def _default_workers() -> str:
     return str(min(2 * multiprocessing.cpu_count() + 1, 9))
 
@@ -96,6 +102,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DPFLOWS_MAX_UPLOAD_BYTES", str(32 * 1024 * 1024),
             "largest body of an admin's zoning upload, which may carry GeoJSON polygons (every other request: "
             "1 MiB; behind nginx, deploy/nginx.conf allows as much for that route)", _positive_int),
+    Setting("DPFLOWS_NOISE_POOL_VALUES", "0", "pre-drawn noise values each process may hold (8 bytes each), split "
+            "evenly over the stocked scales and refilled by a background thread from the same OpenDP measurement; "
+            "0: no pool, every draw at request time (dpflows/noise_pool.py)", _non_negative_int),
+    Setting("DPFLOWS_NOISE_POOL_EPSILONS", "", "comma-separated epsilons whose noise the pool pre-draws for every "
+            "pure-DP dataset's bounds (public presets; default: the role caps)", _loss_list(Epsilon.parse)),
+    Setting("DPFLOWS_NOISE_POOL_RHOS", "", "comma-separated rhos whose noise the pool pre-draws for every zCDP "
+            "dataset (default: the role caps)", _loss_list(Rho.parse)),
     Setting("DPFLOWS_BIND", "127.0.0.1:8000", "address gunicorn listens on (dpflows serve --bind)"),
     Setting("DPFLOWS_WORKERS", _default_workers, "gunicorn worker processes (default 2 x cores + 1, at most 9)",
             _positive_int),

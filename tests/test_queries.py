@@ -91,3 +91,19 @@ def test_dense_domains_above_the_limit_are_refused(store: AggregateStore, monkey
     monkeypatch.setattr(queries, "MAX_DENSE_KEYS", 1000)  # 40 cells → 1,600 OD keys
     with pytest.raises(DomainTooLarge, match="1600 keys"):
         prepare(spec(zoning="cell"), store.get("small"))
+
+
+def test_flows_over_every_row_match_a_direct_count_and_the_cached_keys_stay_right(store: AggregateStore,
+                                                                                 data_root) -> None:
+    """The whole dataset (no row masked: the cached keys are used as they are), asked twice."""
+    data = store.get("small")
+    s = spec(end=data.metadata.end_day)
+    zone = {f"c{i:03d}": f"d{i // 5}" for i in range(40)}
+    expected: dict[tuple[str, str], int] = {}
+    for row in pl.read_parquet(version_dir(data_root / "datasets/small") / "trips.parquet").iter_rows(named=True):
+        k = (zone[row["origin"]], zone[row["dest"]])
+        expected[k] = expected.get(k, 0) + row["count"]
+    for _ in range(2):
+        p = prepare(s, data)
+        got = {(r["origin"], r["destination"]): int(c) for r, c in zip(p.domain.rows(), p.true_counts, strict=True)}
+        assert {k: v for k, v in got.items() if v} == expected

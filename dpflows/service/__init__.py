@@ -23,8 +23,10 @@ from typing import Any
 from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning
+from dpflows.errors import DpflowsError
 from dpflows.ledger import AuditEntry, Client, Ledger
 from dpflows.ledger.high_water import HighWaterMark
+from dpflows.mechanisms import configure_noise_pool, start_noise_pool
 from dpflows.service import admin, answering, quoting, relative_change, reports
 from dpflows.service.admin import KEY_PREFIX, hash_key
 from dpflows.service.catalog import Catalog
@@ -53,6 +55,19 @@ class Service:
     @property
     def policy(self) -> Policy:
         return self.context.policy
+
+    def start_noise_pool(self, values: int) -> None:
+        """Pre-draw noise in this process (at most `values` held; 0: none) for every dataset's public
+        scales; call it in each worker after fork (the app factory does)."""
+        configure_noise_pool(values)
+        if values <= 0:
+            return
+        for name in self.store.names():
+            try:
+                self.context.stock_noise(self.store.metadata(name))
+            except DpflowsError:
+                continue  # a broken dataset is refused when asked, not here
+        start_noise_pool()
 
     # queries
     def dataset(self, name: str) -> Dataset:

@@ -71,7 +71,7 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         noisy = acc.release(prepared.true_counts, acc.sensitivity(spec, data), loss)
         answer_id = uuid.uuid4().hex
         release = StoredRelease(
-            values=[int(v) for v in noisy.values],
+            values=noisy.values.tolist(),  # Python ints, as the payload holds them
             key_fields=list(prepared.domain.fields),
             keys={f: prepared.domain.columns[f] for f in prepared.domain.fields},
             windows=list(prepared.windows),

@@ -17,6 +17,7 @@ from dpflows.errors import DpflowsError
 from dpflows.ledger import AuditEntry, Client, DatasetGrid, Ledger, WindowBudget
 from dpflows.ledger._sql import check_grid_matches, group_query_key
 from dpflows.ledger.high_water import HighWaterMark
+from dpflows.mechanisms import stock_noise
 from dpflows.queries import QuerySpec
 from dpflows.service.policy import Policy
 from dpflows.service.records import QueryRequest, WindowStatus
@@ -47,6 +48,7 @@ class ServiceContext:
         self.high_water = high_water
         self.reports_paid: set[str] = set()  # report-charge keys known to be in the ledger
         self.grids_checked: set[str] = set()  # dataset versions whose grid matches the ledger's record
+        self.noise_stocked: set[str] = set()  # dataset versions whose public scales the noise pool stocks
 
     def dataset(self, name: str) -> Dataset:
         """A loaded dataset whose window grid and measure agree with what the ledger recorded for it.
@@ -61,7 +63,16 @@ class ServiceContext:
             if recorded is not None:
                 check_grid_matches(recorded, dataset_grid(data))
                 self.grids_checked.add(data.version)
+        if data.version not in self.noise_stocked:
+            self.stock_noise(data.metadata)
+            self.noise_stocked.add(data.version)
         return data
+
+    def stock_noise(self, meta: DatasetMetadata) -> None:
+        """Declare to the noise pool the scales of this dataset's bounds at the preset losses: public
+        facts only, whatever clients ask (dpflows.noise_pool)."""
+        acc = accounting(meta.accounting)
+        stock_noise(acc.mechanism.name, acc.public_sensitivities(meta), self.policy.noise_presets(acc.unit))
 
     def price(self, client: Client, request: QueryRequest, data: Dataset) -> PrivacyLoss:
         """The ε (pure-DP dataset) or ρ (zCDP dataset) this query costs, checked against the role's cap."""

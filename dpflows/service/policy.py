@@ -44,6 +44,10 @@ class Policy:
     #: can be summed into the asked one, chosen in the ledger by their shape): only the chosen
     #: answer's payload is read (dpflows.derived_answers).
     derive_candidates: int = 16
+    #: Losses whose noise the pool pre-draws (dpflows.noise_pool), per measure: public presets,
+    #: never learned from what clients ask. Empty: the role caps of that measure.
+    noise_presets_epsilon: tuple[Epsilon, ...] = ()
+    noise_presets_rho: tuple[Rho, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -51,7 +55,8 @@ class Policy:
         return cls(planner_max_epsilon=settings.planner_max_epsilon, analyst_max_epsilon=settings.analyst_max_epsilon,
                    planner_max_rho=settings.planner_max_rho, analyst_max_rho=settings.analyst_max_rho,
                    min_cells_coarse=settings.min_cells_per_coarse_zone, min_epsilon=settings.min_epsilon,
-                   min_rho=settings.min_rho, derive_candidates=settings.derive_candidates)
+                   min_rho=settings.min_rho, derive_candidates=settings.derive_candidates,
+                   noise_presets_epsilon=settings.noise_pool_epsilons, noise_presets_rho=settings.noise_pool_rhos)
 
     def min_loss(self, unit: str) -> PrivacyLoss:
         """The floor of one query's loss in one measure ("epsilon" or "rho")."""
@@ -65,6 +70,14 @@ class Policy:
         by_unit = {"epsilon": RoleCaps(self.planner_max_epsilon, self.analyst_max_epsilon),
                    "rho": RoleCaps(self.planner_max_rho, self.analyst_max_rho)}
         return by_unit[unit]
+
+    def noise_presets(self, unit: str) -> tuple[PrivacyLoss, ...]:
+        """The losses whose noise is pre-drawn in one measure: the presets, else every role's cap."""
+        presets: tuple[PrivacyLoss, ...] = self.noise_presets_rho if unit == "rho" else self.noise_presets_epsilon
+        if presets:
+            return presets
+        caps = self.caps(unit)
+        return tuple(dict.fromkeys((caps.planner, caps.analyst)))
 
     def max_loss(self, role: str, accounting_name: str) -> PrivacyLoss:
         """The per-query cap for this role, in the dataset's measure."""
