@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dpflows.aggregates import AggregateStore, DatasetMetadata, write_aggregates
+from dpflows.aggregates import AggregateStore, DatasetMetadata, PlaceRule, write_aggregates
 from dpflows.budget import Epsilon
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
@@ -23,7 +23,7 @@ N_CELLS = 40
 
 
 def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5, bound_presence: int = 20,
-                        accounting: str = "pure_dp") -> Path:
+                        accounting: str = "pure_dp", places: bool = False) -> Path:
     """40 cells, 28 days, sparse trips with a morning peak; zonings 'districts' (8×5) and coarse 'sectors' (2×20)."""
     rng = np.random.default_rng(20240304)  # synthetic test data, not noise
     cell_ids = [f"c{i:03d}" for i in range(N_CELLS)]
@@ -57,8 +57,20 @@ def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5
         .group_by("day", "hour", "cell").agg(pl.col("count").sum())
     )
     meta = DatasetMetadata(name, FIRST_DAY, FIRST_DAY + dt.timedelta(days=DAYS), 7, bound_trips, bound_presence,
-                           {"kind": "synthetic-test"}, accounting)
-    out = write_aggregates(root / "datasets" / name, meta, cells, trips, presence)
+                           {"kind": "synthetic-test"}, accounting, places=PlaceRule() if places else None)
+    residents = commuting = None
+    if places:  # one home and one work cell per person-window, 300 persons over the 4 windows
+        homes, works = rng.integers(0, N_CELLS, 300), rng.integers(0, N_CELLS, 300)
+        rows = [(w, place, cell_ids[c]) for w in range(DAYS // 7) for place, cells_of in (("home", homes), ("work", works))
+                for c in cells_of]
+        residents = (pl.DataFrame(rows, schema={"window": pl.Int32, "place": pl.String, "cell": pl.String}, orient="row")
+                     .group_by("window", "place", "cell").len("count").with_columns(pl.col("count").cast(pl.Int64)))
+        pairs = [(w, cell_ids[h], cell_ids[k]) for w in range(DAYS // 7) for h, k in zip(homes, works, strict=True)
+                 if h != k]
+        commuting = (pl.DataFrame(pairs, schema={"window": pl.Int32, "home": pl.String, "work": pl.String}, orient="row")
+                     .group_by("window", "home", "work").len("count").with_columns(pl.col("count").cast(pl.Int64)))
+    out = write_aggregates(root / "datasets" / name, meta, cells, trips, presence, residents=residents,
+                           commuting=commuting)
     store = AggregateStore(root)
     service = Service(store, SqliteLedger(root / "bootstrap-ledger.db"))
     districts = "cell_id,zone_id\n" + "".join(f"{c},d{i // 5}\n" for i, c in enumerate(cell_ids))

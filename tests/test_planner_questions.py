@@ -175,3 +175,13 @@ def test_the_python_client_through_gunicorn(city_root: Path, tmp_path: Path) -> 
         leaving = client.outflows("city", "sectors", "2024-03-04", "2024-03-11", hours=(7, 10), epsilon=0.25)
         assert arriving.values.height == leaving.values.height == 4
         assert arriving.raw["count_unit"] == "trips" and homes.raw["count_unit"] == "people"
+
+
+def test_derive_on_the_new_kinds_is_refused_cleanly_or_fresh(svc) -> None:
+    """derive=true on kinds without exact-sum derivations releases fresh (never errors, never a foreign answer)."""
+    service, planner, _ = svc
+    for kind, kw in (("residents", {"place": "home"}), ("commuting", {}), ("inflows", {}), ("outflows", {})):
+        end = TWO_WEEKS if kind in ("residents", "commuting") else D0 + dt.timedelta(days=7)
+        spec = make_spec(kind, dataset="city", zoning="districts", start=D0, end=end, **kw)
+        answer = service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.1"), derive=True), planner)
+        assert answer.derived_from is None and answer.charged == Epsilon.parse("0.1")

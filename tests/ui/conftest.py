@@ -44,6 +44,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     root = tmp_path_factory.mktemp("live")
     build_small_dataset(root)
     build_small_dataset(root, "smallz", accounting="zcdp")
+    build_small_dataset(root, "smallp", places=True)
     ledger_path = root / "ledger.db"
     ledger = SqliteLedger(ledger_path)
     service = Service(AggregateStore(root), ledger)
@@ -55,6 +56,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     service.set_cap("small", Epsilon.parse("3"), client_id=None, window=None)
     service.set_cap("smallz", Rho.parse("0.05"), client_id=planner.id, window=None)
     service.set_cap("smallz", Rho.parse("0.5"), client_id=None, window=None)
+    service.set_cap("smallp", Epsilon.parse("2"), client_id=planner.id, window=None)
+    service.set_cap("smallp", Epsilon.parse("3"), client_id=None, window=None)
     ledger.close()
     with GunicornServer(root, f"sqlite:///{ledger_path}", workers=2) as server:
         yield LiveServer(server.url, planner_key, analyst_key, admin_key, root, ledger_path)

@@ -223,3 +223,41 @@ def test_a_polygon_zoning_is_drawn_from_its_polygons(chromium_path: str, live_se
         assert len(east) == 2
         page.screenshot(path=str(REPO / "test-output" / "planner-polygons.png"), full_page=True)
         assert not problems, problems
+
+
+def test_planner_draws_residents_and_commuting(chromium_path: str, live_server: LiveServer, tmp_path: Path) -> None:
+    """Issue 14: residents as a choropleth per week, commuting as arcs home → work, in a real browser."""
+    with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.goto(live_server.base_url + "/planner/")
+        page.fill("#api-key", live_server.planner_key)
+        page.click("#login-form button")
+        page.wait_for_selector("#budget-remaining[data-value]")
+        page.select_option("#dataset", "smallp")
+        page.locator("#zoning option[value=districts]").wait_for(state="attached")
+        page.select_option("#zoning", "districts")
+        page.select_option("#kind", "residents")
+        assert page.is_visible("#residents-options")
+        page.select_option("#place", "work")
+        page.fill("#start", "2024-03-04")
+        page.fill("#end", "2024-03-18")
+        page.fill("#epsilon", "0.25")
+        page.click("#quote-button")
+        page.wait_for_selector("#confirm:not([hidden])")
+        page.click("#confirm-run")
+        page.wait_for_selector("#answer:not([hidden])")
+        page.locator("[data-testid=zone-counts] [data-zone]").first.wait_for()
+        assert page.locator("#answer-window option").count() == 2  # two weeks asked
+        assert "people whose work lies in each zone" in page.inner_text("#legend")
+        assert page.locator("#values thead th").all_inner_texts()[:2] == ["zone", "window"]
+        page.select_option("#kind", "commuting")
+        page.click("#quote-button")
+        page.wait_for_selector("#confirm:not([hidden])")
+        page.click("#confirm-run")
+        page.locator("#values thead th", has_text="home").wait_for()
+        page.select_option("#flow-filter", "positive")  # one person per pair at most here: below the ± bound
+        page.locator("#map [data-flow]").first.wait_for()
+        assert page.locator("#values thead th").all_inner_texts()[:3] == ["home", "work", "window"]
+        assert not problems, problems

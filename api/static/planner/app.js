@@ -173,7 +173,15 @@
     await Promise.all([refreshBudget(), onZoningChange()]);
   }
 
-  function onKindChange() { $("patterns-options").hidden = $("kind").value !== "patterns"; }
+  function onKindChange() {
+    $("patterns-options").hidden = $("kind").value !== "patterns";
+    $("residents-options").hidden = $("kind").value !== "residents";
+  }
+
+  /** The key fields of each kind's values (as the server's query_kinds says). */
+  const KEYS = { flows: ["origin", "destination"], presence: ["zone", "hour"], patterns: ["weekday", "hour"],
+    inflows: ["zone"], outflows: ["zone"], residents: ["zone", "window"], commuting: ["home", "work", "window"] };
+  const WINDOW_KINDS = ["residents", "commuting"];
 
   async function loadZoning(dataset, zoning) {
     const k = `${dataset}/${zoning}`;
@@ -198,9 +206,11 @@
     const kind = $("kind").value;
     const body = { dataset: $("dataset").value, zoning: $("zoning").value, start: $("start").value, end: $("end").value };
     const hf = +$("hour-from").value, ht = +$("hour-to").value;
-    if (!(hf === 0 && ht === 24)) body.hours = [hf, ht];
+    const whole = WINDOW_KINDS.includes(kind); // residents and commuting count whole weeks: no hours or weekdays
+    if (!whole && !(hf === 0 && ht === 24)) body.hours = [hf, ht];
     const days = [...document.querySelectorAll("[data-weekday]")].filter((c) => c.checked).map((c) => +c.value);
-    if (days.length !== 7) body.weekdays = days;
+    if (!whole && days.length !== 7) body.weekdays = days;
+    if (kind === "residents") body.place = $("place").value;
     if (document.querySelector("input[name=price]:checked").value === "epsilon") body[lossField()] = Number($("epsilon").value);
     else { body.max_error = Number($("max-error").value); body.confidence = Number($("confidence").value); }
     if ($("clamp").checked) body.clamp_negative = true;
@@ -492,7 +502,7 @@
     renderMapTools(kind, doc);
     renderMap();
     renderTable(kind, doc);
-    $("download-geojson").hidden = kind === "patterns"; // weekday × hour has no geography
+    $("download-geojson").hidden = kind === "patterns" || kind === "commuting"; // no single geography per value
   }
 
   function renderSummary(kind, doc) {
@@ -521,7 +531,7 @@
     const tools = $("map-tools");
     tools.replaceChildren();
     const e = Number(doc.error_bound_95);
-    if (kind === "flows") {
+    if (kind === "flows" || kind === "commuting") {
       const sel = el("select", { id: "flow-filter" },
         el("option", { value: "signal", text: `flows above the error bound (> ${fmtErr(e).slice(2)})` }),
         el("option", { value: "positive", text: "all positive flows" }));
@@ -535,6 +545,19 @@
       tools.append(el("label", {}, "hour ", sel), el("span", { class: "muted", text: "one hour at a time: each value has its own ± bound; sums of noisy values would not" }));
       sel.addEventListener("change", renderMap);
     }
+    if (WINDOW_KINDS.includes(kind)) {
+      const windows = [...new Set(doc.values.map((v) => v.window))].sort();
+      const sel = el("select", { id: "answer-window" }, ...windows.map((w) => el("option", { value: w, text: `week from ${w}` })));
+      tools.append(el("label", {}, "week ", sel));
+      sel.addEventListener("change", renderMap);
+    }
+  }
+
+  /** Values of the chosen week, keyed as the zone maps draw them (commuting as flows home → work). */
+  function ofWindow(kind, doc) {
+    const w = ($("answer-window") || {}).value ?? doc.values[0]?.window;
+    const values = doc.values.filter((v) => v.window === w);
+    return kind === "commuting" ? values.map((v) => ({ origin: v.home, destination: v.work, count: v.count })) : values;
   }
 
   function renderMap() {
@@ -546,7 +569,25 @@
     const proj = projection(zoning);
     if (!proj) { svg.append(el("svg:text", { x: 20, y: 30, text: "No public geometry or cell coordinates to draw this zoning; see the table." })); return; }
     if (kind === "presence") drawPresence(svg, doc, zoning, proj, e);
+    else if (kind === "commuting") drawFlows(svg, { ...doc, values: ofWindow(kind, doc) }, zoning, proj, e);
+    else if (kind === "residents") drawZoneCounts(svg, ofWindow(kind, doc), zoning, proj, e, `people whose ${doc.query.place} lies in each zone, week from ${($("answer-window") || {}).value ?? doc.values[0]?.window}`);
+    else if (kind === "inflows" || kind === "outflows") drawZoneCounts(svg, doc.values, zoning, proj, e, `trips ${kind === "inflows" ? "arriving in" : "leaving"} each zone`);
     else drawFlows(svg, doc, zoning, proj, e);
+  }
+
+  /** One value per zone as a choropleth (residents, in- and outflows). */
+  function drawZoneCounts(svg, values, zoning, proj, e, title) {
+    const byZone = new Map(values.map((v) => [String(v.zone), v.count]));
+    const max = Math.max(1, ...byZone.values());
+    const g = el("svg:g", { "data-testid": "zone-counts" });
+    svg.append(g);
+    drawZones(g, zoning, proj, (z) => byZone.has(z) ? colorRamp(Math.max(byZone.get(z), 0) / max) : "#eeeeee",
+      (z) => `zone ${z}: ${byZone.has(z) ? withErr(byZone.get(z), e) : "no value"}`);
+    drawLabels(svg, zoning, proj);
+    const steps = [0, 0.25, 0.5, 0.75, 1];
+    $("legend").replaceChildren(el("span", { text: `${title}, each ${fmtErr(e)}:` }),
+      ...steps.map((t) => { const s = el("span", {}); const sw = el("span", { class: "swatch" }); sw.style.background = colorRamp(t); s.append(sw, ` ${fmtNum(t * max)}`); return s; }),
+      noiseWarning([...byZone.values()], e));
   }
 
   function colorRamp(t) { // light yellow → dark blue, readable in print
@@ -651,7 +692,7 @@
 
   function renderTable(kind, doc) {
     const e = Number(doc.error_bound_95);
-    const keys = { flows: ["origin", "destination"], presence: ["zone", "hour"], patterns: ["weekday", "hour"] }[kind];
+    const keys = KEYS[kind];
     const rows = [...doc.values].sort((a, b) => b.count - a.count);
     $("table-title").textContent = `Values (${rows.length}${rows.length > MAX_TABLE_ROWS ? `, largest ${MAX_TABLE_ROWS} shown` : ""}), each ${fmtErr(e)} at ${Math.round((doc.confidence || 0.95) * 100)}% confidence${doc.reused ? " — reused answer, free" : ""}`;
     const head = el("tr", {}, ...keys.map((k) => el("th", { text: k })), el("th", { text: "count ± error" }), el("th", { text: "interval (true value)" }));
@@ -704,7 +745,7 @@
 
   function answerCSV({ kind, doc }) {
     const e = Number(doc.error_bound_95);
-    const keys = { flows: ["origin", "destination"], presence: ["zone", "hour"], patterns: ["weekday", "hour"] }[kind];
+    const keys = KEYS[kind];
     const cols = [...keys, "count", "error_bound_95", "lower", "upper"];
     const cell = (x) => (/[",\n]/.test(String(x)) ? `"${String(x).replace(/"/g, '""')}"` : String(x));
     const lines = [cols.join(",")]; // plain CSV for any tool; the answer id is in the file name
