@@ -235,10 +235,12 @@ def generate_city(out_dir: str | Path, *, persons: int = 2000, seed: int = 1, da
                     "person": pa.array(person), "timestamp": pa.array(ts.astype("datetime64[us]")),
                     "cell_id": cell_ids.take(pa.array(cell)),
                 }, schema=schema))
+    events_path.chmod(0o600)  # events are per person: readable by the operator's user alone (synthetic or not)
     truth_path = None
     if ground_truth:
         truth_path = out / "truth.parquet"
         pq.write_table(pa.concat_tables(truth), truth_path)
+        truth_path.chmod(0o600)
     return CityFiles(events_path, out / "cells.csv", out / "zonings" / "districts.csv",
                      out / "zonings" / "sectors.csv", start, days, truth_path)
 

@@ -300,4 +300,5 @@ def generate_scaled_city(out_dir: str | Path, *, cells: int = 5000, persons: int
                 }, schema=schema))
     quadrant = (layout.y >= 0).astype(np.int64) * 2 + (layout.x >= 0)
     coarse = {"sectors": int(np.bincount(quadrant, minlength=4).min())}
+    events_path.chmod(0o600)  # per-person events: readable by the operator's user alone
     return ScaledCityFiles(events_path, out / "cells.csv", zonings, polygons, coarse, start, days)

@@ -12,8 +12,8 @@ log), every error body and the whole audit log (read through the admin API) are 
   numbers after dates, times, pids and durations are masked;
 * every API key issued or tried, its secret part, and its SHA-256 digest.
 
-Person ids: this tree has no events-level ingestion (`dpflows/ingest` is empty), so no dataset
-here holds person ids; the check is keys and counts only.
+Person ids: `test_person_ids_never_leave_ingestion` ingests events with recognisable pseudonyms
+through the real command and scans everything readable afterwards for them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from dpflows.aggregates import AggregateStore, version_dir
+from dpflows.budget import Epsilon
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.queries import make_spec, prepare
 from dpflows.service import Service, hash_key
@@ -244,3 +245,73 @@ def test_logs_error_bodies_and_audit_hold_no_count_and_no_key(data_root: Path, t
           f"{len(other_bodies)} other 2xx bodies, {len(audit)} audit rows "
           f"for {len(candidates)} exact counts and {len(secrets)} key strings: nothing found")
 
+
+
+def test_person_ids_never_leave_ingestion(tmp_path: Path) -> None:
+    """Issue 18: the leak scan with real person pseudonyms, through a real ingestion, serving and errors.
+
+    Events with recognisable pseudonyms go through `dpflows ingest` (its terminal output included),
+    the data root is served by a real gunicorn, every kind of question and refusal is asked; no
+    pseudonym appears in anything the operator, the service or a client can read afterwards:
+    command output, metadata, aggregate files, the ledger file, the audit log, logs, responses.
+    """
+    import polars as pl
+
+    from dpflows.cli import main
+    from dpflows.demo import generate_city
+
+    city = generate_city(tmp_path / "raw", persons=300, seed=4, days=14)
+    events = pl.read_parquet(city.events).with_columns(
+        (pl.lit("PSEUDO-") + pl.col("person").cast(pl.String) + pl.lit("-XQZ")).alias("person"))
+    marked = tmp_path / "raw" / "marked.parquet"
+    events.write_parquet(marked)
+    root = tmp_path / "data"
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["ingest", str(marked), "--cells", str(city.cells), "--out", str(root / "datasets" / "city"),
+                     "--first-day", str(city.first_day), "--end-day", str(city.end_day),
+                     "--zoning", f"districts={city.districts}", "--zoning", f"sectors={city.sectors}:coarse:50"]) == 0
+        # a bad input: the error names rows and columns, never the person
+        bad = events.head(5).with_columns(pl.lit("NOT-A-CELL").alias("cell_id"))
+        bad.write_parquet(tmp_path / "raw" / "bad.parquet")
+        assert main(["ingest", str(tmp_path / "raw" / "bad.parquet"), "--cells", str(city.cells), "--out",
+                     str(tmp_path / "bad"), "--first-day", str(city.first_day), "--end-day", str(city.end_day)]) == 2
+    ledger_path = tmp_path / "ledger.db"
+    setup = Service(AggregateStore(root), SqliteLedger(ledger_path))
+    keys = seed_clients(setup, dataset="city")
+    setup.set_cap("city", Epsilon.parse("3"), client_id=None, window=None)
+    setup.ledger.close()
+    bodies: list[str] = []
+    week = {"dataset": "city", "start": "2024-03-04", "end": "2024-03-11", "epsilon": 0.1, "case_ref": "c-1"}
+    with GunicornServer(root, f"sqlite:///{ledger_path}", workers=2) as srv:
+        def send(path: str, key: str, body: dict[str, Any] | None = None) -> None:
+            r = (requests.post(srv.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+                 if body is not None else requests.get(srv.url + path, headers={"Authorization": f"Bearer {key}"},
+                                                       timeout=30))
+            bodies.append(r.text)
+
+        for path, body in (("/v1/flows", {**week, "zoning": "districts"}), ("/v1/presence", {**week, "zoning": "cell"}),
+                           ("/v1/inflows", {**week, "zoning": "districts"}),
+                           ("/v1/residents", {**week, "zoning": "districts", "end": "2024-03-18", "place": "home"}),
+                           ("/v1/commuting", {**week, "zoning": "sectors", "end": "2024-03-18"}),
+                           ("/v1/flows", {**week, "zoning": "nowhere"}), ("/v1/flows", {**week, "epsilon": 50})):
+            send(path, keys.planner, body)
+        send("/v1/flows", keys.analyst, {**week, "zoning": "sectors"})
+        send("/v1/datasets", keys.planner)
+        send("/v1/datasets/city/bounding-report", keys.planner)
+        send("/v1/admin/audit?limit=1000", keys.admin)
+        logs = srv.log_text()
+    readable = [out.getvalue(), err.getvalue(), logs, *bodies]
+    for path in [*root.rglob("*"), ledger_path]:
+        if path.suffix == ".parquet":  # compressed: read the columns and every text value instead
+            frame = pl.read_parquet(path)
+            readable.append(" ".join([*frame.columns, *(str(v) for c in frame.columns if frame[c].dtype == pl.String
+                                                        for v in frame[c].unique().to_list())]))
+        elif path.is_file():
+            readable.append(path.read_bytes().decode("latin-1"))
+    assert len(readable) > 10 and any("districts" in text for text in readable)  # the scan sees real content
+    leaked = [text[:200] for text in readable if "PSEUDO-" in text or "-XQZ" in text]
+    assert not leaked, leaked

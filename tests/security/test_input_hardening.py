@@ -247,3 +247,14 @@ def test_a_ledger_restored_from_an_older_backup_is_refused_at_start(data_root: P
     shutil.copy(backup, ledger)  # the restore
     with pytest.raises(Unavailable, match="restored from an older backup"):
         create_app(config)
+
+
+def test_generated_events_are_private(tmp_path: Path) -> None:
+    """Issue 18: event files hold one row per person and event: created 0600."""
+    import stat
+
+    from dpflows.demo import generate_city
+
+    city = generate_city(tmp_path / "raw", persons=5, days=1, ground_truth=True)
+    assert stat.S_IMODE(city.events.stat().st_mode) == 0o600
+    assert city.truth is not None and stat.S_IMODE(city.truth.stat().st_mode) == 0o600
