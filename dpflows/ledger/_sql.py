@@ -16,25 +16,30 @@ client_groups (the sharing group of each client put in one; a client without a r
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from dpflows.budget import PrivacyLoss
-from dpflows.errors import BudgetExceeded, Conflict, InvalidInput, NotFound
+from dpflows.errors import InvalidInput
+from dpflows.ledger._sql_audit import AuditLog, _with_reuse
+from dpflows.ledger._sql_base import EVERY_WINDOW, GLOBAL, Cursor, utc_now
+from dpflows.ledger._sql_clients import ClientRegistry
+from dpflows.ledger._sql_rules import (
+    _SHAPE_COLUMNS,
+    _check_budget,
+    _insert_shape,
+    _payload_text,
+    _shape_from_row,
+    backfill_answer_shapes,
+    check_cap_unit,
+    check_grid_matches,
+    group_query_key,
+    rekey_answers,
+)
 from dpflows.ledger.base import (
-    GENESIS_HASH,
-    ROLES,
     Allocation,
     AnswerShape,
-    ApiKeyRecord,
-    AuditEntry,
-    Client,
     DatasetGrid,
     ReleaseReceipt,
     ReleaseRequest,
@@ -44,36 +49,15 @@ from dpflows.ledger.base import (
     check_allocations,
     check_group_name,
     effective_allocations,
-    shape_of,
 )
 
-GLOBAL = 0  # client_id of the global cap and of the all-clients spend row
-EVERY_WINDOW = -1
-_CLIENT_SELECT = ("SELECT c.id, c.name, c.role, c.created_at, g.group_name FROM clients c "
-                  "LEFT JOIN client_groups g ON g.client_id = c.id")
 
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-class Cursor(Protocol):
-    """The small part of a DB-API cursor the ledger uses."""
-
-    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any: ...
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-
-
-class SqlLedger:
+class SqlLedger(ClientRegistry, AuditLog):
     """Ledger logic in portable SQL; see the module docstring for what subclasses add."""
 
     #: whether `_lock_spend_rows` locks rows (and so needs each window's allocation holder) or the
     #: transaction already holds the only write lock (SQLite)
     _locks_rows = True
-
-    def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
-        raise NotImplementedError
 
     def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int,
                          holders: dict[int, str]) -> None:
@@ -87,111 +71,6 @@ class SqlLedger:
             return dict.fromkeys(windows, "")
         rows = self._allocation_rows(cur, dataset, None)
         return {w: group if group in effective_allocations(rows, w) else "" for w in windows}
-
-    def _is_unique_violation(self, exc: Exception) -> bool:
-        raise NotImplementedError
-
-    # -- clients and keys -------------------------------------------------------------------
-
-    def create_client(self, name: str, role: str) -> Client:
-        if role not in ROLES:
-            raise InvalidInput(f"role={role!r} is not a role; use one of {list(ROLES)}", field="role")
-        if not name or len(name) > 128:
-            raise InvalidInput(f"name={name!r} must be 1-128 characters", field="name")
-        at = utc_now()
-        try:
-            with self._transaction(write=True) as cur:
-                cur.execute("INSERT INTO clients (name, role, created_at) VALUES (?, ?, ?)", (name, role, at))
-                cur.execute("SELECT id FROM clients WHERE name = ?", (name,))
-                (client_id,) = cur.fetchone()
-        except Exception as exc:
-            if self._is_unique_violation(exc):
-                raise Conflict(f"name={name!r} is taken by another client; choose another name", field="name") from exc
-            raise
-        return Client(int(client_id), name, role, at)
-
-    def _client_from_row(self, row: Any) -> Client:
-        return Client(int(row[0]), row[1], row[2], row[3], row[4])
-
-    def set_group(self, client_id: int, group: str | None) -> Client:
-        """Put a client in a sharing group, or (None) back alone; its past answers stay in the group they
-        were released in."""
-        if group is not None:
-            check_group_name(group)
-        self.get_client(client_id)
-        with self._transaction(write=True) as cur:
-            self._lock_allocations(cur, exclusive=True)  # a charge reads the group once, under the shared lock
-            if group is None:
-                cur.execute("DELETE FROM client_groups WHERE client_id = ?", (client_id,))
-            else:
-                cur.execute(
-                    "INSERT INTO client_groups (client_id, group_name, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (client_id) DO UPDATE SET group_name = excluded.group_name, "
-                    "updated_at = excluded.updated_at",
-                    (client_id, group, utc_now()),
-                )
-        return self.get_client(client_id)
-
-    def get_client(self, client_id: int) -> Client:
-        with self._transaction(write=False) as cur:
-            cur.execute(f"{_CLIENT_SELECT} WHERE c.id = ?", (client_id,))
-            row = cur.fetchone()
-        if row is None:
-            raise NotFound(f"client id={client_id} does not exist", field="client_id")
-        return self._client_from_row(row)
-
-    def client_by_name(self, name: str) -> Client:
-        with self._transaction(write=False) as cur:
-            cur.execute(f"{_CLIENT_SELECT} WHERE c.name = ?", (name,))
-            row = cur.fetchone()
-        if row is None:
-            raise NotFound(f"client name={name!r} does not exist", field="name")
-        return self._client_from_row(row)
-
-    def list_clients(self) -> list[Client]:
-        with self._transaction(write=False) as cur:
-            cur.execute(f"{_CLIENT_SELECT} ORDER BY c.id")
-            return [self._client_from_row(r) for r in cur.fetchall()]
-
-    def add_key(self, client_id: int, key_hash: str, prefix: str) -> ApiKeyRecord:
-        self.get_client(client_id)
-        at = utc_now()
-        with self._transaction(write=True) as cur:
-            cur.execute(
-                "INSERT INTO api_keys (client_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
-                (client_id, key_hash, prefix, at),
-            )
-            cur.execute("SELECT id FROM api_keys WHERE key_hash = ?", (key_hash,))
-            (key_id,) = cur.fetchone()
-        return ApiKeyRecord(int(key_id), client_id, prefix, at, None)
-
-    def client_for_key_hash(self, key_hash: str) -> Client | None:
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                "SELECT c.id, c.name, c.role, c.created_at, g.group_name FROM api_keys k "
-                "JOIN clients c ON c.id = k.client_id LEFT JOIN client_groups g ON g.client_id = c.id "
-                "WHERE k.key_hash = ? AND k.revoked_at IS NULL",
-                (key_hash,),
-            )
-            row = cur.fetchone()
-        return None if row is None else self._client_from_row(row)
-
-    def list_keys(self, client_id: int) -> list[ApiKeyRecord]:
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                "SELECT id, client_id, prefix, created_at, revoked_at FROM api_keys WHERE client_id = ? ORDER BY id",
-                (client_id,),
-            )
-            return [ApiKeyRecord(int(r[0]), int(r[1]), r[2], r[3], r[4]) for r in cur.fetchall()]
-
-    def revoke_key(self, key_id: int) -> ApiKeyRecord:
-        with self._transaction(write=True) as cur:
-            cur.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (utc_now(), key_id))
-            cur.execute("SELECT id, client_id, prefix, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,))
-            row = cur.fetchone()
-        if row is None:
-            raise NotFound(f"key id={key_id} does not exist", field="key_id")
-        return ApiKeyRecord(int(row[0]), int(row[1]), row[2], row[3], row[4])
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -492,231 +371,8 @@ class SqlLedger:
             budgets = self._budgets(cur, request.dataset, request.client_id, list(windows))
             return ReleaseReceipt(answer, reused=False, charged=request.epsilon, budgets=tuple(budgets))
 
-    # -- audit ------------------------------------------------------------------------------
 
-    def _append_audit(self, cur: Cursor, entry: AuditEntry) -> AuditEntry:
-        self._lock_audit_tail(cur)
-        cur.execute("SELECT row_hash FROM audit ORDER BY id DESC LIMIT 1")
-        row = cur.fetchone()
-        prev = GENESIS_HASH if row is None else row[0]
-        at = utc_now()
-        row_hash = entry.chain_hash(prev, at)
-        cur.execute(
-            "INSERT INTO audit (at, client_id, action, dataset, query, epsilon_nanos, outcome, answer_id, "
-            "prev_hash, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (at, entry.client_id, entry.action, entry.dataset,
-             None if entry.query is None else json.dumps(entry.query, sort_keys=True, separators=(",", ":")),
-             entry.epsilon.nanos, entry.outcome, entry.answer_id, prev, row_hash),
-        )
-        return entry
-
-    def _lock_audit_tail(self, cur: Cursor) -> None:
-        """Serialize appends so the chain has one tail; SQLite's write lock already does."""
-
-    def append_audit(self, entry: AuditEntry) -> AuditEntry:
-        with self._transaction(write=True) as cur:
-            return self._append_audit(cur, entry)
-
-    def audit_reuse(self, entry: AuditEntry, windows: tuple[int, ...]) -> list[WindowBudget]:
-        """Audit a free (reused or derived) answer and read the client's budgets: one transaction."""
-        if entry.dataset is None or entry.client_id is None:
-            raise InvalidInput("a reuse audit row names its dataset and client", field="dataset")
-        with self._transaction(write=True) as cur:
-            self._append_audit(cur, entry)
-            return self._budgets(cur, entry.dataset, entry.client_id, sorted(set(windows)))
-
-    def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
-        if not 1 <= limit <= 1000:
-            raise InvalidInput(f"limit={limit} must be between 1 and 1000", field="limit")
-        with self._transaction(write=False) as cur:
-            cur.execute(
-                "SELECT id, at, client_id, action, dataset, query, epsilon_nanos, outcome, answer_id, prev_hash, "
-                "row_hash FROM audit WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            )
-            rows = cur.fetchall()
-        return [
-            AuditEntry(
-                id=int(r[0]), at=r[1], client_id=None if r[2] is None else int(r[2]), action=r[3], dataset=r[4],
-                query=None if r[5] is None else json.loads(r[5]), epsilon=PrivacyLoss(int(r[6])), outcome=r[7],
-                answer_id=r[8], prev_hash=r[9], row_hash=r[10],
-            )
-            for r in rows
-        ]
-
-    def iter_audit(self, batch: int = 1000) -> Iterator[AuditEntry]:
-        after = 0
-        while rows := self.read_audit(after_id=after, limit=batch):
-            yield from rows
-            after = rows[-1].id
-
-
-def check_grid_matches(recorded: DatasetGrid, grid: DatasetGrid) -> None:
-    """Window k of a dataset is one calendar span in one measure for life: anything else is refused."""
-    if recorded != grid:
-        raise Conflict(
-            f"dataset {grid.dataset!r} has budgets recorded for {recorded.describe()}, but its data now has "
-            f"{grid.describe()}; spent budget would be read against other weeks or another unit. Re-ingest with "
-            f"--first-day {recorded.first_day} --window-days {recorded.window_days} and its first accounting, "
-            "or ingest this data under a new dataset name",
-            field="dataset",
-        )
-
-
-def check_cap_unit(recorded: DatasetGrid | None, cap: PrivacyLoss) -> None:
-    """A cap is set in its dataset's measure: an ε cap never becomes a ρ cap, nor the reverse."""
-    if recorded is not None and type(cap) is not PrivacyLoss and cap.unit != recorded.measure:
-        raise InvalidInput(
-            f"{cap.unit}={cap} cannot cap dataset {recorded.dataset!r}, whose budgets are in {recorded.measure}; "
-            f"send the cap as {recorded.measure}",
-            field=cap.unit,
-        )
-
-
-_SHAPE_COLUMNS = ("answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, hours_mask, "
-                  "weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at, share_group")
-
-
-def _shape_from_row(row: Any) -> AnswerShape:
-    return AnswerShape(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]), int(row[9]),
-                       row[10], row[11], row[12], int(row[13]), float(row[14]), row[15], row[16])
-
-
-def _insert_shape(cur: Cursor, answer: StoredAnswer, share_group: str | None) -> bool:
-    """Index what `answer` asked (answer_shapes), in the sharing group it was released in; False for
-    answers without a shape. share_group None: a migration step older than groups (the column is
-    filled by `rekey_answers`, a later step)."""
-    shape = shape_of(answer)
-    if shape is None:
-        return False
-    group_column, group_value = ("", ()) if share_group is None else (", share_group", (share_group,))
-    cur.execute(
-        "INSERT INTO answer_shapes (answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, "  # noqa: S608 -- a constant column name and placeholders only
-        f"hours_mask, weekdays_mask, measure, zone_id, unit, loss_nanos, noise_scale, created_at{group_column}) "
-        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{', ?' * len(group_value)})",
-        (shape.answer_id, shape.dataset, shape.kind, shape.data_version, shape.mechanism, shape.start, shape.end,
-         shape.zoning, shape.hours_mask, shape.weekdays_mask, shape.measure, shape.zone, shape.unit,
-         shape.loss_nanos, shape.scale, shape.created_at, *group_value),
-    )
-    return True
-
-
-def group_query_key(query_key: str, share_group: str) -> str:
-    """The reuse key of a query within one sharing group: an answer is found again only by its group.
-
-    A function of the group-free key so that a migration can re-key stored answers (`rekey_answers`)."""
-    return hashlib.sha256(f"{query_key}|{share_group}".encode()).hexdigest()
-
-
-def rekey_answers(cur: Cursor, batch: int = 500) -> int:
-    """Migration (issue 17): before sharing groups every answer was reused by everyone. Each stored answer
-    is moved into the group of the client who released it, then alone (`client:<id>`): its reuse key
-    becomes `group_query_key(key, group)` and its shape row names the group. Answers of dpflows' own
-    principals (`system:`, the bounding-report charges, keyed by ingestion) keep their keys. Returns
-    answers re-keyed."""
-    done, after = 0, ""
-    while True:
-        cur.execute("SELECT a.answer_id, a.query_key, a.client_id FROM answers a JOIN clients c ON c.id = a.client_id "
-                    "WHERE a.answer_id > ? AND c.name NOT LIKE 'system:%' ORDER BY a.answer_id LIMIT ?",
-                    (after, batch))
-        rows = cur.fetchall()
-        if not rows:
-            return done
-        for answer_id, key, client_id in rows:
-            group = f"client:{int(client_id)}"
-            cur.execute("UPDATE answers SET query_key = ? WHERE answer_id = ?",
-                        (group_query_key(key, group), answer_id))
-            cur.execute("UPDATE answer_shapes SET share_group = ? WHERE answer_id = ?", (group, answer_id))
-            done += 1
-        after = rows[-1][0]
-
-
-def backfill_answer_shapes(cur: Cursor, batch: int = 500) -> int:
-    """Migration: index answers stored before answer_shapes existed, parsing each payload once, in
-    batches (a large ledger never sits in memory at once). Returns how many rows were added."""
-    added, after = 0, ""
-    while True:
-        cur.execute(
-            "SELECT a.answer_id, a.dataset, a.query_key, a.client_id, a.payload, a.created_at FROM answers a "
-            "LEFT JOIN answer_shapes s ON s.answer_id = a.answer_id "
-            "WHERE s.answer_id IS NULL AND a.answer_id > ? ORDER BY a.answer_id LIMIT ?",
-            (after, batch),
-        )
-        rows = cur.fetchall()
-        if not rows:
-            return added
-        for row in rows:
-            added += _insert_shape(cur, StoredAnswer(row[0], row[1], row[2], int(row[3]), orjson.loads(row[4]),
-                                                     row[5]), None)
-        after = rows[-1][0]
-
-
-def _with_reuse(entry: AuditEntry, answer_id: str) -> AuditEntry:
-    return AuditEntry(action=entry.action, outcome="reused", client_id=entry.client_id, dataset=entry.dataset,
-                      query=entry.query, epsilon=PrivacyLoss.zero(), answer_id=answer_id)
-
-
-def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
-    """Raise BudgetExceeded naming the window and the cap; exact integer comparison.
-
-    Order: the client's own cap, then its group's allocation (both the client's to know, with
-    figures), then the global cap and, for a client without an allocation, the unallocated pool:
-    those hold other groups' spending, so their refusals say what happened and what to do but give
-    no figure (issue 17)."""
-    w = budget.window
-    if budget.client_cap is None:
-        raise BudgetExceeded(
-            f"no budget cap is set for this client on dataset {request.dataset!r} window {w}; "
-            "ask an admin to set one (dpflows admin set-cap)",
-            field="dataset",
-        )
-    if budget.global_cap is None:
-        raise BudgetExceeded(
-            f"no global cap is set on dataset {request.dataset!r} window {w}; ask an admin to set one "
-            "(dpflows admin set-cap --global)",
-            field="dataset",
-        )
-    x = request.epsilon.nanos
-    if budget.client_spent.nanos + x > budget.client_cap.nanos:
-        left = PrivacyLoss(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
-        raise BudgetExceeded(
-            f"{request.epsilon.unit}={request.epsilon} exceeds your remaining budget of {left} "
-            f"(cap {budget.client_cap}) on dataset {request.dataset!r} window {w}; ask for less or wait for an "
-            "admin to raise the cap",
-            field=request.epsilon.unit,
-            details={"window": w, "remaining": left.to_json()},
-        )
-    if budget.group_cap is not None:
-        if budget.group_spent.nanos + x > budget.group_cap.nanos:
-            left = PrivacyLoss(max(budget.group_cap.nanos - budget.group_spent.nanos, 0))
-            raise BudgetExceeded(
-                f"{request.epsilon.unit}={request.epsilon} exceeds the remaining allocation of {left} of your group "
-                f"{budget.group!r} (allocation {budget.group_cap}) on dataset {request.dataset!r} window {w}; ask "
-                "for less or ask an admin to raise the allocation",
-                field=request.epsilon.unit,
-                details={"window": w, "remaining": left.to_json()},
-            )
-    if budget.global_spent.nanos + x > budget.global_cap.nanos:
-        raise BudgetExceeded(
-            f"{request.epsilon.unit}={request.epsilon} does not fit in what remains of the global budget on "
-            f"dataset {request.dataset!r} window {w}, shared by all clients; ask for less",
-            field=request.epsilon.unit,
-            details={"window": w},
-        )
-    if budget.group_cap is None and budget.pool_cap is not None and budget.pool_spent.nanos + x > budget.pool_cap.nanos:
-        raise BudgetExceeded(
-            f"{request.epsilon.unit}={request.epsilon} does not fit in what remains of the budget shared by "
-            f"clients without a group allocation on dataset {request.dataset!r} window {w}; ask for less, or ask "
-            "an admin for a group allocation (dpflows admin set-cap --group)",
-            field=request.epsilon.unit,
-            details={"window": w},
-        )
-
-
-def _payload_text(payload: dict[str, Any]) -> str:
-    """A stored answer's JSON text: orjson (a 10,000-key payload encodes ~10× faster), the same
-    compact JSON as before; the stdlib for what orjson refuses (integers beyond 64 bits)."""
-    try:
-        return orjson.dumps(payload).decode()
-    except TypeError:
-        return json.dumps(payload, separators=(",", ":"))
+__all__ = [  # the ledgers, the service and the tests import these from here
+    "EVERY_WINDOW", "GLOBAL", "Cursor", "SqlLedger", "_check_budget", "_with_reuse", "backfill_answer_shapes",
+    "check_cap_unit", "check_grid_matches", "group_query_key", "rekey_answers", "utc_now",
+]
