@@ -109,6 +109,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_request_logging(app)
     DpflowsExtension.init_app(app, settings)
     api = DpflowsApi(app)
+    from api import admin_views  # noqa: F401 -- registers the admin routes on admin_blp
     from api.views import account_blp, admin_blp, health_blp, queries_blp
 
     for blp in (queries_blp, account_blp, admin_blp, health_blp):

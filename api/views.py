@@ -15,8 +15,7 @@ from webargs.flaskparser import FlaskParser, abort
 from api import renderers, schemas
 from api.auth import current_client, require
 from api.errors import ErrorSchema, ErrorTableSchema, error_table
-from dpflows import zoning_sources
-from dpflows.budget import Epsilon, PrivacyLoss, Rho
+from dpflows.budget import Epsilon, Rho
 from dpflows.queries import make_spec
 from dpflows.service import QueryRequest, Service
 
@@ -292,114 +291,6 @@ def bounding_report(dataset: str) -> Any:
 def zoning(dataset: str, zoning: str) -> Any:
     """A zoning's zones (cells per zone, centroid), the public cell catalog, and geometry if loaded."""
     return current_app.extensions["dpflows"].catalog.zoning(dataset, zoning)
-
-
-# -- admin ------------------------------------------------------------------------------------------
-
-@admin_blp.route("/clients", methods=["POST"])
-@require("admin")
-@admin_blp.arguments(schemas.NewClientSchema)
-@admin_blp.response(201, schemas.IssuedKeySchema)
-@_document_errors(admin_blp, 401, 403, 409, 422, 429, 503)
-@admin_blp.doc(security=BEARER)
-def create_client(body: dict[str, Any]) -> Any:
-    """Register a client; its API key is in this response only."""
-    client, key = service().create_client(body["name"], body["role"], by=current_client())
-    return {"client": client, "api_key": key}
-
-
-@admin_blp.route("/clients", methods=["GET"])
-@require("admin")
-@admin_blp.response(200, schemas.ClientWithKeysSchema(many=True))
-@_document_errors(admin_blp, 401, 403, 429, 503)
-@admin_blp.doc(security=BEARER)
-def list_clients() -> Any:
-    """Clients with their keys (prefixes only, never the keys)."""
-    ledger = service().ledger
-    return [{**vars(c), "keys": ledger.list_keys(c.id)} for c in ledger.list_clients()]
-
-
-@admin_blp.route("/clients/<int(max=9223372036854775807):client_id>/keys", methods=["POST"])
-@require("admin")
-@admin_blp.response(201, schemas.IssuedKeySchema)
-@_document_errors(admin_blp, 401, 403, 404, 429, 503)
-@admin_blp.doc(security=BEARER)
-def issue_key(client_id: int) -> Any:
-    """Issue another key for a client (e.g. to rotate); shown once."""
-    key = service().rotate_key(client_id, by=current_client())
-    return {"client": service().ledger.get_client(client_id), "api_key": key}
-
-
-@admin_blp.route("/keys/<int(max=9223372036854775807):key_id>", methods=["DELETE"])
-@require("admin")
-@admin_blp.response(200, schemas.KeySchema)
-@_document_errors(admin_blp, 401, 403, 404, 429, 503)
-@admin_blp.doc(security=BEARER)
-def revoke_key(key_id: int) -> Any:
-    """Revoke a key at once; requests with it get 401 from now on."""
-    service().revoke_key(key_id, by=current_client())
-    return next(k for c in service().ledger.list_clients() for k in service().ledger.list_keys(c.id)
-                if k.id == key_id)
-
-
-@admin_blp.route("/caps", methods=["PUT"])
-@require("admin")
-@admin_blp.arguments(schemas.CapSchema)
-@admin_blp.response(200, schemas.CapSchema)
-@_document_errors(admin_blp, 401, 403, 404, 422, 429, 503)
-@admin_blp.doc(security=BEARER)
-def set_cap(body: dict[str, Any]) -> Any:
-    """Set a client's cap (client_id), a sharing group's allocation (group) or the global cap (neither), per
-    window or for every window. Allocations never sum above the global cap: 422 if they would."""
-    cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
-    service().set_cap(body["dataset"], cap, client_id=body.get("client_id"),
-                      window=body.get("window"), by=current_client(), group=body.get("group"))
-    return body
-
-
-@admin_blp.route("/groups", methods=["POST"])
-@require("admin")
-@admin_blp.arguments(schemas.GroupSchema)
-@admin_blp.response(200, schemas.ClientSchema)
-@_document_errors(admin_blp, 401, 403, 404, 422, 429, 503)
-@admin_blp.doc(security=BEARER)
-def set_group(body: dict[str, Any]) -> Any:
-    """Put a client in a sharing group (null: alone again). A group's clients reuse and derive from each
-    other's answers; nobody else sees them. A group is created by putting its first client in it."""
-    return service().set_group(body["client_id"], body["group"], by=current_client())
-
-
-@admin_blp.route("/datasets/<string:dataset>/zonings", methods=["POST"])
-@require("admin")
-@upload_limit
-@admin_blp.arguments(schemas.ZoningUploadSchema)
-@admin_blp.response(201, schemas.ZoningAddedSchema)
-@_document_errors(admin_blp, 401, 403, 404, 409, 413, 422, 429, 503)
-@admin_blp.doc(security=BEARER)
-def add_zoning(body: dict[str, Any], dataset: str) -> Any:
-    """Load a public zoning from `cell_id,zone_id` CSV, from GeoJSON polygons (`geojson` + `id_field`: each
-    cell to the polygon covering it, else to the nearest, reported) or as a square grid (`grid_km`); coarse
-    zonings are checked for zone size."""
-    return zoning_sources.add_zoning(
-        service(), dataset, body["name"], csv=body["csv"], geojson=body["geojson"], id_field=body["id_field"],
-        grid_km=body["grid_km"], coarse=body["coarse"], min_cells_per_zone=body["min_cells_per_zone"],
-        by=current_client())
-
-
-@admin_blp.route("/audit", methods=["GET"])
-@require("admin", "oversight")
-@admin_blp.arguments(schemas.AuditQuerySchema, location="query")
-@admin_blp.response(200, schemas.AuditPageSchema)
-@_document_errors(admin_blp, 401, 403, 422, 429, 503)
-@admin_blp.doc(security=BEARER)
-def audit(args: dict[str, Any]) -> Any:
-    """Audit rows in order, a page at a time: who asked what, when, at what ε, with what outcome.
-
-    What police analysts asked and why (query and case reference) is shown to role oversight only;
-    admins get those rows with `query` null.
-    """
-    rows = service().read_audit(current_client(), after_id=args["after_id"], limit=args["limit"])
-    return {"entries": rows, "next_after_id": rows[-1].id if len(rows) == args["limit"] else None}
 
 
 # -- health -----------------------------------------------------------------------------------------
