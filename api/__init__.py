@@ -108,12 +108,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update({k: v for k, v in (config or {}).items() if not k.startswith("DPFLOWS_")})
     init_request_logging(app)
     DpflowsExtension.init_app(app, settings)
-    api = DpflowsApi(app)
-    from api import admin_views  # noqa: F401 -- registers the admin routes on admin_blp
-    from api.views import account_blp, admin_blp, health_blp, queries_blp
+    smorest = DpflowsApi(app)
+    from api.admin_views import admin_blp  # importing it registers the admin routes on the blueprint
+    from api.views import account_blp, health_blp, queries_blp
 
     for blp in (queries_blp, account_blp, admin_blp, health_blp):
-        api.register_blueprint(blp)
+        smorest.register_blueprint(blp)
     register_error_handlers(app)
     from api.planner import register_planner
 

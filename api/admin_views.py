@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import schemas
+import api.schemas as schemas
 from api.auth import current_client, require
 from api.views import BEARER, _document_errors, admin_blp, service, upload_limit
+
+__all__ = ["admin_blp"]  # with its routes registered below
 from dpflows import zoning_sources
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 

@@ -12,7 +12,8 @@ from flask import Response, current_app, g, request
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser, abort
 
-from api import renderers, schemas
+import api.renderers as renderers
+import api.schemas as schemas
 from api.auth import current_client, require
 from api.errors import ErrorSchema, ErrorTableSchema, error_table
 from dpflows.budget import Epsilon, Rho

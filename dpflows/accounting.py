@@ -16,18 +16,52 @@ mechanism in dpflows.mechanisms.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from dpflows.budget import ACCOUNTINGS, PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho
 from dpflows.errors import InvalidInput
-from dpflows.mechanisms import DISCRETE_GAUSSIAN, DISCRETE_LAPLACE, DiscreteGaussian, DiscreteLaplace, NoiseMechanism
+from dpflows.mechanisms import (
+    DISCRETE_GAUSSIAN,
+    DISCRETE_LAPLACE,
+    DiscreteGaussian,
+    DiscreteLaplace,
+    NoiseMechanism,
+    l2_sensitivity,
+)
 
 if TYPE_CHECKING:
-    from dpflows.aggregates import Dataset, DatasetMetadata
     from dpflows.contribution_report import ReportCharge
-    from dpflows.queries import QuerySpec
+
+
+class DatasetFacts(Protocol):
+    """What an accounting reads of a dataset's metadata (dpflows.dataset_metadata.DatasetMetadata)."""
+
+    @property
+    def key_cap_trips(self) -> int: ...
+    @property
+    def delta(self) -> float: ...
+
+    def bound(self, measure: str) -> int: ...
+    def key_cap(self, measure: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """What one person-window can add to an answer: the ℓ1 bound, the per-key cap, and what a count counts.
+
+    Computed per query from public facts by dpflows.sensitivity; each accounting calibrates to its
+    own norm of it (ℓ1 for the Laplace, ℓ2 for the Gaussian).
+    """
+
+    l1: int
+    key_cap: int
+    count_unit: str
+
+    @property
+    def l2(self) -> float:
+        return l2_sensitivity(self.l1, self.key_cap)
 
 
 @dataclass(frozen=True)
@@ -56,8 +90,8 @@ class Accounting:
         """The request and answer field of this measure: "epsilon" or "rho"."""
         return self.loss_type.unit
 
-    def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
-        """The sensitivity this accounting's mechanism is calibrated to for `spec` on `data`."""
+    def sensitivity(self, contribution: Sensitivity) -> float:
+        """The norm of a query's contribution this accounting's mechanism is calibrated to."""
         raise NotImplementedError
 
     def loss_for_error(self, sensitivity: float, max_error: float, confidence: float,
@@ -71,7 +105,7 @@ class Accounting:
     def release(self, true_counts: np.ndarray, sensitivity: float, loss: PrivacyLoss) -> Any:
         return self.mechanism.release(true_counts, sensitivity, loss)
 
-    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+    def public_sensitivities(self, meta: DatasetFacts) -> set[float]:
         """Sensitivities this dataset's queries are calibrated to that its metadata alone fixes
         (public facts, for the noise pool's stocks; dpflows.noise_pool)."""
         raise NotImplementedError
@@ -104,11 +138,11 @@ class Accounting:
                                field=self.unit)
         return given
 
-    def key_cap_trips(self, meta: DatasetMetadata) -> int | None:
+    def key_cap_trips(self, meta: DatasetFacts) -> int | None:
         """The per-key cap ingestion enforces on trips rows (None: no such cap in this measure)."""
         return None
 
-    def metadata_json(self, meta: DatasetMetadata) -> dict[str, Any]:
+    def metadata_json(self, meta: DatasetFacts) -> dict[str, Any]:
         return {"measure": self.name}
 
 
@@ -118,12 +152,10 @@ class PureDP(Accounting):
     loss_type = Epsilon
     mechanism = DiscreteLaplace()
 
-    def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
-        from dpflows.sensitivity import query_sensitivity
+    def sensitivity(self, contribution: Sensitivity) -> float:
+        return contribution.l1
 
-        return query_sensitivity(spec, data).l1
-
-    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+    def public_sensitivities(self, meta: DatasetFacts) -> set[float]:
         # trips: L_trips; presence: min(L_presence, S), L_presence once a query covers enough
         # day-hour slots (the wide answers the pool is for); residents and commuting: 1.
         return {meta.bound("trips"), meta.bound("presence"), 1}
@@ -138,12 +170,10 @@ class ZeroConcentrated(Accounting):
     loss_type = Rho
     mechanism = DiscreteGaussian()
 
-    def sensitivity(self, spec: QuerySpec, data: Dataset) -> float:
-        from dpflows.sensitivity import query_sensitivity
+    def sensitivity(self, contribution: Sensitivity) -> float:
+        return contribution.l2
 
-        return query_sensitivity(spec, data).l2
-
-    def public_sensitivities(self, meta: DatasetMetadata) -> set[float]:
+    def public_sensitivities(self, meta: DatasetFacts) -> set[float]:
         # A key's cap lies between the per-row cap and L; wide answers (many days, hours and cells
         # per key: the 10,000-key ones the pool is for) reach L, where Δ2 = L; narrow ones the row cap.
         from dpflows.mechanisms import l2_sensitivity
@@ -161,10 +191,10 @@ class ZeroConcentrated(Accounting):
 
         return Rho.from_privacy_map(pure_dp_as_rho(charge.sensitivity, charge.scale))
 
-    def key_cap_trips(self, meta: DatasetMetadata) -> int | None:
+    def key_cap_trips(self, meta: DatasetFacts) -> int | None:
         return meta.key_cap_trips
 
-    def metadata_json(self, meta: DatasetMetadata) -> dict[str, Any]:
+    def metadata_json(self, meta: DatasetFacts) -> dict[str, Any]:
         return {"measure": self.name, "key_caps": {"trips": meta.key_cap_trips, "presence": 1}, "delta": meta.delta}
 
 

@@ -14,26 +14,12 @@ zCDP's ℓ2 follows from ℓ1 and the per-key cap (`mechanisms.l2_sensitivity`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from dpflows.accounting import Sensitivity
 from dpflows.aggregates import PLACE_MEASURES, Dataset
-from dpflows.mechanisms import l2_sensitivity
 from dpflows.queries import QuerySpec, key_contribution_cap
 from dpflows.slots import PEOPLE, query_presence_sensitivity
 
 TRIPS = "trips"
-
-
-@dataclass(frozen=True)
-class Sensitivity:
-    l1: int
-    key_cap: int
-    #: what a count counts: trips, people (each key one day-hour, or one window of homes), person-hours
-    count_unit: str
-
-    @property
-    def l2(self) -> float:
-        return l2_sensitivity(self.l1, self.key_cap)
 
 
 def query_sensitivity(spec: QuerySpec, data: Dataset) -> Sensitivity:

@@ -220,7 +220,7 @@ class DpflowsClient:
                                 max_error=max_error, confidence=confidence, clamp_negative=None, rho=rho,
                                 derive=derive, measure=measure, zone=zone, query=query)
         doc = self.request("POST", "/v1/quote", body=body)
-        unit = "rho" if doc.get("accounting") == "zcdp" else "epsilon"
+        unit = "rho" if "rho" in doc else "epsilon"  # the quote names its measure by its key
         return Quote(
             epsilon=float(doc[unit]),
             epsilon_charged=float(doc.get(f"{unit}_charged", doc[unit])),

@@ -93,7 +93,7 @@ class QueryAnswer:
 class Quote:
     """What a query would cost, without spending: ε (ρ on zCDP datasets), accuracy, windows, and whether it is free."""
 
-    epsilon: float  # ρ when raw["accounting"] == "zcdp"
+    epsilon: float  # ρ on datasets accounted in zCDP (raw then has "rho")
     epsilon_charged: float  # 0 when an identical answer exists and would be reused
     error_bound_95: float
     reused: bool

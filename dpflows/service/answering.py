@@ -68,7 +68,7 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
                                 reused=False, derivation=derivation)
         prepared = prepare(spec, data)
         acc = accounting(data.metadata.accounting)
-        noisy = acc.release(prepared.true_counts, acc.sensitivity(spec, data), loss)
+        noisy = acc.release(prepared.true_counts, acc.sensitivity(query_sensitivity(spec, data)), loss)
         answer_id = uuid.uuid4().hex
         release = StoredRelease(
             values=noisy.values.tolist(),  # Python ints, as the payload holds them
@@ -115,7 +115,8 @@ def find_derivation(ctx: ServiceContext, spec: QuerySpec, data: Dataset, client:
     fresh release at the requested ε or ρ would have. A derived answer never trades the accuracy
     the client paid for (and asked for) for a free one far noisier."""
     acc = accounting(data.metadata.accounting)
-    fresh_bound = acc.mechanism.error_bound(acc.scale(acc.sensitivity(spec, data), loss), request.confidence)
+    scale = acc.scale(acc.sensitivity(query_sensitivity(spec, data)), loss)
+    fresh_bound = acc.mechanism.error_bound(scale, request.confidence)
     wanted = fresh_bound if request.max_error is None else min(request.max_error, fresh_bound)
     # Candidates by shape, in the ledger (at most Policy.derive_candidates), released in this client's
     # sharing group only; one payload is read.

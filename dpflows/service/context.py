@@ -19,6 +19,7 @@ from dpflows.ledger._sql import check_grid_matches, group_query_key
 from dpflows.ledger.high_water import HighWaterMark
 from dpflows.mechanisms import stock_noise
 from dpflows.queries import QuerySpec
+from dpflows.sensitivity import query_sensitivity
 from dpflows.service.policy import Policy
 from dpflows.service.records import QueryRequest, WindowStatus
 
@@ -81,7 +82,8 @@ class ServiceContext:
         loss = acc.loss_of(epsilon=request.epsilon, rho=request.rho, dataset=meta.name)
         if loss is None:
             assert request.max_error is not None
-            loss = acc.loss_for_error(acc.sensitivity(request.spec, data), request.max_error, request.confidence,
+            sensitivity = acc.sensitivity(query_sensitivity(request.spec, data))
+            loss = acc.loss_for_error(sensitivity, request.max_error, request.confidence,
                                       floor=self.policy.min_loss(acc.unit))
         self.policy.check_loss(client, loss, acc.name, derived_from=request.max_error)
         return loss

@@ -36,7 +36,7 @@ def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
         bound, scale, charged = derivation.max_error_bound, float(derivation.payload["scale"]), type(loss).zero()
         sensitivity = acc.mechanism.parse_sensitivity(derivation.payload["sensitivity"])
     else:
-        sensitivity = acc.sensitivity(spec, data)
+        sensitivity = acc.sensitivity(query_sensitivity(spec, data))
         scale = acc.scale(sensitivity, loss)
         bound = acc.mechanism.error_bound(scale, request.confidence)
         charged = type(loss).zero() if stored is not None else loss

@@ -29,9 +29,9 @@ from dpflows.errors import BudgetExceeded, InvalidInput
 from dpflows.ledger import Client
 from dpflows.mechanisms import sum_error_bound
 from dpflows.queries import QuerySpec
-from dpflows.service import quoting
 from dpflows.service.answering import answer
 from dpflows.service.context import ServiceContext
+from dpflows.service.quoting import quote as quote_query
 from dpflows.service.records import Answer, QueryRequest, Quote
 from dpflows.service.reports import charge_bounding_report
 
@@ -138,7 +138,7 @@ def relative_change(ctx: ServiceContext, request: QueryRequest, baseline_start: 
     charge_bounding_report(ctx, ctx.dataset(request.spec.dataset))  # before the combined need is checked
     base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
     # Quotes authorize and price both, and know which would be reused or derived for free.
-    quotes = [quoting.quote(ctx, req, client) for req in (request, base_request)]
+    quotes = [quote_query(ctx, req, client) for req in (request, base_request)]
     need = per_window_need(quotes)
     unit = type(quotes[0].loss)
     for status in quotes[0].windows + quotes[1].windows:
