@@ -261,7 +261,10 @@ class AuditEntrySchema(ma.Schema):
     outcome = fields.String()
     dataset = fields.String(allow_none=True)
     query = fields.Dict(allow_none=True)
-    epsilon = EpsilonField()
+    loss = EpsilonField(metadata={"description": "what was charged, in the dataset's measure (ε, or ρ on zCDP "
+                                                 "datasets: the query names which)"})
+    epsilon = fields.Function(lambda entry: entry.loss.to_json(), metadata={
+        "type": "number", "description": "deprecated: the same as loss (it holds ρ on zCDP datasets); read loss"})
     answer_id = fields.String(allow_none=True)
     prev_hash = fields.String()
     row_hash = fields.String()

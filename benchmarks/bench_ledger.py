@@ -68,10 +68,10 @@ class Result:
 def _request(client_id: int, windows: tuple[int, ...]) -> ReleaseRequest:
     answer_id = uuid.uuid4().hex
     return ReleaseRequest(
-        client_id=client_id, dataset=DATASET, query_key=uuid.uuid4().hex, windows=windows, epsilon=CHARGE,
+        client_id=client_id, dataset=DATASET, query_key=uuid.uuid4().hex, windows=windows, loss=CHARGE,
         answer_id=answer_id, payload={"values": [0] * 16},
         audit=AuditEntry(action="query.flows", outcome="released", client_id=client_id, dataset=DATASET,
-                         epsilon=CHARGE, answer_id=answer_id),
+                         loss=CHARGE, answer_id=answer_id),
     )
 
 

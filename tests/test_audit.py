@@ -27,7 +27,7 @@ def fill(ledger: Ledger, n: int = 6) -> None:
     for i in range(n):
         ledger.append_audit(AuditEntry(action="query.flows", outcome="released", client_id=1, dataset="small",
                                        query={"kind": "flows", "i": i, "epsilon": 0.25},
-                                       epsilon=Epsilon.parse("0.25"), answer_id=f"a{i}"))
+                                       loss=Epsilon.parse("0.25"), answer_id=f"a{i}"))
 
 
 def last_day(ledger: Ledger) -> dt.date:
@@ -117,10 +117,10 @@ def test_digest_catches_a_consistently_rehashed_chain(sqlite_ledger) -> None:
     conn = sqlite3.connect(path)
     conn.execute("DROP TRIGGER audit_no_update")
     for row in rows[1:]:
-        edited = dataclasses.replace(row, epsilon=Epsilon.zero()) if row.id == 2 else row
+        edited = dataclasses.replace(row, loss=Epsilon.zero()) if row.id == 2 else row
         new_hash = edited.chain_hash(prev, row.at)
         conn.execute("UPDATE audit SET epsilon_nanos = ?, prev_hash = ?, row_hash = ? WHERE id = ?",
-                     (edited.epsilon.nanos, prev, new_hash, row.id))
+                     (edited.loss.nanos, prev, new_hash, row.id))
         prev = new_hash
     conn.commit()
     conn.close()

@@ -66,7 +66,7 @@ def test_sectors_flows_derived_from_districts_cost_nothing(service: Service, pla
     assert coarse.error_bound_95 == sum_error_bound(fine.noise_scale, 16) > fine.error_bound_95
     assert any(p.startswith("derived:") for p in coarse.postprocessing)
     [row] = [r for r in service.ledger.read_audit(limit=100) if r.outcome == "derived"]
-    assert row.answer_id == fine.answer_id and row.epsilon == Epsilon.zero()
+    assert row.answer_id == fine.answer_id and row.loss == Epsilon.zero()
     # Deriving again is stable, and can be made consistent too, still for free.
     again = ask(service, planner, spec(zoning="sectors", hours=[7, 10]), epsilon="0.02", derive=True,
                 consistent=True)

@@ -47,7 +47,7 @@ def test_report_is_charged_in_every_window_before_it_is_served(report_root: Path
     system = service.ledger.client_by_name(SYSTEM_CLIENT)
     assert service.ledger.list_keys(system.id) == []  # nobody can authenticate as it
     assert service.ledger.total_charged("city", 0, system.id) == REPORT_EPS
-    rows = [(r.action, r.outcome, r.client_id, r.epsilon) for r in service.ledger.read_audit(limit=100)]
+    rows = [(r.action, r.outcome, r.client_id, r.loss) for r in service.ledger.read_audit(limit=100)]
     assert rows[-2:] == [(REPORT_ACTION, "released", system.id, REPORT_EPS),
                          ("query.bounding_report", "reused", admin.id, Epsilon.zero())]
     service.bounding_report("city", admin)  # reading again is free

@@ -234,7 +234,7 @@ def _run_audit(args: argparse.Namespace) -> int:
 
     for row in open_service(args).ledger.read_audit(after_id=args.after_id, limit=args.limit):
         doc = dataclasses.asdict(row)
-        doc["epsilon"] = row.epsilon.to_json()
+        doc["epsilon"] = row.loss.to_json()
         print(json.dumps(doc, sort_keys=True))
     return 0
 

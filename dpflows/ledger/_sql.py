@@ -345,18 +345,18 @@ class SqlLedger(ClientRegistry, AuditLog):
                 cur.execute(
                     "INSERT INTO group_spend (dataset, win, group_name, nanos) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (dataset, win, group_name) DO UPDATE SET nanos = group_spend.nanos + excluded.nanos",
-                    (request.dataset, budget.window, budget.allocation_holder, request.epsilon.nanos),
+                    (request.dataset, budget.window, budget.allocation_holder, request.loss.nanos),
                 )
             for w in windows:
                 cur.execute(
                     "INSERT INTO charges (client_id, dataset, win, nanos, answer_id, at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (request.client_id, request.dataset, w, request.epsilon.nanos, request.answer_id, at),
+                    (request.client_id, request.dataset, w, request.loss.nanos, request.answer_id, at),
                 )
                 for cid in (request.client_id, GLOBAL):
                     cur.execute(
                         "INSERT INTO spend (dataset, win, client_id, nanos) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT (dataset, win, client_id) DO UPDATE SET nanos = spend.nanos + excluded.nanos",
-                        (request.dataset, w, cid, request.epsilon.nanos),
+                        (request.dataset, w, cid, request.loss.nanos),
                     )
             cur.execute(
                 "INSERT INTO answers (answer_id, dataset, query_key, client_id, payload, created_at) "
@@ -369,7 +369,7 @@ class SqlLedger(ClientRegistry, AuditLog):
                                   request.payload, at)
             _insert_shape(cur, answer, request.share_group)
             budgets = self._budgets(cur, request.dataset, request.client_id, list(windows))
-            return ReleaseReceipt(answer, reused=False, charged=request.epsilon, budgets=tuple(budgets))
+            return ReleaseReceipt(answer, reused=False, charged=request.loss, budgets=tuple(budgets))
 
 
 __all__ = [  # the ledgers, the service and the tests import these from here

@@ -32,7 +32,7 @@ class AuditLog(SqlBase):
             "prev_hash, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (at, entry.client_id, entry.action, entry.dataset,
              None if entry.query is None else json.dumps(entry.query, sort_keys=True, separators=(",", ":")),
-             entry.epsilon.nanos, entry.outcome, entry.answer_id, prev, row_hash),
+             entry.loss.nanos, entry.outcome, entry.answer_id, prev, row_hash),
         )
         return entry
 
@@ -64,7 +64,7 @@ class AuditLog(SqlBase):
         return [
             AuditEntry(
                 id=int(r[0]), at=r[1], client_id=None if r[2] is None else int(r[2]), action=r[3], dataset=r[4],
-                query=None if r[5] is None else json.loads(r[5]), epsilon=PrivacyLoss(int(r[6])), outcome=r[7],
+                query=None if r[5] is None else json.loads(r[5]), loss=PrivacyLoss(int(r[6])), outcome=r[7],
                 answer_id=r[8], prev_hash=r[9], row_hash=r[10],
             )
             for r in rows
@@ -79,4 +79,4 @@ class AuditLog(SqlBase):
 
 def _with_reuse(entry: AuditEntry, answer_id: str) -> AuditEntry:
     return AuditEntry(action=entry.action, outcome="reused", client_id=entry.client_id, dataset=entry.dataset,
-                      query=entry.query, epsilon=PrivacyLoss.zero(), answer_id=answer_id)
+                      query=entry.query, loss=PrivacyLoss.zero(), answer_id=answer_id)

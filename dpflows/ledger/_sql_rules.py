@@ -141,39 +141,39 @@ def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
             "(dpflows admin set-cap --global)",
             field="dataset",
         )
-    x = request.epsilon.nanos
+    x = request.loss.nanos
     if budget.client_spent.nanos + x > budget.client_cap.nanos:
         left = PrivacyLoss(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
         raise BudgetExceeded(
-            f"{request.epsilon.unit}={request.epsilon} exceeds your remaining budget of {left} "
+            f"{request.loss.unit}={request.loss} exceeds your remaining budget of {left} "
             f"(cap {budget.client_cap}) on dataset {request.dataset!r} window {w}; ask for less or wait for an "
             "admin to raise the cap",
-            field=request.epsilon.unit,
+            field=request.loss.unit,
             details={"window": w, "remaining": left.to_json()},
         )
     if budget.group_cap is not None:
         if budget.group_spent.nanos + x > budget.group_cap.nanos:
             left = PrivacyLoss(max(budget.group_cap.nanos - budget.group_spent.nanos, 0))
             raise BudgetExceeded(
-                f"{request.epsilon.unit}={request.epsilon} exceeds the remaining allocation of {left} of your group "
+                f"{request.loss.unit}={request.loss} exceeds the remaining allocation of {left} of your group "
                 f"{budget.group!r} (allocation {budget.group_cap}) on dataset {request.dataset!r} window {w}; ask "
                 "for less or ask an admin to raise the allocation",
-                field=request.epsilon.unit,
+                field=request.loss.unit,
                 details={"window": w, "remaining": left.to_json()},
             )
     if budget.global_spent.nanos + x > budget.global_cap.nanos:
         raise BudgetExceeded(
-            f"{request.epsilon.unit}={request.epsilon} does not fit in what remains of the global budget on "
+            f"{request.loss.unit}={request.loss} does not fit in what remains of the global budget on "
             f"dataset {request.dataset!r} window {w}, shared by all clients; ask for less",
-            field=request.epsilon.unit,
+            field=request.loss.unit,
             details={"window": w},
         )
     if budget.group_cap is None and budget.pool_cap is not None and budget.pool_spent.nanos + x > budget.pool_cap.nanos:
         raise BudgetExceeded(
-            f"{request.epsilon.unit}={request.epsilon} does not fit in what remains of the budget shared by "
+            f"{request.loss.unit}={request.loss} does not fit in what remains of the budget shared by "
             f"clients without a group allocation on dataset {request.dataset!r} window {w}; ask for less, or ask "
             "an admin for a group allocation (dpflows admin set-cap --group)",
-            field=request.epsilon.unit,
+            field=request.loss.unit,
             details={"window": w},
         )
 

@@ -307,7 +307,8 @@ class AuditEntry:
     client_id: int | None = None
     dataset: str | None = None
     query: dict[str, Any] | None = None
-    epsilon: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
+    #: the loss charged, in the dataset's measure (ε or ρ); hashed under its historical key "epsilon_nanos"
+    loss: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
     answer_id: str | None = None
     # Filled in by the ledger when the row is written:
     id: int = 0
@@ -321,7 +322,7 @@ class AuditEntry:
             {
                 "prev": prev_hash, "at": at, "action": self.action, "outcome": self.outcome,
                 "client_id": self.client_id, "dataset": self.dataset, "query": self.query,
-                "epsilon_nanos": self.epsilon.nanos, "answer_id": self.answer_id,
+                "epsilon_nanos": self.loss.nanos, "answer_id": self.answer_id,
             },
             sort_keys=True, separators=(",", ":"),
         )
@@ -336,7 +337,7 @@ class ReleaseRequest:
     dataset: str
     query_key: str
     windows: tuple[int, ...]
-    epsilon: PrivacyLoss  # charged in full in every window
+    loss: PrivacyLoss  # ε or ρ, charged in full in every window
     answer_id: str
     payload: dict[str, Any]
     audit: AuditEntry

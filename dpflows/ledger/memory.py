@@ -232,12 +232,12 @@ class MemoryLedger:
                 _check_budget(budget, request)
             for budget in budgets:
                 key3 = (request.dataset, budget.window, budget.allocation_holder)
-                self._group_spend[key3] = self._group_spend.get(key3, 0) + request.epsilon.nanos
+                self._group_spend[key3] = self._group_spend.get(key3, 0) + request.loss.nanos
             for w in windows:
-                self._charges.append((request.client_id, request.dataset, w, request.epsilon.nanos, request.answer_id))
+                self._charges.append((request.client_id, request.dataset, w, request.loss.nanos, request.answer_id))
                 for cid in (request.client_id, GLOBAL):
                     key = (request.dataset, w, cid)
-                    self._spend[key] = self._spend.get(key, 0) + request.epsilon.nanos
+                    self._spend[key] = self._spend.get(key, 0) + request.loss.nanos
             answer = StoredAnswer(request.answer_id, request.dataset, request.query_key, request.client_id,
                                   request.payload, utc_now())
             self._answers[answer.answer_id] = answer
@@ -246,7 +246,7 @@ class MemoryLedger:
             if shape is not None:
                 self._shapes[answer.answer_id] = dataclasses.replace(shape, share_group=request.share_group)
             self.append_audit(request.audit)
-            return ReleaseReceipt(answer, reused=False, charged=request.epsilon,
+            return ReleaseReceipt(answer, reused=False, charged=request.loss,
                                   budgets=tuple(self.window_budgets(request.dataset, request.client_id, windows)))
 
     def append_audit(self, entry: AuditEntry) -> AuditEntry:

@@ -85,10 +85,10 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         )
         receipt = ctx.ledger.commit_release(ReleaseRequest(
             client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=prepared.windows,
-            epsilon=loss, answer_id=answer_id, payload=release.to_payload(), grid=dataset_grid(data),
+            loss=loss, answer_id=answer_id, payload=release.to_payload(), grid=dataset_grid(data),
             share_group=client.share_group,
             audit=AuditEntry(action=action, outcome="released", client_id=client.id,
-                             dataset=spec.dataset, query=audit_query, epsilon=loss, answer_id=answer_id),
+                             dataset=spec.dataset, query=audit_query, loss=loss, answer_id=answer_id),
         ))
     except DpflowsError as exc:
         ctx.audit_failure(action, exc, client, spec.dataset, audit_query)

@@ -50,10 +50,10 @@ def _commit_report_charge(ctx: ServiceContext, dataset: str, charge: ReportCharg
     try:
         ctx.ledger.commit_release(ReleaseRequest(
             client_id=system.id, dataset=dataset, query_key=charge.query_key,
-            windows=tuple(range(charge.windows)), epsilon=loss, answer_id=answer_id, grid=grid,
+            windows=tuple(range(charge.windows)), loss=loss, answer_id=answer_id, grid=grid,
             payload={"query": query, "loss_nanos": loss.nanos, "unit": loss.unit},
             audit=AuditEntry(action=REPORT_ACTION, outcome="released", client_id=system.id, dataset=dataset,
-                             query=query, epsilon=loss, answer_id=answer_id),
+                             query=query, loss=loss, answer_id=answer_id),
         ))
     except BudgetExceeded as exc:
         ctx.audit_failure(REPORT_ACTION, exc, system, dataset, query)

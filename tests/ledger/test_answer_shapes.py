@@ -41,9 +41,9 @@ def release(client_id: int, body: dict[str, Any], epsilon: Epsilon | None = None
     answer_id = uuid.uuid4().hex
     charge = epsilon or Epsilon.parse("0.001")
     return ReleaseRequest(
-        client_id=client_id, dataset=DS, query_key=uuid.uuid4().hex, windows=(0,), epsilon=charge,
+        client_id=client_id, dataset=DS, query_key=uuid.uuid4().hex, windows=(0,), loss=charge,
         answer_id=answer_id, payload=body,
-        audit=AuditEntry(action="query.flows", outcome="released", client_id=client_id, dataset=DS, epsilon=charge,
+        audit=AuditEntry(action="query.flows", outcome="released", client_id=client_id, dataset=DS, loss=charge,
                          answer_id=answer_id),
     )
 

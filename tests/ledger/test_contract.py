@@ -24,10 +24,10 @@ def eps(text: str) -> Epsilon:
 def release(client_id: int, epsilon: str, windows: tuple[int, ...] = (0,), key: str | None = None) -> ReleaseRequest:
     answer_id = uuid.uuid4().hex
     return ReleaseRequest(
-        client_id=client_id, dataset=DS, query_key=key or uuid.uuid4().hex, windows=windows, epsilon=eps(epsilon),
+        client_id=client_id, dataset=DS, query_key=key or uuid.uuid4().hex, windows=windows, loss=eps(epsilon),
         answer_id=answer_id, payload={"values": [1, 2, 3]},
         audit=AuditEntry(action="query.flows", outcome="released", client_id=client_id, dataset=DS,
-                         epsilon=eps(epsilon), answer_id=answer_id),
+                         loss=eps(epsilon), answer_id=answer_id),
     )
 
 
@@ -203,7 +203,7 @@ def test_a_reuse_is_audited_with_the_budgets_in_one_call(funded: tuple[Ledger, i
     [budget] = ledger.audit_reuse(entry, (0,))
     assert budget.client_spent == eps("0.5") and budget.remaining == eps("0.5")
     rows = ledger.read_audit(limit=1000)
-    assert len(rows) == before + 1 and rows[-1].outcome == "reused" and rows[-1].epsilon == Epsilon.zero()
+    assert len(rows) == before + 1 and rows[-1].outcome == "reused" and rows[-1].loss == Epsilon.zero()
     with pytest.raises(InvalidInput):
         ledger.audit_reuse(AuditEntry(action="query.flows", outcome="reused"), (0,))
 

@@ -15,10 +15,10 @@ from dpflows.ledger import AuditEntry, Ledger, ReleaseRequest
 def release(client_id: int, dataset: str, kind: str, epsilon: str = "0.1") -> ReleaseRequest:
     answer_id = uuid.uuid4().hex
     return ReleaseRequest(
-        client_id=client_id, dataset=dataset, query_key=uuid.uuid4().hex, windows=(0,), epsilon=Epsilon.parse(epsilon),
+        client_id=client_id, dataset=dataset, query_key=uuid.uuid4().hex, windows=(0,), loss=Epsilon.parse(epsilon),
         answer_id=answer_id, payload={"values": [1], "query": {"kind": kind, "dataset": dataset}},
         audit=AuditEntry(action=f"query.{kind}", outcome="released", client_id=client_id, dataset=dataset,
-                         epsilon=Epsilon.parse(epsilon), answer_id=answer_id),
+                         loss=Epsilon.parse(epsilon), answer_id=answer_id),
     )
 
 

@@ -40,10 +40,10 @@ def eps(text: str) -> Epsilon:
 def release(client_id: int, epsilon: str, windows: tuple[int, ...], key: str) -> ReleaseRequest:
     answer_id = uuid.uuid4().hex
     return ReleaseRequest(
-        client_id=client_id, dataset=DS, query_key=key, windows=windows, epsilon=eps(epsilon),
+        client_id=client_id, dataset=DS, query_key=key, windows=windows, loss=eps(epsilon),
         answer_id=answer_id, payload={"values": [answer_id]},
         audit=AuditEntry(action="query.flows", outcome="released", client_id=client_id, dataset=DS,
-                         epsilon=eps(epsilon), answer_id=answer_id),
+                         loss=eps(epsilon), answer_id=answer_id),
     )
 
 

@@ -50,7 +50,7 @@ def test_full_disk_is_unavailable_and_charges_nothing(tmp_path: Path) -> None:
         req = request(cid)
         try:
             ledger.commit_release(ReleaseRequest(req.client_id, req.dataset, req.query_key, req.windows,
-                                                 req.epsilon, req.answer_id, big, req.audit))
+                                                 req.loss, req.answer_id, big, req.audit))
         except Unavailable:
             failed += 1
     assert failed >= 1
