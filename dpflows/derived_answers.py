@@ -94,7 +94,7 @@ def _zone_map(data: Dataset, fine: str, coarse: str) -> dict[str, int] | None:
 def _max_terms(zone_map: dict[str, int], kind: str) -> int:
     """Released values summed into one asked value, at most: flows n_o·n_d, presence n_z."""
     most = int(np.bincount(np.fromiter(zone_map.values(), dtype=np.int64)).max())
-    return most * most if kind == "flows" else most
+    return most * most if kind in ("flows", "commuting") else most
 
 
 def _out_index(spec: QuerySpec, data: Dataset, source_query: dict[str, Any],
@@ -125,6 +125,24 @@ def _out_index(spec: QuerySpec, data: Dataset, source_query: dict[str, Any],
         if (origin < 0).any() or (dest < 0).any():
             return None
         return origin * nz + dest, {"origin": [z for z in zones for _ in zones], "destination": zones * nz}
+    if spec.kind in ("inflows", "outflows"):
+        zone = zone_index(keys["zone"])
+        return (None if (zone < 0).any() else (zone, {"zone": zones}))
+    if spec.kind in ("residents", "commuting"):  # the same windows, zones summed into coarser ones
+        windows = sorted(set(keys["window"]))
+        pos = {w: i for i, w in enumerate(windows)}
+        w = np.array([pos[x] for x in keys["window"]], dtype=np.int64)
+        if spec.kind == "residents":
+            zone = zone_index(keys["zone"])
+            if (zone < 0).any():
+                return None
+            return zone * len(windows) + w, {"zone": [z for z in zones for _ in windows], "window": windows * nz}
+        home, work = zone_index(keys["home"]), zone_index(keys["work"])
+        if (home < 0).any() or (work < 0).any():
+            return None
+        return ((home * nz + work) * len(windows) + w,
+                {"home": [h for h in zones for _ in zones for _ in windows],
+                 "work": [k for _ in zones for k in zones for _ in windows], "window": windows * nz * nz})
     zone = zone_index(keys["zone"])
     if (zone < 0).any():
         return None
@@ -142,8 +160,10 @@ def _filters_allow(spec: QuerySpec, q: dict[str, Any]) -> bool:
     hours, days = set(q.get("hours", ())), set(q.get("weekdays", ()))
     if spec.kind != q.get("kind"):
         return False
-    if spec.kind == "flows":
+    if spec.kind in ("flows", "inflows", "outflows"):
         return list(q["hours"]) == list(spec.hours) and list(q["weekdays"]) == list(spec.weekdays)
+    if spec.kind in ("residents", "commuting"):
+        return q.get("place") == spec.place
     if spec.kind == "presence":
         return list(q["weekdays"]) == list(spec.weekdays) and set(spec.hours) <= hours
     return (q.get("measure"), q.get("zone"), q.get("zoning")) == (spec.measure, spec.zone, spec.zoning) and (
@@ -203,7 +223,8 @@ def shape_filter(spec: QuerySpec, data: Dataset, zonings: Iterable[str], *, max_
         kind=spec.kind, data_version=data.version, start=spec.start.isoformat(), end=spec.end.isoformat(),
         zonings=tuple(terms), unit=max_loss.unit, max_loss_nanos=max_loss.nanos,
         mechanisms=(DISCRETE_LAPLACE, DISCRETE_GAUSSIAN),
-        hours_mask=hours, hours_exact=spec.kind == "flows",  # flows do not key by hour: hours must match
+        # only presence and patterns key by hour: elsewhere the hours must match
+        hours_mask=hours, hours_exact=spec.kind not in ("presence", "patterns"),
         weekdays_mask=weekdays, weekdays_exact=spec.kind != "patterns",
         pattern=(spec.measure, spec.zone or "") if spec.kind == "patterns" else None,
         limit=limit,

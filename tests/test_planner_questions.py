@@ -185,3 +185,28 @@ def test_derive_on_the_new_kinds_is_refused_cleanly_or_fresh(svc) -> None:
         spec = make_spec(kind, dataset="city", zoning="districts", start=D0, end=end, **kw)
         answer = service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.1"), derive=True), planner)
         assert answer.derived_from is None and answer.charged == Epsilon.parse("0.1")
+
+
+def test_coarser_answers_of_the_new_kinds_are_exact_sums(svc) -> None:
+    """Residents, commuting and in/outflows on sectors are derived, free, from the same on a zoning nested in the
+    sectors (each sector split in three), when a fresh release at the ε asked would be less accurate."""
+    service, planner, _ = svc
+    data = service.dataset("city")
+    sectors = data.zoning("sectors")
+    sector_of = {c: sectors.zone_ids[z] for c, z in zip(data.catalog.cell_ids, sectors.zone_of_cell, strict=True)}
+    if "thirds" not in data.zonings:
+        service.add_zoning("city", "thirds", "cell_id,zone_id\n" + "".join(
+            f"{c},{sector_of[c]}-{i % 3}\n" for i, c in enumerate(data.catalog.cell_ids)))
+    for kind, kw in (("residents", {"place": "home"}), ("commuting", {}), ("inflows", {}), ("outflows", {})):
+        end = TWO_WEEKS if kind in ("residents", "commuting") else D0 + dt.timedelta(days=7)
+        fine = service.answer(QueryRequest(make_spec(kind, dataset="city", zoning="thirds", start=D0, end=end, **kw),
+                                           epsilon=Epsilon.parse("0.2")), planner)
+        coarse_spec = make_spec(kind, dataset="city", zoning="sectors", start=D0, end=end, **kw)
+        coarse = service.answer(QueryRequest(coarse_spec, epsilon=Epsilon.parse("0.001"), derive=True), planner)
+        assert coarse.derived_from == fine.answer_id and coarse.charged == Epsilon.zero(), kind
+        fields = coarse.key_fields
+        want: dict[tuple, int] = {}
+        for row in fine.values:
+            key = tuple(row[f].rsplit("-", 1)[0] if f in ("zone", "home", "work") else row[f] for f in fields)
+            want[key] = want.get(key, 0) + row["count"]
+        assert {tuple(r[f] for f in fields): r["count"] for r in coarse.values} == want, kind
