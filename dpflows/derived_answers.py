@@ -226,7 +226,8 @@ def shape_filter(spec: QuerySpec, data: Dataset, zonings: Iterable[str], *, max_
         # only presence and patterns key by hour: elsewhere the hours must match
         hours_mask=hours, hours_exact=spec.kind not in ("presence", "patterns"),
         weekdays_mask=weekdays, weekdays_exact=spec.kind != "patterns",
-        pattern=(spec.measure, spec.zone or "") if spec.kind == "patterns" else None,
+        pattern=((spec.measure, spec.zone or "") if spec.kind == "patterns"
+                 else (spec.measure, spec.place or "") if spec.kind == "residents" else None),
         limit=limit,
     )
     return where, terms

@@ -197,6 +197,9 @@ def test_coarser_answers_of_the_new_kinds_are_exact_sums(svc) -> None:
     if "thirds" not in data.zonings:
         service.add_zoning("city", "thirds", "cell_id,zone_id\n" + "".join(
             f"{c},{sector_of[c]}-{i % 3}\n" for i, c in enumerate(data.catalog.cell_ids)))
+    # a finer answer of the other place, released at a smaller scale, is never the one summed
+    service.answer(QueryRequest(make_spec("residents", dataset="city", zoning="thirds", start=D0, end=TWO_WEEKS,
+                                          place="work"), epsilon=Epsilon.parse("0.9")), planner)
     for kind, kw in (("residents", {"place": "home"}), ("commuting", {}), ("inflows", {}), ("outflows", {})):
         end = TWO_WEEKS if kind in ("residents", "commuting") else D0 + dt.timedelta(days=7)
         fine = service.answer(QueryRequest(make_spec(kind, dataset="city", zoning="thirds", start=D0, end=end, **kw),

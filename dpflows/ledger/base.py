@@ -279,7 +279,9 @@ def shape_of(answer: StoredAnswer) -> AnswerShape | None:
         return AnswerShape(
             answer.answer_id, answer.dataset, query["kind"], str(p["data_version"]), str(p["mechanism"]),
             str(query["start"]), str(query["end"]), str(query["zoning"]), hours, weekdays,
-            str(query.get("measure") or ""), str(query.get("zone") or ""), unit, int(p[f"{unit}_nanos"]),
+            # `zone` holds a patterns query's zone, or a residents query's place (home/work): each must match
+            str(query.get("measure") or ""), str(query.get("zone") or query.get("place") or ""), unit,
+            int(p[f"{unit}_nanos"]),
             float(p["scale"]), answer.created_at,
         )
     except (KeyError, TypeError, ValueError):
