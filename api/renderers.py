@@ -137,11 +137,13 @@ RENDERERS: dict[str, Renderer] = {
     "csv": Renderer("text/csv", csv_response, None, {"type": "string", "format": "binary"},
                     "key columns, count, error_bound_95 (and raw_count when post-processed); cost, budget, error "
                     "bound and privacy unit in X-Dpflows-* headers"),
-    "geojson": Renderer("application/geo+json", geojson_response, ("flows", "presence"),
+    "geojson": Renderer("application/geo+json", geojson_response, ("flows", "presence", "inflows", "outflows",
+                                                                   "residents"),
                         {"type": "object", "properties": {"type": {"type": "string"},
                                                           "features": {"type": "array", "items": {"type": "object"}},
                                                           "properties": {"type": "object"}}},
-                        "flows as lines between zone centroids, presence as zone polygons or points"),
+                        "flows as lines between zone centroids; presence, in/outflows and residents as zone polygons "
+                        "or points"),
 }
 
 #: ?format= on the query endpoints: documented here, read by `render_answer`.

@@ -212,7 +212,8 @@ def presence_geojson(
             geometry = {"type": "Point", "coordinates": [lon, lat]}
         else:
             raise KeyError(f"zone {zone!r} has no geometry or centroid; pass the zoning's geometry, cells or centroids")
-        props = {"zone": zone, "hour": row.get("hour"), **_number_props(row["count"], error_bound_95)}
+        keys = {k: v for k, v in row.items() if k not in ("zone", "count")}  # hour, window: what keys the value
+        props = {"zone": zone, **keys, **_number_props(row["count"], error_bound_95)}
         features.append({"type": "Feature", "geometry": geometry, "properties": props})
     return _collection(features, metadata)
 
@@ -226,12 +227,17 @@ def answer_geojson(
     metadata: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """GeoJSON for a flows or presence answer; patterns (weekday × hour) have no geography."""
+    """GeoJSON for a flows answer (lines), or one keyed by zone (presence, in/outflows, residents: zones);
+    patterns (weekday × hour) and commuting per window have no single geography per value here."""
     if kind == "flows":
         return flows_geojson(values, zone_centroids(zoning), error_bound_95, metadata=metadata, **options)
-    if kind == "presence":
+    if kind in ZONE_KINDS:
         return presence_geojson(values, zoning, error_bound_95, metadata=metadata, **options)
-    raise ValueError(f"kind={kind!r} has no map: only flows and presence answers have zones")
+    raise ValueError(f"kind={kind!r} has no map: only flows and answers keyed by zone ({', '.join(ZONE_KINDS)}) do")
+
+
+#: answers with one zone per value, drawn as zone polygons (or centroid points)
+ZONE_KINDS = ("presence", "inflows", "outflows", "residents")
 
 
 def service_answer_geojson(answer: Answer, zoning: Mapping[str, Any], **options: Any) -> dict[str, Any]:

@@ -64,6 +64,7 @@ def test_every_query_endpoint_in_every_format(app: Flask, spec: OpenAPI, keys: K
         "/v1/flows": FLOWS,
         "/v1/presence": {**WEEK, "zoning": "districts", "hours": [7, 10], "epsilon": 0.25},
         "/v1/patterns": {**WEEK, "zoning": "districts", "measure": "presence", "epsilon": 0.25},
+        "/v1/inflows": {**WEEK, "zoning": "districts", "hours": [7, 10], "epsilon": 0.1},
     }
     for path, body in bodies.items():
         for fmt in ("json", "csv", "geojson"):
@@ -76,7 +77,7 @@ def test_every_query_endpoint_in_every_format(app: Flask, spec: OpenAPI, keys: K
     quote = exchange(app, spec, "POST", "/v1/quote", key=keys.planner, body={**FLOWS, "query": "flows"})
     assert quote.status_code == 200
     change = exchange(app, spec, "POST", "/v1/relative-change", key=keys.planner,
-                      body={**WEEK, "zoning": "districts", "hours": [7, 10], "epsilon": 0.1,
+                      body={**WEEK, "zoning": "districts", "hours": [7, 10], "epsilon": 0.05,
                             "baseline_start": "2024-03-11", "baseline_end": "2024-03-18"})
     assert change.status_code == 200, change.get_data(as_text=True)
 
