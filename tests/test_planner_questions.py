@@ -9,6 +9,7 @@ through a real gunicorn.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import shutil
 from pathlib import Path
 
@@ -213,3 +214,31 @@ def test_coarser_answers_of_the_new_kinds_are_exact_sums(svc) -> None:
             key = tuple(row[f].rsplit("-", 1)[0] if f in ("zone", "home", "work") else row[f] for f in fields)
             want[key] = want.get(key, 0) + row["count"]
         assert {tuple(r[f] for f in fields): r["count"] for r in coarse.values} == want, kind
+
+
+@pytest.mark.parametrize("epsilon", ["0.5", "0.1", "0.25", "1"])
+def test_exact_privacy_maps_at_the_new_sensitivities(svc, epsilon: str) -> None:
+    """OpenDP's own map of the measurement that released each new kind gives at most the ε charged, at exactly the
+    sensitivity stated (residents and commuting 1; one hour of presence on one day 1; in/outflows L_trips)."""
+    from fractions import Fraction
+
+    from dpflows.budget import Rho
+    from dpflows.mechanisms import privacy_loss, rho_loss, scale_for_epsilon, scale_for_rho
+
+    service, _planner, _ = svc
+    data = service.dataset("city")
+    cases = [(make_spec("residents", dataset="city", zoning="sectors", start=D0, end=TWO_WEEKS, place="home"), 1),
+             (make_spec("commuting", dataset="city", zoning="sectors", start=D0, end=TWO_WEEKS), 1),
+             (make_spec("presence", dataset="city", zoning="sectors", start=D0, end=D0 + dt.timedelta(days=1),
+                        hours=[8, 9]), 1),
+             (make_spec("inflows", dataset="city", zoning="sectors", start=D0, end=D0 + dt.timedelta(days=7)),
+              data.metadata.bound_trips)]
+    eps = Epsilon.parse(epsilon)
+    for spec, l1 in cases:
+        s = query_sensitivity(spec, data)
+        assert s.l1 == l1, spec.kind
+        scale = scale_for_epsilon(s.l1, eps)
+        assert privacy_loss(s.l1, scale) <= eps.as_fraction()  # exactly, as rationals
+        assert privacy_loss(s.l1, math.nextafter(scale, 0.0) * 0.999) > eps.as_fraction()  # and not loose
+        rho = Rho(eps.nanos)
+        assert rho_loss(s.l2, scale_for_rho(s.l2, rho)) <= Fraction(rho.nanos, 10**9)
