@@ -156,6 +156,16 @@ def main() -> None:
             lo, med, hi = np.percentile(estimates, [5, 50, 95])
             common = ", ".join(f"{b}: {n}" for b, n in sorted(suggestions.items()))
             print(f"{text:>9} {med:>22.2%} {f'{lo:.2%}-{hi:.2%}':>16} {common:>30}")
+    questions(args.persons)
+
+
+def questions(persons: int) -> None:
+    """Issue 14's figures: residents and commuting against the generator's truth, one-hour presence (ε 0.5)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_questions import run
+
+    print("\n-- the planners' questions at ε = 0.5 per window (benchmarks/bench_questions.py) --")
+    run(persons, "0.5")
 
 
 if __name__ == "__main__":

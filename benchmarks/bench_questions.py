@@ -31,6 +31,11 @@ def main() -> None:
     ap.add_argument("--persons", type=int, default=20000)
     ap.add_argument("--epsilon", default="0.5")
     args = ap.parse_args()
+    run(args.persons, args.epsilon)
+
+
+def run(persons: int, epsilon: str) -> None:
+    """The figures, for `persons` at `epsilon` per window (bench_accuracy.py calls this too)."""
     sys.path.insert(0, str(ROOT))
     import numpy as np
     import polars as pl
@@ -44,14 +49,14 @@ def main() -> None:
     from dpflows.queries import make_spec, prepare
     from dpflows.service import QueryRequest, Service
 
-    eps = Epsilon.parse(args.epsilon)
+    eps = Epsilon.parse(epsilon)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        city = generate_city(root / "raw", persons=args.persons, days=28, ground_truth=True)
+        city = generate_city(root / "raw", persons=persons, days=28, ground_truth=True)
         ingest_events(city.events, city.cells, root / "datasets" / "demo", name="demo", **city.span, seed=5,
                       report_epsilon=0, zonings=[ZoningSpec("districts", city.districts)], progress=Progress(False))
-        print(f"demo city: {args.persons} persons, 4 weeks, prepared in {time.perf_counter() - t:.1f} s")
+        print(f"demo city: {persons} persons, 4 weeks, prepared in {time.perf_counter() - t:.1f} s")
         service = Service(AggregateStore(root), MemoryLedger())
         planner, _ = service.create_client("planner", "planner")
         service.set_cap("demo", Epsilon.parse("10"), client_id=planner.id, window=None)
