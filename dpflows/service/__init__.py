@@ -24,7 +24,7 @@ from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning
 from dpflows.errors import DpflowsError
-from dpflows.ledger import AuditEntry, Client, Ledger
+from dpflows.ledger import ApiKeyRecord, AuditEntry, Client, Ledger
 from dpflows.ledger.high_water import HighWaterMark
 from dpflows.mechanisms import configure_noise_pool, start_noise_pool
 from dpflows.service import admin, answering, quoting, relative_change, reports
@@ -111,8 +111,8 @@ class Service:
     def rotate_key(self, client_id: int, *, by: Client | None = None) -> str:
         return admin.rotate_key(self.context, client_id, by=by)
 
-    def revoke_key(self, key_id: int, *, by: Client | None = None) -> None:
-        admin.revoke_key(self.context, key_id, by=by)
+    def revoke_key(self, key_id: int, *, by: Client | None = None) -> ApiKeyRecord:
+        return admin.revoke_key(self.context, key_id, by=by)
 
     def set_group(self, client_id: int, group: str | None, *, by: Client | None = None) -> Client:
         return admin.set_group(self.context, client_id, group, by=by)

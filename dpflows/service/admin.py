@@ -13,7 +13,7 @@ from dpflows.accounting import accounting
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning, parse_zoning_csv
 from dpflows.errors import AuthenticationFailed, Conflict, DataUnavailable, InvalidInput, PolicyViolation
-from dpflows.ledger import AuditEntry, Client
+from dpflows.ledger import ApiKeyRecord, AuditEntry, Client
 from dpflows.service.context import ServiceContext, dataset_grid
 from dpflows.service.records import WindowStatus
 
@@ -68,9 +68,10 @@ def rotate_key(ctx: ServiceContext, client_id: int, *, by: Client | None = None)
     return key
 
 
-def revoke_key(ctx: ServiceContext, key_id: int, *, by: Client | None = None) -> None:
-    ctx.ledger.revoke_key(key_id)
+def revoke_key(ctx: ServiceContext, key_id: int, *, by: Client | None = None) -> ApiKeyRecord:
+    key = ctx.ledger.revoke_key(key_id)
     ctx.audit_admin(by, "admin.revoke_key", key_id=key_id)
+    return key
 
 
 def set_group(ctx: ServiceContext, client_id: int, group: str | None, *, by: Client | None = None) -> Client:
