@@ -37,13 +37,19 @@ class WindowBudgetSchema(ma.Schema):
     remaining = EpsilonField(metadata={"description": "the smaller of what remains of your cap and of your group's "
                                                       "allocation; other groups' spending is never shown"})
     spent_approx_dp = fields.Nested(ApproxDpSchema, metadata={"description": "zCDP: your spent ρ as (ε, δ)"})
+    delta_cap = fields.Float(allow_none=True, metadata={"description": "approximate DP: your δ cap in this window"})
+    delta_spent = fields.Float(metadata={"description": "approximate DP: δ you spent (sparse answers only)"})
+    delta_remaining = fields.Float(metadata={"description": "approximate DP: δ you can still spend"})
+    group_delta_cap = fields.Float(metadata={"description": "approximate DP: your group's δ allocation"})
+    group_delta_spent = fields.Float(metadata={"description": "approximate DP: what your group spent of it"})
 
 
 class BudgetSchema(ma.Schema):
     dataset = fields.String()
     client = fields.String()
     privacy_unit = fields.String()
-    accounting = fields.String(metadata={"description": "pure_dp: amounts are ε; zcdp: amounts are ρ"})
+    accounting = fields.String(metadata={"description": "pure_dp: amounts are ε; zcdp: amounts are ρ; approx_dp: "
+                                                        "amounts are ε, with δ beside them"})
     windows = fields.List(fields.Nested(WindowBudgetSchema))
 
 
@@ -60,8 +66,11 @@ class DatasetSchema(ma.Schema):
     window_days = fields.Integer()
     windows = fields.Integer()
     bounds = fields.Dict(keys=fields.String(), values=fields.Integer())
-    accounting = fields.Dict(metadata={"description": "measure: pure_dp or zcdp; for zcdp the per-key caps and "
-                                                      "the δ at which ρ is shown as (ε, δ)"})
+    accounting = fields.Dict(metadata={"description": "measure: pure_dp, zcdp or approx_dp; for zcdp the per-key "
+                                                      "caps and the δ at which ρ is shown as (ε, δ); for approx_dp "
+                                                      "the per-key caps"})
+    dense_limit = fields.Integer(metadata={"description": "answers with more keys are released sparsely (approx_dp) "
+                                                          "or refused"})
     privacy_unit = fields.String()
     missing_days = fields.List(fields.Date(), metadata={"description": "days inside [first_day, end_day) the "
                                                                        "admin declared the dataset does not hold"})
@@ -186,8 +195,11 @@ class ClientWithKeysSchema(ClientSchema):
 class CapSchema(ma.Schema):
     dataset = name_field()
     epsilon = Number(allow_nan=False, validate=validate.Range(min=0),
-                     metadata={"description": "the cap on a pure-DP dataset"})
+                     metadata={"description": "the cap on a pure-DP dataset, or the ε of one on an approx_dp dataset"})
     rho = Number(allow_nan=False, validate=validate.Range(min=0), metadata={"description": "the cap on a zCDP dataset"})
+    delta = Number(allow_nan=False, validate=validate.Range(min=0, max=1, max_inclusive=False), metadata={
+        "description": "approx_dp datasets (required there, with epsilon): the δ of the cap; 0 allows dense answers "
+                       "only"})
     client_id = fields.Integer(validate=validate.Range(max=ID_MAX),
                                metadata={"description": "omit (and omit group) for the global cap across all clients"})
     group = fields.String(validate=WholeMatch(GROUP_NAME), metadata={
@@ -197,8 +209,10 @@ class CapSchema(ma.Schema):
     @ma.validates_schema
     def _one_measure(self, data: dict[str, Any], **kwargs: Any) -> None:
         if ("epsilon" in data) == ("rho" in data):
-            raise ma.ValidationError("send exactly one of epsilon (pure-DP datasets) or rho (zCDP datasets)",
-                                     field_name="epsilon")
+            raise ma.ValidationError("send exactly one of epsilon (pure-DP and approx_dp datasets) or rho (zCDP "
+                                     "datasets)", field_name="epsilon")
+        if "delta" in data and "rho" in data:
+            raise ma.ValidationError("delta goes with epsilon, on approx_dp datasets", field_name="delta")
         if "client_id" in data and "group" in data:
             raise ma.ValidationError("send client_id (a client's cap) or group (a group's allocation), not both",
                                      field_name="group")

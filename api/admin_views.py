@@ -10,7 +10,7 @@ from api.views import BEARER, _document_errors, admin_blp, service, upload_limit
 
 __all__ = ["admin_blp"]  # with its routes registered below
 from dpflows import zoning_sources
-from dpflows.budget import Epsilon, PrivacyLoss, Rho
+from dpflows.budget import ApproxDP, Epsilon, PrivacyLoss, Rho
 
 # -- admin ------------------------------------------------------------------------------------------
 
@@ -66,8 +66,10 @@ def revoke_key(key_id: int) -> Any:
 @admin_blp.doc(security=BEARER)
 def set_cap(body: dict[str, Any]) -> Any:
     """Set a client's cap (client_id), a sharing group's allocation (group) or the global cap (neither), per
-    window or for every window. Allocations never sum above the global cap: 422 if they would."""
-    cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
+    window or for every window. Allocations never sum above the global cap: 422 if they would. On an
+    approx_dp dataset a cap is an (ε, δ) pair: send epsilon and delta."""
+    cap: PrivacyLoss = (ApproxDP.parse_pair(body["epsilon"], body["delta"]) if "delta" in body
+                        else Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"]))
     service().set_cap(body["dataset"], cap, client_id=body.get("client_id"),
                       window=body.get("window"), by=current_client(), group=body.get("group"))
     return body

@@ -66,6 +66,10 @@ def init_request_logging(app: Flask) -> None:
         rho = getattr(g, "rho_charged", None)
         if rho is not None:  # zCDP datasets charge ρ, logged under its own name
             fields["rho_charged"] = _epsilon(rho)
+        charged = getattr(g, "epsilon_charged", None)
+        if charged is not None and charged.delta_attos:  # approximate DP: ε and δ apart
+            fields["epsilon_charged"] = _epsilon(type(charged)(charged.nanos))
+            fields["delta_charged"] = charged.delta_as_float()
         response.headers["X-Request-Id"] = fields["request_id"] or ""
         log.info("request", extra={"fields": fields})
         return response

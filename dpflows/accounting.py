@@ -5,12 +5,17 @@ discrete Laplace, or ρ-zCDP with the discrete Gaussian. Everything that depends
 loss type and its unit, the noise mechanism and how its sensitivity is computed, how a target
 error is priced, how a loss is shown, the per-role caps, what a pure-DP bounding report costs
 here) is a method of an `Accounting`; code elsewhere asks the dataset's accounting and never
-branches on its name. Adding a measure (approximate (ε, δ)) is one subclass here and its
+branches on its name. A measure is one subclass here, its loss type in dpflows.budget and its
 mechanism in dpflows.mechanisms.
 
     Accounting
-    ├── PureDP              pure_dp  Epsilon  discrete Laplace   ℓ1 = L
-    └── ZeroConcentrated    zcdp     Rho      discrete Gaussian  ℓ2 from L and the per-key cap
+    ├── PureDP              pure_dp    Epsilon   discrete Laplace   ℓ1 = L
+    ├── ZeroConcentrated    zcdp       Rho       discrete Gaussian  ℓ2 from L and the per-key cap
+    └── ApproximateDP       approx_dp  ApproxDP  discrete Laplace (dense, δ = 0), or its thresholded
+                                                 form over observed keys (sparse): (ℓ0, ℓ1, ℓ∞)
+
+Converting a loss between measures (for a cap shared by datasets accounted differently) is
+`Accounting.as_approx_dp`: pure ε is (ε, 0), ρ is OpenDP's (ε, δ) at a given δ.
 """
 
 from __future__ import annotations
@@ -20,11 +25,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from dpflows.budget import ACCOUNTINGS, PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho
+from dpflows.budget import ACCOUNTINGS, APPROX_DP, PURE_DP, ZCDP, ApproxDP, Epsilon, PrivacyLoss, Rho
 from dpflows.errors import InvalidInput
 from dpflows.mechanisms import (
-    DISCRETE_GAUSSIAN,
-    DISCRETE_LAPLACE,
+    Contribution,
     DiscreteGaussian,
     DiscreteLaplace,
     NoiseMechanism,
@@ -58,10 +62,17 @@ class Sensitivity:
     l1: int
     key_cap: int
     count_unit: str
+    #: ℓ0: the most keys of the answer one person-window touches (each record lands in one key)
+    keys: int = 1
 
     @property
     def l2(self) -> float:
         return l2_sensitivity(self.l1, self.key_cap)
+
+    @property
+    def contribution(self) -> Contribution:
+        """(ℓ0, ℓ1, ℓ∞), the input distance of the thresholded mechanism."""
+        return Contribution(min(self.keys, self.l1), self.l1, min(self.key_cap, self.l1))
 
 
 @dataclass(frozen=True)
@@ -84,11 +95,32 @@ class Accounting:
     label: ClassVar[str]
     loss_type: ClassVar[type[PrivacyLoss]]
     mechanism: ClassVar[NoiseMechanism]
+    #: whether a query whose domain exceeds the dataset's dense_limit is released sparsely (else refused)
+    allows_sparse: ClassVar[bool] = False
+    #: ingestion's default L_trips for datasets in this measure (None: ingestion's own default, 20)
+    default_bound_trips: ClassVar[int | None] = None
 
     @property
     def unit(self) -> str:
         """The request and answer field of this measure: "epsilon" or "rho"."""
         return self.loss_type.unit
+
+    @property
+    def measure(self) -> str:
+        """What the ledger records as the measure of this dataset's caps and spending."""
+        return self.loss_type.measure
+
+    def with_delta(self, loss: PrivacyLoss, delta_attos: int) -> PrivacyLoss:
+        """The loss of a release that also costs δ (a sparse one): only approximate DP has a δ to charge."""
+        if delta_attos:
+            raise InvalidInput(f"a {self.label} dataset charges no delta; leave delta out", field="delta")
+        return loss
+
+    def as_approx_dp(self, loss: PrivacyLoss, delta: float) -> ApproxDP | None:
+        """`loss` as an (ε, δ) charge (for a cap in approximate DP); None where no conversion exists.
+
+        Pure ε is (ε, 0); ρ is OpenDP's conversion at `delta` (ZeroConcentrated)."""
+        return None
 
     def sensitivity(self, contribution: Sensitivity) -> float:
         """The norm of a query's contribution this accounting's mechanism is calibrated to."""
@@ -123,8 +155,13 @@ class Accounting:
         raise NotImplementedError
 
     def loss_of(self, *, epsilon: PrivacyLoss | None, rho: PrivacyLoss | None,
-                dataset: str) -> PrivacyLoss | None:
-        """The loss a request sends in this measure; one sent in another measure is refused with the fix."""
+                dataset: str, delta: int | None = None) -> PrivacyLoss | None:
+        """The loss a request sends in this measure; one sent in another measure is refused with the fix.
+
+        `delta` (atto-units) only where the accounting has one: it is charged by sparse answers alone."""
+        if delta is not None and not self.allows_sparse:
+            raise InvalidInput(f"dataset {dataset!r} is accounted in {self.label}, which has no delta per query: "
+                               "leave delta out (it applies to datasets accounted in approximate DP)", field="delta")
         sent = {"epsilon": epsilon, "rho": rho}
         for unit, value in sent.items():
             if value is not None and unit != self.unit:
@@ -136,7 +173,7 @@ class Accounting:
         if given is not None and given.nanos == 0:
             raise InvalidInput(f"{self.unit}=0 releases nothing useful; send a positive {self.unit}",
                                field=self.unit)
-        return given
+        return None if given is None else self.loss_type(given.nanos)
 
     def key_cap_trips(self, meta: DatasetFacts) -> int | None:
         """The per-key cap ingestion enforces on trips rows (None: no such cap in this measure)."""
@@ -162,6 +199,9 @@ class PureDP(Accounting):
 
     def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
         return charge.epsilon
+
+    def as_approx_dp(self, loss: PrivacyLoss, delta: float) -> ApproxDP | None:
+        return ApproxDP(loss.nanos, 0)
 
 
 class ZeroConcentrated(Accounting):
@@ -197,29 +237,66 @@ class ZeroConcentrated(Accounting):
     def metadata_json(self, meta: DatasetFacts) -> dict[str, Any]:
         return {"measure": self.name, "key_caps": {"trips": meta.key_cap_trips, "presence": 1}, "delta": meta.delta}
 
+    def as_approx_dp(self, loss: PrivacyLoss, delta: float) -> ApproxDP | None:
+        from dpflows.budget import delta_from_privacy_map
+        from dpflows.mechanisms import rho_to_approx_dp
 
-_BY_NAME: dict[str, Accounting] = {a.name: a for a in (PureDP(), ZeroConcentrated())}
+        return ApproxDP(Epsilon.from_privacy_map(rho_to_approx_dp(loss, delta)).nanos, delta_from_privacy_map(delta))
+
+
+class ApproximateDP(Accounting):
+    """(ε, δ)-DP: dense answers as pure DP (the discrete Laplace, δ = 0); answers whose domain exceeds the
+    dataset's dense_limit through OpenDP's thresholded discrete Laplace over the observed keys, calibrated to
+    their (ℓ0, ℓ1, ℓ∞) and charged the δ asked (dpflows.mechanisms.threshold). Ingestion enforces the per-row
+    cap on trips (as for zCDP), which bounds ℓ∞ for narrow answers."""
+
+    name = APPROX_DP
+    label = "approximate DP"
+    loss_type = ApproxDP
+    mechanism = DiscreteLaplace()
+    allows_sparse = True
+    #: meant for cell-level answers, whose threshold grows with L: 221 trips per key at L = 5, 941 at L = 20
+    #: (ε = 0.5, δ = 1e-9); docs/admin.md
+    default_bound_trips = 5
+
+    def sensitivity(self, contribution: Sensitivity) -> float:
+        return contribution.l1
+
+    def public_sensitivities(self, meta: DatasetFacts) -> set[float]:
+        return {meta.bound("trips"), meta.bound("presence"), 1}
+
+    def loss_for_error(self, sensitivity: float, max_error: float, confidence: float,
+                       floor: PrivacyLoss | None = None) -> PrivacyLoss:
+        return ApproxDP(self.mechanism.loss_for_error(sensitivity, max_error, confidence, floor).nanos)
+
+    def release(self, true_counts: np.ndarray, sensitivity: float, loss: PrivacyLoss) -> Any:
+        if loss.delta_attos:
+            raise InvalidInput("a dense answer charges no delta", field="delta")  # a guard: price() sets 0
+        return self.mechanism.release(true_counts, sensitivity, loss)
+
+    def with_delta(self, loss: PrivacyLoss, delta_attos: int) -> PrivacyLoss:
+        return ApproxDP(loss.nanos, delta_attos)
+
+    def as_approx_dp(self, loss: PrivacyLoss, delta: float) -> ApproxDP | None:
+        return ApproxDP(loss.nanos, loss.delta_attos)
+
+    def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
+        return ApproxDP(charge.epsilon.nanos, 0)
+
+    def key_cap_trips(self, meta: DatasetFacts) -> int | None:
+        return meta.key_cap_trips
+
+    def metadata_json(self, meta: DatasetFacts) -> dict[str, Any]:
+        return {"measure": self.name, "key_caps": {"trips": meta.key_cap_trips, "presence": 1}}
+
+
+_BY_NAME: dict[str, Accounting] = {a.name: a for a in (PureDP(), ZeroConcentrated(), ApproximateDP())}
 assert tuple(_BY_NAME) == ACCOUNTINGS
-_BY_MECHANISM: dict[str, Accounting] = {a.mechanism.name: a for a in _BY_NAME.values()}
-assert set(_BY_MECHANISM) == {DISCRETE_LAPLACE, DISCRETE_GAUSSIAN}
 
 
 def accounting(name: str) -> Accounting:
-    """The accounting a dataset declares (``pure_dp`` or ``zcdp``)."""
+    """The accounting a dataset declares (``pure_dp``, ``zcdp`` or ``approx_dp``)."""
     try:
         return _BY_NAME[name]
     except KeyError:
         raise InvalidInput(f"accounting={name!r} must be one of {list(_BY_NAME)}", field="accounting") from None
-
-
-def accounting_of_mechanism(mechanism: str) -> Accounting:
-    """The accounting whose mechanism released a stored answer."""
-    return _BY_MECHANISM[mechanism]
-
-
-def accounting_of_unit(unit: str) -> Accounting:
-    """The accounting whose loss is named `unit` ("epsilon" or "rho")."""
-    for acc in _BY_NAME.values():
-        if acc.unit == unit:
-            return acc
-    raise InvalidInput(f"unit={unit!r} must be one of {[a.unit for a in _BY_NAME.values()]}", field="unit")

@@ -3,7 +3,8 @@
 Written once when an answer is released, read when it is reused, described or derived from.
 Its JSON form is the ledger's ``answers.payload`` column, unchanged since the first release of
 dpflows, so existing ledgers read (the loss is stored as ``epsilon_nanos`` or ``rho_nanos``,
-named after its measure). Imports neither Polars nor OpenDP.
+named after its measure; an (ε, δ) release adds ``delta_attos``, and a sparse one its ``threshold``
+and stores as ``sensitivity`` its (ℓ0, ℓ1, ℓ∞)). Imports neither Polars nor OpenDP.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpflows.budget import Epsilon, PrivacyLoss, Rho
+from dpflows.budget import ApproxDP, Epsilon, PrivacyLoss, Rho
 
 _LOSS_TYPES: dict[str, type[PrivacyLoss]] = {"epsilon": Epsilon, "rho": Rho}
 
@@ -28,11 +29,13 @@ class StoredRelease:
     loss_from_max_error: bool
     mechanism: str
     scale: float
-    sensitivity: float
+    sensitivity: Any  # ℓ1 (an integer) or ℓ2 (a float); a sparse answer's {"l0", "l1", "linf"}
     query: dict[str, Any]
     data_version: str
     #: derived answers: how many released values each value sums
     terms: list[int] = field(default_factory=list)
+    #: sparse answers: the noisy count a key had to reach to be released (keys holds only those)
+    threshold: int | None = None
 
     def to_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -50,6 +53,10 @@ class StoredRelease:
         }
         if self.terms:
             payload["terms"] = self.terms
+        if isinstance(self.loss, ApproxDP):
+            payload["delta_attos"] = self.loss.delta_attos
+        if self.threshold is not None:
+            payload["threshold"] = self.threshold
         return payload
 
     @classmethod
@@ -67,11 +74,14 @@ class StoredRelease:
             query=payload.get("query") or {},
             data_version=str(payload.get("data_version", "")),
             terms=[int(k) for k in payload.get("terms") or []],
+            threshold=None if payload.get("threshold") is None else int(payload["threshold"]),
         )
 
 
 def release_loss(payload: dict[str, Any]) -> PrivacyLoss:
-    """The ε or ρ a stored payload was released at (the key names the measure)."""
+    """The ε, ρ or (ε, δ) a stored payload was released at (the keys name the measure)."""
+    if "delta_attos" in payload:
+        return ApproxDP(int(payload["epsilon_nanos"]), int(payload["delta_attos"]))
     for unit, loss_type in _LOSS_TYPES.items():
         if f"{unit}_nanos" in payload:
             return loss_type(int(payload[f"{unit}_nanos"]))

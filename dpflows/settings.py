@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from dpflows.budget import Epsilon, Rho
+from dpflows.budget import Epsilon, Rho, parse_delta
 from dpflows.errors import InvalidInput
 
 
@@ -79,6 +79,13 @@ SETTINGS: tuple[Setting, ...] = (
             "epsilon^2/2 of the planner's epsilon cap, what an epsilon-DP release costs in rho)"),
     Setting("DPFLOWS_ANALYST_MAX_RHO", "", "per-query rho cap of role analyst on zCDP datasets (default: "
             "epsilon^2/2 of the analyst's epsilon cap)"),
+    Setting("DPFLOWS_DEFAULT_DELTA", "1e-9", "the delta a sparse answer (approximate-DP datasets, domains above the "
+            "dataset's dense_limit) spends when the query sends none: it sets the threshold (docs/privacy.md)",
+            parse_delta),
+    Setting("DPFLOWS_PLANNER_MAX_DELTA", "1e-7", "per-query delta cap of role planner on approximate-DP datasets",
+            parse_delta),
+    Setting("DPFLOWS_ANALYST_MAX_DELTA", "1e-9", "per-query delta cap of role analyst on approximate-DP datasets",
+            parse_delta),
     Setting("DPFLOWS_MIN_EPSILON", "0.0001", "the smallest epsilon one query may charge (and a max_error that it "
             "already meets is refused): each stored answer costs at least this", Epsilon.parse),
     Setting("DPFLOWS_MIN_RHO", "0.000001", "the smallest rho one query may charge on zCDP datasets", Rho.parse),

@@ -58,8 +58,10 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     storage(p)
     p.add_argument("--dataset", required=True)
     measure = p.add_mutually_exclusive_group(required=True)
-    measure.add_argument("--epsilon", help="the cap on a pure-DP dataset, e.g. 1.0")
+    measure.add_argument("--epsilon", help="the cap on a pure-DP dataset, e.g. 1.0 (with --delta: approx_dp)")
     measure.add_argument("--rho", help="the cap on a zCDP dataset, e.g. 0.5")
+    p.add_argument("--delta", default=None, help="approx_dp datasets, with --epsilon: the cap's delta, e.g. 1e-6 "
+                                                 "(0: dense answers only)")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--client", help="client name")
     who.add_argument("--global", dest="global_cap", action="store_true", help="the cap across all clients")
@@ -168,16 +170,21 @@ def _run_list_clients(args: argparse.Namespace) -> int:
 
 
 def _run_set_cap(args: argparse.Namespace) -> int:
-    from dpflows.budget import Epsilon, PrivacyLoss, Rho
+    from dpflows.budget import ApproxDP, Epsilon, PrivacyLoss, Rho
+    from dpflows.errors import InvalidInput
 
     service = open_service(args)
     client_id = None if args.global_cap or args.group else service.ledger.client_by_name(args.client).id
-    cap: PrivacyLoss = Epsilon.parse(args.epsilon) if args.epsilon is not None else Rho.parse(args.rho)
+    if args.delta is not None and args.rho is not None:
+        raise InvalidInput("--delta goes with --epsilon, on approx_dp datasets", field="delta")
+    cap: PrivacyLoss = (ApproxDP.parse_pair(args.epsilon, args.delta) if args.delta is not None
+                        else Epsilon.parse(args.epsilon) if args.epsilon is not None else Rho.parse(args.rho))
     service.set_cap(args.dataset, cap, client_id=client_id, window=args.window, group=args.group)
     who = (f"allocation of group {args.group}" if args.group else "global cap" if client_id is None
            else f"cap of {args.client}")
     where = "every window" if args.window is None else f"window {args.window}"
-    print(f"{who} on {args.dataset}, {where}: {cap.unit} {cap}")
+    print(f"{who} on {args.dataset}, {where}: {cap.unit} {type(cap)(cap.nanos)}"
+          + (f", delta {cap.delta_as_float()!r}" if cap.carries_delta else ""))
     return 0
 
 

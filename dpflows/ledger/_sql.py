@@ -7,7 +7,9 @@ FOR UPDATE` in a fixed order). Statements use `?` placeholders; subclasses trans
 
 Tables: datasets (each dataset's window grid and measure, recorded once, see base.DatasetGrid),
 clients, api_keys, caps (client_id 0 = global, win -1 = every window), spend (running
-totals per dataset, window, client; client_id 0 = all clients), charges (append-only),
+totals per dataset, window, client; client_id 0 = all clients), charges (append-only); each of
+caps, spend, charges, group_caps and group_spend holds an amount in nano-units and, beside it, a δ
+in atto-units (cap_delta_attos, delta_attos: 0 but on datasets accounted in approximate DP),
 answers (unique per dataset and query key; the key includes the releasing client's sharing group),
 answer_shapes (what each answer asked, without its values, and the group it was released in: the
 index of free derivations, one row written with the answer), audit (append-only, hash-chained),
@@ -31,10 +33,12 @@ from dpflows.ledger._sql_rules import (
     _insert_shape,
     _payload_text,
     _shape_from_row,
+    add_delta_columns,
     backfill_answer_shapes,
     check_cap_unit,
     check_grid_matches,
     group_query_key,
+    loss_from_row,
     rekey_answers,
 )
 from dpflows.ledger.base import (
@@ -49,6 +53,7 @@ from dpflows.ledger.base import (
     check_allocations,
     check_group_name,
     effective_allocations,
+    sum_losses,
 )
 
 
@@ -124,37 +129,43 @@ class SqlLedger(ClientRegistry, AuditLog):
                 self._lock_allocations(cur, exclusive=True)
             if group is not None:
                 cur.execute(
-                    "INSERT INTO group_caps (group_name, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (group_name, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
+                    "INSERT INTO group_caps (group_name, dataset, win, cap_nanos, cap_delta_attos, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (group_name, dataset, win) DO UPDATE SET "
+                    "cap_nanos = excluded.cap_nanos, cap_delta_attos = excluded.cap_delta_attos, "
                     "updated_at = excluded.updated_at",
-                    (group, dataset, win, cap.nanos, utc_now()),
+                    (group, dataset, win, cap.nanos, cap.delta_attos, utc_now()),
                 )
             else:
                 cur.execute(
-                    "INSERT INTO caps (client_id, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (client_id, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
+                    "INSERT INTO caps (client_id, dataset, win, cap_nanos, cap_delta_attos, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_id, dataset, win) DO UPDATE SET "
+                    "cap_nanos = excluded.cap_nanos, cap_delta_attos = excluded.cap_delta_attos, "
                     "updated_at = excluded.updated_at",
-                    (cid, dataset, win, cap.nanos, utc_now()),
+                    (cid, dataset, win, cap.nanos, cap.delta_attos, utc_now()),
                 )
             if client_id is None:
-                cur.execute("SELECT win, cap_nanos FROM caps WHERE client_id = ? AND dataset = ?", (GLOBAL, dataset))
-                global_caps = {int(w): int(n) for w, n in cur.fetchall()}
+                cur.execute("SELECT win, cap_nanos, cap_delta_attos FROM caps WHERE client_id = ? AND dataset = ?",
+                            (GLOBAL, dataset))
+                global_caps = {int(w): loss_from_row(n, d) for w, n, d in cur.fetchall()}
                 check_allocations(dataset, global_caps, self._allocation_rows(cur, dataset, None))
 
-    def _allocation_rows(self, cur: Cursor, dataset: str, window: int | None) -> list[tuple[str, int, int]]:
-        """(group, win, nanos) of the dataset's allocations: all, or those that can apply to `window`."""
+    def _allocation_rows(self, cur: Cursor, dataset: str,
+                         window: int | None) -> list[tuple[str, int, PrivacyLoss]]:
+        """(group, win, cap) of the dataset's allocations: all, or those that can apply to `window`."""
         if window is None:
-            cur.execute("SELECT group_name, win, cap_nanos FROM group_caps WHERE dataset = ?", (dataset,))
+            cur.execute("SELECT group_name, win, cap_nanos, cap_delta_attos FROM group_caps WHERE dataset = ?",
+                        (dataset,))
         else:
-            cur.execute("SELECT group_name, win, cap_nanos FROM group_caps WHERE dataset = ? AND win IN (?, ?)",
-                        (dataset, window, EVERY_WINDOW))
-        return [(r[0], int(r[1]), int(r[2])) for r in cur.fetchall()]
+            cur.execute("SELECT group_name, win, cap_nanos, cap_delta_attos FROM group_caps "
+                        "WHERE dataset = ? AND win IN (?, ?)", (dataset, window, EVERY_WINDOW))
+        return [(r[0], int(r[1]), loss_from_row(r[2], r[3])) for r in cur.fetchall()]
 
     def list_allocations(self, dataset: str) -> list[Allocation]:
         """Every group allocation set on a dataset (admins' view), by group then window."""
         with self._transaction(write=False) as cur:
             rows = self._allocation_rows(cur, dataset, None)
-        return [Allocation(g, None if w == EVERY_WINDOW else w, PrivacyLoss(n)) for g, w, n in sorted(rows)]
+        return [Allocation(g, None if w == EVERY_WINDOW else w, cap)
+                for g, w, cap in sorted(rows, key=lambda r: (r[0], r[1]))]
 
     def _lock_allocations(self, cur: Cursor, *, exclusive: bool) -> None:
         """Hold the dataset's allocations still for the transaction: exclusive to change them, shared to
@@ -166,26 +177,27 @@ class SqlLedger(ClientRegistry, AuditLog):
         return None if row is None else str(row[0])
 
     def _group_spent(self, cur: Cursor, dataset: str, window: int, holder: str) -> PrivacyLoss:
-        cur.execute("SELECT nanos FROM group_spend WHERE dataset = ? AND win = ? AND group_name = ?",
+        cur.execute("SELECT nanos, delta_attos FROM group_spend WHERE dataset = ? AND win = ? AND group_name = ?",
                     (dataset, window, holder))
         row = cur.fetchone()
-        return PrivacyLoss(0 if row is None else int(row[0]))
+        return PrivacyLoss.zero() if row is None else loss_from_row(row[0], row[1])
 
     def _cap(self, cur: Cursor, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
         cur.execute(
-            "SELECT cap_nanos FROM caps WHERE client_id = ? AND dataset = ? AND win IN (?, ?) "
+            "SELECT cap_nanos, cap_delta_attos FROM caps WHERE client_id = ? AND dataset = ? AND win IN (?, ?) "
             "ORDER BY win DESC LIMIT 1",
             (client_id, dataset, window, EVERY_WINDOW),
         )
         row = cur.fetchone()
-        return None if row is None else PrivacyLoss(int(row[0]))
+        return None if row is None else loss_from_row(row[0], row[1])
 
     def _spent(self, cur: Cursor, dataset: str, window: int, client_id: int) -> PrivacyLoss:
         cur.execute(
-            "SELECT nanos FROM spend WHERE dataset = ? AND win = ? AND client_id = ?", (dataset, window, client_id)
+            "SELECT nanos, delta_attos FROM spend WHERE dataset = ? AND win = ? AND client_id = ?",
+            (dataset, window, client_id)
         )
         row = cur.fetchone()
-        return PrivacyLoss(0 if row is None else int(row[0]))
+        return PrivacyLoss.zero() if row is None else loss_from_row(row[0], row[1])
 
     def _budgets(self, cur: Cursor, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
         group = self._client_group(cur, client_id)
@@ -194,10 +206,12 @@ class SqlLedger(ClientRegistry, AuditLog):
         for w in windows:
             global_cap = self._cap(cur, dataset, w, GLOBAL)
             allocations = effective_allocations(rows, w)
-            group_cap = None if group is None or group not in allocations else PrivacyLoss(allocations[group])
+            group_cap = None if group is None or group not in allocations else allocations[group]
             group_spent = (self._group_spent(cur, dataset, w, group) if group is not None and group_cap is not None
                            else PrivacyLoss.zero())
-            unallocated = None if global_cap is None else max(global_cap.nanos - sum(allocations.values()), 0)
+            allocated = sum_losses(allocations.values())
+            unallocated = None if global_cap is None else PrivacyLoss(
+                max(global_cap.nanos - allocated.nanos, 0), max(global_cap.delta_attos - allocated.delta_attos, 0))
             out.append(WindowBudget(
                 window=w,
                 client_cap=self._cap(cur, dataset, w, client_id),
@@ -207,7 +221,7 @@ class SqlLedger(ClientRegistry, AuditLog):
                 group=group,
                 group_cap=group_cap,
                 group_spent=group_spent,
-                pool_cap=None if unallocated is None else PrivacyLoss(unallocated),
+                pool_cap=unallocated,
                 pool_spent=self._group_spent(cur, dataset, w, "") if group_cap is None else PrivacyLoss.zero(),
             ))
         return out
@@ -228,14 +242,17 @@ class SqlLedger(ClientRegistry, AuditLog):
         with self._transaction(write=False) as cur:
             if client_id is None:
                 cur.execute(
-                    "SELECT COALESCE(SUM(nanos), 0) FROM charges WHERE dataset = ? AND win = ?", (dataset, window)
+                    "SELECT COALESCE(SUM(nanos), 0), COALESCE(SUM(delta_attos), 0) FROM charges "
+                    "WHERE dataset = ? AND win = ?", (dataset, window)
                 )
             else:
                 cur.execute(
-                    "SELECT COALESCE(SUM(nanos), 0) FROM charges WHERE dataset = ? AND win = ? AND client_id = ?",
+                    "SELECT COALESCE(SUM(nanos), 0), COALESCE(SUM(delta_attos), 0) FROM charges "
+                    "WHERE dataset = ? AND win = ? AND client_id = ?",
                     (dataset, window, client_id),
                 )
-            return PrivacyLoss(int(cur.fetchone()[0]))
+            row = cur.fetchone()
+            return loss_from_row(row[0], row[1])
 
     # -- releases ---------------------------------------------------------------------------
 
@@ -341,22 +358,26 @@ class SqlLedger(ClientRegistry, AuditLog):
                 _check_budget(budget, request)
             # ... then commit: charge rows, running totals, the answer, the audit row.
             at = utc_now()
+            nanos, delta = request.loss.nanos, request.loss.delta_attos
             for budget in budgets:
                 cur.execute(
-                    "INSERT INTO group_spend (dataset, win, group_name, nanos) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (dataset, win, group_name) DO UPDATE SET nanos = group_spend.nanos + excluded.nanos",
-                    (request.dataset, budget.window, budget.allocation_holder, request.loss.nanos),
+                    "INSERT INTO group_spend (dataset, win, group_name, nanos, delta_attos) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (dataset, win, group_name) DO UPDATE SET nanos = group_spend.nanos + excluded.nanos, "
+                    "delta_attos = group_spend.delta_attos + excluded.delta_attos",
+                    (request.dataset, budget.window, budget.allocation_holder, nanos, delta),
                 )
             for w in windows:
                 cur.execute(
-                    "INSERT INTO charges (client_id, dataset, win, nanos, answer_id, at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (request.client_id, request.dataset, w, request.loss.nanos, request.answer_id, at),
+                    "INSERT INTO charges (client_id, dataset, win, nanos, delta_attos, answer_id, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (request.client_id, request.dataset, w, nanos, delta, request.answer_id, at),
                 )
                 for cid in (request.client_id, GLOBAL):
                     cur.execute(
-                        "INSERT INTO spend (dataset, win, client_id, nanos) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (dataset, win, client_id) DO UPDATE SET nanos = spend.nanos + excluded.nanos",
-                        (request.dataset, w, cid, request.loss.nanos),
+                        "INSERT INTO spend (dataset, win, client_id, nanos, delta_attos) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (dataset, win, client_id) DO UPDATE SET nanos = spend.nanos + excluded.nanos, "
+                        "delta_attos = spend.delta_attos + excluded.delta_attos",
+                        (request.dataset, w, cid, nanos, delta),
                     )
             cur.execute(
                 "INSERT INTO answers (answer_id, dataset, query_key, client_id, payload, created_at) "
@@ -373,6 +394,6 @@ class SqlLedger(ClientRegistry, AuditLog):
 
 
 __all__ = [  # the ledgers, the service and the tests import these from here
-    "EVERY_WINDOW", "GLOBAL", "Cursor", "SqlLedger", "_check_budget", "_with_reuse", "backfill_answer_shapes",
-    "check_cap_unit", "check_grid_matches", "group_query_key", "rekey_answers", "utc_now",
+    "EVERY_WINDOW", "GLOBAL", "Cursor", "SqlLedger", "_check_budget", "_with_reuse", "add_delta_columns",
+    "backfill_answer_shapes", "check_cap_unit", "check_grid_matches", "group_query_key", "rekey_answers", "utc_now",
 ]

@@ -1,4 +1,4 @@
-"""The SQL ledger's checks and data migrations: grids, cap units, budgets, answer shapes, group keys."""
+"""The SQL ledger's checks and data migrations: grids, cap units, budgets, answer shapes, group keys, δ."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from dpflows.budget import PrivacyLoss
+from dpflows.budget import PrivacyLoss, delta_text
 from dpflows.errors import BudgetExceeded, Conflict, InvalidInput
 from dpflows.ledger._sql_base import Cursor
 from dpflows.ledger.base import (
@@ -34,13 +34,37 @@ def check_grid_matches(recorded: DatasetGrid, grid: DatasetGrid) -> None:
 
 
 def check_cap_unit(recorded: DatasetGrid | None, cap: PrivacyLoss) -> None:
-    """A cap is set in its dataset's measure: an ε cap never becomes a ρ cap, nor the reverse."""
-    if recorded is not None and type(cap) is not PrivacyLoss and cap.unit != recorded.measure:
+    """A cap is set in its dataset's measure: an ε cap never becomes a ρ cap, nor an (ε, δ) one, nor the reverse."""
+    if recorded is not None and type(cap) is not PrivacyLoss and cap.measure != recorded.measure:
         raise InvalidInput(
             f"{cap.unit}={cap} cannot cap dataset {recorded.dataset!r}, whose budgets are in {recorded.measure}; "
             f"send the cap as {recorded.measure}",
             field=cap.unit,
         )
+
+
+def loss_from_row(nanos: Any, delta_attos: Any) -> PrivacyLoss:
+    """A ledger amount from its two integer columns."""
+    return PrivacyLoss(int(nanos), int(delta_attos))
+
+
+#: (table, column) of the δ beside every amount (issue 15): caps and allocations, running totals, charges
+DELTA_COLUMNS = (("caps", "cap_delta_attos"), ("group_caps", "cap_delta_attos"), ("spend", "delta_attos"),
+                 ("group_spend", "delta_attos"), ("charges", "delta_attos"))
+
+
+def add_delta_columns(cur: Cursor, present: Any, integer: str = "INTEGER") -> int:
+    """Migration (issue 15, approximate DP): a δ column, in atto-units, beside every amount; 0 in every
+    existing row, which is what pure-DP and zCDP charges cost in δ. Idempotent: `present(table)` gives
+    the columns a table has. One step; renumber it freely. Returns the columns added."""
+    added = 0
+    for table, column in DELTA_COLUMNS:
+        if column in present(table):
+            continue
+        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {integer} NOT NULL DEFAULT 0 "
+                    f"CHECK ({column} >= 0)")
+        added += 1
+    return added
 
 
 _SHAPE_COLUMNS = ("answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, hours_mask, "
@@ -175,6 +199,46 @@ def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
             "an admin for a group allocation (dpflows admin set-cap --group)",
             field=request.loss.unit,
             details={"window": w},
+        )
+    if request.loss.delta_attos:
+        _check_delta(budget, request)
+
+
+def _check_delta(budget: WindowBudget, request: ReleaseRequest) -> None:
+    """The δ of an (ε, δ) charge against the same caps, in the same order and with the same rule on figures
+    as `_check_budget` (whose ε checks it follows): exact integer comparison in atto-units."""
+    w, d = budget.window, request.loss.delta_attos
+    assert budget.client_cap is not None and budget.global_cap is not None  # _check_budget refused otherwise
+    if budget.client_spent.delta_attos + d > budget.client_cap.delta_attos:
+        left = max(budget.client_cap.delta_attos - budget.client_spent.delta_attos, 0)
+        raise BudgetExceeded(
+            f"delta={delta_text(d)} exceeds your remaining delta budget of {delta_text(left)} (cap "
+            f"{delta_text(budget.client_cap.delta_attos)}) on dataset {request.dataset!r} window {w}; ask for a "
+            "smaller delta, or for a dense answer (a coarser zoning, no delta), or ask an admin to raise the cap "
+            "(dpflows admin set-cap --delta)",
+            field="delta", details={"window": w, "delta_remaining": left / 10**18},
+        )
+    if budget.group_cap is not None and budget.group_spent.delta_attos + d > budget.group_cap.delta_attos:
+        left = max(budget.group_cap.delta_attos - budget.group_spent.delta_attos, 0)
+        raise BudgetExceeded(
+            f"delta={delta_text(d)} exceeds the remaining delta allocation of {delta_text(left)} of your group "
+            f"{budget.group!r} on dataset {request.dataset!r} window {w}; ask for a smaller delta or ask an admin "
+            "to raise the allocation",
+            field="delta", details={"window": w, "delta_remaining": left / 10**18},
+        )
+    if budget.global_spent.delta_attos + d > budget.global_cap.delta_attos:
+        raise BudgetExceeded(
+            f"delta={delta_text(d)} does not fit in what remains of the global delta budget on dataset "
+            f"{request.dataset!r} window {w}, shared by all clients; ask for a smaller delta or a dense answer",
+            field="delta", details={"window": w},
+        )
+    if budget.group_cap is None and budget.pool_cap is not None \
+            and budget.pool_spent.delta_attos + d > budget.pool_cap.delta_attos:
+        raise BudgetExceeded(
+            f"delta={delta_text(d)} does not fit in what remains of the delta budget shared by clients without a "
+            f"group allocation on dataset {request.dataset!r} window {w}; ask for a smaller delta, or ask an "
+            "admin for a group allocation",
+            field="delta", details={"window": w},
         )
 
 

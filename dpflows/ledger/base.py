@@ -8,7 +8,9 @@ benchmarks), sqlite.py (embedded default, one host), postgres.py (several hosts)
 
 Caps: per (client, dataset, window) and a global cap per (dataset, window) across all
 clients. Amounts are `PrivacyLoss` nano-units in the dataset's measure (ε for pure-DP
-datasets, ρ for zCDP ones: both compose by addition). Spending is kept per window *index*, so
+datasets, ρ for zCDP ones: both compose by addition) and, for datasets accounted in approximate
+DP, a δ in atto-units beside the ε of every cap, charge and running total (0 elsewhere): a charge
+fits only if both parts fit (dpflows.budget). Spending is kept per window *index*, so
 the ledger also records each dataset's grid (first day, window length) and measure when it is
 first capped or charged (`DatasetGrid`), and refuses, in the same transaction as any charge or
 cap, a dataset that comes back with another grid or measure: window k, and the unit of every
@@ -104,13 +106,16 @@ class WindowBudget:
 
     @property
     def remaining(self) -> PrivacyLoss:
-        """What this client may still spend here as far as it can know: its own cap and its group's allocation."""
+        """What this client may still spend here as far as it can know: its own cap and its group's
+        allocation (ε, and δ where the dataset has one)."""
         if self.client_cap is None or self.global_cap is None:
             return PrivacyLoss.zero()
         left = max(self.client_cap.nanos - self.client_spent.nanos, 0)
+        left_delta = max(self.client_cap.delta_attos - self.client_spent.delta_attos, 0)
         if self.group_cap is not None:
             left = min(left, max(self.group_cap.nanos - self.group_spent.nanos, 0))
-        return PrivacyLoss(left)
+            left_delta = min(left_delta, max(self.group_cap.delta_attos - self.group_spent.delta_attos, 0))
+        return PrivacyLoss(left, left_delta)
 
 
 @dataclass(frozen=True)
@@ -122,32 +127,41 @@ class Allocation:
     cap: PrivacyLoss
 
 
-def effective_allocations(rows: list[tuple[str, int, int]], window: int) -> dict[str, int]:
-    """Each group's allocation in `window` from (group, win, nanos) rows: its own window's, else its
+def effective_allocations(rows: list[tuple[str, int, PrivacyLoss]], window: int) -> dict[str, PrivacyLoss]:
+    """Each group's allocation in `window` from (group, win, cap) rows: its own window's, else its
     every-window (-1) row."""
-    out: dict[str, int] = {}
-    for group, win, nanos in sorted(rows, key=lambda r: r[1]):  # -1 first, the window's own row wins
+    out: dict[str, PrivacyLoss] = {}
+    for group, win, cap in sorted(rows, key=lambda r: r[1]):  # -1 first, the window's own row wins
         if win in (window, -1):
-            out[group] = int(nanos)
+            out[group] = cap
     return out
 
 
-def check_allocations(dataset: str, global_caps: dict[int, int], rows: list[tuple[str, int, int]]) -> None:
-    """Refuse a configuration whose allocations sum above the global cap in any window.
+def sum_losses(losses: Any) -> PrivacyLoss:
+    """The exact sum of ledger amounts (ε or ρ, and δ)."""
+    total = PrivacyLoss.zero()
+    for loss in losses:
+        total = total + loss
+    return total
 
-    `global_caps`: win -> nanos (-1: every window); `rows`: (group, win, nanos) of every allocation
+
+def check_allocations(dataset: str, global_caps: dict[int, PrivacyLoss],
+                      rows: list[tuple[str, int, PrivacyLoss]]) -> None:
+    """Refuse a configuration whose allocations sum above the global cap in any window (in ε, or in δ).
+
+    `global_caps`: win -> cap (-1: every window); `rows`: (group, win, cap) of every allocation
     of the dataset. Windows without a global cap have nothing to spend and are not checked: setting
     their global cap later is."""
     for window in sorted({-1, *global_caps, *(r[1] for r in rows)}):
         cap = global_caps.get(window, global_caps.get(-1))
         if cap is None:
             continue
-        total = sum(effective_allocations(rows, window).values())
-        if total > cap:
+        total = sum_losses(effective_allocations(rows, window).values())
+        if not total <= cap:
             where = "every window" if window == -1 else f"window {window}"
             raise InvalidInput(
-                f"the group allocations on dataset {dataset!r} would sum to {PrivacyLoss(total)} in {where}, above "
-                f"its global cap of {PrivacyLoss(cap)}; lower an allocation first or raise the global cap",
+                f"the group allocations on dataset {dataset!r} would sum to {total} in {where}, above "
+                f"its global cap of {cap}; lower an allocation first or raise the global cap",
                 field="group",
             )
 
@@ -159,7 +173,7 @@ class DatasetGrid:
     dataset: str
     first_day: str  # ISO date: window k covers [first_day + k·window_days, + window_days)
     window_days: int
-    measure: str  # the unit of its caps and spending: "epsilon" or "rho"
+    measure: str  # the unit of its caps and spending: "epsilon", "rho" or "epsilon_delta"
 
     def describe(self) -> str:
         return f"windows of {self.window_days} days from {self.first_day}, budgets in {self.measure}"

@@ -38,6 +38,7 @@ from dpflows.ledger.base import (
     effective_allocations,
     rank_shapes,
     shape_of,
+    sum_losses,
 )
 
 
@@ -50,16 +51,16 @@ class MemoryLedger:
         self._keys: dict[int, ApiKeyRecord] = {}
         self._key_hash: dict[str, int] = {}
         self._caps: dict[tuple[int, str, int], PrivacyLoss] = {}
-        self._spend: dict[tuple[str, int, int], int] = {}
-        self._charges: list[tuple[int, str, int, int, str]] = []
+        self._spend: dict[tuple[str, int, int], PrivacyLoss] = {}
+        self._charges: list[tuple[int, str, int, PrivacyLoss, str]] = []
         self._answers: dict[str, StoredAnswer] = {}
         self._answer_by_key: dict[tuple[str, str], str] = {}
         self._shapes: dict[str, AnswerShape] = {}
         self._audit: list[AuditEntry] = []
         self._grids: dict[str, DatasetGrid] = {}
         self._groups: dict[int, str] = {}
-        self._allocations: dict[tuple[str, str, int], int] = {}  # (group, dataset, win) -> nanos
-        self._group_spend: dict[tuple[str, int, str], int] = {}  # (dataset, win, group or '') -> nanos
+        self._allocations: dict[tuple[str, str, int], PrivacyLoss] = {}  # (group, dataset, win) -> cap
+        self._group_spend: dict[tuple[str, int, str], PrivacyLoss] = {}  # (dataset, win, group or '') -> spent
 
     def create_client(self, name: str, role: str) -> Client:
         if role not in ROLES:
@@ -152,21 +153,23 @@ class MemoryLedger:
             check_cap_unit(self.register_dataset(grid) if grid is not None else self._grids.get(dataset), cap)
             caps, allocations = dict(self._caps), dict(self._allocations)
             if group is not None:
-                allocations[(group, dataset, win)] = cap.nanos
+                allocations[(group, dataset, win)] = PrivacyLoss(cap.nanos, cap.delta_attos)
             else:
-                caps[(GLOBAL if client_id is None else client_id, dataset, win)] = cap
+                caps[(GLOBAL if client_id is None else client_id, dataset, win)] = PrivacyLoss(cap.nanos,
+                                                                                               cap.delta_attos)
             if client_id is None:
-                global_caps = {w: c.nanos for (cid, d, w), c in caps.items() if cid == GLOBAL and d == dataset}
+                global_caps = {w: c for (cid, d, w), c in caps.items() if cid == GLOBAL and d == dataset}
                 check_allocations(dataset, global_caps, self._allocation_rows(dataset, allocations))
             self._caps, self._allocations = caps, allocations
 
     @staticmethod
-    def _allocation_rows(dataset: str, allocations: dict[tuple[str, str, int], int]) -> list[tuple[str, int, int]]:
+    def _allocation_rows(dataset: str, allocations: dict[tuple[str, str, int], PrivacyLoss]
+                         ) -> list[tuple[str, int, PrivacyLoss]]:
         return [(g, w, n) for (g, d, w), n in allocations.items() if d == dataset]
 
     def list_allocations(self, dataset: str) -> list[Allocation]:
-        rows = sorted(self._allocation_rows(dataset, self._allocations))
-        return [Allocation(g, None if w == EVERY_WINDOW else w, PrivacyLoss(n)) for g, w, n in rows]
+        rows = sorted(self._allocation_rows(dataset, self._allocations), key=lambda r: (r[0], r[1]))
+        return [Allocation(g, None if w == EVERY_WINDOW else w, cap) for g, w, cap in rows]
 
     def _cap(self, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
         cap = self._caps.get((client_id, dataset, window))
@@ -179,16 +182,19 @@ class MemoryLedger:
             for w in windows:
                 global_cap = self._cap(dataset, w, GLOBAL)
                 allocations = effective_allocations(self._allocation_rows(dataset, self._allocations), w)
-                group_cap = None if group is None or group not in allocations else PrivacyLoss(allocations[group])
+                group_cap = None if group is None or group not in allocations else allocations[group]
+                allocated = sum_losses(allocations.values())
+                zero = PrivacyLoss.zero()
                 out.append(WindowBudget(
-                    w, self._cap(dataset, w, client_id), PrivacyLoss(self._spend.get((dataset, w, client_id), 0)),
-                    global_cap, PrivacyLoss(self._spend.get((dataset, w, GLOBAL), 0)),
+                    w, self._cap(dataset, w, client_id), self._spend.get((dataset, w, client_id), zero),
+                    global_cap, self._spend.get((dataset, w, GLOBAL), zero),
                     group=group, group_cap=group_cap,
-                    group_spent=PrivacyLoss(self._group_spend.get((dataset, w, group), 0)
-                                            if group is not None and group_cap is not None else 0),
+                    group_spent=(self._group_spend.get((dataset, w, group), zero)
+                                 if group is not None and group_cap is not None else zero),
                     pool_cap=(None if global_cap is None
-                              else PrivacyLoss(max(global_cap.nanos - sum(allocations.values()), 0))),
-                    pool_spent=PrivacyLoss(self._group_spend.get((dataset, w, ""), 0)),
+                              else PrivacyLoss(max(global_cap.nanos - allocated.nanos, 0),
+                                               max(global_cap.delta_attos - allocated.delta_attos, 0))),
+                    pool_spent=self._group_spend.get((dataset, w, ""), zero),
                 ))
             return out
 
@@ -196,8 +202,8 @@ class MemoryLedger:
         return len(self._charges), len(self._audit)
 
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss:
-        return PrivacyLoss(sum(n for (c, d, w, n, _) in self._charges
-                           if d == dataset and w == window and (client_id is None or c == client_id)))
+        return sum_losses(n for (c, d, w, n, _) in self._charges
+                          if d == dataset and w == window and (client_id is None or c == client_id))
 
     def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None:
         answer_id = self._answer_by_key.get((dataset, query_key))
@@ -230,14 +236,16 @@ class MemoryLedger:
             budgets = self.window_budgets(request.dataset, request.client_id, windows)
             for budget in budgets:
                 _check_budget(budget, request)
+            amount = PrivacyLoss(request.loss.nanos, request.loss.delta_attos)
+            zero = PrivacyLoss.zero()
             for budget in budgets:
                 key3 = (request.dataset, budget.window, budget.allocation_holder)
-                self._group_spend[key3] = self._group_spend.get(key3, 0) + request.loss.nanos
+                self._group_spend[key3] = self._group_spend.get(key3, zero) + amount
             for w in windows:
-                self._charges.append((request.client_id, request.dataset, w, request.loss.nanos, request.answer_id))
+                self._charges.append((request.client_id, request.dataset, w, amount, request.answer_id))
                 for cid in (request.client_id, GLOBAL):
                     key = (request.dataset, w, cid)
-                    self._spend[key] = self._spend.get(key, 0) + request.loss.nanos
+                    self._spend[key] = self._spend.get(key, zero) + amount
             answer = StoredAnswer(request.answer_id, request.dataset, request.query_key, request.client_id,
                                   request.payload, utc_now())
             self._answers[answer.answer_id] = answer

@@ -41,7 +41,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from dpflows.errors import Unavailable
-from dpflows.ledger._sql import GLOBAL, Cursor, SqlLedger, backfill_answer_shapes, rekey_answers
+from dpflows.ledger._sql import GLOBAL, Cursor, SqlLedger, add_delta_columns, backfill_answer_shapes, rekey_answers
 from dpflows.ledger.base import ReleaseReceipt, ReleaseRequest
 
 # Advisory lock keys (bigint): "dpflows" in ASCII, shifted, plus a small tag. Advisory locks are
@@ -143,7 +143,16 @@ MIGRATIONS: list[tuple[int, list[str | Callable[[psycopg.Connection[Any]], objec
             nanos BIGINT NOT NULL CHECK (nanos >= 0), PRIMARY KEY (dataset, win, group_name))""",
         lambda conn: rekey_answers(_PgCursor(conn.cursor())),
     ]),
+    # Issue 15: approximate DP. A δ column, in atto-units, beside every amount (0 in existing rows).
+    (5, [lambda conn: add_delta_columns(_PgCursor(conn.cursor()), functools.partial(_columns, conn), "BIGINT")]),
 ]
+
+
+def _columns(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    """The columns a table of the current schema has."""
+    rows = conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                        "AND table_name = %s", (table,)).fetchall()
+    return {str(r[0]) for r in rows}
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _ANSWERS_UNIQUE = "answers_dataset_query_key_key"

@@ -10,7 +10,8 @@ Schema versions live in `PRAGMA user_version` (0: before issue 18). Tables are c
 NOT EXISTS on every open; a step that must transform data runs once, under the write lock, when
 a ledger below SCHEMA_VERSION is opened (by `dpflows migrate`, or by the first worker to start):
 1 indexes the shape of every answer stored before answer_shapes existed; 2 (issue 17) moves every
-stored answer into the sharing group of the client who released it (`rekey_answers`). Columns added
+stored answer into the sharing group of the client who released it (`rekey_answers`); 3 (issue 15)
+adds the δ column, in atto-units, beside every amount (`add_delta_columns`). Columns added
 after a table was first created are added at open (`_add_columns`).
 """
 
@@ -23,9 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dpflows.errors import Unavailable
-from dpflows.ledger._sql import Cursor, SqlLedger, backfill_answer_shapes, rekey_answers
+from dpflows.ledger._sql import Cursor, SqlLedger, add_delta_columns, backfill_answer_shapes, rekey_answers
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -150,6 +151,9 @@ class SqliteLedger(SqlLedger):
                     backfill_answer_shapes(conn.cursor())
                 if current < 2:
                     rekey_answers(conn.cursor())
+                if current < 3:
+                    add_delta_columns(conn.cursor(), lambda table: {
+                        row[1] for row in conn.execute(f"PRAGMA table_info({table})")})
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
                 conn.commit()
             except BaseException:

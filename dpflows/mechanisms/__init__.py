@@ -12,7 +12,12 @@ Mechanisms (design §3):
 - zCDP (datasets ingested with ``accounting=zcdp``): the discrete Gaussian on the same vector,
   with the ℓ2 sensitivity that the per-key contribution cap gives (`l2_sensitivity`), and scale
   chosen so that OpenDP's map gives ``map(Δ2) <= ρ``. ρ composes by addition in the ledger;
-  `rho_to_approx_dp` shows the (ε, δ) a total ρ implies, through OpenDP's own conversion.
+  `rho_to_approx_dp` shows the (ε, δ) a total ρ implies, through OpenDP's own conversion;
+- approximate (ε, δ)-DP for domains too large to noise densely (datasets ingested with
+  ``accounting=approx_dp``): OpenDP's thresholded discrete Laplace over the observed keys only
+  (`release_sparse`), its scale and threshold read off its own privacy map at the query's
+  (ℓ0, ℓ1, ℓ∞) (dpflows/mechanisms/threshold.py). Dense answers on such datasets use the
+  discrete Laplace and cost (ε, 0).
 
 Bounded cost (issue 18): every figure here takes time independent of the numbers a client
 sends. The discrete Laplace's error bound and accuracy-to-scale search are OpenDP's (closed
@@ -88,20 +93,35 @@ from dpflows.mechanisms.laplace import (
     scale_for_epsilon,
     sum_error_bound,
 )
+from dpflows.mechanisms.threshold import (
+    DISCRETE_LAPLACE_THRESHOLD,
+    Contribution,
+    LaplaceThreshold,
+    SparseRelease,
+    plan_threshold,
+    release_sparse,
+    smallest_threshold,
+    threshold_privacy_loss,
+    threshold_scale,
+)
 
 __all__ = [
     "DEFAULT_CONFIDENCE",
     "DISCRETE_GAUSSIAN",
     "DISCRETE_LAPLACE",
+    "DISCRETE_LAPLACE_THRESHOLD",
     "MAX_CONVOLUTION_POINTS",
     "MECHANISMS",
     "_SCALE_BISECTION_STEPS",
     "_STANDARD_NORMAL",
+    "Contribution",
     "DiscreteGaussian",
     "DiscreteLaplace",
+    "LaplaceThreshold",
     "MechanismError",
     "NoiseMechanism",
     "NoisyRelease",
+    "SparseRelease",
     "_approx_dp_of_rho",
     "_below_floor",
     "_check_confidence",
@@ -125,17 +145,22 @@ __all__ = [
     "l2_sensitivity",
     "mechanism_named",
     "noise_error_bound",
+    "plan_threshold",
     "privacy_loss",
     "pure_dp_as_rho",
     "release_contribution_histograms",
     "release_counts",
     "release_counts_gaussian",
+    "release_sparse",
     "rho_for_error",
     "rho_loss",
     "rho_to_approx_dp",
     "scale_for_epsilon",
     "scale_for_rho",
+    "smallest_threshold",
     "start_noise_pool",
     "stock_noise",
     "sum_error_bound",
+    "threshold_privacy_loss",
+    "threshold_scale",
 ]

@@ -31,6 +31,7 @@ from dpflows.mechanisms.laplace import (
     scale_for_epsilon,
     sum_error_bound,
 )
+from dpflows.mechanisms.threshold import LaplaceThreshold
 
 
 class NoiseMechanism(Protocol):
@@ -99,7 +100,8 @@ class DiscreteGaussian:
         return float(stored)
 
 
-MECHANISMS: dict[str, NoiseMechanism] = {m.name: m for m in (DiscreteLaplace(), DiscreteGaussian())}
+MECHANISMS: dict[str, NoiseMechanism] = {m.name: m for m in (DiscreteLaplace(), DiscreteGaussian(),
+                                                              LaplaceThreshold())}
 
 
 def mechanism_named(name: str) -> NoiseMechanism:

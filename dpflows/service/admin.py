@@ -95,8 +95,15 @@ def set_cap(ctx: ServiceContext, dataset: str, cap: PrivacyLoss, *, client_id: i
     is refused, so an ε can never be read as a ρ.
     """
     data = ctx.dataset(dataset)
-    unit = accounting(data.metadata.accounting).loss_type
+    acc = accounting(data.metadata.accounting)
+    unit = acc.loss_type
     if type(cap) is not unit:
+        if unit.carries_delta:
+            raise InvalidInput(f"dataset {dataset!r} is accounted in {acc.label}: set its caps as epsilon and delta "
+                               "(--delta; 0 allows dense answers only)", field="delta")
+        if cap.carries_delta:
+            raise InvalidInput(f"dataset {dataset!r} is accounted in {acc.label}, which has no delta; leave delta out",
+                               field="delta")
         raise InvalidInput(
             f"dataset {dataset!r} is accounted in {unit.unit}; set its caps as {unit.unit}, not {cap.unit}",
             field=cap.unit,
@@ -109,7 +116,8 @@ def set_cap(ctx: ServiceContext, dataset: str, cap: PrivacyLoss, *, client_id: i
         )
     ctx.ledger.set_cap(dataset, cap, client_id=client_id, window=window, grid=dataset_grid(data), group=group)
     ctx.audit_admin(by, "admin.set_cap", dataset=dataset, client_id=client_id, window=window,
-                    cap=cap.to_json(), unit=cap.unit, **({"group": group} if group is not None else {}))
+                    cap=cap.to_json(), unit=cap.unit, **({"group": group} if group is not None else {}),
+                    **({"delta": cap.delta_as_float()} if cap.carries_delta else {}))
 
 
 def add_zoning(ctx: ServiceContext, dataset: str, name: str, csv_text: str, *, coarse: bool = False,

@@ -29,7 +29,7 @@ log = logging.getLogger("dpflows.service")
 def dataset_grid(data: Dataset) -> DatasetGrid:
     """What the ledger records of a dataset so that its window indices keep their meaning."""
     meta = data.metadata
-    return DatasetGrid(meta.name, meta.first_day.isoformat(), meta.window_days, accounting(meta.accounting).unit)
+    return DatasetGrid(meta.name, meta.first_day.isoformat(), meta.window_days, accounting(meta.accounting).measure)
 
 
 def approx_dp(acc: Accounting, loss: PrivacyLoss, meta: DatasetMetadata) -> dict[str, float] | None:
@@ -75,16 +75,19 @@ class ServiceContext:
         acc = accounting(meta.accounting)
         stock_noise(acc.mechanism.name, acc.public_sensitivities(meta), self.policy.noise_presets(acc.unit))
 
-    def price(self, client: Client, request: QueryRequest, data: Dataset) -> PrivacyLoss:
-        """The ε (pure-DP dataset) or ρ (zCDP dataset) this query costs, checked against the role's cap."""
+    def price(self, client: Client, request: QueryRequest, data: Dataset, *, sparse: bool = False) -> PrivacyLoss:
+        """The ε (pure-DP dataset), ρ (zCDP) or (ε, δ) (approximate DP) this query costs, checked against the
+        role's cap. Only a sparse answer costs a δ: the one asked, else the server's default."""
         meta = data.metadata
         acc = accounting(meta.accounting)
-        loss = acc.loss_of(epsilon=request.epsilon, rho=request.rho, dataset=meta.name)
+        loss = acc.loss_of(epsilon=request.epsilon, rho=request.rho, dataset=meta.name, delta=request.delta)
         if loss is None:
             assert request.max_error is not None
             sensitivity = acc.sensitivity(query_sensitivity(request.spec, data))
             loss = acc.loss_for_error(sensitivity, request.max_error, request.confidence,
                                       floor=self.policy.min_loss(acc.unit))
+        if sparse:
+            loss = acc.with_delta(loss, self.policy.default_delta if request.delta is None else request.delta)
         self.policy.check_loss(client, loss, acc.name, derived_from=request.max_error)
         return loss
 
@@ -93,7 +96,8 @@ class ServiceContext:
         """Reuse key: the normalized query, the dataset's ingestion, the mechanism and its ε or ρ, within
         the client's sharing group: another group's answer to the same query is never found (issue 17)."""
         mechanism = accounting(data.metadata.accounting).mechanism.name
-        text = f"{spec.key()}|{data.version}|{mechanism}|{loss.nanos}"
+        text = f"{spec.key()}|{data.version}|{mechanism}|{loss.nanos}" + (f"|{loss.delta_attos}" if loss.delta_attos
+                                                                           else "")
         return group_query_key(hashlib.sha256(text.encode()).hexdigest(), client.share_group)
 
     def window_status(self, data: Dataset, client: Client, windows: list[int],

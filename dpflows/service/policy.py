@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dpflows.accounting import RoleCaps, accounting
-from dpflows.budget import Epsilon, PrivacyLoss, Rho
+from dpflows.budget import Epsilon, PrivacyLoss, Rho, delta_text, parse_delta
 from dpflows.cells import CELL_ZONING, Zoning
 from dpflows.errors import InvalidInput, PolicyViolation
 from dpflows.ledger import Client
@@ -48,6 +48,11 @@ class Policy:
     #: never learned from what clients ask. Empty: the role caps of that measure.
     noise_presets_epsilon: tuple[Epsilon, ...] = ()
     noise_presets_rho: tuple[Rho, ...] = ()
+    #: Sparse answers (approximate DP): the δ spent when a query sends none, and each role's most, in atto-units
+    #: (dpflows.budget). 1e-9 sets a threshold of 221 trips per key at ε = 0.5 with L = 5 (ℓ0 = ℓ∞ = 5).
+    default_delta: int = field(default_factory=lambda: parse_delta("1e-9"))
+    planner_max_delta: int = field(default_factory=lambda: parse_delta("1e-7"))
+    analyst_max_delta: int = field(default_factory=lambda: parse_delta("1e-9"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -56,7 +61,9 @@ class Policy:
                    planner_max_rho=settings.planner_max_rho, analyst_max_rho=settings.analyst_max_rho,
                    min_cells_coarse=settings.min_cells_per_coarse_zone, min_epsilon=settings.min_epsilon,
                    min_rho=settings.min_rho, derive_candidates=settings.derive_candidates,
-                   noise_presets_epsilon=settings.noise_pool_epsilons, noise_presets_rho=settings.noise_pool_rhos)
+                   noise_presets_epsilon=settings.noise_pool_epsilons, noise_presets_rho=settings.noise_pool_rhos,
+                   default_delta=settings.default_delta, planner_max_delta=settings.planner_max_delta,
+                   analyst_max_delta=settings.analyst_max_delta)
 
     def min_loss(self, unit: str) -> PrivacyLoss:
         """The floor of one query's loss in one measure ("epsilon" or "rho")."""
@@ -79,9 +86,15 @@ class Policy:
         caps = self.caps(unit)
         return tuple(dict.fromkeys((caps.planner, caps.analyst)))
 
+    def max_delta(self, role: str) -> int:
+        """The most δ (atto-units) one sparse answer may spend for this role."""
+        return self.analyst_max_delta if role == "analyst" else self.planner_max_delta
+
     def max_loss(self, role: str, accounting_name: str) -> PrivacyLoss:
-        """The per-query cap for this role, in the dataset's measure."""
-        return self.caps(accounting(accounting_name).unit).for_role(role)
+        """The per-query cap for this role, in the dataset's measure (with its δ where it has one)."""
+        acc = accounting(accounting_name)
+        cap = acc.loss_type(self.caps(acc.unit).for_role(role).nanos)
+        return acc.with_delta(cap, self.max_delta(role) if acc.allows_sparse else 0)
 
     def authorize(self, client: Client, spec: QuerySpec, zoning: Zoning, case_ref: str | None = None) -> None:
         """Raise PolicyViolation naming the rule a query breaks for this client's role."""
@@ -112,22 +125,29 @@ class Policy:
     def check_loss(self, client: Client, loss: PrivacyLoss, accounting_name: str, *,
                    derived_from: float | None) -> None:
         floor = self.min_loss(accounting(accounting_name).unit)
-        if loss < floor:
+        if loss.nanos < floor.nanos:
             raise InvalidInput(
                 f"{loss.unit}={loss} is below the smallest {loss.unit} this service charges ({floor}); "
                 f"ask for at least {floor}",
                 field=loss.unit,
             )
         cap = self.max_loss(client.role, accounting_name)
-        if loss > cap:
+        if loss.delta_attos > cap.delta_attos:
+            raise PolicyViolation(
+                f"delta={delta_text(loss.delta_attos)} exceeds the per-query delta cap of "
+                f"{delta_text(cap.delta_attos)} for role {client.role}; send a smaller delta",
+                field="delta",
+            )
+        if loss.nanos > cap.nanos:
             if derived_from is not None:
                 raise PolicyViolation(
-                    f"max_error={derived_from:g} needs {loss.unit}={loss}, above the per-query cap of {cap} for "
-                    f"role {client.role}; ask for a larger max_error",
+                    f"max_error={derived_from:g} needs {loss.unit}={type(loss)(loss.nanos)}, above the per-query "
+                    f"cap of {type(cap)(cap.nanos)} for role {client.role}; ask for a larger max_error",
                     field="max_error",
                 )
             raise PolicyViolation(
-                f"{loss.unit}={loss} exceeds the per-query cap of {cap} for role {client.role}; "
+                f"{loss.unit}={type(loss)(loss.nanos)} exceeds the per-query cap of {type(cap)(cap.nanos)} for "
+                f"role {client.role}; "
                 f"send a smaller {loss.unit}",
                 field=loss.unit,
             )

@@ -32,6 +32,9 @@ class QueryRequest:
     derive: bool = False
     #: The case an analyst's query serves: audited, readable by role oversight only, never part of the reuse key.
     case_ref: str | None = None
+    #: Approximate-DP datasets: the δ (atto-units) a sparse answer may spend (None: the server's default); it
+    #: sets the threshold. A dense answer spends none.
+    delta: int | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.epsilon, self.rho, self.max_error)) != 1:
@@ -94,12 +97,23 @@ class Answer:
     #: zCDP datasets: the δ at which ε is shown, and the ε this release's ρ implies at it.
     delta: float | None = None
     approx_epsilon: float | None = None
+    #: Sparse answers: the threshold a noisy count had to reach (missing keys are below it, never zero) and
+    #: one person-window's (ℓ0, ℓ1, ℓ∞) the mechanism was calibrated to.
+    threshold: int | None = None
+    contribution: dict[str, int] | None = None
 
     @property
     def budget_remaining(self) -> PrivacyLoss:
-        """The least this client can still spend in any window this answer touched."""
+        """The least this client can still spend in any window this answer touched (ε or ρ, and δ)."""
         unit = accounting(self.accounting).loss_type
-        return unit(min((w.budget.remaining.nanos for w in self.windows), default=0))
+        return unit(min((w.budget.remaining.nanos for w in self.windows), default=0),
+                    min((w.budget.remaining.delta_attos for w in self.windows), default=0))
+
+    @property
+    def below_threshold_interval(self) -> list[float] | None:
+        """Sparse answers: where the true count of a key not released lies, at `confidence`: below the
+        threshold plus the noise's error bound, never below 0."""
+        return None if self.threshold is None else [0.0, self.threshold + self.error_bound_95]
 
 
 @dataclass(frozen=True)
@@ -120,3 +134,6 @@ class Quote:
     sensitivity: float
     derived_from: str | None = None
     count_unit: str = "trips"
+    #: Sparse answers: the threshold and (ℓ0, ℓ1, ℓ∞), as the answer will state them.
+    threshold: int | None = None
+    contribution: dict[str, int] | None = None
