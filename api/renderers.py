@@ -18,15 +18,38 @@ from typing import Any
 from flask import Response, current_app, request
 
 from dpflows import geo
-from dpflows.budget import PrivacyLoss
+from dpflows.budget import ApproxDP, PrivacyLoss
 from dpflows.service import Answer, WindowStatus
 from dpflows.service.relative_change import RelativeChange
 
 
 def window_charges(windows: list[WindowStatus], charged: PrivacyLoss) -> list[dict[str, Any]]:
-    """Per window: the charge under its measure's name (epsilon_charged or rho_charged)."""
+    """Per window: the charge under its measure's name (epsilon_charged or rho_charged), and δ where there is one."""
+    with_delta = isinstance(charged, ApproxDP)
     return [{"window": w.window, "start": w.start, "end": w.end, f"{charged.unit}_charged": charged,
-             "budget_remaining": w.budget.remaining} for w in windows]
+             "budget_remaining": w.budget.remaining,
+             **({"delta_charged": charged.delta_as_float(), "delta_remaining": w.budget.remaining.delta_as_float()}
+                if with_delta else {})} for w in windows]
+
+
+def delta_fields(answer: Answer) -> dict[str, Any]:
+    """An approximate-DP answer's δ (charged, released at, remaining) and, if sparse, its threshold and the
+    interval of a key not released. Never how many keys were observed or suppressed: nothing knows it here."""
+    loss = answer.loss_of_release
+    if not isinstance(loss, ApproxDP):
+        return {}
+    doc: dict[str, Any] = {"delta_charged": answer.charged.delta_as_float(), "delta": loss.delta_as_float(),
+                           "delta_remaining": answer.budget_remaining.delta_as_float(),
+                           "release": "dense" if answer.threshold is None else "sparse"}
+    if answer.threshold is not None:
+        doc.update(threshold=answer.threshold, below_threshold_interval=answer.below_threshold_interval)
+    return doc
+
+
+def mechanism_document(answer: Answer) -> dict[str, Any]:
+    return {"name": answer.mechanism, "noise_scale": answer.noise_scale, "sensitivity": answer.sensitivity,
+            **({"threshold": answer.threshold, "contribution": answer.contribution}
+               if answer.threshold is not None else {})}
 
 
 def answer_document(answer: Answer) -> dict[str, Any]:
@@ -40,13 +63,13 @@ def answer_document(answer: Answer) -> dict[str, Any]:
         unit: answer.loss_of_release,
         **({"approx_dp": {"epsilon": answer.approx_epsilon, "delta": answer.delta}}
            if answer.approx_epsilon is not None else {}),
+        **delta_fields(answer),
         "epsilon_derived_from_max_error": answer.loss_from_max_error,
         "windows": window_charges(answer.windows, answer.charged),
         "budget_remaining": answer.budget_remaining,
         "privacy_unit": answer.privacy_unit,
         "count_unit": answer.count_unit,
-        "mechanism": {"name": answer.mechanism, "noise_scale": answer.noise_scale,
-                      "sensitivity": answer.sensitivity},
+        "mechanism": mechanism_document(answer),
         "error_bound_95": answer.error_bound_95,
         "confidence": answer.confidence,
         "reused": answer.reused,
@@ -112,6 +135,10 @@ def csv_response(answer: Answer) -> Response:
         "X-Dpflows-Privacy-Unit": answer.privacy_unit,
         "X-Dpflows-Reused": "true" if answer.reused else "false",
     })
+    extra = delta_fields(answer)  # approximate DP: δ, and a sparse answer's threshold
+    for name in ("delta_charged", "delta_remaining", "release", "threshold"):
+        if name in extra:
+            response.headers[f"X-Dpflows-{name.replace('_', '-').title()}"] = str(extra[name])
     return response
 
 

@@ -72,6 +72,7 @@ from dpflows.dataset_metadata import (
     CELLS_SCHEMA,
     COMMUTING_SCHEMA,
     DEFAULT_DELTA,
+    DEFAULT_DENSE_LIMIT,
     FORMAT_VERSION,
     MEASURES,
     NO_PRESENCE,
@@ -93,6 +94,7 @@ from dpflows.errors import DataUnavailable, InvalidData, NotFound
 
 __all__ = [  # the metadata and the writer are re-exported: this module is the store's one front door
     "AGGREGATE_FILES", "CELLS_PER_PERSON_HOUR", "CELLS_SCHEMA", "COMMUTING_SCHEMA", "CURRENT_FILE", "DEFAULT_DELTA",
+    "DEFAULT_DENSE_LIMIT",
     "FORMAT_VERSION", "MEASURES", "NO_PRESENCE", "ONE_PLACE_PER_PERSON_HOUR", "PERSON_WINDOW", "PLACES",
     "PLACE_FILES", "PLACE_MEASURES", "PRESENCE_RULES", "PRESENCE_SCHEMA", "RESIDENTS_SCHEMA", "TRIP", "TRIPS_SCHEMA",
     "UNITS", "VERSIONS_DIR", "AggregateStore", "CommutingArrays", "Dataset", "DatasetMetadata", "MeasureArrays",

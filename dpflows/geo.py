@@ -244,8 +244,11 @@ def service_answer_geojson(answer: Answer, zoning: Mapping[str, Any], **options:
     """GeoJSON for a ``Service.answer`` result and its zoning document, for ``?format=geojson``.
 
     Only released values, their error bound and public geography go in; the metadata says what
-    the release cost, so a map file never loses its caveats.
+    the release cost, so a map file never loses its caveats (a sparse answer: its threshold, and
+    that a zone or flow without a feature is below it, not zero).
     """
+    from dpflows.budget import ApproxDP
+
     meta = {
         "answer_id": answer.answer_id,
         "query": answer.spec.canonical(),
@@ -257,5 +260,10 @@ def service_answer_geojson(answer: Answer, zoning: Mapping[str, Any], **options:
         "confidence": answer.confidence,
         "reused": answer.reused,
         "postprocessing": list(answer.postprocessing),
+        **({"delta_charged": answer.charged.delta_as_float()} if isinstance(answer.loss_of_release, ApproxDP)
+           else {}),
+        # a sparse answer's map shows only released keys: say what a key without a feature means
+        **({"release": "sparse", "threshold": answer.threshold,
+            "below_threshold_interval": answer.below_threshold_interval} if answer.threshold is not None else {}),
     }
     return answer_geojson(answer.spec.kind, answer.values, zoning, answer.error_bound_95, metadata=meta, **options)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 
 from dpflows.aggregates import NO_PRESENCE, Dataset, MeasureArrays
 from dpflows.cells import Zoning
+from dpflows.dataset_metadata import DEFAULT_DENSE_LIMIT
 from dpflows.errors import DomainTooLarge, InvalidInput
 from dpflows.query_kinds import COUNTED_MEASURE, KEY_FIELDS, PLACES, QUERY_KINDS, WINDOW_KINDS
 
@@ -33,8 +35,8 @@ QueryKind = Literal["flows", "presence", "patterns"]
 ALL_HOURS = tuple(range(24))
 ALL_WEEKDAYS = tuple(range(7))
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-#: Dense release of more keys than this is refused: cell-level OD needs a sparse mechanism.
-MAX_DENSE_KEYS = 100_000
+#: The default dense limit of a dataset (DatasetMetadata.dense_limit); kept under its old name.
+MAX_DENSE_KEYS = DEFAULT_DENSE_LIMIT
 
 
 @dataclass(frozen=True)
@@ -243,25 +245,55 @@ def _member_table(members: tuple[int, ...], size: int) -> np.ndarray:
     return table
 
 
-def check_answerable(spec: QuerySpec, data: Dataset) -> None:
-    """Everything `prepare` would refuse, checked from public facts only (no count is read): a quote
-    refuses what the query would."""
+def domain_factors(spec: QuerySpec, data: Dataset) -> list[list[Any]]:
+    """The values of each key field of the answer's public domain, in release order: the domain is their
+    product, the last field varying fastest (flows: origin × destination zones). Public facts only."""
     zoning = data.zoning(spec.zoning)
     if spec.zone is not None:
         zoning.zone_index(spec.zone)
-    windows = touched_windows(spec, data)
-    n = zoning.zone_count
-    sizes = {"flows": n * n, "presence": n * len(spec.hours), "patterns": len(spec.hours) * len(spec.weekdays),
-             "inflows": n, "outflows": n, "residents": n * len(windows), "commuting": n * n * len(windows)}
-    _check_domain_size(sizes[spec.kind], spec)
+    zones = list(zoning.zone_ids)
+    if spec.kind in WINDOW_KINDS:
+        meta = data.metadata
+        labels = [meta.window_start(w).isoformat() for w in touched_windows(spec, data)]
+        return [zones, labels] if spec.kind == "residents" else [zones, zones, labels]
+    touched_windows(spec, data)  # refuses what cannot be answered, before any count is read
+    factors: dict[str, list[list[Any]]] = {
+        "flows": [zones, zones], "presence": [zones, list(spec.hours)], "inflows": [zones], "outflows": [zones],
+        "patterns": [list(spec.weekdays), list(spec.hours)]}
+    return factors[spec.kind]
 
 
-def _check_domain_size(size: int, spec: QuerySpec) -> None:
-    if size > MAX_DENSE_KEYS:
+def domain_size(spec: QuerySpec, data: Dataset) -> int:
+    """How many keys the answer's public domain holds (zones, hours, weekdays, windows): never the data."""
+    return math.prod(len(values) for values in domain_factors(spec, data))
+
+
+def key_columns(spec: QuerySpec, data: Dataset, keys: np.ndarray | None = None) -> KeyDomain:
+    """The key fields of domain indices `keys` (default: the whole domain, in release order)."""
+    factors = domain_factors(spec, data)
+    shape = tuple(len(values) for values in factors)
+    index = np.arange(math.prod(shape)) if keys is None else keys
+    positions = np.unravel_index(index, shape) if len(index) else [np.zeros(0, dtype=np.int64)] * len(shape)
+    return KeyDomain(KEY_FIELDS[spec.kind], {
+        name: np.asarray(values, dtype=object)[pos].tolist()
+        for name, values, pos in zip(KEY_FIELDS[spec.kind], factors, positions, strict=True)})
+
+
+def check_answerable(spec: QuerySpec, data: Dataset, *, sparse: bool = False) -> None:
+    """Everything `prepare` would refuse, checked from public facts only (no count is read): a quote
+    refuses what the query would. A dense answer's domain must be within the dataset's dense_limit."""
+    size = domain_size(spec, data)
+    if not sparse:
+        _check_domain_size(size, spec, data)
+
+
+def _check_domain_size(size: int, spec: QuerySpec, data: Dataset) -> None:
+    limit = data.metadata.dense_limit
+    if size > limit:
         raise DomainTooLarge(
-            f"{spec.kind} on zoning={spec.zoning!r} has {size} keys, above the dense-release limit of "
-            f"{MAX_DENSE_KEYS}; use a coarser zoning (cell-level OD needs a sparse mechanism dpflows "
-            "does not offer yet)",
+            f"{spec.kind} on zoning={spec.zoning!r} has {size} keys, above the dense-release limit of {limit} of "
+            f"dataset {spec.dataset!r}; use a coarser zoning, fewer hours or windows, or a dataset accounted in "
+            "approximate DP (ingest --accounting approx_dp), which releases such answers sparsely",
             field="zoning",
         )
 
@@ -294,134 +326,63 @@ def _flow_keys(arrays: MeasureArrays, zoning: Zoning) -> tuple[np.ndarray, np.nd
     return keys, weights
 
 
-def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
-    """Build the public key domain and the exact count per key (never leaves the process)."""
+def row_keys(spec: QuerySpec, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Each counted aggregate row's key (its index in the answer's public domain, `key_columns` order) and
+    count: the dense answer bins them over the whole domain, the sparse one over the keys they hit."""
     zoning = data.zoning(spec.zoning)
     windows = touched_windows(spec, data)
-    check_answerable(spec, data)
     if spec.kind in WINDOW_KINDS:
-        domain, true = _per_window(spec, data, zoning, windows)
-        return PreparedQuery(spec, domain, np.rint(true).astype(np.int64), data.metadata.bound(spec.counted_measure),
-                             windows)
+        return _window_row_keys(spec, data, zoning, windows)
     first, stop = _check_span(spec, data)
     arrays = data.measure(spec.counted_measure)
     mask = _row_mask(spec, arrays, first, stop)
-    zones = list(zoning.zone_ids)
-    n_zones = zoning.zone_count
     if spec.kind == "flows":
-        _check_domain_size(n_zones * n_zones, spec)
         keys, weights = _flow_keys(arrays, zoning)
-        if not mask.all():
-            keys, weights = keys[mask], weights[mask]
-        true = np.bincount(keys, weights=weights, minlength=n_zones * n_zones)
-        domain = KeyDomain(
-            KEY_FIELDS["flows"],
-            {"origin": [z for z in zones for _ in zones], "destination": zones * n_zones},
-        )
-    elif spec.kind in ("inflows", "outflows"):
+        return (keys, weights) if mask.all() else (keys[mask], weights[mask])
+    if spec.kind in ("inflows", "outflows"):
         # a trip within one zone leaves it and arrives in it: it counts in both answers (docs/planner.md)
         cells = arrays.dest if spec.kind == "inflows" else arrays.origin
         assert cells is not None
-        true = np.bincount(zoning.zone_of_cell[cells[mask]], weights=arrays.count[mask], minlength=n_zones)
-        domain = KeyDomain(KEY_FIELDS[spec.kind], {"zone": zones})
-    elif spec.kind == "presence":
-        hours = spec.hours
-        _check_domain_size(n_zones * len(hours), spec)
-        hour_pos = np.full(24, -1, dtype=np.int64)
-        hour_pos[list(hours)] = np.arange(len(hours))
-        counts = arrays.count[mask]
-        z = zoning.zone_of_cell[arrays.origin[mask]]
-        h = hour_pos[arrays.hour[mask]]
-        true = np.bincount(z * len(hours) + h, weights=counts, minlength=n_zones * len(hours))
-        domain = KeyDomain(
-            KEY_FIELDS["presence"],
-            {"zone": [zz for zz in zones for _ in hours], "hour": list(hours) * n_zones},
-        )
+        return zoning.zone_of_cell[cells[mask]], arrays.count[mask]
+    hours = spec.hours
+    hour_pos = np.full(24, -1, dtype=np.int64)
+    hour_pos[list(hours)] = np.arange(len(hours))
+    counts = arrays.count[mask]
+    if spec.kind == "presence":
+        return zoning.zone_of_cell[arrays.origin[mask]] * len(hours) + hour_pos[arrays.hour[mask]], counts
+    if spec.zone is not None:  # patterns
+        in_zone = zoning.zone_of_cell[arrays.origin[mask]] == zoning.zone_index(spec.zone)
     else:
-        counts = arrays.count[mask]
-        if spec.zone is not None:
-            zone_idx = zoning.zone_index(spec.zone)
-            in_zone = zoning.zone_of_cell[arrays.origin[mask]] == zone_idx
-        else:
-            in_zone = np.ones(int(mask.sum()), dtype=bool)
-        hours, days = spec.hours, spec.weekdays
-        hour_pos = np.full(24, -1, dtype=np.int64)
-        hour_pos[list(hours)] = np.arange(len(hours))
-        day_pos = np.full(7, -1, dtype=np.int64)
-        day_pos[list(days)] = np.arange(len(days))
-        wd = day_pos[arrays.weekday[mask][in_zone]]
-        hh = hour_pos[arrays.hour[mask][in_zone]]
-        true = np.bincount(wd * len(hours) + hh, weights=counts[in_zone], minlength=len(days) * len(hours))
-        domain = KeyDomain(
-            KEY_FIELDS["patterns"],
-            {"weekday": [d for d in days for _ in hours], "hour": list(hours) * len(days)},
-        )
-    return PreparedQuery(
-        spec=spec,
-        domain=domain,
-        true_counts=np.rint(true).astype(np.int64),
-        sensitivity=data.metadata.bound(spec.counted_measure),
-        windows=windows,
-    )
+        in_zone = np.ones(int(mask.sum()), dtype=bool)
+    day_pos = np.full(7, -1, dtype=np.int64)
+    day_pos[list(spec.weekdays)] = np.arange(len(spec.weekdays))
+    return (day_pos[arrays.weekday[mask][in_zone]] * len(hours) + hour_pos[arrays.hour[mask][in_zone]],
+            counts[in_zone])
 
 
-def _per_window(spec: QuerySpec, data: Dataset, zoning: Zoning,
-                windows: tuple[int, ...]) -> tuple[KeyDomain, np.ndarray]:
+def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
+    """Build the public key domain and the exact count per key (never leaves the process)."""
+    windows = touched_windows(spec, data)
+    check_answerable(spec, data)
+    keys, weights = row_keys(spec, data)
+    true = np.bincount(keys, weights=weights, minlength=domain_size(spec, data))
+    return PreparedQuery(spec=spec, domain=key_columns(spec, data), true_counts=np.rint(true).astype(np.int64),
+                         sensitivity=data.metadata.bound(spec.counted_measure), windows=windows)
+
+
+def _window_row_keys(spec: QuerySpec, data: Dataset, zoning: Zoning,
+                     windows: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Residents per zone and window, or home zone → work zone per window: each person-window adds at most 1."""
-    meta = data.metadata
-    zones, n = list(zoning.zone_ids), zoning.zone_count
-    labels = [meta.window_start(w).isoformat() for w in windows]
+    n = zoning.zone_count
     pos = np.full(max(windows) + 1, -1, dtype=np.int64)
     pos[list(windows)] = np.arange(len(windows))
     if spec.kind == "residents":
         arrays = data.residents
         assert arrays is not None
         keep = (arrays.place == PLACES.index(spec.place or "")) & np.isin(arrays.window, windows)
-        idx = zoning.zone_of_cell[arrays.cell[keep]] * len(windows) + pos[arrays.window[keep]]
-        true = np.bincount(idx, weights=arrays.count[keep], minlength=n * len(windows))
-        return KeyDomain(KEY_FIELDS["residents"], {"zone": [z for z in zones for _ in windows],
-                                                   "window": labels * n}), true
+        return zoning.zone_of_cell[arrays.cell[keep]] * len(windows) + pos[arrays.window[keep]], arrays.count[keep]
     commute = data.commuting
     assert commute is not None
     keep = np.isin(commute.window, windows)
-    idx = ((zoning.zone_of_cell[commute.home[keep]] * n + zoning.zone_of_cell[commute.work[keep]]) * len(windows)
-           + pos[commute.window[keep]])
-    true = np.bincount(idx, weights=commute.count[keep], minlength=n * n * len(windows))
-    return KeyDomain(KEY_FIELDS["commuting"], {"home": [h for h in zones for _ in zones for _ in windows],
-                                               "work": [w for _ in zones for w in zones for _ in windows],
-                                               "window": labels * n * n}), true
-
-
-def key_contribution_cap(spec: QuerySpec, data: Dataset) -> int:
-    """The most one person-window can add to one released key of `spec` (zCDP's per-key cap).
-
-    Ingestion caps each person at C per aggregate row of a measure (`DatasetMetadata.key_cap`:
-    trips rows (day, hour, origin, dest), presence rows (day, hour, cell), where C = 1), so a key
-    that sums R rows of one window gets at most C·R from one person, and never more than L.
-    R counts public facts only: the query's days in one window (per weekday for patterns), the
-    hours a key spans, and the cells a key's zones hold.
-    """
-    meta = data.metadata
-    measure = spec.counted_measure
-    bound = meta.bound(measure)
-    zoning = data.zoning(spec.zoning)
-    first, stop = _check_span(spec, data)
-    per_window: dict[tuple[int, int], int] = {}
-    for d in range(first, stop):
-        weekday = (meta.first_day + dt.timedelta(days=d)).weekday()
-        if weekday in spec.weekdays:
-            slot = (d // meta.window_days, weekday if spec.kind == "patterns" else 0)
-            per_window[slot] = per_window.get(slot, 0) + 1
-    days = max(per_window.values(), default=0)
-    largest_zone = int(zoning.cells_per_zone().max())
-    n_cells = len(data.catalog)
-    if spec.kind == "flows":
-        rows = days * len(spec.hours) * largest_zone * largest_zone
-    elif spec.kind in ("inflows", "outflows"):
-        rows = days * len(spec.hours) * largest_zone * n_cells
-    elif spec.kind == "presence":
-        rows = days * largest_zone
-    else:
-        cells = int(zoning.cells_per_zone()[zoning.zone_index(spec.zone)]) if spec.zone is not None else n_cells
-        rows = days * cells * (n_cells if measure == "trips" else 1)
-    return max(1, min(bound, meta.key_cap(measure) * rows))
+    return (((zoning.zone_of_cell[commute.home[keep]] * n + zoning.zone_of_cell[commute.work[keep]]) * len(windows)
+             + pos[commute.window[keep]]), commute.count[keep])

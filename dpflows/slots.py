@@ -15,7 +15,7 @@ slots in one window, never above the ℓ1 bound. With ℓ1 and that cap, `l2_sen
 the Gaussian's ℓ2.
 
 Datasets written before (presence_rule ``cells_per_person_hour``: every cell of an hour) keep
-the old bounds: ℓ1 = L_presence, and the per-key cap of `queries.key_contribution_cap`.
+the old bounds: ℓ1 = L_presence, and the per-key cap of `key_contribution_cap`.
 
 Everything here is computed from public facts only: the dataset's window grid and bound, and
 the query's dates, weekdays and hours; never from the data.
@@ -87,7 +87,7 @@ def presence_sensitivity(meta: DatasetMetadata, *, start: dt.date, end: dt.date,
     `by_weekday`: keys split days by weekday (patterns: weekday × hour) rather than summing all
     counted days (presence: zone × hour). `legacy_key_cap` is the per-key cap to use for a
     dataset without one place per person-hour (it depends on the zoning: see
-    queries.key_contribution_cap); 1 if not given.
+    key_contribution_cap); 1 if not given.
     """
     hour_list = sorted(set(hours))
     days = counted_days(meta, start, end, weekdays)
@@ -117,9 +117,43 @@ def query_presence_sensitivity(spec: QuerySpec, data: Dataset) -> PresenceSensit
         raise ValueError(f"{spec.kind} of {spec.counted_measure} does not count presence")
     legacy_cap = None
     if not data.metadata.one_place_per_hour:
-        from dpflows.queries import key_contribution_cap
-
         legacy_cap = key_contribution_cap(spec, data)
     return presence_sensitivity(data.metadata, start=spec.start, end=spec.end, hours=spec.hours,
                                 weekdays=spec.weekdays, by_weekday=spec.kind == "patterns",
                                 legacy_key_cap=legacy_cap)
+
+
+def key_contribution_cap(spec: QuerySpec, data: Dataset) -> int:
+    """The most one person-window can add to one released key of `spec` (zCDP's per-key cap).
+
+    Ingestion caps each person at C per aggregate row of a measure (`DatasetMetadata.key_cap`:
+    trips rows (day, hour, origin, dest), presence rows (day, hour, cell), where C = 1), so a key
+    that sums R rows of one window gets at most C·R from one person, and never more than L.
+    R counts public facts only: the query's days in one window (per weekday for patterns), the
+    hours a key spans, and the cells a key's zones hold.
+    """
+    meta = data.metadata
+    measure = spec.counted_measure
+    bound = meta.bound(measure)
+    zoning = data.zoning(spec.zoning)
+    first, stop = (spec.start - meta.first_day).days, (spec.end - meta.first_day).days
+    per_window: dict[tuple[int, int], int] = {}
+    for d in range(first, stop):
+        weekday = (meta.first_day + dt.timedelta(days=d)).weekday()
+        if weekday in spec.weekdays:
+            slot = (d // meta.window_days, weekday if spec.kind == "patterns" else 0)
+            per_window[slot] = per_window.get(slot, 0) + 1
+    days = max(per_window.values(), default=0)
+    largest_zone = int(zoning.cells_per_zone().max())
+    n_cells = len(data.catalog)
+    if spec.kind == "flows":
+        rows = days * len(spec.hours) * largest_zone * largest_zone
+    elif spec.kind in ("inflows", "outflows"):
+        rows = days * len(spec.hours) * largest_zone * n_cells
+    elif spec.kind == "presence":
+        rows = days * largest_zone
+    else:
+        cells = int(zoning.cells_per_zone()[zoning.zone_index(spec.zone)]) if spec.zone is not None else n_cells
+        rows = days * cells * (n_cells if measure == "trips" else 1)
+    return max(1, min(bound, meta.key_cap(measure) * rows))
+

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dpflows.aggregates import AggregateStore, DatasetMetadata, PlaceRule, write_aggregates
+from dpflows.aggregates import AggregateStore, DatasetMetadata, PlaceRule, load_dataset, version_dir, write_aggregates
 from dpflows.budget import Epsilon
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
@@ -23,7 +23,7 @@ N_CELLS = 40
 
 
 def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5, bound_presence: int = 20,
-                        accounting: str = "pure_dp", places: bool = False) -> Path:
+                        accounting: str = "pure_dp", places: bool = False, dense_limit: int = 100_000) -> Path:
     """40 cells, 28 days, sparse trips with a morning peak; zonings 'districts' (8×5) and coarse 'sectors' (2×20)."""
     rng = np.random.default_rng(20240304)  # synthetic test data, not noise
     cell_ids = [f"c{i:03d}" for i in range(N_CELLS)]
@@ -57,7 +57,8 @@ def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5
         .group_by("day", "hour", "cell").agg(pl.col("count").sum())
     )
     meta = DatasetMetadata(name, FIRST_DAY, FIRST_DAY + dt.timedelta(days=DAYS), 7, bound_trips, bound_presence,
-                           {"kind": "synthetic-test"}, accounting, places=PlaceRule() if places else None)
+                           {"kind": "synthetic-test"}, accounting, places=PlaceRule() if places else None,
+                           dense_limit=dense_limit)
     residents = commuting = None
     if places:  # one home and one work cell per person-window, 300 persons over the 4 windows
         homes, works = rng.integers(0, N_CELLS, 300), rng.integers(0, N_CELLS, 300)
@@ -79,6 +80,23 @@ def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5
     service.add_zoning(name, "sectors", sectors, coarse=True, min_cells_per_zone=20)
     service.ledger.close()
     (root / "bootstrap-ledger.db").unlink()
+    return out
+
+
+def build_sparse_dataset(root: Path, name: str = "cells") -> Path:
+    """The small city accounted in approximate DP with a dense limit of 1,000 keys, so that cell-level OD
+    (1,600 keys) is released sparsely and district OD (64) densely; plus three cell pairs on Monday 08:00
+    far from the threshold (90 at ε = 1, δ = 1e-7, L = 5): c000→c001 300 trips and c002→c003 200 (released
+    unless the noise falls below -110: p < 1e-9), c004→c005 10 (released only if it rises above 80)."""
+    out = build_small_dataset(root, name, accounting="approx_dp", dense_limit=1000)
+    heavy = pl.DataFrame({"day": [FIRST_DAY] * 3, "hour": [8] * 3, "origin": ["c000", "c002", "c004"],
+                          "dest": ["c001", "c003", "c005"], "count": [300, 200, 10]},
+                         schema={"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String,
+                                 "count": pl.Int64})
+    trips = pl.concat([pl.read_parquet(version_dir(out) / "trips.parquet"), heavy]).group_by(
+        "day", "hour", "origin", "dest").agg(pl.col("count").sum())
+    write_aggregates(out, load_dataset(out).metadata, pl.read_parquet(version_dir(out) / "cells.parquet"), trips,
+                     pl.read_parquet(version_dir(out) / "presence.parquet"))
     return out
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import polars as pl
 import pytest
 
-from dpflows import queries
 from dpflows.aggregates import AggregateStore, version_dir
 from dpflows.errors import DomainTooLarge, InvalidInput, NotFound
 from dpflows.queries import hour_range, make_spec, prepare
@@ -87,10 +87,13 @@ def test_bad_queries_name_the_field(store: AggregateStore) -> None:
         spec("flows", zone="d1")
 
 
-def test_dense_domains_above_the_limit_are_refused(store: AggregateStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queries, "MAX_DENSE_KEYS", 1000)  # 40 cells → 1,600 OD keys
-    with pytest.raises(DomainTooLarge, match="1600 keys"):
-        prepare(spec(zoning="cell"), store.get("small"))
+def test_dense_domains_above_the_limit_are_refused(store: AggregateStore) -> None:
+    data = store.get("small")
+    limited = dataclasses.replace(data, metadata=dataclasses.replace(data.metadata, dense_limit=1000))
+    with pytest.raises(DomainTooLarge, match="1600 keys, above the dense-release limit of 1000") as info:
+        prepare(spec(zoning="cell"), limited)  # 40 cells → 1,600 OD keys
+    assert "--accounting approx_dp" in info.value.message  # the fix
+    prepare(spec(zoning="cell"), data)  # within the default limit
 
 
 def test_flows_over_every_row_match_a_direct_count_and_the_cached_keys_stay_right(store: AggregateStore,

@@ -17,7 +17,8 @@ import pytest
 
 from dpflows.aggregates import CELLS_PER_PERSON_HOUR, ONE_PLACE_PER_PERSON_HOUR, DatasetMetadata, load_dataset
 from dpflows.mechanisms import l2_sensitivity
-from dpflows.queries import key_contribution_cap, make_spec, prepare
+from dpflows.queries import make_spec, prepare
+from dpflows.sensitivity import key_contribution_cap
 from dpflows.slots import (
     PEOPLE,
     PERSON_CELL_HOURS,

@@ -41,7 +41,8 @@ from dpflows.mechanisms import (
     rho_to_approx_dp,
     scale_for_rho,
 )
-from dpflows.queries import key_contribution_cap, make_spec
+from dpflows.queries import make_spec
+from dpflows.sensitivity import key_contribution_cap
 from dpflows.service import QueryRequest, Service
 from tests.conftest import build_small_dataset
 

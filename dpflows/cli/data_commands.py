@@ -66,10 +66,15 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trips-table", action="store_true", help="alias of --input-format trips")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
-    p.add_argument("--accounting", choices=["pure_dp", "zcdp"], default="pure_dp",
-                   help="pure_dp: discrete Laplace, budgets in epsilon; zcdp: discrete Gaussian, budgets in rho")
+    p.add_argument("--accounting", choices=["pure_dp", "zcdp", "approx_dp"], default="pure_dp",
+                   help="pure_dp: discrete Laplace, budgets in epsilon; zcdp: discrete Gaussian, budgets in rho; "
+                        "approx_dp: budgets in (epsilon, delta), answers above --dense-limit keys released sparsely "
+                        "(only keys above a threshold, e.g. cell-level OD)")
     p.add_argument("--key-cap-trips", type=int, default=1,
-                   help="zcdp: most trips one person adds to one (day, hour, origin, dest) row")
+                   help="zcdp, approx_dp: most trips one person adds to one (day, hour, origin, dest) row")
+    p.add_argument("--dense-limit", type=int, default=None, metavar="KEYS",
+                   help="answers with more keys than this are released sparsely (approx_dp) or refused (default "
+                        "100000); public, stored with the dataset")
     p.add_argument("--delta", type=float, default=1e-8,
                    help="zcdp: the delta at which rho is shown as (epsilon, delta)")
     p.add_argument("--engine", choices=["polars", "spark"], default="polars",
@@ -169,7 +174,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
                               field="days")
         span["missing_days"] = _missing_days(args.days, args.first_day, args.end_day)
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
-    accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
+    accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta,
+                  **({"dense_limit": args.dense_limit} if args.dense_limit is not None else {})}
     if args.trips_table and args.input_format not in (None, "trips"):
         raise InvalidData("--trips-table is an alias of --input-format trips; give one of them", field="input_format")
     fmt = "trips" if args.trips_table else (args.input_format or "events")
@@ -198,16 +204,17 @@ def _run_ingest(args: argparse.Namespace) -> int:
         from dpflows.ingest.spark import ingest_events_spark
 
         out = ingest_events_spark(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
-                                  bound_trips=_bound_or_default(args.bound_trips), bound_presence=args.bound_presence,
+                                  bound_trips=_bound_or_default(args.bound_trips, args.accounting),
+                                  bound_presence=args.bound_presence,
                                   trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
                                   **span, zonings=zonings, report_epsilon=args.report_epsilon,
                                   places=places, **accounting)
     else:
         out = ingest_events(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
-                            bound_trips=_bound_or_default(args.bound_trips), bound_presence=args.bound_presence,
-                            trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                            **span, zonings=zonings, report_epsilon=args.report_epsilon,
-                            buckets=args.buckets, places=places, **accounting)
+                            bound_trips=_bound_or_default(args.bound_trips, args.accounting),
+                            bound_presence=args.bound_presence, trip_rule=args.trip_rule,
+                            min_dwell_minutes=args.min_dwell_minutes, **span, zonings=zonings,
+                            report_epsilon=args.report_epsilon, buckets=args.buckets, places=places, **accounting)
     print(f"dataset {name!r} written to {out}")
     _print_bounding_report(Path(out))
     return 0
@@ -233,10 +240,14 @@ def _missing_days(text: str, first_day: dt.date, end_day: dt.date) -> list[dt.da
             if first_day + dt.timedelta(days=k) not in held]
 
 
-def _bound_or_default(bound: int | None) -> int:
+def _bound_or_default(bound: int | None, accounting: str = "pure_dp") -> int:
+    """--bound-trips, else the accounting's default (approx_dp: 5, for cell-level release) or ingestion's (20)."""
+    from dpflows.accounting import accounting as accounting_named
     from dpflows.ingest.pipeline import DEFAULT_BOUND_TRIPS
 
-    return DEFAULT_BOUND_TRIPS if bound is None else bound
+    if bound is not None:
+        return bound
+    return accounting_named(accounting).default_bound_trips or DEFAULT_BOUND_TRIPS
 
 
 def _ingest_citibike(args: argparse.Namespace, name: str, span: dict[str, Any], zonings: list[Any],

@@ -35,6 +35,7 @@ from polars.io.partition import FileProviderArgs
 from dpflows.accounting import accounting as accounting_of
 from dpflows.aggregates import (
     DEFAULT_DELTA,
+    DEFAULT_DENSE_LIMIT,
     NO_PRESENCE,
     ONE_PLACE_PER_PERSON_HOUR,
     PERSON_WINDOW,
@@ -177,7 +178,7 @@ def ingest_events(
     missing_days: Iterable[dt.date] = (),
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
-    places: PlaceRule | None = None,
+    places: PlaceRule | None = None, dense_limit: int = DEFAULT_DENSE_LIMIT,
 ) -> Path:
     """Raw network events → bounded presence, trip, residents and commuting counts, as a dataset directory.
 
@@ -223,7 +224,8 @@ def ingest_events(
     min_dwell = dt.timedelta(minutes=min_dwell_minutes)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
         meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
-                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places, missing_days=missing)
+                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places, missing_days=missing,
+                               dense_limit=dense_limit)
         key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
         kept: dict[str, list[pl.LazyFrame]] = {"trips": [], "presence": [], "residents": [], "commuting": []}
         for number, part in enumerate(split.parts, start=1):
@@ -325,6 +327,7 @@ def ingest_trips_table(
     progress: Progress | None = None, missing_days: Iterable[dt.date] = (),
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
+    dense_limit: int = DEFAULT_DENSE_LIMIT,
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
@@ -373,7 +376,7 @@ def ingest_trips_table(
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
                            accounting, key_cap_trips, delta, NO_PRESENCE, unit=PERSON_WINDOW if has_person else TRIP,
-                           missing_days=missing)
+                           missing_days=missing, dense_limit=dense_limit)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,

@@ -1,8 +1,11 @@
 """Use case: answer a query (design §4).
 
-authorize and validate → price (ε or ρ, or derived from a target error) → reuse a stored
+authorize and validate → dense or sparse (public facts: the domain's size against the dataset's
+dense limit, dpflows.sparse) → price (ε or ρ, or derived from a target error; a sparse answer also a δ)
+→ reuse a stored
 answer if the identical query was released → if the client opted in (``derive=True``), sum a
-finer released answer at no cost (dpflows.derived_answers) → compute the noisy answer in memory → one
+finer released answer at no cost (dpflows.derived_answers; never for a sparse answer) → compute the noisy
+answer in memory (a sparse one over its observed keys, released above a threshold) → one
 ledger transaction: check every cap, charge every window, store the answer and audit, and
 read back this client's budgets → describe. Any failure before the commit releases nothing and
 charges nothing; every outcome, failures included, is audited without values. A fresh answer
@@ -23,15 +26,16 @@ from dpflows.budget import PrivacyLoss
 from dpflows.derived_answers import Derivation, best_derivation, shape_filter
 from dpflows.errors import DpflowsError, InvalidInput
 from dpflows.ledger import AuditEntry, Client, ReleaseRequest, StoredAnswer, WindowBudget
-from dpflows.mechanisms import NoiseMechanism, mechanism_named
+from dpflows.mechanisms import NoiseMechanism, mechanism_named, release_sparse
 from dpflows.postprocess import make_consistent, table_totals
-from dpflows.queries import QuerySpec, prepare, uncovered_days
+from dpflows.queries import QuerySpec, key_columns, prepare, touched_windows, uncovered_days
 from dpflows.query_kinds import KEY_FIELDS, TABLE_KINDS
 from dpflows.release_record import StoredRelease
 from dpflows.sensitivity import query_sensitivity
 from dpflows.service.context import ServiceContext, approx_dp, dataset_grid
 from dpflows.service.records import Answer, QueryRequest
 from dpflows.service.reports import charge_bounding_report, zoning_names
+from dpflows.sparse import is_sparse, observed_counts
 
 
 def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer:
@@ -45,9 +49,12 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         data = ctx.dataset(spec.dataset)
         charge_bounding_report(ctx, data)
         ctx.policy.authorize(client, spec, data.zoning(spec.zoning), request.case_ref)
-        check_postprocessing(request)
-        loss = ctx.price(client, request, data)
+        sparse = is_sparse(spec, data)
+        check_postprocessing(request, sparse=sparse)
+        loss = ctx.price(client, request, data, sparse=sparse)
         audit_query[loss.unit] = loss.to_json()
+        if loss.delta_attos:
+            audit_query["delta"] = loss.delta_as_float()
         query_key = ctx.query_key(spec, data, loss, client)
         stored = ctx.ledger.find_answer(spec.dataset, query_key)
         if stored is not None:
@@ -56,7 +63,7 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
                                                         dataset=spec.dataset, query=audit_query,
                                                         answer_id=stored.answer_id), tuple(release.windows))
             return describe(ctx, stored, release, spec, client, data, request, budgets, reused=True)
-        if request.derive:
+        if request.derive and not sparse:
             derivation = find_derivation(ctx, spec, data, client, request, loss)
             if derivation is not None:
                 release = StoredRelease.from_payload(derivation.payload)
@@ -66,25 +73,10 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
                                                  tuple(release.windows))
                 return describe(ctx, derivation.source, release, spec, client, data, request, budgets,
                                 reused=False, derivation=derivation)
-        prepared = prepare(spec, data)
-        acc = accounting(data.metadata.accounting)
-        noisy = acc.release(prepared.true_counts, acc.sensitivity(query_sensitivity(spec, data)), loss)
+        release = sparse_release(spec, data, loss, request) if sparse else dense_release(spec, data, loss, request)
         answer_id = uuid.uuid4().hex
-        release = StoredRelease(
-            values=noisy.values.tolist(),  # Python ints, as the payload holds them
-            key_fields=list(prepared.domain.fields),
-            keys={f: prepared.domain.columns[f] for f in prepared.domain.fields},
-            windows=list(prepared.windows),
-            loss=loss,
-            loss_from_max_error=request.max_error is not None,
-            mechanism=noisy.mechanism,
-            scale=noisy.scale,
-            sensitivity=noisy.sensitivity,
-            query=spec.canonical(),
-            data_version=data.version,
-        )
         receipt = ctx.ledger.commit_release(ReleaseRequest(
-            client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=prepared.windows,
+            client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=tuple(release.windows),
             loss=loss, answer_id=answer_id, payload=release.to_payload(), grid=dataset_grid(data),
             share_group=client.share_group,
             audit=AuditEntry(action=action, outcome="released", client_id=client.id,
@@ -101,8 +93,43 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
                     reused=receipt.reused)
 
 
-def check_postprocessing(request: QueryRequest) -> None:
+def dense_release(spec: QuerySpec, data: Dataset, loss: PrivacyLoss, request: QueryRequest) -> StoredRelease:
+    """Every key of the public domain, zeros included, noised by the dataset's mechanism."""
+    prepared = prepare(spec, data)
+    acc = accounting(data.metadata.accounting)
+    noisy = acc.release(prepared.true_counts, acc.sensitivity(query_sensitivity(spec, data)), loss)
+    return StoredRelease(
+        values=noisy.values.tolist(),  # Python ints, as the payload holds them
+        key_fields=list(prepared.domain.fields),
+        keys={f: prepared.domain.columns[f] for f in prepared.domain.fields},
+        windows=list(prepared.windows), loss=loss, loss_from_max_error=request.max_error is not None,
+        mechanism=noisy.mechanism, scale=noisy.scale, sensitivity=noisy.sensitivity, query=spec.canonical(),
+        data_version=data.version,
+    )
+
+
+def sparse_release(spec: QuerySpec, data: Dataset, loss: PrivacyLoss, request: QueryRequest) -> StoredRelease:
+    """The observed keys, noised by OpenDP's thresholded mechanism at the query's (ℓ0, ℓ1, ℓ∞); only the keys
+    whose noisy count reaches the threshold are kept. How many keys were observed goes no further."""
+    contribution = query_sensitivity(spec, data).contribution
+    observed = observed_counts(spec, data)
+    noisy = release_sparse(observed.keys, observed.counts, contribution, loss)
+    del observed
+    domain = key_columns(spec, data, noisy.keys)
+    return StoredRelease(
+        values=noisy.values.tolist(), key_fields=list(domain.fields), keys=domain.columns,
+        windows=list(touched_windows(spec, data)), loss=loss, loss_from_max_error=request.max_error is not None,
+        mechanism=noisy.mechanism, scale=noisy.scale, sensitivity=contribution.to_json(), query=spec.canonical(),
+        data_version=data.version, threshold=noisy.threshold,
+    )
+
+
+def check_postprocessing(request: QueryRequest, *, sparse: bool = False) -> None:
     """Refuse, before anything is charged, post-processing an answer's shape does not allow."""
+    if request.consistent and sparse:
+        raise InvalidInput("consistent totals need every key of the table, and a sparse answer releases only the keys "
+                           "above its threshold (a missing key is not a zero): leave consistent out, or ask a coarser "
+                           "zoning for a dense answer", field="consistent")
     if request.consistent and request.spec.kind not in TABLE_KINDS:
         raise InvalidInput(f"consistent totals need a two-way table; {request.spec.kind} answers have one value per "
                            f"key of {list(KEY_FIELDS[request.spec.kind])}: leave consistent out", field="consistent")
@@ -199,6 +226,8 @@ def describe(ctx: ServiceContext, stored: StoredAnswer, release: StoredRelease, 
         uncovered_days=[d.isoformat() for d in uncovered_days(spec, data)] or None,
         delta=None if approx is None else approx["delta"],
         approx_epsilon=None if approx is None else approx["epsilon"],
+        threshold=release.threshold,
+        contribution=release.sensitivity if release.threshold is not None else None,
     )
 
 

@@ -28,6 +28,7 @@ class Catalog:
                 "window_days": meta.window_days, "windows": meta.window_count,
                 "bounds": {"trips": meta.bound_trips, "presence": meta.bound_presence},
                 "accounting": meta.accounting_json(),
+                "dense_limit": meta.dense_limit,
                 "privacy_unit": meta.privacy_unit,
                 "missing_days": [d.isoformat() for d in meta.missing_days],
                 "zonings": [{"name": z.name, "zones": z.zone_count, "coarse": z.coarse} for z in zonings],

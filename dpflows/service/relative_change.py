@@ -139,6 +139,10 @@ def relative_change(ctx: ServiceContext, request: QueryRequest, baseline_start: 
     base_request = dataclasses.replace(request, spec=baseline_spec(request.spec, baseline_start, baseline_end))
     # Quotes authorize and price both, and know which would be reused or derived for free.
     quotes = [quote_query(ctx, req, client) for req in (request, base_request)]
+    if quotes[0].threshold is not None:
+        raise InvalidInput(f"relative change needs every zone's presence, and presence on zoning "
+                           f"{request.spec.zoning!r} is released sparsely (only zones above a threshold: a missing "
+                           "zone is not a zero); ask a coarser zoning or fewer hours", field="zoning")
     need = per_window_need(quotes)
     unit = type(quotes[0].loss)
     for status in quotes[0].windows + quotes[1].windows:
