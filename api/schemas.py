@@ -70,6 +70,10 @@ class QueryBodySchema(ma.Schema):
     epsilon = _positive_number("pure-DP datasets: the ε to spend in each window the query touches")
     rho = _positive_number("zCDP datasets (accounting zcdp): the ρ to spend in each window the query touches")
     max_error = _positive_number("instead of epsilon or rho: the 95% absolute error per value wanted")
+    delta = Number(allow_nan=False, validate=validate.Range(min=0, max=1, max_inclusive=False), metadata={
+        "description": "approximate-DP datasets: the δ a sparse answer (a domain above the dataset's dense_limit) "
+                       "may spend in each window it touches; it sets the threshold (default: the server's, 1e-9). "
+                       "A dense answer spends none", "example": 1e-9})
     confidence = Number(load_default=0.95, allow_nan=False, validate=validate.Range(0.5, 1, max_inclusive=False),
                         metadata={"description": "confidence of error bounds (default 0.95)"})
     clamp_negative = fields.Boolean(load_default=False,
@@ -135,16 +139,29 @@ class WindowChargeSchema(ma.Schema):
     window = fields.Integer()
     start = fields.Date()
     end = fields.Date(metadata={"description": "exclusive"})
-    epsilon_charged = EpsilonField(metadata={"description": "pure-DP datasets"})
+    epsilon_charged = EpsilonField(metadata={"description": "pure-DP and approximate-DP datasets"})
     rho_charged = EpsilonField(metadata={"description": "zCDP datasets"})
+    delta_charged = fields.Float(metadata={"description": "approximate-DP datasets: δ charged here (0: dense)"})
     budget_remaining = EpsilonField(metadata={"description": "what you can still spend in this window (ε or ρ)"})
+    delta_remaining = fields.Float(metadata={"description": "approximate-DP datasets: δ you can still spend here"})
+
+
+class ContributionSchema(ma.Schema):
+    l0 = fields.Integer(metadata={"description": "the most keys one person-window touches"})
+    l1 = fields.Integer(metadata={"description": "the most it adds to all keys"})
+    linf = fields.Integer(metadata={"description": "the most it adds to one key"})
 
 
 class MechanismSchema(ma.Schema):
-    name = fields.String(metadata={"description": "discrete_laplace (pure DP) or discrete_gaussian (zCDP)"})
+    name = fields.String(metadata={"description": "discrete_laplace (pure DP, or a dense answer in approximate DP), "
+                                                  "discrete_gaussian (zCDP) or discrete_laplace_threshold (a sparse "
+                                                  "answer)"})
     noise_scale = fields.Float()
     sensitivity = fields.Float(metadata={"description": "ℓ1 (Laplace: the bound L of the counted measure) or ℓ2 "
                                                         "(Gaussian: from L and the per-key cap)"})
+    threshold = fields.Integer(metadata={"description": "sparse answers: the noisy count a key must reach"})
+    contribution = fields.Nested(ContributionSchema, metadata={
+        "description": "sparse answers: one person-window's (ℓ0, ℓ1, ℓ∞) the threshold was calibrated to"})
 
 
 class AnswerSchema(ma.Schema):
@@ -156,7 +173,18 @@ class AnswerSchema(ma.Schema):
     epsilon = EpsilonField(metadata={"description": "ε the answer was released at"})
     rho_charged = EpsilonField(metadata={"description": "zCDP: ρ charged in each window below (0 when reused)"})
     rho = EpsilonField(metadata={"description": "zCDP: ρ the answer was released at"})
+    delta_charged = fields.Float(metadata={"description": "approximate DP: δ charged in each window (0 when reused, "
+                                                          "and for a dense answer)"})
+    delta = fields.Float(metadata={"description": "approximate DP: δ the answer was released at"})
+    delta_remaining = fields.Float(metadata={"description": "approximate DP: least remaining δ over the windows"})
     approx_dp = fields.Nested(ApproxDpSchema, metadata={"description": "zCDP: the release's ρ as (ε, δ), for display"})
+    release = fields.String(metadata={"description": "dense (every key of the domain, zeros noised) or sparse (only "
+                                                     "keys whose noisy count reached the threshold)"})
+    threshold = fields.Integer(metadata={"description": "sparse: a key is released only if its noisy count reaches "
+                                                        "this; a key not released is below it, not zero"})
+    below_threshold_interval = fields.List(fields.Float(), metadata={
+        "description": "sparse: [0, threshold + error_bound_95]: where the true count of a key not released lies, at "
+                       "the stated confidence"})
     epsilon_derived_from_max_error = fields.Boolean(metadata={"description": "the ε or ρ was derived from max_error"})
     windows = fields.List(fields.Nested(WindowChargeSchema))
     budget_remaining = EpsilonField(metadata={"description": "least remaining budget (ε or ρ) over the windows "
@@ -224,6 +252,10 @@ class QuoteSchema(ma.Schema):
     epsilon_charged = EpsilonField(metadata={"description": "0 when the answer would be reused"})
     rho = EpsilonField()
     rho_charged = EpsilonField(metadata={"description": "0 when the answer would be reused"})
+    delta = fields.Float(metadata={"description": "approximate DP: the δ the answer would be released at"})
+    delta_charged = fields.Float(metadata={"description": "approximate DP: 0 when reused or dense"})
+    release = fields.String(metadata={"description": "dense or sparse, decided from public facts only"})
+    threshold = fields.Integer(metadata={"description": "sparse: the threshold the answer would use"})
     derived_from = fields.String(metadata={"description": "with derive: the released answer it would be summed "
                                                           "from, at no cost"})
     epsilon_derived_from_max_error = fields.Boolean()
@@ -252,6 +284,7 @@ __all__ = [
     "ClientWithKeysSchema",
     "CommutingQuerySchema",
     "ContributionQuantileSchema",
+    "ContributionSchema",
     "DatasetSchema",
     "EpsilonField",
     "FlowsQuerySchema",

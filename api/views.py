@@ -16,7 +16,8 @@ import api.renderers as renderers
 import api.schemas as schemas
 from api.auth import current_client, require
 from api.errors import ErrorSchema, ErrorTableSchema, error_table
-from dpflows.budget import Epsilon, Rho
+from dpflows.accounting import accounting
+from dpflows.budget import ApproxDP, Epsilon, Rho, parse_delta
 from dpflows.queries import make_spec
 from dpflows.service import QueryRequest, Service
 
@@ -111,6 +112,7 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
         consistent=body["consistent"],
         derive=body["derive"],
         case_ref=body.get("case_ref"),
+        delta=None if body.get("delta") is None else parse_delta(body["delta"]),
     )
 
 
@@ -220,17 +222,23 @@ def relative_change(body: dict[str, Any]) -> Any:
 @_document_errors(queries_blp, 401, 403, 404, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
 def quote(body: dict[str, Any]) -> Any:
-    """Price a query without touching data or budget: ε, windows, error bound, reuse."""
+    """Price a query without touching data or budget: ε (and δ), windows, error bound, reuse; whether it is
+    released densely or sparsely, and a sparse answer's threshold."""
     kind = body.pop("query")
     q = service().quote(query_request(kind, body), current_client())
     unit = q.loss.unit  # "epsilon" or "rho", by the dataset's accounting
     return {
         "accounting": q.accounting, unit: q.loss, f"{unit}_charged": q.charged,
+        **({"delta": q.loss.delta_as_float(), "delta_charged": q.charged.delta_as_float(),
+            "release": "dense" if q.threshold is None else "sparse"} if isinstance(q.loss, ApproxDP) else {}),
+        **({"threshold": q.threshold} if q.threshold is not None else {}),
         "epsilon_derived_from_max_error": q.loss_from_max_error, "error_bound_95": q.error_bound_95,
         "confidence": q.confidence, "windows": renderers.window_charges(q.windows, q.charged),
         "reused": q.reused, "privacy_unit": q.privacy_unit, "count_unit": q.count_unit,
         **({"derived_from": q.derived_from} if q.derived_from else {}),
-        "mechanism": {"name": q.mechanism, "noise_scale": q.noise_scale, "sensitivity": q.sensitivity},
+        "mechanism": {"name": q.mechanism, "noise_scale": q.noise_scale, "sensitivity": q.sensitivity,
+                      **({"threshold": q.threshold, "contribution": q.contribution}
+                         if q.threshold is not None else {})},
     }
 
 
@@ -246,6 +254,7 @@ def budget(args: dict[str, Any]) -> Any:
     """Your caps, spending and remaining budget in every window of a dataset."""
     client = current_client()
     status = service().budget_status(client, args["dataset"])
+    with_delta = accounting(service().dataset(args["dataset"]).metadata.accounting).loss_type.carries_delta
     return {
         "dataset": args["dataset"], "client": client.name,
         "privacy_unit": service().dataset(args["dataset"]).metadata.privacy_unit,
@@ -255,7 +264,8 @@ def budget(args: dict[str, Any]) -> Any:
                      "spent": w.budget.client_spent, "group": w.budget.group, "group_cap": w.budget.group_cap,
                      "group_spent": None if w.budget.group_cap is None else w.budget.group_spent,
                      "remaining": w.budget.remaining,
-                     **({"spent_approx_dp": w.spent_approx_dp} if w.spent_approx_dp is not None else {})}
+                     **({"spent_approx_dp": w.spent_approx_dp} if w.spent_approx_dp is not None else {}),
+                     **(_delta_budget(w) if with_delta else {})}
                     for w in status],
     }
 
@@ -292,6 +302,16 @@ def bounding_report(dataset: str) -> Any:
 def zoning(dataset: str, zoning: str) -> Any:
     """A zoning's zones (cells per zone, centroid), the public cell catalog, and geometry if loaded."""
     return current_app.extensions["dpflows"].catalog.zoning(dataset, zoning)
+
+
+def _delta_budget(status: Any) -> dict[str, Any]:
+    """An approximate-DP window's δ: your cap, what you spent, what remains (your group's allocation too)."""
+    budget = status.budget
+    return {"delta_cap": None if budget.client_cap is None else budget.client_cap.delta_as_float(),
+            "delta_spent": budget.client_spent.delta_as_float(),
+            "delta_remaining": budget.remaining.delta_as_float(),
+            **({"group_delta_cap": budget.group_cap.delta_as_float(),
+                "group_delta_spent": budget.group_spent.delta_as_float()} if budget.group_cap is not None else {})}
 
 
 # -- health -----------------------------------------------------------------------------------------

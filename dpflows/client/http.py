@@ -114,7 +114,7 @@ class DpflowsClient:
                     hours: tuple[int, int] | list[int] | None, weekdays: list[int] | tuple[int, ...] | None,
                     epsilon: float | str | None, max_error: float | None, confidence: float | None,
                     clamp_negative: bool | None, rho: float | str | None = None, consistent: bool | None = None,
-                    derive: bool | None = None, **extra: Any) -> dict[str, Any]:
+                    derive: bool | None = None, delta: float | str | None = None, **extra: Any) -> dict[str, Any]:
         if sum(x is not None for x in (epsilon, rho, max_error)) != 1:
             raise ValueError("pass exactly one of epsilon (pure-DP datasets), rho (zCDP datasets) or max_error")
         body: dict[str, Any] = {"dataset": dataset, "zoning": zoning, "start": _iso(start), "end": _iso(end)}
@@ -123,6 +123,8 @@ class DpflowsClient:
                     # ε and ρ given as text ("0.5") go out as JSON numbers: the API refuses strings
                     "epsilon": None if epsilon is None else float(epsilon),
                     "rho": None if rho is None else float(rho),
+                    # approximate-DP datasets: the δ a sparse answer may spend (it sets the threshold)
+                    "delta": None if delta is None else float(delta),
                     "max_error": max_error, "confidence": confidence,
                     "clamp_negative": clamp_negative, "consistent": consistent, "derive": derive, **extra}
         body.update({k: v for k, v in optional.items() if v is not None})
@@ -138,12 +140,14 @@ class DpflowsClient:
               epsilon: float | str | None = None, max_error: float | None = None,
               confidence: float | None = None, clamp_negative: bool | None = None,
               rho: float | str | None = None, consistent: bool | None = None,
-              derive: bool | None = None) -> QueryAnswer:
-        """Origin-destination trip counts between every pair of zones (spends budget)."""
+              derive: bool | None = None, delta: float | str | None = None) -> QueryAnswer:
+        """Origin-destination trip counts between every pair of zones (spends budget). On an approximate-DP
+        dataset a domain above its dense_limit (cell-level OD) is released sparsely: only the pairs whose noisy
+        count reaches the answer's `threshold`, at the `delta` given (default: the server's)."""
         return self._answer("flows", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
             max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
-            consistent=consistent, derive=derive))
+            consistent=consistent, derive=derive, delta=delta))
 
     def inflows(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                 hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
@@ -188,12 +192,12 @@ class DpflowsClient:
                  epsilon: float | str | None = None, max_error: float | None = None,
                  confidence: float | None = None, clamp_negative: bool | None = None,
                  rho: float | str | None = None, consistent: bool | None = None,
-                 derive: bool | None = None) -> QueryAnswer:
+                 derive: bool | None = None, delta: float | str | None = None) -> QueryAnswer:
         """Person-hours present per zone and hour of day (spends budget)."""
         return self._answer("presence", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
             max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
-            consistent=consistent, derive=derive))
+            consistent=consistent, derive=derive, delta=delta))
 
     def patterns(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
                  measure: str = "trips", zone: str | None = None,
@@ -201,24 +205,25 @@ class DpflowsClient:
                  epsilon: float | str | None = None, max_error: float | None = None,
                  confidence: float | None = None, clamp_negative: bool | None = None,
                  rho: float | str | None = None, consistent: bool | None = None,
-                 derive: bool | None = None) -> QueryAnswer:
+                 derive: bool | None = None, delta: float | str | None = None) -> QueryAnswer:
         """Trips or presence per weekday and hour, for one zone or the whole area (spends budget)."""
         return self._answer("patterns", self._query_body(
             dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
             max_error=max_error, confidence=confidence, clamp_negative=clamp_negative, rho=rho,
-            consistent=consistent, derive=derive, measure=measure, zone=zone))
+            consistent=consistent, derive=derive, measure=measure, zone=zone, delta=delta))
 
     def quote(self, query: str, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
               hours: tuple[int, int] | list[int] | None = None, weekdays: list[int] | None = None,
               epsilon: float | str | None = None, max_error: float | None = None,
               confidence: float | None = None, measure: str | None = None, zone: str | None = None,
-              rho: float | str | None = None, derive: bool | None = None) -> Quote:
-        """What a query would cost and how accurate it would be; charges nothing."""
+              rho: float | str | None = None, derive: bool | None = None, delta: float | str | None = None) -> Quote:
+        """What a query would cost and how accurate it would be, and whether it would be released sparsely (with
+        which threshold); charges nothing."""
         if query not in QUERY_KINDS:
             raise ValueError(f"query={query!r} must be one of {QUERY_KINDS}")
         body = self._query_body(dataset, zoning, start, end, hours=hours, weekdays=weekdays, epsilon=epsilon,
                                 max_error=max_error, confidence=confidence, clamp_negative=None, rho=rho,
-                                derive=derive, measure=measure, zone=zone, query=query)
+                                derive=derive, measure=measure, zone=zone, query=query, delta=delta)
         doc = self.request("POST", "/v1/quote", body=body)
         unit = "rho" if "rho" in doc else "epsilon"  # the quote names its measure by its key
         return Quote(
@@ -228,6 +233,10 @@ class DpflowsClient:
             reused=bool(doc.get("reused", False)),
             windows=[WindowCharge.from_json(w) for w in doc.get("windows", [])],
             raw=doc,
+            delta=None if doc.get("delta") is None else float(doc["delta"]),
+            delta_charged=None if doc.get("delta_charged") is None else float(doc["delta_charged"]),
+            release=str(doc.get("release", "dense")),
+            threshold=None if doc.get("threshold") is None else int(doc["threshold"]),
         )
 
     def relative_change(self, dataset: str, zoning: str, start: dt.date | str, end: dt.date | str, *,
@@ -301,13 +310,17 @@ class DpflowsClient:
         return KeyInfo.from_json(self.request("DELETE", self.ADMIN_PATHS["key"].format(key_id=int(key_id))))
 
     def set_cap(self, dataset: str, epsilon: float | str | None = None, *, client_id: int | None = None,
-                window: int | None = None, rho: float | str | None = None, group: str | None = None) -> dict[str, Any]:
-        """Cap a client's ε (or ρ, zCDP datasets) per window (client_id), a sharing group's allocation (group)
-        or the global cap (neither); all windows if window is None."""
+                window: int | None = None, rho: float | str | None = None, group: str | None = None,
+                delta: float | str | None = None) -> dict[str, Any]:
+        """Cap a client's ε (or ρ, zCDP datasets; or ε with `delta`, approximate-DP datasets) per window
+        (client_id), a sharing group's allocation (group) or the global cap (neither); all windows if window is
+        None."""
         if (epsilon is None) == (rho is None):
-            raise ValueError("pass exactly one of epsilon (pure-DP datasets) or rho (zCDP datasets)")
+            raise ValueError("pass exactly one of epsilon (pure-DP and approx_dp datasets) or rho (zCDP datasets)")
         body: dict[str, Any] = ({"dataset": dataset, "epsilon": float(epsilon)} if epsilon is not None
                                 else {"dataset": dataset, "rho": float(rho)})  # type: ignore[arg-type]
+        if delta is not None:
+            body["delta"] = float(delta)
         if client_id is not None:
             body["client_id"] = int(client_id)
         if group is not None:

@@ -28,13 +28,16 @@ class WindowCharge:
     end: dt.date  # exclusive
     epsilon_charged: float | None  # ρ on datasets accounted in zCDP (the answer's `accounting` says)
     budget_remaining: float
+    delta_charged: float | None = None  # approximate-DP datasets: δ charged here (0 for a dense answer)
+    delta_remaining: float | None = None
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> WindowCharge:
         charged = doc.get("epsilon_charged", doc.get("rho_charged"))
         return cls(int(doc["window"]), _date(doc["start"]), _date(doc["end"]),
                    None if charged is None else float(charged),
-                   float(doc.get("budget_remaining", doc.get("remaining", 0.0))))
+                   float(doc.get("budget_remaining", doc.get("remaining", 0.0))),
+                   _opt_float(doc.get("delta_charged")), _opt_float(doc.get("delta_remaining")))
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class Mechanism:
     name: str
     noise_scale: float
     sensitivity: float | None  # ℓ1 (an integer, discrete Laplace) or ℓ2 (discrete Gaussian)
+    threshold: int | None = None  # sparse answers: the noisy count a key had to reach
+    contribution: dict[str, int] | None = None  # sparse answers: one person-window's (l0, l1, linf)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,19 @@ class QueryAnswer:
     totals: dict[str, Any] | None = None  # consistent=True: totals of `values`, which agree
     raw_totals: dict[str, Any] | None = None  # consistent=True: totals of raw_values, with their bounds
     derived_from: str | None = None  # derive=True: the released answer this one sums, at no cost
+    #: approximate-DP datasets: δ charged (0 when dense or reused), the δ released at, and what remains
+    delta_charged: float | None = None
+    delta: float | None = None
+    #: "dense" (every key, zeros noised) or "sparse" (only keys whose noisy count reached `threshold`)
+    release: str = "dense"
+    threshold: int | None = None
+    #: sparse: [0, threshold + error_bound_95], where the true count of a key that is not in `values` lies
+    below_threshold_interval: list[float] | None = None
+
+    @property
+    def sparse(self) -> bool:
+        """Only keys above the threshold were released: a missing key is below it, never a zero."""
+        return self.release == "sparse"
 
     def to_pandas(self) -> Any:
         """The values as a pandas DataFrame (needs pandas and pyarrow installed)."""
@@ -84,7 +102,9 @@ class QueryAnswer:
             zoning = self._zoning_loader()
         meta = {"answer_id": self.answer_id, "query": self.query, "epsilon_charged": self.epsilon_charged,
                 "privacy_unit": self.privacy_unit, "confidence": self.confidence, "reused": self.reused,
-                "postprocessing": self.postprocessing}
+                "postprocessing": self.postprocessing,
+                **({"release": "sparse", "threshold": self.threshold,
+                    "below_threshold_interval": self.below_threshold_interval} if self.sparse else {})}
         rows = self.values.select([*KEY_FIELDS[self.kind], "count"]).to_dicts()
         return geo.answer_geojson(self.kind, rows, zoning, self.error_bound_95, metadata=meta, **options)
 
@@ -99,6 +119,10 @@ class Quote:
     reused: bool
     windows: list[WindowCharge]
     raw: dict[str, Any] = field(repr=False)
+    delta: float | None = None  # approximate-DP datasets: the δ it would be released at
+    delta_charged: float | None = None
+    release: str = "dense"  # or "sparse": decided from public facts (the domain's size, the dataset's limit)
+    threshold: int | None = None  # sparse: the threshold it would use
 
 
 _ZONE_CHANGE_SCHEMA = {"zone": pl.String, "current_per_day": pl.Float64, "baseline_per_day": pl.Float64,
@@ -132,6 +156,10 @@ class BudgetWindow:
     group_cap: float | None  # the group's allocation; None: none (the unallocated pool, not shown)
     group_spent: float | None
     budget_remaining: float  # the tighter of the client's cap and its group's allocation
+    #: approximate-DP datasets: the δ cap, spent and remaining (None elsewhere)
+    delta_cap: float | None = None
+    delta_spent: float | None = None
+    delta_remaining: float | None = None
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> BudgetWindow:
@@ -140,7 +168,8 @@ class BudgetWindow:
 
         return cls(int(doc["window"]), _date(doc["start"]), _date(doc["end"]), opt("cap"),
                    float(doc.get("spent") or 0.0), doc.get("group"), opt("group_cap"), opt("group_spent"),
-                   float(doc.get("remaining", doc.get("budget_remaining", 0.0))))
+                   float(doc.get("remaining", doc.get("budget_remaining", 0.0))), opt("delta_cap"),
+                   opt("delta_spent"), opt("delta_remaining"))
 
 
 @dataclass(frozen=True)
@@ -226,6 +255,10 @@ class IssuedKey:
         return cls(ClientInfo.from_json(doc["client"]), str(doc["api_key"]))
 
 
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _date(value: Any) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
 
@@ -267,7 +300,9 @@ def parse_answer(kind: str, doc: Mapping[str, Any], *,
         budget_remaining=float(doc["budget_remaining"]),
         privacy_unit=str(doc.get("privacy_unit", "")),
         mechanism=Mechanism(str(mech.get("name", "")), float(mech.get("noise_scale", "nan")),
-                            None if mech.get("sensitivity") is None else float(mech["sensitivity"])),
+                            None if mech.get("sensitivity") is None else float(mech["sensitivity"]),
+                            None if mech.get("threshold") is None else int(mech["threshold"]),
+                            mech.get("contribution")),
         error_bound_95=bound,
         confidence=float(doc.get("confidence", 0.95)),
         reused=bool(doc.get("reused", False)),
@@ -281,4 +316,10 @@ def parse_answer(kind: str, doc: Mapping[str, Any], *,
         totals=doc.get("totals"),
         raw_totals=doc.get("raw_totals"),
         derived_from=doc.get("derived_from"),
+        delta_charged=_opt_float(doc.get("delta_charged")),
+        delta=_opt_float(doc.get("delta")),
+        release=str(doc.get("release", "dense")),
+        threshold=None if doc.get("threshold") is None else int(doc["threshold"]),
+        below_threshold_interval=(None if doc.get("below_threshold_interval") is None
+                                  else [float(v) for v in doc["below_threshold_interval"]]),
     )

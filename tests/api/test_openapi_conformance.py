@@ -16,7 +16,8 @@ from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAP
 from werkzeug.test import EnvironBuilder
 
 from api import create_app
-from tests.api.conftest import FLOWS, Keys
+from tests.api.conftest import FLOWS, Keys, seed_clients
+from tests.conftest import build_sparse_dataset
 
 WEEK = {"dataset": "small", "start": "2024-03-04", "end": "2024-03-11"}
 
@@ -116,3 +117,49 @@ def test_errors_follow_the_one_documented_shape(app: Flask, spec: OpenAPI, keys:
     for method, path, key, body, status in cases:
         response = exchange(app, spec, method, path, key=key, body=body, valid_request=key is not None)
         assert response.status_code == status, (body, response.get_data(as_text=True))
+
+
+def test_sparse_answers_in_every_format(data_root: Path, tmp_path: Path) -> None:
+    """An approximate-DP dataset: a sparse cell-level answer (and its quote), a dense one, the budget with δ and
+    an (ε, δ) cap, each validated against the document; every format of the sparse answer says its threshold."""
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    build_sparse_dataset(root, "cells")
+    app = create_app({"DPFLOWS_DATA_DIR": str(root), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/ledger.db",
+                      "TESTING": True})
+    config = Config(extra_media_type_deserializers={"application/geo+json": json.loads})
+    spec = OpenAPI.from_dict(app.test_client().get("/openapi.json").get_json(), config=config)
+    service = app.extensions["dpflows"].service
+    keys = seed_clients(service)
+    assert exchange(app, spec, "PUT", "/v1/admin/caps", key=keys.admin,
+                    body={"dataset": "cells", "epsilon": 5, "delta": 1e-6, "client_id": keys.planner_id}
+                    ).status_code == 200
+    assert exchange(app, spec, "PUT", "/v1/admin/caps", key=keys.admin,
+                    body={"dataset": "cells", "epsilon": 10, "delta": 1e-5}).status_code == 200
+    body = {"dataset": "cells", "zoning": "cell", "start": "2024-03-04", "end": "2024-03-11", "epsilon": 1,
+            "delta": 1e-7}
+    quote = exchange(app, spec, "POST", "/v1/quote", key=keys.planner, body={**body, "query": "flows"}).get_json()
+    assert (quote["release"], quote["threshold"], quote["delta"]) == ("sparse", 90, 1e-7)
+    for fmt in ("json", "csv", "geojson"):
+        response = exchange(app, spec, "POST", "/v1/flows", key=keys.planner, body=body, query={"format": fmt})
+        assert response.status_code == 200, response.get_data(as_text=True)
+        if fmt == "json":
+            doc = response.get_json()
+            assert (doc["release"], doc["threshold"], doc["delta_charged"]) == ("sparse", 90, 1e-7)
+            assert doc["below_threshold_interval"] == [0.0, 90 + doc["error_bound_95"]]
+            assert all(v["count"] >= 90 for v in doc["values"]) and len(doc["values"]) >= 2
+        elif fmt == "csv":
+            assert (response.headers["X-Dpflows-Release"], response.headers["X-Dpflows-Threshold"]) == ("sparse", "90")
+            assert response.headers["X-Dpflows-Delta-Charged"] == "0.0"  # reused: the stored answer, free
+        else:
+            props = response.get_json()["dpflows"]
+            assert (props["release"], props["threshold"]) == ("sparse", 90)
+            assert len(response.get_json()["features"]) == len(doc["values"])  # released keys only
+    dense = exchange(app, spec, "POST", "/v1/flows", key=keys.planner,
+                     body={**body, "zoning": "districts", "epsilon": 0.5})
+    assert (dense.get_json()["release"], dense.get_json()["delta_charged"]) == ("dense", 0.0)
+    budget = exchange(app, spec, "GET", "/v1/budget", key=keys.planner, query={"dataset": "cells"}).get_json()
+    assert (budget["windows"][0]["delta_spent"], budget["windows"][0]["delta_remaining"]) == (1e-7, 9e-7)
+    refused = exchange(app, spec, "POST", "/v1/flows", key=keys.planner, body={**body, "zoning": "cell",
+                                                                                "dataset": "small"})
+    assert refused.status_code == 422 and refused.get_json()["error"]["field"] == "delta"

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from dpflows.aggregates import AggregateStore
-from dpflows.budget import Epsilon, Rho
+from dpflows.budget import ApproxDP, Epsilon, Rho
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
-from tests.conftest import build_small_dataset
+from tests.conftest import build_small_dataset, build_sparse_dataset
 from tests.servers import GunicornServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,11 +40,13 @@ class LiveServer:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """gunicorn (2 workers) over dataset 'small' (planner and analyst at cap ε 1.0 per window, global 3.0)
-    and 'smallz', accounted in zCDP (planner cap ρ 0.05, global 0.5)."""
+    and 'smallz', accounted in zCDP (planner cap ρ 0.05, global 0.5), and 'sparse', accounted in approximate DP
+    (planner cap (ε 2, δ 1e-6)), whose cell-level OD is sparse."""
     root = tmp_path_factory.mktemp("live")
     build_small_dataset(root)
     build_small_dataset(root, "smallz", accounting="zcdp")
     build_small_dataset(root, "smallp", places=True)
+    build_sparse_dataset(root, "sparse")  # approximate DP: cell-level OD sparse (sorts after "small")
     ledger_path = root / "ledger.db"
     ledger = SqliteLedger(ledger_path)
     service = Service(AggregateStore(root), ledger)
@@ -58,6 +60,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     service.set_cap("smallz", Rho.parse("0.5"), client_id=None, window=None)
     service.set_cap("smallp", Epsilon.parse("2"), client_id=planner.id, window=None)
     service.set_cap("smallp", Epsilon.parse("3"), client_id=None, window=None)
+    service.set_cap("sparse", ApproxDP.parse_pair("2", "1e-6"), client_id=planner.id, window=None)
+    service.set_cap("sparse", ApproxDP.parse_pair("3", "1e-5"), client_id=None, window=None)
     ledger.close()
     with GunicornServer(root, f"sqlite:///{ledger_path}", workers=2) as server:
         yield LiveServer(server.url, planner_key, analyst_key, admin_key, root, ledger_path)

@@ -152,3 +152,27 @@ def test_geojson_format_on_query_endpoints(live_server: LiveServer, planner: dc.
     assert doc["dpflows"]["reused"] is True  # the same query as test_quote_then_flows_then_reuse: free
     line = next(f for f in doc["features"] if f["geometry"]["type"] == "LineString")
     assert {"origin", "destination", "count", "error_bound_95", "lower", "upper"} <= set(line["properties"])
+
+
+def test_sparse_answers_through_the_client(live_server: LiveServer, planner: dc.DpflowsClient) -> None:
+    """On the approximate-DP dataset 'sparse': the quote and the answer say sparse, the threshold and δ; the
+    frame holds released keys only; the budget shows δ; an admin sets an (ε, δ) cap."""
+    quote = planner.quote("flows", "sparse", "cell", *WEEK, epsilon=1, delta=1e-7)
+    assert (quote.release, quote.threshold, quote.delta, quote.delta_charged) == ("sparse", 90, 1e-7, 1e-7)
+    answer = planner.flows("sparse", "cell", *WEEK, epsilon=1, delta=1e-7)
+    assert answer.sparse and answer.threshold == 90 and answer.delta_charged == 1e-7
+    assert answer.mechanism.threshold == 90 and answer.mechanism.contribution == {"l0": 5, "l1": 5, "linf": 5}
+    assert answer.below_threshold_interval == [0.0, 90 + answer.error_bound_95]
+    assert answer.values.height == 0 or answer.values["count"].min() >= 90  # window 2 holds no heavy pair
+    assert answer.to_geojson()["dpflows"]["threshold"] == 90
+    window = next(w for w in planner.budget("sparse").windows if w.window == 2)
+    assert (window.delta_spent, window.delta_remaining) == (1e-7, 9e-7)
+    dense = planner.flows("sparse", "districts", *WEEK, epsilon=0.5, delta=1e-7)
+    assert not dense.sparse and dense.delta_charged == 0 and dense.values.height == 64
+    admin = dc.DpflowsClient(live_server.base_url, live_server.admin_key, timeout=30)
+    admin.set_cap("sparse", 2, client_id=_planner_id(admin), delta=2e-6, window=3)
+    assert next(w for w in planner.budget("sparse").windows if w.window == 3).delta_cap == 2e-6
+
+
+def _planner_id(admin: dc.DpflowsClient) -> int:
+    return next(c.id for c in admin.list_clients() if c.name == "planner-ui")

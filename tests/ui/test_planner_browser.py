@@ -191,6 +191,40 @@ def test_planner_spends_rho_on_a_zcdp_dataset(chromium_path: str, live_server: L
         assert not problems, problems
 
 
+def test_a_sparse_answer_shows_only_released_keys_and_the_threshold(chromium_path: str, live_server: LiveServer,
+                                                                    tmp_path: Path) -> None:
+    """Cell-level OD on a dataset accounted in approximate DP: the confirmation names the threshold and the δ,
+    the answer says it is sparse, the map draws only released flows and says what a missing one means."""
+    with headless_browser(chromium_path, tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.goto(live_server.base_url + "/planner/")
+        page.fill("#api-key", live_server.planner_key)
+        page.click("#login-form button")
+        page.wait_for_selector("#budget-remaining[data-value]")
+        page.select_option("#dataset", "sparse")
+        page.locator("#budget-remaining[data-value='2']").wait_for()
+        page.select_option("#zoning", "cell")
+        page.fill("#epsilon", "1")
+        page.click("#quote-button")
+        page.wait_for_selector("#confirm:not([hidden])")
+        confirm = page.inner_text("[data-testid=confirm-sparse]")
+        assert "the threshold of 113" in confirm and "δ 1e-9" in confirm
+        page.click("#confirm-run")
+        page.wait_for_selector("#answer:not([hidden])")
+        badge = page.inner_text("[data-testid=sparse]")
+        assert "above the threshold of 113" in badge and "below the threshold of 113" in badge
+        assert "δ spent 1e-9" in page.inner_text("[data-testid=delta-charged]")
+        assert "below the threshold of 113" in page.inner_text("[data-testid=sparse-legend]")
+        drawn = set(page.locator("#map [data-flow]").evaluate_all("els => els.map(e => e.dataset.flow)"))
+        rows = page.locator("#values tbody tr").count()
+        assert {"c000>c001", "c002>c003"} <= drawn and "c004>c005" not in drawn and len(drawn) == rows
+        assert "sparse: keys not listed are below the threshold of 113" in page.inner_text("#table-title")
+        page.screenshot(path=str(REPO / "test-output" / "planner-sparse.png"), full_page=True)
+        assert not problems, problems
+
+
 def test_a_polygon_zoning_is_drawn_from_its_polygons(chromium_path: str, live_server: LiveServer,
                                                      tmp_path: Path) -> None:
     """A zoning loaded from GeoJSON polygons (through the admin endpoint) is drawn as those polygons,

@@ -88,6 +88,10 @@
   const dsStart = (d) => d.start || d.first_day || (d.time_span || {}).start;
   const dsEnd = (d) => d.end || d.end_day || (d.time_span || {}).end;
   const remainingOf = (w) => Number(w.budget_remaining ?? w.remaining ?? 0);
+  // A sparse answer (approximate-DP datasets, domains above the dataset's dense limit) holds only the keys whose
+  // noisy count reached its threshold: a key that is not there is below it, never a zero.
+  const isSparse = (doc) => doc.release === "sparse";
+  const belowText = (doc) => `below the threshold of ${doc.threshold} (true value 0 – ${fmtNum(Number(doc.threshold) + Number(doc.error_bound_95))})`;
 
   function showError(target, err) {
     const box = $(target);
@@ -247,6 +251,10 @@
     }
     if (q.epsilon_derived || body.max_error !== undefined) parts.push(el("p", { class: "hint", text: `${lossSymbol()} derived from your target error ± ${body.max_error} at ${Math.round((body.confidence || 0.95) * 100)}% confidence.` }));
     parts.push(el("p", {}, "Each released value will be within ", el("strong", { text: fmtErr(q.error_bound_95) }), " of the truth with 95% confidence."));
+    if (isSparse(q)) {
+      parts.push(el("p", { "data-testid": "confirm-sparse" }, "Too many keys to release them all: only those whose noisy count reaches ",
+        el("strong", { text: `the threshold of ${q.threshold}` }), ` will be released (OpenDP's thresholded Laplace); a key not shown had fewer than about ${fmtNum(q.threshold + q.error_bound_95)}. It also spends δ ${q.delta} of each window's δ budget.`));
+    }
     const rows = q.windows.map((w) => {
       const before = remainingOf(w);
       const after = before - charged;
@@ -521,6 +529,8 @@
       el("span", { class: "muted", text: `budget left after: ${fmtEps(doc.budget_remaining)}` }),
       el("span", { class: "muted", text: `privacy unit: ${doc.privacy_unit}` }),
       doc.approx_dp ? el("span", { class: "muted", "data-testid": "approx-dp", text: `this answer alone is (ε ${+Number(doc.approx_dp.epsilon).toFixed(3)}, δ ${doc.approx_dp.delta})-DP` }) : null,
+      doc.delta_charged !== undefined ? el("span", { class: "muted", "data-testid": "delta-charged", text: `δ spent ${doc.delta_charged} per window (left ${doc.delta_remaining})` }) : null,
+      isSparse(doc) ? el("span", { class: "badge sparse", "data-testid": "sparse", text: `sparse: only the ${doc.values.length} keys above the threshold of ${doc.threshold} are shown; any other is ${belowText(doc)}` }) : null,
       el("span", { class: "muted", text: `${mech.name || ""} noise, scale ${fmtNum(mech.noise_scale)}, sensitivity ${mech.sensitivity}` }),
       post ? el("span", { class: "muted", text: `post-processing: ${post}` }) : null,
       el("span", { class: "muted", text: `answer ${doc.answer_id}` }),
@@ -582,10 +592,10 @@
     const g = el("svg:g", { "data-testid": "zone-counts" });
     svg.append(g);
     drawZones(g, zoning, proj, (z) => byZone.has(z) ? colorRamp(Math.max(byZone.get(z), 0) / max) : "#eeeeee",
-      (z) => `zone ${z}: ${byZone.has(z) ? withErr(byZone.get(z), e) : "no value"}`);
+      (z) => `zone ${z}: ${byZone.has(z) ? withErr(byZone.get(z), e) : (isSparse(state.answer.doc) ? belowText(state.answer.doc) : "no value")}`);
     drawLabels(svg, zoning, proj);
     const steps = [0, 0.25, 0.5, 0.75, 1];
-    $("legend").replaceChildren(el("span", { text: `${title}, each ${fmtErr(e)}:` }),
+    $("legend").replaceChildren(el("span", { text: `${title}, each ${fmtErr(e)}:` }), sparseLegend(state.answer.doc),
       ...steps.map((t) => { const s = el("span", {}); const sw = el("span", { class: "swatch" }); sw.style.background = colorRamp(t); s.append(sw, ` ${fmtNum(t * max)}`); return s; }),
       noiseWarning([...byZone.values()], e));
   }
@@ -602,7 +612,7 @@
     const byZone = new Map(doc.values.filter((v) => v.hour === hour).map((v) => [String(v.zone), v.count]));
     const max = Math.max(1, ...byZone.values());
     drawZones(svg, zoning, proj, (z) => byZone.has(z) ? colorRamp(Math.max(byZone.get(z), 0) / max) : "#eeeeee",
-      (z) => `zone ${z}, ${String(hour).padStart(2, "0")}:00: ${byZone.has(z) ? withErr(byZone.get(z), e) : "no value"}`);
+      (z) => `zone ${z}, ${String(hour).padStart(2, "0")}:00: ${byZone.has(z) ? withErr(byZone.get(z), e) : (isSparse(doc) ? belowText(doc) : "no value")}`);
     if (!zoning.hasGeometry && !zoning.cells.length) {
       for (const [z, c] of byZone) { const [x, y] = proj.project(zoning.centroids.get(z) || [0, 0]); svg.append(el("svg:circle", { cx: x, cy: y, r: 8, fill: colorRamp(Math.max(c, 0) / max) })); }
     }
@@ -612,8 +622,15 @@
       el("span", { text: `people present per zone, ${String(hour).padStart(2, "0")}:00 (person-hours), each ${fmtErr(e)}:` }),
       ...steps.map((t) => { const s = el("span", {}); const sw = el("span", { class: "swatch" }); sw.style.background = colorRamp(t); s.append(sw, ` ${fmtNum(t * max)}`); return s; }),
       el("span", { text: zoning.hasGeometry ? "zones from the zoning's polygons" : "zones drawn as the regions nearest their cells" }),
+      sparseLegend(doc),
       noiseWarning([...byZone.values()], e),
     );
+  }
+
+  /** What a grey zone or a missing line means in a sparse answer: below the threshold, not zero. */
+  function sparseLegend(doc) {
+    if (!isSparse(doc)) return null;
+    return el("strong", { "data-testid": "sparse-legend", text: `sparse answer: only keys whose noisy count reached ${doc.threshold} are released; grey zones and missing lines are ${belowText(doc)}` });
   }
 
   /** A warning when no shown value stands out from its noise: colours would suggest differences that are not there. */
@@ -663,6 +680,7 @@
     drawLabels(svg, zoning, proj);
     const hidden = doc.values.filter((v) => v.count > 0).length - flows.length;
     $("legend").replaceChildren(
+      sparseLegend(doc),
       el("span", { text: `line width ∝ trips; largest ${withErr(max, e)}` }),
       el("span", { text: `${flows.length} flows drawn${hidden > 0 ? `, ${hidden} more positive values not drawn (${mode === "signal" ? "within the error bound or " : ""}below the top ${top})` : ""}` }),
       el("span", { text: zoning.hasGeometry ? "zones from the zoning's polygons" : "zones drawn as the regions nearest their cells; lines join zone centroids" }),
@@ -694,7 +712,7 @@
     const e = Number(doc.error_bound_95);
     const keys = KEYS[kind];
     const rows = [...doc.values].sort((a, b) => b.count - a.count);
-    $("table-title").textContent = `Values (${rows.length}${rows.length > MAX_TABLE_ROWS ? `, largest ${MAX_TABLE_ROWS} shown` : ""}), each ${fmtErr(e)} at ${Math.round((doc.confidence || 0.95) * 100)}% confidence${doc.reused ? " — reused answer, free" : ""}`;
+    $("table-title").textContent = `Values (${rows.length}${rows.length > MAX_TABLE_ROWS ? `, largest ${MAX_TABLE_ROWS} shown` : ""}), each ${fmtErr(e)} at ${Math.round((doc.confidence || 0.95) * 100)}% confidence${doc.reused ? " — reused answer, free" : ""}${isSparse(doc) ? ` — sparse: keys not listed are ${belowText(doc)}` : ""}`;
     const head = el("tr", {}, ...keys.map((k) => el("th", { text: k })), el("th", { text: "count ± error" }), el("th", { text: "interval (true value)" }));
     const body = rows.slice(0, MAX_TABLE_ROWS).map((v) => el("tr", { class: Math.abs(v.count) <= e ? "weak" : null },
       ...keys.map((k) => el("td", { text: k === "weekday" ? WEEKDAYS[v[k]] : v[k] })),
@@ -715,7 +733,8 @@
 
   function answerMeta(doc) {
     return { answer_id: doc.answer_id, query: doc.query, accounting: doc.accounting, epsilon_charged: doc.epsilon_charged,
-      rho_charged: doc.rho_charged, approx_dp: doc.approx_dp, reused: doc.reused,
+      rho_charged: doc.rho_charged, approx_dp: doc.approx_dp, reused: doc.reused, delta_charged: doc.delta_charged,
+      release: doc.release, threshold: doc.threshold, below_threshold_interval: doc.below_threshold_interval,
       privacy_unit: doc.privacy_unit, error_bound_95: doc.error_bound_95, confidence: doc.confidence,
       mechanism: doc.mechanism, postprocessing: doc.postprocessing };
   }
