@@ -219,3 +219,24 @@ def test_observed_counts_match_the_dense_truth_for_every_kind(svc: Service) -> N
         observed = observed_counts(spec, data)
         assert observed.keys.tolist() == np.flatnonzero(dense).tolist(), spec.kind
         assert observed.counts.tolist() == dense[dense != 0].tolist(), spec.kind
+
+
+def test_ingestion_defaults_for_cell_level_datasets() -> None:
+    """approx_dp datasets default to L_trips 5 (a sparse answer's threshold grows with L); the dense limit is
+    an ingestion option stored with the dataset, and the CLI copies --dense-limit into it."""
+    from dpflows.cli import build_parser
+    from dpflows.cli.data_commands import ingest_options
+    from dpflows.ingest.options import IngestOptions
+
+    span = {"first_day": FIRST_DAY, "end_day": FIRST_DAY + dt.timedelta(days=14)}
+    meta = IngestOptions("cells", **span, accounting="approx_dp").events_metadata()
+    assert (meta.bound_trips, meta.dense_limit) == (5, 100_000)
+    assert IngestOptions("pure", **span).events_metadata().bound_trips == 20
+    assert IngestOptions("cells", **span, accounting="approx_dp", bound_trips=3).events_metadata().bound_trips == 3
+    args = build_parser().parse_args(["ingest", "e.parquet", "--cells", "c.csv", "--out", "x/cells", "--first-day",
+                                      "2024-03-04", "--end-day", "2024-03-18", "--accounting", "approx_dp",
+                                      "--dense-limit", "5000"])
+    options = ingest_options(args)
+    assert (options.trips_bound(), options.events_metadata().dense_limit) == (5, 5000)
+    with pytest.raises(InvalidInput, match="dense_limit=0"):
+        IngestOptions("cells", **span, accounting="approx_dp", dense_limit=0)
