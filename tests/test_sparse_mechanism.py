@@ -4,13 +4,14 @@ service uses, a property test that no person-window exceeds that triple in any a
 Audit. Neighbouring datasets D0 (the small test city, accounted in approximate DP, cell-level OD sparse) and
 D1 = D0 plus one person-window whose L = 5 trips go to 5 cell pairs D0 never holds: its keys cross from absent
 (never released) to 1 trip each. For the event E = "one of those keys is released", P(E | D0) = 0 exactly, so
-(ε, δ)-DP demands P(E | D1) <= δ. At a deliberately large δ = 0.05 the threshold is low (22) and E frequent
+(ε, δ)-DP demands P(E | D1) <= δ. At a deliberately large δ = 0.05 the threshold is low (24) and E frequent
 enough to measure: 40,000 independent copies of the person's 5 keys through `release_sparse` at the service's
 scale and threshold (OpenDP noises each key independently, so a map of disjoint copies is 40,000 draws), and 300
 real answers through `Service.answer` on D1. Both rates must agree with the exact
 P(E | D1) = 1 − (1 − P(1 + N >= t))^5 for N discrete Laplace at the scale (two-sided Clopper–Pearson, each bound at
 1e-8), which is itself below δ; and the copies' lower bound must exceed δ/4, so the audit has power (the exact
-rate is 0.45 δ: OpenDP's δ covers the worst person, 5 trips in one key, with room). False failures: 4 bounds at
+rate is 0.55 δ: OpenDP's δ covers the worst person, 5 trips in one key, with room; a threshold planned for
+ℓ0 = 1 gives 16 and a rate of 2.6 δ). False failures: 4 bounds at
 1e-8 each, 4e-8 in all. A mechanism calibrated for ℓ0 = 1 (the bug of counting one key per person) releases E
 at a rate above δ and fails (last test).
 """

@@ -15,10 +15,12 @@ threshold rises; every figure here comes from that map:
 - the threshold is the smallest integer whose map's δ, rounded up to atto-units, is within the δ
   asked, found by a doubling then a bisection over OpenDP's own map (`smallest_threshold`); δ
   falls monotonically in the threshold (tests/test_sparse_mechanism.py checks it on a grid), down to
-  a floor of about ℓ0·5.6e-17·2 (OpenDP's float arithmetic rounds up): a δ below it is refused.
+  a floor of ℓ0·2^-53 ≈ ℓ0·1.1e-16 (OpenDP's float arithmetic rounds up): a δ below it is refused.
 
 Both searches take time independent of the data: O(log threshold) constructions of the
-measurement (each well under a millisecond), cached per (triple, scale, δ).
+measurement (each well under a millisecond), cached per (triple, scale, δ). The release itself
+takes time in proportion to the observed keys (OpenDP's exact sampler, 6.5-20 µs a key on this
+project's machine); docs/privacy.md says what that timing can reveal.
 """
 
 from __future__ import annotations
