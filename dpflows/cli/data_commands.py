@@ -72,6 +72,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="zcdp: most trips one person adds to one (day, hour, origin, dest) row")
     p.add_argument("--delta", type=float, default=1e-8,
                    help="zcdp: the delta at which rho is shown as (epsilon, delta)")
+    p.add_argument("--population", default=None, metavar="NAME",
+                   help="the people this data is drawn from: datasets of one population share its budget (one "
+                        "global cap per window, in one measure, and its horizon cap); default: the data root's "
+                        "default population, shared by every dataset ingested without this flag")
     p.add_argument("--engine", choices=["polars", "spark"], default="polars",
                    help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
     p.add_argument("--report-epsilon", default="0.05",
@@ -169,7 +173,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
                               field="days")
         span["missing_days"] = _missing_days(args.days, args.first_day, args.end_day)
     zonings = [ZoningSpec.parse(z) for z in args.zoning]
-    accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
+    accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta,
+                  "population": args.population}
     if args.trips_table and args.input_format not in (None, "trips"):
         raise InvalidData("--trips-table is an alias of --input-format trips; give one of them", field="input_format")
     fmt = "trips" if args.trips_table else (args.input_format or "events")

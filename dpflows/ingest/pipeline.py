@@ -177,7 +177,7 @@ def ingest_events(
     missing_days: Iterable[dt.date] = (),
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
-    places: PlaceRule | None = None,
+    places: PlaceRule | None = None, population: str | None = None,
 ) -> Path:
     """Raw network events → bounded presence, trip, residents and commuting counts, as a dataset directory.
 
@@ -223,7 +223,8 @@ def ingest_events(
     min_dwell = dt.timedelta(minutes=min_dwell_minutes)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
         meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
-                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places, missing_days=missing)
+                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places, missing_days=missing,
+                               population=population)
         key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
         kept: dict[str, list[pl.LazyFrame]] = {"trips": [], "presence": [], "residents": [], "commuting": []}
         for number, part in enumerate(split.parts, start=1):
@@ -324,7 +325,7 @@ def ingest_trips_table(
     end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
     progress: Progress | None = None, missing_days: Iterable[dt.date] = (),
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
-    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
+    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA, population: str | None = None,
 ) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
@@ -373,7 +374,7 @@ def ingest_trips_table(
     meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
                            {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
                            accounting, key_cap_trips, delta, NO_PRESENCE, unit=PERSON_WINDOW if has_person else TRIP,
-                           missing_days=missing)
+                           missing_days=missing, population=population)
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,

@@ -308,6 +308,7 @@ def ingest_events_spark(
     seed: int | None = None, spark: SparkSession | None = None, progress: Progress | None = None,
     accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
     report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON, places: PlaceRule | None = None,
+    population: str | None = None,
 ) -> Path:
     """Raw network events → bounded presence and trip counts with Spark; the same dataset directory.
 
@@ -326,7 +327,8 @@ def ingest_events_spark(
     # name, span, window, bounds and the place rule checked before Spark reads anything
     places = place_rule(places, window_days)
     checked = DatasetMetadata(name, first_day, end_day, window_days, bound_trips, bound_presence, rule,
-                              accounting, key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places)
+                              accounting, key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places,
+                              population=population)
     progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
     bounded = bounded_records_spark(events_path, cells_path, window_days=window_days, bound_trips=bound_trips,
                                     bound_presence=bound_presence, trip_rule=trip_rule,
