@@ -88,6 +88,9 @@ class ServiceContext:
         name = meta.population or (recorded.population if recorded is not None else DEFAULT_POPULATION)
         record = self.ledger.population(name)
         measure = record.measure if record is not None and record.measure is not None else self._proposed(name)
+        grid = dataset_grid(data, name, measure)
+        if recorded is not None:
+            check_grid_matches(recorded, grid)  # first: another grid or measure is the more specific refusal
         if not acc.converts_to(measure):
             fix = accounting_of_unit(measure).name
             raise Conflict(
@@ -96,9 +99,7 @@ class ServiceContext:
                 f"charges cannot be counted there and nothing is served. Ingest it with --population NAME of "
                 f"another population, or with --accounting {fix}",
                 field="dataset")
-        grid = dataset_grid(data, name, measure)
         if recorded is not None:
-            check_grid_matches(recorded, grid)
             self.grids[data.version] = grid  # recorded: it never changes
         return grid
 

@@ -65,8 +65,10 @@ def test_a_spend_on_demo_shows_on_demo_zcdp_converted(demo) -> None:
     assert listing == call(srv, admin, "GET", "/v1/admin/allocations", dataset="demo-zcdp").json()
     assert listing["population"]["name"] == "default" and listing["population"]["measure"] == "rho"
     assert listing["global_caps"] == [{"window": None, "cap": 0.5}]
+    # a first query on each pays its bounding report (charged to the population before anything is served)
     assert call(srv, keys["planner"], "POST", "/v1/flows", flows("demo", epsilon=0.01)).status_code == 200
-    before = spent(srv, admin, "demo-zcdp")  # both datasets' bounding reports are paid by now
+    assert call(srv, keys["planner"], "POST", "/v1/flows", flows("demo-zcdp", rho=0.001)).status_code == 200
+    before = spent(srv, admin, "demo-zcdp")
     answer = call(srv, keys["planner"], "POST", "/v1/flows", flows("demo", epsilon=0.5)).json()
     assert answer["epsilon_charged"] == 0.5
     converted = epsilon_as_rho(Epsilon.parse("0.5"))
