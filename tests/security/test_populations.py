@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from dpflows.budget import Epsilon, Rho
-from dpflows.ingest.pipeline import ZoningSpec, ingest_events
+from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, ingest_events
 from dpflows.mechanisms import epsilon_as_rho
 from dpflows.quickstart import KEYS_FILE, START, prepare_demo
 from tests.servers import GunicornServer
@@ -101,9 +101,9 @@ def test_a_third_ingestion_of_the_same_people_gets_no_fresh_budget(demo) -> None
     for _ in range(3):  # ε 1 is ρ 0.5, the population's whole week: three ε 0.5 (0.375) leave less than 0.125
         call(srv, keys["planner"], "POST", "/v1/flows", {**flows("demo", epsilon=0.5), "hours": [_, _ + 1]})
     raw = home / "raw"
-    ingest_events(raw / "events.parquet", raw / "cells.csv", home / "data" / "datasets" / "demo-3", name="demo-3",
-                  first_day=START, end_day=START + dt.timedelta(days=28), seed=3,
-                  zonings=[ZoningSpec("districts", raw / "zonings" / "districts.csv")])
+    options = IngestOptions(name="demo-3", first_day=START, end_day=START + dt.timedelta(days=28), seed=3,
+                            zonings=[ZoningSpec("districts", raw / "zonings" / "districts.csv")])
+    ingest_events(raw / "events.parquet", raw / "cells.csv", home / "data" / "datasets" / "demo-3", options)
     call(srv, admin, "PUT", "/v1/admin/caps", {"dataset": "demo-3", "client_id": 2, "epsilon": 2})
     answer = call(srv, keys["planner"], "POST", "/v1/flows", flows("demo-3", epsilon=0.5))
     assert answer.status_code == 409 and "global budget" in answer.json()["error"]["message"]
