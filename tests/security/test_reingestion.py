@@ -161,13 +161,13 @@ def test_a_dataset_keeps_its_population_for_life(raw: Path, tmp_path: Path,
     assert load_dataset(root / "datasets" / "city").metadata.population is None
     service, planner = seeded(root, ledger_factory())
     service.answer(flows(MON, WEEK2), planner)  # window 0 spent to the population's global cap
-    with pytest.raises(InvalidData, match="keeps its population for life.*use no --population"):
+    with pytest.raises(InvalidData, match=r"keeps its population for life.*use no --population"):
         ingest(raw, root, population="elsewhere")
     shutil.rmtree(root / "datasets" / "city")
     ingest(raw, root, population="elsewhere")
     assert load_dataset(root / "datasets" / "city").metadata.population == "elsewhere"
     fresh = Service(AggregateStore(root), ledger_factory())
-    with pytest.raises(Conflict, match="recorded in population 'default'.*--population default"):
+    with pytest.raises(Conflict, match=r"recorded in population 'default'.*--population default"):
         fresh.answer(flows(MON, WEEK2, "0.5"), planner)
     # a second dataset of the same people, ingested without --population, shares the spent week
     ingest(raw, root, name="city2")
