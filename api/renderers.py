@@ -27,8 +27,8 @@ def window_charges(windows: list[WindowStatus], charged: PrivacyLoss) -> list[di
     """Per window: the charge under its measure's name (epsilon_charged or rho_charged), and δ where there is one."""
     with_delta = isinstance(charged, ApproxDP)
     return [{"window": w.window, "start": w.start, "end": w.end, f"{charged.unit}_charged": charged,
-             "budget_remaining": w.budget.remaining,
-             **({"delta_charged": charged.delta_as_float(), "delta_remaining": w.budget.remaining.delta_as_float()}
+             "budget_remaining": w.remaining,
+             **({"delta_charged": charged.delta_as_float(), "delta_remaining": w.remaining.delta_as_float()}
                 if with_delta else {})} for w in windows]
 
 
@@ -92,7 +92,7 @@ def relative_change_document(change: RelativeChange) -> dict[str, Any]:
             entry = per_window.setdefault(w.window, {"window": w.window, "start": w.start, "end": w.end,
                                                      f"{unit}_charged": type(answer.charged).zero()})
             entry[f"{unit}_charged"] = entry[f"{unit}_charged"] + answer.charged
-            entry["budget_remaining"] = w.budget.remaining
+            entry["budget_remaining"] = w.remaining
     windows = [per_window[w] for w in sorted(per_window)]
     return {
         "zones": change.zones, "confidence": change.confidence, "current_days": change.current_days,

@@ -271,7 +271,8 @@ def budget(args: dict[str, Any]) -> Any:
         "windows": [{"window": w.window, "start": w.start, "end": w.end, "cap": w.budget.client_cap,
                      "spent": w.budget.client_spent, "group": w.budget.group, "group_cap": w.budget.group_cap,
                      "group_spent": None if w.budget.group_cap is None else w.budget.group_spent,
-                     "remaining": w.budget.remaining,
+                     "group_unit": None if w.budget.group_cap is None else w.budget.unit,
+                     "remaining": w.remaining,
                      **({"spent_approx_dp": w.spent_approx_dp} if w.spent_approx_dp is not None else {}),
                      **(_delta_budget(w) if with_delta else {})}
                     for w in status],
@@ -317,7 +318,7 @@ def _delta_budget(status: Any) -> dict[str, Any]:
     budget = status.budget
     return {"delta_cap": None if budget.client_cap is None else budget.client_cap.delta_as_float(),
             "delta_spent": budget.client_spent.delta_as_float(),
-            "delta_remaining": budget.remaining.delta_as_float(),
+            "delta_remaining": status.remaining.delta_as_float(),
             **({"group_delta_cap": budget.group_cap.delta_as_float(),
                 "group_delta_spent": budget.group_spent.delta_as_float()} if budget.group_cap is not None else {})}
 

@@ -4,18 +4,24 @@ A dataset is accounted in one measure for life (design §4, issue 12): pure ε-D
 discrete Laplace, or ρ-zCDP with the discrete Gaussian. Everything that depends on which (the
 loss type and its unit, the noise mechanism and how its sensitivity is computed, how a target
 error is priced, how a loss is shown, the per-role caps, what a pure-DP bounding report costs
-here) is a method of an `Accounting`; code elsewhere asks the dataset's accounting and never
-branches on its name. A measure is one subclass here, its loss type in dpflows.budget and its
-mechanism in dpflows.mechanisms.
+here, how a loss converts into another measure) is a method of an `Accounting`; code elsewhere
+asks the dataset's accounting and never branches on its name. A measure is one subclass here, its
+loss type in dpflows.budget and its mechanism in dpflows.mechanisms.
+
+Populations (issue 17): datasets drawn from the same people share one budget in one measure. A
+charge on a dataset accounted otherwise is converted into the population's measure by
+`Accounting.convert` (OpenDP's conversion, in dpflows.mechanisms) before it is committed, or
+refused (`Conflict`) where no conversion exists: pure ε → ρ exists (ε-DP is ε²/2-zCDP); pure ε →
+(ε, 0) exists; ρ → pure ε does not (zCDP implies only approximate (ε, δ)-DP), and ρ → (ε, δ) would
+need a δ chosen per population, so it is not offered either. Measures are named by
+`PrivacyLoss.measure` ("epsilon", "rho", "epsilon_delta"), not by the request field (`unit`):
+approximate DP's ε is sent as "epsilon" too.
 
     Accounting
     ├── PureDP              pure_dp    Epsilon   discrete Laplace   ℓ1 = L
     ├── ZeroConcentrated    zcdp       Rho       discrete Gaussian  ℓ2 from L and the per-key cap
     └── ApproximateDP       approx_dp  ApproxDP  discrete Laplace (dense, δ = 0), or its thresholded
                                                  form over observed keys (sparse): (ℓ0, ℓ1, ℓ∞)
-
-Converting a loss between measures (for a cap shared by datasets accounted differently) is
-`Accounting.as_approx_dp`: pure ε is (ε, 0), ρ is OpenDP's (ε, δ) at a given δ.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 
 from dpflows.budget import ACCOUNTINGS, APPROX_DP, PURE_DP, ZCDP, ApproxDP, Epsilon, PrivacyLoss, Rho
-from dpflows.errors import InvalidInput
+from dpflows.errors import Conflict, InvalidInput
 from dpflows.mechanisms import (
+    DISCRETE_GAUSSIAN,
+    DISCRETE_LAPLACE,
     Contribution,
     DiscreteGaussian,
     DiscreteLaplace,
@@ -107,7 +115,7 @@ class Accounting:
 
     @property
     def measure(self) -> str:
-        """What the ledger records as the measure of this dataset's caps and spending."""
+        """What the ledger records as the measure of caps and spending: "epsilon", "rho" or "epsilon_delta"."""
         return self.loss_type.measure
 
     def with_delta(self, loss: PrivacyLoss, delta_attos: int) -> PrivacyLoss:
@@ -115,12 +123,6 @@ class Accounting:
         if delta_attos:
             raise InvalidInput(f"a {self.label} dataset charges no delta; leave delta out", field="delta")
         return loss
-
-    def as_approx_dp(self, loss: PrivacyLoss, delta: float) -> ApproxDP | None:
-        """`loss` as an (ε, δ) charge (for a cap in approximate DP); None where no conversion exists.
-
-        Pure ε is (ε, 0); ρ is OpenDP's conversion at `delta` (ZeroConcentrated)."""
-        return None
 
     def sensitivity(self, contribution: Sensitivity) -> float:
         """The norm of a query's contribution this accounting's mechanism is calibrated to."""
@@ -179,6 +181,26 @@ class Accounting:
         """The per-key cap ingestion enforces on trips rows (None: no such cap in this measure)."""
         return None
 
+    def converts_to(self, measure: str) -> bool:
+        """Whether a loss of this accounting can be converted into `measure` ("epsilon", "rho", "epsilon_delta")."""
+        return measure == self.measure
+
+    def convert(self, loss: PrivacyLoss, measure: str) -> PrivacyLoss:
+        """A loss of this accounting in `measure`, a population's measure: itself, or OpenDP's conversion
+        rounded up (never below the loss it stands for); Conflict where none exists."""
+        if measure == self.measure:
+            return self.loss_type(loss.nanos, loss.delta_attos if self.loss_type.carries_delta else 0)
+        raise Conflict(
+            f"a loss in {self.measure} ({self.label}) cannot be converted into {measure}: OpenDP has no such "
+            "conversion", field=self.unit)
+
+    def largest_within(self, budget: PrivacyLoss, measure: str) -> PrivacyLoss:
+        """The largest loss of this accounting whose conversion into `measure` fits in `budget`: what a
+        budget in a population's measure leaves a client of this dataset (display and quotes)."""
+        if measure == self.measure:
+            return self.loss_type(budget.nanos, budget.delta_attos if self.loss_type.carries_delta else 0)
+        return self.convert(budget, measure)  # raises: no conversion, so no such loss
+
     def metadata_json(self, meta: DatasetFacts) -> dict[str, Any]:
         return {"measure": self.name}
 
@@ -200,8 +222,26 @@ class PureDP(Accounting):
     def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
         return charge.epsilon
 
-    def as_approx_dp(self, loss: PrivacyLoss, delta: float) -> ApproxDP | None:
-        return ApproxDP(loss.nanos, 0)
+    def converts_to(self, measure: str) -> bool:
+        return measure in (self.measure, Rho.measure, ApproxDP.measure)
+
+    def convert(self, loss: PrivacyLoss, measure: str) -> PrivacyLoss:
+        if measure == Rho.measure:
+            from dpflows.mechanisms import epsilon_as_rho
+
+            return epsilon_as_rho(loss)
+        if measure == ApproxDP.measure:  # ε-DP is (ε, 0)-DP
+            return ApproxDP(loss.nanos, 0)
+        return super().convert(loss, measure)
+
+    def largest_within(self, budget: PrivacyLoss, measure: str) -> PrivacyLoss:
+        if measure == Rho.measure:
+            from dpflows.mechanisms import largest_epsilon_within
+
+            return largest_epsilon_within(budget)
+        if measure == ApproxDP.measure:
+            return Epsilon(budget.nanos)
+        return super().largest_within(budget, measure)
 
 
 class ZeroConcentrated(Accounting):
@@ -237,12 +277,6 @@ class ZeroConcentrated(Accounting):
     def metadata_json(self, meta: DatasetFacts) -> dict[str, Any]:
         return {"measure": self.name, "key_caps": {"trips": meta.key_cap_trips, "presence": 1}, "delta": meta.delta}
 
-    def as_approx_dp(self, loss: PrivacyLoss, delta: float) -> ApproxDP | None:
-        from dpflows.budget import delta_from_privacy_map
-        from dpflows.mechanisms import rho_to_approx_dp
-
-        return ApproxDP(Epsilon.from_privacy_map(rho_to_approx_dp(loss, delta)).nanos, delta_from_privacy_map(delta))
-
 
 class ApproximateDP(Accounting):
     """(ε, δ)-DP: dense answers as pure DP (the discrete Laplace, δ = 0); answers whose domain exceeds the
@@ -277,9 +311,6 @@ class ApproximateDP(Accounting):
     def with_delta(self, loss: PrivacyLoss, delta_attos: int) -> PrivacyLoss:
         return ApproxDP(loss.nanos, delta_attos)
 
-    def as_approx_dp(self, loss: PrivacyLoss, delta: float) -> ApproxDP | None:
-        return ApproxDP(loss.nanos, loss.delta_attos)
-
     def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
         return ApproxDP(charge.epsilon.nanos, 0)
 
@@ -292,6 +323,8 @@ class ApproximateDP(Accounting):
 
 _BY_NAME: dict[str, Accounting] = {a.name: a for a in (PureDP(), ZeroConcentrated(), ApproximateDP())}
 assert tuple(_BY_NAME) == ACCOUNTINGS
+_BY_MECHANISM: dict[str, Accounting] = {a.mechanism.name: a for a in (PureDP(), ZeroConcentrated())}
+assert set(_BY_MECHANISM) == {DISCRETE_LAPLACE, DISCRETE_GAUSSIAN}
 
 
 def accounting(name: str) -> Accounting:
@@ -300,3 +333,28 @@ def accounting(name: str) -> Accounting:
         return _BY_NAME[name]
     except KeyError:
         raise InvalidInput(f"accounting={name!r} must be one of {list(_BY_NAME)}", field="accounting") from None
+
+
+def accounting_of_mechanism(mechanism: str) -> Accounting:
+    """The accounting whose mechanism released a stored answer (the discrete Laplace: pure DP's)."""
+    return _BY_MECHANISM[mechanism]
+
+
+def common_measure(accountings: list[Accounting]) -> str:
+    """The measure a population of datasets so accounted takes: of their own measures, the first (in
+    ACCOUNTINGS order) that every one of them converts into. Pure DP alone: ε; with zCDP: ρ; with
+    approximate DP: (ε, δ) ("epsilon_delta"); zCDP with approximate DP: none (Conflict)."""
+    for candidate in _BY_NAME.values():
+        if any(a.name == candidate.name for a in accountings) and all(a.converts_to(candidate.measure)
+                                                                       for a in accountings):
+            return candidate.measure
+    raise Conflict(f"no measure holds {sorted({a.label for a in accountings})} together", field="population")
+
+
+def accounting_of_measure(measure: str) -> Accounting:
+    """The accounting whose budgets are in `measure` ("epsilon", "rho" or "epsilon_delta")."""
+    for acc in _BY_NAME.values():
+        if acc.measure == measure:
+            return acc
+    raise InvalidInput(f"measure={measure!r} must be one of {[a.measure for a in _BY_NAME.values()]}",
+                       field="measure")

@@ -205,19 +205,23 @@ class PrivacyLoss:
     def __hash__(self) -> int:
         return hash((self.nanos, self.delta_attos))
 
-    # Part by part: a total order for ε and ρ (δ is 0), a partial one for (ε, δ).
-    def __le__(self, other: PrivacyLoss) -> bool:
+    # Part by part: a total order for ε and ρ (δ is 0), a partial one for (ε, δ). Each compares the integers
+    # itself: delegating to the reflected operator would loop, since Python tries a subclass's reflection first.
+    def _fits_in(self, other: PrivacyLoss) -> bool:
         self._same_measure(other)
         return self.nanos <= other.nanos and self.delta_attos <= other.delta_attos
 
+    def __le__(self, other: PrivacyLoss) -> bool:
+        return self._fits_in(other)
+
     def __lt__(self, other: PrivacyLoss) -> bool:
-        return self <= other and self != other
+        return self._fits_in(other) and (self.nanos, self.delta_attos) != (other.nanos, other.delta_attos)
 
     def __ge__(self, other: PrivacyLoss) -> bool:
-        return other <= self
+        return other._fits_in(self)
 
     def __gt__(self, other: PrivacyLoss) -> bool:
-        return other < self
+        return other._fits_in(self) and (self.nanos, self.delta_attos) != (other.nanos, other.delta_attos)
 
     def __str__(self) -> str:
         text = str(Decimal(self.nanos) / NANOS_PER_UNIT)
@@ -282,3 +286,16 @@ class ApproxDP(PrivacyLoss):
 
     def delta_json(self) -> float:
         return self.delta_as_float()
+
+
+def parse_loss(*, epsilon: float | str | None = None, rho: float | str | None = None,
+               delta: float | str | None = None) -> PrivacyLoss | None:
+    """The loss an admin's flags or fields name: ε, ρ, or ε with δ (an (ε, δ) pair); None if neither is sent."""
+    if delta is not None:
+        if epsilon is None:
+            raise InvalidInput("delta goes with epsilon, on approx_dp datasets and populations in (epsilon, delta)",
+                               field="delta")
+        return ApproxDP.parse_pair(epsilon, delta)
+    if epsilon is not None:
+        return Epsilon.parse(epsilon)
+    return None if rho is None else Rho.parse(rho)

@@ -153,6 +153,9 @@ class DatasetMetadata:
     #: the most keys an answer is released densely with (every key noised); above it, an answer is released
     #: sparsely where the accounting allows (approximate DP), else refused. A public setting of ingestion.
     dense_limit: int = DEFAULT_DENSE_LIMIT
+    #: the population it is drawn from (`dpflows ingest --population`), whose budget it shares with every
+    #: dataset of the same people; None: the data root's default population (dpflows.ledger.DEFAULT_POPULATION)
+    population: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, field="dataset")
@@ -182,6 +185,8 @@ class DatasetMetadata:
             raise InvalidData(f"presence_rule={self.presence_rule!r} must be one of {list(PRESENCE_RULES)}")
         if self.places is not None:
             self.places.check_window(self.window_days)
+        if self.population is not None:
+            check_name(self.population, field="population")
 
     def bound(self, measure: str) -> int:
         """The most one person-window adds to all counts of `measure` (residents: of one place)."""
@@ -243,6 +248,7 @@ class DatasetMetadata:
             **({"places": self.places.to_json()} if self.places is not None else {}),
             "accounting": self.accounting_json(),
             **({"release": {"dense_limit": self.dense_limit}} if self.dense_limit != DEFAULT_DENSE_LIMIT else {}),
+            **({"population": {"name": self.population}} if self.population is not None else {}),
         }
 
     @classmethod
@@ -269,6 +275,8 @@ class DatasetMetadata:
             missing_days=tuple(dt.date.fromisoformat(d) for d in doc.get("coverage", {}).get("missing_days", [])),
             # absent in datasets written before issue 15, and whenever the default
             dense_limit=int(doc.get("release", {}).get("dense_limit", DEFAULT_DENSE_LIMIT)),
+            # absent in datasets written before populations, and when ingested without --population
+            population=doc["population"]["name"] if "population" in doc else None,
         )
 
     def holds(self, day: dt.date) -> bool:

@@ -23,7 +23,8 @@ N_CELLS = 40
 
 
 def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5, bound_presence: int = 20,
-                        accounting: str = "pure_dp", places: bool = False, dense_limit: int = 100_000) -> Path:
+                        accounting: str = "pure_dp", places: bool = False, dense_limit: int = 100_000,
+                        population: str | None = None) -> Path:
     """40 cells, 28 days, sparse trips with a morning peak; zonings 'districts' (8×5) and coarse 'sectors' (2×20)."""
     rng = np.random.default_rng(20240304)  # synthetic test data, not noise
     cell_ids = [f"c{i:03d}" for i in range(N_CELLS)]
@@ -58,7 +59,7 @@ def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5
     )
     meta = DatasetMetadata(name, FIRST_DAY, FIRST_DAY + dt.timedelta(days=DAYS), 7, bound_trips, bound_presence,
                            {"kind": "synthetic-test"}, accounting, places=PlaceRule() if places else None,
-                           dense_limit=dense_limit)
+                           dense_limit=dense_limit, population=population)
     residents = commuting = None
     if places:  # one home and one work cell per person-window, 300 persons over the 4 windows
         homes, works = rng.integers(0, N_CELLS, 300), rng.integers(0, N_CELLS, 300)
@@ -83,12 +84,12 @@ def build_small_dataset(root: Path, name: str = "small", *, bound_trips: int = 5
     return out
 
 
-def build_sparse_dataset(root: Path, name: str = "cells") -> Path:
+def build_sparse_dataset(root: Path, name: str = "cells", population: str | None = None) -> Path:
     """The small city accounted in approximate DP with a dense limit of 1,000 keys, so that cell-level OD
     (1,600 keys) is released sparsely and district OD (64) densely; plus three cell pairs on Monday 08:00
     far from the threshold (90 at ε = 1, δ = 1e-7, L = 5): c000→c001 300 trips and c002→c003 200 (released
     unless the noise falls below -110: p < 1e-9), c004→c005 10 (released only if it rises above 80)."""
-    out = build_small_dataset(root, name, accounting="approx_dp", dense_limit=1000)
+    out = build_small_dataset(root, name, accounting="approx_dp", dense_limit=1000, population=population)
     heavy = pl.DataFrame({"day": [FIRST_DAY] * 3, "hour": [8] * 3, "origin": ["c000", "c002", "c004"],
                           "dest": ["c001", "c003", "c005"], "count": [300, 200, 10]},
                          schema={"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String,

@@ -182,7 +182,7 @@ def test_delta_is_refused_where_the_accounting_has_none(svc: Service) -> None:
         svc.quote(QueryRequest(district_flows("pure"), epsilon=Epsilon.parse("0.5"), delta=parse_delta("1e-9")),
                   client)
     assert info.value.field == "delta"
-    with pytest.raises(InvalidInput, match="set its caps as epsilon and delta"):
+    with pytest.raises(InvalidInput, match="set it as epsilon and delta"):
         svc.set_cap("cells", Epsilon.parse("1"), client_id=client.id, window=None)
     with pytest.raises(InvalidInput, match="has no delta"):
         svc.set_cap("pure", ApproxDP.parse_pair("1", "1e-6"), client_id=client.id, window=None)
@@ -240,3 +240,17 @@ def test_ingestion_defaults_for_cell_level_datasets() -> None:
     assert (options.trips_bound(), options.events_metadata().dense_limit) == (5, 5000)
     with pytest.raises(InvalidInput, match="dense_limit=0"):
         IngestOptions("cells", **span, accounting="approx_dp", dense_limit=0)
+
+
+def test_a_pure_dataset_shares_its_populations_epsilon_delta_budget(svc: Service, planner) -> None:
+    """'pure' and 'cells' are drawn from the same people (the data root's default population): its budget is in
+    (ε, δ), and a pure-DP answer counts there as (ε, 0) (Accounting.convert), beside the sparse answers' δ."""
+    from dpflows.budget import PrivacyLoss
+
+    assert svc.ledger.population("default") is None or svc.ledger.population("default").measure == "epsilon_delta"
+    svc.set_cap("pure", Epsilon.parse("1"), client_id=planner.id, window=None)
+    answer = svc.answer(QueryRequest(district_flows("pure"), epsilon=Epsilon.parse("0.5")), planner)
+    assert answer.charged == Epsilon.parse("0.5")
+    svc.answer(QueryRequest(cell_flows(), epsilon=Epsilon.parse("0.25"), delta=parse_delta("1e-8")), planner)
+    assert svc.ledger.population_spent("default", 0) == PrivacyLoss(750_000_000, 10**10)
+    assert svc.ledger.population("default").measure == "epsilon_delta"

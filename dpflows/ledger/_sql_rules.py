@@ -8,21 +8,32 @@ from typing import Any
 
 import orjson
 
-from dpflows.budget import PrivacyLoss, delta_text
-from dpflows.errors import BudgetExceeded, Conflict, InvalidInput
+from dpflows.budget import PrivacyLoss
+from dpflows.errors import Conflict, InvalidInput
 from dpflows.ledger._sql_base import Cursor
 from dpflows.ledger.base import (
     AnswerShape,
     DatasetGrid,
+    Population,
     ReleaseRequest,
     StoredAnswer,
     WindowBudget,
+    check_window,
     shape_of,
 )
 
 
 def check_grid_matches(recorded: DatasetGrid, grid: DatasetGrid) -> None:
-    """Window k of a dataset is one calendar span in one measure for life: anything else is refused."""
+    """Window k of a dataset is one calendar span in one measure, drawn on one population, for life:
+    anything else is refused."""
+    if recorded.population != grid.population and (recorded.first_day, recorded.window_days, recorded.measure) == (
+            grid.first_day, grid.window_days, grid.measure):
+        raise Conflict(
+            f"dataset {grid.dataset!r} has budgets recorded in population {recorded.population!r}, but its data now "
+            f"says population {grid.population!r}; its spending would be read against another population's budget. "
+            f"Re-ingest it with --population {recorded.population}, or ingest this data under a new dataset name",
+            field="dataset",
+        )
     if recorded != grid:
         raise Conflict(
             f"dataset {grid.dataset!r} has budgets recorded for {recorded.describe()}, but its data now has "
@@ -41,30 +52,6 @@ def check_cap_unit(recorded: DatasetGrid | None, cap: PrivacyLoss) -> None:
             f"send the cap as {recorded.measure}",
             field=cap.unit,
         )
-
-
-def loss_from_row(nanos: Any, delta_attos: Any) -> PrivacyLoss:
-    """A ledger amount from its two integer columns."""
-    return PrivacyLoss(int(nanos), int(delta_attos))
-
-
-#: (table, column) of the δ beside every amount (issue 15): caps and allocations, running totals, charges
-DELTA_COLUMNS = (("caps", "cap_delta_attos"), ("group_caps", "cap_delta_attos"), ("spend", "delta_attos"),
-                 ("group_spend", "delta_attos"), ("charges", "delta_attos"))
-
-
-def add_delta_columns(cur: Cursor, present: Any, integer: str = "INTEGER") -> int:
-    """Migration (issue 15, approximate DP): a δ column, in atto-units, beside every amount; 0 in every
-    existing row, which is what pure-DP and zCDP charges cost in δ. Idempotent: `present(table)` gives
-    the columns a table has. One step; renumber it freely. Returns the columns added."""
-    added = 0
-    for table, column in DELTA_COLUMNS:
-        if column in present(table):
-            continue
-        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {integer} NOT NULL DEFAULT 0 "
-                    f"CHECK ({column} >= 0)")
-        added += 1
-    return added
 
 
 _SHAPE_COLUMNS = ("answer_id, dataset, kind, data_version, mechanism, start_day, end_day, zoning, hours_mask, "
@@ -146,100 +133,47 @@ def backfill_answer_shapes(cur: Cursor, batch: int = 500) -> int:
 
 
 def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
-    """Raise BudgetExceeded naming the window and the cap; exact integer comparison.
-
-    Order: the client's own cap, then its group's allocation (both the client's to know, with
-    figures), then the global cap and, for a client without an allocation, the unallocated pool:
-    those hold other groups' spending, so their refusals say what happened and what to do but give
-    no figure (issue 17)."""
-    w = budget.window
-    if budget.client_cap is None:
-        raise BudgetExceeded(
-            f"no budget cap is set for this client on dataset {request.dataset!r} window {w}; "
-            "ask an admin to set one (dpflows admin set-cap)",
-            field="dataset",
-        )
-    if budget.global_cap is None:
-        raise BudgetExceeded(
-            f"no global cap is set on dataset {request.dataset!r} window {w}; ask an admin to set one "
-            "(dpflows admin set-cap --global)",
-            field="dataset",
-        )
-    x = request.loss.nanos
-    if budget.client_spent.nanos + x > budget.client_cap.nanos:
-        left = PrivacyLoss(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
-        raise BudgetExceeded(
-            f"{request.loss.unit}={request.loss} exceeds your remaining budget of {left} "
-            f"(cap {budget.client_cap}) on dataset {request.dataset!r} window {w}; ask for less or wait for an "
-            "admin to raise the cap",
-            field=request.loss.unit,
-            details={"window": w, "remaining": left.to_json()},
-        )
-    if budget.group_cap is not None:
-        if budget.group_spent.nanos + x > budget.group_cap.nanos:
-            left = PrivacyLoss(max(budget.group_cap.nanos - budget.group_spent.nanos, 0))
-            raise BudgetExceeded(
-                f"{request.loss.unit}={request.loss} exceeds the remaining allocation of {left} of your group "
-                f"{budget.group!r} (allocation {budget.group_cap}) on dataset {request.dataset!r} window {w}; ask "
-                "for less or ask an admin to raise the allocation",
-                field=request.loss.unit,
-                details={"window": w, "remaining": left.to_json()},
-            )
-    if budget.global_spent.nanos + x > budget.global_cap.nanos:
-        raise BudgetExceeded(
-            f"{request.loss.unit}={request.loss} does not fit in what remains of the global budget on "
-            f"dataset {request.dataset!r} window {w}, shared by all clients; ask for less",
-            field=request.loss.unit,
-            details={"window": w},
-        )
-    if budget.group_cap is None and budget.pool_cap is not None and budget.pool_spent.nanos + x > budget.pool_cap.nanos:
-        raise BudgetExceeded(
-            f"{request.loss.unit}={request.loss} does not fit in what remains of the budget shared by "
-            f"clients without a group allocation on dataset {request.dataset!r} window {w}; ask for less, or ask "
-            "an admin for a group allocation (dpflows admin set-cap --group)",
-            field=request.loss.unit,
-            details={"window": w},
-        )
-    if request.loss.delta_attos:
-        _check_delta(budget, request)
+    """Raise BudgetExceeded naming the window and the cap (budgets.check_window)."""
+    check_window(budget, request.dataset, request.loss, request.population_charge)
 
 
-def _check_delta(budget: WindowBudget, request: ReleaseRequest) -> None:
-    """The δ of an (ε, δ) charge against the same caps, in the same order and with the same rule on figures
-    as `_check_budget` (whose ε checks it follows): exact integer comparison in atto-units."""
-    w, d = budget.window, request.loss.delta_attos
-    assert budget.client_cap is not None and budget.global_cap is not None  # _check_budget refused otherwise
-    if budget.client_spent.delta_attos + d > budget.client_cap.delta_attos:
-        left = max(budget.client_cap.delta_attos - budget.client_spent.delta_attos, 0)
-        raise BudgetExceeded(
-            f"delta={delta_text(d)} exceeds your remaining delta budget of {delta_text(left)} (cap "
-            f"{delta_text(budget.client_cap.delta_attos)}) on dataset {request.dataset!r} window {w}; ask for a "
-            "smaller delta, or for a dense answer (a coarser zoning, no delta), or ask an admin to raise the cap "
-            "(dpflows admin set-cap --delta)",
-            field="delta", details={"window": w, "delta_remaining": left / 10**18},
-        )
-    if budget.group_cap is not None and budget.group_spent.delta_attos + d > budget.group_cap.delta_attos:
-        left = max(budget.group_cap.delta_attos - budget.group_spent.delta_attos, 0)
-        raise BudgetExceeded(
-            f"delta={delta_text(d)} exceeds the remaining delta allocation of {delta_text(left)} of your group "
-            f"{budget.group!r} on dataset {request.dataset!r} window {w}; ask for a smaller delta or ask an admin "
-            "to raise the allocation",
-            field="delta", details={"window": w, "delta_remaining": left / 10**18},
-        )
-    if budget.global_spent.delta_attos + d > budget.global_cap.delta_attos:
-        raise BudgetExceeded(
-            f"delta={delta_text(d)} does not fit in what remains of the global delta budget on dataset "
-            f"{request.dataset!r} window {w}, shared by all clients; ask for a smaller delta or a dense answer",
-            field="delta", details={"window": w},
-        )
-    if budget.group_cap is None and budget.pool_cap is not None \
-            and budget.pool_spent.delta_attos + d > budget.pool_cap.delta_attos:
-        raise BudgetExceeded(
-            f"delta={delta_text(d)} does not fit in what remains of the delta budget shared by clients without a "
-            f"group allocation on dataset {request.dataset!r} window {w}; ask for a smaller delta, or ask an "
-            "admin for a group allocation",
-            field="delta", details={"window": w},
-        )
+def check_charge_unit(population: Population | None, request: ReleaseRequest) -> None:
+    """A charge reaches a population in its measure: one in another measure means the service did not
+    convert it (or the population was recorded in another measure meanwhile), and is refused."""
+    charge = request.population_charge
+    if population is not None and population.measure is not None and type(charge) is not PrivacyLoss \
+            and charge.measure != population.measure:
+        raise Conflict(
+            f"dataset {request.dataset!r} draws on population {population.name!r}, whose budgets are in "
+            f"{population.measure}, but its charge came in {charge.measure}; nothing was charged. Restart the "
+            "service so that it reads the population's measure again", field="dataset")
+
+
+def loss_from_row(nanos: Any, delta_attos: Any) -> PrivacyLoss:
+    """A ledger amount from its two integer columns."""
+    return PrivacyLoss(int(nanos), int(delta_attos))
+
+
+#: (table, column) of the δ beside every amount (issue 15): client caps, their running totals and charges, and
+#: the populations' horizon caps, global caps, allocations and running totals. The dataset caps kept from before
+#: populations (group_caps, group_spend, caps of client 0) bind datasets that cannot be approx_dp: none.
+DELTA_COLUMNS = (("caps", "cap_delta_attos"), ("spend", "delta_attos"), ("charges", "delta_attos"),
+                 ("populations", "horizon_cap_delta_attos"), ("population_caps", "cap_delta_attos"),
+                 ("population_group_caps", "cap_delta_attos"), ("population_spend", "delta_attos"))
+
+
+def add_delta_columns(cur: Cursor, present: Any, integer: str = "INTEGER") -> int:
+    """Migration (issue 15, approximate DP): a δ column, in atto-units, beside every amount; 0 in every
+    existing row, which is what pure-DP and zCDP charges cost in δ. Idempotent: `present(table)` gives
+    the columns a table has. One step; renumber it freely. Returns the columns added."""
+    added = 0
+    for table, column in DELTA_COLUMNS:
+        if column in present(table):
+            continue
+        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {integer} NOT NULL DEFAULT 0 "
+                    f"CHECK ({column} >= 0)")
+        added += 1
+    return added
 
 
 def _payload_text(payload: dict[str, Any]) -> str:

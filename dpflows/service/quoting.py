@@ -68,16 +68,16 @@ def _refuse_over_budget(dataset: str, charged: PrivacyLoss, windows: list[Window
     if charged.nanos == 0 and charged.delta_attos == 0:
         return
     for w in windows:
-        if charged.delta_attos > w.budget.remaining.delta_attos:
-            left_delta = w.budget.remaining.delta_attos
+        if charged.delta_attos > w.remaining.delta_attos:
+            left_delta = w.remaining.delta_attos
             raise BudgetExceeded(
                 f"delta={delta_text(charged.delta_attos)} exceeds your remaining delta budget of "
                 f"{delta_text(left_delta)} on dataset {dataset!r} window {w.window}; ask for a smaller delta or a "
                 "dense answer, or wait for an admin to raise the cap",
                 field="delta", details={"window": w.window, "delta_remaining": left_delta / 10**18},
             )
-        if charged.nanos > w.budget.remaining.nanos:
-            left = type(charged)(w.budget.remaining.nanos)  # the ε or ρ part
+        if charged.nanos > w.remaining.nanos:
+            left = type(charged)(w.remaining.nanos)  # the ε or ρ part
             charged = type(charged)(charged.nanos)
             raise BudgetExceeded(
                 f"{charged.unit}={charged} exceeds your remaining budget of {left} on dataset {dataset!r} window "

@@ -124,7 +124,7 @@ def test_sparse_answers_in_every_format(data_root: Path, tmp_path: Path) -> None
     an (ε, δ) cap, each validated against the document; every format of the sparse answer says its threshold."""
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
-    build_sparse_dataset(root, "cells")
+    build_sparse_dataset(root, "cells", population="cells")  # its own population: in (ε, δ)
     app = create_app({"DPFLOWS_DATA_DIR": str(root), "DPFLOWS_LEDGER_URL": f"sqlite:///{tmp_path}/ledger.db",
                       "TESTING": True})
     config = Config(extra_media_type_deserializers={"application/geo+json": json.loads})

@@ -1,9 +1,11 @@
 """The ledger in approximate DP (issue 15): every cap holds an ε and a δ, composed by exact integer
-addition (δ in atto-units, 1e-18), checked in the release's one transaction, on every ledger; and a
-ledger of the current schema (before δ) migrates with its caps, spending and audit chain intact."""
+addition (δ in atto-units, 1e-18), checked in the release's one transaction, on every ledger: a client's
+cap on its dataset, and its population's global cap, group allocations, pool and horizon cap; and a
+ledger of the current schema (populations, before δ) migrates with its caps, spending and audit chain intact."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import uuid
@@ -17,7 +19,8 @@ from dpflows.ledger import AuditEntry, DatasetGrid, Ledger, ReleaseRequest
 from dpflows.ledger.sqlite import SqliteLedger
 
 DS = "cells"
-GRID = DatasetGrid(DS, "2024-03-04", 7, "epsilon_delta")
+#: approximate DP in a population of its own, whose budget is then in (ε, δ)
+GRID = DatasetGrid(DS, "2024-03-04", 7, "epsilon_delta", population="cells")
 DATA = Path(__file__).parent / "data"
 
 
@@ -102,15 +105,47 @@ def test_group_allocations_hold_a_delta_too(any_ledger: Ledger) -> None:
     assert any_ledger.total_charged(DS, 0).delta_attos == 10**12
 
 
-def test_caps_are_set_in_the_datasets_measure(any_ledger: Ledger) -> None:
+def test_caps_are_set_in_the_datasets_and_the_populations_measure(any_ledger: Ledger) -> None:
     client = any_ledger.create_client("p", "planner")
     any_ledger.set_cap(DS, loss("1", "1e-6"), client_id=client.id, window=None, grid=GRID)
     with pytest.raises(InvalidInput, match="epsilon_delta"):  # a pure ε cap is never read as an (ε, δ) one
         any_ledger.set_cap(DS, Epsilon.parse("1"), client_id=client.id, window=None)
-    pure = DatasetGrid("pure", "2024-03-04", 7, "epsilon")
+    with pytest.raises(InvalidInput, match="epsilon_delta"):  # nor is the population's global cap
+        any_ledger.set_cap(DS, Epsilon.parse("1"), client_id=None, window=None)
+    pure = DatasetGrid("pure", "2024-03-04", 7, "epsilon")  # the default population, in ε
     any_ledger.set_cap("pure", Epsilon.parse("1"), client_id=client.id, window=None, grid=pure)
     with pytest.raises(InvalidInput, match="in epsilon"):
         any_ledger.set_cap("pure", loss("1", "1e-6"), client_id=client.id, window=None)
+
+
+def test_a_pure_dataset_charges_its_population_in_epsilon_and_delta(any_ledger: Ledger) -> None:
+    """A pure-DP dataset of the same people shares the (ε, δ) population's budget, its ε charged as (ε, 0)."""
+    client = any_ledger.create_client("p", "planner")
+    pure = DatasetGrid("pure", "2024-03-04", 7, "epsilon", population="cells")
+    any_ledger.set_cap(DS, loss("5", "1e-6"), client_id=client.id, window=None, grid=GRID)
+    any_ledger.set_cap(DS, loss("1", "1e-6"), client_id=None, window=None)
+    any_ledger.set_cap("pure", Epsilon.parse("5"), client_id=client.id, window=None, grid=pure)
+    any_ledger.commit_release(release(client.id, loss("0.6", "1e-7")))
+    pure_charge = dataclasses.replace(release(client.id, Epsilon.parse("0.4"), grid=pure),
+                                      population_loss=ApproxDP(400_000_000, 0))
+    any_ledger.commit_release(pure_charge)
+    assert any_ledger.population_spent("cells", 0) == PrivacyLoss(10**9, 10**11)
+    with pytest.raises(BudgetExceeded, match="global budget"):  # the population's ε is spent, by both
+        any_ledger.commit_release(dataclasses.replace(release(client.id, Epsilon.parse("0.1"), grid=pure),
+                                                      population_loss=ApproxDP(100_000_000, 0)))
+
+
+def test_the_horizon_cap_bounds_delta_over_windows(any_ledger: Ledger) -> None:
+    client = any_ledger.create_client("p", "planner")
+    any_ledger.set_cap(DS, loss("10", "1e-6"), client_id=client.id, window=None, grid=GRID)
+    any_ledger.set_cap(DS, loss("10", "1e-6"), client_id=None, window=None)
+    any_ledger.set_horizon_cap("cells", 3, loss("10", "2.5e-7"))
+    for w in (0, 1):
+        any_ledger.commit_release(release(client.id, loss("0.1", "1e-7"), windows=(w,)))
+    with pytest.raises(BudgetExceeded, match="horizon cap"):  # 3e-7 of δ over windows 0-2
+        any_ledger.commit_release(release(client.id, loss("0.1", "1e-7"), windows=(2,)))
+    any_ledger.commit_release(release(client.id, loss("0.1", "5e-8"), windows=(2,)))
+    any_ledger.commit_release(release(client.id, loss("0.1", "1e-7"), windows=(3,)))  # window 0 left the run
 
 
 def test_a_reused_answer_charges_no_delta(funded: tuple[Ledger, int]) -> None:
@@ -157,12 +192,13 @@ def test_concurrent_spenders_never_exceed_the_delta_cap(durable_ledger_factory) 
     setup.close()
 
 
-# -- migration from the current schema (before δ) ----------------------------------------------------
+# -- migration from the current schema (populations, before δ) -------------------------------------
 
 
 def _check_migrated(ledger: Ledger) -> None:
-    """The ledger of `data/ledger_v2.sql` after the migration: caps, allocation, spending and audit as they
-    were, with δ 0 everywhere, and charges in both measures work."""
+    """The ledger of `data/ledger_v3.sql` after the migration: client caps, the population's global cap,
+    allocation, horizon cap and spend, and the audit chain as they were, with δ 0 everywhere; charges in
+    both measures work."""
     alice, bob = ledger.client_by_name("alice"), ledger.client_by_name("bob")
     [a] = ledger.window_budgets("city", alice.id, [0])
     assert (a.client_cap, a.client_spent, a.global_cap, a.global_spent) == (
@@ -170,21 +206,23 @@ def _check_migrated(ledger: Ledger) -> None:
     [b] = ledger.window_budgets("city", bob.id, [1])
     assert (b.group, b.group_cap, b.group_spent) == ("team", PrivacyLoss(10**9), PrivacyLoss(250_000_000))
     assert ledger.total_charged("city", 1) == PrivacyLoss(500_000_000)
+    population = ledger.population("default")
+    assert population is not None and population.horizon_cap == PrivacyLoss(100 * 10**9)
     rows = ledger.read_audit()
     assert [r.row_hash == r.chain_hash(r.prev_hash, r.at) for r in rows] == [True, True]
     old_grid = DatasetGrid("city", "2024-03-04", 7, "epsilon")
     ledger.commit_release(release(alice.id, Epsilon.parse("0.25"), grid=old_grid))
     ledger.set_cap(DS, loss("1", "1e-6"), client_id=alice.id, window=None, grid=GRID)
-    ledger.set_cap(DS, loss("1", "1e-6"), client_id=None, window=None, grid=GRID)
+    ledger.set_cap(DS, loss("1", "1e-6"), client_id=None, window=None)
     ledger.commit_release(release(alice.id, loss("0.5", "1e-6")))
     with pytest.raises(BudgetExceeded, match="delta"):
         ledger.commit_release(release(alice.id, ApproxDP(1, 1)))
 
 
 def test_sqlite_ledger_of_the_current_schema_migrates(tmp_path: Path) -> None:
-    path = tmp_path / "v2.db"
+    path = tmp_path / "v3.db"
     conn = sqlite3.connect(path)
-    conn.executescript((DATA / "ledger_v2.sql").read_text())
+    conn.executescript((DATA / "ledger_v3.sql").read_text())
     conn.close()
     ledger = SqliteLedger(path)
     assert ledger.migration_steps_applied == 1
@@ -195,7 +233,7 @@ def test_sqlite_ledger_of_the_current_schema_migrates(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_postgres_ledger_of_the_current_schema_migrates(postgres_ledger_factory, postgres_url: str) -> None:
-    """Schema version 4 (main before issue 15) with the same rows as the SQLite file, then step 5."""
+    """Schema version 5 (main before issue 15: populations) with the same rows as the SQLite file, then step 6."""
     import psycopg
 
     from dpflows.ledger._sql_rules import DELTA_COLUMNS
@@ -204,16 +242,16 @@ def test_postgres_ledger_of_the_current_schema_migrates(postgres_ledger_factory,
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for table, column in DELTA_COLUMNS:
             conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-        conn.execute("DELETE FROM dpflows_schema WHERE version >= 5")
-        _fill_v4(conn)
+        conn.execute("DELETE FROM dpflows_schema WHERE version >= 6")
+        _fill(conn)
     assert ledger.migrate() == 1
     assert ledger.migrate() == 0
     _check_migrated(ledger)
 
 
-def _fill_v4(conn) -> None:
-    """The rows of data/ledger_v2.sql, inserted with the statements of the schema before δ."""
-    lines = (DATA / "ledger_v2.sql").read_text().splitlines()
+def _fill(conn) -> None:
+    """The rows of data/ledger_v3.sql, inserted with the statements of the schema before δ."""
+    lines = (DATA / "ledger_v3.sql").read_text().splitlines()
     for line in sorted(lines, key=lambda text: not text.startswith('INSERT INTO "clients"')):  # clients first
         if line.startswith("INSERT INTO") and "sqlite_sequence" not in line:
             table = line.split('"')[1]

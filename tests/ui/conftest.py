@@ -39,14 +39,15 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """gunicorn (2 workers) over dataset 'small' (planner and analyst at cap ε 1.0 per window, global 3.0)
-    and 'smallz', accounted in zCDP (planner cap ρ 0.05, global 0.5), and 'sparse', accounted in approximate DP
-    (planner cap (ε 2, δ 1e-6)), whose cell-level OD is sparse."""
+    """gunicorn (2 workers) over dataset 'small' (planner and analyst at cap ε 1.0 per window), 'smallz',
+    accounted in zCDP (planner cap ρ 0.05), and 'smallp' (planner ε 2); one population, global cap ρ 5; and
+    'sparse', accounted in approximate DP in a population of its own (planner cap (ε 2, δ 1e-6)), whose
+    cell-level OD is sparse."""
     root = tmp_path_factory.mktemp("live")
     build_small_dataset(root)
     build_small_dataset(root, "smallz", accounting="zcdp")
     build_small_dataset(root, "smallp", places=True)
-    build_sparse_dataset(root, "sparse")  # approximate DP: cell-level OD sparse (sorts after "small")
+    build_sparse_dataset(root, "sparse", population="sparse")  # approximate DP, cell-level OD sparse; after "small"
     ledger_path = root / "ledger.db"
     ledger = SqliteLedger(ledger_path)
     service = Service(AggregateStore(root), ledger)
@@ -55,11 +56,11 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     _admin, admin_key = service.create_client("admin-ui", "admin")
     for client in (planner, analyst):
         service.set_cap("small", Epsilon.parse("1"), client_id=client.id, window=None)
-    service.set_cap("small", Epsilon.parse("3"), client_id=None, window=None)
     service.set_cap("smallz", Rho.parse("0.05"), client_id=planner.id, window=None)
-    service.set_cap("smallz", Rho.parse("0.5"), client_id=None, window=None)
     service.set_cap("smallp", Epsilon.parse("2"), client_id=planner.id, window=None)
-    service.set_cap("smallp", Epsilon.parse("3"), client_id=None, window=None)
+    # the three share the data root's default population, in ρ (smallz is zCDP): one global cap (issue 17)
+    service.set_cap("small", Rho.parse("5"), client_id=None, window=None)
+    # 'sparse' has a population of its own, in (ε, δ): zCDP and approximate DP have no common measure
     service.set_cap("sparse", ApproxDP.parse_pair("2", "1e-6"), client_id=planner.id, window=None)
     service.set_cap("sparse", ApproxDP.parse_pair("3", "1e-5"), client_id=None, window=None)
     ledger.close()
