@@ -29,6 +29,8 @@ from flask import Response
 _TOKEN = secrets.token_hex(16)
 _HOLE = re.compile(rb'"\\u0000' + _TOKEN.encode() + rb':([a-z_]+)\\u0000"')
 JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+#: Static parts at least this large are sent as they are cached, not copied into the response.
+_BY_REFERENCE = 16 * 1024
 
 
 class Hole:
@@ -51,12 +53,17 @@ def _hole_marker(obj: Any) -> str:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-def encode_with_holes(document: Any, *, newline: bool = False) -> tuple[bytes | str, ...]:
-    """The document as orjson encodes it, cut at its holes: static bytes and hole names, in order."""
+def encode_with_holes(document: Any, *, newline: bool = False,
+                      static: Mapping[str, bytes] | None = None) -> tuple[bytes | str, ...]:
+    """The document as orjson encodes it, cut at its holes: static bytes and hole names, in order.
+
+    `static` fills holes now with JSON already encoded (a large array, kept as its own part: the
+    split never scans it and responses send it without copying)."""
     option = JSON_OPTIONS | (orjson.OPT_APPEND_NEWLINE if newline else 0)
     pieces = _HOLE.split(orjson.dumps(document, default=_hole_marker, option=option))
     # re.split alternates: text, hole name, text, ...
-    return tuple(piece if i % 2 == 0 else piece.decode() for i, piece in enumerate(pieces))
+    parts = [piece if i % 2 == 0 else piece.decode() for i, piece in enumerate(pieces)]
+    return tuple(static[p] if isinstance(p, str) and static and p in static else p for p in parts if p != b"")
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,21 @@ class BodyTemplate:
         return sum(len(p) for p in self.parts) + sum(len(k) + len(str(v)) for k, v in self.headers) + 200
 
     def response(self, body_field: Callable[[str], bytes], header_field: Callable[[str], str]) -> Response:
-        """The body and headers with this request's fields filled in."""
-        body = b"".join(part if isinstance(part, bytes) else body_field(part) for part in self.parts)
-        response = Response(body, mimetype=self.media_type)
+        """The body and headers with this request's fields filled in. The body is a list of chunks: the
+        large static parts by reference (never copied per request), the small ones joined with the fields."""
+        chunks: list[bytes] = []
+        small: list[bytes] = []
+        for part in self.parts:
+            if isinstance(part, bytes) and len(part) >= _BY_REFERENCE:
+                if small:
+                    chunks.append(b"".join(small))
+                    small = []
+                chunks.append(part)
+            else:
+                small.append(part if isinstance(part, bytes) else body_field(part))
+        if small:
+            chunks.append(b"".join(small))
+        response = Response(chunks, mimetype=self.media_type)
         for name, value in self.headers:
             response.headers[name] = header_field(value.name) if isinstance(value, Hole) else value
         return response

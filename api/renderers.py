@@ -37,6 +37,8 @@ from dpflows.service.relative_change import RelativeChange
 
 #: The per-request fields of a rendered answer (every other field is the same for all its readers).
 CHARGED, WINDOWS, BUDGET_REMAINING, REUSED = Hole("charged"), Hole("windows"), Hole("budget_remaining"), Hole("reused")
+#: Where the encoded values go, once per rendering (they are the bulk of a body)
+VALUES, FEATURES = Hole("values"), Hole("features")
 _ANSWER_SCHEMA = AnswerSchema()
 
 def window_charges(windows: list[WindowStatus], charged: PrivacyLoss) -> list[dict[str, Any]]:
@@ -137,10 +139,11 @@ def _values_template(fields: tuple[str, ...], columns: list[list[Any]]) -> bytes
 
 def json_template(answer: Answer, bodies: BodyCache | None, group: str) -> BodyTemplate:
     """The answer as AnswerSchema dumps it (the same bytes as before templates), holes for the per-request fields."""
-    doc = _ANSWER_SCHEMA.dump(answer_document(answer, orjson.Fragment(values_json(answer.content, bodies, group))))
+    doc = _ANSWER_SCHEMA.dump(answer_document(answer, VALUES))
     doc[f"{answer.charged.unit}_charged"] = CHARGED
     doc["windows"], doc["budget_remaining"], doc["reused"] = WINDOWS, BUDGET_REMAINING, REUSED
-    return BodyTemplate("application/json", encode_with_holes(doc, newline=True))
+    return BodyTemplate("application/json", encode_with_holes(
+        doc, newline=True, static={"values": values_json(answer.content, bodies, group)}))
 
 
 def request_fields(answer: Answer) -> dict[str, Callable[[], bytes]]:
@@ -211,7 +214,9 @@ def geojson_template(answer: Answer, bodies: BodyCache | None, group: str) -> Bo
             "budget_remaining": BUDGET_REMAINING, "reused": REUSED}
     doc = geo.columns_geojson(answer.spec.kind, content.keys, content.counts, zoning, content.error_bound_95,
                               metadata=meta)
-    return BodyTemplate("application/geo+json", encode_with_holes(doc))
+    features = orjson.dumps(doc["features"], option=JSON_OPTIONS)
+    doc["features"] = FEATURES
+    return BodyTemplate("application/geo+json", encode_with_holes(doc, static={"features": features}))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ log = logging.getLogger("dpflows.ledger.audit")
 
 #: The longest pause between retries of a batch the ledger refused.
 MAX_RETRY_SECONDS = 30.0
+#: How often an idle flusher looks whether its queue still exists.
+IDLE_CHECK_SECONDS = 30.0
 
 _LIVE: weakref.WeakSet[AuditQueue] = weakref.WeakSet()
 
@@ -91,10 +93,10 @@ class AuditQueue:
         while True:
             with self._lock:
                 if len(self._pending) < self.max_rows:
-                    if not self._pending:
-                        self._first_at = time.monotonic()
                     self._pending.append(entry)
-                    self._wake.notify()
+                    if len(self._pending) == 1:  # the flusher sleeps while the queue is empty: wake it once
+                        self._first_at = time.monotonic()
+                        self._wake.notify()
                     break
             self.flush()  # full: this request waits for the disk
         self._start()
@@ -179,7 +181,8 @@ def _run(ref: weakref.ReferenceType[AuditQueue], wake: threading.Condition) -> N
         with wake:
             due = queue._due_in()
             if due is None or due > 0:
-                wait = queue.window_s if due is None else due
+                # Idle: until a row is queued (notified), waking now and then to end with a dropped queue.
+                wait = IDLE_CHECK_SECONDS if due is None else due
                 del queue  # a queue nobody else holds is collected while this thread waits
                 wake.wait(timeout=wait)
                 continue
