@@ -146,15 +146,19 @@ def json_template(answer: Answer, bodies: BodyCache | None, group: str) -> BodyT
         doc, newline=True, static={"values": values_json(answer.content, bodies, group)}))
 
 
+def _loss_json(value: Any) -> float:
+    if isinstance(value, PrivacyLoss):
+        return value.to_json()  # as EpsilonField dumps it
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def request_fields(answer: Answer) -> dict[str, Callable[[], bytes]]:
-    """The per-request fields, encoded as JSON (each only when a template asks for it)."""
-    unit = answer.charged.unit
+    """The per-request fields, encoded as JSON as the schema dumps them (each only when a template asks for it):
+    dates as ISO text (orjson's own), losses by `to_json` (PrivacyLoss is a dataclass: passed through to it)."""
     return {
         "charged": lambda: orjson.dumps(answer.charged.to_json()),
-        "windows": lambda: orjson.dumps([
-            {"window": w.window, "start": w.start.isoformat(), "end": w.end.isoformat(),
-             f"{unit}_charged": answer.charged.to_json(), "budget_remaining": w.budget.remaining.to_json()}
-            for w in answer.windows]),
+        "windows": lambda: orjson.dumps(window_charges(answer.windows, answer.charged), default=_loss_json,
+                                        option=orjson.OPT_PASSTHROUGH_DATACLASS),
         "budget_remaining": lambda: orjson.dumps(answer.budget_remaining.to_json()),
         "reused": lambda: b"true" if answer.reused else b"false",
     }
