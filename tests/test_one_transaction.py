@@ -58,7 +58,7 @@ def test_fresh_reused_and_derived_answers_cost_one_transaction_and_one_read(data
     ledger.opened.clear()
     assert other.answer(request, planner).reused and ledger.opened == ["read"], ledger.opened
     fresh_process = Service(AggregateStore(data_root), ledger)
-    fresh_process.context.grids_checked.update(other.context.grids_checked)
+    fresh_process.context.grids.update(other.context.grids)
     fresh_process.context.reports_paid.update(other.context.reports_paid)
     fresh_process.context.noise_stocked.update(other.context.noise_stocked)
     ledger.opened.clear()
