@@ -16,7 +16,10 @@ from dpflows.budget import ACCOUNTINGS, PURE_DP
 from dpflows.cells import check_name
 from dpflows.errors import InvalidData
 
-FORMAT_VERSION = 1
+#: 2: counts in one directory per window version (dpflows.window_files); 1: whole-dataset Parquet files
+#: (read into each process's memory, still served; `dpflows admin upgrade-dataset` converts them).
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 AGGREGATE_FILES = ("cells.parquet", "trips.parquet", "presence.parquet")
 PLACE_FILES = ("residents.parquet", "commuting.parquet")
 MEASURES = ("trips", "presence")
@@ -237,8 +240,9 @@ class DatasetMetadata:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DatasetMetadata:
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise InvalidData(f"metadata format_version={doc.get('format_version')!r}; expected {FORMAT_VERSION}")
+        if doc.get("format_version") not in READABLE_FORMATS:
+            raise InvalidData(f"metadata format_version={doc.get('format_version')!r}; expected one of "
+                              f"{list(READABLE_FORMATS)} (a newer dpflows wrote it: upgrade dpflows)")
         accounting = doc.get("accounting") or {}  # absent in datasets written before zCDP: pure DP
         return cls(
             name=doc["name"],

@@ -98,6 +98,13 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--geojson", default=None, help="with --csv: optional GeoJSON file of the zones, for maps")
     p.set_defaults(run=_run_add_zoning)
 
+    p = admin_sub.add_parser(
+        "upgrade-dataset", help="rewrite a dataset written before window files as window files (mapped once, "
+                                "shared by every worker); counts, bounds and reports unchanged, atomic switch")
+    p.add_argument("--data-dir", default=settings.data_dir, help="aggregate store root")
+    p.add_argument("--dataset", required=True)
+    p.set_defaults(run=_run_upgrade_dataset)
+
     p = admin_sub.add_parser("audit", help="print audit rows as JSON lines")
     storage(p)
     p.add_argument("--after-id", type=int, default=0)
@@ -130,6 +137,23 @@ def _run_serve(args: argparse.Namespace) -> int:
     print(f"dpflows: serving on http://{args.bind} (API docs at /docs)", file=sys.stderr, flush=True)
     os.execvpe(sys.executable, argv, env)  # noqa: S606 - replaces this process with gunicorn
     return 0  # not reached
+
+
+def _run_upgrade_dataset(args: argparse.Namespace) -> int:
+    from dpflows.aggregates import AggregateStore
+    from dpflows.legacy_aggregates import upgrade_dataset
+
+    store = AggregateStore(args.data_dir)
+    path = store.dataset_dir(args.dataset)
+    if args.dataset not in store.names():
+        from dpflows.errors import NotFound
+
+        raise NotFound(f"--dataset {args.dataset!r} is not a dataset of {args.data_dir}; use one of {store.names()}",
+                       field="dataset")
+    upgrade_dataset(path)
+    print(f"dataset {args.dataset}: now stored as window files ({store.get(args.dataset).metadata.window_count} "
+          "windows); running workers switch at their next request")
+    return 0
 
 
 def _run_create_client(args: argparse.Namespace) -> int:

@@ -160,7 +160,8 @@ def budget_status(ctx: ServiceContext, client: Client, dataset: str) -> list[Win
 
 
 def readiness(ctx: ServiceContext) -> dict[str, Any]:
-    """For a load balancer's readiness probe: the ledger answers and the data root can be read.
+    """For a load balancer's readiness probe: the ledger answers and the data root can be read; and
+    what this worker holds of each dataset (version, layout, windows mapped so far: public facts).
 
     Raises Unavailable (ledger) or DataUnavailable (data root); the message names no path.
     """
@@ -168,4 +169,4 @@ def readiness(ctx: ServiceContext) -> dict[str, Any]:
     root = ctx.store.root
     if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
         raise DataUnavailable("the data root is not a readable directory; check DPFLOWS_DATA_DIR")
-    return {"ledger": "ok", "datasets": len(ctx.store.names())}
+    return {"ledger": "ok", "datasets": len(ctx.store.names()), "loaded": ctx.store.status()}
