@@ -39,7 +39,7 @@ from dpflows.contribution_report import BoundingReport, TypicalQuery, summarize 
 from dpflows.demo import generate_city  # noqa: E402
 from dpflows.ingest import derive  # noqa: E402
 from dpflows.ingest.contribution_histograms import contribution_histogram  # noqa: E402
-from dpflows.ingest.pipeline import ZoningSpec, _index_cells, _with_window, ingest_events, read_cells  # noqa: E402
+from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, _index_cells, _with_window, ingest_events, read_cells  # noqa: E402
 from dpflows.mechanisms import release_contribution_histograms, release_counts  # noqa: E402
 from dpflows.queries import make_spec, prepare  # noqa: E402
 
@@ -81,8 +81,9 @@ def main() -> None:
         truth: dict[int, np.ndarray] = {}
         kept_all: dict[int, float] = {}
         for bound in [UNBOUNDED, *bounds]:
-            out = ingest_events(city.events, city.cells, root / f"L{bound}", **city.span, name="acc", bound_trips=bound,
-                                zonings=zonings, seed=42, window_days=args.window_days, report_epsilon=0)
+            out = ingest_events(city.events, city.cells, root / f"L{bound}",
+                                IngestOptions(**city.span, name="acc", bound_trips=bound, zonings=zonings, seed=42,
+                                              window_days=args.window_days, report_epsilon=0))
             data = load_dataset(out)
             truth[bound] = prepare(spec, data).true_counts.astype(np.float64)
             kept_all[bound] = float(data.frame("trips")["count"].sum())

@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 INGEST = """
 import sys, time, json, datetime as dt
-from dpflows.ingest.pipeline import ingest_events
+from dpflows.ingest.pipeline import IngestOptions, ingest_events
 t = time.perf_counter()
-ingest_events(sys.argv[1], sys.argv[2], sys.argv[3], name="bench", first_day=dt.date.fromisoformat(sys.argv[4]),
-              end_day=dt.date.fromisoformat(sys.argv[5]))
+ingest_events(sys.argv[1], sys.argv[2], sys.argv[3],
+              IngestOptions(name="bench", first_day=dt.date.fromisoformat(sys.argv[4]),
+                            end_day=dt.date.fromisoformat(sys.argv[5])))
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 

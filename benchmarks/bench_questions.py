@@ -43,7 +43,7 @@ def run(persons: int, epsilon: str) -> None:
     from dpflows.aggregates import AggregateStore
     from dpflows.budget import Epsilon
     from dpflows.demo import generate_city
-    from dpflows.ingest.pipeline import Progress, ZoningSpec, ingest_events
+    from dpflows.ingest.pipeline import IngestOptions, Progress, ZoningSpec, ingest_events
     from dpflows.ledger.memory import MemoryLedger
     from dpflows.mechanisms import error_bound, scale_for_epsilon
     from dpflows.queries import make_spec, prepare
@@ -54,8 +54,9 @@ def run(persons: int, epsilon: str) -> None:
         root = Path(tmp)
         t = time.perf_counter()
         city = generate_city(root / "raw", persons=persons, days=28, ground_truth=True)
-        ingest_events(city.events, city.cells, root / "datasets" / "demo", name="demo", **city.span, seed=5,
-                      report_epsilon=0, zonings=[ZoningSpec("districts", city.districts)], progress=Progress(False))
+        ingest_events(city.events, city.cells, root / "datasets" / "demo",
+                      IngestOptions(name="demo", **city.span, seed=5, report_epsilon=0,
+                                    zonings=[ZoningSpec("districts", city.districts)]), progress=Progress(False))
         print(f"demo city: {persons} persons, 4 weeks, prepared in {time.perf_counter() - t:.1f} s")
         service = Service(AggregateStore(root), MemoryLedger())
         planner, _ = service.create_client("planner", "planner")

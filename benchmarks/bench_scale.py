@@ -72,13 +72,14 @@ def _same_output(a: Path, b: Path) -> bool:
 
 def _polars_child(events: str, cells: str, out: str, buckets: str) -> None:
     """Runs in a child process: the Polars ingestion alone, its wall time and bucket count on stdout."""
-    from dpflows.ingest.pipeline import Progress, choose_buckets, ingest_events
+    from dpflows.ingest.pipeline import IngestOptions, Progress, choose_buckets, ingest_events
 
     b = choose_buckets(pl.scan_parquet(events).select(pl.len()).collect().item()) if buckets == "auto" else int(buckets)
     start = time.perf_counter()
     # the generated cities start on 2024-03-04 (generate_city's default); the span covers any length used here
-    ingest_events(events, cells, out, name="bench", seed=7, buckets=b, progress=Progress(False),
-                  first_day=dt.date(2024, 3, 4), end_day=dt.date(2024, 3, 4) + dt.timedelta(days=366))
+    ingest_events(events, cells, out,
+                  IngestOptions(name="bench", seed=7, buckets=b, first_day=dt.date(2024, 3, 4),
+                                end_day=dt.date(2024, 3, 4) + dt.timedelta(days=366)), progress=Progress(False))
     print(json.dumps({"seconds": time.perf_counter() - start, "buckets": b}))
 
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pyspark.sql import SparkSession
 
-    from dpflows.ingest.pipeline import Progress
+    from dpflows.ingest.pipeline import IngestOptions, Progress
     from dpflows.ingest.spark import ingest_events_spark
 
     spark = None
@@ -249,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  spark session start-up: {time.perf_counter() - start:.1f} s (not counted)", flush=True)
             out_spark = args.workdir / f"out-spark-{persons}"
             start = time.perf_counter()
-            ingest_events_spark(city.events, city.cells, out_spark, **city.span, name="bench", seed=7, spark=spark,
-                                progress=Progress(False))
+            ingest_events_spark(city.events, city.cells, out_spark,
+                                IngestOptions(**city.span, name="bench", seed=7), spark=spark, progress=Progress(False))
             spark_seconds = time.perf_counter() - start
             same = _totals(out_polars) == _totals(out_spark)
             print(f"  spark: {spark_seconds:.1f} s; spark/polars ({polars['buckets']} bucket(s)) = "

@@ -17,7 +17,7 @@ from pathlib import Path
 from dpflows.aggregates import AggregateStore
 from dpflows.budget import PURE_DP, ZCDP, Epsilon, Rho
 from dpflows.demo import generate_city
-from dpflows.ingest.pipeline import Progress, ZoningSpec, ingest_events
+from dpflows.ingest.pipeline import IngestOptions, Progress, ZoningSpec, ingest_events
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
 
@@ -48,9 +48,9 @@ def prepare_demo(home: Path, *, persons: int = 2000, bind: str = "127.0.0.1:8000
         zonings = [ZoningSpec("districts", files.districts),
                    ZoningSpec("sectors", files.sectors, coarse=True, min_cells_per_zone=50)]
         for name in missing:
-            ingest_events(files.events, files.cells, data_dir / "datasets" / name, name=name,
-                          first_day=files.first_day, end_day=files.end_day, progress=Progress(True), zonings=zonings,
-                          accounting=ZCDP if name == DATASET_ZCDP else PURE_DP)
+            options = IngestOptions(name=name, first_day=files.first_day, end_day=files.end_day, zonings=zonings,
+                                    accounting=ZCDP if name == DATASET_ZCDP else PURE_DP)
+            ingest_events(files.events, files.cells, data_dir / "datasets" / name, options, progress=Progress(True))
     service = Service(AggregateStore(data_dir), SqliteLedger(home / "ledger.db"))
     if service.ledger.list_clients():
         print(f"dpflows: demo clients exist already; their keys are in {home / KEYS_FILE} "

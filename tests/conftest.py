@@ -95,12 +95,13 @@ def report_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only data root with dataset 'city': a small demo city (2 windows) ingested with a
     bounding report at ε = 0.1 and the zoning 'districts'; copy it before re-ingesting."""
     from dpflows.demo import generate_city
-    from dpflows.ingest.pipeline import ZoningSpec, ingest_events
+    from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, ingest_events
 
     root = tmp_path_factory.mktemp("report-data")
     files = generate_city(root / "raw", persons=600, seed=3, days=14)
-    ingest_events(files.events, files.cells, root / "datasets" / "city", **files.span, name="city", seed=7, report_epsilon="0.1",
-                  zonings=[ZoningSpec("districts", files.districts)])
+    ingest_events(files.events, files.cells, root / "datasets" / "city",
+                  IngestOptions(**files.span, name="city", seed=7, report_epsilon="0.1",
+                                zonings=[ZoningSpec("districts", files.districts)]))
     return root
 
 

@@ -23,7 +23,7 @@ from dpflows.aggregates import load_dataset
 from dpflows.cells import CellCatalog
 from dpflows.demo import CENTRE, generate_city
 from dpflows.demo_scaled import city_layout, generate_scaled_city
-from dpflows.ingest.pipeline import Progress, ZoningSpec, ingest_events
+from dpflows.ingest.pipeline import IngestOptions, Progress, ZoningSpec, ingest_events
 from dpflows.zoning_sources import zoning_from_geojson
 
 CELLS, PERSONS, ZONES = 300, 2000, 60
@@ -115,11 +115,12 @@ def test_the_kmeans_zoning_and_its_polygons(city) -> None:
 
 def test_it_ingests_with_its_zonings(city, tmp_path: Path) -> None:
     name = f"zones{ZONES}"
-    out = ingest_events(city.events, city.cells, tmp_path / "datasets" / "scaled", name="scaled",
-                        progress=Progress(False), report_epsilon="0", **city.span,
-                        zonings=[ZoningSpec(name, city.zonings[name]),
-                                 ZoningSpec("sectors", city.zonings["sectors"], coarse=True,
-                                            min_cells_per_zone=city.coarse["sectors"])])
+    out = ingest_events(city.events, city.cells, tmp_path / "datasets" / "scaled",
+                        IngestOptions(name="scaled", report_epsilon="0", **city.span,
+                                      zonings=[ZoningSpec(name, city.zonings[name]),
+                                               ZoningSpec("sectors", city.zonings["sectors"], coarse=True,
+                                                          min_cells_per_zone=city.coarse["sectors"])]),
+                        progress=Progress(False))
     data = load_dataset(out)
     assert len(data.catalog) == CELLS and data.zoning(name).zone_count == ZONES and data.zoning("sectors").coarse
     assert data.metadata.window_count == 1

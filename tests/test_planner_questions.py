@@ -19,7 +19,7 @@ import pytest
 from dpflows.aggregates import AggregateStore
 from dpflows.budget import Epsilon
 from dpflows.errors import InvalidInput, PolicyViolation
-from dpflows.ingest.pipeline import ZoningSpec, ingest_events
+from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, ingest_events
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.queries import make_spec, prepare
 from dpflows.sensitivity import query_sensitivity
@@ -36,9 +36,10 @@ def city_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("questions")
     files = generate_city(root / "raw", persons=600, seed=3, days=14)
-    ingest_events(files.events, files.cells, root / "datasets" / "city", name="city", **files.span, seed=7,
-                  report_epsilon=0, zonings=[ZoningSpec("districts", files.districts),
-                                             ZoningSpec("sectors", files.sectors, coarse=True, min_cells_per_zone=50)])
+    ingest_events(files.events, files.cells, root / "datasets" / "city",
+                  IngestOptions(name="city", **files.span, seed=7, report_epsilon=0,
+                                zonings=[ZoningSpec("districts", files.districts),
+                                         ZoningSpec("sectors", files.sectors, coarse=True, min_cells_per_zone=50)]))
     return root
 
 

@@ -12,7 +12,7 @@ import pytest
 from dpflows.aggregates import AggregateStore
 from dpflows.budget import Epsilon, Rho
 from dpflows.errors import BudgetExceeded, InvalidInput, NotFound
-from dpflows.ingest.pipeline import ingest_events
+from dpflows.ingest.pipeline import IngestOptions, ingest_events
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.mechanisms import pure_dp_as_rho
 from dpflows.queries import make_spec
@@ -106,9 +106,9 @@ def test_an_unpaid_earlier_report_is_charged_with_the_reingestion(report_root: P
     root = tmp_path / "root"
     shutil.copytree(report_root, root)
     raw = root / "raw"
-    ingest_events(raw / "events.parquet", raw / "cells.csv", root / "datasets" / "city", name="city", seed=8,
-                  first_day=FIRST_DAY, end_day=END_DAY,
-                  bound_trips=10, report_epsilon=0)  # L chosen from the first report, which was never served
+    ingest_events(raw / "events.parquet", raw / "cells.csv", root / "datasets" / "city",
+                  IngestOptions(name="city", seed=8, first_day=FIRST_DAY, end_day=END_DAY, bound_trips=10,
+                                report_epsilon=0))  # L chosen from the first report, which was never served
     service = service_over(root, tmp_path / "l.db")
     admin, _ = service.create_client("admin", "admin")
     planner, _ = service.create_client("p", "planner")
@@ -130,9 +130,9 @@ def test_system_names_are_reserved(report_root: Path, tmp_path: Path) -> None:
 
 def test_on_a_zcdp_dataset_the_report_costs_the_rho_of_its_release(report_root: Path, tmp_path: Path) -> None:
     raw = report_root / "raw"
-    ingest_events(raw / "events.parquet", raw / "cells.csv", tmp_path / "datasets" / "z", name="z", seed=8,
-                  first_day=FIRST_DAY, end_day=END_DAY,
-                  accounting="zcdp", report_epsilon="0.1")
+    ingest_events(raw / "events.parquet", raw / "cells.csv", tmp_path / "datasets" / "z",
+                  IngestOptions(name="z", seed=8, first_day=FIRST_DAY, end_day=END_DAY, accounting="zcdp",
+                                report_epsilon="0.1"))
     service = service_over(tmp_path, tmp_path / "l.db")
     admin, _ = service.create_client("admin", "admin")
     service.set_cap("z", Rho.parse("1"), client_id=None, window=None)

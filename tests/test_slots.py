@@ -109,12 +109,12 @@ def test_query_presence_sensitivity_on_a_dataset_of_each_rule(store, report_root
 def test_one_person_moves_any_presence_answer_by_at_most_the_stated_sensitivity(tmp_path: Path) -> None:
     """Neighbouring datasets (one person-window apart) through the real query path: |Δ|₁ ≤ ℓ1, |Δ|∞ ≤ the cap."""
     from dpflows.demo import generate_city
-    from dpflows.ingest.pipeline import ZoningSpec, ingest_events
+    from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, ingest_events
 
     city = generate_city(tmp_path / "city", persons=150, seed=8, days=14)
     events = pl.read_parquet(city.events)
     kw = dict(**city.span, bound_presence=40, seed=4, report_epsilon=0, zonings=[ZoningSpec("districts", city.districts)])
-    full = load_dataset(ingest_events(city.events, city.cells, tmp_path / "full", name="full", **kw))
+    full = load_dataset(ingest_events(city.events, city.cells, tmp_path / "full", IngestOptions(name="full", **kw)))
     queries = [
         ("presence", day(0), day(1), [8, 9], None), ("presence", day(0), day(1), [0, 24], None),
         ("presence", day(0), day(7), [7, 10], [0, 1, 2, 3, 4]), ("presence", day(0), day(14), [0, 24], None),
@@ -126,7 +126,8 @@ def test_one_person_moves_any_presence_answer_by_at_most_the_stated_sensitivity(
         # neighbours differ in one person-window: the target's events of one week removed
         week = pl.col("timestamp").dt.date().is_between(day(7 * (n % 2)), day(7 * (n % 2) + 6))
         events.filter((pl.col("person") != target) | ~week).write_parquet(tmp_path / "without.parquet")
-        without = load_dataset(ingest_events(tmp_path / "without.parquet", city.cells, tmp_path / "w", name="w", **kw))
+        without = load_dataset(ingest_events(tmp_path / "without.parquet", city.cells, tmp_path / "w",
+                                             IngestOptions(name="w", **kw)))
         for kind, start, end, hours, weekdays in queries:
             for zoning in ("cell", "districts"):
                 spec = make_spec(kind, dataset="x", zoning=zoning, start=start, end=end, hours=hours, weekdays=weekdays,

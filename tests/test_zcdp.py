@@ -28,7 +28,7 @@ from dpflows.aggregates import AggregateStore, load_dataset, read_interchange
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import BudgetExceeded, InvalidInput, PolicyViolation
 from dpflows.ingest.bounding import cap_per_person_key
-from dpflows.ingest.pipeline import ingest_events
+from dpflows.ingest.pipeline import IngestOptions, ingest_events
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.mechanisms import (
     DISCRETE_GAUSSIAN,
@@ -229,8 +229,10 @@ def test_zcdp_ingestion_caps_each_person_per_trips_row(tmp_path: Path) -> None:
         f"p,{ts},{cell}\n" for ts, cell in zip(t, "ABAB", strict=True)))
     counts = {}
     for accounting in ("pure_dp", "zcdp"):
-        out = ingest_events(events, cells, tmp_path / accounting, name=accounting, trip_rule="consecutive",
-                            seed=1, first_day=dt.date(2024, 3, 4), end_day=dt.date(2024, 3, 5), accounting=accounting, key_cap_trips=1)
+        out = ingest_events(events, cells, tmp_path / accounting,
+                            IngestOptions(name=accounting, trip_rule="consecutive", seed=1,
+                                          first_day=dt.date(2024, 3, 4), end_day=dt.date(2024, 3, 5),
+                                          accounting=accounting, key_cap_trips=1))
         trips = read_interchange(out, "trips").collect()
         counts[accounting] = int(trips.filter((pl.col("origin") == "A") & (pl.col("dest") == "B"))["count"].sum())
         meta = load_dataset(out).metadata

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dpflows.cli.data_commands import _add_data_commands, _bound_or_default
+from dpflows.cli.data_commands import _add_data_commands, ingest_options
 from dpflows.cli.service_commands import _add_migrate_command, _add_service_commands, open_service
 from dpflows.errors import DpflowsError
 
-__all__ = ["_bound_or_default", "build_parser", "main", "open_service"]
+__all__ = ["build_parser", "ingest_options", "main", "open_service"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dpflows.cli.service_commands import _run_serve
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from dpflows.aggregates import PlaceRule
+    from dpflows.ingest.options import IngestOptions
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -46,14 +47,14 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                         "out of the dataset and the service")
     p.add_argument("--out", required=True, help="dataset directory to write, e.g. var/data/datasets/NAME")
     p.add_argument("--name", default=None, help="dataset name: must be the --out folder's name (the default)")
-    p.add_argument("--window-days", type=int, default=7)
+    p.add_argument("--window-days", type=int, default=None, help="days per window, the privacy unit's span (default 7)")
     p.add_argument("--bound-trips", type=int, default=None,
                    help="L_trips per privacy unit (the sensitivity); default 20 per person-window, 1 when each trip "
                         "is its own unit (a trips table without persons, Citi Bike)")
-    p.add_argument("--bound-presence", type=int, default=60,
+    p.add_argument("--bound-presence", type=int, default=None,
                    help="L_presence: most presence-hours (one place each) kept per person-window (default 60)")
-    p.add_argument("--trip-rule", choices=["stay", "consecutive"], default="stay")
-    p.add_argument("--min-dwell-minutes", type=float, default=30)
+    p.add_argument("--trip-rule", choices=["stay", "consecutive"], default=None, help="default stay")
+    p.add_argument("--min-dwell-minutes", type=float, default=None, help="stay rule: default 30")
     p.add_argument("--first-day", type=_date, required=True,
                    help="first day the dataset holds (ISO); windows are aligned to it, for the dataset's life")
     p.add_argument("--end-day", type=_date, required=True,
@@ -66,15 +67,15 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trips-table", action="store_true", help="alias of --input-format trips")
     p.add_argument("--zoning", action="append", default=[], metavar="NAME=CSV[:coarse:MIN]",
                    help="a public zoning to load with the dataset (repeatable)")
-    p.add_argument("--accounting", choices=["pure_dp", "zcdp"], default="pure_dp",
+    p.add_argument("--accounting", choices=["pure_dp", "zcdp"], default=None,
                    help="pure_dp: discrete Laplace, budgets in epsilon; zcdp: discrete Gaussian, budgets in rho")
-    p.add_argument("--key-cap-trips", type=int, default=1,
-                   help="zcdp: most trips one person adds to one (day, hour, origin, dest) row")
-    p.add_argument("--delta", type=float, default=1e-8,
-                   help="zcdp: the delta at which rho is shown as (epsilon, delta)")
+    p.add_argument("--key-cap-trips", type=int, default=None,
+                   help="zcdp: most trips one person adds to one (day, hour, origin, dest) row (default 1)")
+    p.add_argument("--delta", type=float, default=None,
+                   help="zcdp: the delta at which rho is shown as (epsilon, delta) (default 1e-8)")
     p.add_argument("--engine", choices=["polars", "spark"], default="polars",
                    help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
-    p.add_argument("--report-epsilon", default="0.05",
+    p.add_argument("--report-epsilon", default=None,
                    help="epsilon of the bounding report (share dropped by L, quantiles, suggested L), charged "
                         "once in every window against the global cap before the dataset is served; 0: none "
                         "(default 0.05)")
@@ -152,63 +153,59 @@ def _run_demo_city(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_ingest(args: argparse.Namespace) -> int:
+def ingest_options(args: argparse.Namespace) -> IngestOptions:
+    """The `ingest` flags as the one IngestOptions every engine reads; checked here, before any file is read.
+
+    A flag whose dest is a field of IngestOptions is copied over by name when given (its default
+    is the record's, never the parser's); only flags that are spelled differently are mapped below.
+    """
+    from dataclasses import fields
     from pathlib import Path
 
     from dpflows.errors import InvalidData
-    from dpflows.ingest.pipeline import ZoningSpec, ingest_events, ingest_trips_table
+    from dpflows.ingest.inputs import ZoningSpec
+    from dpflows.ingest.options import IngestOptions
 
     name = args.name or Path(args.out).name
     if name != Path(args.out).name:
         raise InvalidData(f"--name {name!r} differs from the --out folder {Path(args.out).name!r}; a dataset is served "
                           "under its folder's name, so drop --name or write to a folder of that name", field="name")
-    span: dict[str, Any] = {"first_day": args.first_day, "end_day": args.end_day}
-    if args.days is not None:
-        if args.engine == "spark":
-            raise InvalidData("--days is supported by --engine polars; ingest consecutive days with Spark",
-                              field="days")
-        span["missing_days"] = _missing_days(args.days, args.first_day, args.end_day)
-    zonings = [ZoningSpec.parse(z) for z in args.zoning]
-    accounting = {"accounting": args.accounting, "key_cap_trips": args.key_cap_trips, "delta": args.delta}
     if args.trips_table and args.input_format not in (None, "trips"):
         raise InvalidData("--trips-table is an alias of --input-format trips; give one of them", field="input_format")
-    fmt = "trips" if args.trips_table else (args.input_format or "events")
-    args.trips_table = fmt in ("trips", "citibike")
+    given = {f.name: getattr(args, f.name) for f in fields(IngestOptions) if getattr(args, f.name, None) is not None}
+    given.update(name=name, input_format="trips" if args.trips_table else (args.input_format or "events"),
+                 zonings=[ZoningSpec.parse(z) for z in args.zoning], places=_place_rule(args))
+    if args.days is not None:
+        given["missing_days"] = _missing_days(args.days, args.first_day, args.end_day)
+    options = IngestOptions(**given)
+    options.check_engine(args.engine)
+    return options
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dpflows.errors import InvalidData
+    from dpflows.ingest.pipeline import ingest_events, ingest_trips_table
+
+    options = ingest_options(args)
+    fmt = options.input_format
     if fmt != "citibike" and (args.strict or args.drop_report):
         raise InvalidData("--strict and --drop-report apply to --input-format citibike", field="strict")
     if len(args.events) > 1 and fmt != "citibike":
         raise InvalidData(f"--input-format {fmt} reads one file; give one path (citibike reads several)",
                           field="path")
-    if args.trips_table and args.engine == "spark":
-        raise InvalidData("--trips-table is ingested with --engine polars (a trips table is already small)",
-                          field="engine")
-    if args.buckets is not None and (args.trips_table or args.engine == "spark"):
-        raise InvalidData("--buckets applies to events ingested with --engine polars; drop it here", field="buckets")
-    places = _place_rule(args)
-    if places is not None and args.trips_table:
-        raise InvalidData("--home-hours, --work-hours and --min-work-days apply to events; a trips table has no "
-                          "homes or work places: drop them here", field="home_hours")
     if fmt == "citibike":
-        out = _ingest_citibike(args, name, span, zonings, accounting)
-    elif args.trips_table:
-        out = ingest_trips_table(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
-                                 bound_trips=args.bound_trips, **span, zonings=zonings,
-                                 report_epsilon=args.report_epsilon, **accounting)
+        out = _ingest_citibike(args, options)
+    elif options.trips_table:
+        out = ingest_trips_table(args.events[0], args.cells, args.out, options)
     elif args.engine == "spark":
         from dpflows.ingest.spark import ingest_events_spark
 
-        out = ingest_events_spark(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
-                                  bound_trips=_bound_or_default(args.bound_trips), bound_presence=args.bound_presence,
-                                  trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                                  **span, zonings=zonings, report_epsilon=args.report_epsilon,
-                                  places=places, **accounting)
+        out = ingest_events_spark(args.events[0], args.cells, args.out, options)
     else:
-        out = ingest_events(args.events[0], args.cells, args.out, name=name, window_days=args.window_days,
-                            bound_trips=_bound_or_default(args.bound_trips), bound_presence=args.bound_presence,
-                            trip_rule=args.trip_rule, min_dwell_minutes=args.min_dwell_minutes,
-                            **span, zonings=zonings, report_epsilon=args.report_epsilon,
-                            buckets=args.buckets, places=places, **accounting)
-    print(f"dataset {name!r} written to {out}")
+        out = ingest_events(args.events[0], args.cells, args.out, options)
+    print(f"dataset {options.name!r} written to {out}")
     _print_bounding_report(Path(out))
     return 0
 
@@ -233,14 +230,7 @@ def _missing_days(text: str, first_day: dt.date, end_day: dt.date) -> list[dt.da
             if first_day + dt.timedelta(days=k) not in held]
 
 
-def _bound_or_default(bound: int | None) -> int:
-    from dpflows.ingest.pipeline import DEFAULT_BOUND_TRIPS
-
-    return DEFAULT_BOUND_TRIPS if bound is None else bound
-
-
-def _ingest_citibike(args: argparse.Namespace, name: str, span: dict[str, Any], zonings: list[Any],
-                     accounting: dict[str, Any]) -> Path:
+def _ingest_citibike(args: argparse.Namespace, options: IngestOptions) -> Path:
     """Published Citi Bike files → a trips-table dataset; what was dropped goes to this terminal only."""
     import os
     import tempfile
@@ -263,9 +253,7 @@ def _ingest_citibike(args: argparse.Namespace, name: str, span: dict[str, Any], 
     with tempfile.TemporaryDirectory(prefix="dpflows-stations-") as tmp:
         cells_csv = Path(tmp) / "cells.csv"
         cells.write_csv(cells_csv)
-        return ingest_trips_table(trips, cells_csv, args.out, name=name, window_days=args.window_days,
-                                  bound_trips=args.bound_trips, **span, zonings=zonings,
-                                  report_epsilon=args.report_epsilon, **accounting)
+        return ingest_trips_table(trips, cells_csv, args.out, options)
 
 
 def _print_bounding_report(out: Path) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,26 +33,11 @@ import polars as pl
 from polars.io.partition import FileProviderArgs
 
 from dpflows.accounting import accounting as accounting_of
-from dpflows.aggregates import (
-    DEFAULT_DELTA,
-    NO_PRESENCE,
-    ONE_PLACE_PER_PERSON_HOUR,
-    PERSON_WINDOW,
-    TRIP,
-    DatasetMetadata,
-    PlaceRule,
-    write_aggregates,
-)
-from dpflows.budget import PURE_DP, Epsilon
+from dpflows.aggregates import write_aggregates
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
-from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key, new_seed
-from dpflows.ingest.contribution_histograms import (
-    DEFAULT_REPORT_EPSILON,
-    ContributionHistograms,
-    parse_report_epsilon,
-    release_bounding_report,
-)
+from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key
+from dpflows.ingest.contribution_histograms import ContributionHistograms, release_bounding_report
 from dpflows.ingest.inputs import (  # re-exported: callers import them from the pipeline
     Progress,
     ZoningSpec,
@@ -66,17 +51,23 @@ from dpflows.ingest.inputs import (  # re-exported: callers import them from the
     _scan,
     _timestamps,
     _with_window,
-    check_declared_span,
     read_cells,
 )
+from dpflows.ingest.options import (  # re-exported: callers import them from the pipeline
+    DEFAULT_BOUND_PRESENCE,
+    DEFAULT_BOUND_TRIPS,
+    DEFAULT_PLACES,
+    DEFAULT_WINDOW_DAYS,
+    IngestOptions,
+    place_rule,
+)
 
-DEFAULT_BOUND_TRIPS = 20
-# One place per person-hour caps a person-week at 168 records; on the demo city (20,000 persons,
-# 4 weeks) 60 keeps every ordinary person-week whole and thins only the heavy users (0.56% of
-# person-weeks, 0.6% of presence-hours dropped). It binds only queries covering more than 60
-# day-hour slots of a window (their sensitivity is min(L, S)); see the commit that set it.
-DEFAULT_BOUND_PRESENCE = 60
-DEFAULT_WINDOW_DAYS = 7
+__all__ = [  # the engine, and what its callers import from here
+    "DEFAULT_BOUND_PRESENCE", "DEFAULT_BOUND_TRIPS", "DEFAULT_PLACES", "DEFAULT_WINDOW_DAYS", "IngestOptions",
+    "Progress", "ZoningSpec", "choose_buckets", "ingest_events", "ingest_trips_table",
+    "place_rule", "read_cells",
+]
+
 # Events per bucket when B is chosen from the input size: the derivation holds one bucket's
 # events and derived records, so peak memory stays near 1.2 GiB whatever the input (measured,
 # docs/scale.md; 1.4-1.5 GiB since one place per person-hour, whose choice per person-hour
@@ -89,17 +80,6 @@ _PRESENCE_KEYS = ["day", "hour", "cell"]
 _TRIP_KEYS = ["day", "hour", "origin", "dest"]
 _RESIDENT_KEYS = ["window", "place", "cell"]
 _COMMUTING_KEYS = ["window", "home", "work"]
-#: The home and work rule's defaults (documented in docs/admin.md): nights 22:00-06:00, work
-#: 09:00-17:00 Monday to Friday on at least 3 days of the window.
-DEFAULT_PLACES = PlaceRule()
-
-
-def place_rule(places: PlaceRule | None, window_days: int) -> PlaceRule:
-    """An ingestion's home and work rule: the one given, checked against the window, or the default fitted to it."""
-    if places is None:
-        return DEFAULT_PLACES.fitted(window_days)
-    places.check_window(window_days)
-    return places
 
 
 def choose_buckets(events: int, per_bucket: int = BUCKET_EVENTS) -> int:
@@ -168,20 +148,11 @@ def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: P
                        root / "counts")
 
 
-def ingest_events(
-    events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
-    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
-    bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
-    first_day: dt.date | None = None, end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (),
-    seed: int | None = None, buckets: int | None = None, progress: Progress | None = None,
-    missing_days: Iterable[dt.date] = (),
-    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
-    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
-    places: PlaceRule | None = None,
-) -> Path:
+def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str | Path, options: IngestOptions, *,
+                  progress: Progress | None = None) -> Path:
     """Raw network events → bounded presence, trip, residents and commuting counts, as a dataset directory.
 
-    `buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
+    `options.buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
     changes the output. With report_epsilon > 0 (default 0.05) the dataset also gets a bounding
     report (dpflows.ingest.contribution_histograms), charged at that ε in every window before the dataset is served.
     With ``accounting="zcdp"`` each person also adds at most `key_cap_trips` to any one trips
@@ -189,19 +160,14 @@ def ingest_events(
     and days from which each person-window's home and work cell are derived (default:
     `DEFAULT_PLACES`, its minimum of work days lowered for windows too short to hold it).
     """
+    options.check_input(("events",), "ingest_events")
     progress = progress or Progress()
-    start, end = check_declared_span(first_day, end_day)
+    start, end = options.span
     path = Path(events_path)
     out = Path(out_dir)
-    seed = new_seed() if seed is None else seed
-    report_eps = parse_report_epsilon(report_epsilon)
-    histograms = ContributionHistograms(enabled=report_eps.nanos > 0)
-    if trip_rule not in derive.TRIP_RULES:
-        raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
-    if buckets is not None and buckets < 1:
-        raise InvalidData(f"buckets={buckets} must be at least 1; omit it to choose from the input size",
-                          field="buckets")
-    places = place_rule(places, window_days)
+    seed = options.drawn_seed()
+    histograms = ContributionHistograms(enabled=options.report_budget.nanos > 0)
+    meta = options.events_metadata()
     progress.phase(f"reading {Path(cells_path).name} and checking {path.name}")
     catalog, lookup = read_cells(cells_path)
     frame = _scan(path)
@@ -213,25 +179,17 @@ def ingest_events(
     person_nulls = _rows_where(frame, empty_person)
     if person_nulls:
         raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
-    missing = tuple(sorted(set(missing_days)))
-    _check_within_span(frame, path, start, end, missing)
+    _check_within_span(frame, path, start, end, options.missing_days)
     indexed = _index_cells(frame, lookup, path, "cell_id", "cell")
-    buckets = buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
-    rule: dict[str, object] = {"kind": trip_rule}
-    if trip_rule == "stay":
-        rule["min_dwell_minutes"] = min_dwell_minutes
-    min_dwell = dt.timedelta(minutes=min_dwell_minutes)
+    buckets = options.buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
+    key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
-        meta = DatasetMetadata(name, start, end, window_days, bound_trips, bound_presence, rule, accounting,
-                               key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places, missing_days=missing)
-        key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
         kept: dict[str, list[pl.LazyFrame]] = {"trips": [], "presence": [], "residents": [], "commuting": []}
         for number, part in enumerate(split.parts, start=1):
             label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
             # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
-            counts = _bucket_counts(part.collect(engine="streaming").lazy(), start, window_days, bound_trips,
-                                    bound_presence, trip_rule, min_dwell, key_cap, seed, histograms, progress, label,
-                                    places)
+            counts = _bucket_counts(part.collect(engine="streaming").lazy(), options, key_cap=key_cap, seed=seed,
+                                    histograms=histograms, progress=progress, label=label)
             for measure, frames in kept.items():
                 frames.append(split.keep(getattr(counts, measure), f"{measure}-{number}"))
         progress.phase("summing over buckets, writing aggregates")
@@ -245,11 +203,11 @@ def ingest_events(
                                          ("residents", _RESIDENT_KEYS, ["cell"]),
                                          ("commuting", _COMMUTING_KEYS, ["home", "work"]))], engine="streaming")
     # histograms of all buckets, summed by `histograms.add` (disjoint persons), released once with noise
-    report = release_bounding_report(histograms, report_eps, meta.window_count)
-    _load_zonings(zonings, catalog, out)
+    report = release_bounding_report(histograms, options.report_budget, meta.window_count)
+    _load_zonings(options.zonings, catalog, out)
     write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts, bounding_report=report,
                      residents=residents, commuting=commuting)
-    progress.phase(f"done: dataset {name!r} in {out}")
+    progress.phase(f"done: dataset {options.name!r} in {out}")
     return out
 
 
@@ -258,20 +216,19 @@ def _sum_counts(parts: list[pl.LazyFrame], keys: list[str]) -> pl.LazyFrame:
     return pl.concat(parts).group_by(keys).agg(pl.col("count").sum())
 
 
-def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound_trips: int, bound_presence: int,
-                   trip_rule: str, min_dwell: dt.timedelta, key_cap: int | None, seed: int,
-                   histograms: ContributionHistograms, progress: Progress, label: str,
-                   places: PlaceRule = DEFAULT_PLACES) -> _Counts:
+def _bucket_counts(events: pl.LazyFrame, options: IngestOptions, *, key_cap: int | None, seed: int,
+                   histograms: ContributionHistograms, progress: Progress, label: str) -> _Counts:
     """One bucket's events → its bounded counts: a person-window lies wholly in one bucket, so bounds hold.
 
     The exact contribution histograms of the bucket's person-windows are added to `histograms`.
     """
+    start, window_days, places = options.span[0], options.window_days, options.place_rule
     progress.phase(f"{label}deriving presence and places, bounding per person-window")
     # (person, window, day, hour, cell): one cell per (person, day, hour); held in memory, read three times
     hour_cells = _with_window(derive.presence(events, seed=seed), start, window_days).collect(engine="streaming").lazy()
     histograms.add("presence", hour_cells)  # exact, before bounding; released with noise only
     # (person, window) -> at most L_presence (day, hour, cell), at most one per (day, hour)
-    pres = bound_per_person_window(hour_cells, bound_presence, seed=seed)
+    pres = bound_per_person_window(hour_cells, options.bound_presence, seed=seed)
     # (day, hour, cell) -> count; collected with the histogram
     pres_plan = pres.group_by(_PRESENCE_KEYS).agg(pl.len().cast(pl.Int64).alias("count"))
     # places from every hour of the person-window (not the L sample): (person, window) -> at most one home
@@ -281,9 +238,9 @@ def _bucket_counts(events: pl.LazyFrame, start: dt.date, window_days: int, bound
     pres_counts, residents, commuting = histograms.collect_with(pres_plan, *_place_counts(home, work))
     progress.phase(f"{label}deriving trips, bounding per person-window")
     # (person, timestamp, origin, dest)
-    trip_rows = derive.trips(events, rule=trip_rule, min_dwell=min_dwell)
+    trip_rows = derive.trips(events, rule=options.trip_rule, min_dwell=dt.timedelta(minutes=options.min_dwell_minutes))
     # (day, hour, origin, dest) -> count of trips kept, at most L_trips per (person, window)
-    [trip_counts] = histograms.collect_with(_bounded_trip_counts(trip_rows, start, window_days, bound_trips,
+    [trip_counts] = histograms.collect_with(_bounded_trip_counts(trip_rows, start, window_days, options.trips_bound(),
                                                                  seed=seed ^ 0x5A5A5A5A, key_cap=key_cap,
                                                                  histograms=histograms))
     return _Counts(trip_counts, pres_counts, residents, commuting)
@@ -318,14 +275,8 @@ def _bounded_trip_counts(trip_rows: pl.LazyFrame, start: dt.date, window_days: i
     return rows.group_by("day", "hour", "origin", "dest").agg(pl.len().cast(pl.Int64).alias("count"))
 
 
-def ingest_trips_table(
-    trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path, *, name: str,
-    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int | None = None, first_day: dt.date | None = None,
-    end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (), seed: int | None = None,
-    progress: Progress | None = None, missing_days: Iterable[dt.date] = (),
-    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON,
-    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
-) -> Path:
+def ingest_trips_table(trips_path: str | Path | pl.DataFrame, cells_path: str | Path, out_dir: str | Path,
+                       options: IngestOptions, *, progress: Progress | None = None) -> Path:
     """A ready-made trips table (person?, timestamp, origin, dest) → bounded trip counts.
 
     Without a person column every trip is its own privacy unit: the dataset says so (unit
@@ -334,10 +285,10 @@ def ingest_trips_table(
     made (nothing to learn, nothing to spend). With a person column the unit is the
     person-window and the bound defaults to DEFAULT_BOUND_TRIPS.
     """
+    options.check_input(("trips", "citibike"), "ingest_trips_table")
     progress = progress or Progress()
-    start, end = check_declared_span(first_day, end_day)
-    seed = new_seed() if seed is None else seed
-    report_eps = parse_report_epsilon(report_epsilon)
+    start, end = options.span
+    seed = options.drawn_seed()
     if isinstance(trips_path, pl.DataFrame):
         path, frame = Path("trips table"), trips_path.lazy()
     else:
@@ -363,27 +314,22 @@ def ingest_trips_table(
     else:
         frame = frame.with_row_index("person")
     trips = frame.select("person", "timestamp", "origin", "dest")
-    missing = tuple(sorted(set(missing_days)))
-    _check_within_span(trips, path, start, end, missing)
-    if bound_trips is None:
-        bound_trips = DEFAULT_BOUND_TRIPS if has_person else 1
-    elif not has_person and bound_trips > 1:
+    _check_within_span(trips, path, start, end, options.missing_days)
+    bound_trips = options.trips_bound(per_person=has_person)
+    if not has_person and bound_trips > 1:
         progress.warn(f"--bound-trips {bound_trips} with one trip per unit adds {bound_trips}x the noise needed; "
                       "each trip is its own unit here, so 1 (the default) is exact")
-    meta = DatasetMetadata(name, start, end, window_days, bound_trips, 1,
-                           {"kind": "given", "person": "column" if has_person else "each trip its own unit"},
-                           accounting, key_cap_trips, delta, NO_PRESENCE, unit=PERSON_WINDOW if has_person else TRIP,
-                           missing_days=missing)
+    meta = options.trips_metadata(per_person=has_person)
     progress.phase("bounding trips per person-window")
-    histograms = ContributionHistograms(enabled=has_person and report_eps.nanos > 0)
-    counts_lazy = _bounded_trip_counts(trips, start, window_days, bound_trips, seed=seed,
+    histograms = ContributionHistograms(enabled=has_person and options.report_budget.nanos > 0)
+    counts_lazy = _bounded_trip_counts(trips, start, options.window_days, bound_trips, seed=seed,
                                        key_cap=accounting_of(meta.accounting).key_cap_trips(meta),
                                        histograms=histograms)
     [counts] = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
-    report = release_bounding_report(histograms, report_eps, meta.window_count)
+    report = release_bounding_report(histograms, options.report_budget, meta.window_count)
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
     out = Path(out_dir)
-    _load_zonings(zonings, catalog, out)
+    _load_zonings(options.zonings, catalog, out)
     write_aggregates(out, meta, _cells_frame(catalog), counts, empty_presence, bounding_report=report)
-    progress.phase(f"done: dataset {name!r} in {out}")
+    progress.phase(f"done: dataset {options.name!r} in {out}")
     return out

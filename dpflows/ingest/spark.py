@@ -43,7 +43,7 @@ see docs/scale.md.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,30 +51,13 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from dpflows.accounting import accounting as accounting_of
-from dpflows.aggregates import DEFAULT_DELTA, ONE_PLACE_PER_PERSON_HOUR, DatasetMetadata, PlaceRule, write_aggregates
-from dpflows.budget import PURE_DP, Epsilon
+from dpflows.aggregates import PlaceRule, write_aggregates
 from dpflows.contribution_report import BIN_UPPER
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
-from dpflows.ingest.bounding import new_seed
-from dpflows.ingest.contribution_histograms import (
-    DEFAULT_REPORT_EPSILON,
-    ContributionHistograms,
-    parse_report_epsilon,
-    release_bounding_report,
-)
-from dpflows.ingest.pipeline import (
-    DEFAULT_BOUND_PRESENCE,
-    DEFAULT_BOUND_TRIPS,
-    DEFAULT_WINDOW_DAYS,
-    Progress,
-    ZoningSpec,
-    _cell_names,
-    _cells_frame,
-    _load_zonings,
-    check_declared_span,
-    place_rule,
-)
+from dpflows.ingest.contribution_histograms import ContributionHistograms, release_bounding_report
+from dpflows.ingest.options import IngestOptions
+from dpflows.ingest.pipeline import Progress, _cell_names, _cells_frame, _load_zonings
 from dpflows.ingest.spark_inputs import (  # re-exported: the Spark engine's reading half
     SparkEvents,
     _name,
@@ -215,32 +198,30 @@ class SparkBounded:
     works: DataFrame | None = None
 
 
-def bounded_records_spark(
-    events_path: str | Path, cells_path: str | Path, *, window_days: int = DEFAULT_WINDOW_DAYS,
-    bound_trips: int = DEFAULT_BOUND_TRIPS, bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay",
-    min_dwell_minutes: float = 30, first_day: dt.date | None = None, end_day: dt.date | None = None, seed: int,
-    spark: SparkSession | None = None,
-    key_cap_trips: int | None = None, places: PlaceRule | None = None,
-) -> SparkBounded:
+def bounded_records_spark(events_path: str | Path, cells_path: str | Path, options: IngestOptions, *, seed: int,
+                          spark: SparkSession | None = None) -> SparkBounded:
     """Checked events → derived records → at most L per (person, window), as lazy Spark frames.
 
-    With `key_cap_trips` (zCDP datasets), first at most that many trips per person and trips
-    row (day, hour, origin, dest), as bounding.cap_per_person_key does. Homes and work cells
-    are derived from the unbounded presence by `places` (default: as the Polars path's).
+    For zCDP datasets, first at most `key_cap_trips` trips per person and trips row
+    (day, hour, origin, dest), as bounding.cap_per_person_key does. Homes and work cells are
+    derived from the unbounded presence by the options' place rule (as the Polars path's).
+    `seed` is the bounding's secret seed (`options.drawn_seed()`, drawn once by the caller).
     """
-    if trip_rule not in derive.TRIP_RULES:
-        raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
-    rule = place_rule(places, window_days)
+    options.check_engine("spark")
+    first_day, end_day = options.span
+    window_days, rule = options.window_days, options.place_rule
+    key_cap_trips = accounting_of(options.accounting).key_cap_trips(options.events_metadata())
     source = read_events_spark(_spark(spark), events_path, cells_path, first_day, end_day)
     start = source.first_day
     # (person, window, day, hour, cell): one cell per (person, day, hour)
     presence_all = presence_records(source.events, start, window_days, seed=seed)
     # (person, window) -> at most L_presence of them
-    presence = bound_per_person_window_spark(presence_all, bound_presence, seed=seed)
+    presence = bound_per_person_window_spark(presence_all, options.bound_presence, seed=seed)
     # (person, window) -> at most one home, at most one work cell (never the home), from every hour
     homes = home_records(presence_all, rule, seed=seed)
     works = work_records(presence_all, homes, rule, seed=seed)
-    trips = trip_records(source.events, start, window_days, rule=trip_rule, min_dwell_minutes=min_dwell_minutes)
+    trips = trip_records(source.events, start, window_days, rule=options.trip_rule,
+                         min_dwell_minutes=options.min_dwell_minutes)
     if key_cap_trips is not None:
         from pyspark.sql import Window
         from pyspark.sql import functions as F
@@ -249,7 +230,7 @@ def bounded_records_spark(
         # (person, day, hour, origin, dest) -> at most key_cap_trips trips
         trips = trips.withColumn("_k", F.row_number().over(per_key)).filter(F.col("_k") <= key_cap_trips).drop("_k")
     trips_all = trips
-    trips = bound_per_person_window_spark(trips, bound_trips, seed=seed ^ TRIP_SEED_MASK)
+    trips = bound_per_person_window_spark(trips, options.trips_bound(), seed=seed ^ TRIP_SEED_MASK)
     return SparkBounded(presence, trips, source, presence_all, trips_all, homes, works)
 
 
@@ -300,43 +281,22 @@ def _place_counts_spark(homes: DataFrame, works: DataFrame, lookup: pl.DataFrame
     return residents, commuting
 
 
-def ingest_events_spark(
-    events_path: str | Path, cells_path: str | Path, out_dir: str | Path, *, name: str,
-    window_days: int = DEFAULT_WINDOW_DAYS, bound_trips: int = DEFAULT_BOUND_TRIPS,
-    bound_presence: int = DEFAULT_BOUND_PRESENCE, trip_rule: str = "stay", min_dwell_minutes: float = 30,
-    first_day: dt.date | None = None, end_day: dt.date | None = None, zonings: Iterable[ZoningSpec] = (),
-    seed: int | None = None, spark: SparkSession | None = None, progress: Progress | None = None,
-    accounting: str = PURE_DP, key_cap_trips: int = 1, delta: float = DEFAULT_DELTA,
-    report_epsilon: str | float | Epsilon = DEFAULT_REPORT_EPSILON, places: PlaceRule | None = None,
-) -> Path:
+def ingest_events_spark(events_path: str | Path, cells_path: str | Path, out_dir: str | Path, options: IngestOptions,
+                        *, spark: SparkSession | None = None, progress: Progress | None = None) -> Path:
     """Raw network events → bounded presence and trip counts with Spark; the same dataset directory.
 
     The bounding report is made as by the Polars engine: exact histograms counted by Spark,
     collected as at most a few dozen numbers, released once with OpenDP on the driver.
     """
+    options.check_input(("events",), "ingest_events_spark")
+    options.check_engine("spark")
     progress = progress or Progress()
-    first_day, end_day = check_declared_span(first_day, end_day)
-    seed = new_seed() if seed is None else seed
-    report_eps = parse_report_epsilon(report_epsilon)
-    if trip_rule not in derive.TRIP_RULES:
-        raise InvalidData(f"trip_rule={trip_rule!r} must be one of {list(derive.TRIP_RULES)}", field="trip_rule")
-    rule: dict[str, object] = {"kind": trip_rule}
-    if trip_rule == "stay":
-        rule["min_dwell_minutes"] = min_dwell_minutes
-    # name, span, window, bounds and the place rule checked before Spark reads anything
-    places = place_rule(places, window_days)
-    checked = DatasetMetadata(name, first_day, end_day, window_days, bound_trips, bound_presence, rule,
-                              accounting, key_cap_trips, delta, ONE_PLACE_PER_PERSON_HOUR, places)
+    # name, span, window, bounds and the place rule were checked when the options were made, before Spark reads
+    meta = options.events_metadata()
     progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
-    bounded = bounded_records_spark(events_path, cells_path, window_days=window_days, bound_trips=bound_trips,
-                                    bound_presence=bound_presence, trip_rule=trip_rule,
-                                    min_dwell_minutes=min_dwell_minutes, first_day=first_day, end_day=end_day,
-                                    seed=seed,
-                                    spark=spark,
-                                    key_cap_trips=accounting_of(accounting).key_cap_trips(checked), places=places)
+    bounded = bounded_records_spark(events_path, cells_path, options, seed=options.drawn_seed(), spark=spark)
     source = bounded.source
     try:
-        meta = checked
         progress.phase("deriving presence, bounding per person-window (Spark)")
         presence = _counts(bounded.presence, ["day", "hour", "cell"], ["cell"], source.lookup)
         progress.phase("deriving homes and work cells per person-window (Spark)")
@@ -344,19 +304,19 @@ def ingest_events_spark(
         residents, commuting = _place_counts_spark(bounded.homes, bounded.works, source.lookup)
         progress.phase("deriving trips, bounding per person-window (Spark)")
         trips = _counts(bounded.trips, ["day", "hour", "origin", "dest"], ["origin", "dest"], source.lookup)
-        histograms = ContributionHistograms(enabled=report_eps.nanos > 0)
+        histograms = ContributionHistograms(enabled=options.report_budget.nanos > 0)
         if histograms.enabled:
             progress.phase("counting contributions per person-window for the bounding report (Spark)")
             for measure, frame in (("presence", bounded.presence_unbounded), ("trips", bounded.trips_unbounded)):
                 assert frame is not None
                 histograms.add_counts(measure, contribution_counts_spark(frame))
-        report = release_bounding_report(histograms, report_eps, meta.window_count)
+        report = release_bounding_report(histograms, options.report_budget, meta.window_count)
     finally:
         source.events.unpersist()
     progress.phase("writing aggregates")
     out = Path(out_dir)
-    _load_zonings(zonings, source.catalog, out)
+    _load_zonings(options.zonings, source.catalog, out)
     write_aggregates(out, meta, _cells_frame(source.catalog), trips, presence, bounding_report=report,
                      residents=residents, commuting=commuting)
-    progress.phase(f"done: dataset {name!r} in {out}")
+    progress.phase(f"done: dataset {options.name!r} in {out}")
     return out

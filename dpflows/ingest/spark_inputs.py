@@ -11,10 +11,7 @@ import polars as pl
 
 from dpflows.cells import CellCatalog
 from dpflows.errors import InvalidData
-from dpflows.ingest.pipeline import (
-    check_declared_span,
-    read_cells,
-)
+from dpflows.ingest.inputs import check_declared_span, read_cells
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession

@@ -17,7 +17,14 @@ from dpflows.aggregates import PlaceRule, read_interchange, version_dir
 from dpflows.demo import generate_city
 from dpflows.errors import InvalidData
 from dpflows.ingest import pipeline
-from dpflows.ingest.pipeline import BUCKET_DIR_PREFIX, Progress, ZoningSpec, choose_buckets, ingest_events
+from dpflows.ingest.pipeline import (
+    BUCKET_DIR_PREFIX,
+    IngestOptions,
+    Progress,
+    ZoningSpec,
+    choose_buckets,
+    ingest_events,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = 9876543210  # a distinctive pseudonym that must never appear in a message
@@ -81,9 +88,10 @@ def test_bucketed_equals_unbucketed_exactly_with_active_bounds(city, tmp_path: P
                                                                exact_histograms: list) -> None:
     kw = dict(name="city", bound_trips=3, bound_presence=12, trip_rule=rule, seed=11,
               zonings=[ZoningSpec("sectors", city.sectors, True, 50)])
-    one = ingest_events(city.events, city.cells, tmp_path / "one", **city.span, buckets=1, **kw)
+    one = ingest_events(city.events, city.cells, tmp_path / "one", IngestOptions(**city.span, buckets=1, **kw))
     assert "bucket" not in capsys.readouterr().err  # progress lines only on a terminal
-    four = ingest_events(city.events, city.cells, tmp_path / "four", **city.span, buckets=4, progress=Progress(True), **kw)
+    four = ingest_events(city.events, city.cells, tmp_path / "four",
+                         IngestOptions(**city.span, buckets=4, **kw), progress=Progress(True))
     err = capsys.readouterr().err
     assert "splitting events by person into 4 buckets" in err and "bucket 4/4: deriving trips" in err
     assert_same(one, four)
@@ -96,11 +104,13 @@ def test_bucketed_equals_unbucketed_exactly_with_active_bounds(city, tmp_path: P
     meta, trips, _ = dataset(four)
     assert (meta["first_day"], meta["end_day"]) == ("2024-03-04", "2024-03-18")
     # the bounds were active: bounding dropped records, so equality is not a trivial keep-all
-    unbounded = ingest_events(city.events, city.cells, tmp_path / "all", **city.span, buckets=1, **{
-        **kw, "bound_trips": 10_000, "bound_presence": 10_000})
+    unbounded = ingest_events(city.events, city.cells, tmp_path / "all",
+                              IngestOptions(**city.span, buckets=1,
+                                            **{**kw, "bound_trips": 10_000, "bound_presence": 10_000}))
     assert trips["count"].sum() < dataset(unbounded)[1]["count"].sum()
     # a different seed keeps different records: the comparison above is not blind to the seed
-    other = ingest_events(city.events, city.cells, tmp_path / "other", **city.span, buckets=4, **{**kw, "seed": 12})
+    other = ingest_events(city.events, city.cells, tmp_path / "other",
+                          IngestOptions(**city.span, buckets=4, **{**kw, "seed": 12}))
     assert not dataset(other)[1].equals(trips)
     assert leftovers(tmp_path) == []
 
@@ -108,15 +118,17 @@ def test_bucketed_equals_unbucketed_exactly_with_active_bounds(city, tmp_path: P
 def test_bucketed_equals_unbucketed_with_zcdp_per_key_cap(city, tmp_path: Path, exact_histograms: list) -> None:
     kw = dict(name="z", bound_trips=4, bound_presence=12, seed=21, accounting="zcdp", key_cap_trips=1,
               trip_rule="consecutive")  # handovers back and forth repeat keys within an hour
-    one = ingest_events(city.events, city.cells, tmp_path / "one", **city.span, buckets=1, **kw)
-    three = ingest_events(city.events, city.cells, tmp_path / "three", **city.span, buckets=3, **kw)
+    one = ingest_events(city.events, city.cells, tmp_path / "one", IngestOptions(**city.span, buckets=1, **kw))
+    three = ingest_events(city.events, city.cells, tmp_path / "three", IngestOptions(**city.span, buckets=3, **kw))
     assert_same(one, three)
     assert exact_histograms[0] == exact_histograms[1]
     assert dataset(three)[0]["accounting"]["measure"] == "zcdp"
     # the per-key cap is active on this city: without the L bound, capping repeats keeps fewer trips
     unbounded = {**kw, "bound_trips": 10_000, "report_epsilon": 0}
-    capped = ingest_events(city.events, city.cells, tmp_path / "capped", **city.span, buckets=3, **unbounded)
-    loose = ingest_events(city.events, city.cells, tmp_path / "loose", **city.span, buckets=3, **{**unbounded, "key_cap_trips": 50})
+    capped = ingest_events(city.events, city.cells, tmp_path / "capped",
+                           IngestOptions(**city.span, buckets=3, **unbounded))
+    loose = ingest_events(city.events, city.cells, tmp_path / "loose",
+                          IngestOptions(**city.span, buckets=3, **{**unbounded, "key_cap_trips": 50}))
     assert dataset(loose)[1]["count"].sum() > dataset(capped)[1]["count"].sum()
 
 
@@ -131,8 +143,8 @@ def test_bucketed_csv_with_string_persons_first_day_and_more_buckets_than_person
     city = generate_city(tmp_path / "c", persons=1, days=1)
     kw = dict(name="x", bound_trips=2, bound_presence=5, first_day=dt.date(2024, 3, 4), end_day=dt.date(2024, 3, 14),
               seed=5)
-    one = ingest_events(events, city.cells, tmp_path / "one", buckets=1, **kw)
-    many = ingest_events(events, city.cells, tmp_path / "many", buckets=16, **kw)  # most buckets empty
+    one = ingest_events(events, city.cells, tmp_path / "one", IngestOptions(buckets=1, **kw))
+    many = ingest_events(events, city.cells, tmp_path / "many", IngestOptions(buckets=16, **kw))  # most buckets empty
     assert_same(one, many, with_places=False)  # no night hours, no homes
     meta, trips, _ = dataset(many)
     assert (meta["first_day"], meta["end_day"]) == ("2024-03-04", "2024-03-14")
@@ -158,8 +170,9 @@ def test_any_bucket_count_gives_the_same_output(city, tmp_path_factory: pytest.T
     frame.write_parquet(tmp / "events.parquet")
     kw = dict(name="p", bound_trips=2, bound_presence=3, window_days=2, min_dwell_minutes=10, seed=seed,
               report_epsilon=0, places=PlaceRule(min_work_days=1))  # work cells from one day: more of them
-    one = ingest_events(tmp / "events.parquet", city.cells, tmp / "one", **city.span, buckets=1, **kw)
-    many = ingest_events(tmp / "events.parquet", city.cells, tmp / "many", **city.span, buckets=buckets, **kw)
+    one = ingest_events(tmp / "events.parquet", city.cells, tmp / "one", IngestOptions(**city.span, buckets=1, **kw))
+    many = ingest_events(tmp / "events.parquet", city.cells, tmp / "many",
+                         IngestOptions(**city.span, buckets=buckets, **kw))
     meta_a, trips_a, pres_a = dataset(one)
     meta_b, trips_b, pres_b = dataset(many)
     assert meta_a == meta_b and trips_a.equals(trips_b) and pres_a.equals(pres_b)
@@ -180,7 +193,7 @@ def test_temporary_buckets_exist_during_ingestion_and_are_removed_after(city, tm
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "_bucket_counts", watching)
-    ingest_events(city.events, city.cells, data / "ds", **city.span, name="x", buckets=3, seed=1)
+    ingest_events(city.events, city.cells, data / "ds", IngestOptions(**city.span, name="x", buckets=3, seed=1))
     assert len(seen) == 3 and len(seen[0]) >= 3  # three buckets, each in its own file(s)
     assert leftovers(data) == [] and (version_dir(data / "ds") / "metadata.json").exists()
 
@@ -189,8 +202,8 @@ def test_temporary_buckets_are_removed_after_a_failure(city, tmp_path: Path, mon
     data = tmp_path / "data"
     # a data error found after the split: events start before --first-day
     with pytest.raises(InvalidData, match=r"before --first-day 2024-03-05"):
-        ingest_events(city.events, city.cells, data / "early", name="x", buckets=3, first_day=dt.date(2024, 3, 5),
-                      end_day=city.end_day)
+        ingest_events(city.events, city.cells, data / "early",
+                      IngestOptions(name="x", buckets=3, first_day=dt.date(2024, 3, 5), end_day=city.end_day))
     assert leftovers(data) == [] and not (data / "early").exists()
     # a crash in the middle of the bucket loop
     calls = []
@@ -204,7 +217,7 @@ def test_temporary_buckets_are_removed_after_a_failure(city, tmp_path: Path, mon
 
     monkeypatch.setattr(pipeline, "_bucket_counts", failing_second)
     with pytest.raises(MemoryError):
-        ingest_events(city.events, city.cells, data / "crash", **city.span, name="x", buckets=3, seed=1)
+        ingest_events(city.events, city.cells, data / "crash", IngestOptions(**city.span, name="x", buckets=3, seed=1))
     assert leftovers(data) == [] and not (data / "crash").exists()
 
 
@@ -228,13 +241,13 @@ def test_validation_errors_do_not_depend_on_buckets(city, tmp_path: Path, bucket
     ]
     for rows, message in cases:
         with pytest.raises(InvalidData) as info:
-            ingest_events(write_events(tmp_path, rows), city.cells, tmp_path / "data" / "out", **city.span, name="x", seed=1,
-                          buckets=buckets)
+            ingest_events(write_events(tmp_path, rows), city.cells, tmp_path / "data" / "out",
+                          IngestOptions(**city.span, name="x", seed=1, buckets=buckets))
         assert info.value.message == message
         assert str(SECRET) not in info.value.message
     assert leftovers(tmp_path) == [] and not (tmp_path / "data" / "out").exists()
     with pytest.raises(InvalidData, match=r"buckets=0 must be at least 1") as info:
-        ingest_events(city.events, city.cells, tmp_path / "out", **city.span, name="x", buckets=0)
+        ingest_events(city.events, city.cells, tmp_path / "out", IngestOptions(**city.span, name="x", buckets=0))
     assert info.value.field == "buckets"
 
 
@@ -259,8 +272,8 @@ def test_cli_buckets(city, tmp_path: Path) -> None:
     done = cli("ingest", str(city.events), "--out", str(tmp_path / "data" / "cli"), "--buckets", "3", *common)
     assert done.returncode == 0, done.stderr
     assert "dataset 'cli' written to" in done.stdout
-    lib = ingest_events(city.events, city.cells, tmp_path / "lib", **city.span, name="cli", buckets=1, bound_trips=100_000,
-                        bound_presence=100_000)
+    lib = ingest_events(city.events, city.cells, tmp_path / "lib",
+                        IngestOptions(**city.span, name="cli", buckets=1, bound_trips=100_000, bound_presence=100_000))
     (meta_a, trips_a, pres_a), (meta_b, trips_b, pres_b) = dataset(tmp_path / "data" / "cli"), dataset(lib)
     assert trips_a.equals(trips_b) and trips_a.height > 0
     assert ({k: v for k, v in meta_a.items() if k not in ("files", "windows")}

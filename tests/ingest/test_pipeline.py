@@ -12,7 +12,7 @@ from dpflows.aggregates import load_dataset, read_interchange
 from dpflows.demo import generate_city
 from dpflows.errors import InvalidData
 from dpflows.ingest.citibike import citibike_cells, citibike_trips_table
-from dpflows.ingest.pipeline import ZoningSpec, ingest_events, ingest_trips_table
+from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, ingest_events, ingest_trips_table
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "citibike-nyc-2017"
 SECRET = 9876543210  # a distinctive pseudonym that must never appear in a message
@@ -37,9 +37,10 @@ def test_demo_city_is_deterministic_and_zonings_are_public_and_coarse(city, tmp_
 
 
 def test_ingest_round_trip_with_bounds_windows_and_zonings(city, tmp_path: Path) -> None:
-    out = ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", bound_trips=6, bound_presence=30,
-                        zonings=[ZoningSpec("districts", city.districts),
-                                 ZoningSpec("sectors", city.sectors, True, 50)], seed=11)
+    out = ingest_events(city.events, city.cells, tmp_path / "ds",
+                        IngestOptions(**city.span, name="city", bound_trips=6, bound_presence=30,
+                                      zonings=[ZoningSpec("districts", city.districts), ZoningSpec("sectors", city.sectors, True, 50)],
+                                      seed=11))
     data = load_dataset(out)
     meta = data.metadata
     assert (meta.first_day, meta.end_day, meta.window_count) == (dt.date(2024, 3, 4), dt.date(2024, 3, 18), 2)
@@ -70,26 +71,28 @@ def test_bad_inputs_name_file_column_and_rows_never_persons(city, tmp_path: Path
     ]
     for rows, fragment, column in cases:
         with pytest.raises(InvalidData) as info:
-            ingest_events(write_events(tmp_path, rows), city.cells, tmp_path / "out", **city.span, name="x", seed=1)
+            ingest_events(write_events(tmp_path, rows), city.cells, tmp_path / "out",
+                          IngestOptions(**city.span, name="x", seed=1))
         message = info.value.message
         assert "events.csv" in message and fragment in message and column in message, message
         assert str(SECRET) not in message
     missing = tmp_path / "m.csv"
     missing.write_text("who,when,where\n1,2,3\n")
     with pytest.raises(InvalidData, match=r"m\.csv: missing column\(s\) \['person', 'timestamp', 'cell_id'\]"):
-        ingest_events(missing, city.cells, tmp_path / "out", **city.span, name="x")
+        ingest_events(missing, city.cells, tmp_path / "out", IngestOptions(**city.span, name="x"))
     empty = tmp_path / "e.csv"
     empty.write_text("person,timestamp,cell_id\n")
     with pytest.raises(InvalidData, match="no rows"):
-        ingest_events(empty, city.cells, tmp_path / "out", **city.span, name="x")
+        ingest_events(empty, city.cells, tmp_path / "out", IngestOptions(**city.span, name="x"))
 
 
 def test_citibike_day_as_a_trips_table(tmp_path: Path) -> None:
     trips = citibike_trips_table([SHARED / "trips-2017-04-18.csv.gz"], SHARED / "stations.csv")
     cells = tmp_path / "stations.csv"
     citibike_cells(SHARED / "stations.csv").write_csv(cells)
-    out = ingest_trips_table(trips, cells, tmp_path / "cb", name="citibike", bound_trips=1, seed=5,
-                             first_day=dt.date(2017, 4, 18), end_day=dt.date(2017, 4, 19))
+    out = ingest_trips_table(trips, cells, tmp_path / "cb",
+                             IngestOptions(name="citibike", bound_trips=1, seed=5, first_day=dt.date(2017, 4, 18),
+                                           end_day=dt.date(2017, 4, 19), input_format="trips"))
     data = load_dataset(out)
     assert data.metadata.first_day == dt.date(2017, 4, 18) and data.metadata.bound_trips == 1
     assert data.frame("trips")["count"].sum() == trips.height  # each trip its own unit: bound 1 keeps all

@@ -25,7 +25,7 @@ from dpflows.cli import main
 from dpflows.demo import generate_city
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
-from dpflows.ingest.pipeline import DEFAULT_PLACES, ingest_events, place_rule
+from dpflows.ingest.pipeline import DEFAULT_PLACES, IngestOptions, ingest_events, place_rule
 from tests.ingest.places_reference import check_hour_cells, check_places
 
 MON = dt.date(2024, 3, 4)  # window 0: Mon 4 - Sun 10 March; window 1 from Mon 11
@@ -166,7 +166,7 @@ def test_demo_city_records_follow_the_rule_and_the_dataset_stores_them(city, tmp
     assert check_hour_cells(events, cells) > 100  # the demo city has many tied hours
     seen = check_places(cells, home, work, DEFAULT_PLACES)
     assert seen["homes"] > 500 and seen["work"] > 400 and seen["home tied"] >= 1
-    out = ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="ds", seed=3)
+    out = ingest_events(city.events, city.cells, tmp_path / "ds", IngestOptions(**city.span, name="ds", seed=3))
     data = load_dataset(out)
     assert data.metadata.one_place_per_hour and data.metadata.places == DEFAULT_PLACES
     assert data.metadata.places is not None
@@ -236,9 +236,9 @@ def _ingest(tmp: Path, name: str, rows: list[tuple[int, int, int]], cells: Path,
     start = dt.datetime.combine(MON, dt.time())
     pl.DataFrame({"person": [r[0] for r in rows], "timestamp": [start + dt.timedelta(minutes=r[1]) for r in rows],
                   "cell_id": [CELL_IDS[r[2]] for r in rows]}).write_parquet(tmp / f"{name}.parquet")
-    return ingest_events(tmp / f"{name}.parquet", cells, tmp / name, name=name, first_day=MON,
-                         end_day=MON + dt.timedelta(days=14), bound_presence=6, seed=seed, report_epsilon=0,
-                         places=PlaceRule(min_work_days=1))
+    return ingest_events(tmp / f"{name}.parquet", cells, tmp / name,
+                         IngestOptions(name=name, first_day=MON, end_day=MON + dt.timedelta(days=14), bound_presence=6,
+                                       seed=seed, report_epsilon=0, places=PlaceRule(min_work_days=1)))
 
 
 def _window_l1(a: pl.DataFrame, b: pl.DataFrame, keys: list[str], by: list[str]) -> dict[tuple, int]:
@@ -291,7 +291,7 @@ def test_one_demo_person_adds_exactly_their_places(city, tmp_path: Path) -> None
 
     events = pl.read_parquet(city.events)
     kw = dict(name="n", **city.span, bound_presence=30, seed=9, report_epsilon=0)
-    full = ingest_events(city.events, city.cells, tmp_path / "full", **kw)
+    full = ingest_events(city.events, city.cells, tmp_path / "full", IngestOptions(**kw))
     _, lookup = read_cells(city.cells)
     indexed = _index_cells(events.lazy(), lookup, city.events, "cell_id", "cell")  # as ingestion hashes them
     cells = _with_window(derive.presence(indexed, seed=9), city.first_day, 7).collect().lazy()
@@ -300,7 +300,7 @@ def test_one_demo_person_adds_exactly_their_places(city, tmp_path: Path) -> None
     persons = events["person"].unique().sort().to_list()
     for target in persons[::75]:  # four persons
         events.filter(pl.col("person") != target).write_parquet(tmp_path / "without.parquet")
-        without = ingest_events(tmp_path / "without.parquet", city.cells, tmp_path / "without", **kw)
+        without = ingest_events(tmp_path / "without.parquet", city.cells, tmp_path / "without", IngestOptions(**kw))
         effect = neighbour_differences(full, without, 30)
         mine = {"home": home.filter(pl.col("person") == target).height,
                 "work": work.filter(pl.col("person") == target).height}
@@ -329,14 +329,15 @@ def test_old_datasets_without_places_still_load(report_root: Path, tmp_path: Pat
 
 
 def test_cli_defaults_are_the_library_defaults() -> None:
-    from dpflows.cli import build_parser
+    from dpflows.cli import build_parser, ingest_options
     from dpflows.ingest.pipeline import DEFAULT_BOUND_PRESENCE, DEFAULT_BOUND_TRIPS
 
     args = build_parser().parse_args(["ingest", "e.parquet", "--cells", "c.csv", "--out", "o", "--first-day",
                                       "2024-03-04", "--end-day", "2024-03-11"])
+    options = ingest_options(args)
+    assert options == IngestOptions(name="o", first_day=MON, end_day=dt.date(2024, 3, 11))
     # L_trips follows the unit: the library's 20 per person-window, or 1 when each trip is its own unit
-    from dpflows.cli import _bound_or_default
-
-    assert args.bound_trips is None and _bound_or_default(args.bound_trips) == DEFAULT_BOUND_TRIPS == 20
-    assert args.bound_presence == DEFAULT_BOUND_PRESENCE == 60
-    assert (args.home_hours, args.work_hours, args.min_work_days) == (None, None, None)  # DEFAULT_PLACES, fitted
+    assert options.bound_trips is None and options.trips_bound() == DEFAULT_BOUND_TRIPS == 20
+    assert options.trips_bound(per_person=False) == 1
+    assert options.bound_presence == DEFAULT_BOUND_PRESENCE == 60
+    assert options.places is None and options.place_rule == DEFAULT_PLACES  # DEFAULT_PLACES, fitted

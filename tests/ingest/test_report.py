@@ -24,7 +24,7 @@ from dpflows.ingest.contribution_histograms import (
     parse_report_epsilon,
     release_bounding_report,
 )
-from dpflows.ingest.pipeline import ingest_events, ingest_trips_table
+from dpflows.ingest.pipeline import IngestOptions, ingest_events, ingest_trips_table
 from dpflows.mechanisms import privacy_loss, scale_for_epsilon
 
 RELEASE_FIELDS = {"format", "bin_upper", "measures", "noisy_counts", "mechanism", "noise_scale", "sensitivity",
@@ -104,7 +104,8 @@ def city(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ingestion_stores_the_release_and_nothing_exact(city, tmp_path: Path) -> None:
-    out = ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=11, report_epsilon="0.1")
+    out = ingest_events(city.events, city.cells, tmp_path / "ds",
+                        IngestOptions(**city.span, name="city", seed=11, report_epsilon="0.1"))
     doc = json.loads((version_dir(out) / "metadata.json").read_text())
     stored = doc["bounding_report"]
     assert set(stored) == RELEASE_FIELDS  # the mechanism's output and how it was made; no exact field
@@ -121,20 +122,25 @@ def test_ingestion_stores_the_release_and_nothing_exact(city, tmp_path: Path) ->
 
 
 def test_no_report_when_asked_or_without_persons(city, tmp_path: Path) -> None:
-    out = ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=11, report_epsilon=0)
+    out = ingest_events(city.events, city.cells, tmp_path / "ds",
+                        IngestOptions(**city.span, name="city", seed=11, report_epsilon=0))
     assert "bounding_report" not in json.loads((version_dir(out) / "metadata.json").read_text())
     assert load_dataset(out).bounding_report is None and load_dataset(out).report_charges == ()
     trips = pl.DataFrame({"timestamp": ["2024-03-04 08:00:00"], "origin": ["C0101"], "dest": ["C0102"]})
-    out = ingest_trips_table(trips, city.cells, tmp_path / "tt", **city.span, name="tt", seed=1)
+    out = ingest_trips_table(trips, city.cells, tmp_path / "tt",
+                             IngestOptions(**city.span, name="tt", seed=1, input_format="trips"))
     assert load_dataset(out).bounding_report is None
 
 
 def test_reingestion_carries_an_earlier_report_forward(city, tmp_path: Path) -> None:
-    first = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=1))
-    second = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=2,
-                                        bound_trips=10, report_epsilon=0))
+    first = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds",
+                                       IngestOptions(**city.span, name="city", seed=1)))
+    second = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds",
+                                        IngestOptions(**city.span, name="city", seed=2, bound_trips=10,
+                                                      report_epsilon=0)))
     assert [c.ingestion for c in second.report_charges] == [first.version]
-    third = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds", **city.span, name="city", seed=3))
+    third = load_dataset(ingest_events(city.events, city.cells, tmp_path / "ds",
+                                       IngestOptions(**city.span, name="city", seed=3)))
     assert [c.ingestion for c in third.report_charges] == [first.version, third.version]
 
 

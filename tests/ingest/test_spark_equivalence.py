@@ -39,7 +39,7 @@ from dpflows.demo import generate_city
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
 from dpflows.ingest.bounding import bound_per_person_window
-from dpflows.ingest.pipeline import ZoningSpec, _index_cells, _with_window, ingest_events, read_cells
+from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, _index_cells, _with_window, ingest_events, read_cells
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -92,8 +92,9 @@ def test_inactive_bounds_give_identical_aggregates(spark, city, tmp_path: Path, 
     zonings = [ZoningSpec("districts", city.districts), ZoningSpec("sectors", city.sectors, True, 50)]
     kw: dict[str, Any] = dict(name="city", bound_trips=big, bound_presence=big, trip_rule=rule,
                               min_dwell_minutes=30, zonings=zonings)
-    polars_out = ingest_events(city.events, city.cells, tmp_path / "polars", **city.span, seed=1, **kw)
-    spark_out = ingest_events_spark(city.events, city.cells, tmp_path / "spark", **city.span, seed=2, spark=spark, **kw)
+    polars_out = ingest_events(city.events, city.cells, tmp_path / "polars", IngestOptions(**city.span, seed=1, **kw))
+    spark_out = ingest_events_spark(city.events, city.cells, tmp_path / "spark",
+                                    IngestOptions(**city.span, seed=2, **kw), spark=spark)
     for name, keys in (("trips", ["day", "hour", "origin", "dest"]), ("presence", ["day", "hour", "cell"]),
                        ("residents", ["window", "place", "cell"]), ("commuting", ["window", "home", "work"])):
         a, b = (_sorted(read_interchange(polars_out, name), keys),
@@ -149,8 +150,8 @@ def test_active_bounds_keep_at_most_l_and_sum_of_min_n_l(spark, city) -> None:
     from dpflows.ingest.spark import bounded_records_spark
 
     presence, trips, _ = _polars_records(city)
-    bounded = bounded_records_spark(city.events, city.cells, **city.span, bound_trips=L_TRIPS, bound_presence=L_PRESENCE,
-                                    seed=123, spark=spark)
+    options = IngestOptions(name="city", **city.span, bound_trips=L_TRIPS, bound_presence=L_PRESENCE)
+    bounded = bounded_records_spark(city.events, city.cells, options, seed=123, spark=spark)
     try:
         for frame, records, bound in ((bounded.presence, presence, L_PRESENCE), (bounded.trips, trips, L_TRIPS)):
             sizes = frame.groupBy("person", "window").count().agg(F.max("count"), F.sum("count")).collect()[0]
@@ -278,16 +279,18 @@ def test_spark_errors_name_file_and_column_never_persons(spark, city, tmp_path: 
         path = tmp_path / "events.csv"
         path.write_text("person,timestamp,cell_id\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
         with pytest.raises(InvalidData) as info:
-            ingest_events_spark(path, city.cells, tmp_path / "out", **city.span, name="x", seed=1, spark=spark)
+            ingest_events_spark(path, city.cells, tmp_path / "out",
+                                IngestOptions(**city.span, name="x", seed=1), spark=spark)
         message = info.value.message
         assert "events.csv" in message and fragment in message and column in message, message
         assert str(SECRET) not in message
     missing = tmp_path / "m.csv"
     missing.write_text("who,when,where\n1,2,3\n")
     with pytest.raises(InvalidData, match=r"m\.csv: missing column\(s\) \['person', 'timestamp', 'cell_id'\]"):
-        ingest_events_spark(missing, city.cells, tmp_path / "out", **city.span, name="x", spark=spark)
+        ingest_events_spark(missing, city.cells, tmp_path / "out", IngestOptions(**city.span, name="x"), spark=spark)
     with pytest.raises(InvalidData, match="bound"):
-        ingest_events_spark(city.events, city.cells, tmp_path / "out", **city.span, name="x", bound_trips=0, spark=spark)
+        ingest_events_spark(city.events, city.cells, tmp_path / "out",
+                            IngestOptions(**city.span, name="x", bound_trips=0), spark=spark)
 
 
 def test_cli_engine_spark_uses_the_active_session(spark, city, tmp_path: Path, capsys) -> None:
@@ -310,7 +313,8 @@ def test_spark_contribution_histograms_equal_polars(spark, city) -> None:
     from dpflows.ingest.spark import bounded_records_spark, contribution_counts_spark
 
     presence, trips, _ = _polars_records(city)
-    bounded = bounded_records_spark(city.events, city.cells, **city.span, window_days=7, seed=3, spark=spark)
+    bounded = bounded_records_spark(city.events, city.cells, IngestOptions(name="city", **city.span, window_days=7),
+                                    seed=3, spark=spark)
     for polars_records, spark_records in ((presence, bounded.presence_unbounded), (trips, bounded.trips_unbounded)):
         assert spark_records is not None
         counts = contribution_counts_spark(spark_records)
@@ -356,9 +360,10 @@ def test_without_ties_every_file_is_identical(spark, tmp_path: Path) -> None:
     city = generate_city(tmp_path / "c", persons=1, days=1)
     span = {"first_day": dt.date(2024, 3, 4), "end_day": dt.date(2024, 3, 18)}
     kw: dict[str, Any] = dict(name="tf", bound_trips=10**6, bound_presence=10**6, report_epsilon=0, **span)
-    polars_out = ingest_events(tmp_path / "events.parquet", city.cells, tmp_path / "polars", seed=1, **kw)
-    spark_out = ingest_events_spark(tmp_path / "events.parquet", city.cells, tmp_path / "spark", seed=2, spark=spark,
-                                    **kw)
+    polars_out = ingest_events(tmp_path / "events.parquet", city.cells, tmp_path / "polars",
+                               IngestOptions(seed=1, **kw))
+    spark_out = ingest_events_spark(tmp_path / "events.parquet", city.cells, tmp_path / "spark",
+                                    IngestOptions(seed=2, **kw), spark=spark)
     for name, keys in (("trips", ["day", "hour", "origin", "dest"]), ("presence", ["day", "hour", "cell"]),
                        ("residents", ["window", "place", "cell"]), ("commuting", ["window", "home", "work"])):
         a, b = (_sorted(read_interchange(polars_out, name), keys),
@@ -378,7 +383,7 @@ def test_spark_records_follow_the_rule_and_ties_are_not_broken_by_order(spark, c
 
     _, lookup = read_cells(city.cells)
     events = _index_cells(pl.scan_parquet(city.events), lookup, Path(city.events), "cell_id", "cell").collect()
-    bounded = bounded_records_spark(city.events, city.cells, **city.span, seed=5, spark=spark)
+    bounded = bounded_records_spark(city.events, city.cells, IngestOptions(name="city", **city.span), seed=5, spark=spark)
     try:
         assert bounded.presence_unbounded is not None and bounded.homes is not None and bounded.works is not None
         hour_cells = _collect(bounded.presence_unbounded)

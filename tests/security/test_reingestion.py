@@ -21,7 +21,7 @@ import pytest
 from dpflows.aggregates import AggregateStore, load_dataset, version_dir, write_aggregates
 from dpflows.budget import Epsilon, Rho
 from dpflows.errors import BudgetExceeded, Conflict, DataUnavailable, InvalidData, InvalidInput
-from dpflows.ingest.pipeline import ZoningSpec, ingest_events, ingest_trips_table
+from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, ingest_events, ingest_trips_table
 from dpflows.ledger import Ledger
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.queries import make_spec
@@ -62,7 +62,8 @@ def raw(report_root: Path) -> Path:
 def ingest(raw: Path, root: Path, name: str = "city", **kw: Any) -> Path:
     args: dict[str, Any] = {"first_day": MON, "end_day": END, "seed": 8, "report_epsilon": 0,
                             "zonings": [ZoningSpec("districts", raw / "zonings" / "districts.csv")], **kw}
-    return ingest_events(raw / "events.parquet", raw / "cells.csv", root / "datasets" / name, name=name, **args)
+    return ingest_events(raw / "events.parquet", raw / "cells.csv", root / "datasets" / name,
+                         IngestOptions(name=name, **args))
 
 
 def flows(start: dt.date, end: dt.date, epsilon: str = "1", dataset: str = "city") -> QueryRequest:
@@ -113,9 +114,9 @@ def test_a_spent_week_cannot_be_spent_again_under_a_shifted_grid(raw: Path, tmp_
 def _ingest_week2(raw: Path, tmp_path: Path, root: Path) -> None:
     events = tmp_path / "week2.parquet"
     pl.read_parquet(raw / "events.parquet").filter(pl.col("timestamp").dt.date() >= WEEK2).write_parquet(events)
-    ingest_events(events, raw / "cells.csv", root / "datasets" / "city", name="city", first_day=WEEK2,
-                  end_day=END, seed=8, report_epsilon=0,
-                  zonings=[ZoningSpec("districts", raw / "zonings" / "districts.csv")])
+    ingest_events(events, raw / "cells.csv", root / "datasets" / "city",
+                  IngestOptions(name="city", first_day=WEEK2, end_day=END, seed=8, report_epsilon=0,
+                                zonings=[ZoningSpec("districts", raw / "zonings" / "districts.csv")]))
 
 
 def test_another_window_length_is_refused(raw: Path, tmp_path: Path, ledger_factory: Callable[[], Ledger]) -> None:
@@ -230,14 +231,16 @@ def test_one_person_alone_on_a_day_changes_nothing_published(raw: Path, tmp_path
     pl.concat([events, lone.select(events.columns)]).write_parquet(with_her)
     metas = []
     for name, path in (("without", raw / "events.parquet"), ("with", with_her)):
-        out = ingest_events(path, raw / "cells.csv", tmp_path / name, name=name, first_day=MON,
-                            end_day=END + dt.timedelta(days=1), seed=1, report_epsilon=0)
+        out = ingest_events(path, raw / "cells.csv", tmp_path / name,
+                            IngestOptions(name=name, first_day=MON, end_day=END + dt.timedelta(days=1), seed=1,
+                                          report_epsilon=0))
         metas.append(load_dataset(out).metadata)
     assert [(m.first_day, m.end_day, m.window_count) for m in metas] == [(MON, dt.date(2024, 3, 19), 3)] * 2
     with pytest.raises(InvalidData, match=r"fall on or after --end-day 2024-03-18"):
-        ingest_events(with_her, raw / "cells.csv", tmp_path / "x", name="x", first_day=MON, end_day=END, seed=1)
+        ingest_events(with_her, raw / "cells.csv", tmp_path / "x",
+                      IngestOptions(name="x", first_day=MON, end_day=END, seed=1))
     with pytest.raises(InvalidData, match=r"--first-day and --end-day .* are required"):
-        ingest_events(raw / "events.parquet", raw / "cells.csv", tmp_path / "y", name="y", seed=1)
+        ingest_events(raw / "events.parquet", raw / "cells.csv", tmp_path / "y", IngestOptions(name="y", seed=1))
 
 
 def test_the_ingest_command_requires_the_declared_days(raw: Path, tmp_path: Path,
@@ -259,8 +262,8 @@ def test_a_dataset_is_served_only_under_its_own_name(raw: Path, tmp_path: Path,
 
     root = tmp_path / "data"
     ingest(raw, root)
-    out = ingest_events(raw / "events.parquet", raw / "cells.csv", root / "datasets" / "city2", name="city",
-                        first_day=MON, end_day=END, seed=2, report_epsilon="0.5")
+    out = ingest_events(raw / "events.parquet", raw / "cells.csv", root / "datasets" / "city2",
+                        IngestOptions(name="city", first_day=MON, end_day=END, seed=2, report_epsilon="0.5"))
     assert load_dataset(out).metadata.name == "city"
     with pytest.raises(DataUnavailable, match="re-ingest it with --name city2"):
         AggregateStore(root).get("city2")
@@ -281,8 +284,8 @@ def test_empty_person_ids_in_a_trips_table_are_refused(raw: Path, tmp_path: Path
         "origin": ["C0101"] * 4, "dest": ["C0102"] * 4,
     }, schema={"person": pl.String, "timestamp": pl.String, "origin": pl.String, "dest": pl.String})
     with pytest.raises(InvalidData, match=r"column 'person' is empty in rows \[2, 3\]") as info:
-        ingest_trips_table(trips, raw / "cells.csv", tmp_path / "t", name="t", first_day=MON, end_day=END,
-                           bound_trips=4)
+        ingest_trips_table(trips, raw / "cells.csv", tmp_path / "t",
+                           IngestOptions(name="t", first_day=MON, end_day=END, bound_trips=4, input_format="trips"))
     assert info.value.field == "person"
     assert not (tmp_path / "t").exists()
 
@@ -294,7 +297,7 @@ def test_empty_person_ids_in_events_are_refused(raw: Path, tmp_path: Path) -> No
     path = tmp_path / "e.parquet"
     events.write_parquet(path)
     with pytest.raises(InvalidData, match=r"column 'person' is empty in rows \[5\]"):
-        ingest_events(path, raw / "cells.csv", tmp_path / "e", name="e", first_day=MON, end_day=END)
+        ingest_events(path, raw / "cells.csv", tmp_path / "e", IngestOptions(name="e", first_day=MON, end_day=END))
 
 
 # 7. the service needs a durable ledger ---------------------------------------------------
