@@ -5,7 +5,7 @@
     python benchmarks/bench_serving.py                                 # the demo city only (made in a temp dir)
 
 For each data root (a real-scale city ingested by `dpflows ingest` into DIR/datasets/city with
-the zonings zones1000 and sectors, and the demo city: 20,000 persons, 28 days, made here unless
+the zonings zones1000 and sectors (queried on sectors), and the demo city: 20,000 persons, 28 days, made here unless
 --demo names one) and each worker count, a fresh SQLite ledger and a real gunicorn on loopback
 (tests/servers.py):
 
@@ -21,7 +21,9 @@ the zonings zones1000 and sectors, and the demo city: 20,000 persons, 28 days, m
 --baseline DIR serves the same city written in format 1 (whole-dataset Parquet read into every
 worker, as before issue 20; `tests/legacy_layout.write_format1` or an older dpflows makes one)
 at --baseline-workers (default 1: each such worker holds the whole city privately) for the
-same figures. Printed with the load average (the machine is shared).
+same figures, by the code in --baseline-code (e.g. `git archive` of the commit before issue 20
+unpacked in a directory; default: this code, which still serves format 1). Printed with the
+load average (the machine is shared).
 """
 
 from __future__ import annotations
@@ -86,10 +88,9 @@ def _mapped_files(pid: int, under: Path) -> int:
     return len({line.split()[-1] for line in maps if line.endswith(".arrow") and str(under) in line})
 
 
-def _seed(target: Target, work: Path) -> tuple[str, str]:
-    """A planner with room for every query; caps set through the ledger (loading no counts here)."""
-    ledger_path = work / f"ledger-{target.label}.db"
-    ledger_path.unlink(missing_ok=True)
+def _seed(target: Target, work: Path, run: str) -> tuple[str, str]:
+    """A new ledger with a planner with room for every query; caps set through the ledger (loading no counts)."""
+    ledger_path = work / f"ledger-{run}.db"
     service = Service(AggregateStore(target.data_dir), SqliteLedger(ledger_path))
     planner, key = service.create_client("bench-planner", "planner")
     meta = service.store.metadata(target.dataset)
@@ -130,15 +131,17 @@ def _timed(url: str, headers: dict[str, str], kind: str, body: dict[str, object]
     return elapsed
 
 
-def run_workers(target: Target, workers: int, work: Path, repeats: int, mapped: bool) -> dict[str, float]:
-    ledger_url, key = _seed(target, work)
+def run_workers(target: Target, workers: int, work: Path, repeats: int, mapped: bool,
+                code: Path = ROOT) -> dict[str, float]:
+    run = f"{target.label.replace(' ', '-')}-{'mapped' if mapped else 'format1'}-{workers}"
+    ledger_url, key = _seed(target, work, run)
     headers = {"Authorization": f"Bearer {key}"}
     fresh = _Fresh()
     env = {"DPFLOWS_RATE_LIMIT": "100000", "DPFLOWS_RATE_BURST": "100000", "DPFLOWS_TIMEOUT": "600",
            "DPFLOWS_NOISE_POOL_VALUES": "0"}
     start = time.perf_counter()
     with GunicornServer(target.data_dir, ledger_url, workers=workers, extra_env=env,
-                        log_path=work / f"gunicorn-{target.label}-{workers}.log") as srv:
+                        log_path=work / f"gunicorn-{run}.log", code=code) as srv:
         while True:
             try:
                 _timed(srv.url, headers, "flows", _body(target, "flows", 1, fresh()))
@@ -191,14 +194,15 @@ def in_process(target: Target, repeats: int) -> dict[str, float]:
     return out
 
 
-def report(target: Target, workers: list[int], work: Path, repeats: int, mapped: bool = True) -> None:
-    layout = "window files, mapped" if mapped else "format 1, Parquet in every worker"
+def report(target: Target, workers: list[int], work: Path, repeats: int, mapped: bool = True,
+           code: Path = ROOT) -> None:
+    layout = "window files, mapped" if mapped else f"format 1, Parquet in every worker, code in {code}"
     print(f"\n== {target.label} ({layout}); {_load()}", flush=True)
     print("workers | first answer | PSS workers | PSS aggregates (sum) | master | flows 1 d | flows 28 d | ratio | "
           "presence 1 d | presence 28 d | ratio", flush=True)
     rows = {}
     for n in workers:
-        r = run_workers(target, n, work, repeats, mapped)
+        r = run_workers(target, n, work, repeats, mapped, code)
         rows[n] = r
         print(f"{n:7d} | {r['first_s']:10.2f} s | {r['pss_total_mib']:7.0f} MiB | {r['pss_agg_mib']:16.1f} MiB | "
               f"{r['master_mib']:4.0f} MiB | {r['flows-1'] * 1000:6.0f} ms | {r['flows-28'] * 1000:7.0f} ms | "
@@ -232,7 +236,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--city", type=Path, help="data root holding the real-scale city as datasets/city")
     parser.add_argument("--baseline", type=Path, help="data root holding the same city in format 1")
-    parser.add_argument("--baseline-workers", default="1")
+    parser.add_argument("--baseline-workers", default="1", help="worker counts of the real-scale baseline")
+    parser.add_argument("--baseline-code", type=Path, default=ROOT,
+                        help="a checkout of dpflows before issue 20 (git archive) serving the baselines (default: this "
+                             "one, which reads format 1 as well); with it the demo city gets a format-1 baseline too")
     parser.add_argument("--demo", type=Path, help="data root holding the demo city as datasets/demo (default: made)")
     parser.add_argument("--no-demo", action="store_true")
     parser.add_argument("--workers", default="1,3,5")
@@ -243,15 +250,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
         if args.city:
-            city = Target("real-scale city", args.city.resolve(), "city", "sectors", "zones1000", first)
+            city = Target("real-scale city", args.city.resolve(), "city", "sectors", "sectors", first)
             report(city, workers, work, args.repeats)
         if args.baseline:
-            base = Target("real-scale city", args.baseline.resolve(), "city", "sectors", "zones1000", first)
-            report(base, [int(w) for w in args.baseline_workers.split(",")], work, args.repeats, mapped=False)
+            base = Target("real-scale city", args.baseline.resolve(), "city", "sectors", "sectors", first)
+            report(base, [int(w) for w in args.baseline_workers.split(",")], work, args.repeats, mapped=False,
+                   code=args.baseline_code.resolve())
         if not args.no_demo:
             demo_dir = args.demo.resolve() if args.demo else _demo(work)
-            report(Target("demo city", demo_dir, "demo", "districts", "districts", first), workers, work,
-                   args.repeats)
+            demo = Target("demo city", demo_dir, "demo", "districts", "districts", first)
+            report(demo, workers, work, args.repeats)
+            if args.baseline_code.resolve() != ROOT:
+                from tests.legacy_layout import write_format1
+
+                old = write_format1(demo_dir / "datasets" / "demo", work / "demo-format1" / "datasets" / "demo")
+                report(Target("demo city", old.parents[1], "demo", "districts", "districts", first), workers, work,
+                       args.repeats, mapped=False, code=args.baseline_code.resolve())
 
 
 if __name__ == "__main__":
