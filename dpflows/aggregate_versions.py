@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from dpflows.cells import CellCatalog
+from dpflows.cells import CellCatalog, Zoning, save_zoning
 from dpflows.contribution_report import BoundingReport, ReportCharge
 from dpflows.dataset_metadata import CELLS_SCHEMA, DatasetMetadata
 from dpflows.errors import Conflict, DataUnavailable, InvalidData, InvalidInput
@@ -74,6 +74,9 @@ def write_aggregates(
     bounding_report: BoundingReport | None = None,
     residents: pl.DataFrame | pl.LazyFrame | None = None,
     commuting: pl.DataFrame | pl.LazyFrame | None = None,
+    append_from: int | None = None,
+    served_version: str | None = None,
+    zonings: Sequence[Zoning] = (),
 ) -> Path:
     """Write a new version of a dataset and switch to it atomically; the one writer ingestion uses.
 
@@ -83,11 +86,33 @@ def write_aggregates(
     paid: a bound chosen from one is published with this one. Nothing the served version reads
     is touched until the final rename of CURRENT. `residents` and `commuting` are given exactly
     when the metadata has `places`.
+
+    With `append_from` k, windows 0..k-1 are the served version's, named again unchanged (their
+    stored answers and budgets stay valid), and only windows k.. are written from the frames; the
+    cell catalog must be the served one; `served_version` (the version the append was planned
+    against) must still be the served one (dpflows.ingest.appending). `zonings` (checked against
+    the cells) are saved under ``zonings/`` just before the switch. If anything fails, nothing
+    stays written: no version, no window, no zoning, and no dataset directory that was not there.
     """
     if (residents is None or commuting is None) != (metadata.places is None):
         raise ValueError("residents and commuting are written exactly when the metadata has places")
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        _write_and_switch(out, metadata, cells, trips, presence, bounding_report, residents, commuting, append_from,
+                          served_version, zonings)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_and_switch(out: Path, metadata: DatasetMetadata, cells: pl.DataFrame, trips: pl.DataFrame | pl.LazyFrame,
+                      presence: pl.DataFrame | pl.LazyFrame, bounding_report: BoundingReport | None,
+                      residents: pl.DataFrame | pl.LazyFrame | None, commuting: pl.DataFrame | pl.LazyFrame | None,
+                      append_from: int | None, served_version: str | None, zonings: Sequence[Zoning]) -> None:
     with writer_lock(out):
         earlier_meta, earlier = _earlier_ingestion(out)
         if earlier_meta is not None:
@@ -100,16 +125,70 @@ def write_aggregates(
             extra["bounding_report"] = bounding_report.to_json()
         if earlier:
             extra["earlier_reports"] = [c.to_json() for c in earlier]
-        final, written = _write_version(out, metadata, cells, frames, range(metadata.window_count), {}, extra)
+        kept: dict[str, Any] = {}
+        if append_from is not None:
+            kept = _served_windows(out, metadata, append_from, served_version)
+        final, written = _write_version(out, metadata, cells, frames, range(append_from or 0, metadata.window_count),
+                                        kept, extra, served_cells=version_dir(out) / "cells.parquet" if kept else None)
         previous = version_dir(out).name
-        switch_current(out, final, written)
+        saved = _save_zonings(out, zonings, cells)
+        try:
+            switch_current(out, final, written)
+        except BaseException:
+            for path in saved:
+                path.unlink(missing_ok=True)
+            raise
         _remove_old_versions(out, keep={final.name, previous})
-    return out
+
+
+def _save_zonings(out: Path, zonings: Sequence[Zoning], cells: pl.DataFrame) -> list[Path]:
+    """Save the ingestion's zonings; the files that were not there before (removed if the switch fails)."""
+    if not zonings:
+        return []
+    catalog = CellCatalog.from_columns(cells["cell_id"].cast(pl.String).to_list(), cells["lat"].to_list(),
+                                       cells["lon"].to_list())
+    new = []
+    for zoning in zonings:
+        path = out / "zonings" / f"{zoning.name}.json"
+        if not path.exists():
+            new.append(path)
+        save_zoning(zoning, catalog, path)
+    return new
+
+
+def _served_windows(out: Path, metadata: DatasetMetadata, append_from: int,
+                    served_version: str | None) -> dict[str, Any]:
+    """The served version's entries of windows 0..append_from-1, checked to be what the append was planned on."""
+    vdir = version_dir(out)
+    if served_version is not None and vdir.name != served_version:
+        raise Conflict(f"dataset {out.name!r} changed while this append was read (another ingestion switched it); "
+                       "run the append again", field="append")
+    doc = json.loads((vdir / "metadata.json").read_bytes())
+    if "windows" not in doc:
+        raise InvalidData(f"dataset {out.name!r} is stored as whole-dataset Parquet (written before window files); "
+                          f"convert it first: dpflows admin upgrade-dataset --dataset {out.name}", field="append")
+    kept = {k: v for k, v in doc["windows"].items() if int(k) < append_from}
+    if len(kept) != append_from or append_from >= metadata.window_count:
+        raise InvalidData(f"dataset {out.name!r}: an append writes windows {append_from}.. after the served ones; "
+                          f"the new span holds {metadata.window_count} windows", field="end_day")
+    return kept
+
+
+def _same_cells(served: Path, cells: pl.DataFrame, name: str) -> None:
+    """An append indexes its cells as the served windows do: the same catalog, or it is refused."""
+    def canonical(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).sort("cell_id")
+
+    if not canonical(pl.read_parquet(served)).equals(canonical(cells)):
+        raise InvalidData(f"dataset {name!r}: the cell catalog (--cells) differs from the one its served windows were "
+                          "written with (cells added, removed or moved); append with the same cells file, or "
+                          "re-ingest every window into a new dataset", field="cells")
 
 
 def _write_version(out: Path, metadata: DatasetMetadata, cells: pl.DataFrame,
                    frames: dict[str, pl.DataFrame | pl.LazyFrame], new_windows: range,
-                   kept_windows: dict[str, Any], extra: dict[str, Any]) -> tuple[Path, list[Path]]:
+                   kept_windows: dict[str, Any], extra: dict[str, Any], *,
+                   reuse: str | None = None, served_cells: Path | None = None) -> tuple[Path, list[Path]]:
     """Write the windows `new_windows` and a version naming them and `kept_windows` (written before).
 
     The whole version is in place (renamed from a temporary name) before this returns, with the
@@ -123,12 +202,12 @@ def _write_version(out: Path, metadata: DatasetMetadata, cells: pl.DataFrame,
     tmp.mkdir(mode=0o700)
     written: list[Path] = []
     try:
-        cells.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).write_parquet(tmp / "cells.parquet")
+        if served_cells is not None:  # the served file itself: the windows kept refer to its digest
+            _same_cells(served_cells, cells, metadata.name)
+            shutil.copy(served_cells, tmp / "cells.parquet")
+        else:
+            cells.select([pl.col(c).cast(t) for c, t in CELLS_SCHEMA.items()]).write_parquet(tmp / "cells.parquet")
         cells_digest = _file_digest((tmp / "cells.parquet").read_bytes())
-        if kept_windows and extra.get("cells") != cells_digest:
-            raise InvalidData(f"dataset {metadata.name!r}: the cell catalog (--cells) differs from the one its served "
-                              "windows were written with; append with the same cells file, or re-ingest every window",
-                              field="cells")
         ids = CellCatalog.from_columns(cells["cell_id"].cast(pl.String).to_list(), [0.0] * len(cells),
                                        [0.0] * len(cells)).cell_ids  # the order every cell index refers to
         cell_index = pl.DataFrame({"cell_id": list(ids), "index": range(len(ids))},
@@ -154,7 +233,7 @@ def _write_version(out: Path, metadata: DatasetMetadata, cells: pl.DataFrame,
             parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             written.append(parent / wid)
             digest = write_window(parent, w, wid, first, (last - first).days, cells_digest, cell_index, parts)
-            windows[str(w)] = {"version": wid, "sha256": digest}
+            windows[str(w)] = {"version": wid, "sha256": digest, **({"reuse": reuse} if reuse else {})}
         if any(left.values()):  # ingestion checks events against the span: rows outside it are a bug
             raise InvalidData(f"aggregates of {sorted(k for k, v in left.items() if v)} fall outside the windows "
                               f"written ({new_windows.start}..{new_windows.stop - 1}); nothing was written")
@@ -165,7 +244,7 @@ def _write_version(out: Path, metadata: DatasetMetadata, cells: pl.DataFrame,
         doc["ingestion_id"] = ingestion_id
         doc["files"] = {"cells.parquet": cells_digest}
         doc["windows"] = {k: windows[k] for k in sorted(windows, key=int)}
-        doc |= {k: v for k, v in extra.items() if k != "cells"}
+        doc |= extra
         (tmp / "metadata.json").write_text(json.dumps(doc, indent=2))
         for path in tmp.iterdir():  # the service's own user reads them; nobody else needs to
             path.chmod(0o600)
@@ -253,7 +332,7 @@ def _remove_old_versions(out: Path, keep: set[str]) -> None:
 def _windows_named(vdir: Path) -> set[tuple[str, str]]:
     try:
         doc = json.loads((vdir / "metadata.json").read_bytes())
-        return {(str(k), str(v["version"])) for k, v in doc.get("windows", {}).items()}
+        return {(str(k), str(v["version"])) for k, v in doc.get("windows", {}).items() if not v.get("retired")}
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 
@@ -290,7 +369,8 @@ def report_charges(doc: dict[str, Any], version: str) -> list[ReportCharge]:
         report = BoundingReport.from_json(doc["bounding_report"])
         # keyed by the ingestion that released it (kept when a dataset is rewritten: upgrade-dataset)
         key = str(doc.get("bounding_report_key", version))
-        charges.append(ReportCharge(key, report.epsilon, report.windows, report.scale, report.sensitivity))
+        charges.append(ReportCharge(key, report.epsilon, report.windows, report.scale, report.sensitivity,
+                                    report.first_window))
     unique: dict[str, ReportCharge] = {}
     for charge in charges:
         unique.setdefault(charge.ingestion, charge)

@@ -120,10 +120,12 @@ PARQUET_IN_MEMORY = "parquet-in-memory"
 
 @dataclass(frozen=True)
 class WindowRef:
-    """Where one window version lives and the sha256 of its window.json (from the version's metadata)."""
+    """Where one window version lives, the sha256 of its window.json, and the version its answers are stored
+    under (its own name, or the format-1 digest it was converted from by upgrade-dataset)."""
 
     path: Path
     digest: str
+    reuse: str
 
 
 @dataclass
@@ -134,7 +136,7 @@ class Dataset:
     metadata: DatasetMetadata
     catalog: CellCatalog
     zonings: dict[str, Zoning]
-    #: digest of metadata.json: changes with every ingestion, part of every answer-reuse key
+    #: digest of metadata.json: changes with every ingestion and append (answers are keyed by `data_version`)
     version: str = ""
     #: the noisy bounding report of this ingestion, if it made one
     bounding_report: BoundingReport | None = None
@@ -149,6 +151,8 @@ class Dataset:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _window_locks: dict[int, threading.Lock] = field(default_factory=dict, repr=False, compare=False)
     cells_digest: str = ""
+    #: windows whose counts were deleted (dpflows.retirement): queries touching them are refused
+    retired: frozenset[int] = frozenset()
 
     def zoning(self, name: str) -> Zoning:
         """A zoning by name; one added by another worker or host is picked up from disk."""
@@ -188,6 +192,15 @@ class Dataset:
                 self._windows[index] = loaded
         return loaded
 
+    def data_version(self, windows: tuple[int, ...] | list[int]) -> str:
+        """The version of the counts an answer over `windows` was computed from: part of its reuse key.
+
+        Per window: an append leaves the served windows' versions (and so their stored answers and
+        budgets) as they were. A format-1 dataset has one version for all (as before windows)."""
+        if self.layout != MAPPED:
+            return self.version
+        return ",".join(dict.fromkeys(self.window_refs[w].reuse for w in windows))
+
     def mapped_windows(self) -> dict[int, WindowData]:
         """The windows this process holds now (mapped or in memory)."""
         return dict(self._windows)
@@ -197,6 +210,8 @@ class Dataset:
         for tools and tests; it reads every window."""
         parts = []
         for w in range(self.metadata.window_count):
+            if w in self.retired:
+                continue
             data = self.window(w)
             if measure in SLOT_COLUMNS:
                 table = data.slots(measure)
@@ -231,18 +246,22 @@ def _read_doc(root: Path, vdir: Path) -> tuple[str, dict[str, Any], DatasetMetad
     return version, doc, metadata, report, charges, digests
 
 
-def _window_refs(root: Path, doc: dict[str, Any], metadata: DatasetMetadata) -> dict[int, WindowRef]:
+def _window_refs(root: Path, doc: dict[str, Any], metadata: DatasetMetadata) -> tuple[dict[int, WindowRef],
+                                                                                        frozenset[int]]:
+    """Each served window's version, and the windows retired (dpflows.retirement)."""
     try:
-        refs = {int(k): WindowRef(root / WINDOWS_DIR / str(int(k)) / check_name(str(v["version"]), field="window"),
-                                  str(v["sha256"]))
-                for k, v in doc["windows"].items()}
+        entries = {int(k): v for k, v in doc["windows"].items()}
+        retired = frozenset(k for k, v in entries.items() if v.get("retired"))
+        refs = {k: WindowRef(root / WINDOWS_DIR / str(k) / check_name(str(v["version"]), field="window"),
+                             str(v["sha256"]), str(v.get("reuse", v["version"])))
+                for k, v in entries.items() if k not in retired}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} lists its windows wrongly; re-run "
                               "ingestion") from exc
-    if sorted(refs) != list(range(metadata.window_count)):
+    if sorted([*refs, *retired]) != list(range(metadata.window_count)):
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} does not list one version of each window of "
                               "its span; re-run ingestion")
-    return refs
+    return refs, retired
 
 
 def load_dataset(path: str | Path, previous: Dataset | None = None) -> Dataset:
@@ -275,7 +294,7 @@ def load_dataset(path: str | Path, previous: Dataset | None = None) -> Dataset:
     if not mapped:
         data._windows.update(read_legacy_windows(vdir, metadata, catalog, digests))
         return data
-    data.window_refs = _window_refs(root, doc, metadata)
+    data.window_refs, data.retired = _window_refs(root, doc, metadata)
     if previous is not None and previous.layout == MAPPED and previous.cells_digest == data.cells_digest:
         for index, held in previous.mapped_windows().items():
             ref = data.window_refs.get(index)
@@ -361,7 +380,7 @@ class AggregateStore:
         for name in self.names():
             try:
                 data = self.get(name)
-                for index in sorted(range(data.metadata.window_count), reverse=True):
+                for index in sorted(data.window_refs, reverse=True):  # retired ones have none
                     data.window(index)
             except DpflowsError as exc:
                 log.warning("dataset %r not mapped at start: %s", name, exc.code)

@@ -46,6 +46,18 @@ RESIDENTS_SCHEMA = {"window": pl.Int32, "place": pl.String, "cell": pl.String, "
 COMMUTING_SCHEMA = {"window": pl.Int32, "home": pl.String, "work": pl.String, "count": pl.Int64}
 
 
+def check_time_zone(name: str) -> str:
+    """An IANA time zone name (Europe/Paris, America/New_York, UTC), refused with the fix otherwise."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidData(f"time_zone={name!r} is not an IANA time zone; use a name such as Europe/Paris, "
+                          "America/New_York or UTC", field="time_zone") from None
+    return name
+
+
 def _hours(span: tuple[int, int]) -> tuple[int, ...]:
     """[from, to) hours of day, wrapping past midnight (22, 6 is 22, 23, 0, ..., 5)."""
     start, stop = span
@@ -150,6 +162,9 @@ class DatasetMetadata:
     unit: str = PERSON_WINDOW
     #: days inside [first_day, end_day) the admin declares the dataset does not hold (never measured)
     missing_days: tuple[dt.date, ...] = ()
+    #: the IANA time zone whose local dates and hours the counts use (declared); None: not declared,
+    #: hours as the timestamps gave them (naive wall times, or UTC for instants), datasets written before
+    time_zone: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, field="dataset")
@@ -176,6 +191,8 @@ class DatasetMetadata:
             raise InvalidData(f"presence_rule={self.presence_rule!r} must be one of {list(PRESENCE_RULES)}")
         if self.places is not None:
             self.places.check_window(self.window_days)
+        if self.time_zone is not None:
+            check_time_zone(self.time_zone)
 
     def bound(self, measure: str) -> int:
         """The most one person-window adds to all counts of `measure` (residents: of one place)."""
@@ -235,6 +252,9 @@ class DatasetMetadata:
             **({"coverage": {"missing_days": [d.isoformat() for d in self.missing_days]}}
                if self.missing_days else {}),
             **({"places": self.places.to_json()} if self.places is not None else {}),
+            **({"time_zone": {"name": self.time_zone, "hours": "local; a 23-hour day has no record in the hour "
+                              "skipped, a 25-hour day counts both of its repeated hours in that hour"}}
+               if self.time_zone is not None else {}),
             "accounting": self.accounting_json(),
         }
 
@@ -261,6 +281,7 @@ class DatasetMetadata:
             # absent in datasets written before the unit was recorded: they were ingested per person
             unit=str(doc.get("privacy_unit", {}).get("kind", PERSON_WINDOW)),
             missing_days=tuple(dt.date.fromisoformat(d) for d in doc.get("coverage", {}).get("missing_days", [])),
+            time_zone=doc["time_zone"]["name"] if "time_zone" in doc else None,
         )
 
     def holds(self, day: dt.date) -> bool:

@@ -171,9 +171,9 @@ def upgrade_dataset(dataset_dir: str | Path) -> Path:
     """Write a format-1 dataset's served version again as window files, and switch to it atomically.
 
     The counts, bounds, rules and zonings stay as they are; so do the bounding reports' charge
-    keys (``bounding_report_key``), so a report paid for before is never charged again. The
-    version's digest changes, so answers stored before are not reused by the whole-dataset reuse
-    key (they stay in the ledger). Run it offline or beside running workers: they switch at their
+    keys (``bounding_report_key``), so a report paid for before is never charged again, and every
+    window's answers stay under the format-1 digest (its ``reuse`` version), so answers stored
+    before are still reused. Run it offline or beside running workers: they switch at their
     next request. Refused for a dataset already in window files.
     """
     root = Path(dataset_dir)
@@ -199,7 +199,9 @@ def upgrade_dataset(dataset_dir: str | Path) -> Path:
         if "bounding_report" in doc:
             extra["bounding_report_key"] = doc.get("bounding_report_key", _version(raw))
         extra["upgraded_from"] = _version(raw)
-        final, written = _write_version(root, meta, cells, frames, range(meta.window_count), {}, extra)
+        # answers stored for this format-1 version stay found: each window is stored under its digest
+        final, written = _write_version(root, meta, cells, frames, range(meta.window_count), {}, extra,
+                                        reuse=_version(raw))
         previous = vdir.name if vdir != root else ""
         switch_current(root, final, written)
         _remove_old_versions(root, keep={final.name, previous})

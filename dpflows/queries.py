@@ -185,7 +185,7 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
         raise InvalidInput(f"dataset {meta.name!r} was ingested from a trips table: it holds no presence (no events "
                            f"per person and hour); ask flows, inflows, outflows or patterns of trips", field="kind")
     if spec.kind in WINDOW_KINDS:
-        return _whole_windows(spec, data, first, stop)
+        return _not_retired(_whole_windows(spec, data, first, stop), data)
     days = [d for d in range(first, stop) if (meta.first_day + dt.timedelta(days=d)).weekday() in spec.weekdays]
     if not days:
         raise InvalidInput(
@@ -200,7 +200,18 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
             f"{', '.join(d.isoformat() for d in uncovered_days(spec, data))} missing; choose other dates",
             field="start",
         )
-    return tuple(sorted({d // meta.window_days for d in days}))
+    return _not_retired(tuple(sorted({d // meta.window_days for d in days})), data)
+
+
+def _not_retired(windows: tuple[int, ...], data: Dataset) -> tuple[int, ...]:
+    """Refused before any charge: a retired window's counts are gone (dpflows.retirement)."""
+    gone = [w for w in windows if w in data.retired]
+    if gone:
+        meta = data.metadata
+        resume = meta.window_start(max(data.retired) + 1)
+        raise InvalidInput(f"dataset {meta.name!r} has retired window(s) {gone} (from {meta.window_start(gone[0])}): "
+                           f"their counts were deleted; ask about days from {resume.isoformat()}", field="start")
+    return windows
 
 
 def uncovered_days(spec: QuerySpec, data: Dataset) -> list[dt.date]:

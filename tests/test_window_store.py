@@ -203,3 +203,27 @@ def test_upgrade_dataset_keeps_every_count_and_report_charge(layouts: dict[str, 
     assert all(np.array_equal(prepare(s, after).true_counts, a) for s, a in zip(_specs(), answers, strict=True))
     with pytest.raises(InvalidInput, match="already stored as window files"):
         upgrade_dataset(root / "datasets" / "city")
+
+
+def test_answers_stored_on_a_format1_dataset_are_reused_after_its_upgrade(layouts: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """The reuse key of a format-1 dataset is the one it always was (its metadata digest); upgrade-dataset
+    stores each window under that digest, so answers released before are found after (issue 19 item 5)."""
+    from dpflows.budget import Epsilon
+    from dpflows.ledger.sqlite import SqliteLedger
+    from dpflows.service import QueryRequest, Service
+
+    root = tmp_path / "data"
+    shutil.copytree(layouts["format1"].parents[1], root)
+    service = Service(AggregateStore(root), SqliteLedger(tmp_path / "ledger.db"))
+    planner, _ = service.create_client("planner", "planner")
+    service.set_cap("city", Epsilon.parse("1"), client_id=planner.id, window=None)
+    service.set_cap("city", Epsilon.parse("2"), client_id=None, window=None)
+    spec = make_spec("flows", dataset="city", zoning="districts", start=MON, end=END)
+    before = service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.5")), planner)
+    data = service.store.get("city")
+    assert data.data_version([0, 1]) == data.version  # as before windows: one digest for the whole dataset
+    upgrade_dataset(root / "datasets" / "city")
+    after = service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.5")), planner)
+    assert after.reused and after.values == before.values and after.charged.nanos == 0
+    assert service.ledger.total_charged("city", 0) == Epsilon.parse("0.6")  # 0.5 and the report's 0.1, once

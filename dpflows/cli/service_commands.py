@@ -105,6 +105,15 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True)
     p.set_defaults(run=_run_upgrade_dataset)
 
+    p = admin_sub.add_parser(
+        "retire-windows", help="delete the counts and stored answers of every window that ends before a date; "
+                               "their charges and audit rows stay, queries touching them are refused")
+    storage(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--before", required=True, type=dt.date.fromisoformat, metavar="YYYY-MM-DD",
+                   help="windows whose last day is before this date are retired")
+    p.set_defaults(run=_run_retire_windows)
+
     p = admin_sub.add_parser("audit", help="print audit rows as JSON lines")
     storage(p)
     p.add_argument("--after-id", type=int, default=0)
@@ -153,6 +162,13 @@ def _run_upgrade_dataset(args: argparse.Namespace) -> int:
     upgrade_dataset(path)
     print(f"dataset {args.dataset}: now stored as window files ({store.get(args.dataset).metadata.window_count} "
           "windows); running workers switch at their next request")
+    return 0
+
+
+def _run_retire_windows(args: argparse.Namespace) -> int:
+    count = open_service(args).retire_windows(args.dataset, args.before)
+    print(f"dataset {args.dataset}: windows 0..{count - 1} retired (counts and stored answers deleted; charges and "
+          "audit rows kept)")
     return 0
 
 

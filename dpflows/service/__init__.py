@@ -121,6 +121,9 @@ class Service:
                 by: Client | None = None, group: str | None = None) -> None:
         admin.set_cap(self.context, dataset, cap, client_id=client_id, window=window, by=by, group=group)
 
+    def retire_windows(self, dataset: str, before: dt.date, *, by: Client | None = None) -> int:
+        return admin.retire_windows(self.context, dataset, before, by=by)
+
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
                    min_cells_per_zone: int | None = None, geometry: dict[str, Any] | None = None,
                    by: Client | None = None) -> Zoning:

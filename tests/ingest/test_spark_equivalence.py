@@ -397,3 +397,34 @@ def test_spark_records_follow_the_rule_and_ties_are_not_broken_by_order(spark, c
     polars_cells = _with_window(derive.presence(events.lazy(), seed=5), city.first_day, 7).collect()
     check_hour_cells(events, polars_cells)
     assert polars_cells.height == hour_cells.height
+
+
+def test_spark_appends_the_windows_polars_appends(spark, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19 item 5 on both engines: week 2 appended after week 1; week 1 untouched; the same week 2."""
+    from dpflows.ingest.spark import ingest_events_spark
+
+    city = generate_city(tmp_path / "raw", persons=200, seed=6, days=14)
+    week1 = tmp_path / "week1.parquet"
+    pl.read_parquet(city.events).filter(pl.col("timestamp").dt.date() < city.first_day + dt.timedelta(days=7)
+                                        ).write_parquet(week1)
+    common = dict(name="city", first_day=city.first_day, bound_trips=1000, bound_presence=1000, seed=4,
+                  report_epsilon="0.1")
+    outs = {engine: tmp_path / engine / "datasets" / "city" for engine in ("polars", "spark")}
+    ingest_events(week1, city.cells, outs["polars"], IngestOptions(**common, end_day=city.first_day
+                                                                   + dt.timedelta(days=7)))
+    shutil.copytree(outs["polars"], outs["spark"])
+    before = load_dataset(outs["polars"]).window_refs[0]
+    options = IngestOptions(**common, end_day=city.end_day, append=True)
+    capsys.readouterr()
+    ingest_events(city.events, city.cells, outs["polars"], options)
+    ingest_events_spark(city.events, city.cells, outs["spark"], options, spark=spark)
+    err = capsys.readouterr().err
+    assert err.count("late: ") == 2 and len({line for line in err.splitlines() if "late: " in line}) == 1
+    for out in outs.values():
+        data = load_dataset(out)
+        assert data.metadata.window_count == 2 and data.window_refs[0].digest == before.digest
+        assert {c.first_window: c.windows for c in data.report_charges} == {0: 1, 1: 1}
+    trips = [read_interchange(out, "trips").filter(pl.col("day") >= city.first_day + dt.timedelta(days=7))
+             .collect().sort("day", "hour", "origin", "dest") for out in outs.values()]
+    assert trips[0].equals(trips[1]) and trips[0].height > 0
