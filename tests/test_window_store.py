@@ -9,9 +9,11 @@ format-1 dataset without changing an answer or a report's charge.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +229,60 @@ def test_answers_stored_on_a_format1_dataset_are_reused_after_its_upgrade(layout
     after = service.answer(QueryRequest(spec, epsilon=Epsilon.parse("0.5")), planner)
     assert after.reused and after.values == before.values and after.charged.nanos == 0
     assert service.ledger.total_charged("city", 0) == Epsilon.parse("0.6")  # 0.5 and the report's 0.1, once
+
+
+def test_queries_during_appends_see_the_served_windows_unchanged_and_new_ones_whole(tmp_path: Path) -> None:
+    """Readers ask about weeks 1-2 and weeks 1-4 while weeks 3 and 4 are appended: weeks 1-2 never change, and
+    weeks 1-4 are either refused (not yet served: outside the span) or counted whole from the new version."""
+    _versioned_city(tmp_path, 1)
+    path = tmp_path / "datasets" / "city"
+    store = AggregateStore(tmp_path)
+    two = make_spec("presence", dataset="city", zoning="cell", start=MON, end=MON + dt.timedelta(days=14))
+    four = make_spec("presence", dataset="city", zoning="cell", start=MON, end=MON + dt.timedelta(days=28))
+    full = prepare(four, store.get("city")).true_counts
+    first_two = prepare(two, store.get("city")).true_counts
+    # served: weeks 1-2 only (the same rows), then weeks 3-4 appended with every count doubled
+    frames = {name: read_interchange(path, name).collect() for name in ("trips", "presence", "residents", "commuting")}
+    cells = pl.read_parquet(next((path / "versions").iterdir()) / "cells.parquet")
+    shutil.rmtree(path)
+    cut = MON + dt.timedelta(days=14)
+    meta = DatasetMetadata("city", MON, cut, 7, 5, 5, places=PlaceRule())
+    write_aggregates(path, meta, cells, frames["trips"].filter(pl.col("day") < cut),
+                     frames["presence"].filter(pl.col("day") < cut),
+                     residents=frames["residents"].filter(pl.col("window") < 2),
+                     commuting=frames["commuting"].filter(pl.col("window") < 2))
+    outcomes: set[str] = set()
+    errors: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            data = store.get("city")
+            if not np.array_equal(prepare(two, data).true_counts, first_two):
+                errors.append("weeks 1-2 changed")
+            try:
+                got = prepare(four, data).true_counts
+            except InvalidInput:
+                outcomes.add("not yet")
+                continue
+            outcomes.add("appended")
+            if not np.array_equal(got - first_two, 2 * (full - first_two)):
+                errors.append("weeks 3-4 seen partly")
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        time.sleep(0.05)
+        later = {name: f.filter((pl.col("day") >= cut) if "day" in f.columns else (pl.col("window") >= 2))
+                 .with_columns(pl.col("count") * 2) for name, f in frames.items()}
+        write_aggregates(path, dataclasses.replace(meta, end_day=MON + dt.timedelta(days=28)), cells,
+                         later["trips"], later["presence"], residents=later["residents"],
+                         commuting=later["commuting"], append_from=2)
+        time.sleep(0.2)
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    assert not errors, errors[:3]
+    assert outcomes == {"not yet", "appended"}

@@ -53,9 +53,9 @@ def exact_histograms(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, list[int
     seen: list[dict[str, list[int]]] = []
     real = pipeline.release_bounding_report
 
-    def recording(histograms, epsilon, windows):
+    def recording(histograms, epsilon, windows, first_window=0):
         seen.append({measure: counts.tolist() for measure, counts in histograms.counts.items()})
-        return real(histograms, epsilon, windows)
+        return real(histograms, epsilon, windows, first_window)
 
     monkeypatch.setattr(pipeline, "release_bounding_report", recording)
     return seen
