@@ -26,7 +26,7 @@ from dpflows.service.relative_change import RelativeChange
 def window_charges(windows: list[WindowStatus], charged: PrivacyLoss) -> list[dict[str, Any]]:
     """Per window: the charge under its measure's name (epsilon_charged or rho_charged)."""
     return [{"window": w.window, "start": w.start, "end": w.end, f"{charged.unit}_charged": charged,
-             "budget_remaining": w.budget.remaining} for w in windows]
+             "budget_remaining": w.remaining} for w in windows]
 
 
 def answer_document(answer: Answer) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def relative_change_document(change: RelativeChange) -> dict[str, Any]:
             entry = per_window.setdefault(w.window, {"window": w.window, "start": w.start, "end": w.end,
                                                      f"{unit}_charged": type(answer.charged).zero()})
             entry[f"{unit}_charged"] = entry[f"{unit}_charged"] + answer.charged
-            entry["budget_remaining"] = w.budget.remaining
+            entry["budget_remaining"] = w.remaining
     windows = [per_window[w] for w in sorted(per_window)]
     return {
         "zones": change.zones, "confidence": change.confidence, "current_days": change.current_days,

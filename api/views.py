@@ -262,7 +262,8 @@ def budget(args: dict[str, Any]) -> Any:
         "windows": [{"window": w.window, "start": w.start, "end": w.end, "cap": w.budget.client_cap,
                      "spent": w.budget.client_spent, "group": w.budget.group, "group_cap": w.budget.group_cap,
                      "group_spent": None if w.budget.group_cap is None else w.budget.group_spent,
-                     "remaining": w.budget.remaining,
+                     "group_unit": None if w.budget.group_cap is None else w.budget.unit,
+                     "remaining": w.remaining,
                      **({"spent_approx_dp": w.spent_approx_dp} if w.spent_approx_dp is not None else {})}
                     for w in status],
     }

@@ -165,6 +165,9 @@ class DatasetMetadata:
     #: the IANA time zone whose local dates and hours the counts use (declared); None: not declared,
     #: hours as the timestamps gave them (naive wall times, or UTC for instants), datasets written before
     time_zone: str | None = None
+    #: the population it is drawn from (`dpflows ingest --population`), whose budget it shares with every
+    #: dataset of the same people; None: the data root's default population (dpflows.ledger.DEFAULT_POPULATION)
+    population: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, field="dataset")
@@ -193,6 +196,8 @@ class DatasetMetadata:
             self.places.check_window(self.window_days)
         if self.time_zone is not None:
             check_time_zone(self.time_zone)
+        if self.population is not None:
+            check_name(self.population, field="population")
 
     def bound(self, measure: str) -> int:
         """The most one person-window adds to all counts of `measure` (residents: of one place)."""
@@ -256,6 +261,7 @@ class DatasetMetadata:
                               "skipped, a 25-hour day counts both of its repeated hours in that hour"}}
                if self.time_zone is not None else {}),
             "accounting": self.accounting_json(),
+            **({"population": {"name": self.population}} if self.population is not None else {}),
         }
 
     @classmethod
@@ -282,6 +288,8 @@ class DatasetMetadata:
             unit=str(doc.get("privacy_unit", {}).get("kind", PERSON_WINDOW)),
             missing_days=tuple(dt.date.fromisoformat(d) for d in doc.get("coverage", {}).get("missing_days", [])),
             time_zone=doc["time_zone"]["name"] if "time_zone" in doc else None,
+            # absent in datasets written before populations, and when ingested without --population
+            population=doc["population"]["name"] if "population" in doc else None,
         )
 
     def holds(self, day: dt.date) -> bool:

@@ -87,6 +87,9 @@ class IngestOptions:
     append: bool = False
     #: with append: publish a trailing incomplete window with the days given instead of holding it
     close_window: bool = False
+    #: the people this data is drawn from: datasets of one population share its budget (issue 17);
+    #: None: the data root's default population, shared by every dataset ingested without one
+    population: str | None = None
 
     def __post_init__(self) -> None:
         check_declared_span(self.first_day, self.end_day)
@@ -161,7 +164,8 @@ class IngestOptions:
         return DatasetMetadata(self.name, first_day, end_day, self.window_days, self.trips_bound(),
                                self.bound_presence, self.trip_rule_json(), self.accounting, self.key_cap_trips,
                                self.delta, ONE_PLACE_PER_PERSON_HOUR, self.place_rule,
-                               missing_days=tuple(self.missing_days), time_zone=self.time_zone)
+                               missing_days=tuple(self.missing_days), time_zone=self.time_zone,
+                               population=self.population)
 
     def trips_metadata(self, *, per_person: bool) -> DatasetMetadata:
         """The public facts of a dataset ingested from a trips table (with or without a person column)."""
@@ -170,7 +174,7 @@ class IngestOptions:
         return DatasetMetadata(self.name, first_day, end_day, self.window_days, self.trips_bound(per_person=per_person),
                                1, rule, self.accounting, self.key_cap_trips, self.delta, NO_PRESENCE,
                                unit=PERSON_WINDOW if per_person else TRIP, missing_days=tuple(self.missing_days),
-                               time_zone=self.time_zone)
+                               time_zone=self.time_zone, population=self.population)
 
     def check_engine(self, engine: str) -> None:
         """What the chosen engine cannot do is refused before anything is read."""

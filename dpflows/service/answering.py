@@ -29,7 +29,7 @@ from dpflows.queries import QuerySpec, prepare, uncovered_days
 from dpflows.query_kinds import KEY_FIELDS, TABLE_KINDS
 from dpflows.release_record import StoredRelease
 from dpflows.sensitivity import query_sensitivity
-from dpflows.service.context import ServiceContext, approx_dp, dataset_grid
+from dpflows.service.context import ServiceContext, approx_dp
 from dpflows.service.records import Answer, QueryRequest
 from dpflows.service.reports import charge_bounding_report, zoning_names
 
@@ -85,8 +85,8 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
         )
         receipt = ctx.ledger.commit_release(ReleaseRequest(
             client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=prepared.windows,
-            loss=loss, answer_id=answer_id, payload=release.to_payload(), grid=dataset_grid(data),
-            share_group=client.share_group,
+            loss=loss, answer_id=answer_id, payload=release.to_payload(), grid=ctx.grid(data),
+            share_group=client.share_group, population_loss=ctx.population_loss(data, loss),
             audit=AuditEntry(action=action, outcome="released", client_id=client.id,
                              dataset=spec.dataset, query=audit_query, loss=loss, answer_id=answer_id),
         ))

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from dpflows.accounting import Accounting, accounting
+from dpflows.accounting import Accounting, accounting, accounting_of_unit, common_measure
 from dpflows.aggregates import AggregateStore, Dataset, DatasetMetadata
 from dpflows.budget import PrivacyLoss
-from dpflows.errors import DpflowsError
+from dpflows.errors import Conflict, DpflowsError
 from dpflows.ledger import AuditEntry, Client, DatasetGrid, Ledger, WindowBudget
 from dpflows.ledger._sql import check_grid_matches, group_query_key
+from dpflows.ledger.base import DEFAULT_POPULATION
 from dpflows.ledger.high_water import HighWaterMark
 from dpflows.mechanisms import stock_noise
 from dpflows.queries import QuerySpec, touched_windows
@@ -26,10 +28,12 @@ from dpflows.service.records import QueryRequest, WindowStatus
 log = logging.getLogger("dpflows.service")
 
 
-def dataset_grid(data: Dataset) -> DatasetGrid:
-    """What the ledger records of a dataset so that its window indices keep their meaning."""
+def dataset_grid(data: Dataset, population: str | None = None, population_measure: str | None = None) -> DatasetGrid:
+    """What the ledger records of a dataset so that its window indices keep their meaning, and whose budget
+    it draws on (its population: declared at ingestion, else the default)."""
     meta = data.metadata
-    return DatasetGrid(meta.name, meta.first_day.isoformat(), meta.window_days, accounting(meta.accounting).unit)
+    return DatasetGrid(meta.name, meta.first_day.isoformat(), meta.window_days, accounting(meta.accounting).unit,
+                       population or meta.population or DEFAULT_POPULATION, population_measure)
 
 
 def approx_dp(acc: Accounting, loss: PrivacyLoss, meta: DatasetMetadata) -> dict[str, float] | None:
@@ -48,7 +52,7 @@ class ServiceContext:
         self.policy = policy
         self.high_water = high_water
         self.reports_paid: set[str] = set()  # report-charge keys known to be in the ledger
-        self.grids_checked: set[str] = set()  # dataset versions whose grid matches the ledger's record
+        self.grids: dict[str, DatasetGrid] = {}  # dataset version -> its grid, once the ledger has recorded it
         self.noise_stocked: set[str] = set()  # dataset versions whose public scales the noise pool stocks
 
     def dataset(self, name: str) -> Dataset:
@@ -59,15 +63,62 @@ class ServiceContext:
         here (reads) and again inside every charge's transaction (`ReleaseRequest.grid`).
         """
         data = self.store.get(name)
-        if data.version not in self.grids_checked:
-            recorded = self.ledger.dataset_grid(name)
-            if recorded is not None:
-                check_grid_matches(recorded, dataset_grid(data))
-                self.grids_checked.add(data.version)
+        if data.version not in self.grids:
+            self._grid(data)
         if data.version not in self.noise_stocked:
             self.stock_noise(data.metadata)
             self.noise_stocked.add(data.version)
         return data
+
+    def grid(self, data: Dataset) -> DatasetGrid:
+        """The dataset's grid, population and its population's measure (checked by `dataset`)."""
+        return self.grids.get(data.version) or self._grid(data)
+
+    def _grid(self, data: Dataset) -> DatasetGrid:
+        """The dataset's grid as the ledger must record it, refused where the ledger's record differs or where
+        its charges cannot be converted into its population's measure.
+
+        Its population: declared at ingestion; else the one the ledger recorded for it (a dataset placed in
+        a population of its own by the populations migration); else the data root's default. The
+        population's measure: the ledger's record, or for a population not yet recorded the one every
+        dataset of it in the data root converts into (accounting.common_measure)."""
+        meta = data.metadata
+        acc = accounting(meta.accounting)
+        recorded = self.ledger.dataset_grid(meta.name)
+        name = meta.population or (recorded.population if recorded is not None else DEFAULT_POPULATION)
+        record = self.ledger.population(name)
+        measure = record.measure if record is not None and record.measure is not None else self._proposed(name)
+        grid = dataset_grid(data, name, measure)
+        if recorded is not None:
+            check_grid_matches(recorded, grid)  # first: another grid or measure is the more specific refusal
+        if not acc.converts_to(measure):
+            fix = accounting_of_unit(measure).name
+            raise Conflict(
+                f"dataset {meta.name!r} is accounted in {acc.label} ({acc.unit}) but draws on population {name!r}, "
+                f"whose budget is in {measure}; OpenDP has no conversion of {acc.unit} into {measure}, so its "
+                f"charges cannot be counted there and nothing is served. Ingest it with --population NAME of "
+                f"another population, or with --accounting {fix}",
+                field="dataset")
+        if recorded is not None:
+            self.grids[data.version] = grid  # recorded: it never changes
+        return grid
+
+    def _proposed(self, population: str) -> str:
+        """The measure a population not yet recorded takes: one every dataset of it here converts into."""
+        members = []
+        for other in self.store.names():
+            try:
+                meta = self.store.metadata(other)
+            except DpflowsError:
+                continue  # a broken dataset is refused when asked, not here
+            if (meta.population or DEFAULT_POPULATION) == population:
+                members.append(accounting(meta.accounting))
+        return common_measure(members) if members else accounting_of_unit("epsilon").unit
+
+    def population_loss(self, data: Dataset, loss: PrivacyLoss) -> PrivacyLoss:
+        """`loss` in the dataset's population's measure: OpenDP's conversion, rounded up (Accounting.convert)."""
+        measure = self.grid(data).population_measure
+        return loss if measure is None else accounting(data.metadata.accounting).convert(loss, measure)
 
     def stock_noise(self, meta: DatasetMetadata) -> None:
         """Declare to the noise pool the scales of this dataset's bounds at the preset losses: public
@@ -106,7 +157,8 @@ class ServiceContext:
             budgets = self.ledger.window_budgets(meta.name, client.id, windows)
         return [
             WindowStatus(b.window, meta.window_start(b.window),
-                         min(meta.window_start(b.window + 1), meta.end_day), b, approx_dp(acc, b.client_spent, meta))
+                         min(meta.window_start(b.window + 1), meta.end_day), b, approx_dp(acc, b.client_spent, meta),
+                         remaining=acc.loss_type(b.remaining_in(_within(acc, b.unit)).nanos))
             for b in budgets
         ]
 
@@ -123,3 +175,10 @@ class ServiceContext:
         self.ledger.append_audit(AuditEntry(action=action, outcome="ok",
                                             client_id=None if admin is None else admin.id,
                                             dataset=details.pop("dataset", None), query=details or None))
+
+
+def _within(acc: Accounting, measure: str | None) -> Callable[[PrivacyLoss], PrivacyLoss] | None:
+    """What a group's allocation left in the population's `measure` leaves a client of this accounting."""
+    if measure is None or measure == acc.unit:
+        return None
+    return lambda left: acc.largest_within(left, measure)

@@ -54,8 +54,8 @@ def _refuse_over_budget(dataset: str, charged: PrivacyLoss, windows: list[Window
     if charged.nanos == 0:
         return
     for w in windows:
-        if charged.nanos > w.budget.remaining.nanos:
-            left = type(charged)(w.budget.remaining.nanos)
+        if charged.nanos > w.remaining.nanos:
+            left = type(charged)(w.remaining.nanos)
             raise BudgetExceeded(
                 f"{charged.unit}={charged} exceeds your remaining budget of {left} on dataset {dataset!r} window "
                 f"{w.window}; ask for less or wait for an admin to raise the cap",

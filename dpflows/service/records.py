@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dpflows.accounting import accounting
@@ -49,6 +49,9 @@ class WindowStatus:
     budget: WindowBudget
     #: zCDP datasets: this client's spent ρ shown as (ε, δ) (OpenDP's conversion), for display.
     spent_approx_dp: dict[str, float] | None = None
+    #: what this client may still spend here, in the dataset's measure: its cap and its group's allocation
+    #: (converted back from the population's measure where they differ: WindowBudget.remaining_in)
+    remaining: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class Answer:
     def budget_remaining(self) -> PrivacyLoss:
         """The least this client can still spend in any window this answer touched."""
         unit = accounting(self.accounting).loss_type
-        return unit(min((w.budget.remaining.nanos for w in self.windows), default=0))
+        return unit(min((w.remaining.nanos for w in self.windows), default=0))
 
 
 @dataclass(frozen=True)

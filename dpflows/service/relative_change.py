@@ -142,10 +142,10 @@ def relative_change(ctx: ServiceContext, request: QueryRequest, baseline_start: 
     need = per_window_need(quotes)
     unit = type(quotes[0].loss)
     for status in quotes[0].windows + quotes[1].windows:
-        if need.get(status.window, 0) > status.budget.remaining.nanos:
+        if need.get(status.window, 0) > status.remaining.nanos:
             exc = BudgetExceeded(
                 f"the current and baseline answers need {unit.unit}={unit(need[status.window])} in window "
-                f"{status.window}, above the remaining {status.budget.remaining}; ask for less",
+                f"{status.window}, above the remaining {status.remaining}; ask for less",
                 field=unit.unit, details={"window": status.window},
             )
             ctx.audit_failure("query.relative_change", exc, client, request.spec.dataset,
