@@ -6,11 +6,11 @@ import argparse
 import datetime as dt
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
+from dpflows.cli.store_commands import _add_store_commands, open_service
 
-    from dpflows.service import Service
+__all__ = ["_add_migrate_command", "_add_service_commands", "open_service"]
 
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:
@@ -122,21 +122,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--geojson", default=None, help="with --csv: optional GeoJSON file of the zones, for maps")
     p.set_defaults(run=_run_add_zoning)
 
-    p = admin_sub.add_parser(
-        "upgrade-dataset", help="rewrite a dataset written before window files as window files (mapped once, "
-                                "shared by every worker); counts, bounds and reports unchanged, atomic switch")
-    p.add_argument("--data-dir", default=settings.data_dir, help="aggregate store root")
-    p.add_argument("--dataset", required=True)
-    p.set_defaults(run=_run_upgrade_dataset)
-
-    p = admin_sub.add_parser(
-        "retire-windows", help="delete the counts and stored answers of every window that ends before a date; "
-                               "their charges and audit rows stay, queries touching them are refused")
-    storage(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--before", required=True, type=dt.date.fromisoformat, metavar="YYYY-MM-DD",
-                   help="windows whose last day is before this date are retired")
-    p.set_defaults(run=_run_retire_windows)
+    _add_store_commands(admin_sub, storage)
 
     p = admin_sub.add_parser("audit", help="print audit rows as JSON lines")
     storage(p)
@@ -145,16 +131,6 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_audit)
 
     _add_audit_commands(admin_sub)
-
-
-def open_service(args: argparse.Namespace) -> Service:
-    """The Service over the store and ledger named on the command line (or by environment)."""
-    from dpflows.aggregates import AggregateStore
-    from dpflows.ledger import open_ledger
-    from dpflows.service import Policy, Service
-    from dpflows.settings import load_settings
-
-    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url), Policy.from_settings(load_settings()))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -170,30 +146,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     print(f"dpflows: serving on http://{args.bind} (API docs at /docs)", file=sys.stderr, flush=True)
     os.execvpe(sys.executable, argv, env)  # noqa: S606 - replaces this process with gunicorn
     return 0  # not reached
-
-
-def _run_upgrade_dataset(args: argparse.Namespace) -> int:
-    from dpflows.aggregates import AggregateStore
-    from dpflows.legacy_aggregates import upgrade_dataset
-
-    store = AggregateStore(args.data_dir)
-    path = store.dataset_dir(args.dataset)
-    if args.dataset not in store.names():
-        from dpflows.errors import NotFound
-
-        raise NotFound(f"--dataset {args.dataset!r} is not a dataset of {args.data_dir}; use one of {store.names()}",
-                       field="dataset")
-    upgrade_dataset(path)
-    print(f"dataset {args.dataset}: now stored as window files ({store.get(args.dataset).metadata.window_count} "
-          "windows); running workers switch at their next request")
-    return 0
-
-
-def _run_retire_windows(args: argparse.Namespace) -> int:
-    count = open_service(args).retire_windows(args.dataset, args.before)
-    print(f"dataset {args.dataset}: windows 0..{count - 1} retired (counts and stored answers deleted; charges and "
-          "audit rows kept)")
-    return 0
 
 
 def _run_create_client(args: argparse.Namespace) -> int:

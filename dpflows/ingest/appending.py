@@ -83,7 +83,7 @@ def served_options(out: Path) -> dict[str, Any]:
     given: dict[str, Any] = {
         "first_day": meta.first_day, "window_days": meta.window_days, "bound_trips": meta.bound_trips,
         "accounting": meta.accounting, "key_cap_trips": meta.key_cap_trips, "delta": meta.delta,
-        "time_zone": meta.time_zone}
+        "time_zone": meta.time_zone, "population": meta.population}
     if meta.unit != TRIP and meta.presence_rule != "none":
         given |= {"bound_presence": meta.bound_presence, "trip_rule": meta.trip_rule.get("kind", "stay"),
                   "places": meta.places}
@@ -137,7 +137,7 @@ _SETTINGS = (  # (label, metadata attribute, the flag that sets it)
     ("trip rule", "trip_rule", "--trip-rule/--min-dwell-minutes"), ("home and work rule", "places",
                                                                     "--home-hours/--work-hours/--min-work-days"),
     ("presence rule", "presence_rule", "--input-format"), ("privacy unit", "unit", "--input-format"),
-    ("time zone", "time_zone", "--time-zone"),
+    ("time zone", "time_zone", "--time-zone"), ("population", "population", "--population"),
 )
 
 
