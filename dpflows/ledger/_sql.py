@@ -46,6 +46,7 @@ from dpflows.ledger.base import (
     DatasetGrid,
     ReleaseReceipt,
     ReleaseRequest,
+    ReusableAnswer,
     ShapeFilter,
     StoredAnswer,
     WindowBudget,
@@ -255,6 +256,18 @@ class SqlLedger(ClientRegistry, AuditLog, PopulationStore):
         with self._transaction(write=False) as cur:
             return self._find_answer(cur, dataset, query_key)
 
+    def find_reusable(self, dataset: str, query_key: str, client_id: int,
+                      windows: tuple[int, ...]) -> ReusableAnswer | None:
+        """The stored answer's id and date (not its payload) and this client's budgets in `windows`: one read."""
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT answer_id, created_at FROM answers WHERE dataset = ? AND query_key = ?",
+                        (dataset, query_key))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            return ReusableAnswer(row[0], row[1], tuple(self._budgets(cur, dataset, client_id,
+                                                                      sorted(set(windows)))))
+
     def get_answer(self, answer_id: str) -> StoredAnswer | None:
         with self._transaction(write=False) as cur:
             cur.execute(
@@ -338,7 +351,7 @@ class SqlLedger(ClientRegistry, AuditLog, PopulationStore):
         windows the dataset's windows sit on."""
         windows = tuple(sorted(set(request.windows)))
         charge = request.population_charge
-        with self._transaction(write=True) as cur:
+        with self._queued_audit(), self._transaction(write=True) as cur:  # queued audit rows ride along
             self._lock_allocations(cur, exclusive=False)  # first: a first registration locks the population's row
             if request.grid is not None:
                 self._check_grid(cur, request.grid)

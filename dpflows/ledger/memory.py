@@ -34,6 +34,7 @@ from dpflows.ledger.base import (
     Population,
     ReleaseReceipt,
     ReleaseRequest,
+    ReusableAnswer,
     ShapeFilter,
     StoredAnswer,
     WindowBudget,
@@ -284,6 +285,15 @@ class MemoryLedger:
         answer_id = self._answer_by_key.get((dataset, query_key))
         return None if answer_id is None else self._answers[answer_id]
 
+    def find_reusable(self, dataset: str, query_key: str, client_id: int,
+                      windows: tuple[int, ...]) -> ReusableAnswer | None:
+        with self._lock:
+            answer = self.find_answer(dataset, query_key)
+            if answer is None:
+                return None
+            return ReusableAnswer(answer.answer_id, answer.created_at,
+                                  tuple(self.window_budgets(dataset, client_id, sorted(set(windows)))))
+
     def get_answer(self, answer_id: str) -> StoredAnswer | None:
         return self._answers.get(answer_id)
 
@@ -365,6 +375,16 @@ class MemoryLedger:
         with self._lock:
             self.append_audit(entry)
             return self.window_budgets(entry.dataset, entry.client_id, sorted(set(windows)))
+
+    def queue_audit(self, entry: AuditEntry) -> None:
+        """Nothing here is durable, so nothing is worth batching: appended at once."""
+        self.append_audit(entry)
+
+    def flush_audit(self) -> int:
+        return 0
+
+    def configure_audit_queue(self, *, window_s: float, max_rows: int) -> None:
+        """Rows are appended at once."""
 
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
         if not 1 <= limit <= 1000:

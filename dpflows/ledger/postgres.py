@@ -402,5 +402,6 @@ class PostgresLedger(SqlLedger):
 
     def close(self) -> None:
         if not self._closed:
+            self._close_audit_queue()
             self._closed = True
             self._pool.close()

@@ -230,6 +230,7 @@ class SqliteLedger(SqlLedger):
         return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
 
     def close(self) -> None:
+        self._close_audit_queue()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dpflows.accounting import Accounting, accounting, accounting_of_unit, common_measure
@@ -42,6 +45,44 @@ def approx_dp(acc: Accounting, loss: PrivacyLoss, meta: DatasetMetadata) -> dict
     return None if epsilon is None else {"epsilon": epsilon, "delta": meta.delta}
 
 
+@dataclass(frozen=True)
+class KnownAnswer:
+    """A stored answer this process has read: its id and the windows its release touched."""
+
+    answer_id: str
+    windows: tuple[int, ...]
+
+
+class ReuseIndex:
+    """Query key -> the stored answer it names, for answers this process has read (a few hundred bytes
+    each, at most `entries`). A query key names one answer for good (the ledger keeps answers and
+    their keys unchanged), so a reuse needs only the answer's id and the client's budgets, in one
+    read. Keys hold the sharing group: an entry only ever serves the group that released it."""
+
+    def __init__(self, entries: int = 10_000) -> None:
+        self.entries = entries
+        self._known: OrderedDict[str, KnownAnswer] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, query_key: str) -> KnownAnswer | None:
+        with self._lock:
+            known = self._known.get(query_key)
+            if known is not None:
+                self._known.move_to_end(query_key)
+            return known
+
+    def remember(self, query_key: str, answer_id: str, windows: tuple[int, ...]) -> None:
+        with self._lock:
+            self._known[query_key] = KnownAnswer(answer_id, windows)
+            self._known.move_to_end(query_key)
+            while len(self._known) > self.entries:
+                self._known.popitem(last=False)
+
+    def forget(self, query_key: str) -> None:
+        with self._lock:
+            self._known.pop(query_key, None)
+
+
 class ServiceContext:
     """The store, the ledger and the policy, with the per-process caches the use cases share."""
 
@@ -54,6 +95,7 @@ class ServiceContext:
         self.reports_paid: set[str] = set()  # report-charge keys known to be in the ledger
         self.grids: dict[str, DatasetGrid] = {}  # dataset version -> its grid, once the ledger has recorded it
         self.noise_stocked: set[str] = set()  # dataset versions whose public scales the noise pool stocks
+        self.reuse_index = ReuseIndex()  # stored answers this process has read, by query key
 
     def dataset(self, name: str) -> Dataset:
         """A loaded dataset whose window grid and measure agree with what the ledger recorded for it.

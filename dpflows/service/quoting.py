@@ -30,7 +30,8 @@ def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
     loss = ctx.price(client, request, data)
     windows = ctx.window_status(data, client, list(touched_windows(spec, data)))
     acc = accounting(data.metadata.accounting)
-    stored = ctx.ledger.find_answer(spec.dataset, ctx.query_key(spec, data, loss, client))
+    # whether it would be reused: the stored answer's id, not its payload (no budgets: windows above)
+    stored = ctx.ledger.find_reusable(spec.dataset, ctx.query_key(spec, data, loss, client), client.id, ())
     derivation = find_derivation(ctx, spec, data, client, request, loss) if stored is None and request.derive else None
     if derivation is not None:
         bound, scale, charged = derivation.max_error_bound, float(derivation.payload["scale"]), type(loss).zero()

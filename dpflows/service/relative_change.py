@@ -59,12 +59,13 @@ def _zone_sums(answer: Answer) -> dict[str, tuple[int, int]]:
     """zone -> (sum of raw values over hours, number of noise terms in that sum)."""
     if answer.key_fields != ("zone", "hour"):
         raise InvalidInput("relative change needs presence answers keyed by zone and hour", field="kind")
-    raw = answer.raw_values if answer.raw_values is not None else [int(v["count"]) for v in answer.values]
-    terms = answer.value_terms or [1] * len(raw)
+    content = answer.content
+    raw = content.raw_values if content.raw_values is not None else content.counts
+    terms = content.value_terms or [1] * len(raw)
     out: dict[str, tuple[int, int]] = {}
-    for row, value, k in zip(answer.values, raw, terms, strict=True):
-        total, n = out.get(row["zone"], (0, 0))
-        out[row["zone"]] = (total + int(value), n + int(k))
+    for zone, value, k in zip(content.keys["zone"], raw, terms, strict=True):
+        total, n = out.get(zone, (0, 0))
+        out[zone] = (total + int(value), n + int(k))
     return out
 
 
