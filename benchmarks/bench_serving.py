@@ -222,13 +222,13 @@ def report(target: Target, workers: list[int], work: Path, repeats: int, mapped:
 
 def _demo(work: Path) -> Path:
     from dpflows.demo import generate_city
-    from dpflows.ingest.pipeline import ZoningSpec, ingest_events
+    from dpflows.ingest.pipeline import IngestOptions, ZoningSpec, ingest_events
 
     files = generate_city(work / "demo-raw", persons=20000, seed=1, days=28, start=dt.date(2024, 3, 4))
-    ingest_events(files.events, files.cells, work / "demo" / "datasets" / "demo", name="demo",
-                  first_day=files.first_day, end_day=files.end_day,
-                  zonings=[ZoningSpec("districts", files.districts),
-                           ZoningSpec("sectors", files.sectors, coarse=True, min_cells_per_zone=50)])
+    ingest_events(files.events, files.cells, work / "demo" / "datasets" / "demo",
+                  IngestOptions(name="demo", first_day=files.first_day, end_day=files.end_day,
+                                zonings=[ZoningSpec("districts", files.districts),
+                                         ZoningSpec("sectors", files.sectors, coarse=True, min_cells_per_zone=50)]))
     return work / "demo"
 
 
