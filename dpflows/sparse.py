@@ -7,7 +7,7 @@ keys the data holds: a query over the limit on a dataset without sparse release 
 the reason and the fix, before anything is read.
 
 A sparse answer's true counts are those of the keys at least one aggregate row hits (the observed
-keys), computed from the same rows and key indices as a dense answer (`queries.row_keys`), so a
+keys), computed from the same rows and key indices as a dense answer (`queries.row_chunks`), so a
 key means the same in both. What is released of them is decided by OpenDP's thresholded mechanism
 (dpflows.mechanisms.release_sparse); how many keys were observed never leaves this module's caller
 (no answer, error or log holds it).
@@ -22,7 +22,7 @@ import numpy as np
 from dpflows.accounting import accounting
 from dpflows.aggregates import Dataset
 from dpflows.errors import DomainTooLarge
-from dpflows.queries import QuerySpec, domain_size, row_keys
+from dpflows.queries import QuerySpec, domain_size, row_chunks
 
 #: Observed keys are counted with one bincount over the whole domain up to this many keys (8 bytes each,
 #: 32 MB), else by sorting the rows' keys: a choice made from the domain's size (public) alone.
@@ -60,14 +60,25 @@ class ObservedCounts:
 
 
 def observed_counts(spec: QuerySpec, data: Dataset) -> ObservedCounts:
-    """Exact counts of the observed keys of `spec` (never leaves the process)."""
-    keys, weights = row_keys(spec, data)
+    """Exact counts of the observed keys of `spec` (never leaves the process), read piece by piece from the
+    slots the query asks for (`queries.row_chunks`): memory follows the keys hit, never the domain's size."""
     size = domain_size(spec, data)
     if size <= BINCOUNT_DOMAIN:
-        binned = np.rint(np.bincount(keys, weights=weights, minlength=size)).astype(np.int64)
-        hit = np.flatnonzero(binned)
-        return ObservedCounts(hit.astype(np.int64), binned[hit])
-    unique, inverse = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)
-    counts = np.rint(np.bincount(inverse, weights=weights, minlength=len(unique))).astype(np.int64)
+        binned = np.zeros(size, dtype=np.float64)
+        for keys, weights in row_chunks(spec, data):
+            binned += np.bincount(keys, weights=weights, minlength=size)
+        counts = np.rint(binned).astype(np.int64)
+        hit = np.flatnonzero(counts)
+        return ObservedCounts(hit.astype(np.int64), counts[hit])
+    parts = [_reduced(keys, weights) for keys, weights in row_chunks(spec, data)]
+    if not parts:
+        return ObservedCounts(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    keys, counts = _reduced(np.concatenate([k for k, _ in parts]), np.concatenate([c for _, c in parts]))
     positive = counts > 0
-    return ObservedCounts(unique[positive], counts[positive])
+    return ObservedCounts(keys[positive], counts[positive])
+
+
+def _reduced(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys (ascending) and the sum of their weights, as int64."""
+    unique, inverse = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)
+    return unique, np.rint(np.bincount(inverse, weights=weights, minlength=len(unique))).astype(np.int64)

@@ -86,6 +86,12 @@ class IngestOptions:
     input_format: str = "events"
     #: answers with more keys are released sparsely (approx_dp) or refused; public, stored with the dataset
     dense_limit: int = DEFAULT_DENSE_LIMIT
+    #: the IANA time zone of the dataset: local dates and hours (instants are converted to it); see DatasetMetadata
+    time_zone: str | None = None
+    #: add the complete windows after the served ones to the dataset at the output (dpflows.ingest.appending)
+    append: bool = False
+    #: with append: publish a trailing incomplete window with the days given instead of holding it
+    close_window: bool = False
     #: the people this data is drawn from: datasets of one population share its budget (issue 17);
     #: None: the data root's default population, shared by every dataset ingested without one
     population: str | None = None
@@ -109,7 +115,10 @@ class IngestOptions:
         if self.places is not None and self.trips_table:
             raise InvalidData("--home-hours, --work-hours and --min-work-days apply to events; a trips table has no "
                               "homes or work places: drop them here", field="home_hours")
-        # the dataset's own checks (name, window, bounds, accounting, δ, days), before any file is read
+        if self.close_window and not self.append:
+            raise InvalidData("--close-window applies to --append (it publishes the last, incomplete window of an "
+                              "append); drop it", field="close_window")
+        # the dataset's own checks (name, window, bounds, accounting, δ, days, time zone), before any file is read
         if self.trips_table:
             self.trips_metadata(per_person=True)
         else:
@@ -165,6 +174,7 @@ class IngestOptions:
                                self.bound_presence, self.trip_rule_json(), self.accounting, self.key_cap_trips,
                                self.delta, ONE_PLACE_PER_PERSON_HOUR, self.place_rule,
                                missing_days=tuple(self.missing_days), dense_limit=self.dense_limit,
+                               time_zone=self.time_zone,
                                population=self.population)
 
     def trips_metadata(self, *, per_person: bool) -> DatasetMetadata:
@@ -174,7 +184,7 @@ class IngestOptions:
         return DatasetMetadata(self.name, first_day, end_day, self.window_days, self.trips_bound(per_person=per_person),
                                1, rule, self.accounting, self.key_cap_trips, self.delta, NO_PRESENCE,
                                unit=PERSON_WINDOW if per_person else TRIP, missing_days=tuple(self.missing_days),
-                               dense_limit=self.dense_limit, population=self.population)
+                               dense_limit=self.dense_limit, time_zone=self.time_zone, population=self.population)
 
     def check_engine(self, engine: str) -> None:
         """What the chosen engine cannot do is refused before anything is read."""

@@ -106,7 +106,7 @@ def dense_release(spec: QuerySpec, data: Dataset, loss: PrivacyLoss, request: Qu
         keys={f: prepared.domain.columns[f] for f in prepared.domain.fields},
         windows=list(prepared.windows), loss=loss, loss_from_max_error=request.max_error is not None,
         mechanism=noisy.mechanism, scale=noisy.scale, sensitivity=noisy.sensitivity, query=spec.canonical(),
-        data_version=data.version,
+        data_version=data.data_version(prepared.windows),
     )
 
 
@@ -118,11 +118,12 @@ def sparse_release(spec: QuerySpec, data: Dataset, loss: PrivacyLoss, request: Q
     noisy = release_sparse(observed.keys, observed.counts, contribution, loss)
     del observed
     domain = key_columns(spec, data, noisy.keys)
+    windows = touched_windows(spec, data)
     return StoredRelease(
         values=noisy.values.tolist(), key_fields=list(domain.fields), keys=domain.columns,
-        windows=list(touched_windows(spec, data)), loss=loss, loss_from_max_error=request.max_error is not None,
+        windows=list(windows), loss=loss, loss_from_max_error=request.max_error is not None,
         mechanism=noisy.mechanism, scale=noisy.scale, sensitivity=contribution.to_json(), query=spec.canonical(),
-        data_version=data.version, threshold=noisy.threshold,
+        data_version=data.data_version(windows), threshold=noisy.threshold,
     )
 
 
