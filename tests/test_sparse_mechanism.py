@@ -34,11 +34,13 @@ from scipy.stats import beta
 
 from dpflows.aggregates import (
     ONE_PLACE_PER_PERSON_HOUR,
+    PARQUET_IN_MEMORY,
     AggregateStore,
     Dataset,
     DatasetMetadata,
-    MeasureArrays,
+    WindowData,
     load_dataset,
+    read_interchange,
     version_dir,
     write_aggregates,
 )
@@ -59,6 +61,7 @@ from dpflows.queries import make_spec, row_keys
 from dpflows.sensitivity import query_sensitivity
 from dpflows.service import Policy, QueryRequest, Service
 from dpflows.sparse import observed_counts
+from dpflows.window_files import HOURS, SlotTable
 from tests.conftest import FIRST_DAY, N_CELLS, build_small_dataset
 
 DELTA_CP = 1e-8
@@ -150,19 +153,25 @@ def scenario(draw: st.DrawFn) -> dict:
     }
 
 
-def _arrays(rows: pl.DataFrame, *, presence: bool) -> MeasureArrays:
-    counts = rows.group_by(["day", "hour", "origin"] if presence else ["day", "hour", "origin", "dest"]).len()
-    day = counts["day"].to_numpy().astype(np.int32)
-    return MeasureArrays(day, counts["hour"].to_numpy().astype(np.int8),
-                         ((day + FIRST_DAY.weekday()) % 7).astype(np.int8), counts["origin"].to_numpy().astype(np.int64),
-                         None if presence else counts["dest"].to_numpy().astype(np.int64),
-                         counts["len"].to_numpy().astype(np.int64))
+def _slot_table(rows: pl.DataFrame, window: int, cells: list[str]) -> SlotTable:
+    """One window's rows of a measure as the store holds them: sorted by slot (day·24 + hour), with offsets."""
+    counts = rows.filter(pl.col("day") // 7 == window).group_by(["day", "hour", *cells]).len()
+    slot = ((counts["day"].to_numpy().astype(np.int64) - 7 * window) * HOURS
+            + counts["hour"].to_numpy().astype(np.int64))
+    order = np.argsort(slot, kind="stable")
+    columns = {c: counts[c].to_numpy().astype(np.int64)[order] for c in cells}
+    columns["count"] = counts["len"].to_numpy().astype(np.int64)[order]
+    return SlotTable(np.searchsorted(slot[order], np.arange(7 * HOURS + 1), side="left").astype(np.int64), columns)
 
 
 def _dataset(meta: DatasetMetadata, catalog: CellCatalog, zoning: Zoning, trips: pl.DataFrame,
              presence: pl.DataFrame) -> Dataset:
-    return Dataset(Path("."), meta, catalog, _arrays(trips, presence=False), _arrays(presence, presence=True),
-                   {"cell": Zoning.identity(catalog), "z": zoning})
+    """The counts held in memory, two windows of 7 days (as a format-1 dataset is read)."""
+    windows = {w: WindowData(w, "test", meta.window_start(w), 7, _slot_table(trips, w, ["origin", "dest"]),
+                             _slot_table(presence.rename({"origin": "cell"}), w, ["cell"]), None, None)
+               for w in range(meta.window_count)}
+    return Dataset(Path("."), meta, catalog, {"cell": Zoning.identity(catalog), "z": zoning},
+                   layout=PARQUET_IN_MEMORY, _windows=windows)
 
 
 @given(scenario())
@@ -239,10 +248,10 @@ def _neighbours(root: Path) -> tuple[str, str, list[tuple[str, str]]]:
                           "dest": [d for _, d in pairs], "count": [1] * PAIRS},
                          schema={"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String,
                                  "count": pl.Int64})
-    trips = pl.concat([pl.read_parquet(version_dir(src) / "trips.parquet"), added])
+    trips = pl.concat([read_interchange(src, "trips").collect(), added])
     out = build_small_dataset(root, "audit1", accounting="approx_dp", dense_limit=1000)
     write_aggregates(out, load_dataset(out).metadata, pl.read_parquet(version_dir(src) / "cells.parquet"), trips,
-                     pl.read_parquet(version_dir(src) / "presence.parquet"))
+                     read_interchange(src, "presence").collect())
     return "audit0", "audit1", pairs
 
 
