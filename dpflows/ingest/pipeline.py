@@ -130,7 +130,7 @@ def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: P
         return
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=BUCKET_DIR_PREFIX, dir=work_dir) as tmp:
-        root = Path(tmp)
+        root = Path(tmp).resolve()  # absolute: polars joins a relative file path to the partition base again
         progress.phase(f"splitting events by person into {buckets} buckets")
 
         def bucket_file(args: FileProviderArgs) -> Path:
