@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ from polars.io.partition import FileProviderArgs
 from dpflows.accounting import accounting as accounting_of
 from dpflows.aggregates import write_aggregates
 from dpflows.errors import InvalidData
-from dpflows.ingest import derive
+from dpflows.ingest import derive, sorted_bucket
 from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key
 from dpflows.ingest.contribution_histograms import ContributionHistograms, release_bounding_report
 from dpflows.ingest.inputs import (  # re-exported: callers import them from the pipeline
@@ -43,8 +43,10 @@ from dpflows.ingest.inputs import (  # re-exported: callers import them from the
     ZoningSpec,
     _cell_names,
     _cells_frame,
+    _check_events,
     _check_within_span,
     _index_cells,
+    _indexed_events,
     _load_zonings,
     _require_columns,
     _rows_where,
@@ -61,6 +63,7 @@ from dpflows.ingest.options import (  # re-exported: callers import them from th
     IngestOptions,
     place_rule,
 )
+from dpflows.ingest.sorted_bucket import Counts
 
 __all__ = [  # the engine, and what its callers import from here
     "DEFAULT_BOUND_PRESENCE", "DEFAULT_BOUND_TRIPS", "DEFAULT_PLACES", "DEFAULT_WINDOW_DAYS", "IngestOptions",
@@ -88,16 +91,6 @@ def choose_buckets(events: int, per_bucket: int = BUCKET_EVENTS) -> int:
 
 
 @dataclass(frozen=True)
-class _Counts:
-    """One bucket's bounded counts, keyed by cell index."""
-
-    trips: pl.DataFrame  # (day, hour, origin, dest) -> count
-    presence: pl.DataFrame  # (day, hour, cell) -> count
-    residents: pl.DataFrame  # (window, place, cell) -> count
-    commuting: pl.DataFrame  # (window, home, work) -> count
-
-
-@dataclass(frozen=True)
 class _Buckets:
     """The checked events, split into person-hash buckets, and where bucket results wait to be summed."""
 
@@ -115,8 +108,8 @@ class _Buckets:
 
 
 @contextmanager
-def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: Path,
-                   progress: Progress) -> Iterator[_Buckets]:
+def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: Path, progress: Progress,
+                   check: Callable[[pl.LazyFrame], None]) -> Iterator[_Buckets]:
     """The events in person-hash buckets; with B > 1 as Parquet files deleted on exit, also on error.
 
     The temporary directory is made next to the output (the dataset's disk, not a /tmp that
@@ -126,8 +119,10 @@ def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: P
         # Read once: every later pass (span, presence, trips) works on these compact columns
         # (person, timestamp, cell index) instead of decoding the file again.
         collected = events.collect(engine="streaming").lazy()
+        check(collected)  # in memory: a few vector passes
         yield _Buckets(collected, [collected], None)
         return
+    check(events)  # one streaming pass over the input before the split
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=BUCKET_DIR_PREFIX, dir=work_dir) as tmp:
         root = Path(tmp).resolve()  # absolute: polars joins a relative file path to the partition base again
@@ -172,36 +167,34 @@ def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str 
     catalog, lookup = read_cells(cells_path)
     frame = _scan(path)
     _require_columns(frame, path, ["person", "timestamp", "cell_id"])
-    frame = _timestamps(frame.select("person", "timestamp", "cell_id"), path, "timestamp")
-    empty_person = pl.col("person").is_null()
-    if frame.collect_schema()["person"] == pl.String:
-        empty_person = empty_person | (pl.col("person").str.strip_chars() == "")
-    person_nulls = _rows_where(frame, empty_person)
-    if person_nulls:
-        raise InvalidData(f"{path.name}: column 'person' is empty in rows {person_nulls}", field="person")
-    _check_within_span(frame, path, start, end, options.missing_days)
-    indexed = _index_cells(frame, lookup, path, "cell_id", "cell")
+    frame = frame.select("person", "timestamp", "cell_id")
+    # (person, timestamp, cell index): read once, checked in one pass; null cell = not in the catalog
+    indexed = _indexed_events(frame, path, catalog)
     buckets = options.buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
     key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
-    with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
+    def check(events: pl.LazyFrame) -> None:
+        _check_events(events, frame, path, lookup, start, end, options.missing_days)
+
+    with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress, check=check) as split:
         kept: dict[str, list[pl.LazyFrame]] = {"trips": [], "presence": [], "residents": [], "commuting": []}
         for number, part in enumerate(split.parts, start=1):
             label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
             # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
-            counts = _bucket_counts(part.collect(engine="streaming").lazy(), options, key_cap=key_cap, seed=seed,
-                                    histograms=histograms, progress=progress, label=label)
+            counts = _bucket_counts(part.collect(engine="streaming"), options, n_cells=len(catalog), key_cap=key_cap,
+                                    seed=seed, histograms=histograms, progress=progress, label=label)
             for measure, frames in kept.items():
                 frames.append(split.keep(getattr(counts, measure), f"{measure}-{number}"))
         progress.phase("summing over buckets, writing aggregates")
         # disjoint persons: counts add up key by key over buckets, then cell ids, in key order:
         # (day, hour, cell) -> count, (day, hour, origin, dest) -> count,
         # (window, place, cell) -> count, (window, home, work) -> count
-        pres_counts, trip_counts, residents, commuting = pl.collect_all([
-            _cell_names(_sum_counts(kept[measure], keys), lookup, cells).sort(keys)
+        ids = lookup["_cell_id"]
+        pres_counts, trip_counts, residents, commuting = (
+            _named(_summed(kept[measure], keys), keys, cells, ids)
             for measure, keys, cells in (("presence", _PRESENCE_KEYS, ["cell"]),
                                          ("trips", _TRIP_KEYS, ["origin", "dest"]),
                                          ("residents", _RESIDENT_KEYS, ["cell"]),
-                                         ("commuting", _COMMUTING_KEYS, ["home", "work"]))], engine="streaming")
+                                         ("commuting", _COMMUTING_KEYS, ["home", "work"])))
     # histograms of all buckets, summed by `histograms.add` (disjoint persons), released once with noise
     report = release_bounding_report(histograms, options.report_budget, meta.window_count)
     _load_zonings(options.zonings, catalog, out)
@@ -216,14 +209,45 @@ def _sum_counts(parts: list[pl.LazyFrame], keys: list[str]) -> pl.LazyFrame:
     return pl.concat(parts).group_by(keys).agg(pl.col("count").sum())
 
 
-def _bucket_counts(events: pl.LazyFrame, options: IngestOptions, *, key_cap: int | None, seed: int,
-                   histograms: ContributionHistograms, progress: Progress, label: str) -> _Counts:
+def _summed(parts: list[pl.LazyFrame], keys: list[str]) -> pl.DataFrame:
+    """One bucket's counts as they are (one row per key already), several buckets' summed."""
+    if len(parts) == 1:
+        return parts[0].collect()
+    return _sum_counts(parts, keys).collect(engine="streaming")
+
+
+def _named(counts: pl.DataFrame, keys: list[str], cells: list[str], ids: pl.Series) -> pl.DataFrame:
+    """Counts sorted by key, cell indexes replaced by cell ids, in one chunk.
+
+    Cell indexes follow the catalog's sorted ids, so the order is the ids' order; one chunk makes
+    the Parquet file's row groups, hence its bytes, depend on its content only.
+    """
+    counts = counts.sort(keys)
+    return counts.with_columns(ids.gather(counts[cell]).alias(cell) for cell in cells).rechunk()
+
+
+def _bucket_counts(events: pl.DataFrame, options: IngestOptions, *, n_cells: int, key_cap: int | None, seed: int,
+                   histograms: ContributionHistograms, progress: Progress, label: str) -> Counts:
     """One bucket's events → its bounded counts: a person-window lies wholly in one bucket, so bounds hold.
 
     The exact contribution histograms of the bucket's person-windows are added to `histograms`.
+    One sort of the events (sorted_bucket.py), or for input it does not pack the reference below.
     """
+    progress.phase(f"{label}deriving trips, presence and places, bounding per person-window")
+    try:
+        return sorted_bucket.bucket_counts(
+            events, first_day=options.span[0], window_days=options.window_days, n_cells=n_cells,
+            bound_presence=options.bound_presence, bound_trips=options.trips_bound(), trip_rule=options.trip_rule,
+            min_dwell=dt.timedelta(minutes=options.min_dwell_minutes), places=options.place_rule, key_cap=key_cap,
+            seed=seed, histograms=histograms)
+    except sorted_bucket.Unsupported:
+        return _reference_bucket_counts(events.lazy(), options, key_cap=key_cap, seed=seed, histograms=histograms)
+
+
+def _reference_bucket_counts(events: pl.LazyFrame, options: IngestOptions, *, key_cap: int | None, seed: int,
+                             histograms: ContributionHistograms) -> Counts:
+    """derive.py and bounding.py applied as written: what sorted_bucket computes faster, and its fallback."""
     start, window_days, places = options.span[0], options.window_days, options.place_rule
-    progress.phase(f"{label}deriving presence and places, bounding per person-window")
     # (person, window, day, hour, cell): one cell per (person, day, hour); held in memory, read three times
     hour_cells = _with_window(derive.presence(events, seed=seed), start, window_days).collect(engine="streaming").lazy()
     histograms.add("presence", hour_cells)  # exact, before bounding; released with noise only
@@ -236,14 +260,14 @@ def _bucket_counts(events: pl.LazyFrame, options: IngestOptions, *, key_cap: int
     # (person, window) -> at most one work cell, never the home
     work = derive.works(hour_cells, home, places, seed=seed)
     pres_counts, residents, commuting = histograms.collect_with(pres_plan, *_place_counts(home, work))
-    progress.phase(f"{label}deriving trips, bounding per person-window")
     # (person, timestamp, origin, dest)
     trip_rows = derive.trips(events, rule=options.trip_rule, min_dwell=dt.timedelta(minutes=options.min_dwell_minutes))
     # (day, hour, origin, dest) -> count of trips kept, at most L_trips per (person, window)
     [trip_counts] = histograms.collect_with(_bounded_trip_counts(trip_rows, start, window_days, options.trips_bound(),
-                                                                 seed=seed ^ 0x5A5A5A5A, key_cap=key_cap,
+                                                                 seed=seed ^ sorted_bucket.TRIP_SEED_MASK,
+                                                                 key_cap=key_cap,
                                                                  histograms=histograms))
-    return _Counts(trip_counts, pres_counts, residents, commuting)
+    return Counts(trip_counts, pres_counts, residents, commuting)
 
 
 def _place_counts(home: pl.LazyFrame, work: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
