@@ -18,6 +18,7 @@ from api.auth import current_client, require
 from api.errors import ErrorSchema, ErrorTableSchema, error_table
 from dpflows.budget import Epsilon, Rho
 from dpflows.queries import make_spec
+from dpflows.query_kinds import KEY_FIELDS
 from dpflows.service import QueryRequest, Service
 
 BEARER = [{"bearerAuth": []}]
@@ -92,6 +93,13 @@ def _document_errors(blp: Blueprint, *codes: int) -> Any:
     return decorate
 
 
+def query_doc(kind: str) -> Any:
+    """A query operation's OpenAPI: bearer auth, `?format` and its media types, and `x-key-fields`, the
+    fields that key the answer's values, which the planner page reads instead of keeping a copy."""
+    return queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS,
+                           **{"x-key-fields": list(KEY_FIELDS[kind])})
+
+
 def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
     spec = make_spec(
         kind, dataset=body["dataset"], zoning=body["zoning"], start=body["start"], end=body["end"],
@@ -121,7 +129,7 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
 @queries_blp.arguments(schemas.FlowsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Origin-destination counts between zones")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+@query_doc("flows")
 def flows(body: dict[str, Any]) -> Any:
     """Trips from each zone to each zone, every pair released (zeros noised too)."""
     return run_query("flows", body)
@@ -132,7 +140,7 @@ def flows(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.PresenceQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Person-hours per zone and hour of day")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+@query_doc("presence")
 def presence(body: dict[str, Any]) -> Any:
     """Presence (distinct person-cell-hours) per zone and hour of day."""
     return run_query("presence", body)
@@ -143,7 +151,7 @@ def presence(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.PatternsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Weekday × hour profile")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+@query_doc("patterns")
 def patterns(body: dict[str, Any]) -> Any:
     """Hour-of-day × weekday profile of trips (departures) or presence, for one zone or the whole area."""
     return run_query("patterns", body)
@@ -154,7 +162,7 @@ def patterns(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.ZoneTotalsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Trips arriving in each zone")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+@query_doc("inflows")
 def inflows(body: dict[str, Any]) -> Any:
     """Trips arriving in each zone (one noisy value per zone, far more accurate than summing a column of flows);
     a trip within one zone arrives there too."""
@@ -166,7 +174,7 @@ def inflows(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.ZoneTotalsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Trips leaving each zone")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+@query_doc("outflows")
 def outflows(body: dict[str, Any]) -> Any:
     """Trips leaving each zone; a trip within one zone leaves it too."""
     return run_query("outflows", body)
@@ -177,7 +185,7 @@ def outflows(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.ResidentsQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="People whose home (or work) cell lies in each zone")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+@query_doc("residents")
 def residents(body: dict[str, Any]) -> Any:
     """Residents (place home) or workers (place work) per zone and window; each person counts at most once per
     window (sensitivity 1). Whole windows only."""
@@ -189,7 +197,7 @@ def residents(body: dict[str, Any]) -> Any:
 @queries_blp.arguments(schemas.CommutingQuerySchema)
 @queries_blp.response(200, schemas.AnswerSchema, description="Home zone → work zone counts per window")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
-@queries_blp.doc(security=BEARER, parameters=[renderers.FORMAT_PARAMETER], responses=renderers.ANSWER_FORMATS)
+@query_doc("commuting")
 def commuting(body: dict[str, Any]) -> Any:
     """People living in one zone and working in another, per window (sensitivity 1). Whole windows only."""
     return run_query("commuting", body)

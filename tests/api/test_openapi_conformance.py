@@ -116,3 +116,19 @@ def test_errors_follow_the_one_documented_shape(app: Flask, spec: OpenAPI, keys:
     for method, path, key, body, status in cases:
         response = exchange(app, spec, method, path, key=key, body=body, valid_request=key is not None)
         assert response.status_code == status, (body, response.get_data(as_text=True))
+
+
+def test_each_query_declares_the_key_fields_of_its_values(client: FlaskClient, app: Flask, keys: Keys) -> None:
+    """The page and generated clients read `x-key-fields` from the document: it is the server's own table,
+    and the fields it names are the ones a real answer's values carry."""
+    from api.planner import STATIC_DIR
+    from dpflows.query_kinds import KEY_FIELDS, QUERY_KINDS
+
+    paths = client.get("/openapi.json").get_json()["paths"]
+    declared = {kind: paths[f"/v1/{kind}"]["post"]["x-key-fields"] for kind in QUERY_KINDS}
+    assert declared == {kind: list(fields) for kind, fields in KEY_FIELDS.items()}
+    answer = app.test_client().post("/v1/flows", json=FLOWS, headers={"Authorization": f"Bearer {keys.planner}"})
+    assert answer.status_code == 200
+    assert set(answer.get_json()["values"][0]) >= set(declared["flows"])
+    page = (STATIC_DIR / "app.js").read_text()
+    assert '"x-key-fields"' in page and '["origin", "destination"]' not in page  # read, not copied

@@ -27,6 +27,7 @@
     zoningCache: new Map(),
     pending: null,   // {kind, body, quote}
     answer: null,    // {kind, doc, zoning}
+    keyFields: {},   // kind -> key fields of its values, from the OpenAPI document
   };
 
   // ---------------------------------------------------------------- HTTP
@@ -112,7 +113,8 @@
 
   async function login(key) {
     state.key = key;
-    const doc = await api("GET", "/v1/datasets");
+    const [doc, keyFields] = await Promise.all([api("GET", "/v1/datasets"), loadKeyFields()]);
+    state.keyFields = keyFields;
     sessionStorage.setItem(KEY_STORAGE, key);
     state.datasets = Array.isArray(doc) ? doc : (doc.datasets || []);
     $("login").hidden = true; $("workspace").hidden = false; $("logout").hidden = false;
@@ -178,9 +180,17 @@
     $("residents-options").hidden = $("kind").value !== "residents";
   }
 
-  /** The key fields of each kind's values (as the server's query_kinds says). */
-  const KEYS = { flows: ["origin", "destination"], presence: ["zone", "hour"], patterns: ["weekday", "hour"],
-    inflows: ["zone"], outflows: ["zone"], residents: ["zone", "window"], commuting: ["home", "work", "window"] };
+  /** The key fields of each kind's values, as the server's OpenAPI document declares them
+   * (`x-key-fields` of POST /v1/<kind>): the page keeps no copy of the server's table. */
+  async function loadKeyFields() {
+    const spec = await api("GET", "/openapi.json");
+    const keys = {};
+    for (const [path, ops] of Object.entries((spec && spec.paths) || {})) {
+      const fields = ops && ops.post && ops.post["x-key-fields"];
+      if (Array.isArray(fields) && path.startsWith("/v1/")) keys[path.slice(4)] = fields;
+    }
+    return keys;
+  }
   const WINDOW_KINDS = ["residents", "commuting"];
 
   async function loadZoning(dataset, zoning) {
@@ -692,7 +702,7 @@
 
   function renderTable(kind, doc) {
     const e = Number(doc.error_bound_95);
-    const keys = KEYS[kind];
+    const keys = state.keyFields[kind];
     const rows = [...doc.values].sort((a, b) => b.count - a.count);
     $("table-title").textContent = `Values (${rows.length}${rows.length > MAX_TABLE_ROWS ? `, largest ${MAX_TABLE_ROWS} shown` : ""}), each ${fmtErr(e)} at ${Math.round((doc.confidence || 0.95) * 100)}% confidence${doc.reused ? " — reused answer, free" : ""}`;
     const head = el("tr", {}, ...keys.map((k) => el("th", { text: k })), el("th", { text: "count ± error" }), el("th", { text: "interval (true value)" }));
@@ -745,7 +755,7 @@
 
   function answerCSV({ kind, doc }) {
     const e = Number(doc.error_bound_95);
-    const keys = KEYS[kind];
+    const keys = state.keyFields[kind];
     const cols = [...keys, "count", "error_bound_95", "lower", "upper"];
     const cell = (x) => (/[",\n]/.test(String(x)) ? `"${String(x).replace(/"/g, '""')}"` : String(x));
     const lines = [cols.join(",")]; // plain CSV for any tool; the answer id is in the file name
