@@ -180,7 +180,7 @@ def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str 
         for number, part in enumerate(split.parts, start=1):
             label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
             # one bucket: (person, timestamp, cell) of its persons, all of each person's events, in memory
-            counts = _bucket_counts(part.collect(engine="streaming"), options, n_cells=len(catalog), key_cap=key_cap,
+            counts = _bucket_counts(part.collect(), options, n_cells=len(catalog), key_cap=key_cap,
                                     seed=seed, histograms=histograms, progress=progress, label=label)
             for measure, frames in kept.items():
                 frames.append(split.keep(getattr(counts, measure), f"{measure}-{number}"))

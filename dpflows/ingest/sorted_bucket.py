@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,24 +64,35 @@ def bucket_counts(events: pl.DataFrame, *, first_day: dt.date, window_days: int,
     """
     grid = Grid(first_day, window_days, n_cells)
     ev = sort_events(events, grid)
-    hours = _presence(ev, grid, seed)  # (pid, hour index, cell): one per person-hour, in (pid, hour) order
-    home, work = homes_and_works(ev, grid, hours, places, seed)
+    # trips in a second thread, presence and places in this one: both read the sorted events only,
+    # and their array work releases the GIL, so the two cores share the derivation
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        trips_job = pool.submit(_trip_counts, ev, grid, trip_rule=trip_rule, min_dwell=min_dwell, key_cap=key_cap,
+                                bound=bound_trips, seed=seed ^ TRIP_SEED_MASK)
+        hours = _presence(ev, grid, seed)  # (pid, hour index, cell): one per person-hour, in (pid, hour) order
+        home, work = homes_and_works(ev, grid, hours, places, seed)
+        residents, commuting = place_counts(grid, home, work)
+        hour_keys = hours["hour"].astype(np.uint64) * np.uint64(n_cells) + hours["cell"]
+        presence, presence_sizes = _bounded_counts(grid, hour_keys, hours["pid"], hours["window"], bound_presence,
+                                                   records=_presence_records(ev, grid, hours), cells=["cell"],
+                                                   seed=seed)
+        trip_counts, trip_sizes = trips_job.result()
+    histograms.add_sizes("presence", presence_sizes)  # exact, before the bound; released with noise only
+    histograms.add_sizes("trips", trip_sizes)
+    return Counts(trip_counts, presence, residents, commuting)
+
+
+def _trip_counts(ev: SortedEvents, grid: Grid, *, trip_rule: str, min_dwell: dt.timedelta, key_cap: int | None,
+                 bound: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """Trips derived, capped per key (zCDP), bounded per person-window and counted; and each person-window's trips."""
     trips = _trips(ev, trip_rule, min_dwell)
     if key_cap is not None:
         trips = _cap_per_key(ev, trips, key_cap)
-    trip_hour = trips["t"] // ev.per_hour
-    hour_keys = hours["hour"].astype(np.uint64) * np.uint64(n_cells) + hours["cell"]
-    trip_keys = ((trip_hour.astype(np.uint64) * np.uint64(n_cells) + trips["origin"]) * np.uint64(n_cells)
-                 + trips["dest"])
-    presence = _bounded_counts(grid, hour_keys, hours["pid"], hours["window"], bound_presence,
-                               records=_presence_records(ev, grid, hours), cells=["cell"], seed=seed,
-                               histograms=histograms, measure="presence")
-    residents, commuting = place_counts(grid, home, work)
-    trip_window = lookup(trip_hour, grid.window_of_hour)
-    trip_counts = _bounded_counts(grid, trip_keys, trips["pid"], trip_window, bound_trips,
-                                  records=_trip_records(ev, grid, trips), cells=["origin", "dest"],
-                                  seed=seed ^ TRIP_SEED_MASK, histograms=histograms, measure="trips")
-    return Counts(trip_counts, presence, residents, commuting)
+    hour = trips["t"] // ev.per_hour
+    n = np.uint64(grid.n_cells)
+    keys = (hour.astype(np.uint64) * n + trips["origin"]) * n + trips["dest"]  # (day, hour, origin, dest)
+    return _bounded_counts(grid, keys, trips["pid"], lookup(hour, grid.window_of_hour), bound,
+                           records=_trip_records(ev, grid, trips), cells=["origin", "dest"], seed=seed)
 
 
 def _kept_by_rank(records: pl.DataFrame, units: np.ndarray, bound: int, seed: int) -> np.ndarray:
@@ -90,15 +102,23 @@ def _kept_by_rank(records: pl.DataFrame, units: np.ndarray, bound: int, seed: in
     rank does. The hash is bounding.record_hash, the very expression the reference ranks by.
     """
     h = records.select(record_hash(records.columns, seed)).to_series().to_numpy()
-    order = np.lexsort((h, units))  # stable: equal (unit, hash) keep their row order
-    first = starts(units[order])
+    unit = np.cumsum(starts(units)) - 1  # 0, 1, ... per run
+    unit_bits = max(1, int(unit[-1]).bit_length())
+    # one 64-bit key: the unit, then the hash's top bits; exact unless two of a unit's hashes share
+    # those bits (about 2^-40 per pair), then by both in full, stably
+    key = (unit.astype(np.uint64) << np.uint64(64 - unit_bits)) | (h >> np.uint64(unit_bits))
+    order = np.argsort(key)
+    ordered = key[order]
+    if np.any(ordered[1:] == ordered[:-1]):
+        order = np.lexsort((h, unit))
+    first = starts(unit[order])
     rank = np.arange(len(order)) - np.repeat(np.flatnonzero(first), run_sizes(first))
     return np.sort(order[rank < bound])
 
 
 def _presence(ev: SortedEvents, grid: Grid, seed: int) -> dict[str, np.ndarray]:
     """(pid, hour, cell) per person-hour: the cell of most events, ties by derive's keyed hash."""
-    hour = ev.t // ev.per_hour
+    hour = ev.hour
     first = starts(ev.pid, hour)
     at = np.flatnonzero(first)
     pid, hour_of_run, cell = ev.pid[at], hour[at], ev.cell[at]  # a person-hour of one cell takes it
@@ -154,34 +174,34 @@ def _trip_records(ev: SortedEvents, grid: Grid, trips: dict[str, np.ndarray]) ->
 
 
 def _bounded_counts(grid: Grid, keys: np.ndarray, pid: np.ndarray, window: np.ndarray, bound: int, *,
-                    records: Callable[[np.ndarray], pl.DataFrame], cells: list[str], seed: int,
-                    histograms: ContributionHistograms, measure: str) -> pl.DataFrame:
-    """Counts per key of the records `bound_per_person_window` keeps; rows sorted by (pid, window).
+                    records: Callable[[np.ndarray], pl.DataFrame], cells: list[str],
+                    seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """Counts per key of the records `bound_per_person_window` keeps, and the records of each person-window.
 
-    A person-window of at most `bound` records keeps them all whatever their ranks, so only the
-    larger ones are ranked, by the reference function on their records as it would see them.
+    Rows are sorted by (pid, window). A person-window of at most `bound` records keeps them all
+    whatever their ranks, so only the larger ones are ranked (`_kept_by_rank`).
     """
     first = starts(pid, window)
     sizes = run_sizes(first)
-    histograms.add_sizes(measure, sizes)  # exact, before the bound; released with noise only
-    over = np.repeat(sizes > bound, sizes)
+    large = sizes > bound
+    over = np.repeat(large, sizes)
     kept = [keys[~over]]
-    if over.any():
+    if large.any():
         rows = np.flatnonzero(over)
-        kept.append(keys[rows[_kept_by_rank(records(rows), np.repeat(np.arange(len(sizes)), sizes)[rows], bound,
-                                            seed)]])
-    return _counts(np.concatenate(kept), grid, cells)
+        units = np.repeat(np.flatnonzero(large), sizes[large])  # the person-window of each of those rows
+        kept.append(keys[rows[_kept_by_rank(records(rows), units, bound, seed)]])
+    return _counts(np.concatenate(kept), grid, cells), sizes
 
 
 def _counts(keys: np.ndarray, grid: Grid, cells: list[str]) -> pl.DataFrame:
     """Packed keys → (day, hour, *cells, count), cell columns as indexes."""
     if len(keys) and int(keys.max()) < max(1 << 16, 4 * len(keys)):  # dense: one linear count
-        tally = np.bincount(keys.astype(np.int64))
+        tally = np.bincount(keys.view(np.int64))
         unique = np.flatnonzero(tally)
         count = tally[unique]
         unique = unique.astype(np.uint64)
     else:
-        unique, count = np.unique(keys.astype(np.uint64), return_counts=True)
+        unique, count = np.unique(keys, return_counts=True)
     columns: list[pl.Series] = []
     for cell in reversed(cells):
         columns.insert(0, pl.Series(cell, (unique % np.uint64(grid.n_cells)).astype(np.uint32)))
@@ -193,7 +213,7 @@ def _counts(keys: np.ndarray, grid: Grid, cells: list[str]) -> pl.DataFrame:
 
 def _trips(ev: SortedEvents, rule: str, min_dwell: dt.timedelta) -> dict[str, np.ndarray]:
     """(pid, t, origin, dest) of each trip, in (pid, t) order: derive.trips on the sorted events."""
-    day = ev.t // (24 * ev.per_hour)
+    day = lookup(ev.hour, lambda h: h // 24)
     new_day = starts(ev.pid, day)
     visit = new_day.copy()
     visit[1:] |= ev.cell[1:] != ev.cell[:-1]

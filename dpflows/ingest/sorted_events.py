@@ -27,9 +27,10 @@ class Unsupported(Exception):
 class SortedEvents:
     """A bucket's events in (person, time, cell) order, as arrays: the one sort every step reads."""
 
-    pid: np.ndarray  # int64: dense person number, increasing in this order
+    pid: np.ndarray  # int32: dense person number, increasing in this order
     t: np.ndarray  # int64: time since the first day's midnight, in the timestamps' own unit
     cell: np.ndarray  # uint32: cell index
+    hour: np.ndarray  # int32: hours since the first day's midnight
     persons: pl.Series  # pid -> the person as given (for keyed hashes only)
     timestamp: pl.Datetime  # the timestamps' type, to rebuild them for the trips' hash
     unit: Literal["ns", "us", "ms"]  # its time unit
@@ -45,7 +46,8 @@ class Grid:
     n_cells: int
 
     def window(self, day: np.ndarray) -> np.ndarray:
-        return day // self.window_days
+        """Window numbers as the reference's Int64 column holds them (the keyed hashes see the type)."""
+        return (day // self.window_days).astype(np.int64)
 
     def window_of_hour(self, hour: np.ndarray) -> np.ndarray:
         return hour // 24 // self.window_days
@@ -75,6 +77,8 @@ def sort_events(events: pl.DataFrame, grid: Grid) -> SortedEvents:
         values = person.cast(pl.UInt64 if person.dtype == pl.UInt64 else pl.Int64).to_numpy()
         lowest = values.min()
         p = (values - lowest).view(np.uint64)
+        dtype = values.dtype
+        del values
     else:
         p = person.hash(0x6A09E667).to_numpy()
     t = events["timestamp"].to_physical().to_numpy() - origin
@@ -87,29 +91,44 @@ def sort_events(events: pl.DataFrame, grid: Grid) -> SortedEvents:
         raise Unsupported("a span and catalog too large to pack trips into 64-bit keys")
     rows: np.ndarray | None = None
     if person_bits + time_bits + cell_bits <= 64 and integer:
-        key = (p << np.uint64(time_bits + cell_bits)) | ((t // step).astype(np.uint64) << np.uint64(cell_bits)) \
-            | cell.astype(np.uint64)
-        del p, t, cell
+        key = p  # (person, time, cell) packed in place, then sorted in place
+        key <<= np.uint64(time_bits + cell_bits)
+        quantum = (t // step if step > 1 else t).view(np.uint64)
+        quantum <<= np.uint64(cell_bits)
+        key |= quantum
+        key |= cell
+        del quantum, t, cell
         key.sort()
-        p = key >> np.uint64(time_bits + cell_bits)
-        t = ((key >> np.uint64(cell_bits)) & np.uint64((1 << time_bits) - 1)).astype(np.int64) * step
-        cell = (key & np.uint64((1 << cell_bits) - 1)).astype(np.uint32)
+        high = key >> np.uint64(time_bits + cell_bits)
+        first = starts(high)
+        p = high[first]
+        del high
+        cell = key.astype(np.uint32)  # the low 32 bits
+        cell &= np.uint32((1 << cell_bits) - 1)
+        t = key >> np.uint64(cell_bits)
         del key
+        t &= np.uint64((1 << time_bits) - 1)
+        t = t.view(np.int64)
+        if step > 1:
+            t *= step
     elif 64 + time_bits + cell_bits <= 128:
         p, t, cell, rows = _sort_wide(p, t // step, cell, time_bits, cell_bits, with_rows=not integer)
         t = t * step
+        first = starts(p)
+        p = p[first]
     else:
         raise Unsupported("times and cells too wide to pack into 128-bit keys")
-    first = starts(p)
-    pid = np.cumsum(first) - 1
+    pid = np.cumsum(first, dtype=np.int32)
+    pid -= 1
     if integer:
-        persons = pl.Series("person", (p[first] + lowest.view(np.uint64)).view(values.dtype)).cast(person.dtype)
+        persons = pl.Series("person", (p + lowest.view(np.uint64)).view(dtype)).cast(person.dtype)
     else:
         assert rows is not None
         persons = person.gather(rows[first])
         if person.n_unique() != len(persons):
             raise Unsupported("two persons' keys collide (about 1 in 2^64 per pair)")
-    return SortedEvents(pid, t, cell, persons.alias("person"), ts_type, unit, 3600 * per_second)
+    hour = (t // (3600 * per_second)).astype(np.int32)
+    return SortedEvents(pid, t, cell, hour, persons.alias("person"), ts_type, unit, 3600 * per_second)
 
 
 def _sort_wide(p: np.ndarray, t: np.ndarray, cell: np.ndarray, time_bits: int, cell_bits: int, *,

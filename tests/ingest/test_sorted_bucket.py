@@ -135,3 +135,18 @@ def test_a_large_city_week_equals_the_reference(tmp_path) -> None:
     opts = IngestOptions(name="x", **city.span, bound_presence=40, bound_trips=6)
     fast = assert_same(events, opts, n_cells=len(catalog), seed=99)
     assert fast["residents"].height > 0 and fast["trips"]["count"].sum() > 1000
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_rank_cut_keeps_what_bound_per_person_window_keeps_even_for_equal_hashes(seed: int) -> None:
+    """Identical records share a hash (the 64-bit key then ties): the exact stable order decides, as Polars' does."""
+    from dpflows.ingest.bounding import bound_per_person_window
+
+    rng = np.random.default_rng(seed)
+    person = np.repeat(np.arange(40), rng.integers(1, 30, 40))
+    records = pl.DataFrame({"person": person, "window": np.zeros(len(person), dtype=np.int64),
+                            "payload": rng.integers(0, 4, len(person))})  # many identical records
+    units = records["person"].to_numpy()
+    kept = records[sorted_bucket._kept_by_rank(records, units, 5, seed)]
+    reference = bound_per_person_window(records.lazy(), 5, seed=seed).collect()
+    assert kept.sort(pl.all()).equals(reference.sort(pl.all())) and kept.height < records.height
