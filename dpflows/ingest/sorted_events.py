@@ -20,7 +20,8 @@ _UNITS_PER_SECOND = {"ns": 10**9, "us": 10**6, "ms": 10**3}
 
 
 class Unsupported(Exception):
-    """Input this path does not pack (a time zone other than UTC, keys beyond 64 bits): use the reference."""
+    """Input this path does not pack (a time zone other than UTC, persons neither integers nor strings,
+    keys beyond 128 bits): use the reference."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def sort_events(events: pl.DataFrame, grid: Grid) -> SortedEvents:
     """The events sorted by (person, timestamp, cell), as derive.trips orders them, through one integer key.
 
     The key packs (person, time, cell) into 64 bits where they fit (persons as offsets from the
-    smallest, times in the coarsest unit all of them are whole multiples of), else into 128 bits.
+    smallest or as dense ranks, times in the coarsest unit all of them are whole multiples of),
+    else into 128 bits. Any order of persons will do: every later step works person by person.
     """
     ts_type = events.schema["timestamp"]
     if not isinstance(ts_type, pl.Datetime) or ts_type.time_zone not in (None, "UTC"):
@@ -70,27 +72,15 @@ def sort_events(events: pl.DataFrame, grid: Grid) -> SortedEvents:
     unit = ts_type.time_unit or "us"
     per_second = _UNITS_PER_SECOND[unit]
     midnight = dt.datetime.combine(grid.first_day, dt.time())
-    origin = pl.Series([midnight]).cast(pl.Datetime(unit)).to_physical()[0]
-    person = events["person"]
-    integer = person.dtype.is_integer()
-    if integer:  # offsets from the smallest person: exact in 64 bits (int64 wraps, the difference fits)
-        values = person.cast(pl.UInt64 if person.dtype == pl.UInt64 else pl.Int64).to_numpy()
-        lowest = values.min()
-        p = (values - lowest).view(np.uint64)
-        dtype = values.dtype
-        del values
-    else:
-        p = person.hash(0x6A09E667).to_numpy()
-    t = events["timestamp"].to_physical().to_numpy() - origin
+    t = events["timestamp"].to_physical().to_numpy() - pl.Series([midnight]).cast(pl.Datetime(unit)).to_physical()[0]
     cell = events["cell"].to_numpy()
     step = next(d for d in (per_second, per_second // 1000, 1) if d >= 1 and not np.any(t % d))
-    latest = int(t.max()) // step if len(t) else 0
-    person_bits, time_bits = int(p.max(initial=0)).bit_length(), max(1, latest.bit_length())
-    cell_bits = max(1, (grid.n_cells - 1).bit_length())
-    if grid.n_cells ** 2 * 24 * (int(t.max(initial=0)) // (3600 * per_second) + 1) >= 2**63:
+    latest = int(t.max(initial=0))
+    time_bits, cell_bits = max(1, (latest // step).bit_length()), max(1, (grid.n_cells - 1).bit_length())
+    if grid.n_cells ** 2 * 24 * (latest // (3600 * per_second) + 1) >= 2**63:
         raise Unsupported("a span and catalog too large to pack trips into 64-bit keys")
-    rows: np.ndarray | None = None
-    if person_bits + time_bits + cell_bits <= 64 and integer:
+    p, person_of = _person_keys(events["person"], 64 - time_bits - cell_bits)
+    if int(p.max(initial=0)).bit_length() + time_bits + cell_bits <= 64:
         key = p  # (person, time, cell) packed in place, then sorted in place
         key <<= np.uint64(time_bits + cell_bits)
         quantum = (t // step if step > 1 else t).view(np.uint64)
@@ -112,7 +102,7 @@ def sort_events(events: pl.DataFrame, grid: Grid) -> SortedEvents:
         if step > 1:
             t *= step
     elif 64 + time_bits + cell_bits <= 128:
-        p, t, cell, rows = _sort_wide(p, t // step, cell, time_bits, cell_bits, with_rows=not integer)
+        p, t, cell = _sort_wide(p, t // step, cell, time_bits, cell_bits)
         t = t * step
         first = starts(p)
         p = p[first]
@@ -120,32 +110,46 @@ def sort_events(events: pl.DataFrame, grid: Grid) -> SortedEvents:
         raise Unsupported("times and cells too wide to pack into 128-bit keys")
     pid = np.cumsum(first, dtype=np.int32)
     pid -= 1
-    if integer:
-        persons = pl.Series("person", (p + lowest.view(np.uint64)).view(dtype)).cast(person.dtype)
-    else:
-        assert rows is not None
-        persons = person.gather(rows[first])
-        if person.n_unique() != len(persons):
-            raise Unsupported("two persons' keys collide (about 1 in 2^64 per pair)")
     hour = (t // (3600 * per_second)).astype(np.int32)
-    return SortedEvents(pid, t, cell, hour, persons.alias("person"), ts_type, unit, 3600 * per_second)
+    return SortedEvents(pid, t, cell, hour, person_of(p).alias("person"), ts_type, unit, 3600 * per_second)
 
 
-def _sort_wide(p: np.ndarray, t: np.ndarray, cell: np.ndarray, time_bits: int, cell_bits: int, *,
-               with_rows: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(person, time, cell) sorted by one 128-bit key (Polars): for persons that take 64 bits."""
+def _person_keys(person: pl.Series, room: int) -> tuple[np.ndarray, Callable[[np.ndarray], pl.Series]]:
+    """Persons as distinct non-negative integers (a fresh array), and the way back from keys to persons.
+
+    Integers: offsets from the smallest when they fit in `room` bits, else ranks among the
+    distinct persons. Strings: their categorical codes. Other types go to the reference path.
+    """
+    if person.dtype.is_integer():  # offsets are exact in 64 bits: int64 wraps, the difference fits
+        values = person.cast(pl.UInt64 if person.dtype == pl.UInt64 else pl.Int64).to_numpy()
+        lowest = values.min()
+        offsets = (values - lowest).view(np.uint64)
+        if int(offsets.max()).bit_length() <= room:
+            base = lowest.view(np.uint64)
+            return offsets, lambda keys: pl.Series((keys + base).view(values.dtype)).cast(person.dtype)
+        table = np.unique(values)
+        return np.searchsorted(table, values).astype(np.uint64), lambda keys: pl.Series(table[keys]).cast(person.dtype)
+    if person.dtype != pl.String:
+        raise Unsupported(f"persons of type {person.dtype}")
+    codes = person.cast(pl.Categorical).to_physical().to_numpy()  # one code per distinct string
+    row = np.zeros(int(codes.max(initial=0)) + 1, dtype=np.int64)
+    row[codes] = np.arange(len(codes))  # a row of each person
+    return codes.astype(np.uint64), lambda keys: person.gather(row[keys])
+
+
+def _sort_wide(p: np.ndarray, t: np.ndarray, cell: np.ndarray, time_bits: int,
+               cell_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(person, time, cell) sorted by one 128-bit key (Polars): for inputs 64 bits cannot hold."""
     lo, mid = pl.lit(1 << cell_bits, pl.UInt128), pl.lit(1 << (cell_bits + time_bits), pl.UInt128)
     frame = pl.DataFrame({"p": p, "t": t, "cell": cell})
     key = (pl.col("p").cast(pl.UInt128) * mid + pl.col("t").cast(pl.UInt128) * lo + pl.col("cell").cast(pl.UInt128))
-    row = [pl.int_range(pl.len(), dtype=pl.UInt32).alias("row")] if with_rows else []
-    ordered = frame.select(key.alias("k"), *row).sort("k")
+    ordered = frame.select(key.alias("k")).sort("k")
     del frame
     k = ordered["k"]
     decoded = ordered.select((k // mid).cast(pl.UInt64).alias("p"),
                              ((k // lo) % pl.lit(1 << time_bits, pl.UInt128)).cast(pl.Int64).alias("t"),
                              (k % lo).cast(pl.UInt32).alias("cell"))
-    rows = ordered["row"].to_numpy() if with_rows else None
-    return decoded["p"].to_numpy(), decoded["t"].to_numpy(), decoded["cell"].to_numpy(), rows
+    return decoded["p"].to_numpy(), decoded["t"].to_numpy(), decoded["cell"].to_numpy()
 
 
 def starts(*columns: np.ndarray) -> np.ndarray:
