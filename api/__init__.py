@@ -15,6 +15,7 @@ from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
+from api.body_cache import BodyCache
 from api.errors import ErrorSchema, register_error_handlers
 from api.logs import init_request_logging
 from api.ratelimit import Bucket, RateLimits, SharedBuckets, default_path
@@ -58,6 +59,8 @@ class DpflowsExtension:
     service: Service
     catalog: Catalog
     rate_limits: RateLimits
+    #: rendered answer bodies of this worker (api/body_cache.py)
+    bodies: BodyCache
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> DpflowsExtension:
@@ -73,10 +76,11 @@ class DpflowsExtension:
             auth_failures=Bucket(settings.auth_failure_limit, float(settings.auth_failure_burst)),
             trusted_proxies=settings.trusted_proxies)
         ledger = open_ledger(settings.ledger_url)
+        ledger.configure_audit_queue(window_s=settings.audit_flush_ms / 1000, max_rows=settings.audit_queue_rows)
         mark = HighWaterMark(settings.high_water_file or default_high_water(settings.ledger_url, settings.data_dir),
                              ledger)
         mark.check()  # a ledger restored from an older backup is refused here, before any request
-        ext = cls(Service(store, ledger, policy, mark), Catalog(store), limits)
+        ext = cls(Service(store, ledger, policy, mark), Catalog(store), limits, BodyCache(settings.answer_cache_bytes))
         # After fork: gunicorn builds the app in each worker (preload_app = False), so each worker
         # pre-draws its own noise (dpflows/noise_pool.py); 0 turns the pool off.
         ext.service.start_noise_pool(settings.noise_pool_values)

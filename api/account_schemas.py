@@ -34,6 +34,9 @@ class WindowBudgetSchema(ma.Schema):
         "description": "your group's allocation of this window; null: none (you spend from the budget shared by "
                        "clients without an allocation, which is not shown)"})
     group_spent = EpsilonField(allow_none=True, metadata={"description": "what your group spent of its allocation"})
+    group_unit = fields.String(allow_none=True, metadata={
+        "description": "the measure of group_cap and group_spent: the dataset's population's (epsilon or rho), which "
+                       "can differ from the dataset's own; a pure-DP charge then counts as OpenDP's rho of it"})
     remaining = EpsilonField(metadata={"description": "the smaller of what remains of your cap and of your group's "
                                                       "allocation; other groups' spending is never shown"})
     spent_approx_dp = fields.Nested(ApproxDpSchema, metadata={"description": "zCDP: your spent ρ as (ε, δ)"})
@@ -183,11 +186,22 @@ class ClientWithKeysSchema(ClientSchema):
     keys = fields.List(fields.Nested(KeySchema))
 
 
+def _population_field(description: str) -> fields.String:
+    return fields.String(validate=WholeMatch(GROUP_NAME, error="use 1-64 letters, digits, '_', '.' or '-', starting "
+                                                                "with a letter or digit"),
+                         metadata={"description": description})
+
+
 class CapSchema(ma.Schema):
-    dataset = name_field()
+    dataset = name_field(required=False, description=(
+        "a client's cap is on a dataset; without client_id, the global cap (or a group's allocation) of the "
+        "dataset's population, window the dataset's"))
+    population = _population_field("without dataset: the global cap (or a group's allocation) of this population, "
+                                   "window the population's")
     epsilon = Number(allow_nan=False, validate=validate.Range(min=0),
-                     metadata={"description": "the cap on a pure-DP dataset"})
-    rho = Number(allow_nan=False, validate=validate.Range(min=0), metadata={"description": "the cap on a zCDP dataset"})
+                     metadata={"description": "a client's cap on a pure-DP dataset, or a population's cap in epsilon"})
+    rho = Number(allow_nan=False, validate=validate.Range(min=0),
+                 metadata={"description": "a client's cap on a zCDP dataset, or a cap of a population in rho"})
     client_id = fields.Integer(validate=validate.Range(max=ID_MAX),
                                metadata={"description": "omit (and omit group) for the global cap across all clients"})
     group = fields.String(validate=WholeMatch(GROUP_NAME), metadata={
@@ -202,6 +216,71 @@ class CapSchema(ma.Schema):
         if "client_id" in data and "group" in data:
             raise ma.ValidationError("send client_id (a client's cap) or group (a group's allocation), not both",
                                      field_name="group")
+        if "dataset" not in data and ("population" not in data or "client_id" in data):
+            raise ma.ValidationError("send dataset (a client's cap, or the global cap of its population), or "
+                                     "population without client_id (its global cap or an allocation)",
+                                     field_name="dataset")
+
+
+class PopulationQuerySchema(ma.Schema):
+    dataset = name_field(required=False, description="the population of this dataset")
+    population = _population_field("a population by name (default: the one every dataset without one shares)")
+
+    @ma.validates_schema
+    def _one(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("dataset" in data) == ("population" in data):
+            raise ma.ValidationError("send one of dataset or population", field_name="dataset")
+
+
+class HorizonSchema(ma.Schema):
+    horizon_windows = fields.Integer(required=True, allow_none=True, validate=validate.Range(min=1, max=10_000),
+                                     metadata={"description": "H: the cap bounds the population's spend summed "
+                                                              "over any H consecutive windows (e.g. 52 weeks); null "
+                                                              "removes it"})
+    epsilon = Number(allow_nan=False, validate=validate.Range(min=0),
+                     metadata={"description": "the horizon cap of a population in epsilon"})
+    rho = Number(allow_nan=False, validate=validate.Range(min=0),
+                 metadata={"description": "the horizon cap of a population in rho"})
+
+    @ma.validates_schema
+    def _one_measure(self, data: dict[str, Any], **kwargs: Any) -> None:
+        sent = ("epsilon" in data) + ("rho" in data)
+        if (data.get("horizon_windows") is None) != (sent == 0) or sent > 1:
+            raise ma.ValidationError("send horizon_windows with exactly one of epsilon or rho (the population's "
+                                     "measure), or horizon_windows null alone to remove the horizon cap",
+                                     field_name="horizon_windows")
+
+
+class PopulationSchema(ma.Schema):
+    name = fields.String()
+    measure = fields.String(allow_none=True, metadata={"description": "epsilon or rho: the unit of every figure"})
+    first_day = fields.String(allow_none=True, metadata={"description": "its window 0 starts on this day"})
+    window_days = fields.Integer(allow_none=True)
+    horizon_windows = fields.Integer(allow_none=True)
+    horizon_cap = EpsilonField(allow_none=True)
+
+
+class WindowCapSchema(ma.Schema):
+    window = fields.Integer(allow_none=True, metadata={"description": "a window of the population; null: every "
+                                                                      "window without its own"})
+    cap = EpsilonField()
+
+
+class AllocationSchema(WindowCapSchema):
+    group = fields.String()
+
+
+class WindowSpentSchema(ma.Schema):
+    window = fields.Integer()
+    spent = EpsilonField()
+
+
+class PopulationBudgetSchema(ma.Schema):
+    population = fields.Nested(PopulationSchema)
+    global_caps = fields.List(fields.Nested(WindowCapSchema))
+    allocations = fields.List(fields.Nested(AllocationSchema))
+    spent = fields.List(fields.Nested(WindowSpentSchema), metadata={
+        "description": "what all clients spent, over every dataset of the population, in each window with spending"})
 
 
 class ZoningUploadSchema(ma.Schema):

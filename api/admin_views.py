@@ -62,15 +62,43 @@ def revoke_key(key_id: int) -> Any:
 @require("admin")
 @admin_blp.arguments(schemas.CapSchema)
 @admin_blp.response(200, schemas.CapSchema)
-@_document_errors(admin_blp, 401, 403, 404, 422, 429, 503)
+@_document_errors(admin_blp, 401, 403, 404, 409, 422, 429, 503)
 @admin_blp.doc(security=BEARER)
 def set_cap(body: dict[str, Any]) -> Any:
-    """Set a client's cap (client_id), a sharing group's allocation (group) or the global cap (neither), per
-    window or for every window. Allocations never sum above the global cap: 422 if they would."""
+    """Set a client's cap on a dataset (client_id), or a population's global cap (neither) or a sharing group's
+    allocation of it (group), per window or for every window. Named by dataset, the global cap and allocations
+    are those of the dataset's population (issue 17), in its measure. Allocations never sum above the global
+    cap: 422 if they would."""
     cap: PrivacyLoss = Epsilon.parse(body["epsilon"]) if "epsilon" in body else Rho.parse(body["rho"])
-    service().set_cap(body["dataset"], cap, client_id=body.get("client_id"),
-                      window=body.get("window"), by=current_client(), group=body.get("group"))
+    service().set_cap(body.get("dataset"), cap, client_id=body.get("client_id"), window=body.get("window"),
+                      by=current_client(), group=body.get("group"), population=body.get("population"))
     return body
+
+
+@admin_blp.route("/allocations", methods=["GET"])
+@require("admin")
+@admin_blp.arguments(schemas.PopulationQuerySchema, location="query")
+@admin_blp.response(200, schemas.PopulationBudgetSchema)
+@_document_errors(admin_blp, 401, 403, 404, 409, 422, 429, 503)
+@admin_blp.doc(security=BEARER)
+def list_allocations(args: dict[str, Any]) -> Any:
+    """A population's global caps, its sharing groups' allocations, its horizon cap and what was spent in each
+    window, named by population or by one of its datasets (admins only: clients never see these figures)."""
+    return service().population_budget(dataset=args.get("dataset"), population=args.get("population"))
+
+
+@admin_blp.route("/populations/<string:population>/horizon", methods=["PUT"])
+@require("admin")
+@admin_blp.arguments(schemas.HorizonSchema)
+@admin_blp.response(200, schemas.PopulationSchema)
+@_document_errors(admin_blp, 401, 403, 422, 429, 503)
+@admin_blp.doc(security=BEARER)
+def set_horizon(body: dict[str, Any], population: str) -> Any:
+    """Bound a population's spend summed over any `horizon_windows` consecutive windows (in its measure); null
+    removes the bound. Checked in the same ledger transaction as every other cap."""
+    cap: PrivacyLoss | None = (Epsilon.parse(body["epsilon"]) if "epsilon" in body
+                               else Rho.parse(body["rho"]) if "rho" in body else None)
+    return service().set_horizon_cap(population, body["horizon_windows"], cap, by=current_client())
 
 
 @admin_blp.route("/groups", methods=["POST"])

@@ -62,9 +62,9 @@ def _label(value: str) -> None:
         raise ma.ValidationError(problem)
 
 
-def name_field(**metadata: Any) -> fields.String:
+def name_field(*, required: bool = True, **metadata: Any) -> fields.String:
     """A dataset or zoning name: it becomes a file name (dpflows.cells.check_name)."""
-    return fields.String(required=True, validate=WholeMatch(
+    return fields.String(required=required, validate=WholeMatch(
         re.compile(NAME_PATTERN), error="use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"),
         metadata=metadata)
 

@@ -6,13 +6,13 @@ charged (queries only), duration. Not logged: bodies, query strings, headers, an
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 import uuid
 
+import orjson
 from flask import Flask, Response, g, request
 
 
@@ -23,7 +23,7 @@ class JsonFormatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             doc.update(extra)
-        return json.dumps(doc, separators=(",", ":"))
+        return orjson.dumps(doc, default=str).decode()  # compact, as json.dumps(separators=(",", ":")) wrote
 
 
 def configure_logging() -> None:

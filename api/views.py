@@ -123,10 +123,11 @@ def query_request(kind: str, body: dict[str, Any]) -> QueryRequest:
 
 
 # -- queries ------------------------------------------------------------------------------------
+# Request schemas are given as instances: given a class, webargs builds (deep-copies) one per request.
 
 @queries_blp.route("/flows", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.FlowsQuerySchema)
+@queries_blp.arguments(schemas.FlowsQuerySchema())
 @queries_blp.response(200, schemas.AnswerSchema, description="Origin-destination counts between zones")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @query_doc("flows")
@@ -137,7 +138,7 @@ def flows(body: dict[str, Any]) -> Any:
 
 @queries_blp.route("/presence", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.PresenceQuerySchema)
+@queries_blp.arguments(schemas.PresenceQuerySchema())
 @queries_blp.response(200, schemas.AnswerSchema, description="Person-hours per zone and hour of day")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @query_doc("presence")
@@ -148,7 +149,7 @@ def presence(body: dict[str, Any]) -> Any:
 
 @queries_blp.route("/patterns", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.PatternsQuerySchema)
+@queries_blp.arguments(schemas.PatternsQuerySchema())
 @queries_blp.response(200, schemas.AnswerSchema, description="Weekday × hour profile")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @query_doc("patterns")
@@ -159,7 +160,7 @@ def patterns(body: dict[str, Any]) -> Any:
 
 @queries_blp.route("/inflows", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.ZoneTotalsQuerySchema)
+@queries_blp.arguments(schemas.ZoneTotalsQuerySchema())
 @queries_blp.response(200, schemas.AnswerSchema, description="Trips arriving in each zone")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @query_doc("inflows")
@@ -171,7 +172,7 @@ def inflows(body: dict[str, Any]) -> Any:
 
 @queries_blp.route("/outflows", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.ZoneTotalsQuerySchema)
+@queries_blp.arguments(schemas.ZoneTotalsQuerySchema())
 @queries_blp.response(200, schemas.AnswerSchema, description="Trips leaving each zone")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @query_doc("outflows")
@@ -182,7 +183,7 @@ def outflows(body: dict[str, Any]) -> Any:
 
 @queries_blp.route("/residents", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.ResidentsQuerySchema)
+@queries_blp.arguments(schemas.ResidentsQuerySchema())
 @queries_blp.response(200, schemas.AnswerSchema, description="People whose home (or work) cell lies in each zone")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @query_doc("residents")
@@ -194,7 +195,7 @@ def residents(body: dict[str, Any]) -> Any:
 
 @queries_blp.route("/commuting", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.CommutingQuerySchema)
+@queries_blp.arguments(schemas.CommutingQuerySchema())
 @queries_blp.response(200, schemas.AnswerSchema, description="Home zone → work zone counts per window")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @query_doc("commuting")
@@ -205,7 +206,7 @@ def commuting(body: dict[str, Any]) -> Any:
 
 @queries_blp.route("/relative-change", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.RelativeChangeQuerySchema)
+@queries_blp.arguments(schemas.RelativeChangeQuerySchema())
 @queries_blp.response(200, schemas.RelativeChangeSchema, description="% change of presence per zone vs a baseline")
 @_document_errors(queries_blp, 401, 403, 404, 409, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
@@ -223,7 +224,7 @@ def relative_change(body: dict[str, Any]) -> Any:
 
 @queries_blp.route("/quote", methods=["POST"])
 @require("planner", "analyst", "admin")
-@queries_blp.arguments(schemas.QuoteQuerySchema)
+@queries_blp.arguments(schemas.QuoteQuerySchema())
 @queries_blp.response(200, schemas.QuoteSchema, description="What the query would cost; nothing charged")
 @_document_errors(queries_blp, 401, 403, 404, 422, 429, 503)
 @queries_blp.doc(security=BEARER)
@@ -262,7 +263,8 @@ def budget(args: dict[str, Any]) -> Any:
         "windows": [{"window": w.window, "start": w.start, "end": w.end, "cap": w.budget.client_cap,
                      "spent": w.budget.client_spent, "group": w.budget.group, "group_cap": w.budget.group_cap,
                      "group_spent": None if w.budget.group_cap is None else w.budget.group_spent,
-                     "remaining": w.budget.remaining,
+                     "group_unit": None if w.budget.group_cap is None else w.budget.unit,
+                     "remaining": w.remaining,
                      **({"spent_approx_dp": w.spent_approx_dp} if w.spent_approx_dp is not None else {})}
                     for w in status],
     }

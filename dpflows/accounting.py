@@ -4,9 +4,15 @@ A dataset is accounted in one measure for life (design §4, issue 12): pure ε-D
 discrete Laplace, or ρ-zCDP with the discrete Gaussian. Everything that depends on which (the
 loss type and its unit, the noise mechanism and how its sensitivity is computed, how a target
 error is priced, how a loss is shown, the per-role caps, what a pure-DP bounding report costs
-here) is a method of an `Accounting`; code elsewhere asks the dataset's accounting and never
-branches on its name. Adding a measure (approximate (ε, δ)) is one subclass here and its
-mechanism in dpflows.mechanisms.
+here, how a loss converts into another measure) is a method of an `Accounting`; code elsewhere
+asks the dataset's accounting and never branches on its name. Adding a measure (approximate
+(ε, δ)) is one subclass here and its mechanism in dpflows.mechanisms.
+
+Populations (issue 17): datasets drawn from the same people share one budget in one measure. A
+charge on a dataset accounted otherwise is converted into the population's measure by
+`Accounting.convert` (OpenDP's conversion, in dpflows.mechanisms) before it is committed, or
+refused (`Conflict`) where no conversion exists: pure ε → ρ exists (ε-DP is
+ε²/2-zCDP); ρ → pure ε does not (zCDP implies only approximate (ε, δ)-DP).
 
     Accounting
     ├── PureDP              pure_dp  Epsilon  discrete Laplace   ℓ1 = L
@@ -21,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 
 from dpflows.budget import ACCOUNTINGS, PURE_DP, ZCDP, Epsilon, PrivacyLoss, Rho
-from dpflows.errors import InvalidInput
+from dpflows.errors import Conflict, InvalidInput
 from dpflows.mechanisms import (
     DISCRETE_GAUSSIAN,
     DISCRETE_LAPLACE,
@@ -142,6 +148,26 @@ class Accounting:
         """The per-key cap ingestion enforces on trips rows (None: no such cap in this measure)."""
         return None
 
+    def converts_to(self, measure: str) -> bool:
+        """Whether a loss of this accounting can be converted into `measure` ("epsilon" or "rho")."""
+        return measure == self.unit
+
+    def convert(self, loss: PrivacyLoss, measure: str) -> PrivacyLoss:
+        """A loss of this accounting in `measure`, a population's measure: itself, or OpenDP's conversion
+        rounded up (never below the loss it stands for); Conflict where none exists."""
+        if measure == self.unit:
+            return self.loss_type(loss.nanos)
+        raise Conflict(
+            f"a loss in {self.unit} ({self.label}) cannot be converted into {measure}: OpenDP has no such "
+            "conversion", field=self.unit)
+
+    def largest_within(self, budget: PrivacyLoss, measure: str) -> PrivacyLoss:
+        """The largest loss of this accounting whose conversion into `measure` fits in `budget`: what a
+        budget in a population's measure leaves a client of this dataset (display and quotes)."""
+        if measure == self.unit:
+            return self.loss_type(budget.nanos)
+        return self.convert(budget, measure)  # raises: no conversion, so no such loss
+
     def metadata_json(self, meta: DatasetFacts) -> dict[str, Any]:
         return {"measure": self.name}
 
@@ -162,6 +188,23 @@ class PureDP(Accounting):
 
     def report_loss(self, charge: ReportCharge) -> PrivacyLoss:
         return charge.epsilon
+
+    def converts_to(self, measure: str) -> bool:
+        return measure in (self.unit, Rho.unit)
+
+    def convert(self, loss: PrivacyLoss, measure: str) -> PrivacyLoss:
+        if measure == Rho.unit:
+            from dpflows.mechanisms import epsilon_as_rho
+
+            return epsilon_as_rho(loss)
+        return super().convert(loss, measure)
+
+    def largest_within(self, budget: PrivacyLoss, measure: str) -> PrivacyLoss:
+        if measure == Rho.unit:
+            from dpflows.mechanisms import largest_epsilon_within
+
+            return largest_epsilon_within(budget)
+        return super().largest_within(budget, measure)
 
 
 class ZeroConcentrated(Accounting):
@@ -215,6 +258,16 @@ def accounting(name: str) -> Accounting:
 def accounting_of_mechanism(mechanism: str) -> Accounting:
     """The accounting whose mechanism released a stored answer."""
     return _BY_MECHANISM[mechanism]
+
+
+def common_measure(accountings: list[Accounting]) -> str:
+    """The measure a population of datasets so accounted takes: of their own measures, the first (in
+    ACCOUNTINGS order) that every one of them converts into. Pure DP alone: ε; with zCDP: ρ."""
+    for candidate in _BY_NAME.values():
+        if any(a.name == candidate.name for a in accountings) and all(a.converts_to(candidate.unit)
+                                                                       for a in accountings):
+            return candidate.unit
+    raise Conflict(f"no measure holds {sorted({a.label for a in accountings})} together", field="population")
 
 
 def accounting_of_unit(unit: str) -> Accounting:

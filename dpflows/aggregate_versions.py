@@ -44,7 +44,7 @@ def version_dir(dataset_dir: str | Path) -> Path:
 
 
 def check_same_grid(earlier: DatasetMetadata, new: DatasetMetadata) -> None:
-    """A dataset's windows and measure of loss are fixed for life: spending is kept per window index.
+    """A dataset's windows, measure of loss and population are fixed for life: spending is kept per window index.
 
     Re-ingesting with another first day or window length would make window k another week, and
     another accounting would read ε spent as ρ; both would let a person-window be spent twice.
@@ -59,6 +59,14 @@ def check_same_grid(earlier: DatasetMetadata, new: DatasetMetadata) -> None:
                 f"{flag} {old}, or ingest into a new dataset name",
                 field=flag.lstrip("-").replace("-", "_"),
             )
+    if earlier.population != new.population:
+        old = "--population " + earlier.population if earlier.population is not None else "no --population"
+        raise InvalidData(
+            f"dataset {new.name!r} was ingested with {old.removeprefix('--population ')} as its population and this "
+            f"ingestion asks for {new.population or 'the default'}; a dataset keeps its population for life (its "
+            f"spending counts against that population's budget): use {old}, or ingest into a new dataset name",
+            field="population",
+        )
 
 
 def write_aggregates(

@@ -147,6 +147,9 @@ class DatasetMetadata:
     unit: str = PERSON_WINDOW
     #: days inside [first_day, end_day) the admin declares the dataset does not hold (never measured)
     missing_days: tuple[dt.date, ...] = ()
+    #: the population it is drawn from (`dpflows ingest --population`), whose budget it shares with every
+    #: dataset of the same people; None: the data root's default population (dpflows.ledger.DEFAULT_POPULATION)
+    population: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, field="dataset")
@@ -173,6 +176,8 @@ class DatasetMetadata:
             raise InvalidData(f"presence_rule={self.presence_rule!r} must be one of {list(PRESENCE_RULES)}")
         if self.places is not None:
             self.places.check_window(self.window_days)
+        if self.population is not None:
+            check_name(self.population, field="population")
 
     def bound(self, measure: str) -> int:
         """The most one person-window adds to all counts of `measure` (residents: of one place)."""
@@ -233,6 +238,7 @@ class DatasetMetadata:
                if self.missing_days else {}),
             **({"places": self.places.to_json()} if self.places is not None else {}),
             "accounting": self.accounting_json(),
+            **({"population": {"name": self.population}} if self.population is not None else {}),
         }
 
     @classmethod
@@ -257,6 +263,8 @@ class DatasetMetadata:
             # absent in datasets written before the unit was recorded: they were ingested per person
             unit=str(doc.get("privacy_unit", {}).get("kind", PERSON_WINDOW)),
             missing_days=tuple(dt.date.fromisoformat(d) for d in doc.get("coverage", {}).get("missing_days", [])),
+            # absent in datasets written before populations, and when ingested without --population
+            population=doc["population"]["name"] if "population" in doc else None,
         )
 
     def holds(self, day: dt.date) -> bool:

@@ -165,12 +165,20 @@ def flows_geojson(
     flows distinguishable from noise); filtering released values costs nothing.
     Zones without a known centroid raise ``KeyError`` naming the zone.
     """
+    keys, counts = _columns(values)
+    return _collection(flow_features(keys.get("origin", []), keys.get("destination", []), counts, centroids,
+                                     error_bound_95, min_count=min_count), metadata)
+
+
+def flow_features(origins: Sequence[Any], destinations: Sequence[Any], counts: Sequence[float],
+                  centroids: Mapping[str, LonLat], error_bound_95: float, *,
+                  min_count: float | None = None) -> list[dict[str, Any]]:
+    """The features of `flows_geojson`, from an answer's columns (origin, destination, count)."""
     features = []
-    for row in values:
-        count = row["count"]
+    for origin_key, dest_key, count in zip(origins, destinations, counts, strict=True):
         if min_count is not None and count < min_count:
             continue
-        origin, dest = str(row["origin"]), str(row["destination"])
+        origin, dest = str(origin_key), str(dest_key)
         for zone in (origin, dest):
             if zone not in centroids:
                 raise KeyError(f"zone {zone!r} has no centroid; pass the zoning's geometry, cells or centroids")
@@ -182,7 +190,7 @@ def flows_geojson(
         props = {"origin": origin, "destination": dest, "intrazonal": origin == dest,
                  **_number_props(count, error_bound_95)}
         features.append({"type": "Feature", "geometry": geometry, "properties": props})
-    return _collection(features, metadata)
+    return features
 
 
 def presence_geojson(
@@ -198,13 +206,23 @@ def presence_geojson(
     One feature per released row; ``hour`` keeps only that hour of day. Rows are not summed
     here because a sum of noisy values has a different error bound than each value.
     """
+    keys, counts = _columns(values)
+    return _collection(zone_features(keys, counts, zoning, error_bound_95, hour=hour), metadata)
+
+
+def zone_features(keys: Mapping[str, Sequence[Any]], counts: Sequence[float], zoning: Mapping[str, Any],
+                  error_bound_95: float, *, hour: int | None = None) -> list[dict[str, Any]]:
+    """The features of `presence_geojson`, from an answer's columns: ``zone`` and any other key
+    columns (hour, window: kept as properties), and the counts."""
     polygons = zone_polygons(zoning)
     centroids = zone_centroids(zoning)
+    others = [name for name in keys if name not in ("zone", "count")]
+    hours = keys.get("hour")
     features = []
-    for row in values:
-        if hour is not None and row.get("hour") != hour:
+    for i, (zone_key, count) in enumerate(zip(keys.get("zone", []), counts, strict=True)):
+        if hour is not None and (hours is None or hours[i] != hour):
             continue
-        zone = str(row["zone"])
+        zone = str(zone_key)
         if zone in polygons:
             geometry = polygons[zone]
         elif zone in centroids:
@@ -212,10 +230,16 @@ def presence_geojson(
             geometry = {"type": "Point", "coordinates": [lon, lat]}
         else:
             raise KeyError(f"zone {zone!r} has no geometry or centroid; pass the zoning's geometry, cells or centroids")
-        keys = {k: v for k, v in row.items() if k not in ("zone", "count")}  # hour, window: what keys the value
-        props = {"zone": zone, **keys, **_number_props(row["count"], error_bound_95)}
+        props = {"zone": zone, **{name: keys[name][i] for name in others}, **_number_props(count, error_bound_95)}
         features.append({"type": "Feature", "geometry": geometry, "properties": props})
-    return _collection(features, metadata)
+    return features
+
+
+def _columns(values: Iterable[Mapping[str, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
+    """Rows ({key fields..., count}) as key columns and counts."""
+    rows = list(values)
+    names = [name for name in (rows[0] if rows else {}) if name != "count"]
+    return {name: [row.get(name) for row in rows] for name in names}, [row["count"] for row in rows]
 
 
 def answer_geojson(
@@ -229,10 +253,26 @@ def answer_geojson(
 ) -> dict[str, Any]:
     """GeoJSON for a flows answer (lines), or one keyed by zone (presence, in/outflows, residents: zones);
     patterns (weekday × hour) and commuting per window have no single geography per value here."""
+    keys, counts = _columns(values)
+    return columns_geojson(kind, keys, counts, zoning, error_bound_95, metadata=metadata, **options)
+
+
+def columns_geojson(
+    kind: str,
+    keys: Mapping[str, Sequence[Any]],
+    counts: Sequence[float],
+    zoning: Mapping[str, Any],
+    error_bound_95: float,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """`answer_geojson` from an answer's columns (key columns by field, counts in key order)."""
     if kind == "flows":
-        return flows_geojson(values, zone_centroids(zoning), error_bound_95, metadata=metadata, **options)
+        return _collection(flow_features(keys.get("origin", []), keys.get("destination", []), counts,
+                                         zone_centroids(zoning), error_bound_95, **options), metadata)
     if kind in ZONE_KINDS:
-        return presence_geojson(values, zoning, error_bound_95, metadata=metadata, **options)
+        return _collection(zone_features(keys, counts, zoning, error_bound_95, **options), metadata)
     raise ValueError(f"kind={kind!r} has no map: only flows and answers keyed by zone ({', '.join(ZONE_KINDS)}) do")
 
 
@@ -246,16 +286,22 @@ def service_answer_geojson(answer: Answer, zoning: Mapping[str, Any], **options:
     Only released values, their error bound and public geography go in; the metadata says what
     the release cost, so a map file never loses its caveats.
     """
-    meta = {
+    content = answer.content
+    return columns_geojson(answer.spec.kind, content.keys, content.counts, zoning, content.error_bound_95,
+                           metadata=answer_geojson_metadata(answer), **options)
+
+
+def answer_geojson_metadata(answer: Answer) -> dict[str, Any]:
+    """The ``dpflows`` member of an answer's GeoJSON: what was released, at what cost, how accurate."""
+    return {
         "answer_id": answer.answer_id,
         "query": answer.spec.canonical(),
         f"{answer.charged.unit}_charged": answer.charged.to_json(),
         "budget_remaining": answer.budget_remaining.to_json(),
         "accounting": answer.accounting,
-        "privacy_unit": answer.privacy_unit,
-        "error_bound_95": answer.error_bound_95,
+        "privacy_unit": answer.content.privacy_unit,
+        "error_bound_95": answer.content.error_bound_95,
         "confidence": answer.confidence,
         "reused": answer.reused,
-        "postprocessing": list(answer.postprocessing),
+        "postprocessing": list(answer.content.postprocessing),
     }
-    return answer_geojson(answer.spec.kind, answer.values, zoning, answer.error_bound_95, metadata=meta, **options)

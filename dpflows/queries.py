@@ -19,7 +19,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -53,11 +53,13 @@ class QuerySpec:
     place: str | None = None  # residents only: "home" or "work"
 
     def canonical(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["start"], doc["end"] = self.start.isoformat(), self.end.isoformat()
-        doc["hours"], doc["weekdays"] = list(self.hours), list(self.weekdays)
-        if self.place is None:
-            del doc["place"]  # the reuse keys and audit rows of the first kinds stay as they were
+        """The spec as JSON-ready fields, in declaration order (what answers echo as `query`); a new dict
+        each call. Built field by field: dataclasses.asdict deep-copies and took ~0.1 ms a call."""
+        doc = {"kind": self.kind, "dataset": self.dataset, "zoning": self.zoning, "start": self.start.isoformat(),
+               "end": self.end.isoformat(), "hours": list(self.hours), "weekdays": list(self.weekdays),
+               "measure": self.measure, "zone": self.zone}
+        if self.place is not None:  # absent otherwise: the reuse keys and audit rows of the first kinds stay
+            doc["place"] = self.place
         return doc
 
     def key(self) -> str:

@@ -22,8 +22,14 @@ from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
 
 DATASET = "demo"
-#: The same city accounted in zCDP (discrete Gaussian, budgets in ρ), to compare the two.
+#: The same city accounted in zCDP (discrete Gaussian, budgets in ρ), to compare the two. Both are ingested
+#: without --population: the same 20,000 people, so one population (the default) and one budget, in ρ
+#: (a charge on `demo` counts as OpenDP's ρ of its ε).
 DATASET_ZCDP = "demo-zcdp"
+#: The population's global cap per week and its horizon cap: at most ρ 2 over any 52 weeks (docs/privacy.md).
+POPULATION_CAP = "0.5"
+HORIZON_WEEKS = 52
+HORIZON_CAP = "2"
 START = dt.date(2024, 3, 4)
 #: Where the demo's keys go, under its home: shell assignments, `. var/demo/api-keys.env` loads them.
 KEYS_FILE = "api-keys.env"
@@ -69,11 +75,15 @@ ANALYST_KEY={analyst_key}
 """)
     service.set_cap(DATASET, Epsilon.parse("2"), client_id=planner.id, window=None)
     service.set_cap(DATASET, Epsilon.parse("0.5"), client_id=analyst.id, window=None)
-    service.set_cap(DATASET, Epsilon.parse("4"), client_id=None, window=None)
-    # ρ caps: 0.0172 is (1, 1e-8)-DP; the global 0.05 is (1.76, 1e-8)-DP per week.
+    # ρ caps: 0.0172 is (1, 1e-8)-DP.
     service.set_cap(DATASET_ZCDP, Rho.parse("0.02"), client_id=planner.id, window=None)
     service.set_cap(DATASET_ZCDP, Rho.parse("0.005"), client_id=analyst.id, window=None)
-    service.set_cap(DATASET_ZCDP, Rho.parse("0.05"), client_id=None, window=None)
+    # One global cap for both datasets, those of the population they are drawn from: ρ 0.5 per week
+    # (what ε 1 converts to; (6.09, 1e-8)-DP), and ρ 2 over any 52 weeks ((13.4, 1e-8)-DP), since a home
+    # repeats every week.
+    service.set_cap(DATASET, Rho.parse(POPULATION_CAP), client_id=None, window=None)
+    population = service.ledger.population_of(DATASET)[0]
+    service.set_horizon_cap(population, HORIZON_WEEKS, Rho.parse(HORIZON_CAP))
     url = f"http://{bind}"
     body = ('{"dataset": "demo", "zoning": "districts", "start": "2024-03-04", "end": "2024-03-09", '
             '"hours": [7, 10], "epsilon": 0.5}')
@@ -84,6 +94,8 @@ dpflows demo ready. Three clients were created; their keys are in {keys_path}
   ADMIN_KEY      admin
   PLANNER_KEY    city-planner    (cap ε 2 per week on demo, ρ 0.02 on demo-zcdp)
   ANALYST_KEY    police-analyst  (cap ε 0.5 / ρ 0.005 per week, coarse flows only)
+Both datasets draw on one budget (the same people): ρ {POPULATION_CAP} per week, ρ {HORIZON_CAP} over any \
+{HORIZON_WEEKS} weeks; a charge of ε on demo counts as ρ = ε²/2 there.
 
 First query (morning-peak flows between districts, first week, ε = 0.5):
   curl -s {url}/v1/flows -H "Authorization: Bearer $PLANNER_KEY" -H 'Content-Type: application/json' \\

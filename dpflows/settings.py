@@ -109,6 +109,14 @@ SETTINGS: tuple[Setting, ...] = (
             "pure-DP dataset's bounds (public presets; default: the role caps)", _loss_list(Epsilon.parse)),
     Setting("DPFLOWS_NOISE_POOL_RHOS", "", "comma-separated rhos whose noise the pool pre-draws for every zCDP "
             "dataset (default: the role caps)", _loss_list(Rho.parse)),
+    Setting("DPFLOWS_ANSWER_CACHE_BYTES", str(64 * 1024 * 1024), "rendered answer bodies each worker process keeps, "
+            "in bytes, to serve reused answers without rebuilding them (per sharing group, least recently used "
+            "dropped first; api/body_cache.py); 0: none", _non_negative_int),
+    Setting("DPFLOWS_AUDIT_FLUSH_MS", "200", "audit rows of reused and derived answers (free) are written in one "
+            "transaction per process at most this many milliseconds after the answer, instead of one fsync each "
+            "(dpflows/ledger/audit_queue.py)", _positive_int),
+    Setting("DPFLOWS_AUDIT_QUEUE_ROWS", "1000", "at most this many such rows wait per process: a crash loses at most "
+            "these; when full, the next reuse writes them first", _positive_int),
     Setting("DPFLOWS_BIND", "127.0.0.1:8000", "address gunicorn listens on (dpflows serve --bind)"),
     Setting("DPFLOWS_WORKERS", _default_workers, "gunicorn worker processes (default 2 x cores + 1, at most 9)",
             _positive_int),

@@ -64,7 +64,8 @@ def test_groups_and_allocations(data_root: Path, tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ana: in group police", out.stderr
     assert dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "2", "--global", root=root).returncode == 0
     out = dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "1.5", "--group", "police", root=root)
-    assert out.returncode == 0 and "allocation of group police on small, every window: epsilon 1.5" in out.stdout
+    assert out.returncode == 0, out.stderr
+    assert "allocation of group police of population default (dataset small's), every window: epsilon 1.5" in out.stdout
     over = dpflows("admin", "set-cap", "--dataset", "small", "--epsilon", "0.6", "--group", "planning", root=root)
     assert over.returncode == 2 and "above its global cap of 2" in over.stderr
     ledger = SqliteLedger(root / "l.db")
@@ -73,6 +74,23 @@ def test_groups_and_allocations(data_root: Path, tmp_path: Path) -> None:
     assert (ana.group, budget.group_cap) == ("police", Epsilon.parse("1.5"))
     ledger.close()
     assert dpflows("admin", "set-group", "--client", "ana", "--alone", root=root).stdout.strip() == "ana: alone"
+    # the population's figures, and its horizon cap (issue 17, item 3)
+    out = dpflows("admin", "set-cap", "--population", "default", "--epsilon", "0.5", "--group", "planning",
+                  "--window", "3", root=root)
+    assert out.returncode == 0 and "on population default, window 3: epsilon 0.5" in out.stdout, out.stderr
+    out = dpflows("admin", "set-horizon", "--population", "default", "--windows", "52", "--epsilon", "4", root=root)
+    assert out.stdout.strip() == "population default: at most epsilon 4 over any 52 consecutive windows", out.stderr
+    listing = dpflows("admin", "list-allocations", "--dataset", "small", root=root).stdout.splitlines()
+    assert listing == [
+        "population default: budgets in epsilon, windows of 7 days from 2024-03-04",
+        "horizon cap: epsilon 4 over any 52 consecutive windows",
+        "global cap\tevery window\tepsilon 2",
+        "group planning\twindow 3\tepsilon 0.5",
+        "group police\tevery window\tepsilon 1.5",
+    ]
+    bad = dpflows("admin", "set-horizon", "--windows", "52", "--rho", "4", root=root)
+    assert bad.returncode == 2 and "send the cap as epsilon" in bad.stderr
+    assert dpflows("admin", "set-horizon", "--remove", root=root).stdout.strip() == "population default: no horizon cap"
 
 
 def test_add_zoning_from_polygons_and_grid(data_root: Path, tmp_path: Path) -> None:

@@ -73,6 +73,29 @@ def test_equivalent_queries_normalize_to_one_key() -> None:
     assert spec(hours=[0, 24]).key() == spec().key()
 
 
+def test_the_canonical_query_is_every_field_as_before() -> None:
+    """canonical() is built field by field (issue 16): the same document as dataclasses.asdict gave, in field
+    order, so answers echo the same `query` and reuse keys stay as stored."""
+    import dataclasses
+
+    def by_asdict(spec: queries.QuerySpec) -> dict:
+        doc = dataclasses.asdict(spec)
+        doc["start"], doc["end"] = spec.start.isoformat(), spec.end.isoformat()
+        doc["hours"], doc["weekdays"] = list(spec.hours), list(spec.weekdays)
+        if spec.place is None:
+            del doc["place"]
+        return doc
+
+    day = dt.date(2024, 3, 4)
+    specs = [make_spec("flows", dataset="d", zoning="z", start=day, end=day + dt.timedelta(7), hours=[22, 2]),
+             make_spec("patterns", dataset="d", zoning="z", start=day, end=day + dt.timedelta(3), measure="presence",
+                       zone="z1", weekdays=[4, 0]),
+             make_spec("residents", dataset="d", zoning="z", start=day, end=day + dt.timedelta(14), place="work")]
+    for spec in specs:
+        assert list(spec.canonical().items()) == list(by_asdict(spec).items())
+        assert spec.canonical() is not spec.canonical()  # a new dict each time: callers add to it
+
+
 def test_bad_queries_name_the_field(store: AggregateStore) -> None:
     with pytest.raises(InvalidInput, match="end=") as info:
         spec(end=D0)

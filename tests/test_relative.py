@@ -14,7 +14,7 @@ from dpflows.budget import Epsilon
 from dpflows.errors import BudgetExceeded, InvalidInput
 from dpflows.ledger.memory import MemoryLedger
 from dpflows.queries import make_spec, prepare
-from dpflows.service import QueryRequest, Service
+from dpflows.service import Answer, QueryRequest, Service
 
 D0 = dt.date(2024, 3, 4)
 WEEK = dt.timedelta(days=7)
@@ -68,10 +68,14 @@ def test_tiny_baselines_give_open_but_valid_intervals(service: Service, planner)
     spec = presence(D0 + WEEK, D0 + 2 * WEEK, hours=[3, 4])
     rc = service.relative_change(QueryRequest(spec, epsilon=Epsilon.parse("0.25")), D0, D0 + WEEK, planner)
     # Post-process stand-ins for a baseline near zero and one far below it (noise only, no data).
-    zero = dataclasses.replace(rc.baseline, values=[{**v, "count": 0} for v in rc.baseline.values])
+    def with_counts(count: int) -> Answer:
+        content = rc.baseline.content
+        return dataclasses.replace(rc.baseline, source=dataclasses.replace(content, counts=[count] * len(content.counts)))
+
+    zero = with_counts(0)
     for row in relative_change_from(rc.current, zero).zones:
         assert row["change_pct"] is None and row["change_pct_high"] is None and row["change_pct_low"] >= -100.0
-    negative = dataclasses.replace(rc.baseline, values=[{**v, "count": -10**6} for v in rc.baseline.values])
+    negative = with_counts(-10**6)
     row = relative_change_from(rc.current, negative).zones[0]
     assert row["change_pct"] is None and row["change_pct_low"] == -100.0 and row["change_pct_high"] is None
 

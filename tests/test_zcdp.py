@@ -319,7 +319,10 @@ def test_measures_are_refused_on_the_wrong_dataset(zservice: Service, zplanner) 
         zservice.set_cap("smallz", Epsilon.parse("1"), client_id=zplanner.id, window=None)
     assert info.value.field == "epsilon"
     zservice.set_cap("small", Epsilon.parse("1"), client_id=zplanner.id, window=None)
-    zservice.set_cap("small", Epsilon.parse("1"), client_id=None, window=None)
+    # small and smallz share the data root's default population, whose global cap is in rho (issue 17)
+    with pytest.raises(InvalidInput, match="send the cap as rho") as info:
+        zservice.set_cap("small", Epsilon.parse("1"), client_id=None, window=None)
+    assert info.value.field == "epsilon"
     pure = make_spec("presence", dataset="small", zoning="cell", start=DAY0, end=DAY0 + dt.timedelta(days=1))
     with pytest.raises(InvalidInput) as info:
         zservice.answer(QueryRequest(pure, rho=Rho.parse("0.1")), zplanner)

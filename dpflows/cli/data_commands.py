@@ -73,6 +73,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="zcdp: most trips one person adds to one (day, hour, origin, dest) row (default 1)")
     p.add_argument("--delta", type=float, default=None,
                    help="zcdp: the delta at which rho is shown as (epsilon, delta) (default 1e-8)")
+    p.add_argument("--population", default=None, metavar="NAME",
+                   help="the people this data is drawn from: datasets of one population share its budget (one "
+                        "global cap per window, in one measure, and its horizon cap); default: the data root's "
+                        "default population, shared by every dataset ingested without this flag")
     p.add_argument("--engine", choices=["polars", "spark"], default="polars",
                    help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
     p.add_argument("--report-epsilon", default=None,

@@ -54,12 +54,18 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     storage(p)
     p.set_defaults(run=_run_list_clients)
 
-    p = admin_sub.add_parser("set-cap", help="set a client's cap or the global cap, per window or for all")
+    p = admin_sub.add_parser(
+        "set-cap", help="set a client's cap, or a population's global cap or a group's allocation of it",
+        description="A client's cap is per dataset, in the dataset's measure. The global cap and group allocations "
+                    "are per population (the people datasets are drawn from), in its measure: named by --dataset, "
+                    "those of the dataset's population (--window is then the dataset's window); or by --population.")
     storage(p)
-    p.add_argument("--dataset", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dataset", help="a dataset (for --global or --group: its population)")
+    where.add_argument("--population", help="with --global or --group: a population by name, windows its own")
     measure = p.add_mutually_exclusive_group(required=True)
-    measure.add_argument("--epsilon", help="the cap on a pure-DP dataset, e.g. 1.0")
-    measure.add_argument("--rho", help="the cap on a zCDP dataset, e.g. 0.5")
+    measure.add_argument("--epsilon", help="a cap in epsilon (a pure-DP dataset, or a population in epsilon)")
+    measure.add_argument("--rho", help="a cap in rho (a zCDP dataset, or a population in rho)")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--client", help="client name")
     who.add_argument("--global", dest="global_cap", action="store_true", help="the cap across all clients")
@@ -67,6 +73,24 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
                                      "above it)")
     p.add_argument("--window", type=int, default=None, help="one window (default: every window)")
     p.set_defaults(run=_run_set_cap)
+
+    p = admin_sub.add_parser("set-horizon", help="bound a population's spend over any run of windows (e.g. 52 weeks)")
+    storage(p)
+    p.add_argument("--population", default="default", help="the population (default: default)")
+    p.add_argument("--windows", type=int, help="H: any H consecutive windows of the population")
+    measure = p.add_mutually_exclusive_group()
+    measure.add_argument("--epsilon", help="the horizon cap, for a population in epsilon")
+    measure.add_argument("--rho", help="the horizon cap, for a population in rho")
+    measure.add_argument("--remove", action="store_true", help="remove the horizon cap")
+    p.set_defaults(run=_run_set_horizon)
+
+    p = admin_sub.add_parser("list-allocations", help="a population's global caps, group allocations, horizon cap "
+                                                      "and spending per window")
+    storage(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dataset", help="the population of this dataset")
+    where.add_argument("--population", help="a population by name")
+    p.set_defaults(run=_run_list_allocations)
 
     p = admin_sub.add_parser("set-group", help="put a client in a sharing group (its members reuse each other's "
                                                "answers), or --alone")
@@ -169,15 +193,62 @@ def _run_list_clients(args: argparse.Namespace) -> int:
 
 def _run_set_cap(args: argparse.Namespace) -> int:
     from dpflows.budget import Epsilon, PrivacyLoss, Rho
+    from dpflows.errors import InvalidInput
 
     service = open_service(args)
+    if args.client is not None and args.population is not None:
+        raise InvalidInput("--client caps a client on a dataset: send --dataset, not --population", field="population")
     client_id = None if args.global_cap or args.group else service.ledger.client_by_name(args.client).id
     cap: PrivacyLoss = Epsilon.parse(args.epsilon) if args.epsilon is not None else Rho.parse(args.rho)
-    service.set_cap(args.dataset, cap, client_id=client_id, window=args.window, group=args.group)
+    service.set_cap(args.dataset, cap, client_id=client_id, window=args.window, group=args.group,
+                    population=args.population)
     who = (f"allocation of group {args.group}" if args.group else "global cap" if client_id is None
            else f"cap of {args.client}")
     where = "every window" if args.window is None else f"window {args.window}"
-    print(f"{who} on {args.dataset}, {where}: {cap.unit} {cap}")
+    if args.dataset is not None and client_id is None:
+        population, offset = service.ledger.population_of(args.dataset)
+        shown = "every window" if args.window is None else f"window {args.window + offset}"
+        print(f"{who} of population {population} (dataset {args.dataset}'s), {shown}: {cap.unit} {cap}")
+    else:
+        print(f"{who} on {args.dataset or 'population ' + args.population}, {where}: {cap.unit} {cap}")
+    return 0
+
+
+def _run_set_horizon(args: argparse.Namespace) -> int:
+    from dpflows.budget import Epsilon, PrivacyLoss, Rho
+    from dpflows.errors import InvalidInput
+
+    if args.remove == (args.windows is not None) or (not args.remove and args.epsilon is None and args.rho is None):
+        raise InvalidInput("send --windows H with --epsilon or --rho (the population's measure), or --remove",
+                           field="windows")
+    cap: PrivacyLoss | None = (None if args.remove else Epsilon.parse(args.epsilon) if args.epsilon is not None
+                               else Rho.parse(args.rho))
+    found = open_service(args).set_horizon_cap(args.population, args.windows, cap)
+    if found.horizon_cap is None:
+        print(f"population {found.name}: no horizon cap")
+    else:
+        print(f"population {found.name}: at most {found.measure or (cap and cap.unit)} {found.horizon_cap} over any "
+              f"{found.horizon_windows} consecutive windows")
+    return 0
+
+
+def _run_list_allocations(args: argparse.Namespace) -> int:
+    budget = open_service(args).population_budget(dataset=args.dataset, population=args.population)
+    pop = budget.population
+    unit = pop.measure or "-"
+
+    def when(window: int | None) -> str:
+        return "every window" if window is None else f"window {window}"
+
+    print(f"population {pop.name}: budgets in {unit}, windows of {pop.window_days} days from {pop.first_day}")
+    print("horizon cap: " + ("none" if pop.horizon_cap is None else
+                             f"{unit} {pop.horizon_cap} over any {pop.horizon_windows} consecutive windows"))
+    for cap in budget.global_caps:
+        print(f"global cap\t{when(cap.window)}\t{unit} {cap.cap}")
+    for allocation in budget.allocations:
+        print(f"group {allocation.group}\t{when(allocation.window)}\t{unit} {allocation.cap}")
+    for spent in budget.spent:
+        print(f"spent\twindow {spent.window}\t{unit} {spent.spent}")
     return 0
 
 

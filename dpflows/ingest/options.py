@@ -81,6 +81,9 @@ class IngestOptions:
     key_cap_trips: int = 1
     delta: float = DEFAULT_DELTA
     input_format: str = "events"
+    #: the people this data is drawn from: datasets of one population share its budget (issue 17);
+    #: None: the data root's default population, shared by every dataset ingested without one
+    population: str | None = None
 
     def __post_init__(self) -> None:
         check_declared_span(self.first_day, self.end_day)
@@ -152,7 +155,7 @@ class IngestOptions:
         return DatasetMetadata(self.name, first_day, end_day, self.window_days, self.trips_bound(),
                                self.bound_presence, self.trip_rule_json(), self.accounting, self.key_cap_trips,
                                self.delta, ONE_PLACE_PER_PERSON_HOUR, self.place_rule,
-                               missing_days=tuple(self.missing_days))
+                               missing_days=tuple(self.missing_days), population=self.population)
 
     def trips_metadata(self, *, per_person: bool) -> DatasetMetadata:
         """The public facts of a dataset ingested from a trips table (with or without a person column)."""
@@ -160,7 +163,8 @@ class IngestOptions:
         rule = {"kind": "given", "person": "column" if per_person else "each trip its own unit"}
         return DatasetMetadata(self.name, first_day, end_day, self.window_days, self.trips_bound(per_person=per_person),
                                1, rule, self.accounting, self.key_cap_trips, self.delta, NO_PRESENCE,
-                               unit=PERSON_WINDOW if per_person else TRIP, missing_days=tuple(self.missing_days))
+                               unit=PERSON_WINDOW if per_person else TRIP, missing_days=tuple(self.missing_days),
+                               population=self.population)
 
     def check_engine(self, engine: str) -> None:
         """What the chosen engine cannot do is refused before anything is read."""

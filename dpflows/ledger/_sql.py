@@ -5,9 +5,11 @@ make the spend rows of the windows a release touches exclusive for the rest of t
 transaction (SQLite: `BEGIN IMMEDIATE` already holds the write lock; PostgreSQL: `SELECT ...
 FOR UPDATE` in a fixed order). Statements use `?` placeholders; subclasses translate.
 
-Tables: datasets (each dataset's window grid and measure, recorded once, see base.DatasetGrid),
-clients, api_keys, caps (client_id 0 = global, win -1 = every window), spend (running
-totals per dataset, window, client; client_id 0 = all clients), charges (append-only),
+Tables: datasets (each dataset's window grid, measure and population, recorded once, see
+base.DatasetGrid), clients, api_keys, caps (per client; win -1 = every window; client_id 0: a
+dataset's own global cap from before populations), spend (running totals per dataset, window,
+client; client_id 0 = all clients), charges (append-only), the population tables
+(_sql_populations.py),
 answers (unique per dataset and query key; the key includes the releasing client's sharing group),
 answer_shapes (what each answer asked, without its values, and the group it was released in: the
 index of free derivations, one row written with the answer), audit (append-only, hash-chained),
@@ -25,6 +27,7 @@ from dpflows.errors import InvalidInput
 from dpflows.ledger._sql_audit import AuditLog, _with_reuse
 from dpflows.ledger._sql_base import EVERY_WINDOW, GLOBAL, Cursor, utc_now
 from dpflows.ledger._sql_clients import ClientRegistry
+from dpflows.ledger._sql_populations import TOTAL, PopulationStore
 from dpflows.ledger._sql_rules import (
     _SHAPE_COLUMNS,
     _check_budget,
@@ -33,61 +36,70 @@ from dpflows.ledger._sql_rules import (
     _shape_from_row,
     backfill_answer_shapes,
     check_cap_unit,
+    check_charge_unit,
     check_grid_matches,
     group_query_key,
     rekey_answers,
 )
 from dpflows.ledger.base import (
-    Allocation,
     AnswerShape,
     DatasetGrid,
     ReleaseReceipt,
     ReleaseRequest,
+    ReusableAnswer,
     ShapeFilter,
     StoredAnswer,
     WindowBudget,
-    check_allocations,
     check_group_name,
+    check_horizon,
     effective_allocations,
+    horizon_runs,
 )
 
 
-class SqlLedger(ClientRegistry, AuditLog):
+class SqlLedger(ClientRegistry, AuditLog, PopulationStore):
     """Ledger logic in portable SQL; see the module docstring for what subclasses add."""
 
     #: whether `_lock_spend_rows` locks rows (and so needs each window's allocation holder) or the
     #: transaction already holds the only write lock (SQLite)
     _locks_rows = True
 
-    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int,
-                         holders: dict[int, str]) -> None:
+    def _lock_spend_rows(self, cur: Cursor, place: tuple[str, int], dataset: str, windows: tuple[int, ...],
+                         client_id: int, holders: dict[int, str], legacy_holders: dict[int, str] | None,
+                         horizon: bool) -> None:
         raise NotImplementedError
 
-    def _allocation_holders(self, cur: Cursor, dataset: str, windows: tuple[int, ...],
+    def _allocation_holders(self, cur: Cursor, population: str, pwindows: list[int],
                             client_id: int) -> dict[int, str]:
-        """Per window, the group_spend row a charge by this client adds to: its group's (if allocated there) or ''."""
+        """Per population window, the population_spend row a charge by this client adds to: its group's (if
+        allocated there) or '' (the pool)."""
         group = self._client_group(cur, client_id)
         if group is None:
-            return dict.fromkeys(windows, "")
-        rows = self._allocation_rows(cur, dataset, None)
-        return {w: group if group in effective_allocations(rows, w) else "" for w in windows}
+            return dict.fromkeys(pwindows, "")
+        rows = self._allocation_rows(cur, population)
+        return {w: group if group in effective_allocations(rows, w) else "" for w in pwindows}
 
     # -- datasets ---------------------------------------------------------------------------
 
     def _grid(self, cur: Cursor, dataset: str) -> DatasetGrid | None:
-        cur.execute("SELECT dataset, first_day, window_days, measure FROM datasets WHERE dataset = ?", (dataset,))
+        cur.execute("SELECT d.dataset, d.first_day, d.window_days, d.measure, d.population, p.measure FROM datasets d "
+                    "LEFT JOIN populations p ON p.population = d.population WHERE d.dataset = ?", (dataset,))
         row = cur.fetchone()
-        return None if row is None else DatasetGrid(row[0], row[1], int(row[2]), row[3])
+        return None if row is None else DatasetGrid(row[0], row[1], int(row[2]), row[3], row[4], row[5])
 
     def _check_grid(self, cur: Cursor, grid: DatasetGrid) -> DatasetGrid:
-        """Record the grid on first use; refuse any other grid or measure for the same dataset."""
-        cur.execute(
-            "INSERT INTO datasets (dataset, first_day, window_days, measure, registered_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (dataset) DO NOTHING",
-            (grid.dataset, grid.first_day, grid.window_days, grid.measure, utc_now()),
-        )
+        """Record the grid and population on first use; refuse any other grid, measure or population for the
+        same dataset, and a dataset off its population's grid or measure (`_join_population`)."""
         recorded = self._grid(cur, grid.dataset)
-        assert recorded is not None  # inserted above or already there
+        if recorded is None:
+            offset = self._join_population(cur, grid)
+            cur.execute(
+                "INSERT INTO datasets (dataset, first_day, window_days, measure, registered_at, population, "
+                "window_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset) DO NOTHING",
+                (grid.dataset, grid.first_day, grid.window_days, grid.measure, utc_now(), grid.population, offset),
+            )
+            recorded = self._grid(cur, grid.dataset)
+            assert recorded is not None  # inserted above or by a transaction that committed meanwhile
         check_grid_matches(recorded, grid)
         return recorded
 
@@ -101,75 +113,58 @@ class SqlLedger(ClientRegistry, AuditLog):
 
     # -- caps and spending ------------------------------------------------------------------
 
-    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-                grid: DatasetGrid | None = None, group: str | None = None) -> None:
-        """A client's cap (client_id), a sharing group's allocation (group) or the global cap (neither).
+    def set_cap(self, dataset: str | None, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+                grid: DatasetGrid | None = None, group: str | None = None, population: str | None = None) -> None:
+        """A client's cap on a dataset (client_id), or a population's global cap (neither) or a sharing group's
+        allocation of it (group): of `population`, windows on its grid; or of the dataset's population, windows
+        of the dataset (window k is the population's k + the dataset's offset; None: every window).
 
         Allocations and the global cap are checked together, in the same transaction as the change:
         the allocations of any window never sum above its global cap (`check_allocations`)."""
         if client_id is not None and group is not None:
             raise InvalidInput("send client_id (a client's cap) or group (a group's allocation), not both",
                                field="group")
+        if client_id is not None and dataset is None:
+            raise InvalidInput("a client's cap is on a dataset: send dataset", field="dataset")
+        if dataset is None and population is None:
+            raise InvalidInput("send dataset or population", field="dataset")
         if group is not None:
             check_group_name(group)
         if client_id is not None:
             self.get_client(client_id)
         if window is not None and window < 0:
             raise InvalidInput(f"window={window} must be 0 or more (or omitted for every window)", field="window")
-        cid = GLOBAL if client_id is None else client_id
-        win = EVERY_WINDOW if window is None else window
         with self._transaction(write=True) as cur:
-            check_cap_unit(self._check_grid(cur, grid) if grid is not None else self._grid(cur, dataset), cap)
-            if client_id is None:
+            if client_id is None:  # before the grid: a first registration locks the population's row
                 self._lock_allocations(cur, exclusive=True)
-            if group is not None:
-                cur.execute(
-                    "INSERT INTO group_caps (group_name, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (group_name, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
-                    "updated_at = excluded.updated_at",
-                    (group, dataset, win, cap.nanos, utc_now()),
-                )
-            else:
+            recorded = (self._check_grid(cur, grid) if grid is not None
+                        else None if dataset is None else self._grid(cur, dataset))
+            if client_id is not None:
+                assert dataset is not None
+                check_cap_unit(recorded, cap)
                 cur.execute(
                     "INSERT INTO caps (client_id, dataset, win, cap_nanos, updated_at) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (client_id, dataset, win) DO UPDATE SET cap_nanos = excluded.cap_nanos, "
                     "updated_at = excluded.updated_at",
-                    (cid, dataset, win, cap.nanos, utc_now()),
+                    (client_id, dataset, EVERY_WINDOW if window is None else window, cap.nanos, utc_now()),
                 )
-            if client_id is None:
-                cur.execute("SELECT win, cap_nanos FROM caps WHERE client_id = ? AND dataset = ?", (GLOBAL, dataset))
-                global_caps = {int(w): int(n) for w, n in cur.fetchall()}
-                check_allocations(dataset, global_caps, self._allocation_rows(cur, dataset, None))
-
-    def _allocation_rows(self, cur: Cursor, dataset: str, window: int | None) -> list[tuple[str, int, int]]:
-        """(group, win, nanos) of the dataset's allocations: all, or those that can apply to `window`."""
-        if window is None:
-            cur.execute("SELECT group_name, win, cap_nanos FROM group_caps WHERE dataset = ?", (dataset,))
-        else:
-            cur.execute("SELECT group_name, win, cap_nanos FROM group_caps WHERE dataset = ? AND win IN (?, ?)",
-                        (dataset, window, EVERY_WINDOW))
-        return [(r[0], int(r[1]), int(r[2])) for r in cur.fetchall()]
-
-    def list_allocations(self, dataset: str) -> list[Allocation]:
-        """Every group allocation set on a dataset (admins' view), by group then window."""
-        with self._transaction(write=False) as cur:
-            rows = self._allocation_rows(cur, dataset, None)
-        return [Allocation(g, None if w == EVERY_WINDOW else w, PrivacyLoss(n)) for g, w, n in sorted(rows)]
+                return
+            if population is not None:
+                name, offset = population, 0
+            else:
+                assert dataset is not None
+                name, offset = self._placement(cur, dataset)
+            self._set_population_cap(cur, name, EVERY_WINDOW if window is None else window + offset, cap, group)
 
     def _lock_allocations(self, cur: Cursor, *, exclusive: bool) -> None:
-        """Hold the dataset's allocations still for the transaction: exclusive to change them, shared to
-        charge. SQLite's write lock already does; PostgreSQL takes an advisory lock."""
+        """Hold the allocations, global caps, horizon caps and group memberships still for the transaction:
+        exclusive to change them, shared to charge. SQLite's write lock already does; PostgreSQL takes an
+        advisory lock."""
 
     def _client_group(self, cur: Cursor, client_id: int) -> str | None:
         cur.execute("SELECT group_name FROM client_groups WHERE client_id = ?", (client_id,))
         row = cur.fetchone()
         return None if row is None else str(row[0])
-
-    def _group_spent(self, cur: Cursor, dataset: str, window: int, holder: str) -> PrivacyLoss:
-        cur.execute("SELECT nanos FROM group_spend WHERE dataset = ? AND win = ? AND group_name = ?",
-                    (dataset, window, holder))
-        row = cur.fetchone()
-        return PrivacyLoss(0 if row is None else int(row[0]))
 
     def _cap(self, cur: Cursor, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
         cur.execute(
@@ -189,26 +184,31 @@ class SqlLedger(ClientRegistry, AuditLog):
 
     def _budgets(self, cur: Cursor, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
         group = self._client_group(cur, client_id)
-        rows = self._allocation_rows(cur, dataset, None) if windows else []  # one read for all windows
+        name, offset = self._placement(cur, dataset)
+        population = self._population(cur, name)
+        rows = self._allocation_rows(cur, name) if windows else []  # one read for all windows
+        legacy = bool(windows) and self._has_legacy_caps(cur, dataset)
         out = []
         for w in windows:
-            global_cap = self._cap(cur, dataset, w, GLOBAL)
-            allocations = effective_allocations(rows, w)
+            pw = w + offset
+            global_cap = self._population_cap(cur, name, pw)
+            allocations = effective_allocations(rows, pw)
             group_cap = None if group is None or group not in allocations else PrivacyLoss(allocations[group])
-            group_spent = (self._group_spent(cur, dataset, w, group) if group is not None and group_cap is not None
-                           else PrivacyLoss.zero())
             unallocated = None if global_cap is None else max(global_cap.nanos - sum(allocations.values()), 0)
             out.append(WindowBudget(
                 window=w,
                 client_cap=self._cap(cur, dataset, w, client_id),
                 client_spent=self._spent(cur, dataset, w, client_id),
                 global_cap=global_cap,
-                global_spent=self._spent(cur, dataset, w, GLOBAL),
+                global_spent=PrivacyLoss(self._population_spend(cur, name, pw, TOTAL)),
                 group=group,
                 group_cap=group_cap,
-                group_spent=group_spent,
+                group_spent=PrivacyLoss(self._population_spend(cur, name, pw, group)
+                                        if group is not None and group_cap is not None else 0),
                 pool_cap=None if unallocated is None else PrivacyLoss(unallocated),
-                pool_spent=self._group_spent(cur, dataset, w, "") if group_cap is None else PrivacyLoss.zero(),
+                pool_spent=PrivacyLoss(self._population_spend(cur, name, pw, "") if group_cap is None else 0),
+                population=name, population_window=pw, unit=None if population is None else population.measure,
+                legacy=self._legacy_caps(cur, dataset, w, group) if legacy else None,
             ))
         return out
 
@@ -255,6 +255,18 @@ class SqlLedger(ClientRegistry, AuditLog):
     def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None:
         with self._transaction(write=False) as cur:
             return self._find_answer(cur, dataset, query_key)
+
+    def find_reusable(self, dataset: str, query_key: str, client_id: int,
+                      windows: tuple[int, ...]) -> ReusableAnswer | None:
+        """The stored answer's id and date (not its payload) and this client's budgets in `windows`: one read."""
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT answer_id, created_at FROM answers WHERE dataset = ? AND query_key = ?",
+                        (dataset, query_key))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            return ReusableAnswer(row[0], row[1], tuple(self._budgets(cur, dataset, client_id,
+                                                                      sorted(set(windows)))))
 
     def get_answer(self, answer_id: str) -> StoredAnswer | None:
         with self._transaction(write=False) as cur:
@@ -319,15 +331,28 @@ class SqlLedger(ClientRegistry, AuditLog):
             return [_shape_from_row(r) for r in cur.fetchall()]
 
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
-        """Check every cap, then charge, store and audit in one transaction; or do nothing."""
+        """Check every cap, then charge, store and audit in one transaction; or do nothing.
+
+        The client's cap takes `request.loss` (the dataset's measure); the population's allocation, pool,
+        global cap and horizon cap take `request.population_charge` (its measure), in the population
+        windows the dataset's windows sit on."""
         windows = tuple(sorted(set(request.windows)))
-        with self._transaction(write=True) as cur:
+        charge = request.population_charge
+        with self._queued_audit(), self._transaction(write=True) as cur:  # queued audit rows ride along
+            self._lock_allocations(cur, exclusive=False)  # first: a first registration locks the population's row
             if request.grid is not None:
                 self._check_grid(cur, request.grid)
-            self._lock_allocations(cur, exclusive=False)
-            holders = (self._allocation_holders(cur, request.dataset, windows, request.client_id)
-                       if self._locks_rows else {})
-            self._lock_spend_rows(cur, request.dataset, windows, request.client_id, holders)
+            name, offset = self._placement(cur, request.dataset)
+            population = self._population(cur, name)
+            check_charge_unit(population, request)
+            horizon = population is not None and horizon_runs(population, [w + offset for w in windows]) is not None
+            if self._locks_rows:
+                legacy = self._has_legacy_caps(cur, request.dataset)
+                holders = self._allocation_holders(cur, name, [w + offset for w in windows], request.client_id)
+                legacy_holders = ({w: self._legacy_caps(cur, request.dataset, w, self._client_group(
+                    cur, request.client_id)).holder for w in windows} if legacy else None)
+                self._lock_spend_rows(cur, (name, offset), request.dataset, windows, request.client_id, holders,
+                                      legacy_holders, horizon)
             # An identical query released meanwhile (another worker or host) wins: reuse it.
             existing = self._find_answer(cur, request.dataset, request.query_key)
             if existing is not None:
@@ -339,14 +364,26 @@ class SqlLedger(ClientRegistry, AuditLog):
             budgets = self._budgets(cur, request.dataset, request.client_id, list(windows))
             for budget in budgets:
                 _check_budget(budget, request)
+            if horizon:
+                assert population is not None
+                pwindows = [w + offset for w in windows]
+                span = horizon_runs(population, pwindows)
+                assert span is not None
+                check_horizon(population, self._population_spend_range(cur, name, *span), pwindows, charge,
+                              request.dataset)
             # ... then commit: charge rows, running totals, the answer, the audit row.
             at = utc_now()
             for budget in budgets:
-                cur.execute(
-                    "INSERT INTO group_spend (dataset, win, group_name, nanos) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (dataset, win, group_name) DO UPDATE SET nanos = group_spend.nanos + excluded.nanos",
-                    (request.dataset, budget.window, budget.allocation_holder, request.loss.nanos),
-                )
+                pw = budget.window + offset
+                self._add_population_spend(cur, name, pw, budget.allocation_holder, charge.nanos)
+                self._add_population_spend(cur, name, pw, TOTAL, charge.nanos)
+                if budget.legacy is not None:
+                    cur.execute(
+                        "INSERT INTO group_spend (dataset, win, group_name, nanos) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (dataset, win, group_name) DO UPDATE SET "
+                        "nanos = group_spend.nanos + excluded.nanos",
+                        (request.dataset, budget.window, budget.legacy.holder, request.loss.nanos),
+                    )
             for w in windows:
                 cur.execute(
                     "INSERT INTO charges (client_id, dataset, win, nanos, answer_id, at) VALUES (?, ?, ?, ?, ?, ?)",

@@ -9,20 +9,31 @@ from typing import Any
 import orjson
 
 from dpflows.budget import PrivacyLoss
-from dpflows.errors import BudgetExceeded, Conflict, InvalidInput
+from dpflows.errors import Conflict, InvalidInput
 from dpflows.ledger._sql_base import Cursor
 from dpflows.ledger.base import (
     AnswerShape,
     DatasetGrid,
+    Population,
     ReleaseRequest,
     StoredAnswer,
     WindowBudget,
+    check_window,
     shape_of,
 )
 
 
 def check_grid_matches(recorded: DatasetGrid, grid: DatasetGrid) -> None:
-    """Window k of a dataset is one calendar span in one measure for life: anything else is refused."""
+    """Window k of a dataset is one calendar span in one measure, drawn on one population, for life:
+    anything else is refused."""
+    if recorded.population != grid.population and (recorded.first_day, recorded.window_days, recorded.measure) == (
+            grid.first_day, grid.window_days, grid.measure):
+        raise Conflict(
+            f"dataset {grid.dataset!r} has budgets recorded in population {recorded.population!r}, but its data now "
+            f"says population {grid.population!r}; its spending would be read against another population's budget. "
+            f"Re-ingest it with --population {recorded.population}, or ingest this data under a new dataset name",
+            field="dataset",
+        )
     if recorded != grid:
         raise Conflict(
             f"dataset {grid.dataset!r} has budgets recorded for {recorded.describe()}, but its data now has "
@@ -122,60 +133,20 @@ def backfill_answer_shapes(cur: Cursor, batch: int = 500) -> int:
 
 
 def _check_budget(budget: WindowBudget, request: ReleaseRequest) -> None:
-    """Raise BudgetExceeded naming the window and the cap; exact integer comparison.
+    """Raise BudgetExceeded naming the window and the cap (budgets.check_window)."""
+    check_window(budget, request.dataset, request.loss, request.population_charge)
 
-    Order: the client's own cap, then its group's allocation (both the client's to know, with
-    figures), then the global cap and, for a client without an allocation, the unallocated pool:
-    those hold other groups' spending, so their refusals say what happened and what to do but give
-    no figure (issue 17)."""
-    w = budget.window
-    if budget.client_cap is None:
-        raise BudgetExceeded(
-            f"no budget cap is set for this client on dataset {request.dataset!r} window {w}; "
-            "ask an admin to set one (dpflows admin set-cap)",
-            field="dataset",
-        )
-    if budget.global_cap is None:
-        raise BudgetExceeded(
-            f"no global cap is set on dataset {request.dataset!r} window {w}; ask an admin to set one "
-            "(dpflows admin set-cap --global)",
-            field="dataset",
-        )
-    x = request.loss.nanos
-    if budget.client_spent.nanos + x > budget.client_cap.nanos:
-        left = PrivacyLoss(max(budget.client_cap.nanos - budget.client_spent.nanos, 0))
-        raise BudgetExceeded(
-            f"{request.loss.unit}={request.loss} exceeds your remaining budget of {left} "
-            f"(cap {budget.client_cap}) on dataset {request.dataset!r} window {w}; ask for less or wait for an "
-            "admin to raise the cap",
-            field=request.loss.unit,
-            details={"window": w, "remaining": left.to_json()},
-        )
-    if budget.group_cap is not None:
-        if budget.group_spent.nanos + x > budget.group_cap.nanos:
-            left = PrivacyLoss(max(budget.group_cap.nanos - budget.group_spent.nanos, 0))
-            raise BudgetExceeded(
-                f"{request.loss.unit}={request.loss} exceeds the remaining allocation of {left} of your group "
-                f"{budget.group!r} (allocation {budget.group_cap}) on dataset {request.dataset!r} window {w}; ask "
-                "for less or ask an admin to raise the allocation",
-                field=request.loss.unit,
-                details={"window": w, "remaining": left.to_json()},
-            )
-    if budget.global_spent.nanos + x > budget.global_cap.nanos:
-        raise BudgetExceeded(
-            f"{request.loss.unit}={request.loss} does not fit in what remains of the global budget on "
-            f"dataset {request.dataset!r} window {w}, shared by all clients; ask for less",
-            field=request.loss.unit,
-            details={"window": w},
-        )
-    if budget.group_cap is None and budget.pool_cap is not None and budget.pool_spent.nanos + x > budget.pool_cap.nanos:
-        raise BudgetExceeded(
-            f"{request.loss.unit}={request.loss} does not fit in what remains of the budget shared by "
-            f"clients without a group allocation on dataset {request.dataset!r} window {w}; ask for less, or ask "
-            "an admin for a group allocation (dpflows admin set-cap --group)",
-            field=request.loss.unit,
-            details={"window": w},
-        )
+
+def check_charge_unit(population: Population | None, request: ReleaseRequest) -> None:
+    """A charge reaches a population in its measure: one in another measure means the service did not
+    convert it (or the population was recorded in another measure meanwhile), and is refused."""
+    charge = request.population_charge
+    if population is not None and population.measure is not None and type(charge) is not PrivacyLoss \
+            and charge.unit != population.measure:
+        raise Conflict(
+            f"dataset {request.dataset!r} draws on population {population.name!r}, whose budgets are in "
+            f"{population.measure}, but its charge came in {charge.unit}; nothing was charged. Restart the "
+            "service so that it reads the population's measure again", field="dataset")
 
 
 def _payload_text(payload: dict[str, Any]) -> str:

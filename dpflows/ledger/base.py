@@ -6,33 +6,62 @@ charges, stores the answer and writes the audit row, all in one transaction (des
 If any cap would be exceeded nothing is written. Implementations: memory.py (tests,
 benchmarks), sqlite.py (embedded default, one host), postgres.py (several hosts).
 
-Caps: per (client, dataset, window) and a global cap per (dataset, window) across all
-clients. Amounts are `PrivacyLoss` nano-units in the dataset's measure (ε for pure-DP
-datasets, ρ for zCDP ones: both compose by addition). Spending is kept per window *index*, so
-the ledger also records each dataset's grid (first day, window length) and measure when it is
-first capped or charged (`DatasetGrid`), and refuses, in the same transaction as any charge or
-cap, a dataset that comes back with another grid or measure: window k, and the unit of every
-figure, then keep meaning one person-week in one measure for the dataset's life.
+Caps (issue 17): per (client, dataset, window), in the dataset's measure (ε for pure-DP datasets,
+ρ for zCDP ones: both compose by addition); and per *population* (the people datasets are drawn
+from; every dataset belongs to one, `DEFAULT_POPULATION` unless ingested with another) and
+population window, in the population's one measure: a global cap across all clients and datasets,
+the sharing groups' allocations of it, and optionally a horizon cap on the population's spend over
+any run of H consecutive windows (`Population`). A charge on a dataset accounted otherwise reaches
+the ledger already converted into the population's measure (`ReleaseRequest.population_loss`).
+Spending is kept per window *index*, so the ledger records each dataset's grid (first day, window
+length), measure and population when it is first capped or charged (`DatasetGrid`), and each
+population's grid and measure when its first dataset is; it refuses, in the same transaction as
+any charge or cap, a dataset that comes back with another grid, measure or population, and a
+dataset whose windows do not fall on its population's (`population_offset`): window k, and the
+unit of every figure, then keep meaning one person-week in one measure for the dataset's life.
 A cap set for window None applies to every window without a cap of its own. A window with no
-cap at all has nothing to spend: ledgers fail closed.
+cap at all has nothing to spend: ledgers fail closed. A dataset's own global caps and allocations
+from before populations (ledger schema 2) still bind it (`LegacyDatasetCaps`); nothing sets new ones.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from dpflows.budget import PrivacyLoss
 from dpflows.errors import InvalidInput
+from dpflows.ledger.budgets import (  # re-exported: the ledgers, the service and the tests import them from here
+    DEFAULT_POPULATION,
+    GROUP_NAME,
+    Allocation,
+    DatasetGrid,
+    LegacyDatasetCaps,
+    Population,
+    WindowBudget,
+    check_allocations,
+    check_horizon,
+    check_population_name,
+    check_window,
+    effective_allocations,
+    horizon_runs,
+    population_offset,
+)
+
+__all__ = [
+    "DEFAULT_POPULATION", "GENESIS_HASH", "GROUP_NAME", "ROLES", "Allocation", "AnswerShape", "ApiKeyRecord",
+    "AuditEntry", "Client", "DatasetGrid", "Ledger", "LegacyDatasetCaps", "Population", "ReleaseReceipt",
+    "ReleaseRequest", "ShapeFilter", "StoredAnswer", "WindowBudget", "bit_mask", "check_allocations",
+    "check_group_name", "check_horizon", "check_population_name", "check_window", "effective_allocations",
+    "horizon_runs", "population_offset", "rank_shapes", "shape_of",
+]
 
 ROLES = ("admin", "planner", "analyst", "oversight")
 GENESIS_HASH = "0" * 64
 
 
-GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -70,99 +99,6 @@ class ApiKeyRecord:
     prefix: str  # first characters of the key, to tell keys apart in listings; not a secret
     created_at: str
     revoked_at: str | None
-
-
-@dataclass(frozen=True)
-class WindowBudget:
-    """One window's caps and spending for one client, its group's allocation, and the shared caps.
-
-    A client is charged against its own cap and, if its sharing group has an allocation in this
-    window, against that allocation; a client whose group has none (by default every client, alone)
-    spends from the *unallocated pool*: the global cap less every allocation. The global cap stays
-    as the backstop. Only `client_*` and `group_*` are the client's to see (`remaining`); the pool
-    and the global figures are other groups' spending and never leave the service (issue 17).
-    """
-
-    window: int
-    client_cap: PrivacyLoss | None
-    client_spent: PrivacyLoss
-    global_cap: PrivacyLoss | None
-    global_spent: PrivacyLoss
-    #: the client's sharing group (None: alone)
-    group: str | None = None
-    #: its group's allocation in this window (None: none, the client spends from the pool)
-    group_cap: PrivacyLoss | None = None
-    group_spent: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
-    #: the unallocated pool: the global cap less all allocations (None without a global cap)
-    pool_cap: PrivacyLoss | None = None
-    pool_spent: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
-
-    @property
-    def allocation_holder(self) -> str:
-        """The group_spend row a charge here adds to: the group's allocation, or '' for the pool."""
-        return self.group if self.group is not None and self.group_cap is not None else ""
-
-    @property
-    def remaining(self) -> PrivacyLoss:
-        """What this client may still spend here as far as it can know: its own cap and its group's allocation."""
-        if self.client_cap is None or self.global_cap is None:
-            return PrivacyLoss.zero()
-        left = max(self.client_cap.nanos - self.client_spent.nanos, 0)
-        if self.group_cap is not None:
-            left = min(left, max(self.group_cap.nanos - self.group_spent.nanos, 0))
-        return PrivacyLoss(left)
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """A sharing group's share of a dataset's global cap, in one window (None: every window without its own)."""
-
-    group: str
-    window: int | None
-    cap: PrivacyLoss
-
-
-def effective_allocations(rows: list[tuple[str, int, int]], window: int) -> dict[str, int]:
-    """Each group's allocation in `window` from (group, win, nanos) rows: its own window's, else its
-    every-window (-1) row."""
-    out: dict[str, int] = {}
-    for group, win, nanos in sorted(rows, key=lambda r: r[1]):  # -1 first, the window's own row wins
-        if win in (window, -1):
-            out[group] = int(nanos)
-    return out
-
-
-def check_allocations(dataset: str, global_caps: dict[int, int], rows: list[tuple[str, int, int]]) -> None:
-    """Refuse a configuration whose allocations sum above the global cap in any window.
-
-    `global_caps`: win -> nanos (-1: every window); `rows`: (group, win, nanos) of every allocation
-    of the dataset. Windows without a global cap have nothing to spend and are not checked: setting
-    their global cap later is."""
-    for window in sorted({-1, *global_caps, *(r[1] for r in rows)}):
-        cap = global_caps.get(window, global_caps.get(-1))
-        if cap is None:
-            continue
-        total = sum(effective_allocations(rows, window).values())
-        if total > cap:
-            where = "every window" if window == -1 else f"window {window}"
-            raise InvalidInput(
-                f"the group allocations on dataset {dataset!r} would sum to {PrivacyLoss(total)} in {where}, above "
-                f"its global cap of {PrivacyLoss(cap)}; lower an allocation first or raise the global cap",
-                field="group",
-            )
-
-
-@dataclass(frozen=True)
-class DatasetGrid:
-    """What a dataset's window indices and amounts mean: fixed for the dataset's life."""
-
-    dataset: str
-    first_day: str  # ISO date: window k covers [first_day + k·window_days, + window_days)
-    window_days: int
-    measure: str  # the unit of its caps and spending: "epsilon" or "rho"
-
-    def describe(self) -> str:
-        return f"windows of {self.window_days} days from {self.first_day}, budgets in {self.measure}"
 
 
 @dataclass(frozen=True)
@@ -347,6 +283,22 @@ class ReleaseRequest:
     grid: DatasetGrid | None = None
     #: the paying client's sharing group (Client.share_group): the only group that derives from the answer
     share_group: str = ""
+    #: `loss` in the population's measure, converted by the dataset's accounting (None: the same measure)
+    population_loss: PrivacyLoss | None = None
+
+    @property
+    def population_charge(self) -> PrivacyLoss:
+        return self.loss if self.population_loss is None else self.population_loss
+
+
+@dataclass(frozen=True)
+class ReusableAnswer:
+    """A stored answer found for reuse, without its payload, and the reader's budgets in its windows
+    (read in the same transaction)."""
+
+    answer_id: str
+    created_at: str
+    budgets: tuple[WindowBudget, ...]
 
 
 @dataclass(frozen=True)
@@ -376,15 +328,22 @@ class Ledger(Protocol):
     # datasets, caps and spending
     def register_dataset(self, grid: DatasetGrid) -> DatasetGrid: ...
     def dataset_grid(self, dataset: str) -> DatasetGrid | None: ...
-    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-                grid: DatasetGrid | None = None, group: str | None = None) -> None: ...
-    def list_allocations(self, dataset: str) -> list[Allocation]: ...
+    def set_cap(self, dataset: str | None, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+                grid: DatasetGrid | None = None, group: str | None = None, population: str | None = None) -> None: ...
+    def list_allocations(self, dataset: str | None = None, *, population: str | None = None) -> list[Allocation]: ...
+    def population(self, name: str) -> Population | None: ...
+    def population_of(self, dataset: str) -> tuple[str, int]: ...
+    def population_caps(self, name: str) -> list[tuple[int | None, PrivacyLoss]]: ...
+    def population_spent(self, name: str, window: int) -> PrivacyLoss: ...
+    def set_horizon_cap(self, name: str, windows: int | None, cap: PrivacyLoss | None) -> Population: ...
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]: ...
     def total_charged(self, dataset: str, window: int, client_id: int | None = None) -> PrivacyLoss: ...
     def high_water(self) -> tuple[int, int]: ...
 
     # releases
     def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None: ...
+    def find_reusable(self, dataset: str, query_key: str, client_id: int,
+                      windows: tuple[int, ...]) -> ReusableAnswer | None: ...
     def get_answer(self, answer_id: str) -> StoredAnswer | None: ...
     def list_answers(self, dataset: str, kind: str | None = None) -> list[StoredAnswer]: ...
     def find_answer_shapes(self, dataset: str, where: ShapeFilter) -> list[AnswerShape]: ...
@@ -393,6 +352,9 @@ class Ledger(Protocol):
     # audit
     def append_audit(self, entry: AuditEntry) -> AuditEntry: ...
     def audit_reuse(self, entry: AuditEntry, windows: tuple[int, ...]) -> list[WindowBudget]: ...
+    def queue_audit(self, entry: AuditEntry) -> None: ...
+    def flush_audit(self) -> int: ...
+    def configure_audit_queue(self, *, window_s: float, max_rows: int) -> None: ...
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]: ...
 
     def close(self) -> None: ...

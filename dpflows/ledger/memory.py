@@ -16,10 +16,13 @@ from dpflows.ledger._sql import (
     _check_budget,
     _with_reuse,
     check_cap_unit,
+    check_charge_unit,
     check_grid_matches,
     utc_now,
 )
+from dpflows.ledger._sql_populations import TOTAL, _check_unit
 from dpflows.ledger.base import (
+    DEFAULT_POPULATION,
     GENESIS_HASH,
     ROLES,
     Allocation,
@@ -28,14 +31,20 @@ from dpflows.ledger.base import (
     AuditEntry,
     Client,
     DatasetGrid,
+    Population,
     ReleaseReceipt,
     ReleaseRequest,
+    ReusableAnswer,
     ShapeFilter,
     StoredAnswer,
     WindowBudget,
     check_allocations,
     check_group_name,
+    check_horizon,
+    check_population_name,
     effective_allocations,
+    horizon_runs,
+    population_offset,
     rank_shapes,
     shape_of,
 )
@@ -58,8 +67,11 @@ class MemoryLedger:
         self._audit: list[AuditEntry] = []
         self._grids: dict[str, DatasetGrid] = {}
         self._groups: dict[int, str] = {}
-        self._allocations: dict[tuple[str, str, int], int] = {}  # (group, dataset, win) -> nanos
-        self._group_spend: dict[tuple[str, int, str], int] = {}  # (dataset, win, group or '') -> nanos
+        self._offsets: dict[str, int] = {}  # dataset -> population window of its window 0
+        self._populations: dict[str, Population] = {}
+        self._pop_caps: dict[tuple[str, int], int] = {}  # (population, win) -> nanos
+        self._allocations: dict[tuple[str, str, int], int] = {}  # (group, population, win) -> nanos
+        self._pop_spend: dict[tuple[str, int, str], int] = {}  # (population, win, holder: group, '' or '*') -> nanos
 
     def create_client(self, name: str, role: str) -> Client:
         if role not in ROLES:
@@ -129,66 +141,136 @@ class MemoryLedger:
 
     def register_dataset(self, grid: DatasetGrid) -> DatasetGrid:
         with self._lock:
-            recorded = self._grids.setdefault(grid.dataset, grid)
+            recorded = self._grids.get(grid.dataset)
+            if recorded is None:
+                check_population_name(grid.population)
+                found = self._populations.get(grid.population, Population(grid.population))
+                if found.first_day is None:
+                    found = dataclasses.replace(found, first_day=grid.first_day, window_days=grid.window_days)
+                if found.measure is None:
+                    found = dataclasses.replace(found, measure=grid.population_measure or grid.measure)
+                if grid.population_measure is not None and found.measure != grid.population_measure:
+                    raise Conflict(f"population {found.name!r} has budgets in {found.measure}, not "
+                                   f"{grid.population_measure}", field="population")
+                offset = population_offset(found, grid)
+                self._populations[grid.population] = found
+                recorded = dataclasses.replace(grid, population_measure=found.measure)
+                self._grids[grid.dataset], self._offsets[grid.dataset] = recorded, offset
             check_grid_matches(recorded, grid)
-            return recorded
+            return dataclasses.replace(recorded, population_measure=self._populations[recorded.population].measure)
 
     def dataset_grid(self, dataset: str) -> DatasetGrid | None:
-        return self._grids.get(dataset)
+        recorded = self._grids.get(dataset)
+        if recorded is None:
+            return None
+        return dataclasses.replace(recorded, population_measure=self._populations[recorded.population].measure)
 
-    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-                grid: DatasetGrid | None = None, group: str | None = None) -> None:
+    def _placement(self, dataset: str) -> tuple[str, int]:
+        grid = self._grids.get(dataset)
+        return (DEFAULT_POPULATION, 0) if grid is None else (grid.population, self._offsets[dataset])
+
+    def population_of(self, dataset: str) -> tuple[str, int]:
+        return self._placement(dataset)
+
+    def population(self, name: str) -> Population | None:
+        return self._populations.get(name)
+
+    def set_horizon_cap(self, name: str, windows: int | None, cap: PrivacyLoss | None) -> Population:
+        check_population_name(name)
+        if (windows is None) != (cap is None) or (windows is not None and windows < 1):
+            raise InvalidInput(f"horizon windows={windows} must be 1 or more, sent with its cap (or both omitted to "
+                               "remove the horizon cap)", field="horizon_windows")
+        with self._lock:
+            found = self._populations.get(name, Population(name))
+            _check_unit(found, cap)
+            self._populations[name] = dataclasses.replace(found, horizon_windows=windows, horizon_cap=cap)
+            return self._populations[name]
+
+    def set_cap(self, dataset: str | None, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+                grid: DatasetGrid | None = None, group: str | None = None, population: str | None = None) -> None:
         if client_id is not None and group is not None:
             raise InvalidInput("send client_id (a client's cap) or group (a group's allocation), not both",
                                field="group")
+        if client_id is not None and dataset is None:
+            raise InvalidInput("a client's cap is on a dataset: send dataset", field="dataset")
+        if dataset is None and population is None:
+            raise InvalidInput("send dataset or population", field="dataset")
         if group is not None:
             check_group_name(group)
         if client_id is not None:
             self.get_client(client_id)
         if window is not None and window < 0:
             raise InvalidInput(f"window={window} must be 0 or more (or omitted for every window)", field="window")
-        win = EVERY_WINDOW if window is None else window
         with self._lock:
-            check_cap_unit(self.register_dataset(grid) if grid is not None else self._grids.get(dataset), cap)
-            caps, allocations = dict(self._caps), dict(self._allocations)
+            recorded = (self.register_dataset(grid) if grid is not None
+                        else None if dataset is None else self.dataset_grid(dataset))
+            if client_id is not None:
+                assert dataset is not None
+                check_cap_unit(recorded, cap)
+                self._caps[(client_id, dataset, EVERY_WINDOW if window is None else window)] = cap
+                return
+            name, offset = (population, 0) if population is not None else self._placement(dataset or "")
+            check_population_name(name)
+            found = self._populations.get(name, Population(name))
+            _check_unit(found, cap)
+            if found.measure is None and type(cap) is not PrivacyLoss:
+                found = dataclasses.replace(found, measure=cap.unit)
+            win = EVERY_WINDOW if window is None else window + offset
+            caps, allocations = dict(self._pop_caps), dict(self._allocations)
             if group is not None:
-                allocations[(group, dataset, win)] = cap.nanos
+                allocations[(group, name, win)] = cap.nanos
             else:
-                caps[(GLOBAL if client_id is None else client_id, dataset, win)] = cap
-            if client_id is None:
-                global_caps = {w: c.nanos for (cid, d, w), c in caps.items() if cid == GLOBAL and d == dataset}
-                check_allocations(dataset, global_caps, self._allocation_rows(dataset, allocations))
-            self._caps, self._allocations = caps, allocations
+                caps[(name, win)] = cap.nanos
+            check_allocations(name, {w: c for (p, w), c in caps.items() if p == name},
+                              self._allocation_rows(name, allocations))
+            self._pop_caps, self._allocations, self._populations[name] = caps, allocations, found
 
     @staticmethod
-    def _allocation_rows(dataset: str, allocations: dict[tuple[str, str, int], int]) -> list[tuple[str, int, int]]:
-        return [(g, w, n) for (g, d, w), n in allocations.items() if d == dataset]
+    def _allocation_rows(population: str, allocations: dict[tuple[str, str, int], int]) -> list[tuple[str, int, int]]:
+        return [(g, w, n) for (g, p, w), n in allocations.items() if p == population]
 
-    def list_allocations(self, dataset: str) -> list[Allocation]:
-        rows = sorted(self._allocation_rows(dataset, self._allocations))
+    def list_allocations(self, dataset: str | None = None, *, population: str | None = None) -> list[Allocation]:
+        name = population if population is not None else self._placement(dataset or "")[0]
+        rows = sorted(self._allocation_rows(name, self._allocations))
         return [Allocation(g, None if w == EVERY_WINDOW else w, PrivacyLoss(n)) for g, w, n in rows]
+
+    def population_caps(self, name: str) -> list[tuple[int | None, PrivacyLoss]]:
+        rows = sorted((w, n) for (p, w), n in self._pop_caps.items() if p == name)
+        return [(None if w == EVERY_WINDOW else w, PrivacyLoss(n)) for w, n in rows]
+
+    def population_spent(self, name: str, window: int) -> PrivacyLoss:
+        return PrivacyLoss(self._pop_spend.get((name, window, TOTAL), 0))
 
     def _cap(self, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
         cap = self._caps.get((client_id, dataset, window))
         return cap if cap is not None else self._caps.get((client_id, dataset, EVERY_WINDOW))
 
+    def _population_cap(self, name: str, window: int) -> PrivacyLoss | None:
+        cap = self._pop_caps.get((name, window), self._pop_caps.get((name, EVERY_WINDOW)))
+        return None if cap is None else PrivacyLoss(cap)
+
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
         with self._lock:
             group = self._groups.get(client_id)
+            name, offset = self._placement(dataset)
+            found = self._populations.get(name)
+            rows = self._allocation_rows(name, self._allocations)
             out = []
             for w in windows:
-                global_cap = self._cap(dataset, w, GLOBAL)
-                allocations = effective_allocations(self._allocation_rows(dataset, self._allocations), w)
+                pw = w + offset
+                global_cap = self._population_cap(name, pw)
+                allocations = effective_allocations(rows, pw)
                 group_cap = None if group is None or group not in allocations else PrivacyLoss(allocations[group])
                 out.append(WindowBudget(
                     w, self._cap(dataset, w, client_id), PrivacyLoss(self._spend.get((dataset, w, client_id), 0)),
-                    global_cap, PrivacyLoss(self._spend.get((dataset, w, GLOBAL), 0)),
+                    global_cap, PrivacyLoss(self._pop_spend.get((name, pw, TOTAL), 0)),
                     group=group, group_cap=group_cap,
-                    group_spent=PrivacyLoss(self._group_spend.get((dataset, w, group), 0)
+                    group_spent=PrivacyLoss(self._pop_spend.get((name, pw, group), 0)
                                             if group is not None and group_cap is not None else 0),
                     pool_cap=(None if global_cap is None
                               else PrivacyLoss(max(global_cap.nanos - sum(allocations.values()), 0))),
-                    pool_spent=PrivacyLoss(self._group_spend.get((dataset, w, ""), 0)),
+                    pool_spent=PrivacyLoss(self._pop_spend.get((name, pw, ""), 0) if group_cap is None else 0),
+                    population=name, population_window=pw, unit=None if found is None else found.measure,
                 ))
             return out
 
@@ -202,6 +284,15 @@ class MemoryLedger:
     def find_answer(self, dataset: str, query_key: str) -> StoredAnswer | None:
         answer_id = self._answer_by_key.get((dataset, query_key))
         return None if answer_id is None else self._answers[answer_id]
+
+    def find_reusable(self, dataset: str, query_key: str, client_id: int,
+                      windows: tuple[int, ...]) -> ReusableAnswer | None:
+        with self._lock:
+            answer = self.find_answer(dataset, query_key)
+            if answer is None:
+                return None
+            return ReusableAnswer(answer.answer_id, answer.created_at,
+                                  tuple(self.window_budgets(dataset, client_id, sorted(set(windows)))))
 
     def get_answer(self, answer_id: str) -> StoredAnswer | None:
         return self._answers.get(answer_id)
@@ -219,9 +310,13 @@ class MemoryLedger:
 
     def commit_release(self, request: ReleaseRequest) -> ReleaseReceipt:
         windows = sorted(set(request.windows))
+        charge = request.population_charge
         with self._lock:
             if request.grid is not None:
                 self.register_dataset(request.grid)
+            name, offset = self._placement(request.dataset)
+            found = self._populations.get(name)
+            check_charge_unit(found, request)
             existing = self.find_answer(request.dataset, request.query_key)
             if existing is not None:
                 self.append_audit(_with_reuse(request.audit, existing.answer_id))
@@ -230,9 +325,15 @@ class MemoryLedger:
             budgets = self.window_budgets(request.dataset, request.client_id, windows)
             for budget in budgets:
                 _check_budget(budget, request)
+            pwindows = [w + offset for w in windows]
+            span = None if found is None else horizon_runs(found, pwindows)
+            if found is not None and span is not None:
+                spent = {w: self._pop_spend.get((name, w, TOTAL), 0) for w in range(span[0], span[1] + 1)}
+                check_horizon(found, spent, pwindows, charge, request.dataset)
             for budget in budgets:
-                key3 = (request.dataset, budget.window, budget.allocation_holder)
-                self._group_spend[key3] = self._group_spend.get(key3, 0) + request.loss.nanos
+                for holder in (budget.allocation_holder, TOTAL):
+                    key3 = (name, budget.window + offset, holder)
+                    self._pop_spend[key3] = self._pop_spend.get(key3, 0) + charge.nanos
             for w in windows:
                 self._charges.append((request.client_id, request.dataset, w, request.loss.nanos, request.answer_id))
                 for cid in (request.client_id, GLOBAL):
@@ -264,6 +365,16 @@ class MemoryLedger:
         with self._lock:
             self.append_audit(entry)
             return self.window_budgets(entry.dataset, entry.client_id, sorted(set(windows)))
+
+    def queue_audit(self, entry: AuditEntry) -> None:
+        """Nothing here is durable, so nothing is worth batching: appended at once."""
+        self.append_audit(entry)
+
+    def flush_audit(self) -> int:
+        return 0
+
+    def configure_audit_queue(self, *, window_s: float, max_rows: int) -> None:
+        """Rows are appended at once."""
 
     def read_audit(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEntry]:
         if not 1 <= limit <= 1000:

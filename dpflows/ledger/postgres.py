@@ -3,18 +3,21 @@
 The statements are `_sql.py`'s; this module adds the schema, a connection pool and the locks
 that make a charge safe when many hosts spend on the same windows at once:
 
-* **Spend rows, in one global order.** `commit_release` first makes the running-total rows of
-  every (dataset, window) it touches exclusive, in the order (window ascending; the client's
-  row, then the all-clients row, client_id 0). Each row is created if missing (`INSERT ... ON
-  CONFLICT DO NOTHING`) and then locked (`SELECT ... FOR UPDATE`) before the next one is
-  touched, so every transaction takes its row locks in one total order and two releases can
-  never deadlock. Two releases on a common window serialize on its all-clients row; the second
-  one runs its cap check only after the first has committed or rolled back.
+* **Spend rows, in one global order.** `commit_release` first makes the running-total rows it
+  reads and writes exclusive, in the order: the population's record (only with a horizon cap,
+  whose check reads windows the charge does not touch); per population window ascending, the
+  holder row (group allocation or pool) and the population's total row; per dataset window
+  ascending, the client's row, then the all-clients row, client_id 0. Each row is created if
+  missing (`INSERT ... ON CONFLICT DO NOTHING`) and then locked (`SELECT ... FOR UPDATE`) before
+  the next one is touched, so every transaction takes its row locks in one total order and two
+  releases can never deadlock. Two releases on a common population window (of one dataset or of
+  two datasets of one population) serialize on its total row; the second one runs its cap check
+  only after the first has committed or rolled back.
 * **Allocations held still.** Changing a group allocation, a global cap or a group membership takes
   an exclusive advisory lock; every charge takes it shared before its first spend row, so the
-  allocations a charge checks are those in force when it commits. The group_spend row (the
-  group's allocation, or '' for the unallocated pool) is locked between the client's row and the
-  all-clients row of each window.
+  allocations a charge checks are those in force when it commits (and so are the global and
+  horizon caps). A dataset's own caps from before populations lock their group_spend row between
+  the client's row and the all-clients row of each window.
 * **Answer reuse under races.** Transactions run at READ COMMITTED, so once the second of two
   identical queries gets the all-clients row of their (shared) windows, its next statement sees
   the first one's stored answer and returns it at zero cost. Should two releases with one query
@@ -41,7 +44,9 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from dpflows.errors import Unavailable
+from dpflows.ledger._migrate_populations import migrate_to_populations
 from dpflows.ledger._sql import GLOBAL, Cursor, SqlLedger, backfill_answer_shapes, rekey_answers
+from dpflows.ledger._sql_populations import TOTAL
 from dpflows.ledger.base import ReleaseReceipt, ReleaseRequest
 
 # Advisory lock keys (bigint): "dpflows" in ASCII, shifted, plus a small tag. Advisory locks are
@@ -142,6 +147,27 @@ MIGRATIONS: list[tuple[int, list[str | Callable[[psycopg.Connection[Any]], objec
             dataset TEXT NOT NULL, win BIGINT NOT NULL, group_name TEXT NOT NULL,
             nanos BIGINT NOT NULL CHECK (nanos >= 0), PRIMARY KEY (dataset, win, group_name))""",
         lambda conn: rekey_answers(_PgCursor(conn.cursor())),
+    ]),
+    # Issue 17, populations: each population's grid, measure and horizon cap; its global caps, groups'
+    # allocations and running spend ('*' all, '' the pool, else a group); each dataset's population and
+    # offset on its grid; then every dataset placed with its caps and spend (_migrate_populations).
+    (5, [
+        """CREATE TABLE IF NOT EXISTS populations (
+            population TEXT PRIMARY KEY, first_day TEXT, window_days BIGINT, measure TEXT, horizon_windows BIGINT,
+            horizon_cap_nanos BIGINT CHECK (horizon_cap_nanos >= 0), registered_at TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS population_caps (
+            population TEXT NOT NULL, win BIGINT NOT NULL, cap_nanos BIGINT NOT NULL CHECK (cap_nanos >= 0),
+            updated_at TEXT NOT NULL, PRIMARY KEY (population, win))""",
+        """CREATE TABLE IF NOT EXISTS population_group_caps (
+            group_name TEXT NOT NULL, population TEXT NOT NULL, win BIGINT NOT NULL,
+            cap_nanos BIGINT NOT NULL CHECK (cap_nanos >= 0), updated_at TEXT NOT NULL,
+            PRIMARY KEY (group_name, population, win))""",
+        """CREATE TABLE IF NOT EXISTS population_spend (
+            population TEXT NOT NULL, win BIGINT NOT NULL, holder TEXT NOT NULL,
+            nanos BIGINT NOT NULL CHECK (nanos >= 0), PRIMARY KEY (population, win, holder))""",
+        "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS population TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE datasets ADD COLUMN IF NOT EXISTS window_offset BIGINT NOT NULL DEFAULT 0",
+        lambda conn: migrate_to_populations(_PgCursor(conn.cursor())),
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -308,22 +334,35 @@ class PostgresLedger(SqlLedger):
                 ) from exc
             raise _unavailable("the ledger is unavailable", exc) from exc
 
-    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int,
-                         holders: dict[int, str]) -> None:
-        """Create if missing, then lock, each spend row in one global order: (window; client row, then the
-        group_spend row of the group's allocation or of the unallocated pool, then the global row)."""
+    def _lock_spend_rows(self, cur: Cursor, place: tuple[str, int], dataset: str, windows: tuple[int, ...],
+                         client_id: int, holders: dict[int, str], legacy_holders: dict[int, str] | None,
+                         horizon: bool) -> None:
+        """Create if missing, then lock, each row a charge reads and writes, in one global order: the
+        population's record if it has a horizon cap (its check reads windows the charge does not touch,
+        so every charge of the population serializes on it); then per population window ascending, the
+        holder row (its group's allocation or the pool) and the total row; then per dataset window
+        ascending, the client's row, the dataset's own group row (legacy caps only) and the all-clients row."""
+        population, offset = place
+        if horizon:
+            cur.execute("SELECT population FROM populations WHERE population = ? FOR UPDATE", (population,))
+        for window in sorted(windows):
+            for holder in (holders.get(window + offset, ""), TOTAL):
+                cur.execute("INSERT INTO population_spend (population, win, holder, nanos) VALUES (?, ?, ?, 0) "
+                            "ON CONFLICT (population, win, holder) DO NOTHING", (population, window + offset, holder))
+                cur.execute("SELECT nanos FROM population_spend WHERE population = ? AND win = ? AND holder = ? "
+                            "FOR UPDATE", (population, window + offset, holder))
         for window in sorted(windows):
             cids = (client_id, GLOBAL) if client_id != GLOBAL else (GLOBAL,)
             for cid in cids:
-                if cid == GLOBAL:
+                if cid == GLOBAL and legacy_holders is not None:
                     cur.execute(
                         "INSERT INTO group_spend (dataset, win, group_name, nanos) VALUES (?, ?, ?, 0) "
                         "ON CONFLICT (dataset, win, group_name) DO NOTHING",
-                        (dataset, window, holders.get(window, "")),
+                        (dataset, window, legacy_holders.get(window, "")),
                     )
                     cur.execute(
                         "SELECT nanos FROM group_spend WHERE dataset = ? AND win = ? AND group_name = ? FOR UPDATE",
-                        (dataset, window, holders.get(window, "")),
+                        (dataset, window, legacy_holders.get(window, "")),
                     )
                 cur.execute(
                     "INSERT INTO spend (dataset, win, client_id, nanos) VALUES (?, ?, ?, 0) "
@@ -363,5 +402,6 @@ class PostgresLedger(SqlLedger):
 
     def close(self) -> None:
         if not self._closed:
+            self._close_audit_queue()
             self._closed = True
             self._pool.close()

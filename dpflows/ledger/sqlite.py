@@ -10,8 +10,10 @@ Schema versions live in `PRAGMA user_version` (0: before issue 18). Tables are c
 NOT EXISTS on every open; a step that must transform data runs once, under the write lock, when
 a ledger below SCHEMA_VERSION is opened (by `dpflows migrate`, or by the first worker to start):
 1 indexes the shape of every answer stored before answer_shapes existed; 2 (issue 17) moves every
-stored answer into the sharing group of the client who released it (`rekey_answers`). Columns added
-after a table was first created are added at open (`_add_columns`).
+stored answer into the sharing group of the client who released it (`rekey_answers`); 3 (issue 17,
+populations) places every dataset in a population with its datasets' caps and spend
+(`migrate_to_populations`). Columns added after a table was first created are added at open
+(`_add_columns`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dpflows.errors import Unavailable
+from dpflows.ledger._migrate_populations import migrate_to_populations
 from dpflows.ledger._sql import Cursor, SqlLedger, backfill_answer_shapes, rekey_answers
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -70,6 +73,19 @@ CREATE TABLE IF NOT EXISTS group_caps (
 CREATE TABLE IF NOT EXISTS group_spend (
     dataset TEXT NOT NULL, win INTEGER NOT NULL, group_name TEXT NOT NULL,
     nanos INTEGER NOT NULL CHECK (nanos >= 0), PRIMARY KEY (dataset, win, group_name));
+CREATE TABLE IF NOT EXISTS populations (
+    population TEXT PRIMARY KEY, first_day TEXT, window_days INTEGER, measure TEXT, horizon_windows INTEGER,
+    horizon_cap_nanos INTEGER CHECK (horizon_cap_nanos >= 0), registered_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS population_caps (
+    population TEXT NOT NULL, win INTEGER NOT NULL, cap_nanos INTEGER NOT NULL CHECK (cap_nanos >= 0),
+    updated_at TEXT NOT NULL, PRIMARY KEY (population, win));
+CREATE TABLE IF NOT EXISTS population_group_caps (
+    group_name TEXT NOT NULL, population TEXT NOT NULL, win INTEGER NOT NULL,
+    cap_nanos INTEGER NOT NULL CHECK (cap_nanos >= 0), updated_at TEXT NOT NULL,
+    PRIMARY KEY (group_name, population, win));
+CREATE TABLE IF NOT EXISTS population_spend (
+    population TEXT NOT NULL, win INTEGER NOT NULL, holder TEXT NOT NULL,
+    nanos INTEGER NOT NULL CHECK (nanos >= 0), PRIMARY KEY (population, win, holder));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, client_id INTEGER, action TEXT NOT NULL,
     dataset TEXT, query TEXT, epsilon_nanos INTEGER NOT NULL, outcome TEXT NOT NULL, answer_id TEXT,
@@ -87,6 +103,8 @@ CREATE TRIGGER IF NOT EXISTS charges_no_delete BEFORE DELETE ON charges
 #: (table, column, definition) added to tables created before the column existed
 ADDED_COLUMNS = (
     ("answer_shapes", "share_group", "TEXT NOT NULL DEFAULT ''"),
+    ("datasets", "population", "TEXT NOT NULL DEFAULT 'default'"),
+    ("datasets", "window_offset", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -150,6 +168,8 @@ class SqliteLedger(SqlLedger):
                     backfill_answer_shapes(conn.cursor())
                 if current < 2:
                     rekey_answers(conn.cursor())
+                if current < 3:
+                    migrate_to_populations(conn.cursor())
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
                 conn.commit()
             except BaseException:
@@ -201,14 +221,16 @@ class SqliteLedger(SqlLedger):
                 f"the ledger could not commit ({type(exc).__name__}); nothing was charged or released, retry later"
             ) from exc
 
-    def _lock_spend_rows(self, cur: Cursor, dataset: str, windows: tuple[int, ...], client_id: int,
-                         holders: dict[int, str]) -> None:
+    def _lock_spend_rows(self, cur: Cursor, place: tuple[str, int], dataset: str, windows: tuple[int, ...],
+                         client_id: int, holders: dict[int, str], legacy_holders: dict[int, str] | None,
+                         horizon: bool) -> None:
         """BEGIN IMMEDIATE already holds the database's only write lock."""
 
     def _is_unique_violation(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
 
     def close(self) -> None:
+        self._close_audit_queue()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

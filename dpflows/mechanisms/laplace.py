@@ -13,7 +13,7 @@ from opendp.accuracy import (
     discrete_laplacian_scale_to_accuracy,
 )
 
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import InvalidInput
 from dpflows.mechanisms._base import (
     DEFAULT_CONFIDENCE,
@@ -253,3 +253,37 @@ def pure_dp_as_rho(sensitivity: int, scale: float) -> Fraction:
         return Fraction(dp.c.make_pureDP_to_zCDP(_laplace(scale)).map(sensitivity))
     except dp.OpenDPException as exc:
         raise MechanismError(f"zCDP conversion failed for sensitivity {sensitivity}: {exc.message}") from exc
+
+
+#: A discrete Laplace at this scale has privacy map d_in / 1e9: its loss at d_in = ε in nano-units is ε itself.
+_NANO_SCALE = 1e9
+
+
+def epsilon_as_rho(epsilon: PrivacyLoss) -> Rho:
+    """The ρ an ε-DP charge costs in a zCDP population, by OpenDP's pure-DP → zCDP conversion, rounded up.
+
+    Any ε-DP mechanism is (ε²/2)-zCDP (Bun and Steinke 2016, Prop. 1.4). The figure is OpenDP's: the
+    conversion (`make_pureDP_to_zCDP`) of a discrete Laplace whose own privacy map gives at least ε at
+    d_in = ε's nano-units (scale 1e9: map(n) = n / 1e9, rounded up by OpenDP), then rounded up to nanos.
+    """
+    if epsilon.nanos == 0:
+        return Rho.zero()
+    try:
+        measurement = _laplace(_NANO_SCALE)
+        if Fraction(measurement.map(epsilon.nanos)) < epsilon.as_fraction():  # OpenDP rounds up: a guard
+            raise MechanismError(f"the privacy map at epsilon={epsilon} rounds below it; report this")
+        return Rho.from_privacy_map(Fraction(dp.c.make_pureDP_to_zCDP(measurement).map(epsilon.nanos)))
+    except dp.OpenDPException as exc:
+        raise MechanismError(f"epsilon={epsilon} cannot be converted to rho: {exc.message}") from exc
+
+
+def largest_epsilon_within(rho: PrivacyLoss) -> Epsilon:
+    """The largest ε whose conversion (`epsilon_as_rho`) fits in `rho`: what a ρ budget leaves an ε-DP client.
+
+    For display and quotes (a client's remaining budget in its dataset's measure); the ledger checks the
+    converted charge itself. ε²/2 ≤ ρ gives the candidate ⌊√(2ρ)⌋ in nanos, stepped down until OpenDP's
+    conversion (which rounds up) fits."""
+    nanos = math.isqrt(2 * rho.nanos * 1_000_000_000)
+    while nanos > 0 and epsilon_as_rho(Epsilon(nanos)).nanos > rho.nanos:
+        nanos -= 1
+    return Epsilon(nanos)

@@ -25,10 +25,11 @@ from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning
 from dpflows.errors import DpflowsError
 from dpflows.ledger import ApiKeyRecord, AuditEntry, Client, Ledger
+from dpflows.ledger.base import Population
 from dpflows.ledger.high_water import HighWaterMark
 from dpflows.mechanisms import configure_noise_pool, start_noise_pool
 from dpflows.service import admin, answering, quoting, relative_change, reports
-from dpflows.service.admin import KEY_PREFIX, hash_key
+from dpflows.service.admin import KEY_PREFIX, PopulationBudget, hash_key
 from dpflows.service.catalog import Catalog
 from dpflows.service.context import ServiceContext, dataset_grid
 from dpflows.service.policy import Policy
@@ -117,9 +118,17 @@ class Service:
     def set_group(self, client_id: int, group: str | None, *, by: Client | None = None) -> Client:
         return admin.set_group(self.context, client_id, group, by=by)
 
-    def set_cap(self, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-                by: Client | None = None, group: str | None = None) -> None:
-        admin.set_cap(self.context, dataset, cap, client_id=client_id, window=window, by=by, group=group)
+    def set_cap(self, dataset: str | None, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
+                by: Client | None = None, group: str | None = None, population: str | None = None) -> None:
+        admin.set_cap(self.context, dataset, cap, client_id=client_id, window=window, by=by, group=group,
+                      population=population)
+
+    def set_horizon_cap(self, population: str, windows: int | None, cap: PrivacyLoss | None, *,
+                        by: Client | None = None) -> Population:
+        return admin.set_horizon_cap(self.context, population, windows, cap, by=by)
+
+    def population_budget(self, *, dataset: str | None = None, population: str | None = None) -> PopulationBudget:
+        return admin.population_budget(self.context, dataset=dataset, population=population)
 
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
                    min_cells_per_zone: int | None = None, geometry: dict[str, Any] | None = None,
@@ -129,6 +138,7 @@ class Service:
 
 
 __all__ = [
-    "KEY_PREFIX", "REPORT_ACTION", "SYSTEM_CLIENT", "Answer", "Catalog", "Policy", "QueryRequest", "Quote", "Service",
+    "KEY_PREFIX", "REPORT_ACTION", "SYSTEM_CLIENT", "Answer", "Catalog", "Policy", "PopulationBudget", "QueryRequest",
+    "Quote", "Service",
     "ServiceContext", "WindowStatus", "dataset_grid", "hash_key",
 ]

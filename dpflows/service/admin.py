@@ -12,9 +12,18 @@ from typing import Any
 from dpflows.accounting import accounting
 from dpflows.budget import PrivacyLoss
 from dpflows.cells import Zoning, parse_zoning_csv
-from dpflows.errors import AuthenticationFailed, Conflict, DataUnavailable, InvalidInput, PolicyViolation
-from dpflows.ledger import ApiKeyRecord, AuditEntry, Client
-from dpflows.service.context import ServiceContext, dataset_grid
+from dpflows.errors import (
+    AuthenticationFailed,
+    Conflict,
+    DataUnavailable,
+    DpflowsError,
+    InvalidInput,
+    NotFound,
+    PolicyViolation,
+)
+from dpflows.ledger import Allocation, ApiKeyRecord, AuditEntry, Client
+from dpflows.ledger.base import Population
+from dpflows.service.context import ServiceContext
 from dpflows.service.records import WindowStatus
 
 KEY_PREFIX = "dpf_"
@@ -86,30 +95,112 @@ def set_group(ctx: ServiceContext, client_id: int, group: str | None, *, by: Cli
     return client
 
 
-def set_cap(ctx: ServiceContext, dataset: str, cap: PrivacyLoss, *, client_id: int | None, window: int | None,
-            by: Client | None = None, group: str | None = None) -> None:
-    """A per-client cap (client_id), a sharing group's allocation (group) or the global cap (neither), for
-    one window or every window. Allocations never sum above the global cap (the ledger refuses).
+def set_cap(ctx: ServiceContext, dataset: str | None, cap: PrivacyLoss, *, client_id: int | None,
+            window: int | None, by: Client | None = None, group: str | None = None,
+            population: str | None = None) -> None:
+    """A per-client cap on a dataset (client_id), or a population's global cap (neither) or a sharing group's
+    allocation of it (group), for one window or every window. Allocations never sum above the global cap (the
+    ledger refuses).
 
-    The cap is in the dataset's measure: ε for pure-DP datasets, ρ for zCDP ones; the other
-    is refused, so an ε can never be read as a ρ.
+    Named by `dataset` (the names that predate populations), a global cap or allocation is that of the
+    dataset's population, its `window` the dataset's (window k of the dataset is the population's k + the
+    dataset's offset); named by `population`, its windows are the population's. A client's cap is in the
+    dataset's measure, a population's in the population's (ε, or ρ once any of its datasets is zCDP); the
+    other is refused, so an ε can never be read as a ρ.
     """
+    if dataset is None:
+        if population is None or client_id is not None:
+            raise InvalidInput("send dataset (a client's cap, or the global cap or an allocation of its population) "
+                               "or population (its global cap or an allocation)", field="dataset")
+        ctx.ledger.set_cap(None, cap, client_id=None, window=window, group=group, population=population)
+        ctx.audit_admin(by, "admin.set_cap", population=population, window=window, cap=cap.to_json(), unit=cap.unit,
+                        **({"group": group} if group is not None else {}))
+        return
     data = ctx.dataset(dataset)
-    unit = accounting(data.metadata.accounting).loss_type
-    if type(cap) is not unit:
-        raise InvalidInput(
-            f"dataset {dataset!r} is accounted in {unit.unit}; set its caps as {unit.unit}, not {cap.unit}",
-            field=cap.unit,
-        )
+    grid = ctx.grid(data)
+    if population is not None and population != grid.population:
+        raise InvalidInput(f"dataset {dataset!r} draws on population {grid.population!r}, not {population!r}; send "
+                           "one of dataset or population", field="population")
+    unit = accounting(data.metadata.accounting).unit
+    measure = unit if client_id is not None else grid.population_measure or unit
+    if cap.unit != measure:
+        whose = (f"a client's cap on dataset {dataset!r} is in its measure, {unit}" if client_id is not None else
+                 f"dataset {dataset!r} draws on population {grid.population!r}, whose global cap and allocations are "
+                 f"in {measure} (a client's cap on the dataset stays in {unit})")
+        raise InvalidInput(f"{whose}; send the cap as {measure}, not {cap.unit}", field=cap.unit)
     if window is not None and not 0 <= window < data.metadata.window_count:
         raise InvalidInput(
             f"window={window} is not a window of dataset {dataset!r}; use 0..{data.metadata.window_count - 1} "
             "or omit it for every window",
             field="window",
         )
-    ctx.ledger.set_cap(dataset, cap, client_id=client_id, window=window, grid=dataset_grid(data), group=group)
+    ctx.ledger.set_cap(dataset, cap, client_id=client_id, window=window, grid=grid, group=group)
     ctx.audit_admin(by, "admin.set_cap", dataset=dataset, client_id=client_id, window=window,
                     cap=cap.to_json(), unit=cap.unit, **({"group": group} if group is not None else {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowCap:
+    window: int | None  # None: every window without a cap of its own
+    cap: PrivacyLoss
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpent:
+    window: int
+    spent: PrivacyLoss
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationBudget:
+    """What an admin sees of a population: its measure and grid, its global caps, its groups' allocations,
+    its horizon cap, and what was spent in each window it has figures for (admins only, never clients)."""
+
+    population: Population
+    global_caps: list[WindowCap]
+    allocations: list[Allocation]
+    spent: list[WindowSpent]
+
+
+def population_budget(ctx: ServiceContext, *, dataset: str | None = None,
+                      population: str | None = None) -> PopulationBudget:
+    """A population's caps, allocations and spending, named directly or by one of its datasets."""
+    if dataset is not None:
+        grid = ctx.grid(ctx.dataset(dataset))
+        if population is not None and population != grid.population:
+            raise InvalidInput(f"dataset {dataset!r} draws on population {grid.population!r}, not {population!r}",
+                               field="population")
+        population = grid.population
+    if population is None:
+        raise InvalidInput("send dataset or population", field="dataset")
+    record = ctx.ledger.population(population)
+    if record is None:
+        raise NotFound(f"population {population!r} has no budget yet: no dataset of it was capped or charged, and "
+                       "no cap was set on it", field="population")
+    caps = ctx.ledger.population_caps(population)
+    allocations = ctx.ledger.list_allocations(population=population)
+    windows = sorted({w for w, _ in caps if w is not None} | {a.window for a in allocations if a.window is not None})
+    last = max(windows, default=0)
+    for name in ctx.store.names():  # every window of the population's datasets here
+        try:
+            data = ctx.dataset(name)
+            grid = ctx.grid(data)
+        except DpflowsError:
+            continue
+        if grid.population == population:
+            last = max(last, ctx.ledger.population_of(name)[1] + data.metadata.window_count - 1)
+    spent = [WindowSpent(w, ctx.ledger.population_spent(population, w)) for w in range(last + 1)]
+    return PopulationBudget(record, [WindowCap(w, c) for w, c in caps], allocations,
+                            [s for s in spent if s.spent.nanos > 0])
+
+
+def set_horizon_cap(ctx: ServiceContext, population: str, windows: int | None, cap: PrivacyLoss | None, *,
+                    by: Client | None = None) -> Population:
+    """Bound a population's spend summed over any `windows` consecutive windows (None, None: no bound)."""
+    record = ctx.ledger.set_horizon_cap(population, windows, cap)
+    ctx.audit_admin(by, "admin.set_horizon_cap", population=population, windows=windows,
+                    cap=None if cap is None else cap.to_json(), unit=None if cap is None else cap.unit)
+    return record
 
 
 def add_zoning(ctx: ServiceContext, dataset: str, name: str, csv_text: str, *, coarse: bool = False,

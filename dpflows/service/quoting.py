@@ -30,7 +30,8 @@ def quote(ctx: ServiceContext, request: QueryRequest, client: Client) -> Quote:
     loss = ctx.price(client, request, data)
     windows = ctx.window_status(data, client, list(touched_windows(spec, data)))
     acc = accounting(data.metadata.accounting)
-    stored = ctx.ledger.find_answer(spec.dataset, ctx.query_key(spec, data, loss, client))
+    # whether it would be reused: the stored answer's id, not its payload (no budgets: windows above)
+    stored = ctx.ledger.find_reusable(spec.dataset, ctx.query_key(spec, data, loss, client), client.id, ())
     derivation = find_derivation(ctx, spec, data, client, request, loss) if stored is None and request.derive else None
     if derivation is not None:
         bound, scale, charged = derivation.max_error_bound, float(derivation.payload["scale"]), type(loss).zero()
@@ -54,8 +55,8 @@ def _refuse_over_budget(dataset: str, charged: PrivacyLoss, windows: list[Window
     if charged.nanos == 0:
         return
     for w in windows:
-        if charged.nanos > w.budget.remaining.nanos:
-            left = type(charged)(w.budget.remaining.nanos)
+        if charged.nanos > w.remaining.nanos:
+            left = type(charged)(w.remaining.nanos)
             raise BudgetExceeded(
                 f"{charged.unit}={charged} exceeds your remaining budget of {left} on dataset {dataset!r} window "
                 f"{w.window}; ask for less or wait for an admin to raise the cap",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from dpflows.accounting import accounting
-from dpflows.budget import PURE_DP, Epsilon, PrivacyLoss, Rho
+from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import InvalidInput
 from dpflows.ledger import WindowBudget
 from dpflows.mechanisms import DEFAULT_CONFIDENCE
@@ -49,33 +51,37 @@ class WindowStatus:
     budget: WindowBudget
     #: zCDP datasets: this client's spent ρ shown as (ε, δ) (OpenDP's conversion), for display.
     spent_approx_dp: dict[str, float] | None = None
+    #: what this client may still spend here, in the dataset's measure: its cap and its group's allocation
+    #: (converted back from the population's measure where they differ: WindowBudget.remaining_in)
+    remaining: PrivacyLoss = field(default_factory=PrivacyLoss.zero)
 
 
 @dataclass(frozen=True)
-class Answer:
-    """A released answer with everything a client needs to use it honestly (rule 6)."""
+class AnswerContent:
+    """What an answer says, the same for every client who reads it with the same options: the values
+    as columns in key order (never one dict per key: renderers write them from these), how they were
+    released, their error bounds and post-processing. Reused answers are rendered from this once and
+    then served as cached bytes (api/body_cache.py)."""
 
-    answer_id: str
-    spec: QuerySpec
     key_fields: tuple[str, ...]
-    values: list[dict[str, Any]]
-    charged: PrivacyLoss  # ε or ρ (by the dataset's accounting) in each window below; zero when reused
+    #: one column per key field, in key order
+    keys: dict[str, list[Any]]
+    #: the released values in key order, post-processed as asked
+    counts: list[int]
     loss_of_release: PrivacyLoss  # the ε or ρ the stored answer was released at
     loss_from_max_error: bool  # the loss was derived from max_error
-    windows: list[WindowStatus]
     privacy_unit: str
     mechanism: str
     noise_scale: float
     sensitivity: float  # ℓ1 (Laplace) or ℓ2 (Gaussian)
     error_bound_95: float
-    confidence: float
-    reused: bool
     postprocessing: list[str]
-    released_at: str
-    #: The unbiased noisy values in key order, when `values` were post-processed (clamped or
+    #: the windows the stored release touched (its budgets are this client's in these)
+    release_windows: tuple[int, ...]
+    #: The unbiased noisy values in key order, when `counts` were post-processed (clamped or
     #: made consistent): sum these, not the post-processed counts, to avoid clamping bias.
     raw_values: list[int] | None = None
-    #: With consistent=True: row, column and grand totals of `values` (they agree exactly).
+    #: With consistent=True: row, column and grand totals of `counts` (they agree exactly).
     totals: dict[str, Any] | None = None
     #: With consistent=True: the same totals summed from the raw values (unbiased), with the
     #: 95% bound of each kind of total (a sum of k independent noises, mechanisms.sum_error_bound).
@@ -86,7 +92,6 @@ class Answer:
     value_error_bounds: list[float] | None = None
     #: How many independent noise draws each value sums (derived answers; 1 otherwise).
     value_terms: list[int] | None = None
-    accounting: str = PURE_DP
     #: What each count counts: "trips", "people" (each key one day-hour, or one window of homes), "person-hours"
     count_unit: str = "trips"
     #: Days asked that the dataset is declared not to hold: they count nothing (coverage is declared, not measured)
@@ -95,11 +100,127 @@ class Answer:
     delta: float | None = None
     approx_epsilon: float | None = None
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One {key fields..., count} dict per key, for callers that want rows (never the renderers)."""
+        names = (*self.key_fields, "count")
+        columns = [self.keys[f] for f in self.key_fields]
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, self.counts, strict=True)]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A released answer with everything a client needs to use it honestly (rule 6).
+
+    Two parts: what this request got (charged, this client's windows and budgets, reused) and
+    `content`, what the answer says to anyone with the same options. A reused answer's content is
+    loaded from the ledger only when something reads it: a renderer serving cached bytes never does.
+    """
+
+    answer_id: str
+    spec: QuerySpec
+    charged: PrivacyLoss  # ε or ρ (by the dataset's accounting) in each window below; zero when reused
+    windows: list[WindowStatus]
+    confidence: float
+    reused: bool
+    released_at: str
+    accounting: str
+    #: the content, or what loads it (a reused answer read from the ledger on first use)
+    source: AnswerContent | Callable[[], AnswerContent] = field(repr=False, compare=False)
+    #: What identifies this answer's rendered bodies: the sharing group it was served in (a body
+    #: never crosses groups), the answer, the query and its options; None: never cached (derived).
+    body_key: tuple[Any, ...] | None = None
+
+    @functools.cached_property
+    def content(self) -> AnswerContent:
+        return self.source if isinstance(self.source, AnswerContent) else self.source()
+
     @property
     def budget_remaining(self) -> PrivacyLoss:
         """The least this client can still spend in any window this answer touched."""
         unit = accounting(self.accounting).loss_type
-        return unit(min((w.budget.remaining.nanos for w in self.windows), default=0))
+        return unit(min((w.remaining.nanos for w in self.windows), default=0))
+
+    # What the content says, read through the answer (the library's and the tests' view of it).
+    @property
+    def key_fields(self) -> tuple[str, ...]:
+        return self.content.key_fields
+
+    @property
+    def values(self) -> list[dict[str, Any]]:
+        """One dict per key (built on each call: renderers use `content.keys` and `content.counts`)."""
+        return self.content.rows()
+
+    @property
+    def loss_of_release(self) -> PrivacyLoss:
+        return self.content.loss_of_release
+
+    @property
+    def loss_from_max_error(self) -> bool:
+        return self.content.loss_from_max_error
+
+    @property
+    def privacy_unit(self) -> str:
+        return self.content.privacy_unit
+
+    @property
+    def mechanism(self) -> str:
+        return self.content.mechanism
+
+    @property
+    def noise_scale(self) -> float:
+        return self.content.noise_scale
+
+    @property
+    def sensitivity(self) -> float:
+        return self.content.sensitivity
+
+    @property
+    def error_bound_95(self) -> float:
+        return self.content.error_bound_95
+
+    @property
+    def postprocessing(self) -> list[str]:
+        return self.content.postprocessing
+
+    @property
+    def raw_values(self) -> list[int] | None:
+        return self.content.raw_values
+
+    @property
+    def totals(self) -> dict[str, Any] | None:
+        return self.content.totals
+
+    @property
+    def raw_totals(self) -> dict[str, Any] | None:
+        return self.content.raw_totals
+
+    @property
+    def derived_from(self) -> str | None:
+        return self.content.derived_from
+
+    @property
+    def value_error_bounds(self) -> list[float] | None:
+        return self.content.value_error_bounds
+
+    @property
+    def value_terms(self) -> list[int] | None:
+        return self.content.value_terms
+
+    @property
+    def count_unit(self) -> str:
+        return self.content.count_unit
+
+    @property
+    def uncovered_days(self) -> list[str] | None:
+        return self.content.uncovered_days
+
+    @property
+    def delta(self) -> float | None:
+        return self.content.delta
+
+    @property
+    def approx_epsilon(self) -> float | None:
+        return self.content.approx_epsilon
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,13 @@ def _zone_sums(answer: Answer) -> dict[str, tuple[int, int]]:
     """zone -> (sum of raw values over hours, number of noise terms in that sum)."""
     if answer.key_fields != ("zone", "hour"):
         raise InvalidInput("relative change needs presence answers keyed by zone and hour", field="kind")
-    raw = answer.raw_values if answer.raw_values is not None else [int(v["count"]) for v in answer.values]
-    terms = answer.value_terms or [1] * len(raw)
+    content = answer.content
+    raw = content.raw_values if content.raw_values is not None else content.counts
+    terms = content.value_terms or [1] * len(raw)
     out: dict[str, tuple[int, int]] = {}
-    for row, value, k in zip(answer.values, raw, terms, strict=True):
-        total, n = out.get(row["zone"], (0, 0))
-        out[row["zone"]] = (total + int(value), n + int(k))
+    for zone, value, k in zip(content.keys["zone"], raw, terms, strict=True):
+        total, n = out.get(zone, (0, 0))
+        out[zone] = (total + int(value), n + int(k))
     return out
 
 
@@ -142,10 +143,10 @@ def relative_change(ctx: ServiceContext, request: QueryRequest, baseline_start: 
     need = per_window_need(quotes)
     unit = type(quotes[0].loss)
     for status in quotes[0].windows + quotes[1].windows:
-        if need.get(status.window, 0) > status.budget.remaining.nanos:
+        if need.get(status.window, 0) > status.remaining.nanos:
             exc = BudgetExceeded(
                 f"the current and baseline answers need {unit.unit}={unit(need[status.window])} in window "
-                f"{status.window}, above the remaining {status.budget.remaining}; ask for less",
+                f"{status.window}, above the remaining {status.remaining}; ask for less",
                 field=unit.unit, details={"window": status.window},
             )
             ctx.audit_failure("query.relative_change", exc, client, request.spec.dataset,

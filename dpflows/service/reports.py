@@ -2,7 +2,7 @@
 
 Ingestion released the report (noisy) at its ε in every window. Before anything of that
 ingestion is served, that ε (on a zCDP dataset, the ρ OpenDP converts the release to) is
-charged against the dataset's global cap through `commit_release`, by the reserved principal
+charged against the global cap of the dataset's population through `commit_release`, by the reserved principal
 SYSTEM_CLIENT, keyed by the ingestion's digest: one charge per ingestion, whichever worker or
 host comes first. Until it succeeds (no global cap yet, or too little left) the dataset serves
 nothing: no answer, no report.
@@ -20,7 +20,7 @@ from dpflows.cells import CELL_ZONING
 from dpflows.contribution_report import ReportCharge, report_document
 from dpflows.errors import BudgetExceeded, Conflict, DpflowsError, NotFound
 from dpflows.ledger import AuditEntry, Client, DatasetGrid, ReleaseRequest
-from dpflows.service.context import ServiceContext, dataset_grid
+from dpflows.service.context import ServiceContext
 
 #: The reserved principal that pays for bounding reports (no key, no allowance of its own).
 SYSTEM_CLIENT = "system:ingest"
@@ -33,14 +33,16 @@ def charge_bounding_report(ctx: ServiceContext, data: Dataset) -> None:
         if charge.query_key in ctx.reports_paid:
             continue
         if ctx.ledger.find_answer(data.metadata.name, charge.query_key) is None:
-            _commit_report_charge(ctx, data.metadata.name, charge,
-                                  accounting(data.metadata.accounting).report_loss(charge), dataset_grid(data))
+            loss = accounting(data.metadata.accounting).report_loss(charge)
+            _commit_report_charge(ctx, data.metadata.name, charge, loss, ctx.grid(data),
+                                  ctx.population_loss(data, loss))
         ctx.reports_paid.add(charge.query_key)
 
 
 def _commit_report_charge(ctx: ServiceContext, dataset: str, charge: ReportCharge, loss: PrivacyLoss,
-                          grid: DatasetGrid) -> None:
-    """`loss`: the report's ε, or on a zCDP dataset the ρ OpenDP converts that release to."""
+                          grid: DatasetGrid, population_loss: PrivacyLoss) -> None:
+    """`loss`: the report's ε, or on a zCDP dataset the ρ OpenDP converts that release to; `population_loss`
+    the same in the population's measure."""
     system = system_client(ctx)
     # No allowance of its own: the global cap, shared with every client, is its only limit.
     ctx.ledger.set_cap(dataset, type(loss)(MAX_EPSILON_NANOS), client_id=system.id, window=None, grid=grid)
@@ -51,6 +53,7 @@ def _commit_report_charge(ctx: ServiceContext, dataset: str, charge: ReportCharg
         ctx.ledger.commit_release(ReleaseRequest(
             client_id=system.id, dataset=dataset, query_key=charge.query_key,
             windows=tuple(range(charge.windows)), loss=loss, answer_id=answer_id, grid=grid,
+            population_loss=population_loss,
             payload={"query": query, "loss_nanos": loss.nanos, "unit": loss.unit},
             audit=AuditEntry(action=REPORT_ACTION, outcome="released", client_id=system.id, dataset=dataset,
                              query=query, loss=loss, answer_id=answer_id),

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api import create_app
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, PrivacyLoss
 from dpflows.service import Service
 
 
@@ -27,14 +27,15 @@ class Keys:
         return {"Authorization": f"Bearer {getattr(self, role)}"}
 
 
-def seed_clients(service: Service, dataset: str = "small") -> Keys:
-    """An admin, a planner (cap 1.0) and an analyst (cap 0.5); global cap 3.0 per window."""
+def seed_clients(service: Service, dataset: str = "small", global_cap: PrivacyLoss | None = None) -> Keys:
+    """An admin, a planner (cap 1.0) and an analyst (cap 0.5); global cap 3.0 per window (`global_cap`: another,
+    such as a ρ where the dataset's population is accounted in ρ)."""
     _, admin = service.create_client("admin", "admin")
     planner, pkey = service.create_client("planner", "planner")
     analyst, akey = service.create_client("analyst", "analyst")
     service.set_cap(dataset, Epsilon.parse("1"), client_id=planner.id, window=None)
     service.set_cap(dataset, Epsilon.parse("0.5"), client_id=analyst.id, window=None)
-    service.set_cap(dataset, Epsilon.parse("3"), client_id=None, window=None)
+    service.set_cap(dataset, global_cap or Epsilon.parse("3"), client_id=None, window=None)
     return Keys(admin, pkey, akey, planner.id, analyst.id)
 
 

@@ -156,8 +156,10 @@ def test_at_most_the_best_of_each_zoning_and_limit_in_all(funded: tuple[Ledger, 
     assert [s.scale for s in two_each] == [503.0, 603.0, 701.0, 702.0]
 
 
-def test_zcdp_shapes_carry_rho(funded: tuple[Ledger, int]) -> None:
-    ledger, cid = funded
+def test_zcdp_shapes_carry_rho(any_ledger: Ledger) -> None:
+    ledger, cid = any_ledger, any_ledger.create_client("alice", "planner").id
+    ledger.set_cap(DS, Rho.parse("10"), client_id=cid, window=None)
+    ledger.set_cap(DS, Rho.parse("10"), client_id=None, window=None)  # the population's measure: rho
     body = payload(loss="rho_nanos", nanos=2_000_000, mechanism="discrete_gaussian", scale=12.5)
     ledger.commit_release(release(cid, body, Rho.parse("0.002")))
     [shape] = ledger.find_answer_shapes(DS, where(unit="rho", max_loss_nanos=2_000_000))
@@ -191,7 +193,7 @@ def test_sqlite_migration_indexes_answers_stored_before(tmp_path: Path, capsys: 
     assert main(["migrate", "--ledger-url", f"sqlite:///{path}"]) == 0
     assert main(["migrate", "--ledger-url", f"sqlite:///{path}"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "dpflows: sqlite ledger schema is up to date (2 migration step(s) applied now)",
+        "dpflows: sqlite ledger schema is up to date (3 migration step(s) applied now)",
         "dpflows: sqlite ledger schema is up to date (0 migration step(s) applied now)",
     ]
     ledger = SqliteLedger(path)
@@ -211,7 +213,7 @@ def test_postgres_migration_indexes_answers_stored_before(postgres_ledger_factor
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # the schema as of version 2
         conn.execute("DROP TABLE answer_shapes")
         conn.execute("DELETE FROM dpflows_schema WHERE version >= 3")
-    assert ledger.migrate() == 2  # 3 (the index) and 4 (sharing groups, issue 17)
+    assert ledger.migrate() == 3  # 3 (the index), 4 (sharing groups) and 5 (populations, issue 17)
     assert ledger.migrate() == 0
     group = f"client:{ledger.client_by_name('old').id}"
     found = ledger.find_answer_shapes(DS, where(per_zoning=1000, limit=1000, group=group))
@@ -255,7 +257,7 @@ def test_sqlite_migration_moves_answers_into_their_clients_groups(tmp_path: Path
     conn.executescript("UPDATE answer_shapes SET share_group = ''; PRAGMA user_version = 1;")
     conn.close()
     ledger = SqliteLedger(path)
-    assert ledger.migration_steps_applied == 1
+    assert ledger.migration_steps_applied == 2  # 2 (sharing groups) and 3 (populations)
     _check_rekeyed(ledger, stored)
     ledger.close()
 
@@ -271,6 +273,6 @@ def test_postgres_migration_moves_answers_into_their_clients_groups(postgres_led
         conn.execute("DROP TABLE client_groups, group_caps, group_spend")
         conn.execute("ALTER TABLE answer_shapes DROP COLUMN share_group")
         conn.execute("DELETE FROM dpflows_schema WHERE version >= 4")
-    assert ledger.migrate() == 1
+    assert ledger.migrate() == 2  # 4 (sharing groups) and 5 (populations)
     assert ledger.migrate() == 0
     _check_rekeyed(ledger, stored)

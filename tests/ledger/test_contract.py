@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from dpflows.budget import Epsilon
+from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import BudgetExceeded, Conflict, InvalidInput, NotFound
-from dpflows.ledger import AuditEntry, Ledger, ReleaseRequest
+from dpflows.ledger import AuditEntry, DatasetGrid, Ledger, ReleaseRequest
 from dpflows.ledger.base import GENESIS_HASH
 
 DS = "city"
@@ -327,4 +327,176 @@ def test_concurrent_spenders_across_groups_never_exceed_allocations(durable_ledg
         assert setup.total_charged(DS, w) == eps("1")
         assert setup.total_charged(DS, w, ids["a1"]) + setup.total_charged(DS, w, ids["a2"]) == eps("0.4")
         assert setup.window_budgets(DS, ids["a1"], [w])[0].group_spent == eps("0.4")
+    setup.close()
+
+
+# -- populations (issue 17): caps, allocations and a horizon cap per population, charges converted ----------
+
+
+def _grid(dataset: str, first_day: str = "2024-03-04", measure: str = "epsilon", population: str = "people",
+          population_measure: str | None = None, window_days: int = 7) -> DatasetGrid:
+    return DatasetGrid(dataset, first_day, window_days, measure, population, population_measure)
+
+
+def _spend(ledger: Ledger, client_id: int, dataset: str, loss: PrivacyLoss, windows: tuple[int, ...] = (0,),
+           charge: PrivacyLoss | None = None, grid: DatasetGrid | None = None) -> ReleaseRequest:
+    answer_id = uuid.uuid4().hex
+    request = ReleaseRequest(
+        client_id=client_id, dataset=dataset, query_key=uuid.uuid4().hex, windows=windows, loss=loss,
+        answer_id=answer_id, payload={"values": [1]}, grid=grid, population_loss=charge,
+        audit=AuditEntry(action="query.flows", outcome="released", client_id=client_id, dataset=dataset, loss=loss,
+                         answer_id=answer_id))
+    ledger.commit_release(request)
+    return request
+
+
+def _two_datasets(ledger: Ledger, population_cap: str = "1") -> int:
+    """'a' (from 03-04) and 'b' (from 03-11: its window 0 is the population's window 1), one population;
+    a client capped at 1 on each; the population's global cap `population_cap` in every window."""
+    client = ledger.create_client("p", "planner")
+    ledger.set_cap("a", eps("1"), client_id=client.id, window=None, grid=_grid("a"))
+    ledger.set_cap("b", eps("1"), client_id=client.id, window=None, grid=_grid("b", "2024-03-11"))
+    ledger.set_cap(None, eps(population_cap), client_id=None, window=None, population="people")
+    return client.id
+
+
+def test_one_global_cap_binds_every_dataset_of_a_population(any_ledger: Ledger) -> None:
+    cid = _two_datasets(any_ledger)
+    assert any_ledger.population_of("b") == ("people", 1)
+    _spend(any_ledger, cid, "a", eps("0.7"), windows=(1,))  # population window 1
+    with pytest.raises(BudgetExceeded, match="global budget") as info:
+        _spend(any_ledger, cid, "b", eps("0.300000001"), windows=(0,))  # population window 1 as well
+    assert info.value.details == {"window": 0} and "0.7" not in info.value.message
+    _spend(any_ledger, cid, "b", eps("0.3"), windows=(0,))  # exactly the population's cap
+    _spend(any_ledger, cid, "b", eps("1"), windows=(1,))  # population window 2: untouched
+    assert any_ledger.population_spent("people", 1) == eps("1")
+    assert [any_ledger.total_charged("b", w) for w in (0, 1)] == [eps("0.3"), eps("1")]
+    [budget] = any_ledger.window_budgets("b", cid, [0])
+    assert (budget.population, budget.population_window, budget.remaining) == ("people", 1, eps("0.7"))
+
+
+def test_the_global_cap_set_through_a_dataset_is_its_populations(any_ledger: Ledger) -> None:
+    cid = _two_datasets(any_ledger, population_cap="5")
+    any_ledger.set_cap("b", eps("0.5"), client_id=None, window=0)  # b's window 0 = the population's window 1
+    assert any_ledger.population_caps("people") == [(None, eps("5")), (1, eps("0.5"))]
+    with pytest.raises(BudgetExceeded, match="global budget"):
+        _spend(any_ledger, cid, "a", eps("0.6"), windows=(1,))
+    _spend(any_ledger, cid, "a", eps("0.6"), windows=(0,))
+    with pytest.raises(InvalidInput, match="send the cap as epsilon"):
+        any_ledger.set_cap(None, Rho.parse("1"), client_id=None, window=None, population="people")
+
+
+def test_a_dataset_off_its_populations_grid_is_refused_with_the_fix(any_ledger: Ledger) -> None:
+    _two_datasets(any_ledger)
+    for grid, why in ((_grid("c", "2024-03-06"), "--first-day 2024-03-11"),
+                      (_grid("c", "2024-03-04", window_days=14), "--window-days 7"),
+                      (_grid("c", "2024-02-26"), "--first-day 2024-03-04")):
+        with pytest.raises(Conflict, match=why) as info:
+            any_ledger.register_dataset(grid)
+        assert "--population" in info.value.message
+    assert any_ledger.dataset_grid("c") is None
+    # a dataset keeps its population for life, like its grid and measure (issue 12)
+    with pytest.raises(Conflict, match="--population people"):
+        any_ledger.register_dataset(_grid("a", population="others"))
+    assert any_ledger.register_dataset(_grid("c", "2024-03-25")) == _grid("c", "2024-03-25")
+    assert any_ledger.population_of("c") == ("people", 3)
+
+
+def test_a_converted_charge_is_checked_in_the_populations_measure(any_ledger: Ledger) -> None:
+    """A pure-DP dataset in a zCDP population: the client cap takes ε, the population its ρ."""
+    client = any_ledger.create_client("p", "planner")
+    pure, zcdp = _grid("pure", population_measure="rho"), _grid("zcdp", measure="rho", population_measure="rho")
+    any_ledger.set_cap("pure", eps("2"), client_id=client.id, window=None, grid=pure)
+    any_ledger.set_cap("zcdp", Rho.parse("1"), client_id=client.id, window=None, grid=zcdp)
+    any_ledger.set_cap(None, Rho.parse("0.5"), client_id=None, window=None, population="people")
+    assert any_ledger.population("people").measure == "rho"
+    _spend(any_ledger, client.id, "pure", eps("0.5"), charge=Rho.parse("0.125"))
+    _spend(any_ledger, client.id, "zcdp", Rho.parse("0.375"))
+    assert any_ledger.population_spent("people", 0) == Rho.parse("0.5")
+    assert any_ledger.total_charged("pure", 0) == eps("0.5")
+    with pytest.raises(BudgetExceeded, match=r"epsilon=0.1 \(rho=0.005 in its population's measure\)"):
+        _spend(any_ledger, client.id, "pure", eps("0.1"), charge=Rho.parse("0.005"))
+    with pytest.raises(Conflict, match="came in epsilon"):  # an unconverted charge never reaches the population
+        _spend(any_ledger, client.id, "pure", eps("0.1"), windows=(1,))
+    with pytest.raises(Conflict, match="budgets in rho, not epsilon"):
+        any_ledger.register_dataset(_grid("other", population_measure="epsilon"))
+    assert any_ledger.population_spent("people", 1) == Rho.zero()
+
+
+def test_allocations_of_a_population_never_sum_above_its_global_cap(any_ledger: Ledger) -> None:
+    cid = _two_datasets(any_ledger)
+    any_ledger.set_group(cid, "A")
+    any_ledger.set_cap(None, eps("0.6"), client_id=None, window=None, population="people", group="A")
+    with pytest.raises(InvalidInput, match=r"population 'people' would sum to 1\.000000001"):
+        any_ledger.set_cap("b", eps("0.400000001"), client_id=None, window=None, group="B")
+    any_ledger.set_cap("b", eps("0.4"), client_id=None, window=None, group="B")  # through a dataset: the same
+    assert [(a.group, a.cap) for a in any_ledger.list_allocations(population="people")] == [
+        ("A", eps("0.6")), ("B", eps("0.4"))]
+    assert any_ledger.list_allocations("a") == any_ledger.list_allocations(population="people")
+    # A's allocation is spent across both datasets of the population
+    _spend(any_ledger, cid, "a", eps("0.5"), windows=(1,))
+    [budget] = any_ledger.window_budgets("b", cid, [0])
+    assert (budget.group_cap, budget.group_spent, budget.remaining) == (eps("0.6"), eps("0.5"), eps("0.1"))
+    with pytest.raises(BudgetExceeded, match=r"allocation of 0\.1 of your group 'A'"):
+        _spend(any_ledger, cid, "b", eps("0.2"), windows=(0,))
+
+
+def test_the_horizon_cap_bounds_any_run_of_windows(any_ledger: Ledger) -> None:
+    """Horizon: at most 1 over any 3 consecutive population windows; each window's own cap is 0.6."""
+    cid = _two_datasets(any_ledger, population_cap="0.6")
+    any_ledger.set_cap("a", eps("5"), client_id=cid, window=None)
+    any_ledger.set_cap("b", eps("5"), client_id=cid, window=None)
+    assert any_ledger.set_horizon_cap("people", 3, eps("1")).horizon_cap == eps("1")
+    _spend(any_ledger, cid, "a", eps("0.5"), windows=(0,))
+    _spend(any_ledger, cid, "b", eps("0.5"), windows=(1,))  # population window 2: the run 0-2 holds 1
+    with pytest.raises(BudgetExceeded, match="horizon cap of population 'people'") as info:
+        _spend(any_ledger, cid, "a", eps("0.000000001"), windows=(1,))
+    assert "0.5" not in info.value.message and info.value.details == {}
+    with pytest.raises(BudgetExceeded, match="horizon"):  # window 3 is in the run 1-3 with window 2
+        _spend(any_ledger, cid, "a", eps("0.500000001"), windows=(3,))
+    _spend(any_ledger, cid, "a", eps("0.5"), windows=(3,))  # runs 1-3 and 2-4 hold exactly 1
+    with pytest.raises(BudgetExceeded, match="horizon"):  # population window 5: the run 3-5 would hold 1.1
+        _spend(any_ledger, cid, "b", eps("0.6"), windows=(4,))
+    _spend(any_ledger, cid, "b", eps("0.5"), windows=(4,))
+    with pytest.raises(BudgetExceeded, match="horizon"):  # a charge in two windows counts twice in a run
+        _spend(any_ledger, cid, "a", eps("0.3"), windows=(6, 7))  # the run 5-7 would hold 1.1
+    _spend(any_ledger, cid, "a", eps("0.25"), windows=(6, 7))  # run 5-7: 0.5 + 0.25 + 0.25 = 1
+    assert any_ledger.set_horizon_cap("people", None, None).horizon_windows is None
+    _spend(any_ledger, cid, "a", eps("0.1"), windows=(1,))  # no horizon cap: the window's own cap again
+
+
+def test_concurrent_spenders_across_datasets_of_a_population_never_exceed_its_caps(durable_ledger_factory) -> None:
+    """8 threads, each its own connection, on two datasets of one population: population window 1 is
+    window 1 of 'a' and window 0 of 'b'. Its global cap of 1 is granted exactly, and the horizon cap (1.5 over
+    any 2 windows) bounds windows 1 and 2 together, whatever dataset each thread spends on."""
+    setup = durable_ledger_factory()
+    cid = _two_datasets(setup)
+    setup.set_cap("a", eps("10"), client_id=cid, window=None)
+    setup.set_cap("b", eps("10"), client_id=cid, window=None)
+    setup.set_horizon_cap("people", 2, eps("1.5"))
+    granted: list[str] = []
+    lock = threading.Lock()
+
+    def spend(dataset: str, window: int) -> None:
+        ledger = durable_ledger_factory()
+        try:
+            for _ in range(15):
+                try:
+                    _spend(ledger, cid, dataset, eps("0.05"), windows=(window,))
+                except BudgetExceeded:
+                    continue
+                with lock:
+                    granted.append(dataset)
+        finally:
+            ledger.close()
+
+    threads = [threading.Thread(target=spend, args=args) for args in (("a", 1), ("b", 0), ("a", 2), ("b", 1)) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(granted) == 30  # 1.5 / 0.05, exactly: the horizon cap over population windows 1 and 2
+    spent = [setup.population_spent("people", w) for w in (1, 2)]
+    assert spent[0] + spent[1] == eps("1.5") and all(s <= eps("1") for s in spent)
+    assert setup.total_charged("a", 1) + setup.total_charged("b", 0) == spent[0]
     setup.close()

@@ -52,10 +52,10 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def keys(app: Flask) -> Keys:
     service = app.extensions["dpflows"].service
-    keys = seed_clients(service, "demo")
+    # demo and demo-zcdp share the data root's default population, whose one global cap is in ρ (issue 17)
+    keys = seed_clients(service, "demo", global_cap=Rho.parse("3"))
     service.set_cap("demo-zcdp", Rho.parse("0.02"), client_id=keys.planner_id, window=None)
     service.set_cap("demo-zcdp", Rho.parse("0.03125"), client_id=keys.analyst_id, window=None)  # = per-query cap
-    service.set_cap("demo-zcdp", Rho.parse("0.1"), client_id=None, window=None)
     return keys
 
 

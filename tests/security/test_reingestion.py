@@ -153,6 +153,30 @@ def test_a_pure_dp_cap_never_becomes_a_rho_cap(raw: Path, tmp_path: Path,
         fresh.set_cap("city", Rho.parse("1"), client_id=None, window=None)
 
 
+def test_a_dataset_keeps_its_population_for_life(raw: Path, tmp_path: Path,
+                                                ledger_factory: Callable[[], Ledger]) -> None:
+    """Issue 17: a dataset moved to another population would spend a person-week again on fresh caps."""
+    root = tmp_path / "data"
+    ingest(raw, root)  # no --population: the data root's default
+    assert load_dataset(root / "datasets" / "city").metadata.population is None
+    service, planner = seeded(root, ledger_factory())
+    service.answer(flows(MON, WEEK2), planner)  # window 0 spent to the population's global cap
+    with pytest.raises(InvalidData, match=r"keeps its population for life.*use no --population"):
+        ingest(raw, root, population="elsewhere")
+    shutil.rmtree(root / "datasets" / "city")
+    ingest(raw, root, population="elsewhere")
+    assert load_dataset(root / "datasets" / "city").metadata.population == "elsewhere"
+    fresh = Service(AggregateStore(root), ledger_factory())
+    with pytest.raises(Conflict, match=r"recorded in population 'default'.*--population default"):
+        fresh.answer(flows(MON, WEEK2, "0.5"), planner)
+    # a second dataset of the same people, ingested without --population, shares the spent week
+    ingest(raw, root, name="city2")
+    fresh.set_cap("city2", Epsilon.parse("1"), client_id=planner.id, window=None)
+    with pytest.raises(BudgetExceeded, match="global budget"):
+        fresh.answer(flows(MON, WEEK2, "0.5", dataset="city2"), planner)
+    assert fresh.ledger.total_charged("city2", 0) == Epsilon.zero()
+
+
 def test_the_ledger_refuses_a_cap_in_another_measure(ledger_factory: Callable[[], Ledger]) -> None:
     from dpflows.ledger import DatasetGrid
 

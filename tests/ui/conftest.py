@@ -39,8 +39,8 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """gunicorn (2 workers) over dataset 'small' (planner and analyst at cap ε 1.0 per window, global 3.0)
-    and 'smallz', accounted in zCDP (planner cap ρ 0.05, global 0.5)."""
+    """gunicorn (2 workers) over dataset 'small' (planner and analyst at cap ε 1.0 per window), 'smallz',
+    accounted in zCDP (planner cap ρ 0.05), and 'smallp' (planner ε 2); one population, global cap ρ 5."""
     root = tmp_path_factory.mktemp("live")
     build_small_dataset(root)
     build_small_dataset(root, "smallz", accounting="zcdp")
@@ -53,11 +53,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     _admin, admin_key = service.create_client("admin-ui", "admin")
     for client in (planner, analyst):
         service.set_cap("small", Epsilon.parse("1"), client_id=client.id, window=None)
-    service.set_cap("small", Epsilon.parse("3"), client_id=None, window=None)
     service.set_cap("smallz", Rho.parse("0.05"), client_id=planner.id, window=None)
-    service.set_cap("smallz", Rho.parse("0.5"), client_id=None, window=None)
     service.set_cap("smallp", Epsilon.parse("2"), client_id=planner.id, window=None)
-    service.set_cap("smallp", Epsilon.parse("3"), client_id=None, window=None)
+    # the three share the data root's default population, in ρ (smallz is zCDP): one global cap (issue 17)
+    service.set_cap("small", Rho.parse("5"), client_id=None, window=None)
     ledger.close()
     with GunicornServer(root, f"sqlite:///{ledger_path}", workers=2) as server:
         yield LiveServer(server.url, planner_key, analyst_key, admin_key, root, ledger_path)
