@@ -127,16 +127,18 @@ def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: P
         progress.phase(f"splitting events by person into {buckets} buckets")
 
         def bucket_file(args: FileProviderArgs) -> Path:
-            return root / f"bucket-{args.partition_keys['_bucket'][0]}-{args.index_in_partition}.parquet"
+            return root / f"bucket-{args.partition_keys['_bucket'][0]}-{args.index_in_partition}.arrow"
 
-        # One streaming pass: (person, timestamp, cell) -> B files, each person in exactly one
-        events.with_columns((pl.col("person").hash(seed ^ _BUCKET_SEED_MASK) % buckets).alias("_bucket")).sink_parquet(
+        # One streaming pass: (person, timestamp, cell) -> B files, each person in exactly one. Arrow
+        # IPC, uncompressed: about 19 bytes per event on disk, written and read back at memory speed
+        # (lz4 Parquet took half the disk but twice the CPU of the whole split)
+        events.with_columns((pl.col("person").hash(seed ^ _BUCKET_SEED_MASK) % buckets).alias("_bucket")).sink_ipc(
             pl.PartitionBy(root, key="_bucket", include_key=False, file_path_provider=bucket_file),
-            compression="lz4", maintain_order=False, engine="streaming")
-        files = [sorted(root.glob(f"bucket-{k}-*.parquet")) for k in range(buckets)]
+            compression="uncompressed", maintain_order=False, engine="streaming")
+        files = [sorted(root.glob(f"bucket-{k}-*.arrow")) for k in range(buckets)]
         (root / "counts").mkdir()
         # a bucket no person hashed to has no file (no rows: none at all)
-        yield _Buckets([pl.scan_parquet(f) for f in files if f], root / "counts")
+        yield _Buckets([pl.scan_ipc(f) for f in files if f], root / "counts")
 
 
 def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str | Path, options: IngestOptions, *,

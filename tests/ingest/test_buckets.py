@@ -188,7 +188,7 @@ def test_temporary_buckets_exist_during_ingestion_and_are_removed_after(city, tm
     def watching(*args, **kwargs):
         [work] = leftovers(data)
         assert (work.stat().st_mode & 0o777) == 0o700  # pseudonyms: this user only
-        seen.append(sorted(p.name for p in work.glob("bucket-*.parquet")))
+        seen.append(sorted(p.name for p in work.glob("bucket-*.arrow")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "_bucket_counts", watching)
