@@ -227,12 +227,12 @@ def _sum_counts(parts: list[pl.LazyFrame], keys: list[str]) -> pl.LazyFrame:
 
 
 def _table(parts: list[pl.LazyFrame], keys: list[str], cells: list[str], ids: pl.Series,
-           meta: DatasetMetadata) -> pl.DataFrame:
+           meta: DatasetMetadata) -> pl.LazyFrame:
     """One measure's counts: summed over buckets (disjoint persons), sorted by key, cell indexes → cell ids.
 
     Cell indexes follow the catalog's sorted ids, so index order is id order. The keys are packed
     into one integer for the sum and the sort where they fit. One chunk makes the Parquet file's
-    row groups, hence its bytes, depend on its content only.
+    row groups, hence its bytes, depend on its content only (not on how the sum was chunked).
     """
     radix = _radix(keys, meta, len(ids))
     if len(parts) == 1:  # one bucket: one row per key already
@@ -244,7 +244,8 @@ def _table(parts: list[pl.LazyFrame], keys: list[str], cells: list[str], ids: pl
         summed = (pl.concat(parts).group_by(_packed(keys, radix, meta).alias("_key")).agg(pl.col("count").sum())
                   .collect(engine="streaming").sort("_key"))
         counts = summed.select(*_unpacked(keys, radix, meta), "count")
-    return counts.with_columns(ids.gather(counts[cell]).alias(cell) for cell in cells).rechunk()
+    # cell ids gathered lazily: the writer's streaming sink makes the strings a morsel at a time
+    return counts.rechunk().lazy().with_columns(pl.lit(ids).gather(pl.col(cell)).alias(cell) for cell in cells)
 
 
 def _radix(keys: list[str], meta: DatasetMetadata, n_cells: int) -> list[int]:
