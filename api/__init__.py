@@ -84,6 +84,9 @@ class DpflowsExtension:
         # After fork: gunicorn builds the app in each worker (preload_app = False), so each worker
         # pre-draws its own noise (dpflows/noise_pool.py); 0 turns the pool off.
         ext.service.start_noise_pool(settings.noise_pool_values)
+        # Also after fork: map every dataset's windows in the background (shared pages, see
+        # dpflows.aggregates); requests never wait for it, a window a request needs first is mapped then.
+        store.warm_in_background()
         app.extensions["dpflows"] = ext
         return ext
 

@@ -69,6 +69,11 @@ class DatasetSchema(ma.Schema):
     missing_days = fields.List(fields.Date(), metadata={"description": "days inside [first_day, end_day) the "
                                                                        "admin declared the dataset does not hold"})
     zonings = fields.List(fields.Nested(ZoningSummarySchema))
+    time_zone = fields.String(allow_none=True, metadata={
+        "description": "IANA time zone of the dataset's dates and hours (local); null: not declared (hours as the "
+                       "operator's timestamps gave them)"})
+    retired_windows = fields.List(fields.Integer(), metadata={
+        "description": "windows whose counts were deleted by the operator; queries touching them are refused"})
 
 
 class TypicalQuerySchema(ma.Schema):

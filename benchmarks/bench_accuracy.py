@@ -86,7 +86,7 @@ def main() -> None:
                                               window_days=args.window_days, report_epsilon=0))
             data = load_dataset(out)
             truth[bound] = prepare(spec, data).true_counts.astype(np.float64)
-            kept_all[bound] = float(data.trips.count.sum())
+            kept_all[bound] = float(data.frame("trips")["count"].sum())
         unbounded = truth.pop(UNBOUNDED)
         all_trips = kept_all.pop(UNBOUNDED)
         keys = unbounded.size

@@ -43,7 +43,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dpflows.aggregates import version_dir  # noqa: E402
+from dpflows.aggregates import read_interchange  # noqa: E402
 
 
 def _city(workdir: Path, persons: int, days: int):
@@ -62,12 +62,12 @@ def _city(workdir: Path, persons: int, days: int):
 
 
 def _totals(out: Path) -> tuple[int, int]:
-    return (int(pl.read_parquet(version_dir(out) / "trips.parquet")["count"].sum()),
-            int(pl.read_parquet(version_dir(out) / "presence.parquet")["count"].sum()))
+    return (int(read_interchange(out, "trips").collect()["count"].sum()),
+            int(read_interchange(out, "presence").collect()["count"].sum()))
 
 
 def _same_output(a: Path, b: Path) -> bool:
-    return all(pl.read_parquet(version_dir(a) / f).equals(pl.read_parquet(version_dir(b) / f)) for f in ("trips.parquet", "presence.parquet"))
+    return all(read_interchange(a, f).collect().equals(read_interchange(b, f).collect()) for f in ("trips", "presence"))
 
 
 def _polars_child(events: str, cells: str, out: str, buckets: str) -> None:

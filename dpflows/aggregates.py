@@ -1,29 +1,38 @@
-"""The aggregate store: bounded counts as Parquet plus a metadata file, loaded once per process.
+"""The aggregate store: bounded counts in window files every worker maps, plus a metadata file.
 
 This is the contract between ingestion (which writes) and the query path (which reads). Raw
 events never reach this module. A dataset directory ``<root>/datasets/<name>/`` holds::
 
     CURRENT            the name of the version being served; replaced atomically (os.replace)
-    versions/V/        one immutable ingestion, written whole before CURRENT names it:
-      metadata.json      format_version, name, first_day, end_day (exclusive, both declared by
+    versions/V/        one version, written whole before CURRENT names it, never changed after:
+      metadata.json      format_version (2), name, first_day, end_day (exclusive, both declared by
                          the admin, never measured from events), window_days, bounds
                          {"trips": L_trips, "presence": L_presence}, trip_rule, presence_rule,
-                         accounting, files {file: sha256} (checked by the loader), optionally
-                         places (the home/work rule), bounding_report (noisy) and
+                         accounting, files {"cells.parquet": sha256}, windows {k: {"version":
+                         w-ID, "sha256": of its window.json}} (one entry per window of the span),
+                         optionally places (the home/work rule), bounding_report (noisy) and
                          earlier_reports (to be paid for)
       cells.parquet      cell_id: str, lat: f64, lon: f64          (public catalog)
-      trips.parquet      day: date, hour: i8, origin: str, dest: str, count: i64
-      presence.parquet   day: date, hour: i8, cell: str, count: i64
-      residents.parquet  window: i32, place: str ("home" | "work"), cell: str, count: i64   (with places)
-      commuting.parquet  window: i32, home: str, work: str, count: i64                     (with places)
+    windows/k/w-ID/    one version of window k, immutable, shared by every version naming it: its
+                       counts as Arrow IPC files mapped read-only by every worker, and the same
+                       counts as Parquet for other tools (dpflows.window_files)
     zonings/NAME.json  public zonings of this dataset's cells (see cells.py), shared by versions
 
-A re-ingestion writes a new version and then swaps CURRENT, so a loader sees the old version or
-the new one, never the new counts under the old bounds; the file hashes in the metadata make a
-mixed read fail loudly instead. A dataset keeps its window grid (first day, window length) and
-its accounting for life: the ledger's spending is per window index, which only the same grid
-keeps meaning the same person-window (`check_same_grid`). Datasets written before versions
-(files directly in the dataset directory) are still read, without hashes.
+A re-ingestion writes new window versions and a new version, then swaps CURRENT, so a query
+sees the old version or the new one, never the new counts under the old bounds; the hashes
+(cells and window.json in metadata.json, every file in window.json) make a mixed read fail
+loudly instead. A dataset keeps its window grid (first day, window length) and its accounting
+for life: the ledger's spending is per window index, which only the same grid keeps meaning
+the same person-window (`check_same_grid`).
+
+Serving memory: a version's metadata, cells and zonings are read per process (small); a
+window's counts are mapped (and their hashes checked) the first time a query needs them, so
+the page cache holds one copy whatever the number of workers, startup reads no counts, and a
+query reads only the slots (day, hour) it asks for. Datasets written before window files
+(format 1: ``versions/V/{trips,presence,residents,commuting}.parquet``, or the same files
+directly in the dataset directory without hashes) are still served as they always were, read
+whole into each process's memory (dpflows.legacy_aggregates); the service never converts them
+(it never writes aggregates): `dpflows admin upgrade-dataset NAME` does, offline.
 
 Counts are *after* per person-window bounding; the bounds are the ℓ1 sensitivities the
 noise is calibrated to. No source row counts are stored: they would be exact counts.
@@ -35,19 +44,18 @@ window has ℓ1 sensitivity min(L_presence, S), see dpflows.slots) or ``cells_pe
 L_presence). Residents and commuting count at most one home and one work cell per
 person-window (`PlaceRule`), so each person adds at most 1 per window to residents of one
 place and 1 to commuting: sensitivity 1. Datasets written before them have no `places` and no
-such files; `Dataset.residents` and `Dataset.commuting` are then None.
+such files.
 
-Datasets live under ``<root>/datasets/<name>/``. The root is a local path here; any path
-Polars reads (an object-store URL with fsspec credentials) works for the Parquet files, see
-the README's deployment section.
+Datasets live under ``<root>/datasets/<name>/`` on a local or shared (NFS) filesystem: the
+window files are memory-mapped.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +65,10 @@ import polars as pl
 from dpflows.aggregate_versions import (
     CURRENT_FILE,
     VERSIONS_DIR,
-    _file_digest,
+    WINDOWS_DIR,
     _version,
     check_same_grid,
+    read_interchange,
     report_charges,
     version_dir,
     write_aggregates,
@@ -89,71 +98,61 @@ from dpflows.dataset_metadata import (
     DatasetMetadata,
     PlaceRule,
 )
-from dpflows.errors import DataUnavailable, InvalidData, NotFound
+from dpflows.errors import DataUnavailable, DpflowsError, InvalidData, NotFound
+from dpflows.legacy_aggregates import read_legacy_windows, read_parquet
+from dpflows.window_files import HOURS, SLOT_COLUMNS, WindowData, open_window
 
 __all__ = [  # the metadata and the writer are re-exported: this module is the store's one front door
     "AGGREGATE_FILES", "CELLS_PER_PERSON_HOUR", "CELLS_SCHEMA", "COMMUTING_SCHEMA", "CURRENT_FILE", "DEFAULT_DELTA",
-    "FORMAT_VERSION", "MEASURES", "NO_PRESENCE", "ONE_PLACE_PER_PERSON_HOUR", "PERSON_WINDOW", "PLACES",
-    "PLACE_FILES", "PLACE_MEASURES", "PRESENCE_RULES", "PRESENCE_SCHEMA", "RESIDENTS_SCHEMA", "TRIP", "TRIPS_SCHEMA",
-    "UNITS", "VERSIONS_DIR", "AggregateStore", "CommutingArrays", "Dataset", "DatasetMetadata", "MeasureArrays",
-    "PlaceRule", "ResidentArrays", "check_same_grid", "load_dataset", "report_charges", "version_dir",
-    "write_aggregates",
+    "FORMAT_VERSION", "MAPPED", "MEASURES", "NO_PRESENCE", "ONE_PLACE_PER_PERSON_HOUR", "PARQUET_IN_MEMORY",
+    "PERSON_WINDOW", "PLACES", "PLACE_FILES", "PLACE_MEASURES", "PRESENCE_RULES", "PRESENCE_SCHEMA",
+    "RESIDENTS_SCHEMA", "TRIP", "TRIPS_SCHEMA", "UNITS", "VERSIONS_DIR", "AggregateStore", "Dataset",
+    "DatasetMetadata", "PlaceRule", "WindowData", "check_same_grid", "load_dataset", "read_interchange",
+    "report_charges", "version_dir", "write_aggregates",
 ]
 
-
-@dataclass(frozen=True)
-class MeasureArrays:
-    """One measure's aggregates as parallel arrays: dense, ready for masking and bincount."""
-
-    day: np.ndarray  # int32 days since first_day
-    hour: np.ndarray  # int8 0..23
-    weekday: np.ndarray  # int8 0=Monday
-    origin: np.ndarray  # int64 cell index (for presence: the cell)
-    dest: np.ndarray | None  # int64 cell index (trips only)
-    count: np.ndarray  # int64
+#: How a dataset's counts are held: window files mapped read-only (shared by workers), or Parquet
+#: of a format-1 dataset decoded into this process's memory.
+log = logging.getLogger("dpflows.aggregates")
+MAPPED = "mapped"
+PARQUET_IN_MEMORY = "parquet-in-memory"
 
 
 @dataclass(frozen=True)
-class ResidentArrays:
-    """Residents as parallel arrays: persons whose home (or work) cell of a window is `cell`."""
+class WindowRef:
+    """Where one window version lives, the sha256 of its window.json, and the version its answers are stored
+    under (its own name, or the format-1 digest it was converted from by upgrade-dataset)."""
 
-    window: np.ndarray  # int32 window index
-    place: np.ndarray  # int8 index into PLACES: 0 home, 1 work
-    cell: np.ndarray  # int64 cell index
-    count: np.ndarray  # int64, each person-window at most 1 per place
-
-
-@dataclass(frozen=True)
-class CommutingArrays:
-    """Home cell → work cell per window as parallel arrays; each person-window counts at most once."""
-
-    window: np.ndarray  # int32 window index
-    home: np.ndarray  # int64 cell index
-    work: np.ndarray  # int64 cell index
-    count: np.ndarray  # int64
+    path: Path
+    digest: str
+    reuse: str
 
 
 @dataclass
 class Dataset:
-    """A loaded dataset: metadata, public geography and bounded counts."""
+    """A served version of a dataset: metadata, public geography, and its windows' counts (mapped on first use)."""
 
     path: Path
     metadata: DatasetMetadata
     catalog: CellCatalog
-    trips: MeasureArrays
-    presence: MeasureArrays
     zonings: dict[str, Zoning]
-    #: digest of metadata.json: changes with every ingestion, part of every answer-reuse key
+    #: digest of metadata.json: changes with every ingestion and append (answers are keyed by `data_version`)
     version: str = ""
     #: the noisy bounding report of this ingestion, if it made one
     bounding_report: BoundingReport | None = None
     #: reports (this one's and earlier ones') to be charged before anything of it is served
     report_charges: tuple[ReportCharge, ...] = ()
-    #: the version directory the counts were read from (`path` itself for the old layout)
+    #: the version directory the metadata was read from (`path` itself for the oldest layout)
     version_path: Path | None = None
-    #: one home and one work cell per person-window, counted; None in datasets written before them
-    residents: ResidentArrays | None = None
-    commuting: CommutingArrays | None = None
+    layout: str = MAPPED
+    #: mapped layout: each window's version directory, mapped by `window()` when first needed
+    window_refs: dict[int, WindowRef] = field(default_factory=dict)
+    _windows: dict[int, WindowData] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _window_locks: dict[int, threading.Lock] = field(default_factory=dict, repr=False, compare=False)
+    cells_digest: str = ""
+    #: windows whose counts were deleted (dpflows.retirement): queries touching them are refused
+    retired: frozenset[int] = frozenset()
 
     def zoning(self, name: str) -> Zoning:
         """A zoning by name; one added by another worker or host is picked up from disk."""
@@ -169,121 +168,68 @@ class Dataset:
                 field="zoning",
             )
 
-    def measure(self, name: str) -> MeasureArrays:
-        return self.trips if name == "trips" else self.presence
-
     def add_zoning(self, zoning: Zoning) -> None:
         save_zoning(zoning, self.catalog, self.path / "zonings" / f"{zoning.name}.json")
         self.zonings[zoning.name] = zoning
 
+    def window(self, index: int) -> WindowData:
+        """Window `index`'s counts: mapped and checked against its hashes once per process and window version."""
+        loaded = self._windows.get(index)
+        if loaded is not None:
+            return loaded
+        ref = self.window_refs.get(index)
+        if ref is None:
+            raise DataUnavailable(f"window {index} of dataset {self.metadata.name!r} is not in its metadata.json; "
+                                  "re-run ingestion")
+        with self._lock:  # one lock per window: mapping one never waits for another
+            lock = self._window_locks.setdefault(index, threading.Lock())
+        with lock:
+            loaded = self._windows.get(index)
+            if loaded is None:
+                loaded = open_window(ref.path, ref.digest, window=index, dataset=self.metadata.name,
+                                     cells_digest=self.cells_digest, n_cells=len(self.catalog),
+                                     has_places=self.metadata.places is not None)
+                self._windows[index] = loaded
+        return loaded
 
-def _read_parquet(path: Path, schema: dict[str, Any], digest: str | None = None) -> pl.DataFrame:
-    """One aggregate file, checked against the digest its metadata recorded (when it has one)."""
-    dataset = _dataset_name_of(path)
-    if not path.exists():
-        raise DataUnavailable(f"aggregate file {path.name} is missing from dataset {dataset!r}; re-run ingestion")
-    raw = path.read_bytes()
-    if digest is not None and _file_digest(raw) != digest:
-        raise DataUnavailable(
-            f"aggregate file {path.name} of dataset {dataset!r} does not belong to its metadata.json (content "
-            "hash differs); re-run ingestion"
-        )
-    try:
-        frame = pl.read_parquet(io.BytesIO(raw))
-    except Exception as exc:  # polars raises several types for a corrupt file
-        raise DataUnavailable(
-            f"aggregate file {path.name} of dataset {dataset!r} cannot be read; re-run ingestion"
-        ) from exc
-    missing = [c for c in schema if c not in frame.columns]
-    if missing:
-        raise DataUnavailable(
-            f"aggregate file {path.name} of dataset {dataset!r} lacks columns {missing}; re-run ingestion"
-        )
-    try:
-        return frame.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
-    except Exception as exc:
-        raise DataUnavailable(
-            f"aggregate file {path.name} of dataset {dataset!r} has columns of the wrong type; re-run ingestion"
-        ) from exc
+    def data_version(self, windows: tuple[int, ...] | list[int]) -> str:
+        """The version of the counts an answer over `windows` was computed from: part of its reuse key.
 
+        Per window: an append leaves the served windows' versions (and so their stored answers and
+        budgets) as they were. A format-1 dataset has one version for all (as before windows)."""
+        if self.layout != MAPPED:
+            return self.version
+        return ",".join(dict.fromkeys(self.window_refs[w].reuse for w in windows))
 
-def _dataset_name_of(path: Path) -> str:
-    """The dataset a file belongs to, for messages: the folder above versions/ when versioned."""
-    parent = path.parent
-    return parent.parent.parent.name if parent.parent.name == VERSIONS_DIR else parent.name
+    def mapped_windows(self) -> dict[int, WindowData]:
+        """The windows this process holds now (mapped or in memory)."""
+        return dict(self._windows)
 
-
-def _cell_indexes(frame: pl.DataFrame, catalog: CellCatalog, cell_cols: list[str], name: str,
-                  meta: DatasetMetadata) -> list[np.ndarray]:
-    """Each cell column as int64 catalog indexes; a cell missing from the catalog fails the load."""
-    lookup = pl.DataFrame({"_cell": list(catalog.cell_ids), "_idx": np.arange(len(catalog), dtype=np.int64)})
-    indexed = []
-    for col in cell_cols:
-        joined = frame.select(pl.col(col).alias("_cell")).join(
-            lookup, on="_cell", how="left", maintain_order="left"
-        )
-        if joined["_idx"].null_count():
-            raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} names cells missing from cells.parquet")
-        indexed.append(joined["_idx"].to_numpy())
-    return indexed
-
-
-def _measure_arrays(
-    frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog, cell_cols: list[str]
-) -> MeasureArrays:
-    name = "trips" if len(cell_cols) == 2 else "presence"
-    frame = frame.filter(pl.col("count") != 0)
-    indexed = _cell_indexes(frame, catalog, cell_cols, name, meta)
-    since_first = frame.select((pl.col("day") - pl.lit(meta.first_day)).dt.total_days())["day"]
-    days = since_first.to_numpy().astype(np.int32)
-    span = (meta.end_day - meta.first_day).days
-    hours = frame["hour"].to_numpy().astype(np.int8)
-    counts = frame["count"].to_numpy().astype(np.int64)
-    if len(days) and (days.min() < 0 or days.max() >= span):
-        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has days outside the metadata's time span")
-    if len(hours) and (hours.min() < 0 or hours.max() > 23):
-        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has hours outside 0..23")
-    if len(counts) and counts.min() < 0:
-        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has negative counts")
-    weekday = ((days + meta.first_day.weekday()) % 7).astype(np.int8)
-    return MeasureArrays(
-        day=days, hour=hours, weekday=weekday,
-        origin=indexed[0], dest=indexed[1] if len(indexed) > 1 else None, count=counts,
-    )
+    def frame(self, measure: str) -> pl.DataFrame:
+        """Every window's counts of `measure` as one frame (window, day, hour or place, cell indexes, count):
+        for tools and tests; it reads every window."""
+        parts = []
+        for w in range(self.metadata.window_count):
+            if w in self.retired:
+                continue
+            data = self.window(w)
+            if measure in SLOT_COLUMNS:
+                table = data.slots(measure)
+                slot = np.repeat(np.arange(len(table.offsets) - 1), np.diff(table.offsets))
+                cols = {"window": np.full(table.rows, w, dtype=np.int32),
+                        "day": (slot // HOURS + (data.first_day - self.metadata.first_day).days).astype(np.int32),
+                        "hour": (slot % HOURS).astype(np.int8)}
+                parts.append(pl.DataFrame(cols | {c: np.asarray(v) for c, v in table.columns.items()}))
+            else:
+                place = data.places(measure)
+                n = len(place.columns["count"])
+                parts.append(pl.DataFrame({"window": np.full(n, w, dtype=np.int32)}
+                                          | {c: np.asarray(v) for c, v in place.columns.items()}))
+        return pl.concat(parts, how="vertical_relaxed")
 
 
-def _window_counts(frame: pl.DataFrame, meta: DatasetMetadata, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The window and count columns of a place measure, checked like the day and count of the others."""
-    windows = frame["window"].to_numpy().astype(np.int32)
-    counts = frame["count"].to_numpy().astype(np.int64)
-    if len(windows) and (windows.min() < 0 or windows.max() >= meta.window_count):
-        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has windows outside the metadata's time span")
-    if len(counts) and counts.min() < 0:
-        raise DataUnavailable(f"{name}.parquet of dataset {meta.name!r} has negative counts")
-    return windows, counts
-
-
-def _resident_arrays(frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog) -> ResidentArrays:
-    frame = frame.filter(pl.col("count") != 0)
-    if not frame["place"].is_in(list(PLACES)).all():
-        raise DataUnavailable(f"residents.parquet of dataset {meta.name!r} has places other than {list(PLACES)}")
-    windows, counts = _window_counts(frame, meta, "residents")
-    place = (frame["place"] == PLACES[1]).cast(pl.Int8).to_numpy()
-    [cell] = _cell_indexes(frame, catalog, ["cell"], "residents", meta)
-    return ResidentArrays(window=windows, place=place, cell=cell, count=counts)
-
-
-def _commuting_arrays(frame: pl.DataFrame, meta: DatasetMetadata, catalog: CellCatalog) -> CommutingArrays:
-    frame = frame.filter(pl.col("count") != 0)
-    windows, counts = _window_counts(frame, meta, "commuting")
-    home, work = _cell_indexes(frame, catalog, ["home", "work"], "commuting", meta)
-    return CommutingArrays(window=windows, home=home, work=work, count=counts)
-
-
-def load_dataset(path: str | Path) -> Dataset:
-    """Load and check one dataset directory; a bad file fails here, never mid-query."""
-    root = Path(path)
-    vdir = version_dir(root)
+def _read_doc(root: Path, vdir: Path) -> tuple[str, dict[str, Any], DatasetMetadata, BoundingReport | None,
+                                                tuple[ReportCharge, ...], dict[str, str]]:
     meta_path = vdir / "metadata.json"
     if not meta_path.exists():
         raise DataUnavailable(f"dataset {root.name!r} has no metadata.json; it is missing or ingestion did not finish")
@@ -297,20 +243,43 @@ def load_dataset(path: str | Path) -> Dataset:
         digests = {str(k): str(v) for k, v in doc["files"].items()} if "files" in doc else {}
     except (ValueError, KeyError, TypeError, AttributeError, InvalidData) as exc:
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} is corrupt; re-run ingestion") from exc
-    if vdir != root and set(digests) != set(metadata.files):
+    return version, doc, metadata, report, charges, digests
+
+
+def _window_refs(root: Path, doc: dict[str, Any], metadata: DatasetMetadata) -> tuple[dict[int, WindowRef],
+                                                                                        frozenset[int]]:
+    """Each served window's version, and the windows retired (dpflows.retirement)."""
+    try:
+        entries = {int(k): v for k, v in doc["windows"].items()}
+        retired = frozenset(k for k, v in entries.items() if v.get("retired"))
+        refs = {k: WindowRef(root / WINDOWS_DIR / str(k) / check_name(str(v["version"]), field="window"),
+                             str(v["sha256"]), str(v.get("reuse", v["version"])))
+                for k, v in entries.items() if k not in retired}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataUnavailable(f"metadata.json of dataset {root.name!r} lists its windows wrongly; re-run "
+                              "ingestion") from exc
+    if sorted([*refs, *retired]) != list(range(metadata.window_count)):
+        raise DataUnavailable(f"metadata.json of dataset {root.name!r} does not list one version of each window of "
+                              "its span; re-run ingestion")
+    return refs, retired
+
+
+def load_dataset(path: str | Path, previous: Dataset | None = None) -> Dataset:
+    """Load and check one dataset's current version: metadata, cells and zonings now, windows on first use.
+
+    Windows `previous` (an earlier version of the same dataset) holds under the same window
+    version are kept as they are, so an appended window does not remap the others. A format-1
+    dataset is read whole here.
+    """
+    root = Path(path)
+    vdir = version_dir(root)
+    version, doc, metadata, report, charges, digests = _read_doc(root, vdir)
+    mapped = "windows" in doc
+    expected = {"cells.parquet"} if mapped else set(metadata.files)
+    if (vdir != root or mapped) and set(digests) != expected:
         raise DataUnavailable(f"metadata.json of dataset {root.name!r} lacks its file hashes; re-run ingestion")
-    cells = _read_parquet(vdir / "cells.parquet", CELLS_SCHEMA, digests.get("cells.parquet"))
+    cells = read_parquet(vdir / "cells.parquet", CELLS_SCHEMA, digests.get("cells.parquet"))
     catalog = CellCatalog.from_columns(cells["cell_id"].to_list(), cells["lat"].to_list(), cells["lon"].to_list())
-    trips_frame = _read_parquet(vdir / "trips.parquet", TRIPS_SCHEMA, digests.get("trips.parquet"))
-    trips = _measure_arrays(trips_frame, metadata, catalog, ["origin", "dest"])
-    presence = _measure_arrays(_read_parquet(vdir / "presence.parquet", PRESENCE_SCHEMA,
-                                             digests.get("presence.parquet")), metadata, catalog, ["cell"])
-    residents, commuting = None, None
-    if metadata.places is not None:
-        residents = _resident_arrays(_read_parquet(vdir / "residents.parquet", RESIDENTS_SCHEMA,
-                                                   digests.get("residents.parquet")), metadata, catalog)
-        commuting = _commuting_arrays(_read_parquet(vdir / "commuting.parquet", COMMUTING_SCHEMA,
-                                                    digests.get("commuting.parquet")), metadata, catalog)
     zonings = {CELL_ZONING: Zoning.identity(catalog)}
     zdir = root / "zonings"
     if zdir.is_dir():
@@ -320,15 +289,26 @@ def load_dataset(path: str | Path) -> Dataset:
             except (ValueError, KeyError, TypeError, InvalidData) as exc:
                 raise DataUnavailable(f"zoning file {zpath.name} of dataset {root.name!r} is corrupt") from exc
             zonings[zoning.name] = zoning
-    return Dataset(root, metadata, catalog, trips, presence, zonings, version, report, charges, vdir,
-                   residents, commuting)
+    data = Dataset(root, metadata, catalog, zonings, version, report, charges, vdir,
+                   MAPPED if mapped else PARQUET_IN_MEMORY, cells_digest=digests.get("cells.parquet", ""))
+    if not mapped:
+        data._windows.update(read_legacy_windows(vdir, metadata, catalog, digests))
+        return data
+    data.window_refs, data.retired = _window_refs(root, doc, metadata)
+    if previous is not None and previous.layout == MAPPED and previous.cells_digest == data.cells_digest:
+        for index, held in previous.mapped_windows().items():
+            ref = data.window_refs.get(index)
+            if ref is not None and ref == previous.window_refs.get(index):
+                data._windows[index] = held
+    return data
 
 
 class AggregateStore:
-    """Datasets under one root, each loaded once per version and process, then shared read-only.
+    """Datasets under one root, each version loaded once per process, then shared read-only.
 
-    `get` reads the dataset's CURRENT pointer (a few bytes) on every call, so a re-ingestion is
-    served by running workers without a restart, and a version is loaded whole before use.
+    `get` reads the dataset's CURRENT pointer (a few bytes) on every call, so a re-ingestion or
+    an append is served by running workers without a restart; a query holds one `Dataset` (one
+    version) from start to end, so it never mixes windows of two versions.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -363,7 +343,7 @@ class AggregateStore:
             loaded = self._loaded.get(name)
             if loaded is not None and loaded.version_path == current:
                 return loaded
-            dataset = load_dataset(path)
+            dataset = load_dataset(path, previous=loaded)
             if dataset.metadata.name != name:
                 # Budgets, reports and reuse are all keyed by the name: one dataset, one name.
                 raise DataUnavailable(
@@ -377,3 +357,37 @@ class AggregateStore:
         """Drop a cached dataset so the next get() reloads it."""
         with self._lock:
             self._loaded.pop(name, None)
+
+    def status(self) -> dict[str, Any]:
+        """What this process holds, for the unauthenticated /readyz: totals only (no dataset name, no count).
+
+        ``windows_mapped`` follows the warm-up (`warm`), which maps every window after start in a
+        fixed order, not the queries clients send; ``parquet-in-memory`` datasets were written
+        before window files and are read whole into each worker (`dpflows admin upgrade-dataset`).
+        """
+        with self._lock:
+            loaded = list(self._loaded.values())
+        held = [w for data in loaded for w in data.mapped_windows().values()]
+        return {"datasets_loaded": len(loaded),
+                "layouts": {layout: sum(d.layout == layout for d in loaded) for layout in (MAPPED, PARQUET_IN_MEMORY)},
+                "windows": sum(d.metadata.window_count for d in loaded), "windows_mapped": len(held),
+                "mapped_mib": round(sum(w.mapped_bytes for w in held) / 2**20, 1)}
+
+    def warm(self) -> None:
+        """Load every dataset and map every window, newest first (the windows most asked for): run after
+        start in a background thread, so no request waits for a full load and none decides what is mapped.
+        A dataset that fails to load is skipped here; requests report its error."""
+        for name in self.names():
+            try:
+                data = self.get(name)
+                for index in sorted(data.window_refs, reverse=True):  # retired ones have none
+                    data.window(index)
+            except DpflowsError as exc:
+                log.warning("dataset %r not mapped at start: %s", name, exc.code)
+            except OSError as exc:  # the data root changed under us (a dataset deleted): requests will say
+                log.warning("dataset %r not mapped at start: %s", name, type(exc).__name__)
+
+    def warm_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.warm, name="dpflows-map-windows", daemon=True)
+        thread.start()
+        return thread

@@ -109,10 +109,12 @@ class BoundingReport:
     scale: float
     sensitivity: int  # ℓ1 over all measures' histograms: one bin of each per person-window
     mechanism: str
-    windows: int
+    windows: int  # how many windows it was released over (and is charged in): first_window, first_window + 1, ...
+    first_window: int = 0  # an append's report covers the appended windows only
 
     @classmethod
-    def from_release(cls, measures: tuple[str, ...], release: NoisyRelease, windows: int) -> BoundingReport:
+    def from_release(cls, measures: tuple[str, ...], release: NoisyRelease, windows: int,
+                     first_window: int = 0) -> BoundingReport:
         """Split one mechanism output (the measures' histograms concatenated) back per measure."""
         if not isinstance(release, NoisyRelease):  # exact arrays never become a report
             raise TypeError("a bounding report is made from a mechanism's NoisyRelease only")
@@ -123,7 +125,7 @@ class BoundingReport:
         if not isinstance(release.epsilon, Epsilon):
             raise InvalidData("a bounding report is a pure-DP (discrete Laplace) release")
         return cls(measures, dict(zip(measures, parts, strict=True)), release.epsilon, release.scale,
-                   int(release.sensitivity), release.mechanism, windows)
+                   int(release.sensitivity), release.mechanism, windows, first_window)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +138,7 @@ class BoundingReport:
             "sensitivity": self.sensitivity,
             "epsilon_nanos": self.epsilon.nanos,
             "windows": self.windows,
+            **({"first_window": self.first_window} if self.first_window else {}),
         }
 
     @classmethod
@@ -147,10 +150,11 @@ class BoundingReport:
             measures = tuple(str(m) for m in doc["measures"])
             noisy = {m: np.asarray(doc["noisy_counts"][m], dtype=np.int64) for m in measures}
             report = cls(measures, noisy, Epsilon(int(doc["epsilon_nanos"])), float(doc["noise_scale"]),
-                         int(doc["sensitivity"]), str(doc["mechanism"]), int(doc["windows"]))
+                         int(doc["sensitivity"]), str(doc["mechanism"]), int(doc["windows"]),
+                         int(doc.get("first_window", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidData("bounding report is malformed") from exc
-        if (report.mechanism != DISCRETE_LAPLACE or not measures or report.windows < 1
+        if (report.mechanism != DISCRETE_LAPLACE or not measures or report.windows < 1 or report.first_window < 0
                 or any(v.shape != (BIN_COUNT,) for v in noisy.values())):
             raise InvalidData("bounding report is malformed")
         return report
@@ -323,6 +327,11 @@ class ReportCharge:
     windows: int
     scale: float
     sensitivity: int
+    first_window: int = 0  # charged in windows first_window .. first_window + windows - 1
+
+    @property
+    def window_indexes(self) -> tuple[int, ...]:
+        return tuple(range(self.first_window, self.first_window + self.windows))
 
     @property
     def query_key(self) -> str:
@@ -331,7 +340,8 @@ class ReportCharge:
 
     def to_json(self) -> dict[str, Any]:
         return {"ingestion": self.ingestion, "epsilon_nanos": self.epsilon.nanos, "windows": self.windows,
-                "noise_scale": self.scale, "sensitivity": self.sensitivity}
+                "noise_scale": self.scale, "sensitivity": self.sensitivity,
+                **({"first_window": self.first_window} if self.first_window else {})}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ReportCharge:
@@ -340,8 +350,9 @@ class ReportCharge:
             scale, sensitivity = float(doc["noise_scale"]), int(doc["sensitivity"])
         else:  # carried by an early version: a measurement with the same ε stands in for it
             scale, sensitivity = scale_for_epsilon(1, epsilon), 1
-        charge = cls(str(doc["ingestion"]), epsilon, int(doc["windows"]), scale, sensitivity)
-        if not charge.ingestion or charge.windows < 1:
+        charge = cls(str(doc["ingestion"]), epsilon, int(doc["windows"]), scale, sensitivity,
+                     int(doc.get("first_window", 0)))
+        if not charge.ingestion or charge.windows < 1 or charge.first_window < 0:
             raise InvalidData("earlier bounding report entry is malformed")
         return charge
 

@@ -16,7 +16,10 @@ from dpflows.budget import ACCOUNTINGS, PURE_DP
 from dpflows.cells import check_name
 from dpflows.errors import InvalidData
 
-FORMAT_VERSION = 1
+#: 2: counts in one directory per window version (dpflows.window_files); 1: whole-dataset Parquet files
+#: (read into each process's memory, still served; `dpflows admin upgrade-dataset` converts them).
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 AGGREGATE_FILES = ("cells.parquet", "trips.parquet", "presence.parquet")
 PLACE_FILES = ("residents.parquet", "commuting.parquet")
 MEASURES = ("trips", "presence")
@@ -41,6 +44,18 @@ PRESENCE_SCHEMA = {"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": 
 CELLS_SCHEMA = {"cell_id": pl.String, "lat": pl.Float64, "lon": pl.Float64}
 RESIDENTS_SCHEMA = {"window": pl.Int32, "place": pl.String, "cell": pl.String, "count": pl.Int64}
 COMMUTING_SCHEMA = {"window": pl.Int32, "home": pl.String, "work": pl.String, "count": pl.Int64}
+
+
+def check_time_zone(name: str) -> str:
+    """An IANA time zone name (Europe/Paris, America/New_York, UTC), refused with the fix otherwise."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidData(f"time_zone={name!r} is not an IANA time zone; use a name such as Europe/Paris, "
+                          "America/New_York or UTC", field="time_zone") from None
+    return name
 
 
 def _hours(span: tuple[int, int]) -> tuple[int, ...]:
@@ -147,6 +162,9 @@ class DatasetMetadata:
     unit: str = PERSON_WINDOW
     #: days inside [first_day, end_day) the admin declares the dataset does not hold (never measured)
     missing_days: tuple[dt.date, ...] = ()
+    #: the IANA time zone whose local dates and hours the counts use (declared); None: not declared,
+    #: hours as the timestamps gave them (naive wall times, or UTC for instants), datasets written before
+    time_zone: str | None = None
     #: the population it is drawn from (`dpflows ingest --population`), whose budget it shares with every
     #: dataset of the same people; None: the data root's default population (dpflows.ledger.DEFAULT_POPULATION)
     population: str | None = None
@@ -176,6 +194,8 @@ class DatasetMetadata:
             raise InvalidData(f"presence_rule={self.presence_rule!r} must be one of {list(PRESENCE_RULES)}")
         if self.places is not None:
             self.places.check_window(self.window_days)
+        if self.time_zone is not None:
+            check_time_zone(self.time_zone)
         if self.population is not None:
             check_name(self.population, field="population")
 
@@ -237,14 +257,18 @@ class DatasetMetadata:
             **({"coverage": {"missing_days": [d.isoformat() for d in self.missing_days]}}
                if self.missing_days else {}),
             **({"places": self.places.to_json()} if self.places is not None else {}),
+            **({"time_zone": {"name": self.time_zone, "hours": "local; a 23-hour day has no record in the hour "
+                              "skipped, a 25-hour day counts both of its repeated hours in that hour"}}
+               if self.time_zone is not None else {}),
             "accounting": self.accounting_json(),
             **({"population": {"name": self.population}} if self.population is not None else {}),
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DatasetMetadata:
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise InvalidData(f"metadata format_version={doc.get('format_version')!r}; expected {FORMAT_VERSION}")
+        if doc.get("format_version") not in READABLE_FORMATS:
+            raise InvalidData(f"metadata format_version={doc.get('format_version')!r}; expected one of "
+                              f"{list(READABLE_FORMATS)} (a newer dpflows wrote it: upgrade dpflows)")
         accounting = doc.get("accounting") or {}  # absent in datasets written before zCDP: pure DP
         return cls(
             name=doc["name"],
@@ -263,6 +287,7 @@ class DatasetMetadata:
             # absent in datasets written before the unit was recorded: they were ingested per person
             unit=str(doc.get("privacy_unit", {}).get("kind", PERSON_WINDOW)),
             missing_days=tuple(dt.date.fromisoformat(d) for d in doc.get("coverage", {}).get("missing_days", [])),
+            time_zone=doc["time_zone"]["name"] if "time_zone" in doc else None,
             # absent in datasets written before populations, and when ingested without --population
             population=doc["population"]["name"] if "population" in doc else None,
         )

@@ -48,7 +48,7 @@ from dpflows.errors import DpflowsError
 from dpflows.ledger import StoredAnswer
 from dpflows.ledger.base import AnswerShape, ShapeFilter, bit_mask
 from dpflows.mechanisms import DISCRETE_GAUSSIAN, DISCRETE_LAPLACE, sum_error_bound
-from dpflows.queries import QuerySpec
+from dpflows.queries import QuerySpec, touched_windows
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,8 @@ def _filters_allow(spec: QuerySpec, q: dict[str, Any]) -> bool:
 def derive_from(spec: QuerySpec, data: Dataset, source: StoredAnswer, confidence: float) -> Derivation | None:
     """The answer to `spec` as exact sums of `source`'s released values, or None if not derivable."""
     p = source.payload
-    if p.get("mechanism") not in (DISCRETE_LAPLACE, DISCRETE_GAUSSIAN) or p.get("data_version") != data.version:
+    if (p.get("mechanism") not in (DISCRETE_LAPLACE, DISCRETE_GAUSSIAN)
+            or p.get("data_version") != data.data_version(touched_windows(spec, data))):
         return None
     q = p.get("query") or {}
     if not _filters_allow(spec, q):
@@ -220,7 +221,8 @@ def shape_filter(spec: QuerySpec, data: Dataset, zonings: Iterable[str], *, max_
     hours, weekdays = bit_mask(spec.hours, 24), bit_mask(spec.weekdays, 7)
     assert hours is not None and weekdays is not None  # a QuerySpec's hours and weekdays are valid
     where = ShapeFilter(
-        kind=spec.kind, data_version=data.version, start=spec.start.isoformat(), end=spec.end.isoformat(),
+        kind=spec.kind, data_version=data.data_version(touched_windows(spec, data)), start=spec.start.isoformat(),
+        end=spec.end.isoformat(),
         zonings=tuple(terms), unit=max_loss.unit, max_loss_nanos=max_loss.nanos,
         mechanisms=(DISCRETE_LAPLACE, DISCRETE_GAUSSIAN),
         # only presence and patterns key by hour: elsewhere the hours must match

@@ -17,15 +17,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from dpflows.aggregates import NO_PRESENCE, Dataset, MeasureArrays
+from dpflows.aggregates import NO_PRESENCE, Dataset
 from dpflows.cells import Zoning
+from dpflows.counting import slot_counts, window_counts
 from dpflows.errors import DomainTooLarge, InvalidInput
 from dpflows.query_kinds import COUNTED_MEASURE, KEY_FIELDS, PLACES, QUERY_KINDS, WINDOW_KINDS
 
@@ -188,7 +187,7 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
         raise InvalidInput(f"dataset {meta.name!r} was ingested from a trips table: it holds no presence (no events "
                            f"per person and hour); ask flows, inflows, outflows or patterns of trips", field="kind")
     if spec.kind in WINDOW_KINDS:
-        return _whole_windows(spec, data, first, stop)
+        return _not_retired(_whole_windows(spec, data, first, stop), data)
     days = [d for d in range(first, stop) if (meta.first_day + dt.timedelta(days=d)).weekday() in spec.weekdays]
     if not days:
         raise InvalidInput(
@@ -203,7 +202,18 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
             f"{', '.join(d.isoformat() for d in uncovered_days(spec, data))} missing; choose other dates",
             field="start",
         )
-    return tuple(sorted({d // meta.window_days for d in days}))
+    return _not_retired(tuple(sorted({d // meta.window_days for d in days})), data)
+
+
+def _not_retired(windows: tuple[int, ...], data: Dataset) -> tuple[int, ...]:
+    """Refused before any charge: a retired window's counts are gone (dpflows.retirement)."""
+    gone = [w for w in windows if w in data.retired]
+    if gone:
+        meta = data.metadata
+        resume = meta.window_start(max(data.retired) + 1)
+        raise InvalidInput(f"dataset {meta.name!r} has retired window(s) {gone} (from {meta.window_start(gone[0])}): "
+                           f"their counts were deleted; ask about days from {resume.isoformat()}", field="start")
+    return windows
 
 
 def uncovered_days(spec: QuerySpec, data: Dataset) -> list[dt.date]:
@@ -216,7 +226,7 @@ def uncovered_days(spec: QuerySpec, data: Dataset) -> list[dt.date]:
 def _whole_windows(spec: QuerySpec, data: Dataset, first: int, stop: int) -> tuple[int, ...]:
     """Residents and commuting exist per window: start and end must fall on the window grid."""
     meta = data.metadata
-    if data.residents is None or data.commuting is None:
+    if meta.places is None:
         raise InvalidInput(f"dataset {meta.name!r} has no homes and work places (ingested before them, or from a "
                            f"trips table); {spec.kind} cannot be answered on it", field="kind")
     ends_ok = stop % meta.window_days == 0 or spec.end == meta.end_day
@@ -226,23 +236,6 @@ def _whole_windows(spec: QuerySpec, data: Dataset, first: int, stop: int) -> tup
             f"{spec.start.isoformat()} and end {spec.end.isoformat()} must fall on window starts (end may be "
             f"{meta.end_day.isoformat()})", field="start" if first % meta.window_days else "end")
     return tuple(range(first // meta.window_days, (stop - 1) // meta.window_days + 1))
-
-
-def _row_mask(spec: QuerySpec, arrays: MeasureArrays, first: int, stop: int) -> np.ndarray:
-    mask = (arrays.day >= first) & (arrays.day < stop)
-    # A lookup table indexed by the small code (24 hours, 7 weekdays): one gather per row, ~10×
-    # faster than np.isin's sort-based path on a million rows (issue 16 item 2, measured).
-    if spec.hours != ALL_HOURS:
-        mask &= _member_table(spec.hours, 24)[arrays.hour]
-    if spec.weekdays != ALL_WEEKDAYS:
-        mask &= _member_table(spec.weekdays, 7)[arrays.weekday]
-    return mask
-
-
-def _member_table(members: tuple[int, ...], size: int) -> np.ndarray:
-    table = np.zeros(size, dtype=bool)
-    table[list(members)] = True
-    return table
 
 
 def check_answerable(spec: QuerySpec, data: Dataset) -> None:
@@ -268,130 +261,48 @@ def _check_domain_size(size: int, spec: QuerySpec) -> None:
         )
 
 
-#: Per process: each (trips arrays, zoning)'s row -> origin·n + destination key, and the counts as
-#: floats (what np.bincount's weights become), for the last 4 pairs: 12 bytes per row, 48 MB at most for 1M rows.
-#: A fresh 10,000-key flows answer over a million rows then costs one mask and one bincount: 21 ->
-#: ~7 ms measured (issue 16 item 2). The arrays and zonings are kept in the entry, so ids stay valid.
-_FLOW_KEYS: OrderedDict[tuple[int, int], tuple[MeasureArrays, Zoning, np.ndarray, np.ndarray]] = OrderedDict()
-_FLOW_KEYS_LOCK = threading.Lock()
-_FLOW_KEYS_KEPT = 4
-
-
-def _flow_keys(arrays: MeasureArrays, zoning: Zoning) -> tuple[np.ndarray, np.ndarray]:
-    """Each trips row's flow key (origin zone · zones + destination zone) and its count as a float."""
-    cache_key = (id(arrays), id(zoning))
-    with _FLOW_KEYS_LOCK:
-        hit = _FLOW_KEYS.get(cache_key)
-        if hit is not None:
-            _FLOW_KEYS.move_to_end(cache_key)
-            return hit[2], hit[3]
-    assert arrays.dest is not None
-    n = zoning.zone_count
-    keys = (zoning.zone_of_cell[arrays.origin] * n + zoning.zone_of_cell[arrays.dest]).astype(np.int32)
-    weights = arrays.count.astype(np.float64)
-    with _FLOW_KEYS_LOCK:
-        _FLOW_KEYS[cache_key] = (arrays, zoning, keys, weights)
-        while len(_FLOW_KEYS) > _FLOW_KEYS_KEPT:
-            _FLOW_KEYS.popitem(last=False)
-    return keys, weights
-
-
 def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
-    """Build the public key domain and the exact count per key (never leaves the process)."""
+    """Build the public key domain and the exact count per key (never leaves the process).
+
+    Only the windows the query touches are read, and in them only the slots (days and hours)
+    it asks for (dpflows.counting)."""
     zoning = data.zoning(spec.zoning)
     windows = touched_windows(spec, data)
     check_answerable(spec, data)
     if spec.kind in WINDOW_KINDS:
-        domain, true = _per_window(spec, data, zoning, windows)
-        return PreparedQuery(spec, domain, np.rint(true).astype(np.int64), data.metadata.bound(spec.counted_measure),
-                             windows)
-    first, stop = _check_span(spec, data)
-    arrays = data.measure(spec.counted_measure)
-    mask = _row_mask(spec, arrays, first, stop)
-    zones = list(zoning.zone_ids)
-    n_zones = zoning.zone_count
-    if spec.kind == "flows":
-        _check_domain_size(n_zones * n_zones, spec)
-        keys, weights = _flow_keys(arrays, zoning)
-        if not mask.all():
-            keys, weights = keys[mask], weights[mask]
-        true = np.bincount(keys, weights=weights, minlength=n_zones * n_zones)
-        domain = KeyDomain(
-            KEY_FIELDS["flows"],
-            {"origin": [z for z in zones for _ in zones], "destination": zones * n_zones},
-        )
-    elif spec.kind in ("inflows", "outflows"):
-        # a trip within one zone leaves it and arrives in it: it counts in both answers (docs/planner.md)
-        cells = arrays.dest if spec.kind == "inflows" else arrays.origin
-        assert cells is not None
-        true = np.bincount(zoning.zone_of_cell[cells[mask]], weights=arrays.count[mask], minlength=n_zones)
-        domain = KeyDomain(KEY_FIELDS[spec.kind], {"zone": zones})
-    elif spec.kind == "presence":
-        hours = spec.hours
-        _check_domain_size(n_zones * len(hours), spec)
-        hour_pos = np.full(24, -1, dtype=np.int64)
-        hour_pos[list(hours)] = np.arange(len(hours))
-        counts = arrays.count[mask]
-        z = zoning.zone_of_cell[arrays.origin[mask]]
-        h = hour_pos[arrays.hour[mask]]
-        true = np.bincount(z * len(hours) + h, weights=counts, minlength=n_zones * len(hours))
-        domain = KeyDomain(
-            KEY_FIELDS["presence"],
-            {"zone": [zz for zz in zones for _ in hours], "hour": list(hours) * n_zones},
-        )
+        true = window_counts(spec.kind, spec.place, data, zoning, windows)
     else:
-        counts = arrays.count[mask]
-        if spec.zone is not None:
-            zone_idx = zoning.zone_index(spec.zone)
-            in_zone = zoning.zone_of_cell[arrays.origin[mask]] == zone_idx
-        else:
-            in_zone = np.ones(int(mask.sum()), dtype=bool)
-        hours, days = spec.hours, spec.weekdays
-        hour_pos = np.full(24, -1, dtype=np.int64)
-        hour_pos[list(hours)] = np.arange(len(hours))
-        day_pos = np.full(7, -1, dtype=np.int64)
-        day_pos[list(days)] = np.arange(len(days))
-        wd = day_pos[arrays.weekday[mask][in_zone]]
-        hh = hour_pos[arrays.hour[mask][in_zone]]
-        true = np.bincount(wd * len(hours) + hh, weights=counts[in_zone], minlength=len(days) * len(hours))
-        domain = KeyDomain(
-            KEY_FIELDS["patterns"],
-            {"weekday": [d for d in days for _ in hours], "hour": list(hours) * len(days)},
-        )
+        zone = zoning.zone_index(spec.zone) if spec.zone is not None else None
+        true = slot_counts(spec.kind, spec.counted_measure, spec.start, spec.end, spec.hours, spec.weekdays, zone,
+                           data, zoning, windows)
     return PreparedQuery(
         spec=spec,
-        domain=domain,
+        domain=key_domain(spec, data, zoning, windows),
         true_counts=np.rint(true).astype(np.int64),
         sensitivity=data.metadata.bound(spec.counted_measure),
         windows=windows,
     )
 
 
-def _per_window(spec: QuerySpec, data: Dataset, zoning: Zoning,
-                windows: tuple[int, ...]) -> tuple[KeyDomain, np.ndarray]:
-    """Residents per zone and window, or home zone → work zone per window: each person-window adds at most 1."""
-    meta = data.metadata
+def key_domain(spec: QuerySpec, data: Dataset, zoning: Zoning, windows: tuple[int, ...]) -> KeyDomain:
+    """The answer's public keys in release order: built from the zoning, hours, weekdays and windows only."""
     zones, n = list(zoning.zone_ids), zoning.zone_count
-    labels = [meta.window_start(w).isoformat() for w in windows]
-    pos = np.full(max(windows) + 1, -1, dtype=np.int64)
-    pos[list(windows)] = np.arange(len(windows))
-    if spec.kind == "residents":
-        arrays = data.residents
-        assert arrays is not None
-        keep = (arrays.place == PLACES.index(spec.place or "")) & np.isin(arrays.window, windows)
-        idx = zoning.zone_of_cell[arrays.cell[keep]] * len(windows) + pos[arrays.window[keep]]
-        true = np.bincount(idx, weights=arrays.count[keep], minlength=n * len(windows))
-        return KeyDomain(KEY_FIELDS["residents"], {"zone": [z for z in zones for _ in windows],
-                                                   "window": labels * n}), true
-    commute = data.commuting
-    assert commute is not None
-    keep = np.isin(commute.window, windows)
-    idx = ((zoning.zone_of_cell[commute.home[keep]] * n + zoning.zone_of_cell[commute.work[keep]]) * len(windows)
-           + pos[commute.window[keep]])
-    true = np.bincount(idx, weights=commute.count[keep], minlength=n * n * len(windows))
-    return KeyDomain(KEY_FIELDS["commuting"], {"home": [h for h in zones for _ in zones for _ in windows],
-                                               "work": [w for _ in zones for w in zones for _ in windows],
-                                               "window": labels * n * n}), true
+    hours, days = list(spec.hours), list(spec.weekdays)
+    labels = [data.metadata.window_start(w).isoformat() for w in windows]
+    if spec.kind == "flows":
+        columns: dict[str, list[Any]] = {"origin": [z for z in zones for _ in zones], "destination": zones * n}
+    elif spec.kind in ("inflows", "outflows"):
+        columns = {"zone": zones}
+    elif spec.kind == "presence":
+        columns = {"zone": [z for z in zones for _ in hours], "hour": hours * n}
+    elif spec.kind == "patterns":
+        columns = {"weekday": [d for d in days for _ in hours], "hour": hours * len(days)}
+    elif spec.kind == "residents":
+        columns = {"zone": [z for z in zones for _ in windows], "window": labels * n}
+    else:
+        columns = {"home": [h for h in zones for _ in zones for _ in windows],
+                   "work": [w for _ in zones for w in zones for _ in windows], "window": labels * n * n}
+    return KeyDomain(KEY_FIELDS[spec.kind], columns)
 
 
 def key_contribution_cap(spec: QuerySpec, data: Dataset) -> int:

@@ -27,17 +27,17 @@ class GunicornServer:
     """Starts `gunicorn api.wsgi:app` with the project's config; always stopped by `stop()`."""
 
     def __init__(self, data_dir: Path, ledger_url: str, *, workers: int = 2, log_path: Path | None = None,
-                 extra_env: dict[str, str] | None = None, app: str = "api.wsgi:app") -> None:
+                 extra_env: dict[str, str] | None = None, app: str = "api.wsgi:app", code: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or data_dir / f"gunicorn-{self.port}.log"
         env = {**os.environ, "DPFLOWS_DATA_DIR": str(data_dir), "DPFLOWS_LEDGER_URL": ledger_url,
                "DPFLOWS_BIND": f"127.0.0.1:{self.port}", "DPFLOWS_WORKERS": str(workers),
-               "PYTHONPATH": str(ROOT), **(extra_env or {})}
+               "PYTHONPATH": str(code), **(extra_env or {})}
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "api" / "gunicorn_conf.py"), app],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(  # `code`: another checkout of dpflows, for benchmarks' baselines
+            [sys.executable, "-m", "gunicorn", "-c", str(code / "api" / "gunicorn_conf.py"), app],
+            cwd=code, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self._wait_ready()
 

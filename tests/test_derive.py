@@ -236,7 +236,7 @@ def test_derived_bounds_cover_the_truth_at_the_stated_rate(service: Service, kin
             "values": [int(v) for v in noisy.values], "key_fields": list(fine.domain.fields),
             "keys": fine.domain.columns, "windows": [0], "epsilon_nanos": epsilon.nanos,
             "mechanism": noisy.mechanism, "scale": scale, "sensitivity": fine.sensitivity,
-            "query": fine_spec.canonical(), "data_version": data.version,
+            "query": fine_spec.canonical(), "data_version": data.data_version(fine.windows),
         }
         found = derive_from(coarse_spec, data, StoredAnswer(f"a{i}", "small", "k", 1, payload, ""), 0.95)
         assert found is not None and set(found.payload["terms"]) == {terms}

@@ -47,7 +47,7 @@ import polars as pl
 import pytest
 from scipy.stats import beta
 
-from dpflows.aggregates import AggregateStore, DatasetMetadata, version_dir, write_aggregates
+from dpflows.aggregates import AggregateStore, DatasetMetadata, read_interchange, version_dir, write_aggregates
 from dpflows.budget import Epsilon
 from dpflows.ledger.memory import MemoryLedger
 from dpflows.mechanisms import release_counts, scale_for_epsilon
@@ -105,12 +105,12 @@ def build_neighbours(root: Path, bound: int) -> Neighbours:
     # (day, hour, origin, dest) -> count; one person-window adds L to one key, the worst case
     added = pl.DataFrame({"day": [FIRST_DAY], "hour": [8], "origin": [ORIGIN], "dest": [DEST], "count": [bound]})
     trips = pl.concat([
-        pl.read_parquet(version_dir(src) / "trips.parquet"),
+        read_interchange(src, "trips").collect(),
         added.with_columns(pl.col("hour").cast(pl.Int8), pl.col("count").cast(pl.Int64)),
     ]).group_by("day", "hour", "origin", "dest").agg(pl.col("count").sum())
     meta = DatasetMetadata(d1, FIRST_DAY, FIRST_DAY + dt.timedelta(days=28), 7, bound, 20, {"kind": "synthetic-test"})
     write_aggregates(root / "datasets" / d1, meta, pl.read_parquet(version_dir(src) / "cells.parquet"), trips,
-                     pl.read_parquet(version_dir(src) / "presence.parquet"))
+                     read_interchange(src, "presence").collect())
     Service(AggregateStore(root), MemoryLedger()).add_zoning(d1, "districts", _districts_csv())
     return Neighbours(root, d0, d1, bound)
 

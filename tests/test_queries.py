@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from dpflows import queries
-from dpflows.aggregates import AggregateStore, version_dir
+from dpflows.aggregates import AggregateStore, read_interchange
 from dpflows.errors import DomainTooLarge, InvalidInput, NotFound
 from dpflows.queries import hour_range, make_spec, prepare
 
@@ -25,7 +25,7 @@ def test_flows_release_every_zone_pair_and_match_a_direct_count(store: Aggregate
     p = prepare(s, store.get("small"))
     assert len(p.domain) == 8 * 8 and len(p.true_counts) == 64
     zone = {f"c{i:03d}": f"d{i // 5}" for i in range(40)}
-    trips = pl.read_parquet(version_dir(data_root / "datasets/small") / "trips.parquet").filter(
+    trips = read_interchange(data_root / "datasets/small", "trips").collect().filter(
         (pl.col("day") >= D0) & (pl.col("day") < D0 + dt.timedelta(days=7))
         & pl.col("hour").is_between(7, 9) & (pl.col("day").dt.weekday() <= 5)
     )
@@ -123,7 +123,7 @@ def test_flows_over_every_row_match_a_direct_count_and_the_cached_keys_stay_righ
     s = spec(end=data.metadata.end_day)
     zone = {f"c{i:03d}": f"d{i // 5}" for i in range(40)}
     expected: dict[tuple[str, str], int] = {}
-    for row in pl.read_parquet(version_dir(data_root / "datasets/small") / "trips.parquet").iter_rows(named=True):
+    for row in read_interchange(data_root / "datasets/small", "trips").collect().iter_rows(named=True):
         k = (zone[row["origin"]], zone[row["dest"]])
         expected[k] = expected.get(k, 0) + row["count"]
     for _ in range(2):

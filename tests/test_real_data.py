@@ -48,7 +48,7 @@ def test_citibike_files_ingest_as_published_and_the_unit_is_the_trip(tmp_path: P
     assert meta.privacy_unit == "trip" and meta.bound_trips == 1  # one trip per unit: bound 1 by default
     doc = json.loads((version_dir(out) / "metadata.json").read_text())
     assert "dropped" not in json.dumps(doc) and doc["privacy_unit"] == {"kind": "trip"}  # shares stay out
-    assert int(data.trips.count.sum()) > 1000
+    assert int(data.frame("trips")["count"].sum()) > 1000
 
 
 def test_strict_makes_any_drop_an_error(tmp_path: Path, capsys) -> None:

@@ -24,7 +24,7 @@ from opendp.accuracy import discrete_gaussian_scale_to_accuracy
 from scipy import stats
 
 from api import create_app
-from dpflows.aggregates import AggregateStore, load_dataset, version_dir
+from dpflows.aggregates import AggregateStore, load_dataset, read_interchange
 from dpflows.budget import Epsilon, PrivacyLoss, Rho
 from dpflows.errors import BudgetExceeded, InvalidInput, PolicyViolation
 from dpflows.ingest.bounding import cap_per_person_key
@@ -233,7 +233,7 @@ def test_zcdp_ingestion_caps_each_person_per_trips_row(tmp_path: Path) -> None:
                             IngestOptions(name=accounting, trip_rule="consecutive", seed=1,
                                           first_day=dt.date(2024, 3, 4), end_day=dt.date(2024, 3, 5),
                                           accounting=accounting, key_cap_trips=1))
-        trips = pl.read_parquet(version_dir(out) / "trips.parquet")
+        trips = read_interchange(out, "trips").collect()
         counts[accounting] = int(trips.filter((pl.col("origin") == "A") & (pl.col("dest") == "B"))["count"].sum())
         meta = load_dataset(out).metadata
         assert meta.accounting == accounting

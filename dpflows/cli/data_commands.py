@@ -94,6 +94,16 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-work-days", type=int, default=None, metavar="N",
                    help="a work cell must be seen in work hours on at least N distinct days of the window "
                         "(default 3, fewer in windows too short for 3 weekdays)")
+    p.add_argument("--time-zone", default=None, metavar="IANA",
+                   help="the dataset's time zone (Europe/Paris): dates and hours are local, timestamps with a zone "
+                        "or offset are converted to it, naive ones are taken as local times (default: as given)")
+    p.add_argument("--append", action="store_true",
+                   help="add the complete windows after the served ones to the dataset at --out (served windows stay "
+                        "as they are; late rows for them and the rows of an incomplete last window are left out and "
+                        "reported as shares); settings not given are the dataset's")
+    p.add_argument("--close-window", action="store_true",
+                   help="with --append: publish an incomplete last window with the days given (its other days "
+                        "declared missing) instead of holding it")
     p.set_defaults(run=_run_ingest)
 
     p = sub.add_parser("demo", help="generate and ingest the demo city once, create sample clients, and serve")
@@ -181,6 +191,10 @@ def ingest_options(args: argparse.Namespace) -> IngestOptions:
                  zonings=[ZoningSpec.parse(z) for z in args.zoning], places=_place_rule(args))
     if args.days is not None:
         given["missing_days"] = _missing_days(args.days, args.first_day, args.end_day)
+    if args.append:  # what is not given is the served dataset's (a different value given is refused)
+        from dpflows.ingest.appending import served_options
+
+        given = {**served_options(Path(args.out)), **{k: v for k, v in given.items() if v is not None}}
     options = IngestOptions(**given)
     options.check_engine(args.engine)
     return options
@@ -199,17 +213,23 @@ def _run_ingest(args: argparse.Namespace) -> int:
     if len(args.events) > 1 and fmt != "citibike":
         raise InvalidData(f"--input-format {fmt} reads one file; give one path (citibike reads several)",
                           field="path")
-    if fmt == "citibike":
-        out = _ingest_citibike(args, options)
-    elif options.trips_table:
-        out = ingest_trips_table(args.events[0], args.cells, args.out, options)
-    elif args.engine == "spark":
-        from dpflows.ingest.spark import ingest_events_spark
+    from dpflows.ingest.appending import WindowHeld
 
-        out = ingest_events_spark(args.events[0], args.cells, args.out, options)
-    else:
-        out = ingest_events(args.events[0], args.cells, args.out, options)
-    print(f"dataset {options.name!r} written to {out}")
+    try:
+        if fmt == "citibike":
+            out = _ingest_citibike(args, options)
+        elif options.trips_table:
+            out = ingest_trips_table(args.events[0], args.cells, args.out, options)
+        elif args.engine == "spark":
+            from dpflows.ingest.spark import ingest_events_spark
+
+            out = ingest_events_spark(args.events[0], args.cells, args.out, options)
+        else:
+            out = ingest_events(args.events[0], args.cells, args.out, options)
+    except WindowHeld as held:  # a daily append before its window is complete: nothing to do yet
+        print(f"dpflows ingest: nothing appended: {held.message}", file=sys.stderr)
+        return 0
+    print(f"dataset {options.name!r} {'appended to' if options.append else 'written to'} {out}")
     _print_bounding_report(Path(out))
     return 0
 

@@ -6,11 +6,11 @@ import argparse
 import datetime as dt
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
+from dpflows.cli.store_commands import _add_store_commands, open_service
 
-    from dpflows.service import Service
+__all__ = ["_add_migrate_command", "_add_service_commands", "open_service"]
 
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:
@@ -122,6 +122,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--geojson", default=None, help="with --csv: optional GeoJSON file of the zones, for maps")
     p.set_defaults(run=_run_add_zoning)
 
+    _add_store_commands(admin_sub, storage)
+
     p = admin_sub.add_parser("audit", help="print audit rows as JSON lines")
     storage(p)
     p.add_argument("--after-id", type=int, default=0)
@@ -129,16 +131,6 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_audit)
 
     _add_audit_commands(admin_sub)
-
-
-def open_service(args: argparse.Namespace) -> Service:
-    """The Service over the store and ledger named on the command line (or by environment)."""
-    from dpflows.aggregates import AggregateStore
-    from dpflows.ledger import open_ledger
-    from dpflows.service import Policy, Service
-    from dpflows.settings import load_settings
-
-    return Service(AggregateStore(args.data_dir), open_ledger(args.ledger_url), Policy.from_settings(load_settings()))
 
 
 def _run_serve(args: argparse.Namespace) -> int:

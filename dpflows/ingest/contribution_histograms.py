@@ -136,10 +136,13 @@ def parse_report_epsilon(value: str | float | Epsilon) -> Epsilon:
 
 
 def release_bounding_report(histograms: ContributionHistograms, epsilon: Epsilon,
-                            windows: int) -> BoundingReport | None:
-    """Noise every measure's histogram once (OpenDP); None when disabled, ε is 0 or nothing was counted."""
+                            windows: int, first_window: int = 0) -> BoundingReport | None:
+    """Noise every measure's histogram once (OpenDP); None when disabled, ε is 0 or nothing was counted.
+
+    The histograms count the person-windows of windows first_window .. first_window + windows - 1
+    (an append counts its new windows only), so the report is charged in those windows only."""
     if not histograms.enabled or epsilon.nanos == 0 or not histograms.counts:
         return None
     measures = tuple(m for m in MEASURES if m in histograms.counts)
     release = release_contribution_histograms([histograms.counts[m] for m in measures], epsilon)
-    return BoundingReport.from_release(measures, release, windows)
+    return BoundingReport.from_release(measures, release, windows, first_window)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv, save_zoning
+from dpflows.cells import CellCatalog, Zoning, parse_zoning_csv
 from dpflows.errors import InvalidData
 
 
@@ -84,7 +84,10 @@ def _rows_where(frame: pl.LazyFrame, condition: pl.Expr, limit: int = 5) -> list
     return [int(r) for r in hits["_row"]]
 
 
-def _timestamps(frame: pl.LazyFrame, path: Path, column: str) -> pl.LazyFrame:
+def _timestamps(frame: pl.LazyFrame, path: Path, column: str, time_zone: str | None = None) -> pl.LazyFrame:
+    """Parsed, non-empty timestamps as naive local wall times: instants (a time zone or an offset) in
+    `time_zone` when the dataset declares one; naive ones are taken as wall times there already. On a
+    25-hour day both repeated hours carry the one local hour; a 23-hour day has no record in the skipped one."""
     dtype = frame.collect_schema()[column]
     if dtype == pl.String:
         parsed = pl.col(column).str.strip_chars().str.to_datetime(strict=False, time_unit="us")
@@ -99,6 +102,9 @@ def _timestamps(frame: pl.LazyFrame, path: Path, column: str) -> pl.LazyFrame:
     if nulls:
         raise InvalidData(f"{path.name}: column {column!r} is empty in rows {nulls}; every row needs a time",
                           field=column)
+    parsed_type = frame.collect_schema()[column]
+    if time_zone is not None and isinstance(parsed_type, pl.Datetime) and parsed_type.time_zone is not None:
+        frame = frame.with_columns(pl.col(column).dt.convert_time_zone(time_zone).dt.replace_time_zone(None))
     return frame
 
 
@@ -234,16 +240,16 @@ def _cell_names(frame: pl.LazyFrame, lookup: pl.DataFrame, columns: list[str]) -
     return frame
 
 
-def _load_zonings(zonings: Iterable[ZoningSpec], catalog: CellCatalog, out: Path) -> list[str]:
+def _load_zonings(zonings: Iterable[ZoningSpec], catalog: CellCatalog) -> list[Zoning]:
+    """The zonings to store with the dataset, checked against its catalog before anything is counted;
+    `write_aggregates` saves them with the new version (nothing is written if ingestion fails)."""
     loaded = []
     for spec in zonings:
         if not spec.path.exists():
             raise InvalidData(f"zoning {spec.name!r}: file {spec.path.name} not found", field="zoning")
         mapping = parse_zoning_csv(spec.path.read_text(), source=spec.path.name)
-        zoning = Zoning.from_mapping(spec.name, mapping, catalog, coarse=spec.coarse,
-                                     min_cells_per_zone=spec.min_cells_per_zone, source=spec.path.name)
-        save_zoning(zoning, catalog, out / "zonings" / f"{spec.name}.json")
-        loaded.append(spec.name)
+        loaded.append(Zoning.from_mapping(spec.name, mapping, catalog, coarse=spec.coarse,
+                                          min_cells_per_zone=spec.min_cells_per_zone, source=spec.path.name))
     return loaded
 
 

@@ -81,6 +81,12 @@ class IngestOptions:
     key_cap_trips: int = 1
     delta: float = DEFAULT_DELTA
     input_format: str = "events"
+    #: the IANA time zone of the dataset: local dates and hours (instants are converted to it); see DatasetMetadata
+    time_zone: str | None = None
+    #: add the complete windows after the served ones to the dataset at the output (dpflows.ingest.appending)
+    append: bool = False
+    #: with append: publish a trailing incomplete window with the days given instead of holding it
+    close_window: bool = False
     #: the people this data is drawn from: datasets of one population share its budget (issue 17);
     #: None: the data root's default population, shared by every dataset ingested without one
     population: str | None = None
@@ -104,7 +110,10 @@ class IngestOptions:
         if self.places is not None and self.trips_table:
             raise InvalidData("--home-hours, --work-hours and --min-work-days apply to events; a trips table has no "
                               "homes or work places: drop them here", field="home_hours")
-        # the dataset's own checks (name, window, bounds, accounting, δ, days), before any file is read
+        if self.close_window and not self.append:
+            raise InvalidData("--close-window applies to --append (it publishes the last, incomplete window of an "
+                              "append); drop it", field="close_window")
+        # the dataset's own checks (name, window, bounds, accounting, δ, days, time zone), before any file is read
         if self.trips_table:
             self.trips_metadata(per_person=True)
         else:
@@ -155,7 +164,8 @@ class IngestOptions:
         return DatasetMetadata(self.name, first_day, end_day, self.window_days, self.trips_bound(),
                                self.bound_presence, self.trip_rule_json(), self.accounting, self.key_cap_trips,
                                self.delta, ONE_PLACE_PER_PERSON_HOUR, self.place_rule,
-                               missing_days=tuple(self.missing_days), population=self.population)
+                               missing_days=tuple(self.missing_days), time_zone=self.time_zone,
+                               population=self.population)
 
     def trips_metadata(self, *, per_person: bool) -> DatasetMetadata:
         """The public facts of a dataset ingested from a trips table (with or without a person column)."""
@@ -164,7 +174,7 @@ class IngestOptions:
         return DatasetMetadata(self.name, first_day, end_day, self.window_days, self.trips_bound(per_person=per_person),
                                1, rule, self.accounting, self.key_cap_trips, self.delta, NO_PRESENCE,
                                unit=PERSON_WINDOW if per_person else TRIP, missing_days=tuple(self.missing_days),
-                               population=self.population)
+                               time_zone=self.time_zone, population=self.population)
 
     def check_engine(self, engine: str) -> None:
         """What the chosen engine cannot do is refused before anything is read."""

@@ -38,6 +38,7 @@ from dpflows.accounting import accounting as accounting_of
 from dpflows.aggregates import DatasetMetadata, write_aggregates
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive, sorted_bucket
+from dpflows.ingest.appending import append_arguments, begin_append, check_catalog, drop_late_and_held
 from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key
 from dpflows.ingest.contribution_histograms import ContributionHistograms, release_bounding_report
 from dpflows.ingest.inputs import (  # re-exported: callers import them from the pipeline
@@ -155,17 +156,25 @@ def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str 
     """
     options.check_input(("events",), "ingest_events")
     progress = progress or Progress()
+    out = Path(out_dir)
+    options, plan = begin_append(out, options)  # appending: the served grid, the new windows' span
     start, end = options.span
     path = Path(events_path)
-    out = Path(out_dir)
     seed = options.drawn_seed()
     histograms = ContributionHistograms(enabled=options.report_budget.nanos > 0)
-    meta = options.events_metadata()
+    meta = options.events_metadata() if plan is None else plan.metadata
     progress.phase(f"reading {Path(cells_path).name} and checking {path.name}")
     catalog, lookup = read_cells(cells_path)
+    check_catalog(plan, catalog, out)
+    zonings = _load_zonings(options.zonings, catalog)
     frame = _scan(path)
     _require_columns(frame, path, ["person", "timestamp", "cell_id"])
     frame = frame.select("person", "timestamp", "cell_id")
+    if plan is not None or options.time_zone is not None:
+        # local wall times, and an append's new windows only: parsed and filtered before the one-pass checks,
+        # so an unparseable time is refused (never dropped as late) and the span is checked in local days
+        frame = _timestamps(frame, path, "timestamp", options.time_zone)
+        frame = drop_late_and_held(frame, plan, path, progress.warn)
     # (person, timestamp, cell index): read once, checked in one pass; null cell = not in the catalog
     indexed = _indexed_events(frame, path, catalog)
     buckets = options.buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
@@ -201,10 +210,10 @@ def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str 
                                          ("residents", _RESIDENT_KEYS, ["cell"]),
                                          ("commuting", _COMMUTING_KEYS, ["home", "work"])))
     # histograms of all buckets, summed by `histograms.add` (disjoint persons), released once with noise
-    report = release_bounding_report(histograms, options.report_budget, meta.window_count)
-    _load_zonings(options.zonings, catalog, out)
+    appended, windows, first_window = append_arguments(plan, meta.window_count)
+    report = release_bounding_report(histograms, options.report_budget, windows, first_window)
     write_aggregates(out, meta, _cells_frame(catalog), trip_counts, pres_counts, bounding_report=report,
-                     residents=residents, commuting=commuting)
+                     residents=residents, commuting=commuting, zonings=zonings, **appended)
     progress.phase(f"done: dataset {options.name!r} in {out}")
     return out
 
@@ -365,8 +374,7 @@ def ingest_trips_table(trips_path: str | Path | pl.DataFrame, cells_path: str | 
     """
     options.check_input(("trips", "citibike"), "ingest_trips_table")
     progress = progress or Progress()
-    start, end = options.span
-    seed = options.drawn_seed()
+    out = Path(out_dir)
     if isinstance(trips_path, pl.DataFrame):
         path, frame = Path("trips table"), trips_path.lazy()
     else:
@@ -374,8 +382,13 @@ def ingest_trips_table(trips_path: str | Path | pl.DataFrame, cells_path: str | 
         frame = _scan(path)
     _require_columns(frame, path, ["timestamp", "origin", "dest"])
     has_person = "person" in frame.collect_schema().names()
-    frame = _timestamps(frame, path, "timestamp")
+    options, plan = begin_append(out, options, per_person=has_person)  # appending: the served grid, new span
+    start, end = options.span
+    seed = options.drawn_seed()
+    frame = drop_late_and_held(_timestamps(frame, path, "timestamp", options.time_zone), plan, path, progress.warn)
     catalog, lookup = read_cells(cells_path)
+    check_catalog(plan, catalog, out)
+    zonings = _load_zonings(options.zonings, catalog)
     frame = _index_cells(frame, lookup, path, "origin", "origin")
     frame = _index_cells(frame, lookup, path, "dest", "dest")
     if has_person:
@@ -397,17 +410,17 @@ def ingest_trips_table(trips_path: str | Path | pl.DataFrame, cells_path: str | 
     if not has_person and bound_trips > 1:
         progress.warn(f"--bound-trips {bound_trips} with one trip per unit adds {bound_trips}x the noise needed; "
                       "each trip is its own unit here, so 1 (the default) is exact")
-    meta = options.trips_metadata(per_person=has_person)
+    meta = options.trips_metadata(per_person=has_person) if plan is None else plan.metadata
     progress.phase("bounding trips per person-window")
     histograms = ContributionHistograms(enabled=has_person and options.report_budget.nanos > 0)
     counts_lazy = _bounded_trip_counts(trips, start, options.window_days, bound_trips, seed=seed,
                                        key_cap=accounting_of(meta.accounting).key_cap_trips(meta),
                                        histograms=histograms)
     [counts] = histograms.collect_with(_cell_names(counts_lazy, lookup, ["origin", "dest"]))
-    report = release_bounding_report(histograms, options.report_budget, meta.window_count)
+    appended, windows, first_window = append_arguments(plan, meta.window_count)
+    report = release_bounding_report(histograms, options.report_budget, windows, first_window)
     empty_presence = pl.DataFrame(schema={"day": pl.Date, "hour": pl.Int8, "cell": pl.String, "count": pl.Int64})
-    out = Path(out_dir)
-    _load_zonings(options.zonings, catalog, out)
-    write_aggregates(out, meta, _cells_frame(catalog), counts, empty_presence, bounding_report=report)
+    write_aggregates(out, meta, _cells_frame(catalog), counts, empty_presence, bounding_report=report,
+                     zonings=zonings, **appended)
     progress.phase(f"done: dataset {options.name!r} in {out}")
     return out

@@ -55,6 +55,7 @@ from dpflows.aggregates import PlaceRule, write_aggregates
 from dpflows.contribution_report import BIN_UPPER
 from dpflows.errors import InvalidData
 from dpflows.ingest import derive
+from dpflows.ingest.appending import AppendDrops, AppendPlan, append_arguments, begin_append, check_catalog
 from dpflows.ingest.contribution_histograms import ContributionHistograms, release_bounding_report
 from dpflows.ingest.options import IngestOptions
 from dpflows.ingest.pipeline import Progress, _cell_names, _cells_frame, _load_zonings
@@ -199,7 +200,7 @@ class SparkBounded:
 
 
 def bounded_records_spark(events_path: str | Path, cells_path: str | Path, options: IngestOptions, *, seed: int,
-                          spark: SparkSession | None = None) -> SparkBounded:
+                          spark: SparkSession | None = None, plan: AppendPlan | None = None) -> SparkBounded:
     """Checked events → derived records → at most L per (person, window), as lazy Spark frames.
 
     For zCDP datasets, first at most `key_cap_trips` trips per person and trips row
@@ -211,7 +212,12 @@ def bounded_records_spark(events_path: str | Path, cells_path: str | Path, optio
     first_day, end_day = options.span
     window_days, rule = options.window_days, options.place_rule
     key_cap_trips = accounting_of(options.accounting).key_cap_trips(options.events_metadata())
-    source = read_events_spark(_spark(spark), events_path, cells_path, first_day, end_day)
+    if plan is None:
+        source = read_events_spark(_spark(spark), events_path, cells_path, first_day, end_day,
+                                   time_zone=options.time_zone)
+    else:  # an append: rows of served windows (late) and of an incomplete one (held) are left out
+        source = read_events_spark(_spark(spark), events_path, cells_path, first_day, plan.declared_end,
+                                   time_zone=options.time_zone, keep=(plan.start, end_day))
     start = source.first_day
     # (person, window, day, hour, cell): one cell per (person, day, hour)
     presence_all = presence_records(source.events, start, window_days, seed=seed)
@@ -291,11 +297,19 @@ def ingest_events_spark(events_path: str | Path, cells_path: str | Path, out_dir
     options.check_input(("events",), "ingest_events_spark")
     options.check_engine("spark")
     progress = progress or Progress()
+    out = Path(out_dir)
+    options, plan = begin_append(out, options)  # appending: the served grid, the new windows' span
     # name, span, window, bounds and the place rule were checked when the options were made, before Spark reads
-    meta = options.events_metadata()
+    meta = options.events_metadata() if plan is None else plan.metadata
     progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
-    bounded = bounded_records_spark(events_path, cells_path, options, seed=options.drawn_seed(), spark=spark)
+    bounded = bounded_records_spark(events_path, cells_path, options, seed=options.drawn_seed(), spark=spark,
+                                    plan=plan)
     source = bounded.source
+    check_catalog(plan, source.catalog, out)
+    zonings = _load_zonings(options.zonings, source.catalog)
+    if plan is not None:
+        for line in AppendDrops(source.rows, source.late, source.held).lines(plan):
+            progress.warn(line)
     try:
         progress.phase("deriving presence, bounding per person-window (Spark)")
         presence = _counts(bounded.presence, ["day", "hour", "cell"], ["cell"], source.lookup)
@@ -310,13 +324,12 @@ def ingest_events_spark(events_path: str | Path, cells_path: str | Path, out_dir
             for measure, frame in (("presence", bounded.presence_unbounded), ("trips", bounded.trips_unbounded)):
                 assert frame is not None
                 histograms.add_counts(measure, contribution_counts_spark(frame))
-        report = release_bounding_report(histograms, options.report_budget, meta.window_count)
+        appended, windows, first_window = append_arguments(plan, meta.window_count)
+        report = release_bounding_report(histograms, options.report_budget, windows, first_window)
     finally:
         source.events.unpersist()
     progress.phase("writing aggregates")
-    out = Path(out_dir)
-    _load_zonings(options.zonings, source.catalog, out)
     write_aggregates(out, meta, _cells_frame(source.catalog), trips, presence, bounding_report=report,
-                     residents=residents, commuting=commuting)
+                     residents=residents, commuting=commuting, zonings=zonings, **appended)
     progress.phase(f"done: dataset {options.name!r} in {out}")
     return out

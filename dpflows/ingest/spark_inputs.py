@@ -46,8 +46,9 @@ def _read(spark: SparkSession, path: str) -> DataFrame:
                           field="path") from exc
 
 
-def _timestamp_ntz(frame: DataFrame, name: str, column: str) -> tuple[Column, Column]:
-    """(parsed timestamp_ntz column, raw column) for strings, naive or UTC-adjusted timestamps."""
+def _timestamp_ntz(frame: DataFrame, name: str, column: str, time_zone: str | None = None) -> tuple[Column, Column]:
+    """(parsed timestamp_ntz column, raw column) for strings, naive or UTC-adjusted timestamps; instants as wall
+    times in `time_zone` when the dataset declares one (as the Polars engine: dpflows.ingest.inputs._timestamps)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, TimestampNTZType, TimestampType
 
@@ -59,8 +60,10 @@ def _timestamp_ntz(frame: DataFrame, name: str, column: str) -> tuple[Column, Co
         return raw, raw
     if isinstance(dtype, TimestampType):
         # an instant: its UTC wall time, independent of spark.sql.session.timeZone (Polars reads UTC)
-        return F.expr(f"timestampadd(MICROSECOND, unix_micros(`{column}`), "
-                      "TIMESTAMP_NTZ'1970-01-01 00:00:00')"), raw
+        utc = (f"timestampadd(MICROSECOND, unix_micros(`{column}`), TIMESTAMP_NTZ'1970-01-01 00:00:00')")
+        if time_zone is None:
+            return F.expr(utc), raw
+        return F.expr(f"convert_timezone('UTC', '{time_zone}', {utc})"), raw  # a checked IANA name
     raise InvalidData(f"{name}: column {column!r} has type {dtype.simpleString()}; it must hold datetimes",
                       field=column)
 
@@ -81,11 +84,19 @@ class SparkEvents:
     lookup: pl.DataFrame
     first_day: dt.date
     end_day: dt.date  # exclusive
+    #: with `keep` (an append): rows read, rows before keep (late) and after it (held), all left out
+    rows: int = 0
+    late: int = 0
+    held: int = 0
 
 
 def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: str | Path,
-                      first_day: dt.date | None = None, end_day: dt.date | None = None) -> SparkEvents:
-    """Read and check the events in one Spark pass; errors name file, column, counts, never a person."""
+                      first_day: dt.date | None = None, end_day: dt.date | None = None, *,
+                      time_zone: str | None = None, keep: tuple[dt.date, dt.date] | None = None) -> SparkEvents:
+    """Read and check the events in one Spark pass; errors name file, column, counts, never a person.
+
+    With `keep` [from, to) (an append, dpflows.ingest.appending), rows before it are late and rows
+    from its end to `end_day` held: both are counted and left out instead of refused."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -99,7 +110,7 @@ def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: 
     missing = [c for c in wanted if c not in present]
     if missing:
         raise InvalidData(f"{name}: missing column(s) {missing}; found {sorted(present)}", field=missing[0])
-    ts, ts_raw = _timestamp_ntz(raw, name, "timestamp")
+    ts, ts_raw = _timestamp_ntz(raw, name, "timestamp", time_zone)
     frame = (raw.select(F.col("person"), ts.alias("timestamp"), ts_raw.isNull().alias("_ts_empty"),
                         F.col("cell_id").cast("string").alias("cell_id"))
              .join(_lookup_frame(spark, lookup), F.col("cell_id") == F.col("_cell_id"), "left"))
@@ -110,7 +121,9 @@ def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: 
         F.sum(F.when(F.col("person").isNull() | (F.trim(F.col("person").cast("string")) == ""), 1)
               .otherwise(0)).alias("empty_person"),
         F.sum(F.when(F.col("_cell").isNull(), 1).otherwise(0)).alias("unknown_cells"),
-        F.sum(F.when(F.to_date("timestamp") < F.lit(start), 1).otherwise(0)).alias("early"),
+        F.sum(F.when(F.to_date("timestamp") < F.lit(start if keep is None else keep[0]), 1).otherwise(0))
+        .alias("early"),
+        F.sum(F.when(F.to_date("timestamp") >= F.lit(end if keep is None else keep[1]), 1).otherwise(0)).alias("held"),
         F.sum(F.when(F.to_date("timestamp") >= F.lit(end), 1).otherwise(0)).alias("late"),
     ).collect()[0]
     if checks["bad_ts"]:
@@ -130,12 +143,20 @@ def read_events_spark(spark: SparkSession, events_path: str | Path, cells_path: 
         )
     if not checks["rows"]:
         raise InvalidData(f"{name}: no rows; nothing to ingest", field="path")
-    if checks["early"]:
+    if checks["early"] and keep is None:
         raise InvalidData(f"{name}: {checks['early']} row(s) fall before --first-day {start}; declare an earlier "
                           "--first-day or remove them", field="timestamp")
     if checks["late"]:
         raise InvalidData(f"{name}: {checks['late']} row(s) fall on or after --end-day {end} (exclusive); declare a "
                           "later --end-day or remove them", field="timestamp")
+    if keep is not None and checks["rows"] == checks["early"] + checks["held"]:
+        raise InvalidData(f"{name}: no rows fall in the appended windows ({keep[0]}..{keep[1]}); nothing to ingest",
+                          field="path")
+    if keep is not None:
+        frame = frame.filter((F.to_date("timestamp") >= F.lit(keep[0])) & (F.to_date("timestamp") < F.lit(keep[1])))
     events = (frame.select("person", "timestamp", F.col("_cell").alias("cell"))
               .persist(StorageLevel.MEMORY_AND_DISK))
-    return SparkEvents(events, catalog, lookup, start, end)
+    if keep is None:
+        return SparkEvents(events, catalog, lookup, start, end)
+    return SparkEvents(events, catalog, lookup, start, keep[1], int(checks["rows"]), int(checks["early"]),
+                       int(checks["held"] - checks["late"]))

@@ -293,6 +293,19 @@ class SqlLedger(ClientRegistry, AuditLog, PopulationStore):
         answers = [self._answer_from_row(r) for r in rows]
         return [a for a in answers if kind is None or (a.payload.get("query") or {}).get("kind") == kind]
 
+    def delete_answers(self, dataset: str, before_window: int, *, keep_client: int | None = None) -> int:
+        """Delete the stored answers (and shapes) of `dataset` that count a window before `before_window`:
+        retired windows' released values leave the ledger (`keep_client`'s stay: the bounding-report
+        charges, which hold no value). Charges and audit rows are append-only and stay."""
+        with self._transaction(write=True) as cur:
+            cur.execute("SELECT DISTINCT answer_id FROM charges WHERE dataset = ? AND win < ? AND client_id <> ?",
+                        (dataset, before_window, -1 if keep_client is None else keep_client))
+            ids = [str(row[0]) for row in cur.fetchall()]
+            for answer_id in ids:
+                cur.execute("DELETE FROM answer_shapes WHERE answer_id = ?", (answer_id,))
+                cur.execute("DELETE FROM answers WHERE answer_id = ?", (answer_id,))
+        return len(ids)
+
     def find_answer_shapes(self, dataset: str, where: ShapeFilter) -> list[AnswerShape]:
         """Shapes of the stored answers `where` admits, ranked in SQL (`ShapeFilter`); payloads untouched.
 

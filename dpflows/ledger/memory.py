@@ -303,6 +303,16 @@ class MemoryLedger:
         answers.sort(key=lambda a: (a.created_at, a.answer_id))
         return [a for a in answers if kind is None or (a.payload.get("query") or {}).get("kind") == kind]
 
+    def delete_answers(self, dataset: str, before_window: int, *, keep_client: int | None = None) -> int:
+        with self._lock:
+            ids = {a for (c, d, w, _, a) in self._charges if d == dataset and w < before_window and c != keep_client}
+            for answer_id in ids:
+                answer = self._answers.pop(answer_id, None)
+                if answer is not None:
+                    self._answer_by_key.pop((answer.dataset, answer.query_key), None)
+                self._shapes.pop(answer_id, None)
+        return len(ids)
+
     def find_answer_shapes(self, dataset: str, where: ShapeFilter) -> list[AnswerShape]:
         with self._lock:
             shapes = [s for s in self._shapes.values() if s.dataset == dataset and where.admits(s)]

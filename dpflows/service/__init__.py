@@ -130,6 +130,9 @@ class Service:
     def population_budget(self, *, dataset: str | None = None, population: str | None = None) -> PopulationBudget:
         return admin.population_budget(self.context, dataset=dataset, population=population)
 
+    def retire_windows(self, dataset: str, before: dt.date, *, by: Client | None = None) -> int:
+        return admin.retire_windows(self.context, dataset, before, by=by)
+
     def add_zoning(self, dataset: str, name: str, csv_text: str, *, coarse: bool = False,
                    min_cells_per_zone: int | None = None, geometry: dict[str, Any] | None = None,
                    by: Client | None = None) -> Zoning:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import os
@@ -23,8 +24,10 @@ from dpflows.errors import (
 )
 from dpflows.ledger import Allocation, ApiKeyRecord, AuditEntry, Client
 from dpflows.ledger.base import Population
+from dpflows.retirement import retire_windows as retire_files
 from dpflows.service.context import ServiceContext
 from dpflows.service.records import WindowStatus
+from dpflows.service.reports import SYSTEM_CLIENT
 
 KEY_PREFIX = "dpf_"
 #: Names of dpflows' own principals (the bounding-report payer); no client may take one, none gets a key.
@@ -251,7 +254,8 @@ def budget_status(ctx: ServiceContext, client: Client, dataset: str) -> list[Win
 
 
 def readiness(ctx: ServiceContext) -> dict[str, Any]:
-    """For a load balancer's readiness probe: the ledger answers and the data root can be read.
+    """For a load balancer's readiness probe: the ledger answers and the data root can be read; and
+    what this worker holds of each dataset (version, layout, windows mapped so far: public facts).
 
     Raises Unavailable (ledger) or DataUnavailable (data root); the message names no path.
     """
@@ -259,4 +263,26 @@ def readiness(ctx: ServiceContext) -> dict[str, Any]:
     root = ctx.store.root
     if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
         raise DataUnavailable("the data root is not a readable directory; check DPFLOWS_DATA_DIR")
-    return {"ledger": "ok", "datasets": len(ctx.store.names())}
+    return {"ledger": "ok", "datasets": len(ctx.store.names()), "loaded": ctx.store.status()}
+
+
+def retire_windows(ctx: ServiceContext, dataset: str, before: dt.date, *, by: Client | None = None) -> int:
+    """Delete the counts of every window that ends before `before`, and the stored answers counting them.
+
+    Their charges and audit rows stay (the ledger is append-only): the spending of those
+    person-windows remains a fact. Queries touching them are refused from then on. Returns how
+    many windows are retired (dpflows.retirement)."""
+    data = ctx.dataset(dataset)
+    meta = data.metadata
+    count = (before - meta.first_day).days // meta.window_days
+    if count < 1:
+        raise InvalidInput(f"before={before.isoformat()}: no window of dataset {dataset!r} ends before it (the first "
+                           f"ends {meta.window_start(1).isoformat()}); give a later date", field="before")
+    retire_files(ctx.store.dataset_dir(dataset), count)
+    try:
+        keep = ctx.ledger.client_by_name(SYSTEM_CLIENT).id  # report charges hold no value: kept
+    except NotFound:
+        keep = None
+    deleted = ctx.ledger.delete_answers(dataset, count, keep_client=keep)
+    ctx.audit_admin(by, "admin.retire_windows", dataset=dataset, windows=count, answers_deleted=deleted)
+    return count

@@ -82,7 +82,7 @@ def answer(ctx: ServiceContext, request: QueryRequest, client: Client) -> Answer
             scale=noisy.scale,
             sensitivity=noisy.sensitivity,
             query=spec.canonical(),
-            data_version=data.version,
+            data_version=data.data_version(prepared.windows),
         )
         receipt = ctx.ledger.commit_release(ReleaseRequest(
             client_id=client.id, dataset=spec.dataset, query_key=query_key, windows=prepared.windows,

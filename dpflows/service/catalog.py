@@ -30,6 +30,7 @@ class Catalog:
                 "accounting": meta.accounting_json(),
                 "privacy_unit": meta.privacy_unit,
                 "missing_days": [d.isoformat() for d in meta.missing_days],
+                "time_zone": meta.time_zone, "retired_windows": sorted(data.retired),
                 "zonings": [{"name": z.name, "zones": z.zone_count, "coarse": z.coarse} for z in zonings],
             })
         return out

@@ -23,7 +23,7 @@ from dpflows.ledger._sql import check_grid_matches, group_query_key
 from dpflows.ledger.base import DEFAULT_POPULATION
 from dpflows.ledger.high_water import HighWaterMark
 from dpflows.mechanisms import stock_noise
-from dpflows.queries import QuerySpec
+from dpflows.queries import QuerySpec, touched_windows
 from dpflows.sensitivity import query_sensitivity
 from dpflows.service.policy import Policy
 from dpflows.service.records import QueryRequest, WindowStatus
@@ -183,10 +183,11 @@ class ServiceContext:
 
     @staticmethod
     def query_key(spec: QuerySpec, data: Dataset, loss: PrivacyLoss, client: Client) -> str:
-        """Reuse key: the normalized query, the dataset's ingestion, the mechanism and its ε or ρ, within
-        the client's sharing group: another group's answer to the same query is never found (issue 17)."""
+        """Reuse key: the normalized query, the versions of the windows it counts, the mechanism and its ε or ρ,
+        within the client's sharing group: another group's answer to the same query is never found (issue 17).
+        An append leaves the served windows' versions as they were, so their answers stay found (issue 19)."""
         mechanism = accounting(data.metadata.accounting).mechanism.name
-        text = f"{spec.key()}|{data.version}|{mechanism}|{loss.nanos}"
+        text = f"{spec.key()}|{data.data_version(touched_windows(spec, data))}|{mechanism}|{loss.nanos}"
         return group_query_key(hashlib.sha256(text.encode()).hexdigest(), client.share_group)
 
     def window_status(self, data: Dataset, client: Client, windows: list[int],

@@ -52,7 +52,7 @@ def _commit_report_charge(ctx: ServiceContext, dataset: str, charge: ReportCharg
     try:
         ctx.ledger.commit_release(ReleaseRequest(
             client_id=system.id, dataset=dataset, query_key=charge.query_key,
-            windows=tuple(range(charge.windows)), loss=loss, answer_id=answer_id, grid=grid,
+            windows=charge.window_indexes, loss=loss, answer_id=answer_id, grid=grid,
             population_loss=population_loss,
             payload={"query": query, "loss_nanos": loss.nanos, "unit": loss.unit},
             audit=AuditEntry(action=REPORT_ACTION, outcome="released", client_id=system.id, dataset=dataset,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from dpflows.aggregates import AggregateStore, version_dir
+from dpflows.aggregates import AggregateStore, load_dataset, version_dir
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
 from tests.api.conftest import FLOWS, Keys, seed_clients
@@ -177,7 +177,7 @@ def test_ledger_refusing_writes_is_a_clear_503_and_nothing_is_released(data_root
     assert check_ledger(ledger_path, {})["answers"] == 0
 
 
-@pytest.mark.parametrize("damage", ["truncate trips.parquet", "delete presence.parquet", "garble metadata.json"])
+@pytest.mark.parametrize("damage", ["truncate trips.arrow", "delete presence.arrow", "garble metadata.json"])
 def test_missing_or_corrupt_aggregates_are_a_clear_503_on_first_use(data_root: Path, tmp_path: Path,
                                                                      damage: str) -> None:
     root = tmp_path / "data"
@@ -185,7 +185,8 @@ def test_missing_or_corrupt_aggregates_are_a_clear_503_on_first_use(data_root: P
     ledger_path = tmp_path / "ledger.db"
     keys = seeded_ledger(root, ledger_path)
     action, name = damage.split(" ")
-    target = version_dir(root / "datasets" / "small") / name
+    dataset = root / "datasets" / "small"
+    target = (version_dir(dataset) if name == "metadata.json" else load_dataset(dataset).window_refs[0].path) / name
     if action == "truncate":
         target.write_bytes(target.read_bytes()[:200])
     elif action == "delete":

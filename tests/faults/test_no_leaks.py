@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 
-from dpflows.aggregates import AggregateStore, version_dir
+from dpflows.aggregates import AggregateStore, load_dataset, version_dir
 from dpflows.budget import Epsilon
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.queries import make_spec, prepare
@@ -103,7 +103,7 @@ def test_logs_error_bodies_and_audit_hold_no_count_and_no_key(data_root: Path, t
     shutil.copytree(root / "datasets" / "small", root / "datasets" / "broken")
     meta = json.loads((version_dir(root / "datasets" / "broken") / "metadata.json").read_text())
     (version_dir(root / "datasets" / "broken") / "metadata.json").write_text(json.dumps({**meta, "name": "broken"}))
-    trips = version_dir(root / "datasets" / "broken") / "trips.parquet"
+    trips = load_dataset(root / "datasets" / "broken").window_refs[0].path / "trips.arrow"
     trips.write_bytes(trips.read_bytes()[:300])
     ledger_path = tmp_path / "ledger.db"
     setup = Service(AggregateStore(root), SqliteLedger(ledger_path))
@@ -213,6 +213,8 @@ def test_logs_error_bodies_and_audit_hold_no_count_and_no_key(data_root: Path, t
         public |= integers_in(path) | integers_in(body)
     public |= {200, 201, 400, 401, 403, 404, 405, 409, 413, 422, 429, 503, 100000, 1024, 1048576, 60, 5}
     public |= set(range(25))  # hours of day appear normalized in the audit's query (public parameters)
+    public |= {len(data.catalog)}  # public catalog facts /v1/datasets lists: cells and zones per zoning
+    public |= {data.zoning(name).zone_count for name in ("cell", "districts", "sectors")}
     candidates = sorted(c for c in counts if c >= 10 and c not in public)
     assert len(candidates) >= 30, candidates  # the check means something
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from dpflows.aggregates import load_dataset, version_dir
+from dpflows.aggregates import load_dataset, read_interchange
 from dpflows.demo import generate_city
 from dpflows.errors import InvalidData
 from dpflows.ingest.citibike import citibike_cells, citibike_trips_table
@@ -47,12 +47,12 @@ def test_ingest_round_trip_with_bounds_windows_and_zonings(city, tmp_path: Path)
     assert (meta.bound_trips, meta.bound_presence, meta.trip_rule["kind"]) == (6, 30, "stay")
     assert data.zoning("sectors").coarse and data.zoning("districts").zone_count == 50
     # bounded: at most 6 trips per person-week, 600 persons, 2 weeks
-    assert 0 < data.trips.count.sum() <= 6 * 600 * 2
-    assert 0 < data.presence.count.sum() <= 30 * 600 * 2
-    hours = pl.read_parquet(version_dir(out) / "trips.parquet").group_by("hour").agg(pl.col("count").sum())
+    assert 0 < data.frame("trips")["count"].sum() <= 6 * 600 * 2
+    assert 0 < data.frame("presence")["count"].sum() <= 30 * 600 * 2
+    hours = read_interchange(out, "trips").collect().group_by("hour").agg(pl.col("count").sum())
     peak = hours.sort("count", descending=True)["hour"][0]
     assert 6 <= peak <= 19
-    assert "person" not in pl.read_parquet(version_dir(out) / "trips.parquet").columns
+    assert "person" not in read_interchange(out, "trips").collect().columns
 
 
 def write_events(tmp_path: Path, rows: list[tuple], name: str = "events.csv") -> Path:
@@ -95,5 +95,5 @@ def test_citibike_day_as_a_trips_table(tmp_path: Path) -> None:
                                            end_day=dt.date(2017, 4, 19), input_format="trips"))
     data = load_dataset(out)
     assert data.metadata.first_day == dt.date(2017, 4, 18) and data.metadata.bound_trips == 1
-    assert data.trips.count.sum() == trips.height  # each trip its own unit: bound 1 keeps all
+    assert data.frame("trips")["count"].sum() == trips.height  # each trip its own unit: bound 1 keeps all
     assert len(data.catalog) == 614

@@ -14,14 +14,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from dpflows.aggregates import PlaceRule, load_dataset, version_dir
+from dpflows.aggregates import PlaceRule, load_dataset, read_interchange, version_dir
 from dpflows.cli import main
 from dpflows.demo import generate_city
 from dpflows.errors import InvalidData
@@ -170,26 +169,25 @@ def test_demo_city_records_follow_the_rule_and_the_dataset_stores_them(city, tmp
     out = ingest_events(city.events, city.cells, tmp_path / "ds", IngestOptions(**city.span, name="ds", seed=3))
     data = load_dataset(out)
     assert data.metadata.one_place_per_hour and data.metadata.places == DEFAULT_PLACES
-    assert data.residents is not None and data.commuting is not None
+    assert data.metadata.places is not None
     # unbounded presence: the stored counts are the hour cells; the stored places are the derived ones
-    assert data.presence.count.sum() <= cells.height
-    residents = pl.read_parquet(version_dir(out) / "residents.parquet")
+    assert data.frame("presence")["count"].sum() <= cells.height
+    residents = read_interchange(out, "residents").collect()
     assert residents.columns == ["window", "place", "cell", "count"]
     per_place = dict(residents.group_by("place").agg(pl.col("count").sum()).iter_rows())
     assert per_place == {"home": home.height, "work": work.height}
-    commuting = pl.read_parquet(version_dir(out) / "commuting.parquet")
+    commuting = read_interchange(out, "commuting").collect()
     assert commuting.columns == ["window", "home", "work", "count"]
     assert commuting["count"].sum() == home.join(work, on=["person", "window"]).height
     assert (commuting["home"] != commuting["work"]).all()
-    assert int(data.residents.count.sum()) == home.height + work.height
-    assert int(data.commuting.count.sum()) == commuting["count"].sum()
+    assert int(data.frame("residents")["count"].sum()) == home.height + work.height
+    assert int(data.frame("commuting")["count"].sum()) == commuting["count"].sum()
     doc = json.loads((version_dir(out) / "metadata.json").read_text())
     assert doc["presence_rule"] == {"kind": "one_place_per_person_hour"}
     assert doc["places"]["bounds"] == {"residents": 1, "commuting": 1}
     assert (doc["places"]["home_hours"], doc["places"]["work_hours"], doc["places"]["min_work_days"]) == (
         [22, 6], [9, 17], 3)
-    assert set(doc["files"]) == {"cells.parquet", "trips.parquet", "presence.parquet", "residents.parquet",
-                                 "commuting.parquet"}
+    assert set(doc["files"]) == {"cells.parquet"} and len(doc["windows"]) == data.metadata.window_count
 
 
 def test_cli_place_flags_reach_the_metadata(city, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -254,7 +252,7 @@ def neighbour_differences(full: Path, without: Path, bound_presence: int) -> dic
     """Check one person's largest effect per window on each measure; return their total effect per measure."""
 
     def read(out: Path, name: str) -> pl.DataFrame:
-        return pl.read_parquet(version_dir(out) / f"{name}.parquet")
+        return read_interchange(out, name).collect()
 
     residents = _window_l1(read(full, "residents"), read(without, "residents"), ["window", "place", "cell"],
                            ["window", "place"])
@@ -312,10 +310,9 @@ def test_one_demo_person_adds_exactly_their_places(city, tmp_path: Path) -> None
 
 
 def test_old_datasets_without_places_still_load(report_root: Path, tmp_path: Path) -> None:
-    import shutil
+    from tests.legacy_layout import write_format1
 
-    copy = tmp_path / "datasets" / "city"
-    shutil.copytree(report_root / "datasets" / "city", copy)
+    copy = write_format1(report_root / "datasets" / "city", tmp_path / "datasets" / "city")  # as written then
     meta_path = version_dir(copy) / "metadata.json"
     doc = json.loads(meta_path.read_text())
     for key in ("presence_rule", "places"):
@@ -325,10 +322,10 @@ def test_old_datasets_without_places_still_load(report_root: Path, tmp_path: Pat
         (version_dir(copy) / name).unlink()
     meta_path.write_text(json.dumps(doc))
     data = load_dataset(copy)
-    assert data.residents is None and data.commuting is None and data.metadata.places is None
+    assert data.metadata.places is None
     assert data.metadata.presence_rule == "cells_per_person_hour" and not data.metadata.one_place_per_hour
-    assert data.presence.count.sum() > 0
-    assert np.array_equal(data.presence.count, load_dataset(report_root / "datasets" / "city").presence.count)
+    assert data.frame("presence")["count"].sum() > 0
+    assert data.frame("presence")["count"].equals(load_dataset(report_root / "datasets" / "city").frame("presence")["count"])
 
 
 def test_cli_defaults_are_the_library_defaults() -> None:

@@ -111,7 +111,7 @@ def test_ingestion_stores_the_release_and_nothing_exact(city, tmp_path: Path) ->
     assert set(stored) == RELEASE_FIELDS  # the mechanism's output and how it was made; no exact field
     assert set(doc) - {"bounding_report"} == {"format_version", "name", "first_day", "end_day", "window_days",
                                               "bounds", "trip_rule", "presence_rule", "places", "accounting",
-                                              "ingestion_id", "files", "privacy_unit"}
+                                              "ingestion_id", "files", "windows", "privacy_unit"}
     assert stored["sensitivity"] == 2 and stored["noise_scale"] == scale_for_epsilon(2, Epsilon.parse("0.1"))
     assert stored["epsilon_nanos"] == 100_000_000 and stored["windows"] == 2
     assert {m: len(v) for m, v in stored["noisy_counts"].items()} == {"trips": BIN_COUNT, "presence": BIN_COUNT}

@@ -214,7 +214,7 @@ def test_a_loader_never_pairs_old_bounds_with_new_counts(raw: Path, tmp_path: Pa
     monkeypatch.undo()
     store.forget("city")
     data = store.get("city")
-    assert data.metadata.bound_trips == 2 and int(data.trips.count.sum()) > 0
+    assert data.metadata.bound_trips == 2 and int(data.frame("trips")["count"].sum()) > 0
     assert all(load_dataset(root / "datasets" / "city").metadata.bound_trips == 2 for _ in range(2))
 
     # The switch is one rename: running workers pick up the new version whole, without a restart.
@@ -223,12 +223,16 @@ def test_a_loader_never_pairs_old_bounds_with_new_counts(raw: Path, tmp_path: Pa
     assert new.metadata.bound_trips == 30 and new.version != data.version
 
     # Counts of one version under another's metadata (a torn copy, a bad sync) are refused.
-    current = version_dir(root / "datasets" / "city")
-    for f in ("trips.parquet", "presence.parquet"):
-        shutil.copy(data.version_path / f, current / f)  # type: ignore[operator]
+    for window, ref in data.window_refs.items():
+        for f in ("trips.arrow", "presence.arrow"):
+            shutil.copy(ref.path / f, new.window_refs[window].path / f)
     store.forget("city")
     with pytest.raises(DataUnavailable, match=r"does not belong to its metadata\.json"):
-        store.get("city")
+        store.get("city").window(0)
+    service, planner = seeded(root, SqliteLedger(tmp_path / "damaged.db"))  # a worker started after the damage
+    with pytest.raises(DataUnavailable, match=r"does not belong to its metadata\.json"):
+        service.answer(flows(MON, WEEK2), planner)
+    assert service.ledger.total_charged("city", 0) == Epsilon.zero()
 
 
 def test_old_versions_are_pruned_and_failed_writes_leave_nothing(raw: Path, tmp_path: Path) -> None:
@@ -385,6 +389,6 @@ def test_write_aggregates_checks_the_grid_of_what_it_replaces(tmp_path: Path) ->
     write_aggregates(tmp_path / "d", longer, cells, trips, presence)
     assert load_dataset(tmp_path / "d").metadata.window_count == 3
     doc = json.loads((version_dir(tmp_path / "d") / "metadata.json").read_text())
-    assert set(doc["files"]) == {"cells.parquet", "trips.parquet", "presence.parquet"}
+    assert set(doc["files"]) == {"cells.parquet"} and sorted(doc["windows"]) == ["0", "1", "2"]
     with pytest.raises(InvalidData, match="--first-day"):
         write_aggregates(tmp_path / "d", DatasetMetadata("d", WEEK2, END, 7, 5, 5), cells, trips, presence)
