@@ -16,6 +16,7 @@ from `secrets`, so the choice cannot be predicted or replayed from the data alon
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -32,11 +33,14 @@ def bound_per_person_window(records: pl.LazyFrame, bound: int, *, seed: int,
         raise ValueError(f"bound={bound} must be at least 1")
     columns = records.collect_schema().names()
     # (person, window, ...) -> each record gets a rank in a random permutation of its group
-    ranked = records.with_columns(
-        pl.struct(columns).hash(seed).rank("ordinal").over([person, window]).alias("_rank")
-    )
+    ranked = records.with_columns(record_hash(columns, seed).rank("ordinal").over([person, window]).alias("_rank"))
     # (person, window) -> at most `bound` records
     return ranked.filter(pl.col("_rank") <= bound).drop("_rank")
+
+
+def record_hash(columns: Sequence[str], seed: int) -> pl.Expr:
+    """The rank key of a record: a keyed 64-bit hash of its whole content (all `columns`, in order)."""
+    return pl.struct(columns).hash(seed)
 
 
 def cap_per_person_key(records: pl.LazyFrame, cap: int, *, keys: list[str], person: str = "person") -> pl.LazyFrame:

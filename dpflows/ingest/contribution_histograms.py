@@ -106,6 +106,17 @@ class ContributionHistograms:
             raise ValueError(f"measure {measure!r} is not one of {MEASURES}")
         self._counts[measure] = self._counts.get(measure, np.zeros(BIN_COUNT, dtype=np.int64)) + _to_array(counts)
 
+    def add_sizes(self, measure: str, sizes: np.ndarray) -> None:
+        """Add person-windows of these record counts (one per person-window), counted elsewhere."""
+        if not self.enabled:
+            return
+        if measure not in MEASURES:
+            raise ValueError(f"measure {measure!r} is not one of {MEASURES}")
+        # bin index: how many bin upper ends lie below n, as _histogram_plan counts it
+        bins = np.searchsorted(np.asarray(BIN_UPPER), sizes, side="left")
+        self._counts[measure] = (self._counts.get(measure, np.zeros(BIN_COUNT, dtype=np.int64))
+                                 + np.bincount(bins, minlength=BIN_COUNT).astype(np.int64))
+
     def collect_with(self, *frames: pl.LazyFrame) -> list[pl.DataFrame]:
         """Collect `frames` and every histogram added since, sharing their common subplans."""
         pending, self._pending = self._pending, []

@@ -182,6 +182,52 @@ def _check_within_span(frame: pl.LazyFrame, path: Path, first_day: dt.date, end_
                               "--days or remove the rows", field="timestamp")
 
 
+def _indexed_events(frame: pl.LazyFrame, path: Path, catalog: CellCatalog) -> pl.LazyFrame:
+    """(person, timestamp, cell_id) → (person, timestamp, cell): parsed times, cell indexes (null: not in the catalog).
+
+    Not checked: `_check_events` checks the result, in one pass.
+    """
+    dtype = frame.collect_schema()["timestamp"]
+    if dtype == pl.String:
+        stamp = pl.col("timestamp").str.strip_chars().str.to_datetime(strict=False, time_unit="us")
+    elif isinstance(dtype, pl.Datetime):
+        stamp = pl.col("timestamp")
+    else:
+        raise InvalidData(f"{path.name}: column 'timestamp' has type {dtype}; it must hold datetimes",
+                          field="timestamp")
+    # the catalog's sorted ids as an Enum: its physical value is the cell's index in the catalog
+    cells = pl.Enum(list(catalog.cell_ids))
+    index = pl.col("cell_id").cast(pl.String).cast(cells, strict=False).to_physical().cast(pl.UInt32)
+    return frame.select("person", stamp.alias("timestamp"), index.alias("cell"))
+
+
+def _check_events(indexed: pl.LazyFrame, raw: pl.LazyFrame, path: Path, lookup: pl.DataFrame, first_day: dt.date,
+                  end_day: dt.date, missing_days: Iterable[dt.date]) -> None:
+    """Refuse events with a bad time, person or cell, outside the declared days or on missing ones.
+
+    One pass over `indexed` tells whether anything is wrong; only then are the checks run one by
+    one over the input as read (`raw`), which name the file, the column and the first rows.
+    """
+    day = pl.col("timestamp").dt.date()
+    missing = sorted(set(missing_days))
+    person = pl.col("person").is_null()
+    if indexed.collect_schema()["person"] == pl.String:
+        person = person | (pl.col("person").str.strip_chars() == "")
+    wrong = [pl.col("timestamp").is_null().any(), person.any(), pl.len() == 0, (day < pl.lit(first_day)).any(),
+             (day >= pl.lit(end_day)).any(), day.is_in(missing).any() if missing else pl.lit(False),
+             pl.col("cell").is_null().any()]
+    if not any(indexed.select(*(w.alias(str(k)) for k, w in enumerate(wrong))).collect(engine="streaming").row(0)):
+        return
+    frame = _timestamps(raw, path, "timestamp")
+    empty = _rows_where(frame, person)
+    if empty:
+        raise InvalidData(f"{path.name}: column 'person' is empty in rows {empty}", field="person")
+    _check_within_span(frame, path, first_day, end_day, missing)
+    _index_cells(frame, lookup, path, "cell_id", "cell")
+    raise InvalidData(f"{path.name}: rows fail a check that could not be placed; check persons, times and cells",
+                      field="path")
+
+
 def _with_window(frame: pl.LazyFrame, first_day: dt.date, window_days: int) -> pl.LazyFrame:
     days = (pl.col("day") - pl.lit(first_day)).dt.total_days()
     return frame.with_columns((days // window_days).alias("window"))

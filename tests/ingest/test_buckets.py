@@ -189,13 +189,28 @@ def test_temporary_buckets_exist_during_ingestion_and_are_removed_after(city, tm
     def watching(*args, **kwargs):
         [work] = leftovers(data)
         assert (work.stat().st_mode & 0o777) == 0o700  # pseudonyms: this user only
-        seen.append(sorted(p.name for p in work.glob("bucket-*.parquet")))
+        seen.append(sorted(p.name for p in work.glob("bucket-*.arrow")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "_bucket_counts", watching)
     ingest_events(city.events, city.cells, data / "ds", IngestOptions(**city.span, name="x", buckets=3, seed=1))
     assert len(seen) == 3 and len(seen[0]) >= 3  # three buckets, each in its own file(s)
     assert leftovers(data) == [] and (version_dir(data / "ds") / "metadata.json").exists()
+
+
+def test_buckets_with_a_relative_out_path(city, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out data/ds` (relative, as admins type it): the bucket files are found again, the output is the same.
+
+    Polars joins a relative file path given for a partition to the partition's base once more, so
+    bucket files written under a relative temporary directory were never read back.
+    """
+    kw = dict(**city.span, name="ds", bound_trips=3, bound_presence=12, seed=4, report_epsilon=0)
+    one = ingest_events(city.events, city.cells, tmp_path / "one" / "ds", IngestOptions(buckets=1, **kw))
+    monkeypatch.chdir(tmp_path)
+    relative = ingest_events(city.events, city.cells, Path("data") / "ds", IngestOptions(buckets=3, **kw))
+    assert not relative.is_absolute()
+    assert_same(one, tmp_path / relative)
+    assert leftovers(tmp_path / "data") == []
 
 
 def test_temporary_buckets_are_removed_after_a_failure(city, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
