@@ -239,7 +239,7 @@ def main() -> None:
     start = time.perf_counter()
     data = store.get(DATASET)
     meta = data.metadata
-    print(f"dataset {DATASET}: {len(data.catalog):,} cells, {len(data.trips.count):,} trip rows, L_trips "
+    print(f"dataset {DATASET}: {len(data.catalog):,} cells, {sum(data.window(w).trips.rows for w in range(meta.window_count)):,} trip rows, L_trips "
           f"{meta.bound_trips}, accounting {meta.accounting}, dense limit {meta.dense_limit:,}; loaded in "
           f"{time.perf_counter() - start:.1f} s")
     specs = [spec_of(DATASET, z) for z in ("cell", "zones1000", "sectors")]

@@ -11,7 +11,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dpflows.aggregates import AggregateStore, DatasetMetadata, PlaceRule, load_dataset, version_dir, write_aggregates
+from dpflows.aggregates import (
+    AggregateStore,
+    DatasetMetadata,
+    PlaceRule,
+    load_dataset,
+    read_interchange,
+    version_dir,
+    write_aggregates,
+)
 from dpflows.budget import Epsilon
 from dpflows.ledger.sqlite import SqliteLedger
 from dpflows.service import Service
@@ -94,10 +102,10 @@ def build_sparse_dataset(root: Path, name: str = "cells", population: str | None
                           "dest": ["c001", "c003", "c005"], "count": [300, 200, 10]},
                          schema={"day": pl.Date, "hour": pl.Int8, "origin": pl.String, "dest": pl.String,
                                  "count": pl.Int64})
-    trips = pl.concat([pl.read_parquet(version_dir(out) / "trips.parquet"), heavy]).group_by(
+    trips = pl.concat([read_interchange(out, "trips").collect(), heavy]).group_by(
         "day", "hour", "origin", "dest").agg(pl.col("count").sum())
     write_aggregates(out, load_dataset(out).metadata, pl.read_parquet(version_dir(out) / "cells.parquet"), trips,
-                     pl.read_parquet(version_dir(out) / "presence.parquet"))
+                     read_interchange(out, "presence").collect())
     return out
 
 
