@@ -83,6 +83,9 @@ class DatasetSchema(ma.Schema):
                        "operator's timestamps gave them)"})
     retired_windows = fields.List(fields.Integer(), metadata={
         "description": "windows whose counts were deleted by the operator; queries touching them are refused"})
+    population = fields.String(metadata={
+        "description": "the people the dataset is drawn from: datasets of one population share its global budget "
+                       "caps and group allocations, so a spend on one shows on the others"})
 
 
 class TypicalQuerySchema(ma.Schema):

@@ -309,18 +309,22 @@ class DpflowsClient:
         """Revoke one key at once; the client's other keys keep working."""
         return KeyInfo.from_json(self.request("DELETE", self.ADMIN_PATHS["key"].format(key_id=int(key_id))))
 
-    def set_cap(self, dataset: str, epsilon: float | str | None = None, *, client_id: int | None = None,
+    def set_cap(self, dataset: str | None, epsilon: float | str | None = None, *, client_id: int | None = None,
                 window: int | None = None, rho: float | str | None = None, group: str | None = None,
-                delta: float | str | None = None) -> dict[str, Any]:
+                delta: float | str | None = None, population: str | None = None) -> dict[str, Any]:
         """Cap a client's ε (or ρ, zCDP datasets; or ε with `delta`, approximate-DP datasets) per window
         (client_id), a sharing group's allocation (group) or the global cap (neither); all windows if window is
-        None."""
+        None. A global cap or allocation is its population's: named through one of its datasets, or by
+        `population` (dataset None, windows the population's)."""
         if (epsilon is None) == (rho is None):
             raise ValueError("pass exactly one of epsilon (pure-DP and approx_dp datasets) or rho (zCDP datasets)")
-        body: dict[str, Any] = ({"dataset": dataset, "epsilon": float(epsilon)} if epsilon is not None
-                                else {"dataset": dataset, "rho": float(rho)})  # type: ignore[arg-type]
+        body: dict[str, Any] = {"epsilon": float(epsilon)} if epsilon is not None else {"rho": float(rho)}  # type: ignore[arg-type]
         if delta is not None:
             body["delta"] = float(delta)
+        if dataset is not None:
+            body["dataset"] = dataset
+        if population is not None:
+            body["population"] = population
         if client_id is not None:
             body["client_id"] = int(client_id)
         if group is not None:

@@ -201,13 +201,15 @@ class DatasetInfo:
     bounds: dict[str, int]  # the sensitivity of every count: {"trips": L_trips, "presence": L_presence}
     privacy_unit: str
     zonings: list[dict[str, Any]]  # {name, zones, coarse}
+    population: str  # datasets of one population share its global caps ("" from servers before issue 17)
     raw: dict[str, Any] = field(repr=False)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> DatasetInfo:
         return cls(str(doc["name"]), _date(doc["first_day"]), _date(doc["end_day"]), int(doc.get("window_days", 0)),
                    int(doc.get("windows", 0)), {k: int(v) for k, v in (doc.get("bounds") or {}).items()},
-                   str(doc.get("privacy_unit", "")), list(doc.get("zonings") or []), dict(doc))
+                   str(doc.get("privacy_unit", "")), list(doc.get("zonings") or []), str(doc.get("population", "")),
+                   dict(doc))
 
 
 @dataclass(frozen=True)

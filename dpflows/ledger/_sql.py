@@ -310,7 +310,9 @@ class SqlLedger(ClientRegistry, AuditLog, PopulationStore):
         retired windows' released values leave the ledger (`keep_client`'s stay: the bounding-report
         charges, which hold no value). Charges and audit rows are append-only and stay."""
         with self._transaction(write=True) as cur:
-            cur.execute("SELECT DISTINCT answer_id FROM charges WHERE dataset = ? AND win < ? AND client_id <> ?",
+            # the charges stay: only answers still stored are found (and counted), so a second run deletes none
+            cur.execute("SELECT DISTINCT c.answer_id FROM charges c JOIN answers a ON a.answer_id = c.answer_id "
+                        "WHERE c.dataset = ? AND c.win < ? AND c.client_id <> ?",
                         (dataset, before_window, -1 if keep_client is None else keep_client))
             ids = [str(row[0]) for row in cur.fetchall()]
             for answer_id in ids:

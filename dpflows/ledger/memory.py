@@ -311,12 +311,14 @@ class MemoryLedger:
     def delete_answers(self, dataset: str, before_window: int, *, keep_client: int | None = None) -> int:
         with self._lock:
             ids = {a for (c, d, w, _, a) in self._charges if d == dataset and w < before_window and c != keep_client}
+            deleted = 0
             for answer_id in ids:
                 answer = self._answers.pop(answer_id, None)
                 if answer is not None:
                     self._answer_by_key.pop((answer.dataset, answer.query_key), None)
+                    deleted += 1
                 self._shapes.pop(answer_id, None)
-        return len(ids)
+        return deleted
 
     def find_answer_shapes(self, dataset: str, where: ShapeFilter) -> list[AnswerShape]:
         with self._lock:

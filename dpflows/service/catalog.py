@@ -8,6 +8,7 @@ import numpy as np
 
 from dpflows.aggregates import AggregateStore, Dataset
 from dpflows.cells import Zoning
+from dpflows.ledger.base import DEFAULT_POPULATION
 from dpflows.service.reports import zoning_names
 
 
@@ -32,6 +33,8 @@ class Catalog:
                 "privacy_unit": meta.privacy_unit,
                 "missing_days": [d.isoformat() for d in meta.missing_days],
                 "time_zone": meta.time_zone, "retired_windows": sorted(data.retired),
+                # datasets of one population share its global caps and allocations (issue 17)
+                "population": meta.population or DEFAULT_POPULATION,
                 "zonings": [{"name": z.name, "zones": z.zone_count, "coarse": z.coarse} for z in zonings],
             })
         return out

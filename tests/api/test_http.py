@@ -174,6 +174,7 @@ def test_audit_rows_for_every_outcome_without_values(client: FlaskClient, keys: 
 def test_datasets_and_zonings_are_public_to_clients(client: FlaskClient, keys: Keys) -> None:
     [ds] = client.get("/v1/datasets", headers=keys.h("analyst")).json
     assert ds["name"] == "small" and ds["windows"] == 4 and ds["bounds"] == {"trips": 5, "presence": 20}
+    assert ds["population"] == "default"  # ingested without --population: the data root's one population
     z = client.get("/v1/datasets/small/zonings/sectors", headers=keys.h("analyst")).json
     assert z["coarse"] is True and [zz["cells"] for zz in z["zones"]] == [20, 20] and len(z["cells"]) == 40
     assert client.get("/v1/datasets/small/zonings/none", headers=keys.h("analyst")).status_code == 404

@@ -500,3 +500,29 @@ def test_concurrent_spenders_across_datasets_of_a_population_never_exceed_its_ca
     assert spent[0] + spent[1] == eps("1.5") and all(s <= eps("1") for s in spent)
     assert setup.total_charged("a", 1) + setup.total_charged("b", 0) == spent[0]
     setup.close()
+
+
+def test_deleting_retired_answers_keeps_charges_audit_and_later_windows(funded: tuple[Ledger, int]) -> None:
+    """Retiring windows before 1 (dpflows.retirement): the stored answers counting window 0 leave the ledger,
+    except `keep_client`'s; every charge and audit row stays, and answers of later windows stay reusable."""
+    ledger, cid = funded
+    system = ledger.create_client("reports", "planner")
+    ledger.set_cap(DS, eps("1"), client_id=system.id, window=None)
+    old = ledger.commit_release(release(cid, "0.1", windows=(0,), key="old"))
+    spanning = ledger.commit_release(release(cid, "0.1", windows=(0, 1), key="spanning"))
+    later = ledger.commit_release(release(cid, "0.1", windows=(1,), key="later"))
+    kept = ledger.commit_release(release(system.id, "0.1", windows=(0,), key="report"))
+    audit_before = ledger.read_audit(limit=1000)
+    charged_before = [ledger.total_charged(DS, w) for w in (0, 1)]
+
+    assert ledger.delete_answers(DS, 1, keep_client=system.id) == 2
+    assert ledger.find_answer(DS, "old") is None and ledger.find_answer(DS, "spanning") is None
+    assert ledger.find_answer(DS, "later") is not None
+    assert ledger.find_answer(DS, "report") is not None
+    assert [ledger.total_charged(DS, w) for w in (0, 1)] == charged_before == [eps("0.3"), eps("0.2")]
+    assert [e.answer_id for e in ledger.read_audit(limit=1000)] == [e.answer_id for e in audit_before]
+    again = ledger.commit_release(release(cid, "0.1", windows=(1,), key="later"))
+    assert again.reused and again.answer.answer_id == later.answer.answer_id
+    assert {old.answer.answer_id, spanning.answer.answer_id, kept.answer.answer_id} - {later.answer.answer_id}
+    assert ledger.delete_answers(DS, 1, keep_client=system.id) == 0  # nothing left to delete
+    assert ledger.delete_answers(DS, 1) == 1  # without keep_client, the report's answer goes too
