@@ -285,7 +285,9 @@ class PopulationSchema(ma.Schema):
     horizon_windows = fields.Integer(allow_none=True)
     horizon_cap = EpsilonField(allow_none=True)
     horizon_cap_delta = fields.Function(lambda p: None if p.horizon_cap is None else p.horizon_cap.delta_as_float(),
-                                        metadata={"type": "number", "description": "epsilon_delta: its δ"})
+                                        allow_none=True,
+                                        metadata={"type": "number", "description": "epsilon_delta: its δ; null "
+                                                                                   "without a horizon cap"})
 
 
 class WindowCapSchema(ma.Schema):
