@@ -23,7 +23,12 @@ process's resident set before it (VmHWM, reset through /proc/self/clear_refs); t
 (the observed count is read here, from the aggregates, never from an answer); and the error
 against the truth (the bounded aggregates): on released keys (mean, i.e. the selection bias of
 the threshold, and 95th percentile of |error| against the stated bound) and on the total flow
-(the share of trips that the released keys hold, and the sum's error). Last, OpenDP's cost per
+(the share of trips that the released keys hold, and the sum's error). Each fresh sparse answer is
+also timed stage by stage (observed_counts, release_sparse, key_columns and the rest; the service's
+own functions wrapped) with the process's CPU time; then, for the cell-level answer, each stage
+alone: OpenDP's release on one thread and on THREADS (wall and CPU: more CPU than wall means the
+threads ran at once, outside the GIL), and make_count_by alone (an upper bound of the conversions
+into and out of OpenDP). Last, OpenDP's cost per
 noised key in this run, and the spread of the fresh answers' times: what the timing of a sparse
 answer can reveal (docs/privacy.md). Goal: a 5,000-cell OD answer in <= 2 s p50. The machine is
 shared: the load average is printed before and after.

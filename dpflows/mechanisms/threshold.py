@@ -19,8 +19,9 @@ threshold rises; every figure here comes from that map:
 
 Both searches take time independent of the data: O(log threshold) constructions of the
 measurement (each well under a millisecond), cached per (triple, scale, δ). The release itself
-takes time in proportion to the observed keys (OpenDP's exact sampler, 6.5-20 µs a key on this
-project's machine); docs/privacy.md says what that timing can reveal.
+takes time in proportion to the observed keys (OpenDP's exact sampler, 9-13 µs of CPU a key on this
+project's loaded machine, about half of it OpenSSL's generator, called for a few bytes at a time; the
+keys are shared among the cores, `THREADS`); docs/privacy.md says what that timing can reveal.
 """
 
 from __future__ import annotations
