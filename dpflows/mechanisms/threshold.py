@@ -19,7 +19,7 @@ threshold rises; every figure here comes from that map:
 
 Both searches take time independent of the data: O(log threshold) constructions of the
 measurement (each well under a millisecond), cached per (triple, scale, δ). The release itself
-takes time in proportion to the observed keys (OpenDP's exact sampler, 9-13 µs of CPU a key on this
+takes time in proportion to the observed keys (OpenDP's exact sampler, 9-14 µs of CPU a key on this
 project's loaded machine, about half of it OpenSSL's generator, called for a few bytes at a time; the
 keys are shared among the cores, `THREADS`); docs/privacy.md says what that timing can reveal.
 """
@@ -163,7 +163,7 @@ def plan_threshold(contribution: Contribution, loss: PrivacyLoss) -> tuple[float
 CHUNK_RECORDS = 1 << 22
 #: OpenDP runs outside the GIL (ctypes releases it around each call): the keys are noised on this many threads,
 #: the cores this process may run on (at most 8), once an answer holds PARALLEL_KEYS observed keys (below, one
-#: call is quicker than starting threads). Its sampler costs the same for every key (~9 µs of CPU here, nearly
+#: call is quicker than starting threads). Its sampler costs the same for every key (9-14 µs of CPU here, nearly
 #: all of it OpenDP's exact discrete Laplace and OpenSSL's generator), whatever the key's count.
 THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 PARALLEL_KEYS = 20_000
@@ -175,9 +175,9 @@ PARTS_PER_THREAD = 4
 @lru_cache(maxsize=256)
 def _count_then_threshold(scale: float, threshold: int) -> dp.Measurement:
     """OpenDP's count_by (a vector of keys, one per record -> the map key -> count) chained into the thresholded
-    Laplace: the map is built inside OpenDP from a numpy array, which OpenDP reads in one copy (0.3 µs a key
-    with the conversions into and out of its map, measured), instead of from a Python dict, which its binding
-    checks and converts key by key (2 µs a key on a quiet core, 20 µs at load 5). Only the threshold
+    Laplace: the map is built inside OpenDP from a numpy array, which OpenDP reads in one copy (0.3-0.8 µs a
+    key with the conversions into and out of its map, measured), instead of from a Python dict, which its
+    binding checks and converts key by key (about 2 µs of CPU a key more at load 3.4). Only the threshold
     measurement's own map is used for privacy (see release_sparse)."""
     try:
         count_by = dp.t.make_count_by(dp.vector_domain(dp.atom_domain(T="i64")), dp.symmetric_distance(), TV="i64")
