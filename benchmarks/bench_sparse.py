@@ -23,7 +23,12 @@ process's resident set before it (VmHWM, reset through /proc/self/clear_refs); t
 (the observed count is read here, from the aggregates, never from an answer); and the error
 against the truth (the bounded aggregates): on released keys (mean, i.e. the selection bias of
 the threshold, and 95th percentile of |error| against the stated bound) and on the total flow
-(the share of trips that the released keys hold, and the sum's error). Last, OpenDP's cost per
+(the share of trips that the released keys hold, and the sum's error). Each fresh sparse answer is
+also timed stage by stage (observed_counts, release_sparse, key_columns and the rest; the service's
+own functions wrapped) with the process's CPU time; then, for the cell-level answer, each stage
+alone: OpenDP's release on one thread and on THREADS (wall and CPU: more CPU than wall means the
+threads ran at once, outside the GIL), and make_count_by alone (an upper bound of the conversions
+into and out of OpenDP). Last, OpenDP's cost per
 noised key in this run, and the spread of the fresh answers' times: what the timing of a sparse
 answer can reveal (docs/privacy.md). Goal: a 5,000-cell OD answer in <= 2 s p50. The machine is
 shared: the load average is printed before and after.
@@ -141,19 +146,69 @@ def accuracy(values: list[dict], fields: tuple[str, ...], truth: dict[tuple[str,
             "sum_error": (sum(c for _, c in released) - total) / total if total else float("nan")}
 
 
+#: The stages of a sparse answer, timed inside each fresh answer (benchmark only: the service's own names wrapped).
+STAGES = ("observed_counts", "release_sparse", "key_columns")
+
+
+class StageClock:
+    """Wraps the stage functions dpflows.service.answering calls and adds up their wall time per answer."""
+
+    def __init__(self) -> None:
+        from dpflows.service import answering
+
+        self.module, self.spent = answering, dict.fromkeys(STAGES, 0.0)
+        self.originals = {name: getattr(answering, name) for name in STAGES}
+
+    def __enter__(self) -> StageClock:
+        for name, fn in self.originals.items():
+            setattr(self.module, name, self._timed(name, fn))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self.originals.items():
+            setattr(self.module, name, fn)
+
+    def _timed(self, name: str, fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[name] += time.perf_counter() - start
+        return run
+
+    def take(self) -> dict[str, float]:
+        out, self.spent = self.spent, dict.fromkeys(STAGES, 0.0)
+        return out
+
+
 def in_process(store: AggregateStore, spec: QuerySpec, repeats: int, tmp: Path) -> dict:
-    times, peaks, answers = [], [], []
-    for n in range(repeats + 1):
-        service, client = fresh_service(store, tmp, n)
-        rss = reset_peak()
-        start = time.perf_counter()
-        answer = service.answer(QueryRequest(spec, epsilon=Epsilon.parse(EPSILON), delta=parse_delta(DELTA)), client)
-        times.append(time.perf_counter() - start)
-        peaks.append((_status_kb("self", "VmHWM") / 1024, rss / 1024))
-        answers.append(answer)
-        service.ledger.close()
-    return {"first": times[0], "times": times[1:], "peak": max(p for p, _ in peaks),
-            "grew": max(p - r for p, r in peaks), "answers": answers}
+    times, cpus, peaks, answers, stage_times = [], [], [], [], []
+    with StageClock() as clock:
+        for n in range(repeats + 1):
+            service, client = fresh_service(store, tmp, n)
+            rss = reset_peak()
+            clock.take()
+            start, cpu = time.perf_counter(), time.process_time()
+            answer = service.answer(QueryRequest(spec, epsilon=Epsilon.parse(EPSILON), delta=parse_delta(DELTA)),
+                                    client)
+            times.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - cpu)
+            stage_times.append(clock.take())
+            peaks.append((_status_kb("self", "VmHWM") / 1024, rss / 1024))
+            answers.append(answer)
+            service.ledger.close()
+    return {"first": times[0], "times": times[1:], "cpus": cpus[1:], "stages": stage_times[1:],
+            "peak": max(p for p, _ in peaks), "grew": max(p - r for p, r in peaks), "answers": answers}
+
+
+def print_answer_stages(run: dict) -> None:
+    """p50 of each stage over the fresh answers (after the first), and of what is left of the answer's time."""
+    med = {name: statistics.median(st[name] for st in run["stages"]) for name in STAGES}
+    rest = statistics.median(t - sum(st.values()) for t, st in zip(run["times"], run["stages"], strict=True))
+    print("  stages of each fresh answer, p50: " + ", ".join(f"{name} {med[name] * 1e3:,.0f} ms" for name in STAGES)
+          + f", the rest (pricing, ledger transaction, describing) {rest * 1e3:,.0f} ms; CPU of the process "
+          f"p50 {statistics.median(run['cpus']):.2f} s")
 
 
 def through_http(data_dir: Path, specs: list[QuerySpec], repeats: int, tmp: Path) -> dict[str, dict]:
@@ -206,6 +261,58 @@ def reach(store: AggregateStore, spec: QuerySpec, epsilons: tuple[str, ...]) -> 
     return out
 
 
+def timed(work: Any) -> tuple[Any, float, float]:
+    """(result, wall s, CPU s of the whole process: > wall when threads ran outside the GIL at once)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = work()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def stages(store: AggregateStore, spec: QuerySpec) -> dict[str, float]:
+    """Benchmark only: a sparse answer's stages, each timed alone (wall s; `cpu_*` the process's CPU s)."""
+    import opendp.prelude as dp
+
+    from dpflows.mechanisms import threshold
+
+    data = store.get(spec.dataset)
+    contribution = query_sensitivity(spec, data).contribution
+    loss = ApproxDP.parse_pair(EPSILON, DELTA)
+    observed, out = observed_counts(spec, data), {}
+    _, out["observed"], _ = timed(lambda: observed_counts(spec, data))
+    out["keys"] = len(observed)
+    kept = threshold.THREADS
+    try:
+        for threads in sorted({1, kept}):
+            threshold.THREADS = threads
+            released, out[f"release_{threads}"], out[f"cpu_release_{threads}"] = timed(
+                lambda: release_sparse(observed.keys, observed.counts, contribution, loss))
+    finally:
+        threshold.THREADS = kept
+    count_by = dp.t.make_count_by(dp.vector_domain(dp.atom_domain(T="i64")), dp.symmetric_distance(), TV="i64")
+    records = np.repeat(observed.keys, observed.counts)
+    _, out["count_by"], _ = timed(lambda: count_by(records))
+    _, out["key_columns"], _ = timed(lambda: key_columns(spec, data, released.keys))
+    return out
+
+
+def print_stages(st: dict[str, float], in_process: float, http: float | None) -> None:
+    from dpflows.mechanisms.threshold import THREADS
+
+    keys = st["keys"]
+    print(f"\nstages of the cell-level answer ({keys:,} observed keys), each timed alone, load {load()}:")
+    print(f"  observed_counts (the week's rows reduced to observed keys): {st['observed'] * 1e3:.0f} ms")
+    for threads in sorted({1, THREADS}):
+        wall, cpu = st[f"release_{threads}"], st[f"cpu_release_{threads}"]
+        print(f"  OpenDP's release on {threads} thread(s): {wall:.2f} s wall ({wall / keys * 1e6:.2f} µs a key), "
+              f"{cpu:.2f} s CPU ({cpu / keys * 1e6:.2f} µs a key; {cpu / wall:.2f} cores busy)")
+    print(f"    of which at most the conversions: count_by alone (numpy records -> OpenDP's map -> a Python dict of "
+          f"every key) {st['count_by'] * 1e3:.0f} ms ({st['count_by'] / keys * 1e6:.2f} µs a key); the rest is the "
+          "sampler")
+    print(f"  key columns of the released keys: {st['key_columns'] * 1e3:.1f} ms")
+    if http is not None:
+        print(f"  HTTP, JSON and gunicorn: {(http - in_process) * 1e3:+.0f} ms (HTTP p50 minus in-process p50)")
+
+
 def opendp_cost_per_key(threads: int, n: int = 200_000) -> float:
     """µs of wall time per noised key of the thresholded mechanism on `threads` threads, at this run's load
     (the timing side channel's unit)."""
@@ -231,6 +338,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="fresh answers per question, after the first")
     ap.add_argument("--http-repeats", type=int, default=3)
     ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--questions", default="cell,zones1000,sectors",
+                    help="zonings to ask, comma-separated (cell first: the stages and the timing line need it)")
     args = ap.parse_args()
     DATASET = args.dataset
     data_dir = prepare_city(args.prepare, args.persons) if args.prepare else args.data_dir
@@ -242,7 +351,7 @@ def main() -> None:
     print(f"dataset {DATASET}: {len(data.catalog):,} cells, {sum(data.window(w).trips.rows for w in range(meta.window_count)):,} trip rows, L_trips "
           f"{meta.bound_trips}, accounting {meta.accounting}, dense limit {meta.dense_limit:,}; loaded in "
           f"{time.perf_counter() - start:.1f} s")
-    specs = [spec_of(DATASET, z) for z in ("cell", "zones1000", "sectors")]
+    specs = [spec_of(DATASET, z) for z in args.questions.split(",")]
     loss = ApproxDP.parse_pair(EPSILON, DELTA)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -264,6 +373,8 @@ def main() -> None:
             print(f"  in-process fresh answer: first {run['first']:.2f} s (key cache), then p50 "
                   f"{statistics.median(times):.2f} s (min {min(times):.2f}, max {max(times):.2f}, n={len(times)}); "
                   f"peak RSS of the process {run['peak']:.0f} MB, at most {run['grew']:.0f} MB above its RSS before")
+            if sparse:
+                print_answer_stages(run)
             released = statistics.mean(a["released"] for a in acc)
             print(f"  keys released {released:,.0f} of {observed:,} observed ({released / max(observed, 1):.2%}); "
                   f"true total {total:,} trips")
@@ -283,6 +394,9 @@ def main() -> None:
                 print(f"  {zoning}: fresh answer p50 {statistics.median(r['times']):.2f} s (max {max(r['times']):.2f}, "
                       f"n={len(r['times'])}); the worker's peak RSS while answering {max(r['peaks']):.0f} MB; "
                       f"body {r['bytes'] / 1024:.0f} KiB")
+    st = stages(store, specs[0])
+    print_stages(st, statistics.median(results["cell"][0]["times"]),
+                 None if args.no_http else statistics.median(http["cell"]["times"]))
     per_key, per_key_2 = opendp_cost_per_key(1), opendp_cost_per_key(2)
     cell = results["cell"][0]["times"]
     spread = (max(cell) - min(cell)) * 1e3

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from api.renderers import answer_document
+from dpflows import sparse
 from dpflows.aggregates import AggregateStore
 from dpflows.budget import ApproxDP, Epsilon, Rho, parse_delta
 from dpflows.errors import BudgetExceeded, DomainTooLarge, InvalidInput, PolicyViolation
@@ -205,9 +206,18 @@ def test_nothing_in_a_sparse_answer_says_how_many_keys_were_observed(svc: Servic
     assert rows[-1].query is not None and set(rows[-1].query) == set(cell_flows().canonical()) | {"epsilon", "delta"}
 
 
-def test_observed_counts_match_the_dense_truth_for_every_kind(svc: Service) -> None:
+@pytest.mark.parametrize(("bincount_domain", "reduce_rows"), [
+    (sparse.BINCOUNT_DOMAIN, sparse.REDUCE_ROWS),  # these small domains: one bincount over the domain
+    (0, sparse.REDUCE_ROWS),  # the sorting path of large domains: every row gathered, one sort
+    (0, 1),  # the sorting path reducing what it gathered after every slot (memory bounded by the keys hit)
+])
+def test_observed_counts_match_the_dense_truth_for_every_kind(svc: Service, monkeypatch: pytest.MonkeyPatch,
+                                                              bincount_domain: int, reduce_rows: int) -> None:
     """The sparse path reads the same rows and key indices as the dense one: on a domain both can hold, the
-    observed keys are exactly the dense vector's non-zero keys, with the same counts."""
+    observed keys are exactly the dense vector's non-zero keys, with the same counts, whichever way the rows
+    are reduced (the way is chosen from the domain's size; here forced)."""
+    monkeypatch.setattr(sparse, "BINCOUNT_DOMAIN", bincount_domain)
+    monkeypatch.setattr(sparse, "REDUCE_ROWS", reduce_rows)
     data = svc.dataset("cells")
     specs = [district_flows(), make_spec("presence", dataset="cells", zoning="districts", **WEEK, hours=[7, 10]),
              make_spec("patterns", dataset="cells", zoning="districts", zone="d3", **WEEK),

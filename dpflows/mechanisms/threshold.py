@@ -19,13 +19,15 @@ threshold rises; every figure here comes from that map:
 
 Both searches take time independent of the data: O(log threshold) constructions of the
 measurement (each well under a millisecond), cached per (triple, scale, δ). The release itself
-takes time in proportion to the observed keys (OpenDP's exact sampler, 6.5-20 µs a key on this
-project's machine); docs/privacy.md says what that timing can reveal.
+takes time in proportion to the observed keys (OpenDP's exact sampler, 9-14 µs of CPU a key on this
+project's loaded machine, about half of it OpenSSL's generator, called for a few bytes at a time; the
+keys are shared among the cores, `THREADS`); docs/privacy.md says what that timing can reveal.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -159,17 +161,24 @@ def plan_threshold(contribution: Contribution, loss: PrivacyLoss) -> tuple[float
 
 #: Records (trips, person-hours) handed to OpenDP per call: 8 bytes each, so at most 32 MB at once per thread.
 CHUNK_RECORDS = 1 << 22
-#: OpenDP runs outside the GIL (ctypes releases it): chunks are noised on this many threads, once an answer
-#: holds PARALLEL_RECORDS records (below, one call is quicker than starting threads).
-THREADS = 2
-PARALLEL_RECORDS = 50_000
+#: OpenDP runs outside the GIL (ctypes releases it around each call): the keys are noised on this many threads,
+#: the cores this process may run on (at most 8), once an answer holds PARALLEL_KEYS observed keys (below, one
+#: call is quicker than starting threads). Its sampler costs the same for every key (9-14 µs of CPU here, nearly
+#: all of it OpenDP's exact discrete Laplace and OpenSSL's generator), whatever the key's count.
+THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+PARALLEL_KEYS = 20_000
+#: Each thread takes this many parts of equal key counts, one at a time: a thread the machine's other work slows
+#: down takes fewer parts, instead of the answer waiting for its one half.
+PARTS_PER_THREAD = 4
 
 
+@lru_cache(maxsize=256)
 def _count_then_threshold(scale: float, threshold: int) -> dp.Measurement:
     """OpenDP's count_by (a vector of keys, one per record -> the map key -> count) chained into the thresholded
-    Laplace: the map is built inside OpenDP from a numpy array, which OpenDP reads in one copy, instead of
-    from a Python dict, which it checks and converts key by key (20 µs a key, measured, half the time of a
-    460,000-key answer). Only the threshold measurement's own map is used for privacy (see release_sparse)."""
+    Laplace: the map is built inside OpenDP from a numpy array, which OpenDP reads in one copy (0.3-0.8 µs a
+    key with the conversions into and out of its map, measured), instead of from a Python dict, which its
+    binding checks and converts key by key (about 2 µs of CPU a key more at load 3.4). Only the threshold
+    measurement's own map is used for privacy (see release_sparse)."""
     try:
         count_by = dp.t.make_count_by(dp.vector_domain(dp.atom_domain(T="i64")), dp.symmetric_distance(), TV="i64")
         return count_by >> _laplace_threshold(scale, threshold)
@@ -178,12 +187,14 @@ def _count_then_threshold(scale: float, threshold: int) -> dp.Measurement:
 
 
 def _chunks(counts: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) ranges of keys, each holding about the same number of records and at most CHUNK_RECORDS
-    (but for one key bigger than that): one per thread at least, when there is enough to share."""
-    total = int(counts.sum())
-    parts = max(THREADS if total >= PARALLEL_RECORDS else 1, -(-total // CHUNK_RECORDS))
-    cuts = np.searchsorted(np.cumsum(counts), [total * i // parts for i in range(1, parts)], side="right")
-    edges = sorted({0, *cuts.tolist(), len(counts)})
+    """[start, stop) ranges of keys: the same number of keys in each (OpenDP's cost is per key, not per record),
+    PARTS_PER_THREAD per thread when there are enough keys to share, and cut further where a range would hold
+    more than CHUNK_RECORDS records (but for one key bigger than that)."""
+    keys, total = len(counts), int(counts.sum())
+    parts = THREADS * PARTS_PER_THREAD if THREADS > 1 and keys >= PARALLEL_KEYS else 1
+    by_keys = [keys * i // parts for i in range(1, parts)]
+    by_records = np.searchsorted(np.cumsum(counts), np.arange(CHUNK_RECORDS, total, CHUNK_RECORDS), side="right")
+    edges = sorted({0, *by_keys, *by_records.tolist(), keys})
     return list(itertools.pairwise(edges)) or [(0, 0)]
 
 
@@ -194,7 +205,7 @@ def release_sparse(keys: np.ndarray, counts: np.ndarray, contribution: Contribut
     `keys` are distinct int64 indices of the answer's public domain, `counts` their (positive) true
     counts. OpenDP's thresholded Laplace noises every key independently and keeps it or not by its own
     noisy value alone (its proof; its output is a map, order-free), so applying it to the keys in parts
-    (chunks of at most CHUNK_RECORDS records, on THREADS threads) and joining the maps gives exactly the
+    (ranges of keys, on THREADS threads) and joining the maps gives exactly the
     distribution of one application to all of them: the (ε, δ) is that of OpenDP's map of the threshold
     measurement at the query's (ℓ0, ℓ1, ℓ∞), whatever the parts. Each part reaches OpenDP as the vector of
     its keys repeated by their counts, which OpenDP's count_by turns back into the same map.
@@ -215,10 +226,10 @@ def release_sparse(keys: np.ndarray, counts: np.ndarray, contribution: Contribut
             raise MechanismError(f"noise could not be drawn: {exc.variant}") from exc
 
     parts = _chunks(counts)
-    if len(parts) == 1:
-        maps = [noise(parts[0])]
+    if len(parts) == 1 or THREADS == 1:
+        maps = [noise(part) for part in parts]
     else:
-        with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="dpflows-sparse") as pool:
+        with ThreadPoolExecutor(max_workers=min(THREADS, len(parts)), thread_name_prefix="dpflows-sparse") as pool:
             maps = list(pool.map(noise, parts))
     released = {k: v for m in maps for k, v in m.items()}
     out_keys = np.fromiter(released.keys(), dtype=np.int64, count=len(released))
