@@ -239,17 +239,14 @@ def _check_events(indexed: pl.LazyFrame, files: Sequence[tuple[Path, pl.LazyFram
     """
     day = pl.col("timestamp").dt.date()
     missing = sorted(set(missing_days))
-    person = pl.col("person").is_null()
-    if indexed.collect_schema()["person"] == pl.String:
-        person = person | (pl.col("person").str.strip_chars() == "")
-    wrong = [pl.col("timestamp").is_null().any(), person.any(), pl.len() == 0, (day < pl.lit(first_day)).any(),
-             (day >= pl.lit(end_day)).any(), day.is_in(missing).any() if missing else pl.lit(False),
-             pl.col("cell").is_null().any()]
+    wrong = [pl.col("timestamp").is_null().any(), _empty_person(indexed).any(), pl.len() == 0,
+             (day < pl.lit(first_day)).any(), (day >= pl.lit(end_day)).any(),
+             day.is_in(missing).any() if missing else pl.lit(False), pl.col("cell").is_null().any()]
     if not any(indexed.select(*(w.alias(str(k)) for k, w in enumerate(wrong))).collect(engine="streaming").row(0)):
         return
     for path, raw in files:
         frame = _timestamps(raw, path, "timestamp")
-        empty = _rows_where(frame, person)
+        empty = _rows_where(frame, _empty_person(frame))
         if empty:
             raise InvalidData(f"{path.name}: column 'person' is empty in rows {empty}; every event needs its "
                               "person's pseudonym: fill them or remove those rows", field="person")
@@ -258,6 +255,14 @@ def _check_events(indexed: pl.LazyFrame, files: Sequence[tuple[Path, pl.LazyFram
     names = ", ".join(path.name for path, _ in files)
     raise InvalidData(f"{names}: rows fail a check that could not be placed; check persons, times and cells",
                       field="path")
+
+
+def _empty_person(frame: pl.LazyFrame) -> pl.Expr:
+    """Rows without a person: null, or blank text (its type is the file's: text in a CSV, often numbers in Parquet)."""
+    empty = pl.col("person").is_null()
+    if frame.collect_schema()["person"] == pl.String:
+        empty = empty | (pl.col("person").str.strip_chars() == "")
+    return empty
 
 
 def _with_window(frame: pl.LazyFrame, first_day: dt.date, window_days: int) -> pl.LazyFrame:
