@@ -282,7 +282,11 @@ def _ingest_citibike(args: argparse.Namespace, options: IngestOptions) -> Path:
     for line in dropped.lines():
         print(f"dpflows ingest: {line}", file=sys.stderr)
     if args.drop_report:
-        fd = os.open(args.drop_report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(args.drop_report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise InvalidData(f"--drop-report {args.drop_report}: cannot be written ({exc.strerror}); give a file in "
+                              "a directory you can write (not a link)", field="drop_report") from None
         with os.fdopen(fd, "w") as report:
             report.write("\n".join(dropped.lines()) + "\n")
     if args.strict and dropped.total_dropped:

@@ -57,6 +57,7 @@ from dpflows.ingest.inputs import (  # re-exported: callers import them from the
     _timestamps,
     _with_window,
     read_cells,
+    row_count,
 )
 from dpflows.ingest.options import (  # re-exported: callers import them from the pipeline
     DEFAULT_BOUND_PRESENCE,
@@ -377,6 +378,7 @@ def ingest_trips_table(trips_path: str | Path | pl.DataFrame, cells_path: str | 
     else:
         path = Path(trips_path)
         frame = _scan(path)
+        row_count(path, frame)  # a truncated or corrupt file is named before any check reads it
     _require_columns(frame, path, ["timestamp", "origin", "dest"])
     has_person = "person" in frame.collect_schema().names()
     options, plan = begin_append(out, options, per_person=has_person)  # appending: the served grid, new span

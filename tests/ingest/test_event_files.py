@@ -206,3 +206,50 @@ def test_an_appended_files_bad_row_is_numbered_in_its_file(city: Any, daily: lis
     err = capsys.readouterr().err
     assert "resent-and-new.csv: column 'cell_id' holds values missing from the cell catalog in rows [6]" in err, err
     assert _tree(out.parents[1]) == before
+
+
+CITIBIKE = Path(__file__).resolve().parents[3] / "shared" / "data" / "citibike-nyc-2017"
+
+
+def test_trips_and_citibike_inputs_refuse_bad_files_naming_them(city: Any, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The other input formats: unreadable, empty or mistyped files, a bad stations.csv or an unwritable drop
+    report stop the command with one line naming the file or flag and the fix; nothing under the data root."""
+    root = tmp_path / "data"
+    (root / "datasets").mkdir(parents=True)
+    before = _tree(root)
+    out = root / "datasets" / "bikes"
+    day = ["--first-day", "2017-04-18", "--end-day", "2017-04-19"]
+    trips = tmp_path / "trips.csv.gz"
+    whole = gzip.compress(b"timestamp,origin,dest\n" + b"2024-03-04 08:00:00,C0101,C0102\n" * 2000)
+    trips.write_bytes(whole[:len(whole) // 2])
+    typed = tmp_path / "trips.parquet"
+    pl.DataFrame({"timestamp": [1, 2], "origin": ["C0101", "C0102"], "dest": ["C0102", "C0101"]}).write_parquet(typed)
+    stations = tmp_path / "stations.csv"
+    stations.write_text("id,lat,lon\n1,40.7,-74.0\n")
+    empty_day = tmp_path / "trips-2017-04-19.csv"
+    empty_day.write_text("start_ts,start_station,end_station\n")
+    published = CITIBIKE / "trips-2017-04-18.csv.gz"
+    cases = [
+        ([trips, "--input-format", "trips", "--cells", city.cells, "--first-day", str(MON), "--end-day",
+          str(MON + DAY)], "trips.csv.gz: cannot be read as gzip-compressed CSV (truncated or corrupt?)"),
+        ([typed, "--input-format", "trips", "--cells", city.cells, "--first-day", str(MON), "--end-day",
+          str(MON + DAY)], "trips.parquet: column 'timestamp' has type Int64; it must hold datetimes"),
+        ([trips, typed, "--input-format", "trips", "--cells", city.cells, *day],
+         "--input-format trips reads one trips table; give one path"),
+        ([published, "--input-format", "citibike", "--cells", stations, *day],
+         "stations.csv: not a Citi Bike stations CSV with columns station_id, latitude, longitude"),
+        ([published, "--input-format", "citibike", "--cells", tmp_path / "no-stations.csv", *day],
+         "no-stations.csv: file not found; give the published stations.csv with --cells"),
+        ([published, empty_day, "--input-format", "citibike", "--cells", CITIBIKE / "stations.csv", *day],
+         "trips-2017-04-19.csv: no trips; remove it from the files given"),
+        ([published, tmp_path, "--input-format", "citibike", "--cells", CITIBIKE / "stations.csv", *day],
+         f"{tmp_path.name}: is a directory; give the files in it"),
+        ([published, "--input-format", "citibike", "--cells", CITIBIKE / "stations.csv", *day, "--drop-report",
+          tmp_path / "no-such-dir" / "drops.txt"], "cannot be written (No such file or directory)"),
+    ]
+    for args, message in cases:
+        assert _ingest(*args, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert _tree(root) == before, message
