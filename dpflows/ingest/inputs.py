@@ -244,7 +244,12 @@ def _check_events(indexed: pl.LazyFrame, files: Sequence[tuple[Path, pl.LazyFram
              day.is_in(missing).any() if missing else pl.lit(False), pl.col("cell").is_null().any()]
     if not any(indexed.select(*(w.alias(str(k)) for k, w in enumerate(wrong))).collect(engine="streaming").row(0)):
         return
-    for path, raw in files:
+    # a file whose rows an append left out (all late) has none to check; only when no file has any is that wrong
+    with_rows = [(path, raw) for path, raw in files if raw.select(pl.len()).collect().item()]
+    if not with_rows:
+        raise InvalidData(f"{', '.join(path.name for path, _ in files)}: no rows; nothing to ingest: give the "
+                          "file(s) that hold the events of the declared days", field="path")
+    for path, raw in with_rows:
         frame = _timestamps(raw, path, "timestamp")
         empty = _rows_where(frame, _empty_person(frame))
         if empty:

@@ -206,6 +206,12 @@ def test_an_appended_files_bad_row_is_numbered_in_its_file(city: Any, daily: lis
     err = capsys.readouterr().err
     assert "resent-and-new.csv: column 'cell_id' holds values missing from the cell catalog in rows [6]" in err, err
     assert _tree(out.parents[1]) == before
+    # week 1's files resent first (all their rows late, none left to check): the bad file is still the one named
+    assert _ingest(*daily[:7], late_then_new, *daily[10:], "--cells", city.cells, "--out", out, "--end-day",
+                   str(MON + 14 * DAY), "--append") == 2
+    err = capsys.readouterr().err
+    assert "resent-and-new.csv: column 'cell_id' holds values missing from the cell catalog in rows [6]" in err, err
+    assert _tree(out.parents[1]) == before
 
 
 CITIBIKE = Path(__file__).resolve().parents[3] / "shared" / "data" / "citibike-nyc-2017"
