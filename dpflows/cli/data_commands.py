@@ -89,7 +89,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                         "global cap per window, in one measure, and its horizon cap); default: the data root's "
                         "default population, shared by every dataset ingested without this flag")
     p.add_argument("--engine", choices=["polars", "spark"], default="polars",
-                   help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
+                   help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit; the input "
+                        "paths may also be directories of Parquet files or s3a:// URLs")
     p.add_argument("--report-epsilon", default=None,
                    help="epsilon of the bounding report (share dropped by L, quantiles, suggested L), charged "
                         "once in every window against the global cap before the dataset is served; 0: none "
@@ -111,7 +112,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--append", action="store_true",
                    help="add the complete windows after the served ones to the dataset at --out (served windows stay "
                         "as they are; late rows for them and the rows of an incomplete last window are left out and "
-                        "reported as shares); settings not given are the dataset's")
+                        "reported as shares); settings not given (--first-day, the bounds, the window, the time "
+                        "zone) are the dataset's, and a different one is refused")
     p.add_argument("--close-window", action="store_true",
                    help="with --append: publish an incomplete last window with the days given (its other days "
                         "declared missing) instead of holding it")
