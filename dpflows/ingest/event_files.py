@@ -49,6 +49,13 @@ def event_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def describe(paths: Sequence[Path]) -> str:
+    """The files' names for a progress line: all of a few, the first and last of many."""
+    if len(paths) <= 3:
+        return ", ".join(p.name for p in paths)
+    return f"{len(paths)} files ({paths[0].name} ... {paths[-1].name})"
+
+
 def read_event_files(paths: Sequence[Path], plan: AppendPlan | None, time_zone: str | None,
                      warn: Callable[[str], None]) -> list[EventFile]:
     """Each file scanned and its columns checked (nothing collected yet); with a time zone or an append, its

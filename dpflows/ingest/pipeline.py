@@ -41,7 +41,7 @@ from dpflows.ingest import derive, sorted_bucket
 from dpflows.ingest.appending import append_arguments, begin_append, check_catalog, drop_late_and_held
 from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key
 from dpflows.ingest.contribution_histograms import ContributionHistograms, release_bounding_report
-from dpflows.ingest.event_files import count_rows, event_paths, indexed_events, read_event_files
+from dpflows.ingest.event_files import count_rows, describe, event_paths, indexed_events, read_event_files
 from dpflows.ingest.inputs import (  # re-exported: callers import them from the pipeline
     Progress,
     ZoningSpec,
@@ -165,14 +165,14 @@ def ingest_events(events_path: str | Path | Sequence[str | Path], cells_path: st
     seed = options.drawn_seed()
     histograms = ContributionHistograms(enabled=options.report_budget.nanos > 0)
     meta = options.events_metadata() if plan is None else plan.metadata
-    progress.phase(f"reading {Path(cells_path).name} and checking {', '.join(p.name for p in paths)}")
+    progress.phase(f"reading {Path(cells_path).name} and checking {describe(paths)}")
     catalog, lookup = read_cells(cells_path)
     check_catalog(plan, catalog, out)
     zonings = _load_zonings(options.zonings, catalog)
+    rows = count_rows(paths)  # also finds a truncated file, named, before any other pass reads it
     # each file read and named on its own (appending or zoned: parsed local times, the new windows' rows only)
     sources = read_event_files(paths, plan, options.time_zone, progress.warn)
     files = [(f.path, f.frame) for f in sources]
-    rows = count_rows(paths)  # also finds a truncated file, named, before anything is split or counted
     # (person, timestamp, cell index) of all files: read once, checked in one pass; null cell = not in the catalog
     indexed = indexed_events(sources, catalog)
     buckets = options.buckets or choose_buckets(rows)

@@ -174,6 +174,12 @@ def test_daily_appends_take_the_datasets_first_day(city: Any, daily: list[Path],
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
         assert _tree(out.parents[1]) == before
+    truncated = tmp_path / "events-2024-03-12.csv.gz"
+    truncated.write_bytes(gzip.compress(daily[8 + 1].read_bytes())[:3000])
+    assert _ingest(daily[7], truncated, *cells, "--out", out, "--end-day", str(MON + 14 * DAY), "--append") == 2
+    err = capsys.readouterr().err
+    assert "events-2024-03-12.csv.gz: cannot be read as gzip-compressed CSV" in err and "Traceback" not in err, err
+    assert _tree(out.parents[1]) == before
     assert _ingest(*daily[7:], *cells, "--out", tmp_path / "none" / "city", "--end-day", str(MON + 14 * DAY),
                    "--append") == 2
     assert "holds no dataset to append to; ingest its first windows without --append" in capsys.readouterr().err
