@@ -102,8 +102,8 @@ def plan_append(out: Path, options: IngestOptions, *, per_person: bool = True) -
     assert options.end_day is not None  # checked when the options were made
     if options.end_day <= start:
         raise InvalidData(f"--append: --end-day {options.end_day} adds no day after the served windows, which end "
-                          f"{start - dt.timedelta(days=1)} (last day); late events for served windows are not added",
-                          field="end_day")
+                          f"{start - dt.timedelta(days=1)} (last day); give the day after the input's last day, "
+                          f"later than {start} (late events for served windows are not added)", field="end_day")
     last = served.window_of(options.end_day - dt.timedelta(days=1))
     complete_end = served.window_start(last + 1)
     if complete_end == options.end_day or options.close_window:
