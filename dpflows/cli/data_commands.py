@@ -33,10 +33,15 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(run=_run_demo_city)
 
-    p = sub.add_parser("ingest", help="events (or a trips table) + cell catalog -> bounded aggregates")
-    p.add_argument("events", nargs="+", help="input file(s): events (Parquet or CSV: person, timestamp, cell_id); "
-                   "with --input-format trips a trips table ([person,] timestamp, origin, dest); with "
-                   "--input-format citibike the published Citi Bike trip CSVs, several days at once")
+    p = sub.add_parser("ingest", help="events (or a trips table) + cell catalog -> bounded aggregates",
+                       description="Read the input files (several at once: daily files, CSV or Parquet, in any "
+                                   "mix), bound each person's contribution and write the dataset at --out. Nothing "
+                                   "is written there unless ingestion succeeds; errors name the file, its rows "
+                                   "and the column.")
+    p.add_argument("events", nargs="+", help="input file(s): events (Parquet, CSV or CSV.gz: person, timestamp, "
+                   "cell_id), several at once (e.g. the daily files events-2024-03-*.parquet); with --input-format "
+                   "trips one trips table ([person,] timestamp, origin, dest); with --input-format citibike the "
+                   "published Citi Bike trip CSVs, several days at once")
     p.add_argument("--cells", required=True, help="cell catalog CSV or Parquet: cell_id, lat, lon (citibike: the "
                    "published stations.csv)")
     p.add_argument("--input-format", choices=["events", "trips", "citibike"], default=None,
@@ -55,8 +60,9 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="L_presence: most presence-hours (one place each) kept per person-window (default 60)")
     p.add_argument("--trip-rule", choices=["stay", "consecutive"], default=None, help="default stay")
     p.add_argument("--min-dwell-minutes", type=float, default=None, help="stay rule: default 30")
-    p.add_argument("--first-day", type=_date, required=True,
-                   help="first day the dataset holds (ISO); windows are aligned to it, for the dataset's life")
+    p.add_argument("--first-day", type=_date, default=None,
+                   help="first day the dataset holds (ISO); windows are aligned to it, for the dataset's life. "
+                        "Required, except with --append, which takes the dataset's own (a different one is refused)")
     p.add_argument("--end-day", type=_date, required=True,
                    help="the day after the last day the dataset holds (exclusive, ISO); declared and published, "
                         "never measured from the events")
@@ -83,7 +89,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                         "global cap per window, in one measure, and its horizon cap); default: the data root's "
                         "default population, shared by every dataset ingested without this flag")
     p.add_argument("--engine", choices=["polars", "spark"], default="polars",
-                   help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit")
+                   help="spark: PySpark (pip install dpflows[spark]); the master comes from spark-submit; the input "
+                        "paths may also be directories of Parquet files or s3a:// URLs")
     p.add_argument("--report-epsilon", default=None,
                    help="epsilon of the bounding report (share dropped by L, quantiles, suggested L), charged "
                         "once in every window against the global cap before the dataset is served; 0: none "
@@ -105,7 +112,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--append", action="store_true",
                    help="add the complete windows after the served ones to the dataset at --out (served windows stay "
                         "as they are; late rows for them and the rows of an incomplete last window are left out and "
-                        "reported as shares); settings not given are the dataset's")
+                        "reported as shares); settings not given (--first-day, the bounds, the window, the time "
+                        "zone) are the dataset's, and a different one is refused")
     p.add_argument("--close-window", action="store_true",
                    help="with --append: publish an incomplete last window with the days given (its other days "
                         "declared missing) instead of holding it")
@@ -194,12 +202,15 @@ def ingest_options(args: argparse.Namespace) -> IngestOptions:
     given = {f.name: getattr(args, f.name) for f in fields(IngestOptions) if getattr(args, f.name, None) is not None}
     given.update(name=name, input_format="trips" if args.trips_table else (args.input_format or "events"),
                  zonings=[ZoningSpec.parse(z) for z in args.zoning], places=_place_rule(args))
-    if args.days is not None:
-        given["missing_days"] = _missing_days(args.days, args.first_day, args.end_day)
     if args.append:  # what is not given is the served dataset's (a different value given is refused)
         from dpflows.ingest.appending import served_options
 
         given = {**served_options(Path(args.out)), **{k: v for k, v in given.items() if v is not None}}
+    if args.days is not None:
+        first_day = given.get("first_day")
+        if first_day is None:
+            raise InvalidData("--days needs --first-day: declare the first day the dataset holds", field="first_day")
+        given["missing_days"] = _missing_days(args.days, first_day, args.end_day)
     options = IngestOptions(**given)
     options.check_engine(args.engine)
     return options
@@ -215,9 +226,9 @@ def _run_ingest(args: argparse.Namespace) -> int:
     fmt = options.input_format
     if fmt != "citibike" and (args.strict or args.drop_report):
         raise InvalidData("--strict and --drop-report apply to --input-format citibike", field="strict")
-    if len(args.events) > 1 and fmt != "citibike":
-        raise InvalidData(f"--input-format {fmt} reads one file; give one path (citibike reads several)",
-                          field="path")
+    if len(args.events) > 1 and fmt == "trips":
+        raise InvalidData("--input-format trips reads one trips table; give one path (events and citibike read "
+                          "several)", field="path")
     from dpflows.ingest.appending import WindowHeld
 
     try:
@@ -228,9 +239,9 @@ def _run_ingest(args: argparse.Namespace) -> int:
         elif args.engine == "spark":
             from dpflows.ingest.spark import ingest_events_spark
 
-            out = ingest_events_spark(args.events[0], args.cells, args.out, options)
+            out = ingest_events_spark(args.events, args.cells, args.out, options)
         else:
-            out = ingest_events(args.events[0], args.cells, args.out, options)
+            out = ingest_events(args.events, args.cells, args.out, options)
     except WindowHeld as held:  # a daily append before its window is complete: nothing to do yet
         print(f"dpflows ingest: nothing appended: {held.message}", file=sys.stderr)
         return 0
@@ -273,7 +284,11 @@ def _ingest_citibike(args: argparse.Namespace, options: IngestOptions) -> Path:
     for line in dropped.lines():
         print(f"dpflows ingest: {line}", file=sys.stderr)
     if args.drop_report:
-        fd = os.open(args.drop_report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(args.drop_report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise InvalidData(f"--drop-report {args.drop_report}: cannot be written ({exc.strerror}); give a file in "
+                              "a directory you can write (not a link)", field="drop_report") from None
         with os.fdopen(fd, "w") as report:
             report.write("\n".join(dropped.lines()) + "\n")
     if args.strict and dropped.total_dropped:

@@ -102,8 +102,8 @@ def plan_append(out: Path, options: IngestOptions, *, per_person: bool = True) -
     assert options.end_day is not None  # checked when the options were made
     if options.end_day <= start:
         raise InvalidData(f"--append: --end-day {options.end_day} adds no day after the served windows, which end "
-                          f"{start - dt.timedelta(days=1)} (last day); late events for served windows are not added",
-                          field="end_day")
+                          f"{start - dt.timedelta(days=1)} (last day); give the day after the input's last day, "
+                          f"later than {start} (late events for served windows are not added)", field="end_day")
     last = served.window_of(options.end_day - dt.timedelta(days=1))
     complete_end = served.window_start(last + 1)
     if complete_end == options.end_day or options.close_window:
@@ -215,12 +215,21 @@ def check_catalog(plan: AppendPlan | None, catalog: CellCatalog, out: Path) -> N
 
 def drop_late_and_held(frame: pl.LazyFrame, plan: AppendPlan | None, path: Path, warn: Any) -> pl.LazyFrame:
     """The rows an engine ingests; what an append leaves out is told to the operator (`warn`: stderr) as shares."""
-    if plan is None:
-        return frame
-    kept, drops = keep_new_windows(frame, plan, path)
-    for line in drops.lines(plan):
-        warn(line)
+    [kept] = drop_late_and_held_each([(path, frame)], plan, warn)
     return kept
+
+
+def drop_late_and_held_each(files: list[tuple[Path, pl.LazyFrame]], plan: AppendPlan | None,
+                            warn: Any) -> list[pl.LazyFrame]:
+    """`drop_late_and_held` for several files: each file's rows checked (messages name it), the shares told
+    once, over all the files together."""
+    if plan is None:
+        return [frame for _, frame in files]
+    kept, drops = zip(*(keep_new_windows(frame, plan, path) for path, frame in files), strict=True)
+    total = AppendDrops(*(sum(getattr(d, f) for d in drops) for f in ("rows", "late", "held")))
+    for line in total.lines(plan):
+        warn(line)
+    return list(kept)
 
 
 def append_arguments(plan: AppendPlan | None, window_count: int) -> tuple[dict[str, Any], int, int]:

@@ -38,9 +38,18 @@ def citibike_trips_table(paths: Iterable[str | Path], stations_csv: str | Path |
 
 
 def citibike_cells(stations_csv: str | Path) -> pl.DataFrame:
-    """cell_id, lat, lon from stations.csv."""
-    return pl.read_csv(stations_csv, schema_overrides={"station_id": pl.String}).select(
-        pl.col("station_id").alias("cell_id"), pl.col("latitude").alias("lat"), pl.col("longitude").alias("lon"))
+    """cell_id, lat, lon from stations.csv; a file that is not one is refused, named, with what it must hold."""
+    path = Path(stations_csv)
+    if not path.is_file():
+        raise InvalidData(f"{path.name}: {'is a directory' if path.is_dir() else 'file not found'}; give the "
+                          "published stations.csv with --cells", field="cells")
+    try:
+        return pl.read_csv(path, schema_overrides={"station_id": pl.String}).select(
+            pl.col("station_id").alias("cell_id"), pl.col("latitude").cast(pl.Float64).alias("lat"),
+            pl.col("longitude").cast(pl.Float64).alias("lon"))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InvalidData(f"{path.name}: not a Citi Bike stations CSV with columns station_id, latitude, longitude "
+                          "(numbers); give the published stations.csv with --cells", field="cells") from exc
 
 
 @dataclass(frozen=True)
@@ -72,17 +81,22 @@ def read_citibike(paths: Iterable[str | Path],
     twice). Stations are cells; there is no rider id, so each trip is its own privacy unit.
     """
     files = [Path(p) for p in paths]
-    missing = [p.name for p in files if not p.exists()]
-    if missing:
-        raise InvalidData(f"{missing[0]}: file not found", field="path")
+    for p in files:
+        if not p.is_file():
+            raise InvalidData(f"{p.name}: {'is a directory; give the files in it' if p.is_dir() else 'file not found'}"
+                              "; name each trips-*.csv.gz file (several at once)", field="path")
+    cells = citibike_cells(stations_csv)
     frames = []
     for p in files:
         try:
             frames.append(pl.read_csv(p, columns=["start_ts", "start_station", "end_station"], schema_overrides={
                 "start_ts": pl.String, "start_station": pl.String, "end_station": pl.String}))
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise InvalidData(f"{p.name}: not a Citi Bike trips CSV with columns start_ts, start_station, "
-                              "end_station", field="path") from exc
+            raise InvalidData(f"{p.name}: not a readable Citi Bike trips CSV with columns start_ts, start_station, "
+                              "end_station (truncated or corrupt?); download it again", field="path") from exc
+        if frames[-1].height == 0:
+            raise InvalidData(f"{p.name}: no trips; remove it from the files given (a day without trips is "
+                              "declared missing with --days)", field="path")
     raw = pl.concat(frames)
     rows = raw.height
     parsed = raw.select(
@@ -90,7 +104,6 @@ def read_citibike(paths: Iterable[str | Path],
         .alias("timestamp"), pl.col("start_station").alias("origin"), pl.col("end_station").alias("dest"))
     bad_time = parsed.filter(pl.col("timestamp").is_null()).height
     parsed = parsed.filter(pl.col("timestamp").is_not_null())
-    cells = citibike_cells(stations_csv)
     known = cells["cell_id"]
     at_known = parsed.filter(pl.col("origin").is_in(known) & pl.col("dest").is_in(known))
     unknown = parsed.height - at_known.height

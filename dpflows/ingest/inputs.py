@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +59,10 @@ class Progress:
 
 def _scan(path: Path) -> pl.LazyFrame:
     if not path.exists():
-        raise InvalidData(f"{path.name}: file not found", field="path")
+        raise InvalidData(f"{path.name}: file not found; check the path", field="path")
+    if path.is_dir():
+        raise InvalidData(f"{path.name}: is a directory; give the files in it (several are read at once, e.g. "
+                          f"{path.name}/*.parquet)", field="path")
     name = path.name.lower()
     if name.endswith(".parquet"):
         return pl.scan_parquet(path)
@@ -72,15 +75,37 @@ def _require_columns(frame: pl.LazyFrame, path: Path, columns: Iterable[str]) ->
     try:
         present = set(frame.collect_schema().names())
     except Exception as exc:  # unreadable file: polars raises several types
-        raise InvalidData(f"{path.name}: cannot be read as {path.suffix.lstrip('.') or 'data'}", field="path") from exc
+        raise unreadable(path) from exc
     missing = [c for c in columns if c not in present]
     if missing:
         raise InvalidData(f"{path.name}: missing column(s) {missing}; found {sorted(present)}", field=missing[0])
 
 
+def unreadable(path: Path) -> InvalidData:
+    """A file whose bytes are not what its name says (truncated, corrupt, mislabelled)."""
+    kind = ("gzip-compressed CSV" if path.name.lower().endswith(".gz") else
+            "Parquet" if path.name.lower().endswith(".parquet") else "CSV")
+    return InvalidData(f"{path.name}: cannot be read as {kind} (truncated or corrupt?); export it again, or give "
+                       "the file in the format its name ends with (.parquet, .csv, .csv.gz)", field="path")
+
+
+def _numbered(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The frame with `_row`, each row's 1-based number in its file: kept when the frame has it already
+    (rows were numbered before some were left out), else numbered now."""
+    return frame if "_row" in frame.collect_schema().names() else frame.with_row_index("_row", offset=1)
+
+
+def row_count(path: Path, frame: pl.LazyFrame) -> int:
+    """The rows of one file as read; reading it whole also finds a truncated or corrupt file, named."""
+    try:
+        return int(frame.select(pl.len()).collect().item())
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise unreadable(path) from exc
+
+
 def _rows_where(frame: pl.LazyFrame, condition: pl.Expr, limit: int = 5) -> list[int]:
     """1-based data row numbers (header excluded) where `condition` holds, the first few only."""
-    hits = frame.with_row_index("_row", offset=1).filter(condition).select("_row").head(limit).collect()
+    hits = _numbered(frame).filter(condition).select("_row").head(limit).collect()
     return [int(r) for r in hits["_row"]]
 
 
@@ -97,7 +122,8 @@ def _timestamps(frame: pl.LazyFrame, path: Path, column: str, time_zone: str | N
                               "use ISO 8601 such as 2024-03-04 08:15:00", field=column)
         frame = frame.with_columns(parsed.alias(column))
     elif not isinstance(dtype, pl.Datetime):
-        raise InvalidData(f"{path.name}: column {column!r} has type {dtype}; it must hold datetimes", field=column)
+        raise InvalidData(f"{path.name}: column {column!r} has type {dtype}; it must hold datetimes: write it as a "
+                          "Parquet timestamp or as ISO 8601 text such as 2024-03-04 08:15:00", field=column)
     nulls = _rows_where(frame, pl.col(column).is_null())
     if nulls:
         raise InvalidData(f"{path.name}: column {column!r} is empty in rows {nulls}; every row needs a time",
@@ -132,7 +158,7 @@ def _index_cells(frame: pl.LazyFrame, lookup: pl.DataFrame, path: Path, column: 
     """Replace a cell_id column by its catalog index; unknown cells are an error naming them and rows."""
     joined = frame.with_columns(pl.col(column).cast(pl.String)).join(
         lookup.lazy(), left_on=column, right_on="_cell_id", how="left", maintain_order="left")
-    bad = joined.with_row_index("_row", offset=1).filter(pl.col("_cell").is_null()).select("_row").head(5).collect()
+    bad = _numbered(joined).filter(pl.col("_cell").is_null()).select("_row").head(5).collect()
     if bad.height:
         # The values are not echoed: a value missing from the catalog may not be a cell id at
         # all (swapped columns would put pseudonyms here), and no person id may reach a message.
@@ -151,8 +177,9 @@ def check_declared_span(first_day: dt.date | None, end_day: dt.date | None) -> t
     data, one person alone on a day would move it.
     """
     if first_day is None or end_day is None:
-        raise InvalidData("declare the days the dataset holds: --first-day and --end-day (exclusive) are required; "
-                          "they fix the window grid and are published, so they never come from the events",
+        raise InvalidData("declare the days the dataset holds: --first-day and --end-day (exclusive) are required "
+                          "(with --append, --end-day; the first day is the dataset's); they fix the window grid "
+                          "and are published, so they never come from the events",
                           field="first_day" if first_day is None else "end_day")
     if end_day <= first_day:
         raise InvalidData(f"--end-day {end_day} must be after --first-day {first_day} (it is exclusive)",
@@ -164,7 +191,8 @@ def _check_within_span(frame: pl.LazyFrame, path: Path, first_day: dt.date, end_
                        missing_days: Iterable[dt.date] = ()) -> None:
     """Every event lies in the declared days; which rows do not is told, not the days they fall on."""
     if frame.select(pl.len()).collect().item() == 0:
-        raise InvalidData(f"{path.name}: no rows; nothing to ingest", field="path")
+        raise InvalidData(f"{path.name}: no rows; nothing to ingest: give the file(s) that hold the events of "
+                          "the declared days", field="path")
     day = pl.col("timestamp").dt.date()
     early = _rows_where(frame, day < pl.lit(first_day))
     if early:
@@ -193,39 +221,53 @@ def _indexed_events(frame: pl.LazyFrame, path: Path, catalog: CellCatalog) -> pl
     elif isinstance(dtype, pl.Datetime):
         stamp = pl.col("timestamp")
     else:
-        raise InvalidData(f"{path.name}: column 'timestamp' has type {dtype}; it must hold datetimes",
-                          field="timestamp")
+        raise InvalidData(f"{path.name}: column 'timestamp' has type {dtype}; it must hold datetimes: write it as "
+                          "a Parquet timestamp or as ISO 8601 text such as 2024-03-04 08:15:00", field="timestamp")
     # the catalog's sorted ids as an Enum: its physical value is the cell's index in the catalog
     cells = pl.Enum(list(catalog.cell_ids))
     index = pl.col("cell_id").cast(pl.String).cast(cells, strict=False).to_physical().cast(pl.UInt32)
     return frame.select("person", stamp.alias("timestamp"), index.alias("cell"))
 
 
-def _check_events(indexed: pl.LazyFrame, raw: pl.LazyFrame, path: Path, lookup: pl.DataFrame, first_day: dt.date,
-                  end_day: dt.date, missing_days: Iterable[dt.date]) -> None:
+def _check_events(indexed: pl.LazyFrame, files: Sequence[tuple[Path, pl.LazyFrame]], lookup: pl.DataFrame,
+                  first_day: dt.date, end_day: dt.date, missing_days: Iterable[dt.date]) -> None:
     """Refuse events with a bad time, person or cell, outside the declared days or on missing ones.
 
-    One pass over `indexed` tells whether anything is wrong; only then are the checks run one by
-    one over the input as read (`raw`), which name the file, the column and the first rows.
+    One pass over `indexed` (all files) tells whether anything is wrong; only then are the checks
+    run one by one over each file as read (`files`: path, rows), which name the file, the column
+    and the first rows in it.
     """
     day = pl.col("timestamp").dt.date()
     missing = sorted(set(missing_days))
-    person = pl.col("person").is_null()
-    if indexed.collect_schema()["person"] == pl.String:
-        person = person | (pl.col("person").str.strip_chars() == "")
-    wrong = [pl.col("timestamp").is_null().any(), person.any(), pl.len() == 0, (day < pl.lit(first_day)).any(),
-             (day >= pl.lit(end_day)).any(), day.is_in(missing).any() if missing else pl.lit(False),
-             pl.col("cell").is_null().any()]
+    wrong = [pl.col("timestamp").is_null().any(), _empty_person(indexed).any(), pl.len() == 0,
+             (day < pl.lit(first_day)).any(), (day >= pl.lit(end_day)).any(),
+             day.is_in(missing).any() if missing else pl.lit(False), pl.col("cell").is_null().any()]
     if not any(indexed.select(*(w.alias(str(k)) for k, w in enumerate(wrong))).collect(engine="streaming").row(0)):
         return
-    frame = _timestamps(raw, path, "timestamp")
-    empty = _rows_where(frame, person)
-    if empty:
-        raise InvalidData(f"{path.name}: column 'person' is empty in rows {empty}", field="person")
-    _check_within_span(frame, path, first_day, end_day, missing)
-    _index_cells(frame, lookup, path, "cell_id", "cell")
-    raise InvalidData(f"{path.name}: rows fail a check that could not be placed; check persons, times and cells",
+    # a file whose rows an append left out (all late) has none to check; only when no file has any is that wrong
+    with_rows = [(path, raw) for path, raw in files if raw.select(pl.len()).collect().item()]
+    if not with_rows:
+        raise InvalidData(f"{', '.join(path.name for path, _ in files)}: no rows; nothing to ingest: give the "
+                          "file(s) that hold the events of the declared days", field="path")
+    for path, raw in with_rows:
+        frame = _timestamps(raw, path, "timestamp")
+        empty = _rows_where(frame, _empty_person(frame))
+        if empty:
+            raise InvalidData(f"{path.name}: column 'person' is empty in rows {empty}; every event needs its "
+                              "person's pseudonym: fill them or remove those rows", field="person")
+        _check_within_span(frame, path, first_day, end_day, missing)
+        _index_cells(frame, lookup, path, "cell_id", "cell")
+    names = ", ".join(path.name for path, _ in files)
+    raise InvalidData(f"{names}: rows fail a check that could not be placed; check persons, times and cells",
                       field="path")
+
+
+def _empty_person(frame: pl.LazyFrame) -> pl.Expr:
+    """Rows without a person: null, or blank text (its type is the file's: text in a CSV, often numbers in Parquet)."""
+    empty = pl.col("person").is_null()
+    if frame.collect_schema()["person"] == pl.String:
+        empty = empty | (pl.col("person").str.strip_chars() == "")
+    return empty
 
 
 def _with_window(frame: pl.LazyFrame, first_day: dt.date, window_days: int) -> pl.LazyFrame:

@@ -26,7 +26,7 @@ import ctypes
 import datetime as dt
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from dpflows.ingest import derive, sorted_bucket
 from dpflows.ingest.appending import append_arguments, begin_append, check_catalog, drop_late_and_held
 from dpflows.ingest.bounding import bound_per_person_window, cap_per_person_key
 from dpflows.ingest.contribution_histograms import ContributionHistograms, release_bounding_report
+from dpflows.ingest.event_files import count_rows, describe, event_paths, indexed_events, read_event_files
 from dpflows.ingest.inputs import (  # re-exported: callers import them from the pipeline
     Progress,
     ZoningSpec,
@@ -49,7 +50,6 @@ from dpflows.ingest.inputs import (  # re-exported: callers import them from the
     _check_events,
     _check_within_span,
     _index_cells,
-    _indexed_events,
     _load_zonings,
     _require_columns,
     _rows_where,
@@ -57,6 +57,7 @@ from dpflows.ingest.inputs import (  # re-exported: callers import them from the
     _timestamps,
     _with_window,
     read_cells,
+    row_count,
 )
 from dpflows.ingest.options import (  # re-exported: callers import them from the pipeline
     DEFAULT_BOUND_PRESENCE,
@@ -142,9 +143,10 @@ def _event_buckets(events: pl.LazyFrame, buckets: int, *, seed: int, work_dir: P
         yield _Buckets([pl.scan_ipc(f) for f in files if f], root / "counts")
 
 
-def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str | Path, options: IngestOptions, *,
-                  progress: Progress | None = None) -> Path:
-    """Raw network events → bounded presence, trip, residents and commuting counts, as a dataset directory.
+def ingest_events(events_path: str | Path | Sequence[str | Path], cells_path: str | Path, out_dir: str | Path,
+                  options: IngestOptions, *, progress: Progress | None = None) -> Path:
+    """Raw network events (one file or several: daily files) → bounded presence, trip, residents and commuting
+    counts, as a dataset directory.
 
     `options.buckets` (default: from the input size, see `choose_buckets`) bounds memory; it never
     changes the output. With report_epsilon > 0 (default 0.05) the dataset also gets a bounding
@@ -159,29 +161,25 @@ def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str 
     out = Path(out_dir)
     options, plan = begin_append(out, options)  # appending: the served grid, the new windows' span
     start, end = options.span
-    path = Path(events_path)
+    paths = event_paths(events_path)
     seed = options.drawn_seed()
     histograms = ContributionHistograms(enabled=options.report_budget.nanos > 0)
     meta = options.events_metadata() if plan is None else plan.metadata
-    progress.phase(f"reading {Path(cells_path).name} and checking {path.name}")
+    progress.phase(f"reading {Path(cells_path).name} and checking {describe(paths)}")
     catalog, lookup = read_cells(cells_path)
     check_catalog(plan, catalog, out)
     zonings = _load_zonings(options.zonings, catalog)
-    frame = _scan(path)
-    _require_columns(frame, path, ["person", "timestamp", "cell_id"])
-    frame = frame.select("person", "timestamp", "cell_id")
-    if plan is not None or options.time_zone is not None:
-        # local wall times, and an append's new windows only: parsed and filtered before the one-pass checks,
-        # so an unparseable time is refused (never dropped as late) and the span is checked in local days
-        frame = _timestamps(frame, path, "timestamp", options.time_zone)
-        frame = drop_late_and_held(frame, plan, path, progress.warn)
-    # (person, timestamp, cell index): read once, checked in one pass; null cell = not in the catalog
-    indexed = _indexed_events(frame, path, catalog)
-    buckets = options.buckets or choose_buckets(_scan(path).select(pl.len()).collect().item())
+    rows = count_rows(paths)  # also finds a truncated file, named, before any other pass reads it
+    # each file read and named on its own (appending or zoned: parsed local times, the new windows' rows only)
+    sources = read_event_files(paths, plan, options.time_zone, progress.warn)
+    files = [(f.path, f.frame) for f in sources]
+    # (person, timestamp, cell index) of all files: read once, checked in one pass; null cell = not in the catalog
+    indexed = indexed_events(sources, catalog)
+    buckets = options.buckets or choose_buckets(rows)
     key_cap = accounting_of(meta.accounting).key_cap_trips(meta)
     with _event_buckets(indexed, buckets, seed=seed, work_dir=out.parent, progress=progress) as split:
         if not split.parts:
-            _check_events(indexed, frame, path, lookup, start, end, options.missing_days)  # raises: no rows
+            _check_events(indexed, files, lookup, start, end, options.missing_days)  # raises: no rows
         kept: dict[str, list[pl.LazyFrame]] = {"trips": [], "presence": [], "residents": [], "commuting": []}
         for number, part in enumerate(split.parts, start=1):
             label = f"bucket {number}/{len(split.parts)}: " if len(split.parts) > 1 else ""
@@ -189,7 +187,7 @@ def ingest_events(events_path: str | Path, cells_path: str | Path, out_dir: str 
             events = part.collect()
             # checked in memory, bucket by bucket (a few vector passes); a wrong row anywhere stops
             # ingestion before anything is written, with the message naming the input's rows
-            _check_events(events.lazy(), frame, path, lookup, start, end, options.missing_days)
+            _check_events(events.lazy(), files, lookup, start, end, options.missing_days)
             counts = _bucket_counts(events, options, n_cells=len(catalog), key_cap=key_cap,
                                     seed=seed, histograms=histograms, progress=progress, label=label)
             del events
@@ -380,6 +378,7 @@ def ingest_trips_table(trips_path: str | Path | pl.DataFrame, cells_path: str | 
     else:
         path = Path(trips_path)
         frame = _scan(path)
+        row_count(path, frame)  # a truncated or corrupt file is named before any check reads it
     _require_columns(frame, path, ["timestamp", "origin", "dest"])
     has_person = "person" in frame.collect_schema().names()
     options, plan = begin_append(out, options, per_person=has_person)  # appending: the served grid, new span

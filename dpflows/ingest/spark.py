@@ -30,8 +30,10 @@ distribution, and the kept total is Σ min(n, L) in both (tests/ingest/test_spar
 Ties between cells (an hour's, a home's, a work cell's) are broken by the same hashes with the
 masks of derive.py, so where a tie exists the engines may pick different tied cells, each
 uniformly; without ties their outputs are identical.
-Error messages name files, columns, counts and example cells, but not row numbers (a Spark
-dataset has no stable row order); like the Polars path they never name a person.
+Error messages name the file and the column, but not row numbers (a Spark dataset has no stable
+row order), nor how many rows (an exact figure over secret records); like the Polars path they
+never name a person. Several inputs (daily files, CSV and Parquet alike) are read together, each
+parsed on its own, and checked in the same one pass, grouped by file.
 
 Cluster-ready: the session is the caller's or ``SparkSession.builder.getOrCreate()``, so the
 master and resources come from spark-submit. `events_path` may be any path Spark reads
@@ -64,6 +66,7 @@ from dpflows.ingest.spark_inputs import (  # re-exported: the Spark engine's rea
     _name,
     _spark,
     read_events_spark,
+    spark_paths,
 )
 
 if TYPE_CHECKING:
@@ -199,8 +202,9 @@ class SparkBounded:
     works: DataFrame | None = None
 
 
-def bounded_records_spark(events_path: str | Path, cells_path: str | Path, options: IngestOptions, *, seed: int,
-                          spark: SparkSession | None = None, plan: AppendPlan | None = None) -> SparkBounded:
+def bounded_records_spark(events_path: str | Path | Sequence[str | Path], cells_path: str | Path,
+                          options: IngestOptions, *, seed: int, spark: SparkSession | None = None,
+                          plan: AppendPlan | None = None) -> SparkBounded:
     """Checked events → derived records → at most L per (person, window), as lazy Spark frames.
 
     For zCDP datasets, first at most `key_cap_trips` trips per person and trips row
@@ -287,9 +291,11 @@ def _place_counts_spark(homes: DataFrame, works: DataFrame, lookup: pl.DataFrame
     return residents, commuting
 
 
-def ingest_events_spark(events_path: str | Path, cells_path: str | Path, out_dir: str | Path, options: IngestOptions,
-                        *, spark: SparkSession | None = None, progress: Progress | None = None) -> Path:
-    """Raw network events → bounded presence and trip counts with Spark; the same dataset directory.
+def ingest_events_spark(events_path: str | Path | Sequence[str | Path], cells_path: str | Path, out_dir: str | Path,
+                        options: IngestOptions, *, spark: SparkSession | None = None,
+                        progress: Progress | None = None) -> Path:
+    """Raw network events (one path or several: daily files) → bounded presence and trip counts with Spark; the
+    same dataset directory.
 
     The bounding report is made as by the Polars engine: exact histograms counted by Spark,
     collected as at most a few dozen numbers, released once with OpenDP on the driver.
@@ -301,7 +307,8 @@ def ingest_events_spark(events_path: str | Path, cells_path: str | Path, out_dir
     options, plan = begin_append(out, options)  # appending: the served grid, the new windows' span
     # name, span, window, bounds and the place rule were checked when the options were made, before Spark reads
     meta = options.events_metadata() if plan is None else plan.metadata
-    progress.phase(f"reading {Path(cells_path).name} and checking {_name(str(events_path))} with Spark")
+    names = ", ".join(_name(p) for p in spark_paths(events_path))
+    progress.phase(f"reading {Path(cells_path).name} and checking {names} with Spark")
     bounded = bounded_records_spark(events_path, cells_path, options, seed=options.drawn_seed(), spark=spark,
                                     plan=plan)
     source = bounded.source

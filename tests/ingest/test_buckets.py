@@ -251,8 +251,9 @@ def test_validation_errors_do_not_depend_on_buckets(city, tmp_path: Path, bucket
         ([good, (SECRET, "2024-03-04 09:00:00", "NOPE")], "events.csv: column 'cell_id' holds values missing from "
          "the cell catalog in rows [2]; check the column order, add the cells to the catalog or drop those rows"),
         ([good, (SECRET, "", "C0101")], "events.csv: column 'timestamp' is empty in rows [2]; every row needs a time"),
-        ([good, ("", "2024-03-04 09:00:00", "C0101")], "events.csv: column 'person' is empty in rows [2]"),
-        ([], "events.csv: no rows; nothing to ingest"),
+        ([good, ("", "2024-03-04 09:00:00", "C0101")], "events.csv: column 'person' is empty in rows [2]; every "
+         "event needs its person's pseudonym: fill them or remove those rows"),
+        ([], "events.csv: no rows; nothing to ingest: give the file(s) that hold the events of the declared days"),
     ]
     for rows, message in cases:
         with pytest.raises(InvalidData) as info:

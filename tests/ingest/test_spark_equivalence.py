@@ -428,3 +428,41 @@ def test_spark_appends_the_windows_polars_appends(spark, tmp_path: Path,
     trips = [read_interchange(out, "trips").filter(pl.col("day") >= city.first_day + dt.timedelta(days=7))
              .collect().sort("day", "hour", "origin", "dest") for out in outs.values()]
     assert trips[0].equals(trips[1]) and trips[0].height > 0
+
+
+def test_spark_reads_daily_files_csv_and_parquet(spark, city, tmp_path: Path) -> None:
+    """Several inputs at once (issue 19): daily Parquet files give the counts of the one file holding them (same
+    seed), CSV and Parquet days mixed the trips Polars writes from the same files; a bad row is refused naming
+    its file and column, with no row count."""
+    from dpflows.ingest.spark import ingest_events_spark
+
+    events = pl.read_parquet(city.events)
+    days = [city.first_day + dt.timedelta(days=k) for k in range(7)]
+    parquet, mixed = [], []
+    for k, day in enumerate(days):
+        rows = events.filter(pl.col("timestamp").dt.date() == day)
+        rows.write_parquet(tmp_path / f"day-{k}.parquet")
+        parquet.append(tmp_path / f"day-{k}.parquet")
+        if k % 2:
+            rows.write_csv(tmp_path / f"day-{k}.csv")
+        mixed.append(tmp_path / (f"day-{k}.csv" if k % 2 else f"day-{k}.parquet"))
+    options = IngestOptions(**city.span, name="city", seed=3, report_epsilon="0")
+    one = ingest_events_spark(city.events, city.cells, tmp_path / "one", options, spark=spark)
+    several = ingest_events_spark(parquet, city.cells, tmp_path / "several", options, spark=spark)
+    for name, keys in (("trips", ["day", "hour", "origin", "dest"]), ("presence", ["day", "hour", "cell"])):
+        a, b = (_sorted(read_interchange(out, name), keys) for out in (one, several))
+        assert a.height > 0 and a.equals(b), name
+    inactive = IngestOptions(**city.span, name="city", seed=3, report_epsilon="0", bound_trips=10**6,
+                             bound_presence=10**6)
+    spark_mixed = ingest_events_spark(mixed, city.cells, tmp_path / "spark-mixed", inactive, spark=spark)
+    polars_mixed = ingest_events(mixed, city.cells, tmp_path / "polars-mixed", inactive)
+    keys = ["day", "hour", "origin", "dest"]
+    assert _sorted(read_interchange(spark_mixed, "trips"), keys).equals(
+        _sorted(read_interchange(polars_mixed, "trips"), keys))
+    bad = tmp_path / "day-3-bad.csv"
+    pl.read_csv(mixed[3]).with_columns(pl.lit("NOPE").alias("cell_id")).write_csv(bad)
+    with pytest.raises(InvalidData) as info:
+        ingest_events_spark([mixed[0], bad], city.cells, tmp_path / "bad", options, spark=spark)
+    assert info.value.message == ("day-3-bad.csv: column 'cell_id' holds values missing from the cell catalog; "
+                                  "check the column order, add the cells to the catalog or drop those rows")
+    assert info.value.field == "cell_id" and not (tmp_path / "bad").exists()

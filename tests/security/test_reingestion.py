@@ -274,7 +274,11 @@ def test_the_ingest_command_requires_the_declared_days(raw: Path, tmp_path: Path
     args = ["ingest", str(raw / "events.parquet"), "--cells", str(raw / "cells.csv"), "--out", str(tmp_path / "c")]
     with pytest.raises(SystemExit):
         main(args)
-    assert "--first-day, --end-day" in capsys.readouterr().err
+    assert "the following arguments are required: --end-day" in capsys.readouterr().err
+    # --first-day may be left out only by an append (the dataset's own is taken); else it is required
+    assert main([*args, "--end-day", str(END)]) == 2
+    assert "--first-day and --end-day (exclusive) are required" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 # 5. a dataset's name is its folder's -------------------------------------------------------
