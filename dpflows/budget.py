@@ -40,27 +40,25 @@ APPROX_DP = "approx_dp"
 ACCOUNTINGS = (PURE_DP, ZCDP, APPROX_DP)
 
 
-def parse_delta(value: float | int | str | Decimal | Fraction, *, field: str = "delta") -> int:
-    """A client's or admin's δ in atto-units, rounded up; 0 <= δ < 1, never NaN or infinite."""
+def exact_number(value: float | int | str | Decimal | Fraction, *, field: str, expected: str) -> Fraction:
+    """A client's or admin's number read exactly (a float by its shortest repr); `expected` ends each refusal,
+    e.g. "a positive number such as 0.5". NaN, infinities, booleans and non-numbers are refused."""
     if isinstance(value, bool):
-        raise InvalidInput(f"{field}={value!r} is not a number; send a number in [0, 1) such as 1e-9", field=field)
+        raise InvalidInput(f"{field}={value!r} is not a number; send {expected}", field=field)
     try:
         if isinstance(value, Fraction):
-            exact = value
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise InvalidInput(f"{field}={value!r} is not finite; send a number in [0, 1) such as 1e-9",
-                                   field=field)
-            exact = Fraction(Decimal(repr(value)))
-        else:
-            dec = Decimal(str(value))
-            if not dec.is_finite():
-                raise InvalidInput(f"{field}={value!r} is not finite; send a number in [0, 1) such as 1e-9",
-                                   field=field)
-            exact = Fraction(dec)
+            return value
+        dec = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
     except (InvalidOperation, ValueError, TypeError) as exc:
-        raise InvalidInput(f"{field}={value!r} is not a number; send a number in [0, 1) such as 1e-9",
-                           field=field) from exc
+        raise InvalidInput(f"{field}={value!r} is not a number; send {expected}", field=field) from exc
+    if not dec.is_finite():
+        raise InvalidInput(f"{field}={value!r} is not finite; send {expected}", field=field)
+    return Fraction(dec)
+
+
+def parse_delta(value: float | int | str | Decimal | Fraction, *, field: str = "delta") -> int:
+    """A client's or admin's δ in atto-units, rounded up; 0 <= δ < 1, never NaN or infinite."""
+    exact = exact_number(value, field=field, expected="a number in [0, 1) such as 1e-9")
     if not 0 <= exact < 1:
         raise InvalidInput(f"{field}={value} must be in [0, 1), such as 1e-9", field=field)
     return math.ceil(exact * DELTA_UNITS)
@@ -121,30 +119,7 @@ class PrivacyLoss:
     def parse(cls, value: float | int | str | Decimal | Fraction, *, field: str | None = None) -> Self:
         """Read a client's value, rounding up to the next nano-unit; rejects NaN, inf and negatives."""
         field = field or cls.unit
-        if isinstance(value, bool):
-            raise InvalidInput(f"{field}={value!r} is not a number; send a positive number such as 0.5", field=field)
-        try:
-            if isinstance(value, Fraction):
-                exact = value
-            elif isinstance(value, float):
-                if not math.isfinite(value):
-                    raise InvalidInput(
-                        f"{field}={value!r} is not finite; send a finite positive number such as 0.5",
-                        field=field,
-                    )
-                exact = Fraction(Decimal(repr(value)))
-            else:
-                dec = Decimal(str(value))
-                if not dec.is_finite():
-                    raise InvalidInput(
-                        f"{field}={value!r} is not finite; send a finite positive number such as 0.5",
-                        field=field,
-                    )
-                exact = Fraction(dec)
-        except (InvalidOperation, ValueError, TypeError) as exc:
-            raise InvalidInput(
-                f"{field}={value!r} is not a number; send a positive number such as 0.5", field=field
-            ) from exc
+        exact = exact_number(value, field=field, expected="a finite positive number such as 0.5")
         if exact < 0:
             raise InvalidInput(f"{field}={value} is negative; send a positive number such as 0.5", field=field)
         nanos = math.ceil(exact * NANOS_PER_UNIT)
