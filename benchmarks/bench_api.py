@@ -260,13 +260,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--in-process-only", action="store_true", help="skip gunicorn")
     ap.add_argument("--skip-fresh", action="store_true", help="through gunicorn, only reused vs bare")
+    ap.add_argument("--reuse-only", action="store_true",
+                    help="only the reused answers (in-process, and through gunicorn against the bare endpoint)")
     ap.add_argument("--fresh", type=int, default=100, help="fresh answers timed per in-process run")
     ap.add_argument("--sustained", type=int, default=400, help="fresh answers in the 2-client sustained run")
     ap.add_argument("--pool-values", type=int, default=2_000_000,
                     help="DPFLOWS_NOISE_POOL_VALUES for the warm runs (8 bytes each)")
     args = ap.parse_args()
     print(f"bench_api: {os.cpu_count()} cores; {load()}")
-    one_thread, ceiling = sampler_ceiling()
+    one_thread, ceiling = (1.0, 1.0) if args.reuse_only else sampler_ceiling()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -281,9 +283,11 @@ def main() -> None:
         base = {"dataset": "bench", "zoning": "zones100", "start": "2024-03-04", "end": "2024-04-01"}
         fresh = fresh_bodies(base)
         print(f"in-process: up to {args.fresh} fresh answers each way, pool of {args.pool_values:,} values")
-        n_warm = in_process(root, key, fresh[:args.fresh], args.pool_values, "pool warm", "2024-03-10")
-        in_process(root, key, [{**b, "start": "2024-03-06"} for b in fresh[:n_warm]], 0, "pool disabled",
-                   "2024-03-11")
+        n_warm = 0
+        if not args.reuse_only:
+            n_warm = in_process(root, key, fresh[:args.fresh], args.pool_values, "pool warm", "2024-03-10")
+            in_process(root, key, [{**b, "start": "2024-03-06"} for b in fresh[:n_warm]], 0, "pool disabled",
+                       "2024-03-11")
         reuse_in_process(root, key, base)
         if args.in_process_only:
             return
@@ -293,7 +297,7 @@ def main() -> None:
         print(f"gunicorn: {args.workers} sync workers, loopback; pool of {args.pool_values:,} values per worker "
               f"(filled after fork: {fill_s:.0f} s allowed)")
         for label, values, start in (("pool warm", args.pool_values, "2024-03-07"), ("pool disabled", 0, "2024-03-08")):
-            if args.skip_fresh:
+            if args.skip_fresh or args.reuse_only:
                 break
             with GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers,
                                 extra_env={**env, "DPFLOWS_NOISE_POOL_VALUES": str(values)}) as srv:
@@ -302,7 +306,7 @@ def main() -> None:
                 bodies = [{**b, "start": start} for b in fresh[:min(len(fresh), n_warm * args.workers // 2)]]
                 lat, el, err = drive(srv.url, bodies, headers, 1, "/v1/flows")
                 report(f"gunicorn fresh, 1 client, {label}", lat, el, err)
-        if not args.skip_fresh:
+        if not (args.skip_fresh or args.reuse_only):
             with GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers,
                                 extra_env={**env, "DPFLOWS_NOISE_POOL_VALUES": str(args.pool_values)}) as srv:
                 time.sleep(fill_s)
