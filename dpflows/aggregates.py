@@ -54,7 +54,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +156,10 @@ class Dataset:
     cells_digest: str = ""
     #: windows whose counts were deleted (dpflows.retirement): queries touching them are refused
     retired: frozenset[int] = frozenset()
+    #: (window, zoning name) -> (zoning, window data, each trip row's flow key): made after start by
+    #: dpflows.counting.warm_flow_keys, never by a request
+    flow_keys: dict[tuple[int, str], tuple[Zoning, WindowData, np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def zoning(self, name: str) -> Zoning:
         """A zoning by name; one added by another worker or host is picked up from disk."""
@@ -304,17 +310,29 @@ def load_dataset(path: str | Path, previous: Dataset | None = None) -> Dataset:
     return data
 
 
+def _pointer_stamp(dataset_dir: Path) -> tuple[int, ...] | None:
+    """What identifies the CURRENT file now: a publication replaces it (os.replace, a new inode), so the same
+    stamp means the same pointer. None without one (the oldest layout: read as before)."""
+    try:
+        st = os.stat(dataset_dir / CURRENT_FILE)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 class AggregateStore:
     """Datasets under one root, each version loaded once per process, then shared read-only.
 
-    `get` reads the dataset's CURRENT pointer (a few bytes) on every call, so a re-ingestion or
-    an append is served by running workers without a restart; a query holds one `Dataset` (one
-    version) from start to end, so it never mixes windows of two versions.
+    `get` checks the dataset's CURRENT pointer (one stat; read again when it was replaced) on every
+    call, so a re-ingestion or an append is served by running workers without a restart; a query
+    holds one `Dataset` (one version) from start to end, so it never mixes windows of two versions.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._loaded: dict[str, Dataset] = {}
+        #: per dataset, the CURRENT pointer's (inode, mtime, ctime, size) when it was last read
+        self._stamps: dict[str, tuple[int, ...] | None] = {}
         self._lock = threading.Lock()
 
     def dataset_dir(self, name: str) -> Path:
@@ -337,11 +355,15 @@ class AggregateStore:
 
     def get(self, name: str) -> Dataset:
         path = self.dataset_dir(name)
+        stamp = _pointer_stamp(path)
         with self._lock:
+            loaded = self._loaded.get(name)
+            if loaded is not None and stamp is not None and self._stamps.get(name) == stamp:
+                return loaded  # CURRENT is the file read last time: one stat, no read, on every request
             if not path.exists():
                 raise NotFound(f"dataset={name!r} does not exist; use one of {self.names()}", field="dataset")
             current = version_dir(path)
-            loaded = self._loaded.get(name)
+            self._stamps[name] = stamp
             if loaded is not None and loaded.version_path == current:
                 return loaded
             dataset = load_dataset(path, previous=loaded)
@@ -388,7 +410,16 @@ class AggregateStore:
             except OSError as exc:  # the data root changed under us (a dataset deleted): requests will say
                 log.warning("dataset %r not mapped at start: %s", name, type(exc).__name__)
 
-    def warm_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.warm, name="dpflows-map-windows", daemon=True)
+    def warm_in_background(self, then: Callable[[list[Dataset]], Any] | None = None) -> threading.Thread:
+        """`warm` in a thread, then `then` with the datasets loaded (dpflows.counting.warm_flow_keys)."""
+
+        def run() -> None:
+            self.warm()
+            if then is not None:
+                with self._lock:
+                    loaded = [self._loaded[name] for name in sorted(self._loaded)]
+                then(loaded)
+
+        thread = threading.Thread(target=run, name="dpflows-map-windows", daemon=True)
         thread.start()
         return thread
