@@ -52,6 +52,8 @@ from dpflows.service import Service  # noqa: E402
 from tests.servers import GunicornServer  # noqa: E402
 
 FIRST = dt.date(2024, 3, 4)
+#: untimed requests sent to the service and to the bare endpoint alike before timing either
+WARM_UP = 50
 
 
 def build_city(root: Path, cells: int = 1000, zones: int = 100, days: int = 28, rows: int = 1_000_000) -> None:
@@ -255,7 +257,8 @@ def reuse_in_process(root: Path, key: str, base: dict, n: int = 300) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=600, help="reused and bare requests timed")
+    ap.add_argument("--requests", type=int, default=600, help="reused and bare requests timed (each)")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds the reused and bare requests are timed in")
     ap.add_argument("--clients", type=int, default=4, help="clients for the reused and bare runs")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--in-process-only", action="store_true", help="skip gunicorn")
@@ -268,7 +271,7 @@ def main() -> None:
                     help="DPFLOWS_NOISE_POOL_VALUES for the warm runs (8 bytes each)")
     args = ap.parse_args()
     print(f"bench_api: {os.cpu_count()} cores; {load()}")
-    one_thread, ceiling = (1.0, 1.0) if args.reuse_only else sampler_ceiling()
+    one_thread, ceiling = (float("inf"), 1.0) if args.reuse_only else sampler_ceiling()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -317,22 +320,35 @@ def main() -> None:
                 print(f"  {len(bodies)} fresh answers, past the ~{held} the full pools held; the sampler's ceiling on "
                       f"this machine: {ceiling / 10_000:.1f} answers/s (two threads drawing, measured above): "
                       f"{rps / (ceiling / 10_000):.2f}x of it")
-        # reused answers with no pool: no refill thread competes for the cores, as none would once pools are full
+        # Reused answers against the bare endpoint, measured the same way: both servers up at once with the same
+        # gunicorn settings (4 sync workers), both warmed with the same requests (every worker has rendered its
+        # body), then timed in alternating rounds, so that the other jobs on the machine weigh on both alike.
+        # No pool: no refill thread competes for the cores, as none would once pools are full.
+        reuse_body = {**base, "epsilon": 0.5}
         with GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers, extra_env=env) as srv:
-            drive(srv.url, [{**base, "epsilon": 0.5}] * (2 * args.workers), headers, args.clients, "/v1/flows")  # warm up
-            body_bytes = len(requests.post(srv.url + "/v1/flows", json={**base, "epsilon": 0.5}, headers=headers,
-                                           timeout=60).content)
-            reuse = [{**base, "epsilon": 0.5}] * args.requests
-            lat, el, err = drive(srv.url, reuse, headers, args.clients, "/v1/flows")
-            reused_rps = report(f"gunicorn reused, {args.clients} clients", lat, el, err)
-        with GunicornServer(root, "sqlite:///unused", workers=args.workers, app="benchmarks._bare_app:app",
-                            extra_env={"BARE_BODY_BYTES": str(body_bytes)}) as bare:
-            drive(bare.url, [{}] * 50, {}, args.clients, "/bare")
-            lat, el, err = drive(bare.url, [{}] * args.requests, {}, args.clients, "/bare")
-            bare_rps = report(f"bare Flask, {args.clients} clients", lat, el, err)
+            drive(srv.url, [reuse_body] * WARM_UP, headers, args.clients, "/v1/flows")
+            body_bytes = len(requests.post(srv.url + "/v1/flows", json=reuse_body, headers=headers, timeout=60).content)
+            with GunicornServer(root, "sqlite:///unused", workers=args.workers, app="benchmarks._bare_app:app",
+                                extra_env={"BARE_BODY_BYTES": str(body_bytes)}) as bare:
+                drive(bare.url, [{}] * WARM_UP, {}, args.clients, "/bare")
+                sides = {"reused": (srv.url, reuse_body, headers, "/v1/flows"), "bare": (bare.url, {}, {}, "/bare")}
+                timed: dict[str, tuple[list[float], float, int]] = {side: ([], 0.0, 0) for side in sides}
+                per_round = max(1, args.requests // args.rounds)
+                for round_ in range(args.rounds):
+                    order = ("reused", "bare") if round_ % 2 == 0 else ("bare", "reused")
+                    rates = {}
+                    for side in order:
+                        url, body, head, path = sides[side]
+                        lat, el, err = drive(url, [body] * per_round, head, args.clients, path)
+                        rates[side] = len(lat) / el
+                        got = timed[side]
+                        timed[side] = (got[0] + lat, got[1] + el, got[2] + err)
+                    print(f"  round {round_ + 1}: reused {rates['reused']:.1f} req/s, bare {rates['bare']:.1f} req/s "
+                          f"({rates['reused'] / rates['bare']:.2f}x; {load()})")
+        reused_rps = report(f"gunicorn reused, {args.clients} clients", *timed["reused"])
+        bare_rps = report(f"bare Flask, {args.clients} clients", *timed["bare"])
         print(f"answer body: {body_bytes:,} bytes (10,000 keys)")
         print(f"reused / bare throughput: {reused_rps / bare_rps:.2f}x (goal >= 0.8x); {load()}")
-
 
 if __name__ == "__main__":
     main()
