@@ -5,7 +5,6 @@ No view catches exceptions: `api.errors` maps the one exception tree in one plac
 
 from __future__ import annotations
 
-import copy
 import functools
 import threading
 from collections import OrderedDict
@@ -35,6 +34,15 @@ ERRORS = {401: "missing, unknown or revoked key", 403: "role or policy forbids i
 PARSED_BODY_MAX_BYTES = 4096
 #: validated bodies each worker remembers, least recently used dropped first
 PARSED_BODIES = 1024
+
+
+def _copy(value: Any) -> Any:
+    """A copy of parsed arguments: new dicts and lists; the rest (text, numbers, dates) is immutable."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 class BodyParser(FlaskParser):
@@ -67,10 +75,10 @@ class BodyParser(FlaskParser):
             if known is not None:
                 self._parsed.move_to_end(key)
         if known is not None:
-            return copy.deepcopy(known)  # views may change what they are given
+            return _copy(known)  # views may change what they are given
         parsed = super().parse(argmap, req, location=location, **kwargs)
         with self._parsed_lock:
-            self._parsed[key] = copy.deepcopy(parsed)
+            self._parsed[key] = _copy(parsed)
             while len(self._parsed) > PARSED_BODIES:
                 self._parsed.popitem(last=False)
         return parsed

@@ -334,9 +334,15 @@ class AggregateStore:
         #: per dataset, the CURRENT pointer's (inode, mtime, ctime, size) when it was last read
         self._stamps: dict[str, tuple[int, ...] | None] = {}
         self._lock = threading.Lock()
+        self._dirs: dict[str, Path] = {}
 
     def dataset_dir(self, name: str) -> Path:
-        return self.root / "datasets" / check_name(name, field="dataset")
+        known = self._dirs.get(name)
+        if known is None:  # a name checked once (every request asks for one)
+            known = self._dirs[name] = self.root / "datasets" / check_name(name, field="dataset")
+            if len(self._dirs) > 1024:
+                self._dirs.clear()
+        return known
 
     def names(self) -> list[str]:
         base = self.root / "datasets"
