@@ -56,31 +56,24 @@ class BudgetReads(PopulationStore):
                                             client_id, dataset, *wins, dataset, client_id, *wins, *wins, *wins))
         group: str | None = None
         name, offset, unit, legacy = DEFAULT_POPULATION, 0, None, False
-        caps: dict[int, PrivacyLoss] = {}
-        spent: dict[int, PrivacyLoss] = {}
-        global_caps: dict[int, PrivacyLoss] = {}
-        spends: dict[tuple[int, str], PrivacyLoss] = {}
+        # by window (cap, spent, global) or by (population window, holder) (spend)
+        amounts: dict[str, dict[Any, PrivacyLoss]] = {tag: {} for tag in _AMOUNTS}
+        caps, spent, global_caps, spends = (amounts[tag] for tag in ("cap", "spent", "global", "spend"))
         allocation_rows: list[tuple[str, int, PrivacyLoss]] = []
         for tag, win, text, nanos, delta in cur.fetchall():
-            amount = PrivacyLoss(int(nanos), int(delta))
-            if tag == "group":
+            if tag in _AMOUNTS:
+                where = int(win) if tag != "spend" else (int(win), str(text))
+                amounts[tag][where] = PrivacyLoss(int(nanos), int(delta))
+            elif tag == "alloc":
+                allocation_rows.append((str(text), int(win), PrivacyLoss(int(nanos), int(delta))))
+            elif tag == "group":
                 group = str(text)
             elif tag == "place":
                 name, offset = str(text), int(win)
             elif tag == "measure":
                 unit = _text_or_none(text)
-            elif tag == "legacy":
-                legacy = True
-            elif tag == "cap":
-                caps[int(win)] = amount
-            elif tag == "spent":
-                spent[int(win)] = amount
-            elif tag == "global":
-                global_caps[int(win)] = amount
-            elif tag == "spend":
-                spends[(int(win), str(text))] = amount
             else:
-                allocation_rows.append((str(text), int(win), amount))
+                legacy = True
         zero = PrivacyLoss.zero()
         out = []
         for w in windows:
@@ -106,6 +99,9 @@ class BudgetReads(PopulationStore):
                 legacy=self._legacy_caps(cur, dataset, w, group) if legacy else None,
             ))
         return out
+
+
+_AMOUNTS = frozenset({"cap", "spent", "global", "spend"})
 
 
 def _text_or_none(value: Any) -> str | None:
