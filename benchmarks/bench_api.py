@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime as dt
+import gc
 import io
 import os
 import pstats
@@ -208,6 +209,7 @@ def make_app(root: Path, pool_values: int):
     import logging
 
     logging.getLogger("dpflows.api.request").disabled = True  # one JSON line per request: not the point here
+    gc.freeze()  # as api/wsgi.py does in every gunicorn worker once the app is built
     return app
 
 
