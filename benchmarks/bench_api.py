@@ -24,6 +24,7 @@ worker); past that, answers wait on the sampler again, whose ceiling this run me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime as dt
 import gc
@@ -112,6 +113,18 @@ def drive(url: str, bodies: list[dict], headers: dict, clients: int, path: str) 
     for t in threads:
         t.join()
     return latencies, time.perf_counter() - start, errors
+
+
+def server_cpu(server: GunicornServer) -> float:
+    """CPU seconds (user + system) the server's master and workers have used so far (Linux /proc)."""
+    total = 0
+    for pid in (server.process.pid, *server.worker_pids()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a worker that exited
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def report(name: str, lat: list[float], elapsed: float, errors: int) -> float:
@@ -260,6 +273,8 @@ def reuse_in_process(root: Path, key: str, base: dict, n: int = 300) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=600, help="reused and bare requests timed (each)")
+    ap.add_argument("--before", type=Path, help="another checkout of dpflows whose reused answers are timed in the "
+                    "same rounds, on the same data and ledger (before and after a change)")
     ap.add_argument("--rounds", type=int, default=4, help="alternating rounds the reused and bare requests are timed in")
     ap.add_argument("--clients", type=int, default=4, help="clients for the reused and bare runs")
     ap.add_argument("--workers", type=int, default=4)
@@ -330,25 +345,43 @@ def main() -> None:
         with GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers, extra_env=env) as srv:
             drive(srv.url, [reuse_body] * WARM_UP, headers, args.clients, "/v1/flows")
             body_bytes = len(requests.post(srv.url + "/v1/flows", json=reuse_body, headers=headers, timeout=60).content)
-            with GunicornServer(root, "sqlite:///unused", workers=args.workers, app="benchmarks._bare_app:app",
-                                extra_env={"BARE_BODY_BYTES": str(body_bytes)}) as bare:
+            with contextlib.ExitStack() as more:
+                bare = more.enter_context(GunicornServer(root, "sqlite:///unused", workers=args.workers,
+                                                         app="benchmarks._bare_app:app",
+                                                         extra_env={"BARE_BODY_BYTES": str(body_bytes)}))
                 drive(bare.url, [{}] * WARM_UP, {}, args.clients, "/bare")
                 sides = {"reused": (srv.url, reuse_body, headers, "/v1/flows"), "bare": (bare.url, {}, {}, "/bare")}
+                if args.before:  # the same ledger and data served by another checkout: before and after, same run
+                    before = more.enter_context(GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers,
+                                                               extra_env=env, code=args.before))
+                    drive(before.url, [reuse_body] * WARM_UP, headers, args.clients, "/v1/flows")
+                    sides["before"] = (before.url, reuse_body, headers, "/v1/flows")
+                servers = {"reused": srv, "bare": bare, **({"before": before} if args.before else {})}
                 timed: dict[str, tuple[list[float], float, int]] = {side: ([], 0.0, 0) for side in sides}
+                cpu = {side: [0.0, 0.0] for side in sides}  # (server, client) CPU seconds
                 per_round = max(1, args.requests // args.rounds)
                 for round_ in range(args.rounds):
-                    order = ("reused", "bare") if round_ % 2 == 0 else ("bare", "reused")
+                    order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
                     rates = {}
                     for side in order:
                         url, body, head, path = sides[side]
+                        server0, client0 = server_cpu(servers[side]), time.process_time()
                         lat, el, err = drive(url, [body] * per_round, head, args.clients, path)
+                        cpu[side][0] += server_cpu(servers[side]) - server0
+                        cpu[side][1] += time.process_time() - client0
                         rates[side] = len(lat) / el
                         got = timed[side]
                         timed[side] = (got[0] + lat, got[1] + el, got[2] + err)
-                    print(f"  round {round_ + 1}: reused {rates['reused']:.1f} req/s, bare {rates['bare']:.1f} req/s "
-                          f"({rates['reused'] / rates['bare']:.2f}x; {load()})")
+                    print(f"  round {round_ + 1}: " + ", ".join(f"{side} {rate:.1f} req/s" for side, rate in rates.items())
+                          + f" (reused/bare {rates['reused'] / rates['bare']:.2f}x; {load()})")
+        print("  CPU per request (gunicorn master and workers; this load generator): " + "; ".join(
+            f"{side} {cpu[side][0] / len(timed[side][0]) * 1000:.2f} ms + {cpu[side][1] / len(timed[side][0]) * 1000:.2f} ms"
+            for side in timed))
         reused_rps = report(f"gunicorn reused, {args.clients} clients", *timed["reused"])
         bare_rps = report(f"bare Flask, {args.clients} clients", *timed["bare"])
+        if "before" in timed:
+            before_rps = report(f"gunicorn reused, {args.before.name} (before)", *timed["before"])
+            print(f"before / bare throughput: {before_rps / bare_rps:.2f}x")
         print(f"answer body: {body_bytes:,} bytes (10,000 keys)")
         print(f"reused / bare throughput: {reused_rps / bare_rps:.2f}x (goal >= 0.8x); {load()}")
 
