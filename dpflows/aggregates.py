@@ -56,6 +56,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,6 +311,11 @@ def load_dataset(path: str | Path, previous: Dataset | None = None) -> Dataset:
     return data
 
 
+#: CURRENT is read again at least this often even when its stat is unchanged: a shared filesystem (NFS)
+#: may serve a cached stat for up to a minute, while opening the file revalidates it
+POINTER_READ_EVERY_S = 1.0
+
+
 def _pointer_stamp(dataset_dir: Path) -> tuple[int, ...] | None:
     """What identifies the CURRENT file now: a publication replaces it (os.replace, a new inode), so the same
     stamp means the same pointer. None without one (the oldest layout: read as before)."""
@@ -331,8 +337,8 @@ class AggregateStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._loaded: dict[str, Dataset] = {}
-        #: per dataset, the CURRENT pointer's (inode, mtime, ctime, size) when it was last read
-        self._stamps: dict[str, tuple[int, ...] | None] = {}
+        #: per dataset, the CURRENT pointer's (inode, mtime, ctime, size) when it was last read, and when
+        self._stamps: dict[str, tuple[tuple[int, ...] | None, float]] = {}
         self._lock = threading.Lock()
         self._dirs: dict[str, Path] = {}
 
@@ -361,15 +367,17 @@ class AggregateStore:
 
     def get(self, name: str) -> Dataset:
         path = self.dataset_dir(name)
-        stamp = _pointer_stamp(path)
+        stamp, now = _pointer_stamp(path), time.monotonic()
         with self._lock:
             loaded = self._loaded.get(name)
-            if loaded is not None and stamp is not None and self._stamps.get(name) == stamp:
-                return loaded  # CURRENT is the file read last time: one stat, no read, on every request
+            read = self._stamps.get(name)
+            if loaded is not None and stamp is not None and read is not None and read[0] == stamp \
+                    and now - read[1] < POINTER_READ_EVERY_S:
+                return loaded  # CURRENT is the file read last time: one stat, no read, on most requests
             if not path.exists():
                 raise NotFound(f"dataset={name!r} does not exist; use one of {self.names()}", field="dataset")
             current = version_dir(path)
-            self._stamps[name] = stamp
+            self._stamps[name] = (stamp, now)
             if loaded is not None and loaded.version_path == current:
                 return loaded
             dataset = load_dataset(path, previous=loaded)
