@@ -11,11 +11,16 @@ Measures, in one run (the load average is printed with every section):
   against that ceiling;
 - reused answers (the identical query again: one ledger read, a cached body, no noise, no charge)
   against a bare Flask endpoint returning a body of the same size (benchmarks/_bare_app.py), and
-  where a reused request's time goes (in-process profile).
+  where a reused request's time goes (in-process profile). Both are measured the same way: both
+  servers up at once with the same gunicorn settings, warmed with the same requests, timed in
+  alternating rounds (--rounds), with the CPU per request of the gunicorn processes and of this
+  load generator; --before PATH adds another checkout's reused answers to the same rounds, on the
+  same data and ledger (before and after a change); --reuse-only runs only these.
 
 Goals (issue 16): fresh p50 ≤ 20 ms with the pool warm; reused throughput ≥ 0.8× the bare endpoint's.
 
     python benchmarks/bench_api.py [--requests 600] [--clients 4] [--workers 4] [--pool-values N]
+                                   [--rounds 4] [--before ../other-checkout] [--reuse-only]
 
 A warm pool serves as many fresh answers as it holds (pool values / 3 stocks / 10,000 keys per
 worker); past that, answers wait on the sampler again, whose ceiling this run measures.
