@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -67,10 +66,12 @@ import polars as pl
 
 from dpflows.aggregate_versions import (
     CURRENT_FILE,
+    POINTER_READ_EVERY_S,
     VERSIONS_DIR,
     WINDOWS_DIR,
     _version,
     check_same_grid,
+    pointer_stamp,
     read_interchange,
     report_charges,
     version_dir,
@@ -311,21 +312,6 @@ def load_dataset(path: str | Path, previous: Dataset | None = None) -> Dataset:
     return data
 
 
-#: CURRENT is read again at least this often even when its stat is unchanged: a shared filesystem (NFS)
-#: may serve a cached stat for up to a minute, while opening the file revalidates it
-POINTER_READ_EVERY_S = 1.0
-
-
-def _pointer_stamp(dataset_dir: Path) -> tuple[int, ...] | None:
-    """What identifies the CURRENT file now: a publication replaces it (os.replace, a new inode), so the same
-    stamp means the same pointer. None without one (the oldest layout: read as before)."""
-    try:
-        st = os.stat(dataset_dir / CURRENT_FILE)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-
-
 class AggregateStore:
     """Datasets under one root, each version loaded once per process, then shared read-only.
 
@@ -367,7 +353,7 @@ class AggregateStore:
 
     def get(self, name: str) -> Dataset:
         path = self.dataset_dir(name)
-        stamp, now = _pointer_stamp(path), time.monotonic()
+        stamp, now = pointer_stamp(path), time.monotonic()
         with self._lock:
             loaded = self._loaded.get(name)
             read = self._stamps.get(name)
