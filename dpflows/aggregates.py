@@ -418,7 +418,10 @@ class AggregateStore:
             if then is not None:
                 with self._lock:
                     loaded = [self._loaded[name] for name in sorted(self._loaded)]
-                then(loaded)
+                try:
+                    then(loaded)
+                except (DpflowsError, OSError, ValueError) as exc:  # requests work without it
+                    log.warning("warm-up after mapping stopped: %s", type(exc).__name__)
 
         thread = threading.Thread(target=run, name="dpflows-map-windows", daemon=True)
         thread.start()

@@ -37,8 +37,9 @@ def warm_flow_keys(datasets: Iterable[Dataset], max_bytes: int) -> int:
     Returns the bytes held."""
     held = 0
     for data in datasets:
-        for index in sorted(data.window_refs, reverse=True):
-            window = data.window(index)
+        mapped = data.mapped_windows()  # what the start mapped; a window that failed to map is skipped here
+        for index in sorted(mapped, reverse=True):
+            window = mapped[index]
             for name in sorted(data.zonings):
                 zoning = data.zonings[name]
                 rows = len(window.trips.columns["count"])
