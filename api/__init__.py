@@ -20,6 +20,7 @@ from api.errors import ErrorSchema, register_error_handlers
 from api.logs import init_request_logging
 from api.ratelimit import Bucket, RateLimits, SharedBuckets, default_path
 from dpflows.aggregates import AggregateStore
+from dpflows.counting import warm_flow_keys
 from dpflows.errors import InvalidInput
 from dpflows.ledger import open_ledger
 from dpflows.ledger.high_water import HighWaterMark
@@ -86,7 +87,9 @@ class DpflowsExtension:
         ext.service.start_noise_pool(settings.noise_pool_values)
         # Also after fork: map every dataset's windows in the background (shared pages, see
         # dpflows.aggregates); requests never wait for it, a window a request needs first is mapped then.
-        store.warm_in_background()
+        # Then each trip row's flow key per zoning (dpflows.counting.warm_flow_keys), in a fixed order.
+        flow_key_bytes = settings.flow_keys_bytes
+        store.warm_in_background(lambda datasets: warm_flow_keys(datasets, flow_key_bytes) if flow_key_bytes else 0)
         app.extensions["dpflows"] = ext
         return ext
 

@@ -6,6 +6,7 @@ charged (queries only), duration. Not logged: bodies, query strings, headers, an
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -40,13 +41,25 @@ def _epsilon(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+_ids: tuple[int, str, itertools.count[int]] | None = None
+
+
+def _new_request_id() -> str:
+    """32 hex digits unique per request: a random prefix per process (drawn again after a fork) and a counter,
+    instead of a uuid4 (a getrandom call) per request. Not a secret: clients may send their own."""
+    global _ids
+    if _ids is None or _ids[0] != os.getpid():
+        _ids = (os.getpid(), uuid.uuid4().hex[:20], itertools.count())
+    return f"{_ids[1]}{next(_ids[2]):012x}"
+
+
 def init_request_logging(app: Flask) -> None:
     configure_logging()
     log = logging.getLogger("dpflows.api.request")
 
     @app.before_request
     def _start() -> None:
-        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or _new_request_id()
         g.started = time.perf_counter()
 
     @app.after_request

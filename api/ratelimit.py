@@ -16,10 +16,10 @@ address the proxy passes in X-Real-IP (else the last X-Forwarded-For entry, the 
 appended). A header sent by anyone else is ignored: no client can choose its own bucket.
 
 The file holds a few seconds of counters, nothing worth an fsync: WAL with synchronous off,
-one BEGIN IMMEDIATE transaction per take (about 0.1 ms). Its default place is beside a SQLite
-ledger (one per host), else under the temporary directory; DPFLOWS_RATE_LIMIT_DB names it. A
-limiter that cannot use its file lets requests through and logs it: the ledger bounds privacy
-loss whatever the request rate; the limits bound CPU.
+one upsert statement per take (atomic on its own; a refusal reads the bucket once more). Its
+default place is beside a SQLite ledger (one per host), else under the temporary directory;
+DPFLOWS_RATE_LIMIT_DB names it. A limiter that cannot use its file lets requests through and
+logs it: the ledger bounds privacy loss whatever the request rate; the limits bound CPU.
 """
 
 from __future__ import annotations
@@ -110,32 +110,42 @@ class SharedBuckets:
 
     def take(self, key: str, bucket: Bucket, *, peek: bool = False) -> float | None:
         """Take a token from `key`'s bucket (only look, with `peek`); None if there was one, else the
-        seconds until there is."""
+        seconds until there is.
+
+        A take is one statement (an upsert that refills and takes only where a token is left, returning
+        the tokens left), atomic on its own: no BEGIN and COMMIT around it. Only a refusal reads the
+        bucket again, for the wait."""
         now = time.time()
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN" if peek else "BEGIN IMMEDIATE")
-            try:
+            for _ in range(3):
+                if not peek:
+                    taken = conn.execute(_TAKE, {"key": key, "now": now, "rate": bucket.rate,
+                                                 "burst": bucket.burst}).fetchone()
+                    if taken is not None:
+                        self._takes += 1
+                        if self._takes % PRUNE_EVERY == 0:  # a bucket refilled to its burst is the same as none
+                            conn.execute("DELETE FROM buckets WHERE full_at < ?", (now,))
+                        return None
                 row = conn.execute("SELECT tokens, updated FROM buckets WHERE key = ?", (key,)).fetchone()
                 tokens = bucket.burst if row is None else min(
                     bucket.burst, row[0] + max(0.0, now - row[1]) * bucket.rate)
                 if tokens < 1.0:
-                    conn.execute("COMMIT")
                     return (1.0 - tokens) / bucket.rate
-                if not peek:
-                    left = tokens - 1.0
-                    conn.execute("INSERT INTO buckets (key, tokens, updated, full_at) VALUES (?, ?, ?, ?) "
-                                 "ON CONFLICT(key) DO UPDATE SET tokens = excluded.tokens, updated = "
-                                 "excluded.updated, full_at = excluded.full_at",
-                                 (key, left, now, now + (bucket.burst - left) / bucket.rate))
-                    self._takes += 1
-                    if self._takes % PRUNE_EVERY == 0:  # a bucket refilled to its burst is the same as none
-                        conn.execute("DELETE FROM buckets WHERE full_at < ?", (now,))
-                conn.execute("COMMIT")
-                return None
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                if peek:
+                    return None
+                now = time.time()  # refused, then refilled (or another worker's row came and went): again
+            return None  # a bucket that keeps changing under us: let through, as when the file fails
+
+
+#: The refill (tokens + elapsed × rate, at most the burst) and the take (one token), where one is left.
+_REFILLED = "min(:burst, buckets.tokens + max(0.0, :now - buckets.updated) * :rate)"
+_TAKE = (  # only these constant fragments are interpolated
+    "INSERT INTO buckets (key, tokens, updated, full_at) VALUES (:key, :burst - 1, :now, :now + 1 / :rate) "  # noqa: S608
+    f"ON CONFLICT(key) DO UPDATE SET tokens = {_REFILLED} - 1, updated = :now, "
+    f"full_at = :now + (:burst - ({_REFILLED} - 1)) / :rate WHERE {_REFILLED} >= 1 "
+    "RETURNING tokens"
+)
 
 
 def _addresses(spec: str) -> tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], bool]:

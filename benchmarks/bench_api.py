@@ -11,11 +11,16 @@ Measures, in one run (the load average is printed with every section):
   against that ceiling;
 - reused answers (the identical query again: one ledger read, a cached body, no noise, no charge)
   against a bare Flask endpoint returning a body of the same size (benchmarks/_bare_app.py), and
-  where a reused request's time goes (in-process profile).
+  where a reused request's time goes (in-process profile). Both are measured the same way: both
+  servers up at once with the same gunicorn settings, warmed with the same requests, timed in
+  alternating rounds (--rounds), with the CPU per request of the gunicorn processes and of this
+  load generator; --before PATH adds another checkout's reused answers to the same rounds, on the
+  same data and ledger (before and after a change); --reuse-only runs only these.
 
 Goals (issue 16): fresh p50 ≤ 20 ms with the pool warm; reused throughput ≥ 0.8× the bare endpoint's.
 
     python benchmarks/bench_api.py [--requests 600] [--clients 4] [--workers 4] [--pool-values N]
+                                   [--rounds 4] [--before ../other-checkout] [--reuse-only]
 
 A warm pool serves as many fresh answers as it holds (pool values / 3 stocks / 10,000 keys per
 worker); past that, answers wait on the sampler again, whose ceiling this run measures.
@@ -24,8 +29,10 @@ worker); past that, answers wait on the sampler again, whose ceiling this run me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime as dt
+import gc
 import io
 import os
 import pstats
@@ -52,6 +59,8 @@ from dpflows.service import Service  # noqa: E402
 from tests.servers import GunicornServer  # noqa: E402
 
 FIRST = dt.date(2024, 3, 4)
+#: untimed requests sent to the service and to the bare endpoint alike before timing either
+WARM_UP = 50
 
 
 def build_city(root: Path, cells: int = 1000, zones: int = 100, days: int = 28, rows: int = 1_000_000) -> None:
@@ -109,6 +118,18 @@ def drive(url: str, bodies: list[dict], headers: dict, clients: int, path: str) 
     for t in threads:
         t.join()
     return latencies, time.perf_counter() - start, errors
+
+
+def server_cpu(server: GunicornServer) -> float:
+    """CPU seconds (user + system) the server's master and workers have used so far (Linux /proc)."""
+    total = 0
+    for pid in (server.process.pid, *server.worker_pids()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a worker that exited
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def report(name: str, lat: list[float], elapsed: float, errors: int) -> float:
@@ -206,6 +227,7 @@ def make_app(root: Path, pool_values: int):
     import logging
 
     logging.getLogger("dpflows.api.request").disabled = True  # one JSON line per request: not the point here
+    gc.freeze()  # as api/wsgi.py does in every gunicorn worker once the app is built
     return app
 
 
@@ -255,18 +277,23 @@ def reuse_in_process(root: Path, key: str, base: dict, n: int = 300) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=600, help="reused and bare requests timed")
+    ap.add_argument("--requests", type=int, default=600, help="reused and bare requests timed (each)")
+    ap.add_argument("--before", type=Path, help="another checkout of dpflows whose reused answers are timed in the "
+                    "same rounds, on the same data and ledger (before and after a change)")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds the reused and bare requests are timed in")
     ap.add_argument("--clients", type=int, default=4, help="clients for the reused and bare runs")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--in-process-only", action="store_true", help="skip gunicorn")
     ap.add_argument("--skip-fresh", action="store_true", help="through gunicorn, only reused vs bare")
+    ap.add_argument("--reuse-only", action="store_true",
+                    help="only the reused answers (in-process, and through gunicorn against the bare endpoint)")
     ap.add_argument("--fresh", type=int, default=100, help="fresh answers timed per in-process run")
     ap.add_argument("--sustained", type=int, default=400, help="fresh answers in the 2-client sustained run")
     ap.add_argument("--pool-values", type=int, default=2_000_000,
                     help="DPFLOWS_NOISE_POOL_VALUES for the warm runs (8 bytes each)")
     args = ap.parse_args()
     print(f"bench_api: {os.cpu_count()} cores; {load()}")
-    one_thread, ceiling = sampler_ceiling()
+    one_thread, ceiling = (float("inf"), 1.0) if args.reuse_only else sampler_ceiling()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -281,9 +308,11 @@ def main() -> None:
         base = {"dataset": "bench", "zoning": "zones100", "start": "2024-03-04", "end": "2024-04-01"}
         fresh = fresh_bodies(base)
         print(f"in-process: up to {args.fresh} fresh answers each way, pool of {args.pool_values:,} values")
-        n_warm = in_process(root, key, fresh[:args.fresh], args.pool_values, "pool warm", "2024-03-10")
-        in_process(root, key, [{**b, "start": "2024-03-06"} for b in fresh[:n_warm]], 0, "pool disabled",
-                   "2024-03-11")
+        n_warm = 0
+        if not args.reuse_only:
+            n_warm = in_process(root, key, fresh[:args.fresh], args.pool_values, "pool warm", "2024-03-10")
+            in_process(root, key, [{**b, "start": "2024-03-06"} for b in fresh[:n_warm]], 0, "pool disabled",
+                       "2024-03-11")
         reuse_in_process(root, key, base)
         if args.in_process_only:
             return
@@ -293,7 +322,7 @@ def main() -> None:
         print(f"gunicorn: {args.workers} sync workers, loopback; pool of {args.pool_values:,} values per worker "
               f"(filled after fork: {fill_s:.0f} s allowed)")
         for label, values, start in (("pool warm", args.pool_values, "2024-03-07"), ("pool disabled", 0, "2024-03-08")):
-            if args.skip_fresh:
+            if args.skip_fresh or args.reuse_only:
                 break
             with GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers,
                                 extra_env={**env, "DPFLOWS_NOISE_POOL_VALUES": str(values)}) as srv:
@@ -302,7 +331,7 @@ def main() -> None:
                 bodies = [{**b, "start": start} for b in fresh[:min(len(fresh), n_warm * args.workers // 2)]]
                 lat, el, err = drive(srv.url, bodies, headers, 1, "/v1/flows")
                 report(f"gunicorn fresh, 1 client, {label}", lat, el, err)
-        if not args.skip_fresh:
+        if not (args.skip_fresh or args.reuse_only):
             with GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers,
                                 extra_env={**env, "DPFLOWS_NOISE_POOL_VALUES": str(args.pool_values)}) as srv:
                 time.sleep(fill_s)
@@ -313,22 +342,53 @@ def main() -> None:
                 print(f"  {len(bodies)} fresh answers, past the ~{held} the full pools held; the sampler's ceiling on "
                       f"this machine: {ceiling / 10_000:.1f} answers/s (two threads drawing, measured above): "
                       f"{rps / (ceiling / 10_000):.2f}x of it")
-        # reused answers with no pool: no refill thread competes for the cores, as none would once pools are full
+        # Reused answers against the bare endpoint, measured the same way: both servers up at once with the same
+        # gunicorn settings (4 sync workers), both warmed with the same requests (every worker has rendered its
+        # body), then timed in alternating rounds, so that the other jobs on the machine weigh on both alike.
+        # No pool: no refill thread competes for the cores, as none would once pools are full.
+        reuse_body = {**base, "epsilon": 0.5}
         with GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers, extra_env=env) as srv:
-            drive(srv.url, [{**base, "epsilon": 0.5}] * (2 * args.workers), headers, args.clients, "/v1/flows")  # warm up
-            body_bytes = len(requests.post(srv.url + "/v1/flows", json={**base, "epsilon": 0.5}, headers=headers,
-                                           timeout=60).content)
-            reuse = [{**base, "epsilon": 0.5}] * args.requests
-            lat, el, err = drive(srv.url, reuse, headers, args.clients, "/v1/flows")
-            reused_rps = report(f"gunicorn reused, {args.clients} clients", lat, el, err)
-        with GunicornServer(root, "sqlite:///unused", workers=args.workers, app="benchmarks._bare_app:app",
-                            extra_env={"BARE_BODY_BYTES": str(body_bytes)}) as bare:
-            drive(bare.url, [{}] * 50, {}, args.clients, "/bare")
-            lat, el, err = drive(bare.url, [{}] * args.requests, {}, args.clients, "/bare")
-            bare_rps = report(f"bare Flask, {args.clients} clients", lat, el, err)
+            drive(srv.url, [reuse_body] * WARM_UP, headers, args.clients, "/v1/flows")
+            body_bytes = len(requests.post(srv.url + "/v1/flows", json=reuse_body, headers=headers, timeout=60).content)
+            with contextlib.ExitStack() as more:
+                bare = more.enter_context(GunicornServer(root, "sqlite:///unused", workers=args.workers,
+                                                         app="benchmarks._bare_app:app",
+                                                         extra_env={"BARE_BODY_BYTES": str(body_bytes)}))
+                drive(bare.url, [{}] * WARM_UP, {}, args.clients, "/bare")
+                sides = {"reused": (srv.url, reuse_body, headers, "/v1/flows"), "bare": (bare.url, {}, {}, "/bare")}
+                if args.before:  # the same ledger and data served by another checkout: before and after, same run
+                    before = more.enter_context(GunicornServer(root, f"sqlite:///{root}/ledger.db", workers=args.workers,
+                                                               extra_env=env, code=args.before))
+                    drive(before.url, [reuse_body] * WARM_UP, headers, args.clients, "/v1/flows")
+                    sides["before"] = (before.url, reuse_body, headers, "/v1/flows")
+                servers = {"reused": srv, "bare": bare, **({"before": before} if args.before else {})}
+                timed: dict[str, tuple[list[float], float, int]] = {side: ([], 0.0, 0) for side in sides}
+                cpu = {side: [0.0, 0.0] for side in sides}  # (server, client) CPU seconds
+                per_round = max(1, args.requests // args.rounds)
+                for round_ in range(args.rounds):
+                    order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+                    rates = {}
+                    for side in order:
+                        url, body, head, path = sides[side]
+                        server0, client0 = server_cpu(servers[side]), time.process_time()
+                        lat, el, err = drive(url, [body] * per_round, head, args.clients, path)
+                        cpu[side][0] += server_cpu(servers[side]) - server0
+                        cpu[side][1] += time.process_time() - client0
+                        rates[side] = len(lat) / el
+                        got = timed[side]
+                        timed[side] = (got[0] + lat, got[1] + el, got[2] + err)
+                    print(f"  round {round_ + 1}: " + ", ".join(f"{side} {rate:.1f} req/s" for side, rate in rates.items())
+                          + f" (reused/bare {rates['reused'] / rates['bare']:.2f}x; {load()})")
+        print("  CPU per request (gunicorn master and workers; this load generator): " + "; ".join(
+            f"{side} {cpu[side][0] / len(timed[side][0]) * 1000:.2f} ms + {cpu[side][1] / len(timed[side][0]) * 1000:.2f} ms"
+            for side in timed))
+        reused_rps = report(f"gunicorn reused, {args.clients} clients", *timed["reused"])
+        bare_rps = report(f"bare Flask, {args.clients} clients", *timed["bare"])
+        if "before" in timed:
+            before_rps = report(f"gunicorn reused, {args.before.name} (before)", *timed["before"])
+            print(f"before / bare throughput: {before_rps / bare_rps:.2f}x")
         print(f"answer body: {body_bytes:,} bytes (10,000 keys)")
         print(f"reused / bare throughput: {reused_rps / bare_rps:.2f}x (goal >= 0.8x); {load()}")
-
 
 if __name__ == "__main__":
     main()

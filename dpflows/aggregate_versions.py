@@ -33,6 +33,21 @@ WINDOWS_DIR = "windows"
 LOCK_FILE = ".writer.lock"
 
 
+#: CURRENT is read again at least this often even when its stat is unchanged: a shared filesystem (NFS)
+#: may serve a cached stat for up to a minute, while opening the file revalidates it
+POINTER_READ_EVERY_S = 1.0
+
+
+def pointer_stamp(dataset_dir: Path) -> tuple[int, ...] | None:
+    """What identifies the CURRENT file now: a publication replaces it (os.replace, a new inode), so the same
+    stamp means the same pointer. None without one (the oldest layout: read as before)."""
+    try:
+        st = os.stat(dataset_dir / CURRENT_FILE)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 def version_dir(dataset_dir: str | Path) -> Path:
     """The directory of the version a dataset directory serves now (itself for the old layout)."""
     root = Path(dataset_dir)

@@ -55,6 +55,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,10 +66,12 @@ import polars as pl
 
 from dpflows.aggregate_versions import (
     CURRENT_FILE,
+    POINTER_READ_EVERY_S,
     VERSIONS_DIR,
     WINDOWS_DIR,
     _version,
     check_same_grid,
+    pointer_stamp,
     read_interchange,
     report_charges,
     version_dir,
@@ -154,6 +158,10 @@ class Dataset:
     cells_digest: str = ""
     #: windows whose counts were deleted (dpflows.retirement): queries touching them are refused
     retired: frozenset[int] = frozenset()
+    #: (window, zoning name) -> (zoning, window data, each trip row's flow key): made after start by
+    #: dpflows.counting.warm_flow_keys, never by a request
+    flow_keys: dict[tuple[int, str], tuple[Zoning, WindowData, np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def zoning(self, name: str) -> Zoning:
         """A zoning by name; one added by another worker or host is picked up from disk."""
@@ -307,18 +315,26 @@ def load_dataset(path: str | Path, previous: Dataset | None = None) -> Dataset:
 class AggregateStore:
     """Datasets under one root, each version loaded once per process, then shared read-only.
 
-    `get` reads the dataset's CURRENT pointer (a few bytes) on every call, so a re-ingestion or
-    an append is served by running workers without a restart; a query holds one `Dataset` (one
-    version) from start to end, so it never mixes windows of two versions.
+    `get` checks the dataset's CURRENT pointer (one stat; read again when it was replaced) on every
+    call, so a re-ingestion or an append is served by running workers without a restart; a query
+    holds one `Dataset` (one version) from start to end, so it never mixes windows of two versions.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._loaded: dict[str, Dataset] = {}
+        #: per dataset, the CURRENT pointer's (inode, mtime, ctime, size) when it was last read, and when
+        self._stamps: dict[str, tuple[tuple[int, ...] | None, float]] = {}
         self._lock = threading.Lock()
+        self._dirs: dict[str, Path] = {}
 
     def dataset_dir(self, name: str) -> Path:
-        return self.root / "datasets" / check_name(name, field="dataset")
+        known = self._dirs.get(name)
+        if known is None:  # a name checked once (every request asks for one)
+            known = self._dirs[name] = self.root / "datasets" / check_name(name, field="dataset")
+            if len(self._dirs) > 1024:
+                self._dirs.clear()
+        return known
 
     def names(self) -> list[str]:
         base = self.root / "datasets"
@@ -337,11 +353,17 @@ class AggregateStore:
 
     def get(self, name: str) -> Dataset:
         path = self.dataset_dir(name)
+        stamp, now = pointer_stamp(path), time.monotonic()
         with self._lock:
+            loaded = self._loaded.get(name)
+            read = self._stamps.get(name)
+            if loaded is not None and stamp is not None and read is not None and read[0] == stamp \
+                    and now - read[1] < POINTER_READ_EVERY_S:
+                return loaded  # CURRENT is the file read last time: one stat, no read, on most requests
             if not path.exists():
                 raise NotFound(f"dataset={name!r} does not exist; use one of {self.names()}", field="dataset")
             current = version_dir(path)
-            loaded = self._loaded.get(name)
+            self._stamps[name] = (stamp, now)
             if loaded is not None and loaded.version_path == current:
                 return loaded
             dataset = load_dataset(path, previous=loaded)
@@ -388,7 +410,19 @@ class AggregateStore:
             except OSError as exc:  # the data root changed under us (a dataset deleted): requests will say
                 log.warning("dataset %r not mapped at start: %s", name, type(exc).__name__)
 
-    def warm_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.warm, name="dpflows-map-windows", daemon=True)
+    def warm_in_background(self, then: Callable[[list[Dataset]], Any] | None = None) -> threading.Thread:
+        """`warm` in a thread, then `then` with the datasets loaded (dpflows.counting.warm_flow_keys)."""
+
+        def run() -> None:
+            self.warm()
+            if then is not None:
+                with self._lock:
+                    loaded = [self._loaded[name] for name in sorted(self._loaded)]
+                try:
+                    then(loaded)
+                except (DpflowsError, OSError, ValueError) as exc:  # requests work without it
+                    log.warning("warm-up after mapping stopped: %s", type(exc).__name__)
+
+        thread = threading.Thread(target=run, name="dpflows-map-windows", daemon=True)
         thread.start()
         return thread

@@ -191,14 +191,17 @@ def touched_windows(spec: QuerySpec, data: Dataset) -> tuple[int, ...]:
                            f"per person and hour); ask flows, inflows, outflows or patterns of trips", field="kind")
     if spec.kind in WINDOW_KINDS:
         return _not_retired(_whole_windows(spec, data, first, stop), data)
-    days = [d for d in range(first, stop) if (meta.first_day + dt.timedelta(days=d)).weekday() in spec.weekdays]
+    # weekday by arithmetic, not one date per day: every query and reuse runs this, often twice
+    first_weekday, weekdays = meta.first_day.weekday(), frozenset(spec.weekdays)
+    days = [d for d in range(first, stop) if (first_weekday + d) % 7 in weekdays]
     if not days:
         raise InvalidInput(
             f"weekdays={list(spec.weekdays)} never occur between {spec.start.isoformat()} and "
             f"{spec.end.isoformat()}; widen the dates or the weekdays",
             field="weekdays",
         )
-    days = [d for d in days if meta.holds(meta.first_day + dt.timedelta(days=d))]
+    if meta.missing_days:  # else every day of the span is held (_check_span kept the dates inside it)
+        days = [d for d in days if meta.holds(meta.first_day + dt.timedelta(days=d))]
     if not days:  # decided from the declaration before anything is charged: no window is paid for nothing
         raise InvalidInput(
             f"dataset {meta.name!r} holds none of the days asked: the admin declared "

@@ -31,6 +31,7 @@ from dpflows.aggregates import (
     read_interchange,
     write_aggregates,
 )
+from dpflows.counting import warm_flow_keys
 from dpflows.errors import InvalidInput
 from dpflows.legacy_aggregates import upgrade_dataset
 from dpflows.queries import QuerySpec, make_spec, prepare
@@ -115,6 +116,24 @@ def test_every_kind_counts_what_a_direct_count_over_the_parquet_says(layouts: di
         got = prepare(spec, data).true_counts
         assert got.sum() > 0, spec
         assert np.array_equal(got, _direct(spec, layouts[layout], data)), spec
+
+
+def test_flows_count_the_same_from_warmed_flow_keys_and_no_query_adds_any(layouts: dict[str, Path]) -> None:
+    """Issue 16: the flow keys made after start (newest window first, within the byte bound) give the very
+    counts a direct count gives; windows past the bound are counted as before, and queries store no keys."""
+    store = AggregateStore(layouts["mapped"].parent.parent)
+    first = store.get("city")
+    rows = {w: len(first.window(w).trips.columns["count"]) for w in first.window_refs}
+    newest = max(rows)
+    one_window = rows[newest] * 8 * len(first.zonings)  # every zoning of the newest window, nothing more
+    store.warm_in_background(lambda datasets: warm_flow_keys(datasets, one_window)).join(60)
+    data = store.get("city")
+    assert sorted(data.flow_keys) == [(newest, name) for name in sorted(data.zonings)]
+    flows = [spec for spec in _specs() if spec.kind == "flows"]
+    for spec in flows:
+        assert np.array_equal(prepare(spec, data).true_counts, _direct(spec, layouts["mapped"], data)), spec
+    assert sorted(data.flow_keys) == [(newest, name) for name in sorted(data.zonings)]  # queries added none
+    assert warm_flow_keys([load_dataset(layouts["mapped"])], 0) == 0
 
 
 def test_a_query_maps_only_the_windows_it_touches_as_read_only_shared_pages(layouts: dict[str, Path]) -> None:

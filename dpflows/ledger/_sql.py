@@ -24,8 +24,9 @@ from dpflows.errors import InvalidInput
 from dpflows.ledger._sql_answers import AnswerStore
 from dpflows.ledger._sql_audit import AuditLog, _with_reuse
 from dpflows.ledger._sql_base import EVERY_WINDOW, GLOBAL, Cursor, utc_now
+from dpflows.ledger._sql_budgets import BudgetReads
 from dpflows.ledger._sql_clients import ClientRegistry
-from dpflows.ledger._sql_populations import TOTAL, PopulationStore
+from dpflows.ledger._sql_populations import TOTAL
 from dpflows.ledger._sql_rules import (
     _check_budget,
     _insert_shape,
@@ -50,11 +51,10 @@ from dpflows.ledger.base import (
     check_horizon,
     effective_allocations,
     horizon_runs,
-    sum_losses,
 )
 
 
-class SqlLedger(ClientRegistry, AuditLog, PopulationStore, AnswerStore):
+class SqlLedger(ClientRegistry, AuditLog, BudgetReads, AnswerStore):
     """Ledger logic in portable SQL; see the module docstring for what subclasses add."""
 
     #: whether `_lock_spend_rows` locks rows (and so needs each window's allocation holder) or the
@@ -164,55 +164,6 @@ class SqlLedger(ClientRegistry, AuditLog, PopulationStore, AnswerStore):
         cur.execute("SELECT group_name FROM client_groups WHERE client_id = ?", (client_id,))
         row = cur.fetchone()
         return None if row is None else str(row[0])
-
-    def _cap(self, cur: Cursor, dataset: str, window: int, client_id: int) -> PrivacyLoss | None:
-        cur.execute(
-            "SELECT cap_nanos, cap_delta_attos FROM caps WHERE client_id = ? AND dataset = ? AND win IN (?, ?) "
-            "ORDER BY win DESC LIMIT 1",
-            (client_id, dataset, window, EVERY_WINDOW),
-        )
-        row = cur.fetchone()
-        return None if row is None else loss_from_row(row[0], row[1])
-
-    def _spent(self, cur: Cursor, dataset: str, window: int, client_id: int) -> PrivacyLoss:
-        cur.execute(
-            "SELECT nanos, delta_attos FROM spend WHERE dataset = ? AND win = ? AND client_id = ?",
-            (dataset, window, client_id)
-        )
-        row = cur.fetchone()
-        return PrivacyLoss.zero() if row is None else loss_from_row(row[0], row[1])
-
-    def _budgets(self, cur: Cursor, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
-        group = self._client_group(cur, client_id)
-        name, offset = self._placement(cur, dataset)
-        population = self._population(cur, name)
-        rows = self._allocation_rows(cur, name) if windows else []  # one read for all windows
-        legacy = bool(windows) and self._has_legacy_caps(cur, dataset)
-        out = []
-        for w in windows:
-            pw = w + offset
-            global_cap = self._population_cap(cur, name, pw)
-            allocations = effective_allocations(rows, pw)
-            group_cap = None if group is None or group not in allocations else allocations[group]
-            allocated = sum_losses(allocations.values())
-            unallocated = None if global_cap is None else PrivacyLoss(
-                max(global_cap.nanos - allocated.nanos, 0), max(global_cap.delta_attos - allocated.delta_attos, 0))
-            out.append(WindowBudget(
-                window=w,
-                client_cap=self._cap(cur, dataset, w, client_id),
-                client_spent=self._spent(cur, dataset, w, client_id),
-                global_cap=global_cap,
-                global_spent=self._population_spend(cur, name, pw, TOTAL),
-                group=group,
-                group_cap=group_cap,
-                group_spent=(self._population_spend(cur, name, pw, group)
-                             if group is not None and group_cap is not None else PrivacyLoss.zero()),
-                pool_cap=unallocated,
-                pool_spent=self._population_spend(cur, name, pw, "") if group_cap is None else PrivacyLoss.zero(),
-                population=name, population_window=pw, unit=None if population is None else population.measure,
-                legacy=self._legacy_caps(cur, dataset, w, group) if legacy else None,
-            ))
-        return out
 
     def window_budgets(self, dataset: str, client_id: int, windows: list[int]) -> list[WindowBudget]:
         with self._transaction(write=False) as cur:

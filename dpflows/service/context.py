@@ -96,6 +96,7 @@ class ServiceContext:
         self.grids: dict[str, DatasetGrid] = {}  # dataset version -> its grid, once the ledger has recorded it
         self.noise_stocked: set[str] = set()  # dataset versions whose public scales the noise pool stocks
         self.reuse_index = ReuseIndex()  # stored answers this process has read, by query key
+        self._query_keys: dict[tuple[Any, ...], str] = {}  # (spec, dataset version, loss, group) -> query key
 
     def dataset(self, name: str) -> Dataset:
         """A loaded dataset whose window grid and measure agree with what the ledger recorded for it.
@@ -184,11 +185,22 @@ class ServiceContext:
         self.policy.check_loss(client, loss, acc.name, derived_from=request.max_error)
         return loss
 
-    @staticmethod
-    def query_key(spec: QuerySpec, data: Dataset, loss: PrivacyLoss, client: Client) -> str:
+    def query_key(self, spec: QuerySpec, data: Dataset, loss: PrivacyLoss, client: Client) -> str:
         """Reuse key: the normalized query, the versions of the windows it counts, the mechanism and its ε or ρ,
         within the client's sharing group: another group's answer to the same query is never found (issue 17).
-        An append leaves the served windows' versions as they were, so their answers stay found (issue 19)."""
+        An append leaves the served windows' versions as they were, so their answers stay found (issue 19).
+        Remembered per dataset version (which fixes the windows' versions and the mechanism): a reused
+        answer's request hashes nothing."""
+        memo = (spec, data.version, loss, client.share_group)
+        known = self._query_keys.get(memo)
+        if known is None:
+            known = self._query_keys[memo] = self._query_key(spec, data, loss, client)
+            if len(self._query_keys) > 4096:
+                self._query_keys.clear()
+        return known
+
+    @staticmethod
+    def _query_key(spec: QuerySpec, data: Dataset, loss: PrivacyLoss, client: Client) -> str:
         mechanism = accounting(data.metadata.accounting).mechanism.name
         text = (f"{spec.key()}|{data.data_version(touched_windows(spec, data))}|{mechanism}|{loss.nanos}"
                 + (f"|{loss.delta_attos}" if loss.delta_attos else ""))
