@@ -119,9 +119,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DPFLOWS_ANSWER_CACHE_BYTES", str(64 * 1024 * 1024), "rendered answer bodies each worker process keeps, "
             "in bytes, to serve reused answers without rebuilding them (per sharing group, least recently used "
             "dropped first; api/body_cache.py); 0: none", _non_negative_int),
-    Setting("DPFLOWS_FLOW_KEYS_BYTES", str(64 * 1024 * 1024), "each trip row's origin-destination zone pair, "
+    Setting("DPFLOWS_FLOW_KEYS_BYTES", str(32 * 1024 * 1024), "each trip row's origin-destination zone pair, "
             "precomputed per window and zoning after start (8 bytes a row, newest windows first, up to this many "
-            "bytes per worker process) so that a flows answer counts in one pass (dpflows/counting.py); 0: none",
+            "bytes per worker process) so that a flows answer counts in one pass (dpflows/counting.py); private "
+            "memory of each worker, beside the shared window files; 0: none",
             _non_negative_int),
     Setting("DPFLOWS_AUDIT_FLUSH_MS", "200", "audit rows of reused and derived answers (free) are written in one "
             "transaction per process at most this many milliseconds after the answer, instead of one fsync each "
