@@ -18,6 +18,9 @@ What holds, and where it is tested (tests/test_noise_pool.py):
   module logs nothing about them and its errors carry no values.
 - **An empty or short stock falls back** to drawing at request time, all n values (never part
   pooled and part fresh). Which stock was used changes nothing in the answer's law.
+- **Refilled in quiet time.** A stock above LOW_WATER of its share is topped up only QUIET_S after the
+  process's last take, so the refill does not compete with back-to-back requests for the cores;
+  below it, at once. When the thread draws follows the takes of public stocks, as before.
 - **Bounded memory.** At most `capacity` values (8 bytes each) are held by all stocks of a
   process together, split evenly between the stocked scales; 0 disables the pool.
 - **Public scales only.** Stocks are declared by the service from public facts (each dataset's
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -44,6 +48,13 @@ DrawFunction = Callable[[str, float, int], np.ndarray]
 #: Values the refill thread draws per call: large enough that OpenDP's per-call overhead is
 #: negligible, small enough that a stock reaches a usable level soon after start.
 CHUNK_VALUES = 8192
+#: A stock above this share of its target is topped up only in quiet time: QUIET_S after the
+#: process's last take. The refill draws on the same cores as the requests (an answer's 10,000
+#: values are ~0.1 s of one core), so refilling between back-to-back requests slowed each of them
+#: (bench_api through gunicorn: 44 ms p50 with the refill running, see docs/api.md); below the share
+#: the refill runs at once, as before, so a stock never runs dry while a spare core could fill it.
+LOW_WATER = 0.5
+QUIET_S = 0.5
 
 
 class _Stock:
@@ -94,6 +105,7 @@ class NoisePool:
         self._stocks: dict[StockKey, _Stock] = {}
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._last_take = float("-inf")  # time.monotonic() of the last take (or miss)
         self.hits = 0
         self.misses = 0
         self.stock(keys)
@@ -137,6 +149,7 @@ class NoisePool:
         if n <= 0 or os.getpid() != self.pid:
             return None
         with self._lock:
+            self._last_take = time.monotonic()
             stock = self._stocks.get((mechanism, float(scale)))
             if stock is None or stock.level < n or self._closed:
                 self.misses += 1
@@ -171,7 +184,7 @@ class NoisePool:
         """Fill every stock to its share now, in the calling thread (tests and benchmarks)."""
         while True:
             with self._lock:
-                job = self._next_job()
+                job = self._next_job(quiet_only=False)
             if job is None:
                 return
             self._run(job)
@@ -193,16 +206,19 @@ class NoisePool:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
 
-    def _next_job(self) -> tuple[StockKey, int] | None:
-        """The emptiest stock (by share) and how much to draw for it, reserved; called under the lock."""
+    def _next_job(self, *, quiet_only: bool = True) -> tuple[StockKey, int] | None:
+        """The emptiest stock (by share) and how much to draw for it, reserved; called under the lock.
+
+        With `quiet_only` (the refill thread), a stock above LOW_WATER waits for quiet time (`_quiet_left`)."""
         if self._closed:
             return None
+        quiet = not quiet_only or self._quiet_left() is None
         best: tuple[float, StockKey] | None = None
         for key, stock in self._stocks.items():
             room = stock.target - stock.level - stock.pending
             if room > 0:
                 fill = (stock.level + stock.pending) / stock.target
-                if best is None or fill < best[0]:
+                if (quiet or fill <= LOW_WATER) and (best is None or fill < best[0]):
                     best = (fill, key)
         if best is None:
             return None
@@ -210,6 +226,11 @@ class NoisePool:
         n = min(CHUNK_VALUES, stock.target - stock.level - stock.pending)
         stock.pending += n
         return best[1], n
+
+    def _quiet_left(self) -> float | None:
+        """Seconds until quiet time (QUIET_S after the last take), or None if it is quiet now."""
+        left = self._last_take + QUIET_S - time.monotonic()
+        return left if left > 0 else None
 
     def _run(self, job: tuple[StockKey, int]) -> None:
         key, n = job
@@ -236,7 +257,7 @@ class NoisePool:
                 while job is None:
                     if self._closed:
                         return
-                    self._wake.wait()
+                    self._wake.wait(self._quiet_left())  # None: until a take or a new stock wakes it
                     job = self._next_job()
             self._run(job)
 

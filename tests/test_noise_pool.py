@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,23 @@ def test_draws_are_taken_first_in_first_out_and_once() -> None:
     assert flat.tolist() == list(range(1, len(flat) + 1))  # oldest first, across chunk edges, none twice
     assert pool.level(*KEY) == 50_000 - len(flat)
     assert pool.hits == 5
+
+
+def test_a_stock_above_low_water_waits_for_quiet_time_and_one_below_refills_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Back-to-back requests do not share the cores with the refill until a stock runs low (LOW_WATER)."""
+    monkeypatch.setattr(noise_pool, "QUIET_S", 60.0)  # no quiet time during this test after the first take
+    pool = NoisePool(Numbered(), 50_000, [KEY])
+    assert pool.wait_full(30)  # nothing was taken yet: quiet, filled at once
+    assert pool.take(*KEY, 10_000) is not None
+    time.sleep(0.3)
+    assert pool.level(*KEY) == 40_000  # above half its share: waits for quiet time
+    assert pool.take(*KEY, 20_000) is not None  # 20,000: below half
+    deadline = time.monotonic() + 30
+    while pool.level(*KEY) <= 25_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 25_000 < pool.level(*KEY) < 50_000  # refilled past LOW_WATER at once, the rest left for quiet time
+    pool.close()
 
 
 def test_concurrent_takers_never_get_the_same_draw() -> None:
@@ -349,6 +367,6 @@ def test_the_pool_module_writes_nowhere() -> None:
     tree = ast.parse(Path(noise_pool.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
-    assert imported <= {"__future__", "os", "threading", "collections", "numpy"}, imported
+    assert imported <= {"__future__", "os", "threading", "time", "collections", "numpy"}, imported
     called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     assert not called & {"print", "open", "repr", "format"}
