@@ -250,15 +250,17 @@ def domain_factors(spec: QuerySpec, data: Dataset) -> list[list[Any]]:
     zoning = data.zoning(spec.zoning)
     if spec.zone is not None:
         zoning.zone_index(spec.zone)
+    windows = touched_windows(spec, data)  # refuses what cannot be answered, before any count is read
+    return _factors(spec, data, zoning, windows)
+
+
+def _factors(spec: QuerySpec, data: Dataset, zoning: Zoning, windows: tuple[int, ...]) -> list[list[Any]]:
     zones = list(zoning.zone_ids)
-    if spec.kind in WINDOW_KINDS:
-        meta = data.metadata
-        labels = [meta.window_start(w).isoformat() for w in touched_windows(spec, data)]
-        return [zones, labels] if spec.kind == "residents" else [zones, zones, labels]
-    touched_windows(spec, data)  # refuses what cannot be answered, before any count is read
+    labels = [data.metadata.window_start(w).isoformat() for w in windows]
     factors: dict[str, list[list[Any]]] = {
         "flows": [zones, zones], "presence": [zones, list(spec.hours)], "inflows": [zones], "outflows": [zones],
-        "patterns": [list(spec.weekdays), list(spec.hours)]}
+        "patterns": [list(spec.weekdays), list(spec.hours)], "residents": [zones, labels],
+        "commuting": [zones, zones, labels]}
     return factors[spec.kind]
 
 
@@ -342,21 +344,12 @@ def prepare(spec: QuerySpec, data: Dataset) -> PreparedQuery:
 
 
 def key_domain(spec: QuerySpec, data: Dataset, zoning: Zoning, windows: tuple[int, ...]) -> KeyDomain:
-    """The answer's public keys in release order: built from the zoning, hours, weekdays and windows only."""
-    zones, n = list(zoning.zone_ids), zoning.zone_count
-    hours, days = list(spec.hours), list(spec.weekdays)
-    labels = [data.metadata.window_start(w).isoformat() for w in windows]
-    if spec.kind == "flows":
-        columns: dict[str, list[Any]] = {"origin": [z for z in zones for _ in zones], "destination": zones * n}
-    elif spec.kind in ("inflows", "outflows"):
-        columns = {"zone": zones}
-    elif spec.kind == "presence":
-        columns = {"zone": [z for z in zones for _ in hours], "hour": hours * n}
-    elif spec.kind == "patterns":
-        columns = {"weekday": [d for d in days for _ in hours], "hour": hours * len(days)}
-    elif spec.kind == "residents":
-        columns = {"zone": [z for z in zones for _ in windows], "window": labels * n}
-    else:
-        columns = {"home": [h for h in zones for _ in zones for _ in windows],
-                   "work": [w for _ in zones for w in zones for _ in windows], "window": labels * n * n}
+    """The answer's public keys in release order: the product of `domain_factors`, the last field fastest."""
+    factors = _factors(spec, data, zoning, windows)
+    sizes = [len(values) for values in factors]
+    columns: dict[str, list[Any]] = {}
+    for i, (name, values) in enumerate(zip(KEY_FIELDS[spec.kind], factors, strict=True)):
+        inner, outer = math.prod(sizes[i + 1:]), math.prod(sizes[:i])
+        repeated = list(values) if inner == 1 else [v for v in values for _ in range(inner)]
+        columns[name] = repeated * outer
     return KeyDomain(KEY_FIELDS[spec.kind], columns)
